@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Shared helpers for the infra/ scripts. Sourced, never run.
+#
+# Everything the scripts create goes under $ADPIPE_STATE_DIR (default
+# <repo>/.adpipe): downloads are cached under $ADPIPE_CACHE_DIR (default
+# ~/.cache/adpipe) so fresh clones on the same machine reuse them.
+
+set -euo pipefail
+
+INFRA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$INFRA_DIR/.." && pwd)"
+ADPIPE_STATE_DIR="${ADPIPE_STATE_DIR:-$REPO_DIR/.adpipe}"
+ADPIPE_CACHE_DIR="${ADPIPE_CACHE_DIR:-$HOME/.cache/adpipe}"
+CLUSTERS_FILE="${ADPIPE_CLUSTERS_FILE:-$INFRA_DIR/clusters.toml}"
+export ADPIPE_STATE_DIR ADPIPE_CACHE_DIR
+
+log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# find_java MIN_MAJOR: prints a java binary of at least that major version.
+find_java() {
+  local min="$1" candidate version
+  for candidate in ${JAVA_HOME:+"$JAVA_HOME/bin/java"} /usr/lib/jvm/*/bin/java "$(command -v java || true)"; do
+    [ -x "$candidate" ] || continue
+    version="$("$candidate" -XshowSettings:properties -version 2>&1 | awk -F'= ' '/java.specification.version/ {print $2}')"
+    if [ -n "$version" ] && [ "${version%%.*}" -ge "$min" ]; then
+      echo "$candidate"; return 0
+    fi
+  done
+  die "no Java $min+ found (looked at \$JAVA_HOME, /usr/lib/jvm/*, PATH); install openjdk-$min-jre-headless"
+}
+
+# port_open PORT: true when something accepts TCP connections on loopback.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# pid_alive PIDFILE: true when the pid in the file is a live process.
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# stop_pid NAME PIDFILE [GRACE_SECONDS]: SIGTERM, wait, then SIGKILL.
+stop_pid() {
+  local name="$1" pidfile="$2" grace="${3:-30}" pid i
+  if ! pid_alive "$pidfile"; then rm -f "$pidfile"; log "$name: not running"; return 0; fi
+  pid="$(cat "$pidfile")"
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < grace * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; log "$name: stopped"; return 0; }
+    sleep 0.1
+  done
+  log "$name: did not stop within ${grace}s; killing"
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
+# clusters [FIELD...]: prints one line per cluster in clusters.toml with the
+# requested fields (name role port controller_port), space separated.
+clusters() {
+  python3 - "$CLUSTERS_FILE" "$@" <<'PY'
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    config = tomllib.load(f)
+fields = sys.argv[2:] or ["name", "role", "port", "controller_port"]
+for cluster in config["cluster"]:
+    print(" ".join(str(cluster[field]) for field in fields))
+PY
+}

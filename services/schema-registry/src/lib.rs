@@ -1,0 +1,113 @@
+//! A Confluent-compatible schema registry whose only storage is a compacted,
+//! single-partition Kafka topic (like Confluent's `_schemas`).
+//!
+//! Contract:
+//! - Ids and versions are decided by the order of records in the topic, so
+//!   any number of instances on the same topic agree on them (model.rs), and
+//!   a restarted instance rebuilds exactly the state it had (store.rs).
+//! - The REST API is Confluent's: same paths, bodies, error codes and
+//!   content type, so Confluent's own clients (and schema_registry_converter)
+//!   work against it unchanged (http.rs).
+//! - Only AVRO schemas, without references: that is all adpipe uses.
+#![warn(missing_docs)]
+
+pub mod compat;
+pub mod error;
+mod http;
+pub mod model;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+
+pub use compat::Compatibility;
+pub use error::ApiError;
+pub use service::Registry;
+pub use store::{LogStore, StoreSettings};
+
+/// Everything needed to run one registry instance.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// HTTP worker threads.
+    pub workers: usize,
+    /// Where schemas are stored.
+    pub store: StoreSettings,
+}
+
+impl RegistrySettings {
+    /// Settings for a registry on loopback (free port) over `bootstrap_servers`.
+    pub fn local(bootstrap_servers: &str, topic: &str) -> Self {
+        RegistrySettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            workers: 1,
+            store: StoreSettings {
+                bootstrap_servers: bootstrap_servers.to_owned(),
+                topic: topic.to_owned(),
+                replication: 1,
+                startup_timeout: Duration::from_secs(30),
+            },
+        }
+    }
+}
+
+/// A started registry.
+pub struct RunningRegistry {
+    /// Where it listens.
+    pub address: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningRegistry {
+    /// Base URL for clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Stops accepting requests, finishes the ones in flight and returns.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+    }
+
+    /// Runs until the server stops (for the binary).
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Loads the state from Kafka and starts serving. Must run inside a tokio
+/// runtime.
+pub async fn start(settings: RegistrySettings) -> Result<RunningRegistry, ApiError> {
+    let store = LogStore::open(&settings.store).await?;
+    let registry = web::Data::new(Registry::new(store));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(registry.clone())
+            .configure(http::routes)
+    })
+    .workers(settings.workers.max(1))
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(settings.listen)
+    .map_err(|error| ApiError::store(format!("cannot listen on {}: {error}", settings.listen)))?;
+    let address = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| ApiError::store("server bound no address"))?;
+    let server = server.run();
+    let handle = server.handle();
+    let task = tokio::spawn(server);
+    tracing::info!(%address, "schema registry listening");
+    Ok(RunningRegistry {
+        address,
+        handle,
+        task,
+    })
+}
