@@ -1,0 +1,443 @@
+//! The registry against real Kafka (`infra/kafka.sh start`): Confluent's API
+//! semantics, restarts, several instances, and schema_registry_converter in
+//! both directions through a real topic.
+
+use std::time::Duration;
+
+use adpipe_codec::{Codec, DecodeError, RegistryClient, RegistryError, value_subject};
+use adpipe_events::{EventKind, Impression, samples};
+use adpipe_schema_registry::{RegistrySettings, RunningRegistry};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+
+const V1: &str =
+    r#"{"type":"record","name":"Thing","namespace":"t","fields":[{"name":"a","type":"string"}]}"#;
+const V2_WITH_DEFAULT: &str = r#"{"type":"record","name":"Thing","namespace":"t","fields":[{"name":"a","type":"string"},{"name":"b","type":"long","default":7}]}"#;
+const V3_NO_DEFAULT: &str = r#"{"type":"record","name":"Thing","namespace":"t","fields":[{"name":"a","type":"string"},{"name":"b","type":"long","default":7},{"name":"c","type":"long"}]}"#;
+
+async fn start(topic: &str) -> RunningRegistry {
+    let bootstrap = adpipe_testkit::kafka("central");
+    adpipe_schema_registry::start(RegistrySettings::local(&bootstrap, topic))
+        .await
+        .expect("registry starts")
+}
+
+struct Http {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Http {
+    fn new(registry: &RunningRegistry) -> Self {
+        Http {
+            base: registry.url(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("Content-Type", "application/vnd.schemaregistry.v1+json");
+        if let Some(body) = body {
+            request = request.body(body.to_string());
+        }
+        let response = request.send().await.expect("registry answers");
+        let status = response.status().as_u16();
+        assert_eq!(
+            response
+                .headers()
+                .get("content-type")
+                .and_then(|value| value.to_str().ok()),
+            Some("application/vnd.schemaregistry.v1+json"),
+            "{path}"
+        );
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+    async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+    async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_confluents_api_with_its_error_codes() {
+    let registry = start(&adpipe_testkit::unique("_schemas")).await;
+    let http = Http::new(&registry);
+    let subject = "things-value";
+
+    let (status, body) = http
+        .post(
+            &format!("/subjects/{subject}/versions"),
+            json!({"schema": V1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id1 = body["id"].as_u64().expect("id");
+    // Same schema, other whitespace: same id, no new version.
+    let spaced = V1.replace(',', ", ");
+    let (_, again) = http
+        .post(
+            &format!("/subjects/{subject}/versions"),
+            json!({"schema": spaced}),
+        )
+        .await;
+    assert_eq!(again["id"].as_u64(), Some(id1));
+    let (_, versions) = http.get(&format!("/subjects/{subject}/versions")).await;
+    assert_eq!(versions, json!([1]));
+
+    // BACKWARD (the default): adding a field with a default is fine ...
+    let (status, body) = http
+        .post(
+            &format!("/subjects/{subject}/versions"),
+            json!({"schema": V2_WITH_DEFAULT}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id2 = body["id"].as_u64().expect("id");
+    assert_ne!(id1, id2);
+    // ... one without a default is refused with Confluent's 409.
+    let (status, body) = http
+        .post(
+            &format!("/subjects/{subject}/versions"),
+            json!({"schema": V3_NO_DEFAULT}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error_code"].as_u64()),
+        (409, Some(409)),
+        "{body}"
+    );
+    let (_, check) = http
+        .post(
+            &format!("/compatibility/subjects/{subject}/versions/latest?verbose=true"),
+            json!({"schema": V3_NO_DEFAULT}),
+        )
+        .await;
+    assert_eq!(check["is_compatible"], json!(false));
+    assert!(!check["messages"].as_array().expect("messages").is_empty());
+    let (_, check) = http
+        .post(
+            &format!("/compatibility/subjects/{subject}/versions/1"),
+            json!({"schema": V2_WITH_DEFAULT}),
+        )
+        .await;
+    assert_eq!(check, json!({"is_compatible": true}));
+
+    // Per-subject level NONE lets it through; the global level is untouched.
+    let (status, _) = http
+        .put(
+            &format!("/config/{subject}"),
+            json!({"compatibility": "NONE"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, global) = http.get("/config").await;
+    assert_eq!(global, json!({"compatibilityLevel": "BACKWARD"}));
+    let (status, body) = http
+        .post(
+            &format!("/subjects/{subject}/versions"),
+            json!({"schema": V3_NO_DEFAULT}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http
+        .put("/config", json!({"compatibility": "SIDEWAYS"}))
+        .await;
+    assert_eq!((status, body["error_code"].as_u64()), (422, Some(42203)));
+
+    // Lookups.
+    let (_, by_id) = http.get(&format!("/schemas/ids/{id1}")).await;
+    let text = by_id["schema"].as_str().expect("schema text");
+    assert_eq!(
+        serde_json::from_str::<Value>(text).expect("json"),
+        serde_json::from_str::<Value>(V1).expect("json")
+    );
+    let (_, found) = http
+        .post(
+            &format!("/subjects/{subject}"),
+            json!({"schema": V2_WITH_DEFAULT}),
+        )
+        .await;
+    assert_eq!(
+        (found["version"].as_i64(), found["id"].as_u64()),
+        (Some(2), Some(id2))
+    );
+    let (_, latest) = http
+        .get(&format!("/subjects/{subject}/versions/latest"))
+        .await;
+    assert_eq!(latest["version"], json!(3));
+    let (_, subjects) = http.get("/subjects").await;
+    assert_eq!(subjects, json!([subject]));
+    let (status, body) = http.get("/schemas/ids/999999").await;
+    assert_eq!((status, body["error_code"].as_u64()), (404, Some(40403)));
+    let (status, body) = http.get("/subjects/nope/versions").await;
+    assert_eq!((status, body["error_code"].as_u64()), (404, Some(40401)));
+    let (status, body) = http.get(&format!("/subjects/{subject}/versions/9")).await;
+    assert_eq!((status, body["error_code"].as_u64()), (404, Some(40402)));
+    let (status, body) = http
+        .get(&format!("/subjects/{subject}/versions/zero"))
+        .await;
+    assert_eq!((status, body["error_code"].as_u64()), (422, Some(42202)));
+    let (status, body) = http
+        .post(
+            "/subjects/bad-value/versions",
+            json!({"schema": "{\"type\":\"recrod\"}"}),
+        )
+        .await;
+    assert_eq!((status, body["error_code"].as_u64()), (422, Some(42201)));
+
+    // Soft delete, then hard delete (which requires the soft one first).
+    let (status, body) = http
+        .delete(&format!("/subjects/{subject}/versions/3?permanent=true"))
+        .await;
+    assert_eq!((status, body["error_code"].as_u64()), (404, Some(40406)));
+    let (status, body) = http
+        .delete(&format!("/subjects/{subject}/versions/3"))
+        .await;
+    assert_eq!((status, body), (200, json!(3)));
+    let (_, versions) = http.get(&format!("/subjects/{subject}/versions")).await;
+    assert_eq!(versions, json!([1, 2]));
+    let (_, versions) = http
+        .get(&format!("/subjects/{subject}/versions?deleted=true"))
+        .await;
+    assert_eq!(versions, json!([1, 2, 3]));
+    let (status, _) = http
+        .delete(&format!("/subjects/{subject}/versions/3?permanent=true"))
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = http
+        .delete(&format!("/subjects/{subject}?permanent=true"))
+        .await;
+    assert_eq!((status, body["error_code"].as_u64()), (404, Some(40405)));
+    let (_, deleted) = http.delete(&format!("/subjects/{subject}")).await;
+    assert_eq!(deleted, json!([1, 2]));
+    let (_, subjects) = http.get("/subjects").await;
+    assert_eq!(subjects, json!([]));
+    let (_, subjects) = http.get("/subjects?deleted=true").await;
+    assert_eq!(subjects, json!([subject]));
+
+    registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_keeps_every_id_and_instances_agree() {
+    let topic = adpipe_testkit::unique("_schemas");
+    let first = start(&topic).await;
+    let client = RegistryClient::new(&first.url()).expect("client");
+    let mut ids = Vec::new();
+    for kind in EventKind::ALL {
+        ids.push(
+            client
+                .register(&format!("{kind}-value"), kind.schema())
+                .await
+                .expect("registers"),
+        );
+    }
+    first.stop().await;
+
+    // A new instance rebuilds the same state from the topic alone ...
+    let second = start(&topic).await;
+    let third = start(&topic).await;
+    for registry in [&second, &third] {
+        let client = RegistryClient::new(&registry.url()).expect("client");
+        for (kind, id) in EventKind::ALL.into_iter().zip(&ids) {
+            let found = client
+                .lookup(&format!("{kind}-value"), kind.schema())
+                .await
+                .expect("found");
+            assert_eq!(found.id, *id, "{kind}");
+        }
+    }
+    // ... and two live instances registering at once never hand out one id twice.
+    let left = RegistryClient::new(&second.url()).expect("client");
+    let right = RegistryClient::new(&third.url()).expect("client");
+    let schemas: Vec<String> = (0..10)
+        .map(|n| {
+            format!(r#"{{"type":"record","name":"R{n}","fields":[{{"name":"f","type":"int"}}]}}"#)
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for (n, schema) in schemas.iter().enumerate() {
+        let client = if n % 2 == 0 {
+            left.clone()
+        } else {
+            right.clone()
+        };
+        let schema = schema.clone();
+        tasks.push(tokio::spawn(async move {
+            client.register(&format!("race-{n}-value"), &schema).await
+        }));
+    }
+    let mut raced = Vec::new();
+    for task in tasks {
+        raced.push(task.await.expect("joins").expect("registers"));
+    }
+    let mut distinct = raced.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        raced.len(),
+        "ids {raced:?} must be distinct"
+    );
+    assert!(raced.iter().all(|id| !ids.contains(id)));
+    for (n, id) in raced.iter().enumerate() {
+        for client in [&left, &right] {
+            let found = client
+                .lookup(&format!("race-{n}-value"), &schemas[n])
+                .await
+                .expect("found");
+            assert_eq!(found.id, *id);
+        }
+    }
+    second.stop().await;
+    third.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codec_reports_unknown_ids_and_unreachable_registries() {
+    let registry = start(&adpipe_testkit::unique("_schemas")).await;
+    let codec = Codec::new(RegistryClient::new(&registry.url()).expect("client"));
+    let unknown = [0, 0, 0, 0x30, 0x39, 2, 0];
+    let error = codec
+        .decode::<Impression>(&unknown)
+        .await
+        .expect_err("unknown id");
+    assert!(
+        matches!(error, DecodeError::UnknownSchemaId(12345)),
+        "{error}"
+    );
+    registry.stop().await;
+
+    let closed = Codec::new(RegistryClient::new("http://127.0.0.1:9").expect("client"));
+    let error = closed
+        .decode::<Impression>(&unknown)
+        .await
+        .expect_err("no registry");
+    assert!(
+        matches!(
+            error,
+            DecodeError::Registry(RegistryError::Unreachable { .. })
+        ),
+        "{error}"
+    );
+    assert_eq!(error.disposition(), adpipe_codec::Disposition::Transient);
+}
+
+/// Sends one framed value through a fresh topic on the central cluster and
+/// returns the bytes a consumer reads back.
+async fn through_kafka(value: &[u8]) -> Vec<u8> {
+    let bootstrap = adpipe_testkit::kafka("central");
+    let topic = adpipe_testkit::unique("interop");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+    // Auto-creation is off on the local clusters: create the topic first.
+    let admin: rdkafka::admin::AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("admin");
+    admin
+        .create_topics(
+            [&rdkafka::admin::NewTopic::new(
+                &topic,
+                1,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            )],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .expect("create topic");
+    producer
+        .send(
+            FutureRecord::to(&topic).key("user-1").payload(value),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("delivered");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", adpipe_testkit::unique("interop"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    for _ in 0..300 {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            return message.payload().expect("payload").to_vec();
+        }
+    }
+    panic!("nothing came back from {topic}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_registry_converter_and_adpipe_read_each_other() {
+    use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+    use schema_registry_converter::async_impl::schema_registry::SrSettings;
+    use schema_registry_converter::schema_registry_common::{
+        SchemaType, SubjectNameStrategy, SuppliedSchema,
+    };
+
+    let registry = start(&adpipe_testkit::unique("_schemas")).await;
+    let settings = SrSettings::new(registry.url());
+    let codec = Codec::new(RegistryClient::new(&registry.url()).expect("client"));
+    let impression = samples::impression(42);
+
+    // schema_registry_converter registers and encodes; adpipe decodes.
+    let strategy = SubjectNameStrategy::TopicNameStrategyWithSchema(
+        "src-impressions".to_owned(),
+        false,
+        SuppliedSchema::new(
+            Some(EventKind::Impression.full_name().to_owned()),
+            SchemaType::Avro,
+            EventKind::Impression.schema().to_owned(),
+        ),
+    );
+    let theirs = AvroEncoder::new(settings.clone())
+        .encode_struct(&impression, &strategy)
+        .await
+        .expect("encodes");
+    let received = through_kafka(&theirs).await;
+    let decoded: Impression = codec.decode(&received).await.expect("adpipe decodes");
+    assert_eq!(decoded, impression);
+
+    // adpipe registers and encodes; schema_registry_converter decodes.
+    let encoder = codec
+        .encoder::<Impression>(
+            &value_subject("adpipe-impressions"),
+            EventKind::Impression.schema(),
+        )
+        .await
+        .expect("registers");
+    let ours = encoder.encode(&impression).expect("encodes");
+    let received = through_kafka(&ours).await;
+    let decoded = AvroDecoder::new(settings)
+        .decode(Some(&received))
+        .await
+        .expect("src decodes");
+    let value: Impression = apache_avro::from_value(&decoded.value).expect("fits Impression");
+    assert_eq!(value, impression);
+    // Both registered the same schema text: one id for both subjects.
+    assert_eq!(theirs[1..5], ours[1..5]);
+
+    registry.stop().await;
+}
