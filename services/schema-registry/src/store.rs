@@ -208,6 +208,19 @@ async fn ensure_topic(settings: &StoreSettings) -> Result<(), ApiError> {
         .set("bootstrap.servers", &settings.bootstrap_servers)
         .create()
         .map_err(ApiError::store)?;
+    // Usually `adpipe topology apply` created it already; checking first also
+    // keeps us off CreateTopics, which librdkafka's mock cluster lacks.
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(&settings.topic), Duration::from_secs(10))
+        .map_err(ApiError::store)?;
+    let exists = metadata
+        .topics()
+        .iter()
+        .any(|topic| topic.name() == settings.topic && topic.error().is_none() && !topic.partitions().is_empty());
+    if exists {
+        return Ok(());
+    }
     let topic = NewTopic::new(
         &settings.topic,
         1,

@@ -1,0 +1,10 @@
+//! The `adpipe` command line. The CLI is the composition root of the
+//! project: it may use any library crate, including services' libraries (the
+//! demo runs the schema registry in-process), while services never depend on
+//! each other.
+
+pub mod consume;
+pub mod demo;
+pub mod produce;
+pub mod target;
+pub mod topology;

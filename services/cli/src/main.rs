@@ -1,0 +1,74 @@
+//! `adpipe`: the command line. Thin: parses arguments and calls the library.
+
+use std::io::{BufRead, BufReader};
+use std::process::ExitCode;
+
+use adpipe_cli::{consume, demo, produce, topology};
+use clap::{Parser, Subcommand};
+
+/// adpipe: a real-time ad-event pipeline on Kafka.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the demo on an in-process Kafka (or real brokers with --brokers).
+    Demo(demo::DemoArgs),
+    /// Plan or apply topics/ declarations against live clusters.
+    #[command(subcommand)]
+    Topology(topology::TopologyCommand),
+    /// Produce JSON lines as Avro records through the schema registry.
+    Produce(produce::ProduceArgs),
+    /// Consume Avro records from any topic as JSON lines.
+    Consume(consume::ConsumeArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr();
+    match cli.command {
+        Command::Demo(args) => {
+            demo::run(&args, &mut stdout).await?;
+        }
+        Command::Topology(command) => topology::run(&command, &mut stdout).await?,
+        Command::Produce(args) => {
+            let mut input: Box<dyn BufRead> = if args.input == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(BufReader::new(std::fs::File::open(&args.input)?))
+            };
+            let report = produce::run(&args, &mut input, &mut stderr).await?;
+            eprintln!("produced {} record(s) to {}; {} line(s) rejected", report.produced, args.topic, report.rejected.len());
+            if !report.rejected.is_empty() {
+                // Partial success: everything valid went through.
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Command::Consume(args) => {
+            let report = consume::run(&args, &mut stdout, &mut stderr).await?;
+            eprintln!("{} record(s) decoded, {} undecodable", report.decoded, report.undecodable);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,106 @@
+//! `adpipe topology plan|apply`: make the live clusters match topologies/.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use adpipe_topology::live::LiveCluster;
+use adpipe_topology::{ClusterMap, TopicPlan, Topology, plan};
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+/// Topology subcommands.
+#[derive(Subcommand, Debug)]
+pub enum TopologyCommand {
+    /// Show what differs between the declaration and the live clusters.
+    Plan(TopologyArgs),
+    /// Create missing topics, raise partitions where safe and update configs.
+    /// Refuses (and changes nothing) if the plan holds a dangerous change.
+    Apply(TopologyArgs),
+}
+
+/// Where the declaration and the clusters are.
+#[derive(Args, Debug)]
+pub struct TopologyArgs {
+    /// Topic declaration.
+    #[arg(long, default_value = "topologies/pipeline.toml")]
+    pub topology: PathBuf,
+    /// Cluster map of the environment.
+    #[arg(long, env = "ADPIPE_CLUSTERS_FILE", default_value = "infra/clusters.toml")]
+    pub clusters: PathBuf,
+    /// Only these clusters (repeatable); all by default.
+    #[arg(long = "only")]
+    pub only: Vec<String>,
+}
+
+/// Runs a topology subcommand, writing the plan to `out`.
+pub async fn run(command: &TopologyCommand, out: &mut dyn Write) -> anyhow::Result<()> {
+    let (args, apply) = match command {
+        TopologyCommand::Plan(args) => (args, false),
+        TopologyCommand::Apply(args) => (args, true),
+    };
+    let topology = Topology::load(&args.topology)?;
+    let map = ClusterMap::load(&args.clusters)?;
+    let mut all_plans = Vec::new();
+    for cluster in &map.clusters {
+        if !args.only.is_empty() && !args.only.contains(&cluster.name) {
+            continue;
+        }
+        let desired = topology.desired_for(cluster, &map);
+        let live = LiveCluster::connect(&cluster.name, &cluster.bootstrap_servers)?;
+        let observed = live
+            .observe(&desired)
+            .await
+            .with_context(|| format!("reading cluster {} at {}", cluster.name, cluster.bootstrap_servers))?;
+        let plans = plan(&cluster.name, &desired, &observed);
+        for topic_plan in &plans {
+            write!(out, "{topic_plan}")?;
+        }
+        all_plans.push((live, plans));
+    }
+    let every_plan = all_plans.iter().flat_map(|(_, plans)| plans.iter());
+    let summary = Summary::of(every_plan);
+    writeln!(
+        out,
+        "\n{} to create, {} to change, {} refused, {} up to date",
+        summary.create, summary.change, summary.refused, summary.up_to_date
+    )?;
+    if !apply {
+        return Ok(());
+    }
+    if summary.refused > 0 {
+        bail!("refusing to apply: {} change(s) above are marked REFUSED; nothing was changed", summary.refused);
+    }
+    let mut applied = 0;
+    for (live, plans) in &all_plans {
+        applied += live.apply(plans).await?;
+    }
+    writeln!(out, "applied {applied} change(s)")?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct Summary {
+    create: usize,
+    change: usize,
+    refused: usize,
+    up_to_date: usize,
+}
+
+impl Summary {
+    fn of<'a>(plans: impl Iterator<Item = &'a TopicPlan>) -> Self {
+        let mut summary = Summary::default();
+        for topic_plan in plans {
+            use adpipe_topology::Action;
+            if topic_plan.refused() {
+                summary.refused += 1;
+            } else if topic_plan.actions.contains(&Action::Create) {
+                summary.create += 1;
+            } else if topic_plan.changes() {
+                summary.change += 1;
+            } else if topic_plan.actions.contains(&Action::UpToDate) {
+                summary.up_to_date += 1;
+            }
+        }
+        summary
+    }
+}
