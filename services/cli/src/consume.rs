@@ -43,23 +43,37 @@ impl FromStr for StartAt {
         let parsed = match text.split_once(':') {
             None if text == "beginning" => StartAt::Beginning,
             None if text == "end" => StartAt::End,
-            Some(("offset", offset)) => StartAt::Offset(offset.parse().map_err(|_| format!("bad offset {offset:?}"))?),
+            Some(("offset", offset)) => StartAt::Offset(
+                offset
+                    .parse()
+                    .map_err(|_| format!("bad offset {offset:?}"))?,
+            ),
             Some(("time", time)) => StartAt::Time(match time.parse::<i64>() {
                 Ok(ms) => ms,
-                Err(_) => millis(humantime::parse_rfc3339_weak(time).map_err(|error| format!("bad time {time:?}: {error}"))?),
+                Err(_) => millis(
+                    humantime::parse_rfc3339_weak(time)
+                        .map_err(|error| format!("bad time {time:?}: {error}"))?,
+                ),
             }),
             Some(("ago", ago)) => {
-                let span = humantime::parse_duration(ago).map_err(|error| format!("bad duration {ago:?}: {error}"))?;
+                let span = humantime::parse_duration(ago)
+                    .map_err(|error| format!("bad duration {ago:?}: {error}"))?;
                 StartAt::Time(millis(SystemTime::now() - span))
             }
-            _ => return Err(format!("unknown start {text:?}; use beginning, end, offset:N, time:RFC3339|ms or ago:DURATION")),
+            _ => {
+                return Err(format!(
+                    "unknown start {text:?}; use beginning, end, offset:N, time:RFC3339|ms or ago:DURATION"
+                ));
+            }
         };
         Ok(parsed)
     }
 }
 
 fn millis(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    })
 }
 
 /// Arguments of `adpipe consume`.
@@ -99,7 +113,11 @@ pub struct ConsumeReport {
 }
 
 /// Reads the topic and writes one JSON line per record to `out`.
-pub async fn run(args: &ConsumeArgs, out: &mut dyn Write, errors: &mut dyn Write) -> anyhow::Result<ConsumeReport> {
+pub async fn run(
+    args: &ConsumeArgs,
+    out: &mut dyn Write,
+    errors: &mut dyn Write,
+) -> anyhow::Result<ConsumeReport> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", args.kafka.bootstrap_servers()?)
         // Assigned partitions, nothing committed: looking never moves a group.
@@ -120,15 +138,27 @@ pub async fn run(args: &ConsumeArgs, out: &mut dyn Write, errors: &mut dyn Write
         .filter(|id| args.partition.is_none_or(|only| only == *id))
         .collect();
     if partitions.is_empty() {
-        bail!("topic {} does not exist or has no partition {:?}", args.topic, args.partition);
+        bail!(
+            "topic {} does not exist or has no partition {:?}",
+            args.topic,
+            args.partition
+        );
     }
-    consumer.assign(&start_positions(&consumer, &args.topic, &partitions, args.from)?)?;
+    consumer.assign(&start_positions(
+        &consumer,
+        &args.topic,
+        &partitions,
+        args.from,
+    )?)?;
 
     let codec = Codec::new(RegistryClient::new(&args.registry.registry)?);
     let mut report = ConsumeReport::default();
     let mut at_end: BTreeSet<i32> = BTreeSet::new();
     loop {
-        if args.max.is_some_and(|max| report.decoded + report.undecodable >= max) {
+        if args
+            .max
+            .is_some_and(|max| report.decoded + report.undecodable >= max)
+        {
             break;
         }
         let message = match consumer.recv().await {
@@ -152,11 +182,19 @@ pub async fn run(args: &ConsumeArgs, out: &mut dyn Write, errors: &mut dyn Write
             }
             Err(error) => {
                 report.undecodable += 1;
-                writeln!(errors, "partition {} offset {}: {error}", message.partition(), message.offset())?;
+                writeln!(
+                    errors,
+                    "partition {} offset {}: {error}",
+                    message.partition(),
+                    message.offset()
+                )?;
                 if !args.metadata {
                     continue;
                 }
-                (None, json!({"undecodable": error.to_string(), "raw_base64": base64::engine::general_purpose::STANDARD.encode(payload)}))
+                (
+                    None,
+                    json!({"undecodable": error.to_string(), "raw_base64": base64::engine::general_purpose::STANDARD.encode(payload)}),
+                )
             }
         };
         let line = if args.metadata {
@@ -166,7 +204,9 @@ pub async fn run(args: &ConsumeArgs, out: &mut dyn Write, errors: &mut dyn Write
                     headers
                         .iter()
                         .map(|header| {
-                            let text = header.value.map(|bytes| String::from_utf8_lossy(bytes).into_owned());
+                            let text = header
+                                .value
+                                .map(|bytes| String::from_utf8_lossy(bytes).into_owned());
                             (header.key.to_owned(), json!(text))
                         })
                         .collect()
@@ -223,8 +263,14 @@ mod tests {
     fn parses_start_positions() {
         assert_eq!("beginning".parse(), Ok(StartAt::Beginning));
         assert_eq!("offset:42".parse(), Ok(StartAt::Offset(42)));
-        assert_eq!("time:1700000000000".parse(), Ok(StartAt::Time(1_700_000_000_000)));
-        assert_eq!("time:2023-11-14T22:13:20Z".parse(), Ok(StartAt::Time(1_700_000_000_000)));
+        assert_eq!(
+            "time:1700000000000".parse(),
+            Ok(StartAt::Time(1_700_000_000_000))
+        );
+        assert_eq!(
+            "time:2023-11-14T22:13:20Z".parse(),
+            Ok(StartAt::Time(1_700_000_000_000))
+        );
         assert!(matches!("ago:1h".parse(), Ok(StartAt::Time(_))));
         assert!("yesterday".parse::<StartAt>().is_err());
     }

@@ -56,7 +56,11 @@ pub struct KindTally {
 /// Runs the demo and prints its progress and result table to `out`.
 pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<Vec<KindTally>> {
     let run_id = &uuid_suffix();
-    let topics = [format!("demo-{run_id}.impressions"), format!("demo-{run_id}.clicks"), format!("demo-{run_id}.conversions")];
+    let topics = [
+        format!("demo-{run_id}.impressions"),
+        format!("demo-{run_id}.clicks"),
+        format!("demo-{run_id}.conversions"),
+    ];
     // The mock cluster must outlive everything that talks to it.
     let (_mock, bootstrap) = match &args.brokers {
         Some(brokers) => {
@@ -73,31 +77,88 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<Vec<Kin
             (Some(mock), bootstrap)
         }
     };
-    writeln!(out, "kafka: {}", if args.brokers.is_some() { bootstrap.as_str() } else { "in-process mock cluster" })?;
+    writeln!(
+        out,
+        "kafka: {}",
+        if args.brokers.is_some() {
+            bootstrap.as_str()
+        } else {
+            "in-process mock cluster"
+        }
+    )?;
 
-    let registry_topic = if args.brokers.is_some() { format!("_schemas-demo-{run_id}") } else { "_schemas".to_owned() };
-    let registry = adpipe_schema_registry::start(RegistrySettings::local(&bootstrap, &registry_topic))
-        .await
-        .context("starting the schema registry")?;
-    writeln!(out, "schema registry: {} (schemas in topic {registry_topic})", registry.url())?;
+    let registry_topic = if args.brokers.is_some() {
+        format!("_schemas-demo-{run_id}")
+    } else {
+        "_schemas".to_owned()
+    };
+    let registry =
+        adpipe_schema_registry::start(RegistrySettings::local(&bootstrap, &registry_topic))
+            .await
+            .context("starting the schema registry")?;
+    writeln!(
+        out,
+        "schema registry: {} (schemas in topic {registry_topic})",
+        registry.url()
+    )?;
     let codec = Codec::new(RegistryClient::new(&registry.url())?);
 
     let started = Instant::now();
     let clicks = args.events / 100;
     let conversions = args.events / 250;
     let tallies = vec![
-        round_trip(&codec, &bootstrap, &topics[0], (0..args.events).map(samples::impression), out).await?,
-        round_trip(&codec, &bootstrap, &topics[1], (0..clicks).map(samples::click), out).await?,
-        round_trip(&codec, &bootstrap, &topics[2], (0..conversions).map(samples::conversion), out).await?,
+        round_trip(
+            &codec,
+            &bootstrap,
+            &topics[0],
+            (0..args.events).map(samples::impression),
+            out,
+        )
+        .await?,
+        round_trip(
+            &codec,
+            &bootstrap,
+            &topics[1],
+            (0..clicks).map(samples::click),
+            out,
+        )
+        .await?,
+        round_trip(
+            &codec,
+            &bootstrap,
+            &topics[2],
+            (0..conversions).map(samples::conversion),
+            out,
+        )
+        .await?,
     ];
     registry.stop().await;
 
-    writeln!(out, "\n{:<12} {:>10} {:>10} {:>10}", "event", "published", "received", "identical")?;
+    writeln!(
+        out,
+        "\n{:<12} {:>10} {:>10} {:>10}",
+        "event", "published", "received", "identical"
+    )?;
     for tally in &tallies {
-        writeln!(out, "{:<12} {:>10} {:>10} {:>10}", tally.kind, tally.published, tally.received, tally.identical)?;
+        writeln!(
+            out,
+            "{:<12} {:>10} {:>10} {:>10}",
+            tally.kind, tally.published, tally.received, tally.identical
+        )?;
     }
-    let ok = tallies.iter().all(|tally| tally.published == tally.received && tally.received == tally.identical);
-    writeln!(out, "\n{} in {:.1?}", if ok { "every event round-tripped intact" } else { "MISMATCH" }, started.elapsed())?;
+    let ok = tallies
+        .iter()
+        .all(|tally| tally.published == tally.received && tally.received == tally.identical);
+    writeln!(
+        out,
+        "\n{} in {:.1?}",
+        if ok {
+            "every event round-tripped intact"
+        } else {
+            "MISMATCH"
+        },
+        started.elapsed()
+    )?;
     if !ok {
         bail!("some events were lost or changed");
     }
@@ -114,7 +175,9 @@ async fn round_trip<T>(
 where
     T: Event + Serialize + DeserializeOwned + PartialEq,
 {
-    let encoder: Encoder<T> = codec.encoder(&value_subject(topic), T::KIND.schema()).await?;
+    let encoder: Encoder<T> = codec
+        .encoder(&value_subject(topic), T::KIND.schema())
+        .await?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
@@ -122,16 +185,26 @@ where
         .create()?;
     let mut sent: HashMap<String, T> = HashMap::new();
     let mut deliveries = FuturesUnordered::new();
-    let mut tally = KindTally { kind: T::KIND.to_string(), ..KindTally::default() };
+    let mut tally = KindTally {
+        kind: T::KIND.to_string(),
+        ..KindTally::default()
+    };
     for event in events {
         let value = encoder.encode(&event)?;
         let key = event.user_id().to_owned();
         sent.insert(event.event_id().to_owned(), event);
         let producer = &producer;
         deliveries.push(async move {
-            producer.send(FutureRecord::to(topic).key(&key).payload(&value), Duration::from_secs(30)).await
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(&value),
+                    Duration::from_secs(30),
+                )
+                .await
         });
-        if deliveries.len() >= 10_000 && let Some(result) = deliveries.next().await {
+        if deliveries.len() >= 10_000
+            && let Some(result) = deliveries.next().await
+        {
             result.map_err(|(error, _)| error)?;
             tally.published += 1;
         }
@@ -155,7 +228,9 @@ where
     consumer.assign(&assignment)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while tally.received < tally.published && Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
         let message = message?;
         let decoded: T = codec.decode(message.payload().unwrap_or_default()).await?;
         tally.received += 1;
@@ -170,15 +245,25 @@ where
 
 async fn create_topics(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-    let new_topics: Vec<_> = topics.iter().map(|topic| NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))).collect();
-    for result in admin.create_topics(&new_topics, &AdminOptions::new()).await? {
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let new_topics: Vec<_> = topics
+        .iter()
+        .map(|topic| NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&new_topics, &AdminOptions::new())
+        .await?
+    {
         result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
     }
     Ok(())
 }
 
 fn uuid_suffix() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
     format!("{:x}", nanos % 0xffff_ffff)
 }

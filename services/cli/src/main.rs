@@ -59,7 +59,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Box::new(BufReader::new(std::fs::File::open(&args.input)?))
             };
             let report = produce::run(&args, &mut input, &mut stderr).await?;
-            eprintln!("produced {} record(s) to {}; {} line(s) rejected", report.produced, args.topic, report.rejected.len());
+            eprintln!(
+                "produced {} record(s) to {}; {} line(s) rejected",
+                report.produced,
+                args.topic,
+                report.rejected.len()
+            );
             if !report.rejected.is_empty() {
                 // Partial success: everything valid went through.
                 return Ok(ExitCode::from(2));
@@ -67,7 +72,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Consume(args) => {
             let report = consume::run(&args, &mut stdout, &mut stderr).await?;
-            eprintln!("{} record(s) decoded, {} undecodable", report.decoded, report.undecodable);
+            eprintln!(
+                "{} record(s) decoded, {} undecodable",
+                report.decoded, report.undecodable
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -8,7 +8,9 @@ use std::io::{BufRead, Write};
 use std::time::Duration;
 
 use adpipe_codec::{Codec, Encoder, RegistryClient, value_subject};
-use adpipe_events::{Click, Conversion, Event, EventKind, Impression, JoinedClick, JoinedConversion};
+use adpipe_events::{
+    Click, Conversion, Event, EventKind, Impression, JoinedClick, JoinedConversion,
+};
 use anyhow::Context;
 use clap::Args;
 use futures::StreamExt;
@@ -52,7 +54,11 @@ pub struct ProduceReport {
 
 /// Reads JSON lines from `input` and produces them; reports rejected lines
 /// on `errors` as they happen.
-pub async fn run(args: &ProduceArgs, input: &mut dyn BufRead, errors: &mut dyn Write) -> anyhow::Result<ProduceReport> {
+pub async fn run(
+    args: &ProduceArgs,
+    input: &mut dyn BufRead,
+    errors: &mut dyn Write,
+) -> anyhow::Result<ProduceReport> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", args.kafka.bootstrap_servers()?)
         .set("acks", "all")
@@ -63,10 +69,16 @@ pub async fn run(args: &ProduceArgs, input: &mut dyn BufRead, errors: &mut dyn W
         .context("creating the Kafka producer")?;
     let codec = Codec::new(RegistryClient::new(&args.registry.registry)?);
     match args.kind {
-        EventKind::Impression => produce_lines::<Impression>(args, &codec, &producer, input, errors).await,
+        EventKind::Impression => {
+            produce_lines::<Impression>(args, &codec, &producer, input, errors).await
+        }
         EventKind::Click => produce_lines::<Click>(args, &codec, &producer, input, errors).await,
-        EventKind::Conversion => produce_lines::<Conversion>(args, &codec, &producer, input, errors).await,
-        EventKind::JoinedClick => produce_lines::<JoinedClick>(args, &codec, &producer, input, errors).await,
+        EventKind::Conversion => {
+            produce_lines::<Conversion>(args, &codec, &producer, input, errors).await
+        }
+        EventKind::JoinedClick => {
+            produce_lines::<JoinedClick>(args, &codec, &producer, input, errors).await
+        }
         EventKind::JoinedConversion => {
             produce_lines::<JoinedConversion>(args, &codec, &producer, input, errors).await
         }
@@ -111,7 +123,10 @@ async fn produce_lines<T: Event + Serialize + DeserializeOwned>(
         in_flight.push(async move {
             let record = FutureRecord::to(&topic).key(&key).payload(&value);
             let result = producer.send(record, Duration::from_secs(30)).await;
-            (line_number, result.map(drop).map_err(|(error, _)| error.to_string()))
+            (
+                line_number,
+                result.map(drop).map_err(|(error, _)| error.to_string()),
+            )
         });
         if in_flight.len() >= MAX_IN_FLIGHT {
             settle(in_flight.next().await, &mut report, errors)?;
@@ -132,7 +147,9 @@ fn settle(
         Some((_, Ok(()))) => report.produced += 1,
         Some((line_number, Err(reason))) => {
             writeln!(errors, "line {line_number}: delivery failed: {reason}")?;
-            report.rejected.push((line_number, format!("delivery failed: {reason}")));
+            report
+                .rejected
+                .push((line_number, format!("delivery failed: {reason}")));
         }
         None => {}
     }

@@ -11,13 +11,22 @@ use clap::Args;
 #[derive(Args, Debug, Clone)]
 pub struct KafkaTarget {
     /// Cluster name from the cluster map (see --clusters).
-    #[arg(long, env = "ADPIPE_CLUSTER", default_value = "central", conflicts_with = "brokers")]
+    #[arg(
+        long,
+        env = "ADPIPE_CLUSTER",
+        default_value = "central",
+        conflicts_with = "brokers"
+    )]
     pub cluster: String,
     /// Bootstrap servers, instead of a named cluster.
     #[arg(long, env = "ADPIPE_BROKERS")]
     pub brokers: Option<String>,
     /// Cluster map file.
-    #[arg(long, env = "ADPIPE_CLUSTERS_FILE", default_value = "infra/clusters.toml")]
+    #[arg(
+        long,
+        env = "ADPIPE_CLUSTERS_FILE",
+        default_value = "infra/clusters.toml"
+    )]
     pub clusters: PathBuf,
 }
 
@@ -35,7 +44,11 @@ impl KafkaTarget {
                 "no cluster named {:?} in {}; known: {}",
                 self.cluster,
                 self.clusters.display(),
-                map.clusters.iter().map(|cluster| cluster.name.as_str()).collect::<Vec<_>>().join(", ")
+                map.clusters
+                    .iter()
+                    .map(|cluster| cluster.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -45,6 +58,10 @@ impl KafkaTarget {
 #[derive(Args, Debug, Clone)]
 pub struct RegistryTarget {
     /// Schema registry base URL (Confluent-compatible).
-    #[arg(long, env = "ADPIPE_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "ADPIPE_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub registry: String,
 }

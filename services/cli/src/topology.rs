@@ -25,11 +25,18 @@ pub struct TopologyArgs {
     #[arg(long, default_value = "topologies/pipeline.toml")]
     pub topology: PathBuf,
     /// Cluster map of the environment.
-    #[arg(long, env = "ADPIPE_CLUSTERS_FILE", default_value = "infra/clusters.toml")]
+    #[arg(
+        long,
+        env = "ADPIPE_CLUSTERS_FILE",
+        default_value = "infra/clusters.toml"
+    )]
     pub clusters: PathBuf,
     /// Only these clusters (repeatable); all by default.
     #[arg(long = "only")]
     pub only: Vec<String>,
+    /// Also list topics on the clusters that the topology does not declare.
+    #[arg(long)]
+    pub show_undeclared: bool,
 }
 
 /// Runs a topology subcommand, writing the plan to `out`.
@@ -47,13 +54,18 @@ pub async fn run(command: &TopologyCommand, out: &mut dyn Write) -> anyhow::Resu
         }
         let desired = topology.desired_for(cluster, &map);
         let live = LiveCluster::connect(&cluster.name, &cluster.bootstrap_servers)?;
-        let observed = live
-            .observe(&desired)
-            .await
-            .with_context(|| format!("reading cluster {} at {}", cluster.name, cluster.bootstrap_servers))?;
+        let observed = live.observe(&desired).await.with_context(|| {
+            format!(
+                "reading cluster {} at {}",
+                cluster.name, cluster.bootstrap_servers
+            )
+        })?;
         let plans = plan(&cluster.name, &desired, &observed);
         for topic_plan in &plans {
-            write!(out, "{topic_plan}")?;
+            let undeclared = topic_plan.desired.is_none();
+            if args.show_undeclared || !undeclared {
+                write!(out, "{topic_plan}")?;
+            }
         }
         all_plans.push((live, plans));
     }
@@ -61,14 +73,26 @@ pub async fn run(command: &TopologyCommand, out: &mut dyn Write) -> anyhow::Resu
     let summary = Summary::of(every_plan);
     writeln!(
         out,
-        "\n{} to create, {} to change, {} refused, {} up to date",
-        summary.create, summary.change, summary.refused, summary.up_to_date
+        "\n{} to create, {} to change, {} refused, {} up to date; {} undeclared topic(s) left alone{}",
+        summary.create,
+        summary.change,
+        summary.refused,
+        summary.up_to_date,
+        summary.undeclared,
+        if args.show_undeclared {
+            ""
+        } else {
+            " (--show-undeclared lists them)"
+        }
     )?;
     if !apply {
         return Ok(());
     }
     if summary.refused > 0 {
-        bail!("refusing to apply: {} change(s) above are marked REFUSED; nothing was changed", summary.refused);
+        bail!(
+            "refusing to apply: {} change(s) above are marked REFUSED; nothing was changed",
+            summary.refused
+        );
     }
     let mut applied = 0;
     for (live, plans) in &all_plans {
@@ -84,6 +108,7 @@ struct Summary {
     change: usize,
     refused: usize,
     up_to_date: usize,
+    undeclared: usize,
 }
 
 impl Summary {
@@ -99,6 +124,8 @@ impl Summary {
                 summary.change += 1;
             } else if topic_plan.actions.contains(&Action::UpToDate) {
                 summary.up_to_date += 1;
+            } else if topic_plan.actions.contains(&Action::Undeclared) {
+                summary.undeclared += 1;
             }
         }
         summary

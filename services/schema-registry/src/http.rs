@@ -14,7 +14,11 @@ type Reply = Result<HttpResponse, ApiError>;
 
 /// Registers every route on an actix `App`.
 pub fn routes(config: &mut web::ServiceConfig) {
+    // Malformed query strings answer in Confluent's error shape too.
+    let query_errors =
+        web::QueryConfig::default().error_handler(|error, _| ApiError::unprocessable(error).into());
     config
+        .app_data(query_errors)
         .route("/", web::get().to(root))
         .route("/livez", web::get().to(root))
         .route("/readyz", web::get().to(root))
@@ -65,27 +69,39 @@ fn ok(body: serde_json::Value) -> Reply {
 
 #[derive(Deserialize)]
 struct DeletedFlag {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     deleted: bool,
 }
 
 #[derive(Deserialize)]
 struct PermanentFlag {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     permanent: bool,
 }
 
 #[derive(Deserialize)]
 struct VerboseFlag {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     verbose: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct DefaultToGlobal {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     default_to_global: bool,
+}
+
+/// Query flags as clients send them: `true`, `True` (Python), `1`.
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(serde::de::Error::custom(format!(
+            "expected true or false, got {text:?}"
+        ))),
+    }
 }
 
 /// Body of register, lookup and compatibility requests.

@@ -214,10 +214,9 @@ async fn ensure_topic(settings: &StoreSettings) -> Result<(), ApiError> {
         .inner()
         .fetch_metadata(Some(&settings.topic), Duration::from_secs(10))
         .map_err(ApiError::store)?;
-    let exists = metadata
-        .topics()
-        .iter()
-        .any(|topic| topic.name() == settings.topic && topic.error().is_none() && !topic.partitions().is_empty());
+    let exists = metadata.topics().iter().any(|topic| {
+        topic.name() == settings.topic && topic.error().is_none() && !topic.partitions().is_empty()
+    });
     if exists {
         return Ok(());
     }

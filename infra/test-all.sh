@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The full test suite, against real parts. On a fresh machine with only the
+# toolchains it installs what it needs (Kafka jars via mvn, Python packages in
+# a venv under .adpipe/), starts the local KRaft clusters and adpipe's schema
+# registry, runs every check, and stops what it started.
+#
+#   infra/test-all.sh            everything
+#   ADPIPE_KEEP_RUNNING=1 ...    leave the clusters running afterwards
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_DIR"
+
+step() { log "== $* ($(date +%T))"; }
+started_at=$(date +%s)
+cleanup() {
+  local status=$?
+  [ -n "${registry_pid:-}" ] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+  if [ "${kafka_was_running:-1}" = 0 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
+    "$INFRA_DIR/kafka.sh" stop || true
+  fi
+  log "finished with status $status after $(( $(date +%s) - started_at )) s"
+  exit $status
+}
+trap cleanup EXIT
+
+step "toolchain"
+command -v cargo >/dev/null || die "cargo not found: install Rust with rustup"
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+
+step "format"
+cargo fmt --all --check
+
+step "build"
+cargo build --workspace --all-targets --locked
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "kafka clusters"
+kafka_was_running=1
+"$INFRA_DIR/kafka.sh" status | grep -q stopped && kafka_was_running=0
+"$INFRA_DIR/kafka.sh" start
+
+step "topology apply (twice: the second must change nothing)"
+target/debug/adpipe topology apply | tail -n 2
+target/debug/adpipe topology apply | tail -n 1 | grep -q "applied 0 change(s)" || die "second topology apply was not a no-op"
+
+step "rust tests"
+cargo test --workspace --locked
+
+step "demo on the embedded default (in-process Kafka) and on the real central cluster"
+target/debug/adpipe demo --events 5000 | tail -n 6
+target/debug/adpipe demo --events 5000 --brokers "$(clusters name port | awk '$1 == "central" {print "127.0.0.1:" $2}')" | tail -n 1
+
+step "python interoperability (Confluent's client)"
+venv="$ADPIPE_STATE_DIR/venv"
+if [ ! -x "$venv/bin/pytest" ] || ! cmp -s tests/interop/requirements.txt "$venv/requirements.txt"; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+  cp tests/interop/requirements.txt "$venv/requirements.txt"
+fi
+central="127.0.0.1:$(clusters name port | awk '$1 == "central" {print $2}')"
+registry_port="${ADPIPE_TEST_REGISTRY_PORT:-18081}"
+port_open "$registry_port" && die "port $registry_port is taken; stop whatever listens there"
+target/debug/adpipe-schema-registry --listen "127.0.0.1:$registry_port" --bootstrap-servers "$central" \
+  > "$ADPIPE_STATE_DIR/registry-test.log" 2>&1 &
+registry_pid=$!
+for _ in $(seq 1 100); do port_open "$registry_port" && break; sleep 0.2; done
+port_open "$registry_port" || { cat "$ADPIPE_STATE_DIR/registry-test.log" >&2; die "schema registry did not start"; }
+ADPIPE_BOOTSTRAP="$central" ADPIPE_REGISTRY_URL="http://127.0.0.1:$registry_port" \
+  ADPIPE_BIN="$REPO_DIR/target/debug/adpipe" "$venv/bin/pytest" -q tests/interop
+
+step "all checks passed"
