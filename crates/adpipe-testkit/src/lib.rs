@@ -12,12 +12,25 @@ use adpipe_topology::ClusterMap;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-/// The local cluster map (`infra/clusters.toml`, or `$ADPIPE_CLUSTERS_FILE`).
+/// Path of the local cluster map: `$ADPIPE_CLUSTERS_FILE`, else
+/// `infra/clusters.toml`.
+pub fn clusters_file() -> std::path::PathBuf {
+    std::env::var_os("ADPIPE_CLUSTERS_FILE").map_or_else(
+        || {
+            std::path::PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../infra/clusters.toml"
+            ))
+        },
+        std::path::PathBuf::from,
+    )
+}
+
+/// The local cluster map (see [`clusters_file`]).
 pub fn clusters() -> ClusterMap {
-    let path = std::env::var("ADPIPE_CLUSTERS_FILE")
-        .unwrap_or_else(|_| format!("{}/../../infra/clusters.toml", env!("CARGO_MANIFEST_DIR")));
-    ClusterMap::load(std::path::Path::new(&path))
-        .unwrap_or_else(|error| panic!("cannot read cluster map {path}: {error}"))
+    let path = clusters_file();
+    ClusterMap::load(&path)
+        .unwrap_or_else(|error| panic!("cannot read cluster map {}: {error}", path.display()))
 }
 
 /// Bootstrap servers of the named local cluster, after checking that it

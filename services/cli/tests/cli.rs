@@ -12,7 +12,7 @@ use adpipe_events::{EventKind, Impression, samples};
 use adpipe_schema_registry::RegistrySettings;
 
 fn clusters_file() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../infra/clusters.toml")
+    adpipe_testkit::clusters_file()
 }
 
 fn topology_file(

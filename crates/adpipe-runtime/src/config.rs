@@ -1,0 +1,311 @@
+//! Worker configuration: TOML, then `ADPIPE__SECTION__KEY` environment
+//! overrides, then validation that lists every problem at once.
+//!
+//! Services embed their own sections next to `[kafka]`, `[runtime]` and
+//! `[http]`; [`load_layers`] gives them the merged TOML tree to deserialize.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration that cannot be used; every problem is listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read or parsed.
+    #[error("configuration: {0}")]
+    Load(String),
+    /// The values break rules.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// Reads `defaults` (the service's embedded TOML), overlays the file at
+/// `path` if given, then environment variables `ADPIPE__A__B=value` (which set
+/// `a.b`; `-` may be written `_`). Values are parsed as TOML when they parse,
+/// else taken as strings.
+pub fn load_layers(
+    defaults: &str,
+    path: Option<&Path>,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<toml::Table, ConfigError> {
+    let mut merged: toml::Table = toml::from_str(defaults)
+        .map_err(|error| ConfigError::Load(format!("embedded defaults: {error}")))?;
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError::Load(format!("{}: {error}", path.display())))?;
+        let file: toml::Table = toml::from_str(&text)
+            .map_err(|error| ConfigError::Load(format!("{}: {error}", path.display())))?;
+        merge(&mut merged, file);
+    }
+    for (name, value) in env {
+        let Some(path) = name.strip_prefix("ADPIPE__") else {
+            continue;
+        };
+        let keys: Vec<String> = path
+            .split("__")
+            .map(|key| key.to_ascii_lowercase().replace('_', "-"))
+            .collect();
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut table| table.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        set_path(&mut merged, &keys, parsed);
+    }
+    Ok(merged)
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => {
+                merge(base_table, overlay_table)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) {
+    let Some((last, parents)) = keys.split_last() else {
+        return;
+    };
+    let mut current = table;
+    for key in parents {
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
+        current = next;
+    }
+    current.insert(last.clone(), value);
+}
+
+/// Parses a humantime duration field.
+pub fn duration(field: &str, text: &str, problems: &mut Vec<String>) -> Duration {
+    humantime::parse_duration(text).unwrap_or_else(|error| {
+        problems.push(format!("{field} = {text:?}: {error}"));
+        Duration::ZERO
+    })
+}
+
+/// `[kafka]`: the cluster a worker consumes from and produces to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KafkaConfig {
+    /// Bootstrap servers.
+    pub bootstrap_servers: String,
+    /// Consumer group; every instance of a service shares it.
+    pub group_id: String,
+    /// Consumer session timeout (a dead instance's partitions move after this).
+    pub session_timeout: String,
+    /// Extra librdkafka consumer properties, passed through.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// Extra librdkafka producer properties, passed through.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+/// `[runtime]`: how the worker runtime behaves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RuntimeConfig {
+    /// A partition whose queued bytes exceed this is paused.
+    pub queue_high_bytes: usize,
+    /// A paused partition resumes when its queue falls below this.
+    pub queue_low_bytes: usize,
+    /// How often done offsets are committed.
+    pub commit_interval: String,
+    /// Longest a record may take (schema lookups, retries excluded) before it
+    /// counts as a transient failure.
+    pub processing_timeout: String,
+    /// On revoke or shutdown, how long to wait for in-flight outputs; must be
+    /// below the session timeout.
+    pub revoke_deadline: String,
+    /// First retry delay for transient failures (doubles up to the maximum).
+    pub retry_initial_backoff: String,
+    /// Largest retry delay.
+    pub retry_max_backoff: String,
+    /// Actors per partition, chosen by key hash (1 = off).
+    pub sub_partitions: u16,
+    /// Topic for records that cannot be processed.
+    pub dead_letter_topic: String,
+    /// `dead-letter` (default) or `stop` for poison records.
+    pub on_poison: PoisonAction,
+}
+
+/// What to do with a poison record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoisonAction {
+    /// Send it to the dead-letter topic and go on.
+    DeadLetter,
+    /// Stop the worker (for pipelines where a gap is worse than a halt).
+    Stop,
+}
+
+/// `[http]`: metrics and health endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpConfig {
+    /// Listen address for /metrics, /livez, /readyz (loopback by default).
+    pub listen: SocketAddr,
+}
+
+/// `[registry]`: the schema registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RegistryConfig {
+    /// Base URL.
+    pub url: String,
+}
+
+/// Validated runtime settings.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Service name (metric label, client id).
+    pub service: String,
+    /// Topics to consume.
+    pub input_topics: Vec<String>,
+    /// Kafka section, as given.
+    pub kafka: KafkaConfig,
+    /// Session timeout.
+    pub session_timeout: Duration,
+    /// Pause above this many queued bytes per partition.
+    pub queue_high_bytes: usize,
+    /// Resume below this.
+    pub queue_low_bytes: usize,
+    /// Commit period.
+    pub commit_interval: Duration,
+    /// Per-record processing budget.
+    pub processing_timeout: Duration,
+    /// Drain budget on revoke and shutdown.
+    pub revoke_deadline: Duration,
+    /// First retry delay.
+    pub retry_initial_backoff: Duration,
+    /// Largest retry delay.
+    pub retry_max_backoff: Duration,
+    /// Actors per partition.
+    pub sub_partitions: NonZeroU16,
+    /// Dead-letter topic.
+    pub dead_letter_topic: String,
+    /// Poison handling.
+    pub on_poison: PoisonAction,
+    /// Metrics and health address.
+    pub http_listen: SocketAddr,
+    /// Registry URL when values are decoded, `None` to pass bytes through.
+    pub registry_url: Option<String>,
+}
+
+impl WorkerSettings {
+    /// Validates the shared sections, appending every problem to `problems`.
+    pub fn validate(
+        service: &str,
+        input_topics: Vec<String>,
+        kafka: KafkaConfig,
+        runtime: RuntimeConfig,
+        http: HttpConfig,
+        registry: Option<RegistryConfig>,
+        problems: &mut Vec<String>,
+    ) -> WorkerSettings {
+        let session_timeout = duration("kafka.session-timeout", &kafka.session_timeout, problems);
+        let revoke_deadline = duration(
+            "runtime.revoke-deadline",
+            &runtime.revoke_deadline,
+            problems,
+        );
+        let retry_initial_backoff = duration(
+            "runtime.retry-initial-backoff",
+            &runtime.retry_initial_backoff,
+            problems,
+        );
+        let retry_max_backoff = duration(
+            "runtime.retry-max-backoff",
+            &runtime.retry_max_backoff,
+            problems,
+        );
+        if revoke_deadline >= session_timeout {
+            problems.push(format!(
+                "runtime.revoke-deadline ({revoke_deadline:?}) must be below kafka.session-timeout ({session_timeout:?}), or a slow drain gets the instance expelled mid-rebalance"
+            ));
+        }
+        if runtime.queue_low_bytes >= runtime.queue_high_bytes {
+            problems.push(
+                "runtime.queue-low-bytes must be below runtime.queue-high-bytes (hysteresis)"
+                    .to_owned(),
+            );
+        }
+        if retry_initial_backoff > retry_max_backoff {
+            problems
+                .push("runtime.retry-initial-backoff exceeds runtime.retry-max-backoff".to_owned());
+        }
+        if input_topics.is_empty() {
+            problems.push("no input topics".to_owned());
+        }
+        if kafka.bootstrap_servers.trim().is_empty() {
+            problems.push("kafka.bootstrap-servers is empty".to_owned());
+        }
+        let sub_partitions = NonZeroU16::new(runtime.sub_partitions).unwrap_or_else(|| {
+            problems.push("runtime.sub-partitions must be at least 1".to_owned());
+            NonZeroU16::MIN
+        });
+        WorkerSettings {
+            service: service.to_owned(),
+            input_topics,
+            session_timeout,
+            queue_high_bytes: runtime.queue_high_bytes,
+            queue_low_bytes: runtime.queue_low_bytes,
+            commit_interval: duration(
+                "runtime.commit-interval",
+                &runtime.commit_interval,
+                problems,
+            ),
+            processing_timeout: duration(
+                "runtime.processing-timeout",
+                &runtime.processing_timeout,
+                problems,
+            ),
+            revoke_deadline,
+            retry_initial_backoff,
+            retry_max_backoff,
+            sub_partitions,
+            dead_letter_topic: runtime.dead_letter_topic,
+            on_poison: runtime.on_poison,
+            http_listen: http.listen,
+            registry_url: registry.map(|registry| registry.url),
+            kafka,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let defaults = "[kafka]\nbootstrap-servers = \"a:1\"\n[runtime]\nsub-partitions = 1\n";
+        let env = vec![
+            (
+                "ADPIPE__KAFKA__BOOTSTRAP_SERVERS".to_owned(),
+                "b:2".to_owned(),
+            ),
+            ("ADPIPE__RUNTIME__SUB_PARTITIONS".to_owned(), "4".to_owned()),
+            ("OTHER".to_owned(), "x".to_owned()),
+        ];
+        let merged = load_layers(defaults, None, env.into_iter()).expect("loads");
+        assert_eq!(merged["kafka"]["bootstrap-servers"].as_str(), Some("b:2"));
+        assert_eq!(merged["runtime"]["sub-partitions"].as_integer(), Some(4));
+    }
+}

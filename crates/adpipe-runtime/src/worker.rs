@@ -1,0 +1,155 @@
+//! Starting and stopping a worker: the consumer thread, the producer, the
+//! actors and the HTTP endpoints, wired together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use adpipe_codec::{Codec, RegistryClient};
+use parking_lot::Mutex;
+use rdkafka::consumer::Consumer;
+use tracing::info;
+
+use crate::actor::ActorEnv;
+use crate::config::WorkerSettings;
+use crate::consumer::{WorkerContext, create_consumer, poll_loop};
+use crate::producer::{OutputProducer, run_followups};
+use crate::step::StepFactory;
+use crate::telemetry::{Health, serve};
+
+/// Why a worker could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Kafka client setup failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The HTTP endpoints could not bind.
+    #[error("http endpoints on {0}: {1}")]
+    Http(SocketAddr, std::io::Error),
+    /// The registry client could not be built.
+    #[error("schema registry: {0}")]
+    Registry(#[from] adpipe_codec::RegistryError),
+    /// A fatal error stopped the worker (the reason says which record).
+    #[error("stopped: {0}")]
+    Fatal(String),
+}
+
+/// A running worker.
+pub struct WorkerHandle {
+    stop: Arc<AtomicBool>,
+    fatal: Arc<Mutex<Option<String>>>,
+    consumer_thread: Option<std::thread::JoinHandle<()>>,
+    producer: Arc<OutputProducer>,
+    http: actix_web::dev::ServerHandle,
+    /// Where /metrics, /livez and /readyz are served.
+    pub http_address: SocketAddr,
+    /// Liveness and readiness.
+    pub health: Arc<Health>,
+    revoke_deadline: Duration,
+}
+
+/// Starts a worker for `settings`, building a step per assigned partition
+/// with `factory`. Must be called inside a multi-threaded tokio runtime.
+pub fn start<F: StepFactory>(
+    settings: WorkerSettings,
+    factory: F,
+) -> Result<WorkerHandle, WorkerError> {
+    let (producer, followups) = OutputProducer::new(
+        &settings.service,
+        &settings.kafka.bootstrap_servers,
+        &settings.kafka.producer,
+    )?;
+    let producer = Arc::new(producer);
+    tokio::spawn(run_followups(Arc::clone(&producer), followups));
+    let codec = match &settings.registry_url {
+        Some(url) => Some(Arc::new(Codec::new(RegistryClient::new(url)?))),
+        None => None,
+    };
+    let health = Arc::new(Health::default());
+    let (http_address, http) = serve(settings.http_listen, Arc::clone(&health))
+        .map_err(|error| WorkerError::Http(settings.http_listen, error))?;
+    let fatal = Arc::new(Mutex::new(None));
+    let revoke_deadline = settings.revoke_deadline;
+    let topics = settings.input_topics.clone();
+    let env = Arc::new(ActorEnv {
+        settings,
+        producer: Arc::clone(&producer),
+        codec,
+    });
+    let context = WorkerContext::new(
+        env,
+        Arc::new(factory),
+        tokio::runtime::Handle::current(),
+        Arc::clone(&fatal),
+        Arc::clone(&health),
+    );
+    let consumer = create_consumer(context)?;
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumer_thread = {
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("adpipe-consumer".to_owned())
+            .spawn(move || poll_loop(consumer, stop))
+            .map_err(|error| {
+                WorkerError::Fatal(format!("cannot start the consumer thread: {error}"))
+            })?
+    };
+    info!(%http_address, ?topics, "worker started");
+    Ok(WorkerHandle {
+        stop,
+        fatal,
+        consumer_thread: Some(consumer_thread),
+        producer,
+        http,
+        http_address,
+        health,
+        revoke_deadline,
+    })
+}
+
+impl WorkerHandle {
+    /// Waits until the worker stops by itself (a fatal error) and returns it.
+    pub async fn stopped(&self) -> String {
+        loop {
+            if let Some(reason) = self.fatal.lock().clone() {
+                return reason;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Graceful stop (SIGTERM): drain partitions, commit what is done, flush.
+    pub async fn stop(mut self) -> Result<(), WorkerError> {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.consumer_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        let producer = Arc::clone(&self.producer);
+        let deadline = self.revoke_deadline;
+        let _ = tokio::task::spawn_blocking(move || producer.flush(deadline)).await;
+        self.http.stop(true).await;
+        match self.fatal.lock().clone() {
+            Some(reason) => Err(WorkerError::Fatal(reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
