@@ -159,11 +159,9 @@ pub async fn run_followups(
     mut followups: mpsc::UnboundedReceiver<(OutputRecord, AckToken)>,
 ) {
     while let Some((record, token)) = followups.recv().await {
-        loop {
-            match producer.send(&record, &token) {
-                Err(SendError::QueueFull) => tokio::time::sleep(Duration::from_millis(5)).await,
-                Ok(()) | Err(SendError::Failed(_)) => break,
-            }
+        // A `Failed` send already failed the token; only a full queue retries.
+        while let Err(SendError::QueueFull) = producer.send(&record, &token) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }
