@@ -1,0 +1,119 @@
+//! The deduplicator's configuration: the shared runtime sections plus
+//! `[deduplicator]`.
+
+use std::path::Path;
+
+use adpipe_runtime::config::{HttpConfig, KafkaConfig, RegistryConfig, RuntimeConfig, duration, load_layers};
+use adpipe_runtime::{ConfigError, WorkerSettings};
+use serde::Deserialize;
+
+/// The embedded defaults.
+pub const DEFAULTS: &str = include_str!("../defaults.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    kafka: KafkaConfig,
+    registry: RegistryConfig,
+    runtime: RuntimeConfig,
+    http: HttpConfig,
+    deduplicator: RawDedup,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDedup {
+    window: String,
+    allowed_lateness: String,
+    stream: Vec<Stream>,
+}
+
+/// One deduplicated stream.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Stream {
+    /// Topic read.
+    pub input: String,
+    /// Topic the first copy of each event goes to (same partition).
+    pub output: String,
+    /// Compacted topic of seen ids (same partition count as `input`).
+    pub changelog: String,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct DedupSettings {
+    /// Runtime settings.
+    pub worker: WorkerSettings,
+    /// Window in ms.
+    pub window_ms: i64,
+    /// Allowed lateness in ms.
+    pub lateness_ms: i64,
+    /// Streams.
+    pub streams: Vec<Stream>,
+}
+
+impl DedupSettings {
+    /// Loads defaults, then `path`, then the environment, and validates.
+    pub fn load(path: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let merged = load_layers(DEFAULTS, path, env)?;
+        let raw: RawConfig =
+            toml::Value::Table(merged).try_into().map_err(|error: toml::de::Error| ConfigError::Load(error.to_string()))?;
+        let mut problems = Vec::new();
+        let window = duration("deduplicator.window", &raw.deduplicator.window, &mut problems);
+        let lateness = duration("deduplicator.allowed-lateness", &raw.deduplicator.allowed_lateness, &mut problems);
+        if raw.runtime.sub_partitions != 1 {
+            problems.push("runtime.sub-partitions must be 1 for the deduplicator (its state is per partition)".to_owned());
+        }
+        let inputs = raw.deduplicator.stream.iter().map(|stream| stream.input.clone()).collect();
+        let worker = WorkerSettings::validate(
+            "deduplicator",
+            inputs,
+            raw.kafka,
+            raw.runtime,
+            raw.http,
+            Some(raw.registry),
+            &mut problems,
+        );
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok(DedupSettings {
+            worker,
+            window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
+            lateness_ms: i64::try_from(lateness.as_millis()).unwrap_or(i64::MAX),
+            streams: raw.deduplicator.stream,
+        })
+    }
+
+    /// The stream an input topic belongs to.
+    pub fn stream(&self, input: &str) -> Option<&Stream> {
+        self.streams.iter().find(|stream| stream.input == input)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let settings = DedupSettings::load(None, std::iter::empty()).expect("defaults validate");
+        assert_eq!(settings.window_ms, 24 * 3_600_000);
+        assert_eq!(settings.worker.input_topics.len(), 3);
+    }
+
+    #[test]
+    fn lists_every_problem() {
+        let env = [
+            ("ADPIPE__DEDUPLICATOR__WINDOW", "forever"),
+            ("ADPIPE__RUNTIME__SUB_PARTITIONS", "4"),
+            ("ADPIPE__RUNTIME__REVOKE_DEADLINE", "1m"),
+            ("ADPIPE__RUNTIME__QUEUE_LOW_BYTES", "99999999"),
+        ]
+        .map(|(key, value)| (key.to_owned(), value.to_owned()));
+        let error = DedupSettings::load(None, env.into_iter()).expect_err("invalid");
+        let ConfigError::Invalid(problems) = error else { panic!("expected validation problems") };
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+    }
+}

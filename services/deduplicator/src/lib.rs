@@ -1,0 +1,21 @@
+//! The deduplicator: drops every event whose event_id was already seen
+//! within a window of event time (design.md, service 2).
+//!
+//! Runs on the shared worker runtime. State is one in-memory set of 128-bit
+//! id hashes per partition, restored on assignment from a compacted changelog
+//! topic (partition i of the changelog belongs to partition i of the input),
+//! so it survives restarts and moves with its partition on rebalance.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod state;
+pub mod step;
+
+pub use config::DedupSettings;
+pub use step::{DedupFactory, DedupStep};
+
+/// Starts the deduplicator (inside a tokio runtime).
+pub fn start(settings: DedupSettings) -> Result<adpipe_runtime::WorkerHandle, adpipe_runtime::WorkerError> {
+    let worker = settings.worker.clone();
+    adpipe_runtime::start(worker, DedupFactory::new(settings))
+}

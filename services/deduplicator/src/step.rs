@@ -1,0 +1,187 @@
+//! The deduplication step and its factory, which restores a partition's
+//! state from its changelog.
+//!
+//! Delivery contract: a new event is emitted to the output topic, and only
+//! after the output is acknowledged is its id appended to the changelog
+//! (`OutputRecord::then`); the input is done when the changelog write is
+//! acknowledged. So after a crash the restored state never holds an id whose
+//! output might be missing: replayed records are either dropped (their output
+//! and changelog entry both exist) or emitted again (the changelog entry was
+//! lost) — a duplicate downstream, which the idempotent sinks absorb, never
+//! a loss.
+
+use std::time::Duration;
+
+use adpipe_runtime::{Emitter, InputRecord, OutputRecord, PartitionAssignment, Step, StepError, StepFactory};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Deserialize;
+use tracing::info;
+
+use crate::config::{DedupSettings, Stream};
+use crate::state::{DedupState, Verdict, id_hash};
+
+/// The fields every deduplicated event has; the rest of the record is
+/// skipped by the decoder and forwarded untouched as bytes.
+#[derive(Debug, Deserialize)]
+struct EventIdentity {
+    event_id: String,
+    event_time: i64,
+}
+
+/// Deduplicates one partition of one stream.
+pub struct DedupStep {
+    stream: Stream,
+    partition: i32,
+    state: DedupState,
+}
+
+impl DedupStep {
+    /// A step with the given (possibly restored) state.
+    pub fn new(stream: Stream, partition: i32, state: DedupState) -> Self {
+        DedupStep { stream, partition, state }
+    }
+}
+
+/// Changelog value: the first copy's event time, 8 bytes big-endian.
+fn changelog_value(event_time: i64) -> Vec<u8> {
+    event_time.to_be_bytes().to_vec()
+}
+
+impl Step for DedupStep {
+    fn process(&mut self, record: &InputRecord<'_>, out: &mut Emitter) -> Result<(), StepError> {
+        let identity: EventIdentity = record.decode()?;
+        out.observe_event_time(identity.event_time);
+        if self.state.check_and_insert(id_hash(&identity.event_id), identity.event_time) == Verdict::Duplicate {
+            return Ok(()); // no output: done at once
+        }
+        let mut changelog =
+            OutputRecord::new(&self.stream.changelog, Some(identity.event_id.as_bytes()), Some(&changelog_value(identity.event_time)));
+        changelog.partition = Some(self.partition);
+        let mut output = OutputRecord::new(&self.stream.output, record.key, record.value);
+        // Fixed partitioning: partition i stays partition i.
+        output.partition = Some(self.partition);
+        output.headers = record.headers.to_vec();
+        output.then = Some(Box::new(changelog));
+        out.emit(output);
+        Ok(())
+    }
+
+    fn state_entries(&self) -> usize {
+        self.state.len()
+    }
+}
+
+/// Builds steps, restoring each partition's state from its changelog.
+pub struct DedupFactory {
+    settings: DedupSettings,
+}
+
+impl DedupFactory {
+    /// A factory for these settings.
+    pub fn new(settings: DedupSettings) -> Self {
+        DedupFactory { settings }
+    }
+
+    fn restore(&self, stream: &Stream, partition: i32) -> Result<DedupState, StepError> {
+        let mut state = DedupState::new(self.settings.window_ms, self.settings.lateness_ms);
+        let kafka = |error: rdkafka::error::KafkaError| StepError::transient("changelog_restore", error.to_string());
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.worker.kafka.bootstrap_servers)
+            .set("group.id", format!("{}-restore", self.settings.worker.kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(kafka)?;
+        let (low, high) = consumer.fetch_watermarks(&stream.changelog, partition, Duration::from_secs(30)).map_err(kafka)?;
+        if high <= low {
+            return Ok(state);
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&stream.changelog, partition, Offset::Beginning).map_err(kafka)?;
+        consumer.assign(&assignment).map_err(kafka)?;
+        let mut restored = 0_u64;
+        loop {
+            match consumer.poll(Duration::from_secs(30)) {
+                Some(Ok(message)) => {
+                    if let (Some(key), Some(value)) = (message.key(), message.payload())
+                        && let Ok(bytes) = <[u8; 8]>::try_from(value)
+                    {
+                        let event_id = String::from_utf8_lossy(key);
+                        state.remember(id_hash(&event_id), i64::from_be_bytes(bytes));
+                        restored += 1;
+                    }
+                    if message.offset() + 1 >= high {
+                        break;
+                    }
+                }
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                Some(Err(error)) => return Err(kafka(error)),
+                None => return Err(StepError::transient("changelog_restore", "changelog read timed out")),
+            }
+        }
+        info!(changelog = %stream.changelog, partition, restored, kept = state.len(), "deduplicator state restored");
+        Ok(state)
+    }
+}
+
+impl StepFactory for DedupFactory {
+    type Step = DedupStep;
+
+    fn create(&self, assignment: &PartitionAssignment) -> Result<DedupStep, StepError> {
+        let stream = self
+            .settings
+            .stream(&assignment.topic)
+            .cloned()
+            .ok_or_else(|| StepError::fatal("unknown_stream", format!("no stream reads {}", assignment.topic)))?;
+        let state = self.restore(&stream, assignment.partition)?;
+        Ok(DedupStep::new(stream, assignment.partition, state))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use adpipe_codec::{Encoder, WriterSchema};
+    use adpipe_events::{EventKind, Impression, samples};
+    use std::sync::Arc;
+
+    fn stream() -> Stream {
+        Stream { input: "in".into(), output: "out".into(), changelog: "log".into() }
+    }
+
+    #[test]
+    fn emits_the_first_copy_with_its_changelog_entry_after_it() {
+        let writer = Arc::new(WriterSchema::parse(1, EventKind::Impression.schema().to_owned()).expect("schema"));
+        let encoder = Encoder::<Impression>::new(1, EventKind::Impression.schema().parse().expect("schema"));
+        let event = samples::impression(9);
+        let value = encoder.encode(&event).expect("encodes");
+        let headers = vec![("adpipe.origin.dc".to_owned(), b"dc1".to_vec())];
+        let record = |offset| InputRecord {
+            topic: "in",
+            partition: 4,
+            offset,
+            timestamp_ms: None,
+            key: Some(event.user_id.as_bytes()),
+            value: Some(&value),
+            headers: &headers,
+            writer: Some(Arc::clone(&writer)),
+        };
+        let mut step = DedupStep::new(stream(), 4, DedupState::new(86_400_000, 3_600_000));
+        let mut out = Emitter::default();
+        step.process(&record(0), &mut out).expect("processes");
+        let [output] = out.outputs() else { panic!("one output expected") };
+        assert_eq!((output.topic.as_str(), output.partition), ("out", Some(4)));
+        assert_eq!(output.value.as_deref(), Some(value.as_slice()), "bytes forwarded untouched");
+        assert_eq!(output.headers, headers);
+        let changelog = output.then.as_ref().expect("changelog after the output");
+        assert_eq!(changelog.key.as_deref(), Some(event.event_id.as_bytes()));
+        assert_eq!(changelog.partition, Some(4));
+
+        let mut again = Emitter::default();
+        step.process(&record(1), &mut again).expect("processes");
+        assert!(again.outputs().is_empty(), "the duplicate is dropped");
+        assert_eq!(step.state_entries(), 1);
+    }
+}
