@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use adpipe_runtime::config::{HttpConfig, KafkaConfig, RegistryConfig, RuntimeConfig, duration, load_layers};
+use adpipe_runtime::config::{
+    HttpConfig, KafkaConfig, RegistryConfig, RuntimeConfig, duration, load_layers,
+};
 use adpipe_runtime::{ConfigError, WorkerSettings};
 use serde::Deserialize;
 
@@ -55,17 +57,34 @@ pub struct DedupSettings {
 
 impl DedupSettings {
     /// Loads defaults, then `path`, then the environment, and validates.
-    pub fn load(path: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let merged = load_layers(DEFAULTS, path, env)?;
-        let raw: RawConfig =
-            toml::Value::Table(merged).try_into().map_err(|error: toml::de::Error| ConfigError::Load(error.to_string()))?;
+        let raw: RawConfig = toml::Value::Table(merged)
+            .try_into()
+            .map_err(|error: toml::de::Error| ConfigError::Load(error.to_string()))?;
         let mut problems = Vec::new();
-        let window = duration("deduplicator.window", &raw.deduplicator.window, &mut problems);
-        let lateness = duration("deduplicator.allowed-lateness", &raw.deduplicator.allowed_lateness, &mut problems);
+        let window = duration(
+            "deduplicator.window",
+            &raw.deduplicator.window,
+            &mut problems,
+        );
+        let lateness = duration(
+            "deduplicator.allowed-lateness",
+            &raw.deduplicator.allowed_lateness,
+            &mut problems,
+        );
         if raw.runtime.sub_partitions != 1 {
             problems.push("runtime.sub-partitions must be 1 for the deduplicator (its state is per partition)".to_owned());
         }
-        let inputs = raw.deduplicator.stream.iter().map(|stream| stream.input.clone()).collect();
+        let inputs = raw
+            .deduplicator
+            .stream
+            .iter()
+            .map(|stream| stream.input.clone())
+            .collect();
         let worker = WorkerSettings::validate(
             "deduplicator",
             inputs,
@@ -113,7 +132,9 @@ mod tests {
         ]
         .map(|(key, value)| (key.to_owned(), value.to_owned()));
         let error = DedupSettings::load(None, env.into_iter()).expect_err("invalid");
-        let ConfigError::Invalid(problems) = error else { panic!("expected validation problems") };
+        let ConfigError::Invalid(problems) = error else {
+            panic!("expected validation problems")
+        };
         assert_eq!(problems.len(), 4, "{problems:#?}");
     }
 }

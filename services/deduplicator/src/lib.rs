@@ -15,7 +15,9 @@ pub use config::DedupSettings;
 pub use step::{DedupFactory, DedupStep};
 
 /// Starts the deduplicator (inside a tokio runtime).
-pub fn start(settings: DedupSettings) -> Result<adpipe_runtime::WorkerHandle, adpipe_runtime::WorkerError> {
+pub fn start(
+    settings: DedupSettings,
+) -> Result<adpipe_runtime::WorkerHandle, adpipe_runtime::WorkerError> {
     let worker = settings.worker.clone();
     adpipe_runtime::start(worker, DedupFactory::new(settings))
 }

@@ -40,12 +40,20 @@ pub fn id_hash(event_id: &str) -> u128 {
 impl DedupState {
     /// Empty state for a window and allowed lateness in milliseconds.
     pub fn new(window_ms: i64, lateness_ms: i64) -> Self {
-        DedupState { seen: HashMap::new(), expiry: VecDeque::new(), max_event_time: i64::MIN, window_ms, lateness_ms }
+        DedupState {
+            seen: HashMap::new(),
+            expiry: VecDeque::new(),
+            max_event_time: i64::MIN,
+            window_ms,
+            lateness_ms,
+        }
     }
 
     /// Event times below this are outside the window.
     pub fn cutoff(&self) -> i64 {
-        self.max_event_time.saturating_sub(self.lateness_ms).saturating_sub(self.window_ms)
+        self.max_event_time
+            .saturating_sub(self.lateness_ms)
+            .saturating_sub(self.window_ms)
     }
 
     /// Decides on an event and remembers it if new.

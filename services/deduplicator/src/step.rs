@@ -12,7 +12,9 @@
 
 use std::time::Duration;
 
-use adpipe_runtime::{Emitter, InputRecord, OutputRecord, PartitionAssignment, Step, StepError, StepFactory};
+use adpipe_runtime::{
+    Emitter, InputRecord, OutputRecord, PartitionAssignment, Step, StepError, StepFactory,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -40,7 +42,11 @@ pub struct DedupStep {
 impl DedupStep {
     /// A step with the given (possibly restored) state.
     pub fn new(stream: Stream, partition: i32, state: DedupState) -> Self {
-        DedupStep { stream, partition, state }
+        DedupStep {
+            stream,
+            partition,
+            state,
+        }
     }
 }
 
@@ -53,11 +59,18 @@ impl Step for DedupStep {
     fn process(&mut self, record: &InputRecord<'_>, out: &mut Emitter) -> Result<(), StepError> {
         let identity: EventIdentity = record.decode()?;
         out.observe_event_time(identity.event_time);
-        if self.state.check_and_insert(id_hash(&identity.event_id), identity.event_time) == Verdict::Duplicate {
+        if self
+            .state
+            .check_and_insert(id_hash(&identity.event_id), identity.event_time)
+            == Verdict::Duplicate
+        {
             return Ok(()); // no output: done at once
         }
-        let mut changelog =
-            OutputRecord::new(&self.stream.changelog, Some(identity.event_id.as_bytes()), Some(&changelog_value(identity.event_time)));
+        let mut changelog = OutputRecord::new(
+            &self.stream.changelog,
+            Some(identity.event_id.as_bytes()),
+            Some(&changelog_value(identity.event_time)),
+        );
         changelog.partition = Some(self.partition);
         let mut output = OutputRecord::new(&self.stream.output, record.key, record.value);
         // Fixed partitioning: partition i stays partition i.
@@ -86,20 +99,32 @@ impl DedupFactory {
 
     fn restore(&self, stream: &Stream, partition: i32) -> Result<DedupState, StepError> {
         let mut state = DedupState::new(self.settings.window_ms, self.settings.lateness_ms);
-        let kafka = |error: rdkafka::error::KafkaError| StepError::transient("changelog_restore", error.to_string());
+        let kafka = |error: rdkafka::error::KafkaError| {
+            StepError::transient("changelog_restore", error.to_string())
+        };
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.settings.worker.kafka.bootstrap_servers)
-            .set("group.id", format!("{}-restore", self.settings.worker.kafka.group_id))
+            .set(
+                "bootstrap.servers",
+                &self.settings.worker.kafka.bootstrap_servers,
+            )
+            .set(
+                "group.id",
+                format!("{}-restore", self.settings.worker.kafka.group_id),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .create()
             .map_err(kafka)?;
-        let (low, high) = consumer.fetch_watermarks(&stream.changelog, partition, Duration::from_secs(30)).map_err(kafka)?;
+        let (low, high) = consumer
+            .fetch_watermarks(&stream.changelog, partition, Duration::from_secs(30))
+            .map_err(kafka)?;
         if high <= low {
             return Ok(state);
         }
         let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(&stream.changelog, partition, Offset::Beginning).map_err(kafka)?;
+        assignment
+            .add_partition_offset(&stream.changelog, partition, Offset::Beginning)
+            .map_err(kafka)?;
         consumer.assign(&assignment).map_err(kafka)?;
         let mut restored = 0_u64;
         loop {
@@ -118,7 +143,12 @@ impl DedupFactory {
                 }
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
                 Some(Err(error)) => return Err(kafka(error)),
-                None => return Err(StepError::transient("changelog_restore", "changelog read timed out")),
+                None => {
+                    return Err(StepError::transient(
+                        "changelog_restore",
+                        "changelog read timed out",
+                    ));
+                }
             }
         }
         info!(changelog = %stream.changelog, partition, restored, kept = state.len(), "deduplicator state restored");
@@ -134,7 +164,12 @@ impl StepFactory for DedupFactory {
             .settings
             .stream(&assignment.topic)
             .cloned()
-            .ok_or_else(|| StepError::fatal("unknown_stream", format!("no stream reads {}", assignment.topic)))?;
+            .ok_or_else(|| {
+                StepError::fatal(
+                    "unknown_stream",
+                    format!("no stream reads {}", assignment.topic),
+                )
+            })?;
         let state = self.restore(&stream, assignment.partition)?;
         Ok(DedupStep::new(stream, assignment.partition, state))
     }
@@ -148,13 +183,20 @@ mod tests {
     use std::sync::Arc;
 
     fn stream() -> Stream {
-        Stream { input: "in".into(), output: "out".into(), changelog: "log".into() }
+        Stream {
+            input: "in".into(),
+            output: "out".into(),
+            changelog: "log".into(),
+        }
     }
 
     #[test]
     fn emits_the_first_copy_with_its_changelog_entry_after_it() {
-        let writer = Arc::new(WriterSchema::parse(1, EventKind::Impression.schema().to_owned()).expect("schema"));
-        let encoder = Encoder::<Impression>::new(1, EventKind::Impression.schema().parse().expect("schema"));
+        let writer = Arc::new(
+            WriterSchema::parse(1, EventKind::Impression.schema().to_owned()).expect("schema"),
+        );
+        let encoder =
+            Encoder::<Impression>::new(1, EventKind::Impression.schema().parse().expect("schema"));
         let event = samples::impression(9);
         let value = encoder.encode(&event).expect("encodes");
         let headers = vec![("adpipe.origin.dc".to_owned(), b"dc1".to_vec())];
@@ -171,9 +213,15 @@ mod tests {
         let mut step = DedupStep::new(stream(), 4, DedupState::new(86_400_000, 3_600_000));
         let mut out = Emitter::default();
         step.process(&record(0), &mut out).expect("processes");
-        let [output] = out.outputs() else { panic!("one output expected") };
+        let [output] = out.outputs() else {
+            panic!("one output expected")
+        };
         assert_eq!((output.topic.as_str(), output.partition), ("out", Some(4)));
-        assert_eq!(output.value.as_deref(), Some(value.as_slice()), "bytes forwarded untouched");
+        assert_eq!(
+            output.value.as_deref(),
+            Some(value.as_slice()),
+            "bytes forwarded untouched"
+        );
         assert_eq!(output.headers, headers);
         let changelog = output.then.as_ref().expect("changelog after the output");
         assert_eq!(changelog.key.as_deref(), Some(event.event_id.as_bytes()));

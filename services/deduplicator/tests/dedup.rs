@@ -1,0 +1,395 @@
+//! The deduplicator on the real runtime against real Kafka: duplicates,
+//! poison records, restarts, late copies and rebalances.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use adpipe_codec::{Codec, Encoder, RegistryClient};
+use adpipe_deduplicator::DedupSettings;
+use adpipe_events::{EventKind, Impression, samples};
+use adpipe_schema_registry::{RegistrySettings, RunningRegistry};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+struct Fixture {
+    bootstrap: String,
+    prefix: String,
+    group: String,
+    partitions: i32,
+    registry: RunningRegistry,
+    encoder: Encoder<Impression>,
+    producer: FutureProducer,
+    config_path: std::path::PathBuf,
+}
+
+impl Fixture {
+    async fn new(partitions: i32, window: &str, lateness: &str) -> Fixture {
+        let bootstrap = adpipe_testkit::kafka("central");
+        let prefix = adpipe_testkit::unique("dedup");
+        let admin: AdminClient<_> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("admin");
+        let names = ["in", "out", "log", "dlq"].map(|suffix| format!("{prefix}.{suffix}"));
+        let topics = [
+            NewTopic::new(&names[0], partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&names[1], partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&names[2], partitions, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "compact"),
+            NewTopic::new(&names[3], 1, TopicReplication::Fixed(1)),
+        ];
+        for result in admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .expect("create")
+        {
+            result.expect("topic created");
+        }
+        let registry = adpipe_schema_registry::start(RegistrySettings::local(
+            &bootstrap,
+            &format!("{prefix}._schemas"),
+        ))
+        .await
+        .expect("registry");
+        let codec = Codec::new(RegistryClient::new(&registry.url()).expect("client"));
+        let encoder = codec
+            .encoder(
+                &format!("{prefix}.in-value"),
+                EventKind::Impression.schema(),
+            )
+            .await
+            .expect("encoder");
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("producer");
+        let config_path = std::env::temp_dir().join(format!("{prefix}.toml"));
+        let config = format!(
+            r#"
+[kafka]
+bootstrap-servers = "{bootstrap}"
+group-id = "{prefix}-group"
+session-timeout = "10s"
+[registry]
+url = "{registry_url}"
+[runtime]
+commit-interval = "100ms"
+revoke-deadline = "5s"
+dead-letter-topic = "{prefix}.dlq"
+queue-high-bytes = 65536
+queue-low-bytes = 16384
+[http]
+listen = "127.0.0.1:0"
+[deduplicator]
+window = "{window}"
+allowed-lateness = "{lateness}"
+[[deduplicator.stream]]
+input = "{prefix}.in"
+output = "{prefix}.out"
+changelog = "{prefix}.log"
+"#,
+            registry_url = registry.url()
+        );
+        std::fs::write(&config_path, config).expect("config");
+        Fixture {
+            group: format!("{prefix}-group"),
+            bootstrap,
+            prefix,
+            partitions,
+            registry,
+            encoder,
+            producer,
+            config_path,
+        }
+    }
+
+    fn settings(&self) -> DedupSettings {
+        DedupSettings::load(Some(&self.config_path), std::iter::empty()).expect("valid settings")
+    }
+
+    async fn send(&self, partition: i32, key: &[u8], value: &[u8]) {
+        let topic = format!("{}.in", self.prefix);
+        self.producer
+            .send(
+                FutureRecord::to(&topic)
+                    .partition(partition)
+                    .key(key)
+                    .payload(value),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("delivered");
+    }
+
+    async fn send_event(&self, event: &Impression) {
+        let partition = i32::try_from(
+            event.user_id.bytes().map(u32::from).sum::<u32>() % self.partitions.unsigned_abs(),
+        )
+        .expect("fits");
+        self.send(
+            partition,
+            event.user_id.as_bytes(),
+            &self.encoder.encode(event).expect("encodes"),
+        )
+        .await;
+    }
+
+    /// Reads a topic from the start until `expected` records or the timeout.
+    fn read(
+        &self,
+        suffix: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> Vec<rdkafka::message::OwnedMessage> {
+        let topic = format!("{}.{suffix}", self.prefix);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", adpipe_testkit::unique("reader"))
+            .set("isolation.level", "read_committed")
+            .create()
+            .expect("consumer");
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .expect("metadata");
+        let mut assignment = TopicPartitionList::new();
+        for partition in metadata.topics()[0].partitions() {
+            assignment
+                .add_partition_offset(&topic, partition.id(), Offset::Beginning)
+                .expect("assign");
+        }
+        consumer.assign(&assignment).expect("assign");
+        let mut records = Vec::new();
+        let deadline = Instant::now() + timeout;
+        while records.len() < expected && Instant::now() < deadline {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+                records.push(message.detach());
+            }
+        }
+        records
+    }
+
+    /// Waits until the group committed every input partition to its end.
+    fn wait_committed_to_end(&self, timeout: Duration) {
+        let topic = format!("{}.in", self.prefix);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", &self.group)
+            .create()
+            .expect("consumer");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut wanted = TopicPartitionList::new();
+            let mut ends = HashMap::new();
+            for partition in 0..self.partitions {
+                wanted.add_partition(&topic, partition);
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                    .expect("watermarks");
+                ends.insert(partition, high);
+            }
+            let committed = consumer
+                .committed_offsets(wanted, Duration::from_secs(10))
+                .expect("committed");
+            let done = committed
+                .elements()
+                .iter()
+                .all(|element| match element.offset() {
+                    Offset::Offset(offset) => offset == ends[&element.partition()],
+                    _ => ends[&element.partition()] == 0,
+                });
+            if done {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "group did not commit to the end: {committed:?} vs {ends:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn event_ids(
+    records: &[rdkafka::message::OwnedMessage],
+    writer: &adpipe_codec::WriterSchema,
+) -> Vec<String> {
+    records
+        .iter()
+        .map(|record| {
+            let (_, datum) =
+                adpipe_codec::split_header(record.payload().expect("value")).expect("framed");
+            writer
+                .decode_datum::<Impression>(datum)
+                .expect("impression")
+                .event_id
+        })
+        .collect()
+}
+
+fn writer() -> adpipe_codec::WriterSchema {
+    adpipe_codec::WriterSchema::parse(0, EventKind::Impression.schema().to_owned()).expect("schema")
+}
+
+fn at(n: u64, event_time: i64) -> Impression {
+    let mut event = samples::impression(n);
+    event.event_time = event_time;
+    event
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drops_duplicates_and_dead_letters_poison_without_stopping() {
+    let fixture = Fixture::new(3, "24h", "1h").await;
+    let uniques: Vec<Impression> = (0..300).map(samples::impression).collect();
+    let poison: Vec<(&str, Vec<u8>)> = vec![
+        ("too_short", vec![0, 0]),
+        ("bad_magic_byte", vec![7, 0, 0, 0, 1, 2, 3]),
+        ("unknown_schema_id", vec![0, 0x7f, 0xff, 0xff, 0xff, 2, 2]),
+        ("malformed_datum", {
+            let mut truncated = fixture.encoder.encode(&uniques[0]).expect("encodes");
+            truncated.truncate(40);
+            truncated
+        }),
+    ];
+    for (n, event) in uniques.iter().enumerate() {
+        fixture.send_event(event).await;
+        if n % 2 == 0 {
+            fixture.send_event(&uniques[n / 2]).await; // a retry of an earlier event
+        }
+        if n % 75 == 0 {
+            let (_, bytes) = &poison[n / 75];
+            fixture.send(0, b"poison", bytes).await;
+        }
+    }
+    let worker = adpipe_deduplicator::start(fixture.settings()).expect("starts");
+    // Everything consumed is committed only once its outputs are acknowledged,
+    // so after this the outputs are complete; reading one more than expected
+    // (briefly) proves there is no extra.
+    fixture.wait_committed_to_end(Duration::from_secs(60));
+
+    let output = fixture.read("out", uniques.len() + 1, Duration::from_secs(3));
+    let mut seen = event_ids(&output, &writer());
+    seen.sort();
+    let mut expected: Vec<_> = uniques.iter().map(|event| event.event_id.clone()).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "every unique once, no duplicate");
+
+    let dead = fixture.read("dlq", poison.len() + 1, Duration::from_secs(3));
+    assert_eq!(dead.len(), poison.len());
+    for (record, (reason, bytes)) in dead.iter().zip(&poison) {
+        let headers = record.headers().expect("headers");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|header| header.key == name)
+                .and_then(|header| header.value)
+                .map(|value| String::from_utf8_lossy(value).into_owned())
+        };
+        assert_eq!(header("adpipe.dlq.reason").as_deref(), Some(*reason));
+        assert_eq!(
+            header("adpipe.dlq.topic"),
+            Some(format!("{}.in", fixture.prefix))
+        );
+        assert_eq!(header("adpipe.dlq.partition").as_deref(), Some("0"));
+        assert!(header("adpipe.dlq.error").is_some_and(|error| !error.is_empty()));
+        assert_eq!(
+            record.payload(),
+            Some(bytes.as_slice()),
+            "original value kept"
+        );
+        assert_eq!(record.key(), Some(b"poison".as_slice()));
+    }
+
+    let metrics = reqwest::get(format!("http://{}/metrics", worker.http_address))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(metrics.contains("adpipe_dead_lettered_total"), "{metrics}");
+    assert!(
+        metrics.contains("adpipe_event_lag_seconds_bucket"),
+        "histograms have buckets"
+    );
+    let ready = reqwest::get(format!("http://{}/readyz", worker.http_address))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 200);
+    worker.stop().await.expect("clean stop");
+    fixture.registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_survives_a_restart_and_late_copies_follow_the_window() {
+    let fixture = Fixture::new(1, "1h", "0s").await;
+    let t0 = 1_763_700_000_000;
+    let hour = 3_600_000;
+    let (a, b) = (at(1, t0), at(2, t0));
+    fixture.send_event(&a).await;
+    fixture.send_event(&b).await;
+    let first = adpipe_deduplicator::start(fixture.settings()).expect("starts");
+    assert_eq!(fixture.read("out", 2, Duration::from_secs(30)).len(), 2);
+    fixture.wait_committed_to_end(Duration::from_secs(30));
+    first.stop().await.expect("clean stop");
+
+    // A new instance restores the seen ids from the changelog.
+    fixture.send_event(&a).await; // inside the window: dropped
+    let c = at(3, t0 + 2 * hour);
+    fixture.send_event(&c).await; // moves the watermark two hours on
+    fixture.send_event(&b).await; // now outside the window: passes
+    let second = adpipe_deduplicator::start(fixture.settings()).expect("restarts");
+    fixture.wait_committed_to_end(Duration::from_secs(30));
+    let output = fixture.read("out", 5, Duration::from_secs(5));
+    let ids = event_ids(&output, &writer());
+    assert_eq!(
+        ids,
+        vec![
+            a.event_id.clone(),
+            b.event_id.clone(),
+            c.event_id,
+            b.event_id
+        ]
+    );
+    second.stop().await.expect("clean stop");
+    fixture.registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_moves_with_its_partition_on_rebalance() {
+    let fixture = Fixture::new(2, "24h", "1h").await;
+    let events: Vec<Impression> = (0..200).map(samples::impression).collect();
+    for event in &events {
+        fixture.send_event(event).await;
+    }
+    let first = adpipe_deduplicator::start(fixture.settings()).expect("starts");
+    assert_eq!(
+        fixture
+            .read("out", events.len(), Duration::from_secs(30))
+            .len(),
+        events.len()
+    );
+    fixture.wait_committed_to_end(Duration::from_secs(30));
+
+    // A second instance joins (it takes one partition), then the first leaves
+    // (the second takes both): every partition's state moved with it.
+    let second = adpipe_deduplicator::start(fixture.settings()).expect("second starts");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    first.stop().await.expect("first stops");
+    for event in &events {
+        fixture.send_event(event).await; // all duplicates
+    }
+    let fresh = samples::impression(10_000);
+    fixture.send_event(&fresh).await;
+    fixture.wait_committed_to_end(Duration::from_secs(60));
+    let output = fixture.read("out", events.len() + 2, Duration::from_secs(5));
+    assert_eq!(
+        output.len(),
+        events.len() + 1,
+        "only the fresh event got through"
+    );
+    assert!(event_ids(&output, &writer()).contains(&fresh.event_id));
+    second.stop().await.expect("clean stop");
+    fixture.registry.stop().await;
+}
