@@ -30,6 +30,10 @@ pub enum CleanupPolicy {
     Delete,
     /// Dimensions and aggregates: the last record per key is kept.
     Compact,
+    /// State changelogs: compacted, and records older than the retention
+    /// deleted too (ids that left a window).
+    #[serde(rename = "compact,delete")]
+    CompactDelete,
 }
 
 impl CleanupPolicy {
@@ -37,6 +41,7 @@ impl CleanupPolicy {
         match self {
             CleanupPolicy::Delete => "delete",
             CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
         }
     }
 }
@@ -145,7 +150,7 @@ impl Topology {
                 topic.cleanup_policy.as_config().to_owned(),
             );
             match (&topic.retention, topic.cleanup_policy) {
-                (Some(retention), CleanupPolicy::Delete) => {
+                (Some(retention), CleanupPolicy::Delete | CleanupPolicy::CompactDelete) => {
                     match humantime::parse_duration(retention) {
                         Ok(duration) => {
                             configs.insert("retention.ms".to_owned(), duration_ms(duration));
@@ -156,7 +161,7 @@ impl Topology {
                         )),
                     }
                 }
-                (None, CleanupPolicy::Delete) => {
+                (None, CleanupPolicy::Delete | CleanupPolicy::CompactDelete) => {
                     problems.push(format!(
                         "topic {} deletes old data but declares no retention",
                         topic.name
