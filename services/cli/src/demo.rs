@@ -1,78 +1,124 @@
 //! `adpipe demo`: the project's main job on its embedded default.
 //!
 //! With no servers at all it starts librdkafka's in-process mock cluster and
-//! adpipe's schema registry (storing its schemas in that cluster), publishes
-//! impressions, clicks and conversions as Avro through the registry, reads
-//! them back, and checks every event arrived intact. `--brokers` runs the
-//! same against a real cluster. Later issues grow this into the full
-//! pipeline demo.
+//! adpipe's schema registry (storing its schemas in that cluster), has the
+//! bidder simulator publish impressions, clicks and conversions — with
+//! retries, cross-DC copies and late copies mixed in — runs the deduplicator
+//! on the shared worker runtime, and checks what comes out against the
+//! simulator's ground truth. `--brokers` runs the same against a real
+//! cluster (topics get a unique prefix there).
+//!
+//! Until the merger lands, the simulator writes straight into `merged.*`,
+//! with the origin DC in a header, as the merger will.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use adpipe_codec::{Codec, Encoder, RegistryClient, value_subject};
-use adpipe_events::{Event, samples};
+use adpipe_deduplicator::DedupSettings;
+use adpipe_deduplicator::config::Stream;
+use adpipe_events::{Click, Conversion, EventKind, Impression};
+use adpipe_loadtest::{CheckReport, GroundTruth, SimEvent, Simulation};
 use adpipe_schema_registry::RegistrySettings;
 use anyhow::{Context, bail};
 use clap::Args;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-/// Partitions of the demo topics (the pipeline's keyed-topic count).
+/// Partitions of every keyed demo topic (the pipeline's count).
 const PARTITIONS: i32 = 12;
+const KINDS: [(&str, EventKind); 3] = [
+    ("impressions", EventKind::Impression),
+    ("clicks", EventKind::Click),
+    ("conversions", EventKind::Conversion),
+];
 
 /// Arguments of `adpipe demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Impressions to publish (clicks are 1% of them, conversions 0.4%).
+    /// Impressions to simulate (clicks and conversions follow RTB House's ratios).
     #[arg(long, default_value_t = 50_000)]
     pub events: u64,
+    /// Fraction of events the bidders publish twice.
+    #[arg(long, default_value_t = 0.05)]
+    pub duplicate_rate: f64,
+    /// Simulation seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
     /// Real Kafka bootstrap servers instead of the in-process mock cluster.
     #[arg(long)]
     pub brokers: Option<String>,
 }
 
-/// Per event type: published, read back, identical to what was published.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct KindTally {
-    /// Event type.
-    pub kind: String,
-    /// Acknowledged by Kafka.
+/// The demo's outcome.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    /// Records published by the simulator.
     pub published: u64,
-    /// Read back and decoded.
-    pub received: u64,
-    /// Read back equal to the published event.
-    pub identical: u64,
+    /// Duplicate copies among them.
+    pub duplicates_injected: u64,
+    /// Records the deduplicator emitted.
+    pub delivered: u64,
+    /// The check against the ground truth.
+    pub check: CheckReport,
 }
 
-/// Runs the demo and prints its progress and result table to `out`.
-pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<Vec<KindTally>> {
-    let run_id = &uuid_suffix();
-    let topics = [
-        format!("demo-{run_id}.impressions"),
-        format!("demo-{run_id}.clicks"),
-        format!("demo-{run_id}.conversions"),
-    ];
-    // The mock cluster must outlive everything that talks to it.
+struct Names {
+    prefix: String,
+}
+
+impl Names {
+    fn merged(&self, kind: &str) -> String {
+        format!("{}merged.{kind}", self.prefix)
+    }
+    fn deduplicated(&self, kind: &str) -> String {
+        format!("{}deduplicated.{kind}", self.prefix)
+    }
+    fn changelog(&self, kind: &str) -> String {
+        format!("{}deduplicator.{kind}.changelog", self.prefix)
+    }
+    fn all(&self) -> Vec<(String, i32)> {
+        let mut topics: Vec<(String, i32)> = KINDS
+            .iter()
+            .flat_map(|(kind, _)| {
+                [
+                    self.merged(kind),
+                    self.deduplicated(kind),
+                    self.changelog(kind),
+                ]
+            })
+            .map(|topic| (topic, PARTITIONS))
+            .collect();
+        topics.push((format!("{}dlq.deduplicator", self.prefix), 1));
+        topics.push((format!("{}_schemas", self.prefix), 1));
+        topics
+    }
+}
+
+/// Runs the demo, printing progress and the result table to `out`.
+pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoReport> {
+    let names = Names {
+        prefix: if args.brokers.is_some() {
+            format!("demo-{}.", unique_suffix())
+        } else {
+            String::new()
+        },
+    };
+    // The mock cluster must outlive every client that talks to it.
     let (_mock, bootstrap) = match &args.brokers {
         Some(brokers) => {
-            create_topics(brokers, &topics).await?;
+            create_topics(brokers, &names.all()).await?;
             (None, brokers.clone())
         }
         None => {
             let mock = MockCluster::new(1).context("starting the in-process Kafka mock cluster")?;
-            for topic in &topics {
-                mock.create_topic(topic, PARTITIONS, 1)?;
+            for (topic, partitions) in names.all() {
+                mock.create_topic(&topic, partitions, 1)?;
             }
-            mock.create_topic("_schemas", 1, 1)?;
             let bootstrap = mock.bootstrap_servers();
             (Some(mock), bootstrap)
         }
@@ -80,177 +126,281 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<Vec<Kin
     writeln!(
         out,
         "kafka: {}",
-        if args.brokers.is_some() {
-            bootstrap.as_str()
-        } else {
-            "in-process mock cluster"
-        }
+        args.brokers.as_deref().unwrap_or("in-process mock cluster")
     )?;
+    let registry = adpipe_schema_registry::start(RegistrySettings::local(
+        &bootstrap,
+        &format!("{}_schemas", names.prefix),
+    ))
+    .await
+    .context("starting the schema registry")?;
+    writeln!(out, "schema registry: {}", registry.url())?;
+    let started = Instant::now();
 
-    let registry_topic = if args.brokers.is_some() {
-        format!("_schemas-demo-{run_id}")
-    } else {
-        "_schemas".to_owned()
+    let simulation = Simulation {
+        seed: args.seed,
+        impressions: args.events,
+        duplicate_rate: args.duplicate_rate,
+        ..Simulation::default()
     };
-    let registry =
-        adpipe_schema_registry::start(RegistrySettings::local(&bootstrap, &registry_topic))
-            .await
-            .context("starting the schema registry")?;
+    let (publications, truth) = simulation.generate();
+    let codec = Codec::new(RegistryClient::new(&registry.url())?);
+    publish(&codec, &bootstrap, &names, &publications).await?;
+
+    let mut settings = DedupSettings::load(
+        None,
+        [
+            ("ADPIPE__KAFKA__BOOTSTRAP_SERVERS", bootstrap.as_str()),
+            (
+                "ADPIPE__KAFKA__GROUP_ID",
+                &format!("{}adpipe-deduplicator", names.prefix),
+            ),
+            ("ADPIPE__REGISTRY__URL", &registry.url()),
+            ("ADPIPE__HTTP__LISTEN", "127.0.0.1:0"),
+            (
+                "ADPIPE__RUNTIME__DEAD_LETTER_TOPIC",
+                &format!("{}dlq.deduplicator", names.prefix),
+            ),
+            ("ADPIPE__KAFKA__SESSION_TIMEOUT", "10s"),
+            ("ADPIPE__RUNTIME__REVOKE_DEADLINE", "5s"),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value.to_owned())),
+    )?;
+    settings.streams = KINDS
+        .iter()
+        .map(|(kind, _)| Stream {
+            input: names.merged(kind),
+            output: names.deduplicated(kind),
+            changelog: names.changelog(kind),
+        })
+        .collect();
+    settings.worker.input_topics = settings
+        .streams
+        .iter()
+        .map(|stream| stream.input.clone())
+        .collect();
+    let worker = adpipe_deduplicator::start(settings).context("starting the deduplicator")?;
     writeln!(
         out,
-        "schema registry: {} (schemas in topic {registry_topic})",
-        registry.url()
+        "deduplicator: running, metrics on http://{}/metrics",
+        worker.http_address
     )?;
-    let codec = Codec::new(RegistryClient::new(&registry.url())?);
 
-    let started = Instant::now();
-    let clicks = args.events / 100;
-    let conversions = args.events / 250;
-    let tallies = vec![
-        round_trip(
-            &codec,
-            &bootstrap,
-            &topics[0],
-            (0..args.events).map(samples::impression),
-            out,
-        )
-        .await?,
-        round_trip(
-            &codec,
-            &bootstrap,
-            &topics[1],
-            (0..clicks).map(samples::click),
-            out,
-        )
-        .await?,
-        round_trip(
-            &codec,
-            &bootstrap,
-            &topics[2],
-            (0..conversions).map(samples::conversion),
-            out,
-        )
-        .await?,
-    ];
+    let delivered = collect_output(&codec, &bootstrap, &names, &truth).await?;
+    if tokio::time::timeout(Duration::from_secs(20), worker.stop())
+        .await
+        .is_err()
+    {
+        writeln!(out, "(the deduplicator took over 20 s to stop)")?;
+    }
     registry.stop().await;
 
-    writeln!(
-        out,
-        "\n{:<12} {:>10} {:>10} {:>10}",
-        "event", "published", "received", "identical"
-    )?;
-    for tally in &tallies {
-        writeln!(
-            out,
-            "{:<12} {:>10} {:>10} {:>10}",
-            tally.kind, tally.published, tally.received, tally.identical
-        )?;
+    let check = truth.check(delivered.iter().map(String::as_str));
+    let report = DemoReport {
+        published: truth.published,
+        duplicates_injected: truth.duplicates,
+        delivered: delivered.len() as u64,
+        check,
+    };
+    print_table(out, &report, &truth, started.elapsed())?;
+    if !report.check.complete() || report.check.extra_copies > 0 {
+        bail!("the output does not match the ground truth");
     }
-    let ok = tallies
-        .iter()
-        .all(|tally| tally.published == tally.received && tally.received == tally.identical);
-    writeln!(
-        out,
-        "\n{} in {:.1?}",
-        if ok {
-            "every event round-tripped intact"
-        } else {
-            "MISMATCH"
-        },
-        started.elapsed()
-    )?;
-    if !ok {
-        bail!("some events were lost or changed");
-    }
-    Ok(tallies)
+    Ok(report)
 }
 
-async fn round_trip<T>(
+async fn publish(
     codec: &Codec,
     bootstrap: &str,
-    topic: &str,
-    events: impl Iterator<Item = T>,
-    out: &mut dyn Write,
-) -> anyhow::Result<KindTally>
-where
-    T: Event + Serialize + DeserializeOwned + PartialEq,
-{
-    let encoder: Encoder<T> = codec
-        .encoder(&value_subject(topic), T::KIND.schema())
+    names: &Names,
+    publications: &[adpipe_loadtest::Publication],
+) -> anyhow::Result<()> {
+    let impressions: Encoder<Impression> = codec
+        .encoder(
+            &value_subject(&names.merged("impressions")),
+            EventKind::Impression.schema(),
+        )
         .await?;
-    let producer: FutureProducer = ClientConfig::new()
+    let clicks: Encoder<Click> = codec
+        .encoder(
+            &value_subject(&names.merged("clicks")),
+            EventKind::Click.schema(),
+        )
+        .await?;
+    let conversions: Encoder<Conversion> = codec
+        .encoder(
+            &value_subject(&names.merged("conversions")),
+            EventKind::Conversion.schema(),
+        )
+        .await?;
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
+        // Java clients' partitioner, so every client puts a user in the same partition.
+        .set("partitioner", "murmur2_random")
         .create()?;
-    let mut sent: HashMap<String, T> = HashMap::new();
-    let mut deliveries = FuturesUnordered::new();
-    let mut tally = KindTally {
-        kind: T::KIND.to_string(),
-        ..KindTally::default()
-    };
-    for event in events {
-        let value = encoder.encode(&event)?;
-        let key = event.user_id().to_owned();
-        sent.insert(event.event_id().to_owned(), event);
-        let producer = &producer;
-        deliveries.push(async move {
-            producer
-                .send(
-                    FutureRecord::to(topic).key(&key).payload(&value),
-                    Duration::from_secs(30),
-                )
-                .await
+    let bar = progress(publications.len() as u64, "publishing");
+    for publication in publications {
+        let (topic, value) = match &publication.event {
+            SimEvent::Impression(event) => {
+                (names.merged("impressions"), impressions.encode(event)?)
+            }
+            SimEvent::Click(event) => (names.merged("clicks"), clicks.encode(event)?),
+            SimEvent::Conversion(event) => {
+                (names.merged("conversions"), conversions.encode(event)?)
+            }
+        };
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "adpipe.origin.dc",
+            value: Some(publication.dc.as_bytes()),
         });
-        if deliveries.len() >= 10_000
-            && let Some(result) = deliveries.next().await
-        {
-            result.map_err(|(error, _)| error)?;
-            tally.published += 1;
+        let mut record = BaseRecord::to(&topic)
+            .key(publication.event.user_id())
+            .payload(&value)
+            .headers(headers);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    returned,
+                )) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => return Err(error.into()),
+            }
         }
+        bar.inc(1);
     }
-    while let Some(result) = deliveries.next().await {
-        result.map_err(|(error, _)| error)?;
-        tally.published += 1;
-    }
-    producer.flush(Duration::from_secs(10))?;
-    writeln!(out, "published {} {}s to {topic}", tally.published, T::KIND)?;
+    producer.flush(Duration::from_secs(30))?;
+    bar.finish();
+    Ok(())
+}
 
+/// Reads the deduplicated topics until every unique arrived or nothing new
+/// came for a while.
+async fn collect_output(
+    codec: &Codec,
+    bootstrap: &str,
+    names: &Names,
+    truth: &GroundTruth,
+) -> anyhow::Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Identity {
+        event_id: String,
+    }
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", "adpipe-demo")
+        .set("group.id", format!("{}adpipe-demo-checker", names.prefix))
         .set("enable.auto.commit", "false")
         .create()?;
     let mut assignment = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+    for (kind, _) in KINDS {
+        for partition in 0..PARTITIONS {
+            assignment.add_partition_offset(
+                &names.deduplicated(kind),
+                partition,
+                Offset::Beginning,
+            )?;
+        }
     }
     consumer.assign(&assignment)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tally.received < tally.published && Instant::now() < deadline {
+    let bar = progress(truth.uniques(), "deduplicated");
+    let mut delivered = Vec::new();
+    let mut last_progress = Instant::now();
+    while last_progress.elapsed()
+        < Duration::from_secs(if delivered.len() as u64 >= truth.uniques() {
+            3
+        } else {
+            30
+        })
+    {
         let Some(message) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
         let message = message?;
-        let decoded: T = codec.decode(message.payload().unwrap_or_default()).await?;
-        tally.received += 1;
-        let keyed_right = message.key() == Some(decoded.user_id().as_bytes());
-        if keyed_right && sent.get(decoded.event_id()) == Some(&decoded) {
-            tally.identical += 1;
-        }
+        let identity: Identity = codec.decode(message.payload().unwrap_or_default()).await?;
+        delivered.push(identity.event_id);
+        bar.inc(1);
+        last_progress = Instant::now();
     }
-    writeln!(out, "read back {} {}s", tally.received, T::KIND)?;
-    Ok(tally)
+    bar.finish();
+    Ok(delivered)
 }
 
-async fn create_topics(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
+fn progress(total: u64, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>13} [{bar:40}] {pos}/{len} ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_owned());
+    bar
+}
+
+fn print_table(
+    out: &mut dyn Write,
+    report: &DemoReport,
+    truth: &GroundTruth,
+    elapsed: Duration,
+) -> anyhow::Result<()> {
+    let check = &report.check;
+    writeln!(out)?;
+    writeln!(out, "{:<34} {:>10}", "events published", report.published)?;
+    writeln!(
+        out,
+        "{:<34} {:>10}",
+        "  of which duplicates injected", report.duplicates_injected
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>10}",
+        "duplicates removed",
+        report.published.saturating_sub(report.delivered)
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>10}",
+        "uniques delivered", check.delivered_uniques
+    )?;
+    writeln!(
+        out,
+        "{:<34} {:>10}  ({} impressions, {} clicks, {} conversions)",
+        "uniques in the ground truth",
+        check.expected_uniques,
+        truth.impressions.len(),
+        truth.clicks.len(),
+        truth.conversions.len()
+    )?;
+    writeln!(out, "{:<34} {:>10}", "missing (lost)", check.missing)?;
+    writeln!(
+        out,
+        "{:<34} {:>10}",
+        "delivered more than once", check.delivered_more_than_once
+    )?;
+    let verdict = if check.complete() && check.extra_copies == 0 {
+        "matches the ground truth"
+    } else {
+        "DOES NOT match the ground truth"
+    };
+    writeln!(out, "\noutput {verdict} ({elapsed:.1?})")?;
+    Ok(())
+}
+
+async fn create_topics(brokers: &str, topics: &[(String, i32)]) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<_> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
     let new_topics: Vec<_> = topics
         .iter()
-        .map(|topic| NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1)))
+        .map(|(topic, partitions)| NewTopic::new(topic, *partitions, TopicReplication::Fixed(1)))
         .collect();
     for result in admin
         .create_topics(&new_topics, &AdminOptions::new())
@@ -261,7 +411,7 @@ async fn create_topics(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn uuid_suffix() -> String {
+fn unique_suffix() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos());
