@@ -82,9 +82,15 @@ impl<F: StepFactory> ConsumerContext for WorkerContext<F> {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
+                // librdkafka can keep a partition paused across an eager
+                // rebalance that hands it back to us, while our new slot
+                // starts unpaused and would never resume it: start clean.
+                if let Err(error) = consumer.resume(partitions) {
+                    warn!(%error, "resuming newly assigned partitions failed");
+                }
                 metrics::counter!(Metric::Rebalances.name(), "service" => self.env.settings.service.clone(), "kind" => "assign").increment(1);
                 for element in partitions.elements() {
                     self.assign(element.topic(), element.partition());

@@ -4,6 +4,8 @@
 //! A `BaseProducer` with a delivery opaque costs about a third of the CPU of
 //! a `FutureProducer` per message (crates.md), and needs no task per record.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -28,6 +30,10 @@ pub struct Delivery {
 pub struct AckContext {
     service: String,
     followups: mpsc::UnboundedSender<(OutputRecord, AckToken)>,
+    /// Follow-ups waiting to be sent; actors hold back new outputs while it
+    /// is large, so changelogs keep up with the outputs they describe (the
+    /// gap between them is what a crash re-emits).
+    followup_backlog: Arc<AtomicUsize>,
 }
 
 impl ClientContext for AckContext {}
@@ -44,6 +50,7 @@ impl ProducerContext for AckContext {
                 if let Some(then) = then {
                     // Producing from inside the callback could block the
                     // thread that runs callbacks; a task sends it instead.
+                    self.followup_backlog.fetch_add(1, Ordering::AcqRel);
                     if self.followups.send((*then, token.clone())).is_err() {
                         token.fail();
                     }
@@ -60,9 +67,13 @@ impl ProducerContext for AckContext {
     }
 }
 
+/// Follow-ups queued above which actors wait before producing more.
+const MAX_FOLLOWUP_BACKLOG: usize = 1_000;
+
 /// The shared producer of a worker.
 pub struct OutputProducer {
     producer: ThreadedProducer<AckContext>,
+    followup_backlog: Arc<AtomicUsize>,
 }
 
 /// Why an output could not be handed to librdkafka.
@@ -98,11 +109,20 @@ impl OutputProducer {
         for (key, value) in overrides {
             config.set(key, value);
         }
-        let producer = config.create_with_context(AckContext {
+        let followup_backlog = Arc::new(AtomicUsize::new(0));
+        let context = AckContext {
             service: service.to_owned(),
             followups,
-        })?;
-        Ok((OutputProducer { producer }, followup_rx))
+            followup_backlog: Arc::clone(&followup_backlog),
+        };
+        let producer = config.create_with_context(context)?;
+        Ok((
+            OutputProducer {
+                producer,
+                followup_backlog,
+            },
+            followup_rx,
+        ))
     }
 
     /// Hands one output to librdkafka. On `QueueFull` nothing was sent and
@@ -144,6 +164,11 @@ impl OutputProducer {
         }
     }
 
+    /// Whether follow-ups lag so far behind that new outputs should wait.
+    pub fn followups_lagging(&self) -> bool {
+        self.followup_backlog.load(Ordering::Acquire) > MAX_FOLLOWUP_BACKLOG
+    }
+
     /// Waits for every queued output to be delivered (or fail).
     pub fn flush(&self, timeout: Duration) {
         if let Err(error) = self.producer.flush(timeout) {
@@ -161,7 +186,8 @@ pub async fn run_followups(
     while let Some((record, token)) = followups.recv().await {
         // A `Failed` send already failed the token; only a full queue retries.
         while let Err(SendError::QueueFull) = producer.send(&record, &token) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        producer.followup_backlog.fetch_sub(1, Ordering::AcqRel);
     }
 }
