@@ -270,6 +270,11 @@ async fn send_with_backpressure(
     output: &crate::step::OutputRecord,
     token: &AckToken,
 ) {
+    // Changelog follow-ups first: the gap between an output and its
+    // follow-up is what a crash re-emits, so it must stay short.
+    while producer.followups_lagging() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     loop {
         match producer.send(output, token) {
             Err(SendError::QueueFull) => tokio::time::sleep(Duration::from_millis(2)).await,
