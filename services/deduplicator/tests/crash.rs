@@ -4,24 +4,27 @@
 //! `ADPIPE_CRASH_TEST_IMPRESSIONS` sets the load (default 1,000,000
 //! impressions, plus clicks, conversions and 5% duplicates).
 
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use adpipe_codec::{Codec, Encoder, RegistryClient};
 use adpipe_events::{Click, Conversion, EventKind, Impression};
 use adpipe_loadtest::{GroundTruth, SimEvent, Simulation};
-use adpipe_schema_registry::{RegistrySettings, RunningRegistry};
+use adpipe_schema_registry::RunningRegistry;
 use rand::Rng;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use support::{Pipeline, Tuning};
 
 const PARTITIONS: i32 = 6;
 
 struct Setup {
     bootstrap: String,
+    group: String,
     prefix: String,
     registry: RunningRegistry,
     config_path: std::path::PathBuf,
@@ -29,33 +32,9 @@ struct Setup {
 }
 
 async fn setup(impressions: u64) -> Setup {
-    let bootstrap = adpipe_testkit::kafka("central");
-    let prefix = adpipe_testkit::unique("crash");
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .expect("admin");
-    let names = ["in", "out", "log", "dlq"].map(|suffix| format!("{prefix}.{suffix}"));
-    let topics = [
-        NewTopic::new(&names[0], PARTITIONS, TopicReplication::Fixed(1)),
-        NewTopic::new(&names[1], PARTITIONS, TopicReplication::Fixed(1)),
-        NewTopic::new(&names[2], PARTITIONS, TopicReplication::Fixed(1))
-            .set("cleanup.policy", "compact"),
-        NewTopic::new(&names[3], 1, TopicReplication::Fixed(1)),
-    ];
-    for result in admin
-        .create_topics(&topics, &AdminOptions::new())
-        .await
-        .expect("create")
-    {
-        result.expect("topic created");
-    }
-    let registry = adpipe_schema_registry::start(RegistrySettings::local(
-        &bootstrap,
-        &format!("{prefix}._schemas"),
-    ))
-    .await
-    .expect("registry");
+    let pipeline = Pipeline::create("crash", PARTITIONS).await;
+    let (bootstrap, prefix, registry) = (&pipeline.bootstrap, &pipeline.prefix, &pipeline.registry);
+    let names = [format!("{prefix}.in")];
 
     let (publications, truth) = Simulation {
         impressions,
@@ -82,7 +61,7 @@ async fn setup(impressions: u64) -> Setup {
         .await
         .expect("encoder");
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+        .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "20")
         .set("compression.type", "lz4")
         .set("queue.buffering.max.messages", "1000000")
@@ -111,36 +90,19 @@ async fn setup(impressions: u64) -> Setup {
     }
     producer.flush(Duration::from_secs(120)).expect("flushed");
 
-    let config_path = std::env::temp_dir().join(format!("{prefix}.toml"));
-    let config = format!(
-        r#"
-[kafka]
-bootstrap-servers = "{bootstrap}"
-group-id = "{prefix}-group"
-session-timeout = "6s"
-[registry]
-url = "{registry_url}"
-[runtime]
-commit-interval = "200ms"
-revoke-deadline = "3s"
-dead-letter-topic = "{prefix}.dlq"
-[http]
-listen = "127.0.0.1:0"
-[deduplicator]
-window = "24h"
-allowed-lateness = "1h"
-[[deduplicator.stream]]
-input = "{prefix}.in"
-output = "{prefix}.out"
-changelog = "{prefix}.log"
-"#,
-        registry_url = registry.url()
-    );
-    std::fs::write(&config_path, config).expect("config");
+    let config_path = pipeline.write_config(&Tuning {
+        session_timeout: "6s",
+        commit_interval: "200ms",
+        revoke_deadline: "3s",
+        window: "24h",
+        allowed_lateness: "1h",
+        queue_high_bytes: 8 << 20,
+    });
     Setup {
-        bootstrap,
-        prefix,
-        registry,
+        group: pipeline.group(),
+        bootstrap: pipeline.bootstrap,
+        prefix: pipeline.prefix,
+        registry: pipeline.registry,
         config_path,
         truth,
     }
@@ -161,7 +123,7 @@ fn committed_to_end(setup: &Setup) -> bool {
     let topic = format!("{}.in", setup.prefix);
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &setup.bootstrap)
-        .set("group.id", format!("{}-group", setup.prefix))
+        .set("group.id", &setup.group)
         .create()
         .expect("consumer");
     let mut wanted = TopicPartitionList::new();

@@ -1,18 +1,20 @@
 //! The deduplicator on the real runtime against real Kafka: duplicates,
 //! poison records, restarts, late copies and rebalances.
 
+mod support;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use adpipe_codec::{Codec, Encoder, RegistryClient};
 use adpipe_deduplicator::DedupSettings;
 use adpipe_events::{EventKind, Impression, samples};
-use adpipe_schema_registry::{RegistrySettings, RunningRegistry};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use adpipe_schema_registry::RunningRegistry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use support::{Pipeline, Tuning};
 
 struct Fixture {
     bootstrap: String,
@@ -27,79 +29,33 @@ struct Fixture {
 
 impl Fixture {
     async fn new(partitions: i32, window: &str, lateness: &str) -> Fixture {
-        let bootstrap = adpipe_testkit::kafka("central");
-        let prefix = adpipe_testkit::unique("dedup");
-        let admin: AdminClient<_> = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .expect("admin");
-        let names = ["in", "out", "log", "dlq"].map(|suffix| format!("{prefix}.{suffix}"));
-        let topics = [
-            NewTopic::new(&names[0], partitions, TopicReplication::Fixed(1)),
-            NewTopic::new(&names[1], partitions, TopicReplication::Fixed(1)),
-            NewTopic::new(&names[2], partitions, TopicReplication::Fixed(1))
-                .set("cleanup.policy", "compact"),
-            NewTopic::new(&names[3], 1, TopicReplication::Fixed(1)),
-        ];
-        for result in admin
-            .create_topics(&topics, &AdminOptions::new())
-            .await
-            .expect("create")
-        {
-            result.expect("topic created");
-        }
-        let registry = adpipe_schema_registry::start(RegistrySettings::local(
-            &bootstrap,
-            &format!("{prefix}._schemas"),
-        ))
-        .await
-        .expect("registry");
-        let codec = Codec::new(RegistryClient::new(&registry.url()).expect("client"));
+        let pipeline = Pipeline::create("dedup", partitions).await;
+        let config_path = pipeline.write_config(&Tuning {
+            session_timeout: "10s",
+            commit_interval: "100ms",
+            revoke_deadline: "5s",
+            window,
+            allowed_lateness: lateness,
+            queue_high_bytes: 65_536,
+        });
+        let codec = Codec::new(RegistryClient::new(&pipeline.registry.url()).expect("client"));
         let encoder = codec
             .encoder(
-                &format!("{prefix}.in-value"),
+                &format!("{}.in-value", pipeline.prefix),
                 EventKind::Impression.schema(),
             )
             .await
             .expect("encoder");
         let producer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
+            .set("bootstrap.servers", &pipeline.bootstrap)
             .create()
             .expect("producer");
-        let config_path = std::env::temp_dir().join(format!("{prefix}.toml"));
-        let config = format!(
-            r#"
-[kafka]
-bootstrap-servers = "{bootstrap}"
-group-id = "{prefix}-group"
-session-timeout = "10s"
-[registry]
-url = "{registry_url}"
-[runtime]
-commit-interval = "100ms"
-revoke-deadline = "5s"
-dead-letter-topic = "{prefix}.dlq"
-queue-high-bytes = 65536
-queue-low-bytes = 16384
-[http]
-listen = "127.0.0.1:0"
-[deduplicator]
-window = "{window}"
-allowed-lateness = "{lateness}"
-[[deduplicator.stream]]
-input = "{prefix}.in"
-output = "{prefix}.out"
-changelog = "{prefix}.log"
-"#,
-            registry_url = registry.url()
-        );
-        std::fs::write(&config_path, config).expect("config");
         Fixture {
-            group: format!("{prefix}-group"),
-            bootstrap,
-            prefix,
+            group: pipeline.group(),
+            bootstrap: pipeline.bootstrap,
+            prefix: pipeline.prefix,
             partitions,
-            registry,
+            registry: pipeline.registry,
             encoder,
             producer,
             config_path,
