@@ -1,0 +1,203 @@
+//! A broker restart mid-run: the real `adpipe-deduplicator` binary keeps
+//! running while the central cluster is stopped and started again
+//! (`infra/kafka.sh stop|start central`), recovers by itself, and nothing is
+//! lost. Its own test binary, because it takes the cluster away.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use adpipe_codec::{Codec, Encoder, RegistryClient};
+use adpipe_events::{EventKind, Impression};
+use adpipe_loadtest::{SimEvent, Simulation};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use support::{Pipeline, Tuning};
+
+const PARTITIONS: i32 = 3;
+
+fn kafka_script(action: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/kafka.sh");
+    let status = Command::new("bash")
+        .arg(script)
+        .arg(action)
+        .arg("central")
+        .status()
+        .expect("infra/kafka.sh runs");
+    assert!(status.success(), "infra/kafka.sh {action} central failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recovers_from_a_broker_restart_without_loss() {
+    let pipeline = Pipeline::create("restart", PARTITIONS).await;
+    let config = pipeline.write_config(&Tuning {
+        session_timeout: "30s",
+        commit_interval: "200ms",
+        revoke_deadline: "10s",
+        window: "24h",
+        allowed_lateness: "1h",
+        queue_high_bytes: 8 << 20,
+    });
+    // Impressions only: one schema, registered before the broker goes away.
+    let (publications, truth) = Simulation {
+        impressions: 300_000,
+        ..Simulation::default()
+    }
+    .generate();
+    let impressions: Vec<&Impression> = publications
+        .iter()
+        .filter_map(|publication| match &publication.event {
+            SimEvent::Impression(event) => Some(event),
+            _ => None,
+        })
+        .collect();
+    let codec = Codec::new(RegistryClient::new(&pipeline.registry.url()).expect("client"));
+    let encoder: Encoder<Impression> = codec
+        .encoder(
+            &format!("{}.in-impression", pipeline.prefix),
+            EventKind::Impression.schema(),
+        )
+        .await
+        .expect("encoder");
+    let input = format!("{}.in", pipeline.prefix);
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &pipeline.bootstrap)
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    for event in &impressions {
+        let value = encoder.encode(event).expect("encodes");
+        let mut record = BaseRecord::to(&input)
+            .key(event.user_id.as_str())
+            .payload(&value);
+        while let Err((_, returned)) = producer.send(record) {
+            record = returned;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    producer.flush(Duration::from_secs(60)).expect("flushed");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adpipe-deduplicator"))
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("deduplicator starts");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kafka_script("stop");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        child.try_wait().expect("status").is_none(),
+        "the service must ride out the outage"
+    );
+    kafka_script("start");
+
+    let group = pipeline.group();
+    let bootstrap = pipeline.bootstrap.clone();
+    let output = format!("{}.out", pipeline.prefix);
+    let ids = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", &group)
+            .create()
+            .expect("consumer");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let mut wanted = TopicPartitionList::new();
+            for partition in 0..PARTITIONS {
+                wanted.add_partition(&input, partition);
+            }
+            let done = consumer
+                .committed_offsets(wanted, Duration::from_secs(10))
+                .is_ok_and(|committed| {
+                    committed.elements().iter().all(|element| {
+                        let high = consumer
+                            .fetch_watermarks(&input, element.partition(), Duration::from_secs(10))
+                            .map_or(-1, |(_, high)| high);
+                        element.offset() == Offset::Offset(high)
+                    })
+                });
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the group never committed to the end after the restart"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        read_event_ids(&bootstrap, &output)
+    })
+    .await
+    .expect("reader");
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(child.wait().expect("exits").success());
+
+    let unique_impressions: std::collections::HashSet<&str> =
+        truth.impressions.iter().map(String::as_str).collect();
+    let delivered: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    assert_eq!(
+        delivered, unique_impressions,
+        "every unique impression, nothing else"
+    );
+    println!(
+        "broker restart: {} impressions published, {} unique, {} delivered, {} emitted twice",
+        impressions.len(),
+        unique_impressions.len(),
+        ids.len(),
+        ids.len() - delivered.len()
+    );
+    pipeline.registry.stop().await;
+}
+
+fn read_event_ids(bootstrap: &str, topic: &str) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Identity {
+        event_id: String,
+    }
+    let writer = adpipe_codec::WriterSchema::parse(0, EventKind::Impression.schema().to_owned())
+        .expect("schema");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", adpipe_testkit::unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0;
+    for partition in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("assign");
+        remaining += consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .expect("watermarks")
+            .1;
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut ids = Vec::new();
+    while remaining > 0 {
+        let message = consumer
+            .poll(Duration::from_secs(30))
+            .expect("output readable")
+            .expect("no error");
+        let (_, datum) =
+            adpipe_codec::split_header(message.payload().expect("value")).expect("framed");
+        ids.push(
+            writer
+                .decode_datum::<Identity>(datum)
+                .expect("decodes")
+                .event_id,
+        );
+        remaining -= 1;
+    }
+    ids
+}
