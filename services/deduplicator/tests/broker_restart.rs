@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 use adpipe_codec::{Codec, Encoder, RegistryClient};
 use adpipe_events::{EventKind, Impression};
 use adpipe_loadtest::{SimEvent, Simulation};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use support::{Pipeline, Tuning};
 
 const PARTITIONS: i32 = 3;
@@ -100,38 +98,18 @@ async fn recovers_from_a_broker_restart_without_loss() {
     let group = pipeline.group();
     let bootstrap = pipeline.bootstrap.clone();
     let output = format!("{}.out", pipeline.prefix);
+    let codec = std::sync::Arc::new(codec);
+    let runtime = tokio::runtime::Handle::current();
     let ids = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", &group)
-            .create()
-            .expect("consumer");
         let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let mut wanted = TopicPartitionList::new();
-            for partition in 0..PARTITIONS {
-                wanted.add_partition(&input, partition);
-            }
-            let done = consumer
-                .committed_offsets(wanted, Duration::from_secs(10))
-                .is_ok_and(|committed| {
-                    committed.elements().iter().all(|element| {
-                        let high = consumer
-                            .fetch_watermarks(&input, element.partition(), Duration::from_secs(10))
-                            .map_or(-1, |(_, high)| high);
-                        element.offset() == Offset::Offset(high)
-                    })
-                });
-            if done {
-                break;
-            }
+        while !support::committed_to_end(&bootstrap, &group, &input, PARTITIONS) {
             assert!(
                 Instant::now() < deadline,
                 "the group never committed to the end after the restart"
             );
             std::thread::sleep(Duration::from_millis(500));
         }
-        read_event_ids(&bootstrap, &output)
+        support::read_event_ids(&bootstrap, &output, PARTITIONS, &codec, &runtime)
     })
     .await
     .expect("reader");
@@ -156,48 +134,4 @@ async fn recovers_from_a_broker_restart_without_loss() {
         ids.len() - delivered.len()
     );
     pipeline.registry.stop().await;
-}
-
-fn read_event_ids(bootstrap: &str, topic: &str) -> Vec<String> {
-    #[derive(serde::Deserialize)]
-    struct Identity {
-        event_id: String,
-    }
-    let writer = adpipe_codec::WriterSchema::parse(0, EventKind::Impression.schema().to_owned())
-        .expect("schema");
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", adpipe_testkit::unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0;
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("assign");
-        remaining += consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .expect("watermarks")
-            .1;
-    }
-    consumer.assign(&assignment).expect("assign");
-    let mut ids = Vec::new();
-    while remaining > 0 {
-        let message = consumer
-            .poll(Duration::from_secs(30))
-            .expect("output readable")
-            .expect("no error");
-        let (_, datum) =
-            adpipe_codec::split_header(message.payload().expect("value")).expect("framed");
-        ids.push(
-            writer
-                .decode_datum::<Identity>(datum)
-                .expect("decodes")
-                .event_id,
-        );
-        remaining -= 1;
-    }
-    ids
 }

@@ -14,10 +14,8 @@ use adpipe_events::{Click, Conversion, EventKind, Impression};
 use adpipe_loadtest::{GroundTruth, SimEvent, Simulation};
 use adpipe_schema_registry::RunningRegistry;
 use rand::Rng;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use support::{Pipeline, Tuning};
 
 const PARTITIONS: i32 = 6;
@@ -120,25 +118,12 @@ fn spawn(setup: &Setup) -> Child {
 }
 
 fn committed_to_end(setup: &Setup) -> bool {
-    let topic = format!("{}.in", setup.prefix);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &setup.bootstrap)
-        .set("group.id", &setup.group)
-        .create()
-        .expect("consumer");
-    let mut wanted = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        wanted.add_partition(&topic, partition);
-    }
-    let Ok(committed) = consumer.committed_offsets(wanted, Duration::from_secs(10)) else {
-        return false;
-    };
-    committed.elements().iter().all(|element| {
-        let high = consumer
-            .fetch_watermarks(&topic, element.partition(), Duration::from_secs(10))
-            .map_or(-1, |(_, high)| high);
-        element.offset() == Offset::Offset(high)
-    })
+    support::committed_to_end(
+        &setup.bootstrap,
+        &setup.group,
+        &format!("{}.in", setup.prefix),
+        PARTITIONS,
+    )
 }
 
 async fn delivered_ids(setup: &Setup) -> Vec<String> {
@@ -149,61 +134,11 @@ async fn delivered_ids(setup: &Setup) -> Vec<String> {
     let bootstrap = setup.bootstrap.clone();
     let runtime = tokio::runtime::Handle::current();
     // A plain blocking read loop on its own thread, like the services' consumers.
-    tokio::task::spawn_blocking(move || read_ids(&bootstrap, &topic, &codec, &runtime))
-        .await
-        .expect("reader")
-}
-
-fn read_ids(
-    bootstrap: &str,
-    topic: &str,
-    codec: &Codec,
-    runtime: &tokio::runtime::Handle,
-) -> Vec<String> {
-    #[derive(serde::Deserialize)]
-    struct Identity {
-        event_id: String,
-    }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", adpipe_testkit::unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0;
-    for partition in 0..PARTITIONS {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("assign");
-        remaining += consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .expect("watermarks")
-            .1;
-    }
-    consumer.assign(&assignment).expect("assign");
-    let mut ids = Vec::new();
-    while remaining > 0 {
-        let Some(message) = consumer.poll(Duration::from_secs(30)) else {
-            panic!(
-                "output stalled with {remaining} records left after {}",
-                ids.len()
-            );
-        };
-        let message = message.expect("no error");
-        let value = message.payload().expect("value");
-        let (schema_id, datum) = adpipe_codec::split_header(value).expect("framed");
-        let writer = match codec.cached_writer_schema(schema_id) {
-            Some(writer) => writer,
-            None => runtime
-                .block_on(codec.writer_schema(schema_id))
-                .expect("schema"),
-        };
-        let identity: Identity = writer.decode_datum(datum).expect("decodes");
-        ids.push(identity.event_id);
-        remaining -= 1;
-    }
-    ids
+    tokio::task::spawn_blocking(move || {
+        support::read_event_ids(&bootstrap, &topic, PARTITIONS, &codec, &runtime)
+    })
+    .await
+    .expect("reader")
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {

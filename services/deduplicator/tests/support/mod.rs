@@ -1,7 +1,15 @@
 //! Shared set-up of the deduplicator's broker tests: fresh topics and an
-//! in-process registry on the real central cluster, and a config file.
+//! in-process registry on the real central cluster, a config file, and
+//! readers of what came out. Each test binary uses a part of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use adpipe_codec::Codec;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
 
 use adpipe_schema_registry::{RegistrySettings, RunningRegistry};
 use rdkafka::ClientConfig;
@@ -111,4 +119,86 @@ changelog = "{prefix}.log"
     pub fn group(&self) -> String {
         format!("{}-group", self.prefix)
     }
+}
+
+/// Whether `group` has committed every partition of `topic` to its end.
+pub fn committed_to_end(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> bool {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut wanted = TopicPartitionList::new();
+    for partition in 0..partitions {
+        wanted.add_partition(topic, partition);
+    }
+    let Ok(committed) = consumer.committed_offsets(wanted, Duration::from_secs(10)) else {
+        return false;
+    };
+    committed.elements().iter().all(|element| {
+        let high = consumer
+            .fetch_watermarks(topic, element.partition(), Duration::from_secs(10))
+            .map_or(-1, |(_, high)| high);
+        element.offset() == Offset::Offset(high)
+    })
+}
+
+/// Every event id in `topic`, in partition order, decoded with whatever
+/// writer schema each record names. Blocking: call it on a blocking thread
+/// (a poll loop inside an async task stalled on large topics).
+pub fn read_event_ids(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    codec: &Codec,
+    runtime: &tokio::runtime::Handle,
+) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Identity {
+        event_id: String,
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", adpipe_testkit::unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0;
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("assign");
+        remaining += consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .expect("watermarks")
+            .1;
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut ids = Vec::new();
+    while remaining > 0 {
+        let Some(message) = consumer.poll(Duration::from_secs(30)) else {
+            panic!(
+                "output stalled with {remaining} records left after {}",
+                ids.len()
+            );
+        };
+        let message = message.expect("no error");
+        let (schema_id, datum) =
+            adpipe_codec::split_header(message.payload().expect("value")).expect("framed");
+        let writer = match codec.cached_writer_schema(schema_id) {
+            Some(writer) => writer,
+            None => runtime
+                .block_on(codec.writer_schema(schema_id))
+                .expect("schema"),
+        };
+        ids.push(
+            writer
+                .decode_datum::<Identity>(datum)
+                .expect("decodes")
+                .event_id,
+        );
+        remaining -= 1;
+    }
+    ids
 }
