@@ -10,6 +10,8 @@
 //! with it.
 #![warn(missing_docs)]
 
+pub mod publish;
+
 use std::collections::{HashMap, HashSet};
 
 use adpipe_events::{Click, Conversion, Impression};
@@ -39,6 +41,15 @@ impl SimEvent {
             SimEvent::Impression(event) => &event.event_id,
             SimEvent::Click(event) => &event.event_id,
             SimEvent::Conversion(event) => &event.event_id,
+        }
+    }
+
+    /// The event's type.
+    pub fn kind(&self) -> adpipe_events::EventKind {
+        match self {
+            SimEvent::Impression(_) => adpipe_events::EventKind::Impression,
+            SimEvent::Click(_) => adpipe_events::EventKind::Click,
+            SimEvent::Conversion(_) => adpipe_events::EventKind::Conversion,
         }
     }
 

@@ -38,6 +38,27 @@ pub struct ActorLink {
     pub fatal: Arc<parking_lot::Mutex<Option<String>>>,
 }
 
+/// Metric handles of one actor, resolved once: looking a labelled metric up
+/// per record would allocate its labels on the hot path.
+struct ActorMetrics {
+    consumed: metrics::Counter,
+    processing: metrics::Histogram,
+    event_lag: metrics::Histogram,
+    state_entries: metrics::Gauge,
+}
+
+impl ActorMetrics {
+    fn new(service: &str, topic: &str) -> Self {
+        let service = service.to_owned();
+        ActorMetrics {
+            consumed: metrics::counter!(Metric::RecordsConsumed.name(), "service" => service.clone(), "topic" => topic.to_owned()),
+            processing: metrics::histogram!(Metric::ProcessingSeconds.name(), "service" => service.clone()),
+            event_lag: metrics::histogram!(Metric::EventLagSeconds.name(), "service" => service.clone()),
+            state_entries: metrics::gauge!(Metric::StateEntries.name(), "service" => service),
+        }
+    }
+}
+
 /// Everything an actor needs, shared by all actors of a worker.
 pub struct ActorEnv {
     /// Settings.
@@ -86,7 +107,7 @@ pub async fn run_actor<F: StepFactory>(
     };
     let outstanding = Arc::new(AtomicUsize::new(0));
     let mut emitter = Emitter::default();
-    let service = env.settings.service.clone();
+    let actor_metrics = ActorMetrics::new(&env.settings.service, &assignment.topic);
     while let Some(message) = inbox.recv().await {
         match message {
             ActorMessage::Record(record, bytes) => {
@@ -101,9 +122,17 @@ pub async fn run_actor<F: StepFactory>(
                 if skip {
                     token.abandon();
                 } else if let Some(step) = step.as_mut() {
-                    handle_record(&env, &link, step, &record, token, &mut emitter).await;
-                    metrics::gauge!(Metric::StateEntries.name(), "service" => service.clone())
-                        .set(step.state_entries() as f64);
+                    handle_record(
+                        &env,
+                        &link,
+                        step,
+                        &record,
+                        token,
+                        &mut emitter,
+                        &actor_metrics,
+                    )
+                    .await;
+                    actor_metrics.state_entries.set(step.state_entries() as f64);
                 }
                 link.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             }
@@ -134,13 +163,10 @@ async fn handle_record<S: Step>(
     record: &OwnedMessage,
     token: AckToken,
     emitter: &mut Emitter,
+    actor_metrics: &ActorMetrics,
 ) {
     let settings = &env.settings;
-    let labels = [
-        ("service", settings.service.clone()),
-        ("topic", record.topic().to_owned()),
-    ];
-    metrics::counter!(Metric::RecordsConsumed.name(), &labels).increment(1);
+    actor_metrics.consumed.increment(1);
     let headers: Vec<(String, Vec<u8>)> = record
         .headers()
         .map(|headers| {
@@ -176,7 +202,7 @@ async fn handle_record<S: Step>(
             Err(error) => Err(error),
         };
         let elapsed = started.elapsed();
-        metrics::histogram!(Metric::ProcessingSeconds.name(), "service" => settings.service.clone()).record(elapsed.as_secs_f64());
+        actor_metrics.processing.record(elapsed.as_secs_f64());
         let outcome = match outcome {
             Ok(()) if elapsed > settings.processing_timeout => {
                 // A synchronous step cannot be preempted; an over-long record
@@ -196,7 +222,8 @@ async fn handle_record<S: Step>(
                     let now_ms = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |since| since.as_millis() as i64);
-                    metrics::histogram!(Metric::EventLagSeconds.name(), "service" => settings.service.clone())
+                    actor_metrics
+                        .event_lag
                         .record((now_ms - event_time_ms).max(0) as f64 / 1000.0);
                 }
                 for output in emitter.outputs.drain(..) {

@@ -30,6 +30,9 @@ use crate::telemetry::{Health, Metric};
 
 /// Fixed per-record overhead counted against the queue, besides key and value.
 const RECORD_OVERHEAD_BYTES: usize = 128;
+/// How often paused partitions are checked for resumption (and queue gauges
+/// updated): often enough for hysteresis to react, not once per record.
+const RESUME_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
 struct PartitionSlot {
     tracker: SharedTracker,
@@ -335,13 +338,17 @@ pub fn poll_loop<F: StepFactory>(consumer: BaseConsumer<WorkerContext<F>>, stop:
     let context = consumer.context();
     let commit_interval = context.env.settings.commit_interval;
     let mut last_commit = Instant::now();
+    let mut last_resume_check = Instant::now();
     while !stop.load(Ordering::Acquire) && context.fatal.lock().is_none() {
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(message)) => context.dispatch(&consumer, message),
             Some(Err(error)) => warn!(%error, "consumer error"),
             None => {}
         }
-        context.resume_drained(&consumer);
+        if last_resume_check.elapsed() >= RESUME_CHECK_INTERVAL {
+            context.resume_drained(&consumer);
+            last_resume_check = Instant::now();
+        }
         if last_commit.elapsed() >= commit_interval {
             context.commit_done(&consumer, CommitMode::Async);
             last_commit = Instant::now();

@@ -14,19 +14,19 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use adpipe_codec::{Codec, Encoder, RegistryClient, value_subject};
+use adpipe_codec::{Codec, RegistryClient, value_subject};
 use adpipe_deduplicator::DedupSettings;
 use adpipe_deduplicator::config::Stream;
-use adpipe_events::{Click, Conversion, EventKind, Impression};
-use adpipe_loadtest::{CheckReport, GroundTruth, SimEvent, Simulation};
+use adpipe_events::EventKind;
+use adpipe_loadtest::publish::SimPublisher;
+use adpipe_loadtest::{CheckReport, GroundTruth, Simulation};
 use adpipe_schema_registry::RegistrySettings;
 use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// Partitions of every keyed demo topic (the pipeline's count).
@@ -216,70 +216,32 @@ async fn publish(
     names: &Names,
     publications: &[adpipe_loadtest::Publication],
 ) -> anyhow::Result<()> {
-    let impressions: Encoder<Impression> = codec
-        .encoder(
-            &value_subject(&names.merged("impressions")),
-            EventKind::Impression.schema(),
-        )
-        .await?;
-    let clicks: Encoder<Click> = codec
-        .encoder(
-            &value_subject(&names.merged("clicks")),
-            EventKind::Click.schema(),
-        )
-        .await?;
-    let conversions: Encoder<Conversion> = codec
-        .encoder(
-            &value_subject(&names.merged("conversions")),
-            EventKind::Conversion.schema(),
-        )
-        .await?;
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        // Java clients' partitioner, so every client puts a user in the same partition.
-        .set("partitioner", "murmur2_random")
-        .create()?;
+    let publisher = SimPublisher::new(codec, bootstrap, |kind| {
+        value_subject(&names.merged(topic_kind(kind)))
+    })
+    .await?;
     let bar = progress(publications.len() as u64, "publishing");
-    for publication in publications {
-        let (topic, value) = match &publication.event {
-            SimEvent::Impression(event) => {
-                (names.merged("impressions"), impressions.encode(event)?)
-            }
-            SimEvent::Click(event) => (names.merged("clicks"), clicks.encode(event)?),
-            SimEvent::Conversion(event) => {
-                (names.merged("conversions"), conversions.encode(event)?)
-            }
-        };
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "adpipe.origin.dc",
-            value: Some(publication.dc.as_bytes()),
-        });
-        let mut record = BaseRecord::to(&topic)
-            .key(publication.event.user_id())
-            .payload(&value)
-            .headers(headers);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    returned,
-                )) => {
-                    record = returned;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((error, _)) => return Err(error.into()),
-            }
+    // Publishing blocks while librdkafka's queue is full.
+    tokio::task::block_in_place(|| {
+        for publication in publications {
+            publisher.publish(
+                publication,
+                &names.merged(topic_kind(publication.event.kind())),
+            )?;
+            bar.inc(1);
         }
-        bar.inc(1);
-    }
-    producer.flush(Duration::from_secs(30))?;
+        publisher.flush(Duration::from_secs(30))
+    })?;
     bar.finish();
     Ok(())
+}
+
+/// The `merged.<kind>` suffix of an event type.
+fn topic_kind(kind: EventKind) -> &'static str {
+    KINDS
+        .iter()
+        .find(|(_, candidate)| *candidate == kind)
+        .map_or("unknown", |(name, _)| name)
 }
 
 /// Reads the deduplicated topics until every unique arrived or nothing new

@@ -8,11 +8,10 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use adpipe_codec::{Codec, Encoder, RegistryClient};
-use adpipe_events::{EventKind, Impression};
-use adpipe_loadtest::{SimEvent, Simulation};
-use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use adpipe_codec::{Codec, RegistryClient};
+use adpipe_events::EventKind;
+use adpipe_loadtest::publish::SimPublisher;
+use adpipe_loadtest::{Publication, Simulation};
 use support::{Pipeline, Tuning};
 
 const PARTITIONS: i32 = 3;
@@ -39,45 +38,30 @@ async fn recovers_from_a_broker_restart_without_loss() {
         allowed_lateness: "1h",
         queue_high_bytes: 8 << 20,
     });
-    // Impressions only: one schema, registered before the broker goes away.
     let (publications, truth) = Simulation {
         impressions: 300_000,
         ..Simulation::default()
     }
     .generate();
-    let impressions: Vec<&Impression> = publications
+    // Impressions only: their schema is registered before the broker goes away.
+    let impressions: Vec<&Publication> = publications
         .iter()
-        .filter_map(|publication| match &publication.event {
-            SimEvent::Impression(event) => Some(event),
-            _ => None,
-        })
+        .filter(|publication| publication.event.kind() == EventKind::Impression)
         .collect();
     let codec = Codec::new(RegistryClient::new(&pipeline.registry.url()).expect("client"));
-    let encoder: Encoder<Impression> = codec
-        .encoder(
-            &format!("{}.in-impression", pipeline.prefix),
-            EventKind::Impression.schema(),
-        )
-        .await
-        .expect("encoder");
     let input = format!("{}.in", pipeline.prefix);
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &pipeline.bootstrap)
-        .set("linger.ms", "20")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .expect("producer");
-    for event in &impressions {
-        let value = encoder.encode(event).expect("encodes");
-        let mut record = BaseRecord::to(&input)
-            .key(event.user_id.as_str())
-            .payload(&value);
-        while let Err((_, returned)) = producer.send(record) {
-            record = returned;
-            std::thread::sleep(Duration::from_millis(5));
+    let prefix = &pipeline.prefix;
+    let publisher = SimPublisher::new(&codec, &pipeline.bootstrap, |kind| {
+        format!("{prefix}.in-{kind}")
+    })
+    .await
+    .expect("publisher");
+    tokio::task::block_in_place(|| {
+        for publication in &impressions {
+            publisher.publish(publication, &input).expect("published");
         }
-    }
-    producer.flush(Duration::from_secs(60)).expect("flushed");
+        publisher.flush(Duration::from_secs(60)).expect("flushed");
+    });
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_adpipe-deduplicator"))
         .arg("--config")

@@ -9,13 +9,11 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use adpipe_codec::{Codec, Encoder, RegistryClient};
-use adpipe_events::{Click, Conversion, EventKind, Impression};
-use adpipe_loadtest::{GroundTruth, SimEvent, Simulation};
+use adpipe_codec::{Codec, RegistryClient};
+use adpipe_loadtest::publish::SimPublisher;
+use adpipe_loadtest::{GroundTruth, Simulation};
 use adpipe_schema_registry::RunningRegistry;
 use rand::Rng;
-use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use support::{Pipeline, Tuning};
 
 const PARTITIONS: i32 = 6;
@@ -40,53 +38,17 @@ async fn setup(impressions: u64) -> Setup {
     }
     .generate();
     let codec = Codec::new(RegistryClient::new(&registry.url()).expect("client"));
-    let impression: Encoder<Impression> = codec
-        .encoder(
-            &format!("{prefix}.in-impression"),
-            EventKind::Impression.schema(),
-        )
+    let publisher = SimPublisher::new(&codec, bootstrap, |kind| format!("{prefix}.in-{kind}"))
         .await
-        .expect("encoder");
-    let click: Encoder<Click> = codec
-        .encoder(&format!("{prefix}.in-click"), EventKind::Click.schema())
-        .await
-        .expect("encoder");
-    let conversion: Encoder<Conversion> = codec
-        .encoder(
-            &format!("{prefix}.in-conversion"),
-            EventKind::Conversion.schema(),
-        )
-        .await
-        .expect("encoder");
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "20")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("partitioner", "murmur2_random")
-        .create()
-        .expect("producer");
-    for publication in &publications {
-        let value = match &publication.event {
-            SimEvent::Impression(event) => impression.encode(event),
-            SimEvent::Click(event) => click.encode(event),
-            SimEvent::Conversion(event) => conversion.encode(event),
+        .expect("publisher");
+    tokio::task::block_in_place(|| {
+        for publication in &publications {
+            publisher
+                .publish(publication, &names[0])
+                .expect("published");
         }
-        .expect("encodes");
-        let mut record = BaseRecord::to(&names[0])
-            .key(publication.event.user_id())
-            .payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, returned)) => {
-                    record = returned;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(120)).expect("flushed");
+        publisher.flush(Duration::from_secs(120)).expect("flushed");
+    });
 
     let config_path = pipeline.write_config(&Tuning {
         session_timeout: "6s",

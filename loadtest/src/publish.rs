@@ -1,0 +1,105 @@
+//! Publishing a simulation to Kafka: every event Avro-encoded through the
+//! schema registry, keyed by user id, with its origin DC in a header.
+
+use std::time::Duration;
+
+use adpipe_codec::{Codec, EncodeError, Encoder};
+use adpipe_events::{Click, Conversion, EventKind, Impression};
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use crate::{Publication, SimEvent};
+
+/// Header carrying the DC a record was published in.
+pub const ORIGIN_DC_HEADER: &str = "adpipe.origin.dc";
+
+/// Why a publication failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Encoding or registering a schema failed.
+    #[error("encoding: {0}")]
+    Encode(#[from] EncodeError),
+    /// Kafka refused the record.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// A producer plus one registered encoder per event type.
+pub struct SimPublisher {
+    impression: Encoder<Impression>,
+    click: Encoder<Click>,
+    conversion: Encoder<Conversion>,
+    producer: ThreadedProducer<DefaultProducerContext>,
+}
+
+impl SimPublisher {
+    /// Registers the three schemas (under `subject_for(kind)`) and connects.
+    pub async fn new(
+        codec: &Codec,
+        bootstrap: &str,
+        subject_for: impl Fn(EventKind) -> String,
+    ) -> Result<Self, PublishError> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "20")
+            .set("compression.type", "lz4")
+            .set("queue.buffering.max.messages", "1000000")
+            // Java clients' partitioner, so every client puts a user in the same partition.
+            .set("partitioner", "murmur2_random")
+            .create()?;
+        Ok(SimPublisher {
+            impression: codec
+                .encoder(
+                    &subject_for(EventKind::Impression),
+                    EventKind::Impression.schema(),
+                )
+                .await?,
+            click: codec
+                .encoder(&subject_for(EventKind::Click), EventKind::Click.schema())
+                .await?,
+            conversion: codec
+                .encoder(
+                    &subject_for(EventKind::Conversion),
+                    EventKind::Conversion.schema(),
+                )
+                .await?,
+            producer,
+        })
+    }
+
+    /// Queues one publication to `topic`, waiting while the local queue is
+    /// full. Blocking: call it from a blocking context.
+    pub fn publish(&self, publication: &Publication, topic: &str) -> Result<(), PublishError> {
+        let value = match &publication.event {
+            SimEvent::Impression(event) => self.impression.encode(event)?,
+            SimEvent::Click(event) => self.click.encode(event)?,
+            SimEvent::Conversion(event) => self.conversion.encode(event)?,
+        };
+        let headers = OwnedHeaders::new().insert(Header {
+            key: ORIGIN_DC_HEADER,
+            value: Some(publication.dc.as_bytes()),
+        });
+        let mut record = BaseRecord::to(topic)
+            .key(publication.event.user_id())
+            .payload(&value)
+            .headers(headers);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((error, _)) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Waits until everything queued is acknowledged.
+    pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
+        Ok(self.producer.flush(timeout)?)
+    }
+}
