@@ -10,6 +10,7 @@
 //! with it.
 #![warn(missing_docs)]
 
+pub mod passthrough;
 pub mod publish;
 
 use std::collections::{HashMap, HashSet};
@@ -50,6 +51,25 @@ impl SimEvent {
             SimEvent::Impression(_) => adpipe_events::EventKind::Impression,
             SimEvent::Click(_) => adpipe_events::EventKind::Click,
             SimEvent::Conversion(_) => adpipe_events::EventKind::Conversion,
+        }
+    }
+
+    /// The event time (ms).
+    pub fn event_time(&self) -> i64 {
+        match self {
+            SimEvent::Impression(event) => event.event_time,
+            SimEvent::Click(event) => event.event_time,
+            SimEvent::Conversion(event) => event.event_time,
+        }
+    }
+
+    /// Restamps the event time (the latency benchmark stamps events with
+    /// the moment they are published).
+    pub fn set_event_time(&mut self, event_time_ms: i64) {
+        match self {
+            SimEvent::Impression(event) => event.event_time = event_time_ms,
+            SimEvent::Click(event) => event.event_time = event_time_ms,
+            SimEvent::Conversion(event) => event.event_time = event_time_ms,
         }
     }
 

@@ -44,7 +44,7 @@ impl SimPublisher {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("enable.idempotence", "true")
-            .set("linger.ms", "20")
+            .set("linger.ms", "5")
             .set("compression.type", "lz4")
             .set("queue.buffering.max.messages", "1000000")
             // Java clients' partitioner, so every client puts a user in the same partition.
@@ -73,11 +73,7 @@ impl SimPublisher {
     /// Queues one publication to `topic`, waiting while the local queue is
     /// full. Blocking: call it from a blocking context.
     pub fn publish(&self, publication: &Publication, topic: &str) -> Result<(), PublishError> {
-        let value = match &publication.event {
-            SimEvent::Impression(event) => self.impression.encode(event)?,
-            SimEvent::Click(event) => self.click.encode(event)?,
-            SimEvent::Conversion(event) => self.conversion.encode(event)?,
-        };
+        let value = self.encode(&publication.event)?;
         let headers = OwnedHeaders::new().insert(Header {
             key: ORIGIN_DC_HEADER,
             value: Some(publication.dc.as_bytes()),
@@ -96,6 +92,15 @@ impl SimPublisher {
                 Err((error, _)) => return Err(error.into()),
             }
         }
+    }
+
+    /// The record value of an event: Confluent-framed Avro.
+    pub fn encode(&self, event: &SimEvent) -> Result<Vec<u8>, PublishError> {
+        Ok(match event {
+            SimEvent::Impression(event) => self.impression.encode(event)?,
+            SimEvent::Click(event) => self.click.encode(event)?,
+            SimEvent::Conversion(event) => self.conversion.encode(event)?,
+        })
     }
 
     /// Waits until everything queued is acknowledged.

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use adpipe_codec::{Codec, Disposition, WriterSchema};
+use adpipe_codec::{Codec, WriterSchema};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
 use crate::ack::{AckToken, SharedTracker};
-use crate::config::{PoisonAction, WorkerSettings};
+use crate::config::{FailureAction, WorkerSettings};
 use crate::dead_letter::dead_letter_record;
 use crate::producer::{OutputProducer, SendError};
 use crate::step::{Emitter, InputRecord, PartitionAssignment, Step, StepError, StepFactory};
@@ -45,16 +45,25 @@ struct ActorMetrics {
     processing: metrics::Histogram,
     event_lag: metrics::Histogram,
     state_entries: metrics::Gauge,
+    state_bytes: metrics::Gauge,
 }
 
 impl ActorMetrics {
-    fn new(service: &str, topic: &str) -> Self {
+    fn new(service: &str, assignment: &PartitionAssignment) -> Self {
         let service = service.to_owned();
+        let topic = &assignment.topic;
+        let state_labels = [
+            ("service", service.clone()),
+            ("topic", topic.clone()),
+            ("partition", assignment.partition.to_string()),
+            ("sub_partition", assignment.sub_partition.to_string()),
+        ];
         ActorMetrics {
             consumed: metrics::counter!(Metric::RecordsConsumed.name(), "service" => service.clone(), "topic" => topic.to_owned()),
             processing: metrics::histogram!(Metric::ProcessingSeconds.name(), "service" => service.clone()),
             event_lag: metrics::histogram!(Metric::EventLagSeconds.name(), "service" => service.clone()),
-            state_entries: metrics::gauge!(Metric::StateEntries.name(), "service" => service),
+            state_entries: metrics::gauge!(Metric::StateEntries.name(), &state_labels),
+            state_bytes: metrics::gauge!(Metric::StateBytes.name(), &state_labels),
         }
     }
 }
@@ -107,7 +116,7 @@ pub async fn run_actor<F: StepFactory>(
     };
     let outstanding = Arc::new(AtomicUsize::new(0));
     let mut emitter = Emitter::default();
-    let actor_metrics = ActorMetrics::new(&env.settings.service, &assignment.topic);
+    let actor_metrics = ActorMetrics::new(&env.settings.service, &assignment);
     while let Some(message) = inbox.recv().await {
         match message {
             ActorMessage::Record(record, bytes) => {
@@ -133,6 +142,7 @@ pub async fn run_actor<F: StepFactory>(
                     )
                     .await;
                     actor_metrics.state_entries.set(step.state_entries() as f64);
+                    actor_metrics.state_bytes.set(step.state_bytes() as f64);
                 }
                 link.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             }
@@ -197,26 +207,26 @@ async fn handle_record<S: Step>(
                     writer,
                 };
                 emitter.clear();
-                step.process(&input, emitter)
+                // Dropping the step's future is how a slow attempt is cut
+                // off; steps are cancel-safe by contract (see `Step`).
+                tokio::time::timeout(settings.processing_timeout, step.process(&input, emitter))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StepError::transient(
+                            "processing_timeout",
+                            format!(
+                                "processing took longer than {:?}",
+                                settings.processing_timeout
+                            ),
+                        ))
+                    })
             }
             Err(error) => Err(error),
         };
-        let elapsed = started.elapsed();
-        actor_metrics.processing.record(elapsed.as_secs_f64());
-        let outcome = match outcome {
-            Ok(()) if elapsed > settings.processing_timeout => {
-                // A synchronous step cannot be preempted; an over-long record
-                // is reported, and its outputs still count.
-                warn!(
-                    offset = record.offset(),
-                    ?elapsed,
-                    "record exceeded the processing timeout"
-                );
-                Ok(())
-            }
-            other => other,
-        };
-        match outcome {
+        actor_metrics
+            .processing
+            .record(started.elapsed().as_secs_f64());
+        let error = match outcome {
             Ok(()) => {
                 if let Some(event_time_ms) = emitter.event_time_ms {
                     let now_ms = SystemTime::now()
@@ -231,38 +241,40 @@ async fn handle_record<S: Step>(
                 }
                 return;
             }
-            Err(error) => match error.disposition {
-                Disposition::Transient => {
-                    if link.revoking.load(Ordering::Acquire) || link.fatal.lock().is_some() {
-                        token.abandon();
-                        return;
-                    }
-                    metrics::counter!(Metric::Retries.name(), "service" => settings.service.clone(), "reason" => error.kind).increment(1);
-                    warn!(offset = record.offset(), %error, ?backoff, "transient failure; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(settings.retry_max_backoff);
-                }
-                Disposition::Poison if settings.on_poison == PoisonAction::DeadLetter => {
-                    metrics::counter!(Metric::DeadLettered.name(), "service" => settings.service.clone(), "topic" => record.topic().to_owned(), "reason" => error.kind).increment(1);
-                    warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), reason = error.kind, %error, "dead-lettered record");
-                    let dead = dead_letter_record(settings, record, &headers, &error);
-                    send_with_backpressure(&env.producer, &dead, &token).await;
-                    return;
-                }
-                Disposition::Poison | Disposition::Fatal => {
+            Err(error) => error,
+        };
+        emitter.clear(); // a failed attempt's outputs never leave
+        match settings.action_for(&error) {
+            FailureAction::Retry => {
+                if link.revoking.load(Ordering::Acquire) || link.fatal.lock().is_some() {
                     token.abandon();
-                    set_fatal(
-                        link,
-                        format!(
-                            "{}-{} offset {}: {error}",
-                            record.topic(),
-                            record.partition(),
-                            record.offset()
-                        ),
-                    );
                     return;
                 }
-            },
+                metrics::counter!(Metric::Retries.name(), "service" => settings.service.clone(), "reason" => error.kind).increment(1);
+                warn!(offset = record.offset(), reason = error.kind, %error, ?backoff, "failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(settings.retry_max_backoff);
+            }
+            FailureAction::DeadLetter => {
+                metrics::counter!(Metric::DeadLettered.name(), "service" => settings.service.clone(), "topic" => record.topic().to_owned(), "reason" => error.kind).increment(1);
+                warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), reason = error.kind, %error, "dead-lettered record");
+                let dead = dead_letter_record(settings, record, &headers, &error);
+                send_with_backpressure(&env.producer, &dead, &token).await;
+                return;
+            }
+            FailureAction::Stop => {
+                token.abandon();
+                set_fatal(
+                    link,
+                    format!(
+                        "{}-{} offset {}: {error}",
+                        record.topic(),
+                        record.partition(),
+                        record.offset()
+                    ),
+                );
+                return;
+            }
         }
     }
 }

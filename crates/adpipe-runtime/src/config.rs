@@ -23,8 +23,11 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
-/// Reads `defaults` (the service's embedded TOML), overlays the file at
-/// `path` if given, then environment variables `ADPIPE__A__B=value` (which set
+/// The runtime's own defaults, under every service's.
+pub const RUNTIME_DEFAULTS: &str = include_str!("../defaults.toml");
+
+/// Reads [`RUNTIME_DEFAULTS`], overlays `defaults` (the service's embedded
+/// TOML), then the file at `path` if given, then environment variables `ADPIPE__A__B=value` (which set
 /// `a.b`; `-` may be written `_`). Values are parsed as TOML when they parse,
 /// else taken as strings.
 pub fn load_layers(
@@ -32,8 +35,11 @@ pub fn load_layers(
     path: Option<&Path>,
     env: impl Iterator<Item = (String, String)>,
 ) -> Result<toml::Table, ConfigError> {
-    let mut merged: toml::Table = toml::from_str(defaults)
+    let mut merged: toml::Table = toml::from_str(RUNTIME_DEFAULTS)
+        .map_err(|error| ConfigError::Load(format!("runtime defaults: {error}")))?;
+    let service: toml::Table = toml::from_str(defaults)
         .map_err(|error| ConfigError::Load(format!("embedded defaults: {error}")))?;
+    merge(&mut merged, service);
     if let Some(path) = path {
         let text = std::fs::read_to_string(path)
             .map_err(|error| ConfigError::Load(format!("{}: {error}", path.display())))?;
@@ -127,8 +133,9 @@ pub struct RuntimeConfig {
     pub queue_low_bytes: usize,
     /// How often done offsets are committed.
     pub commit_interval: String,
-    /// Longest a record may take (schema lookups, retries excluded) before it
-    /// counts as a transient failure.
+    /// Longest one attempt at a record may take before it is cut off and
+    /// fails with kind `processing_timeout` (transient: retried, unless
+    /// `on-error-kind` says otherwise).
     pub processing_timeout: String,
     /// On revoke or shutdown, how long to wait for in-flight outputs; must be
     /// below the session timeout.
@@ -142,16 +149,24 @@ pub struct RuntimeConfig {
     /// Topic for records that cannot be processed.
     pub dead_letter_topic: String,
     /// `dead-letter` (default) or `stop` for poison records.
-    pub on_poison: PoisonAction,
+    pub on_poison: FailureAction,
+    /// Overrides by error kind (the `adpipe.dlq.reason` label, e.g.
+    /// `processing_timeout = "dead-letter"`, `unknown_schema_id = "retry"`).
+    #[serde(default)]
+    pub on_error_kind: BTreeMap<String, FailureAction>,
 }
 
-/// What to do with a poison record.
+/// What the runtime does with a record whose step failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum PoisonAction {
+pub enum FailureAction {
+    /// Try the record again after a backoff (doubling up to the maximum),
+    /// for as long as it takes: a dependency that is down loses nothing.
+    Retry,
     /// Send it to the dead-letter topic and go on.
     DeadLetter,
-    /// Stop the worker (for pipelines where a gap is worse than a halt).
+    /// Stop the worker (for pipelines where a gap is worse than a halt); a
+    /// restart resumes from the last commit.
     Stop,
 }
 
@@ -201,7 +216,9 @@ pub struct WorkerSettings {
     /// Dead-letter topic.
     pub dead_letter_topic: String,
     /// Poison handling.
-    pub on_poison: PoisonAction,
+    pub on_poison: FailureAction,
+    /// Actions by error kind, overriding the disposition's.
+    pub on_error_kind: BTreeMap<String, FailureAction>,
     /// Metrics and health address.
     pub http_listen: SocketAddr,
     /// Registry URL when values are decoded, `None` to pass bytes through.
@@ -256,6 +273,11 @@ impl WorkerSettings {
         if kafka.bootstrap_servers.trim().is_empty() {
             problems.push("kafka.bootstrap-servers is empty".to_owned());
         }
+        if runtime.on_poison == FailureAction::Retry {
+            problems.push(
+                "runtime.on-poison = \"retry\" would retry the same bad bytes forever; use \"dead-letter\" or \"stop\"".to_owned(),
+            );
+        }
         let sub_partitions = NonZeroU16::new(runtime.sub_partitions).unwrap_or_else(|| {
             problems.push("runtime.sub-partitions must be at least 1".to_owned());
             NonZeroU16::MIN
@@ -282,9 +304,25 @@ impl WorkerSettings {
             sub_partitions,
             dead_letter_topic: runtime.dead_letter_topic,
             on_poison: runtime.on_poison,
+            on_error_kind: runtime.on_error_kind,
             http_listen: http.listen,
             registry_url: registry.map(|registry| registry.url),
             kafka,
+        }
+    }
+}
+
+impl WorkerSettings {
+    /// What to do about `error`: its kind's override, else by disposition
+    /// (transient: retry; poison: `on-poison`; fatal: stop).
+    pub fn action_for(&self, error: &crate::StepError) -> FailureAction {
+        if let Some(action) = self.on_error_kind.get(error.kind) {
+            return *action;
+        }
+        match error.disposition {
+            adpipe_codec::Disposition::Transient => FailureAction::Retry,
+            adpipe_codec::Disposition::Poison => self.on_poison,
+            adpipe_codec::Disposition::Fatal => FailureAction::Stop,
         }
     }
 }

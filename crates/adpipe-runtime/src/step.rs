@@ -1,5 +1,6 @@
-//! What a service plugs into the runtime: a synchronous processing step.
+//! What a service plugs into the runtime: a processing step.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use adpipe_codec::{DecodeError, Disposition, WriterSchema};
@@ -157,17 +158,30 @@ impl Emitter {
 /// The processing logic of a service, one instance per assigned partition
 /// (or sub-partition).
 ///
-/// Contract: `process` is synchronous and does no IO (the runtime does all
-/// of it), so a step can be unit-tested by calling it. It must be atomic:
-/// when it returns an error it has not changed its state, because the runtime
-/// may retry the same record. Emitting no output acknowledges the input at
-/// once.
+/// Contract: `process` does no Kafka IO (the runtime does all of it), so a
+/// step can be unit-tested by calling it. It is async so that a step which
+/// must wait (a networked state store, a sink) can be cut off by the
+/// runtime's processing timeout: the future is dropped and the record is
+/// handled by the failure action for `processing_timeout`. Hence a step
+/// must be *cancel-safe and atomic*: change its state only after its last
+/// `.await`, and leave it unchanged when returning an error, because the
+/// runtime may retry the same record. Emitting no output acknowledges the
+/// input at once.
 pub trait Step: Send + 'static {
     /// Handles one record.
-    fn process(&mut self, record: &InputRecord<'_>, out: &mut Emitter) -> Result<(), StepError>;
+    fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        out: &mut Emitter,
+    ) -> impl Future<Output = Result<(), StepError>> + Send;
 
     /// Entries held in state, for the state-size metric.
     fn state_entries(&self) -> usize {
+        0
+    }
+
+    /// Heap bytes held in state, for the state-size metric.
+    fn state_bytes(&self) -> usize {
         0
     }
 

@@ -32,8 +32,10 @@ pub enum Metric {
     QueueBytes,
     /// Partitions currently paused for backpressure.
     PausedPartitions,
-    /// Entries held in state (`service`).
+    /// Entries held in state (`service`, `topic`, `partition`, `sub_partition`).
     StateEntries,
+    /// Heap bytes held in state (same labels).
+    StateBytes,
     /// Offset commits (`service`).
     Commits,
     /// Rebalances seen (`service`, `kind`).
@@ -56,6 +58,7 @@ impl Metric {
             Metric::QueueBytes => "adpipe_queue_bytes",
             Metric::PausedPartitions => "adpipe_paused_partitions",
             Metric::StateEntries => "adpipe_state_entries",
+            Metric::StateBytes => "adpipe_state_bytes",
             Metric::Commits => "adpipe_commits_total",
             Metric::Rebalances => "adpipe_rebalances_total",
             Metric::AssignedPartitions => "adpipe_assigned_partitions",

@@ -138,6 +138,27 @@ impl WorkerHandle {
     }
 }
 
+/// What a service binary does once its worker started: run until SIGTERM
+/// (graceful stop: exit 0) or until a fatal error stops the worker (exit 1,
+/// so the supervisor restarts it from the last commit).
+pub async fn run_until_stopped(worker: WorkerHandle) -> std::process::ExitCode {
+    let stopped_by_itself = tokio::select! {
+        () = shutdown_signal() => None,
+        reason = worker.stopped() => Some(reason),
+    };
+    if let Some(reason) = &stopped_by_itself {
+        tracing::error!(%reason, "stopping after a fatal error");
+    }
+    match worker.stop().await {
+        Ok(()) if stopped_by_itself.is_none() => std::process::ExitCode::SUCCESS,
+        Ok(()) => std::process::ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let terminate = async {

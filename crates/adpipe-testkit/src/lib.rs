@@ -63,3 +63,113 @@ pub fn unique(prefix: &str) -> String {
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
 }
+
+/// A topic to create: name, partitions, extra configs.
+pub type TopicSpec<'a> = (&'a str, i32, &'a [(&'a str, &'a str)]);
+
+/// Creates topics on `bootstrap`, with replication 1; panics with the
+/// broker's reason when one cannot be made.
+pub async fn create_topics(bootstrap: &str, topics: &[TopicSpec<'_>]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions, configs)| {
+            configs.iter().fold(
+                NewTopic::new(name, *partitions, TopicReplication::Fixed(1)),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
+        .collect();
+    for result in admin
+        .create_topics(&new_topics, &AdminOptions::new())
+        .await
+        .expect("create topics")
+    {
+        if let Err((topic, code)) = result {
+            panic!("topic {topic} not created: {code}");
+        }
+    }
+}
+
+/// Every record in `topic` (all partitions, in partition order), up to the
+/// high watermarks read at the start. Blocking: call it from a blocking
+/// thread (a poll loop inside an async task stalls on large topics).
+pub fn read_all(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |topic| topic.partitions().len() as i32);
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0;
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("assign");
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .expect("watermarks");
+        remaining += high - low;
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut records = Vec::new();
+    while remaining > 0 {
+        match consumer.poll(Duration::from_secs(30)) {
+            Some(Ok(message)) => {
+                records.push(message.detach());
+                remaining -= 1;
+            }
+            Some(Err(error)) => panic!("reading {topic}: {error}"),
+            None => panic!(
+                "{topic} stalled with {remaining} records left after {}",
+                records.len()
+            ),
+        }
+    }
+    records.sort_by_key(|record| (record.partition(), record.offset()));
+    records
+}
+
+/// Whether `group` has committed every partition of `topic` up to its end.
+pub fn committed_to_end(bootstrap: &str, group: &str, topic: &str) -> bool {
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+        return false;
+    };
+    let mut wanted = TopicPartitionList::new();
+    for partition in metadata
+        .topics()
+        .iter()
+        .flat_map(|topic| topic.partitions())
+    {
+        wanted.add_partition(topic, partition.id());
+    }
+    let Ok(committed) = consumer.committed_offsets(wanted, Duration::from_secs(10)) else {
+        return false;
+    };
+    committed.elements().iter().all(|element| {
+        let high = consumer
+            .fetch_watermarks(topic, element.partition(), Duration::from_secs(10))
+            .map_or(-1, |(_, high)| high);
+        element.offset() == Offset::Offset(high)
+    })
+}

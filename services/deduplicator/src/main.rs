@@ -44,19 +44,5 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let stopped_by_itself = tokio::select! {
-        () = adpipe_runtime::shutdown_signal() => None,
-        reason = worker.stopped() => Some(reason),
-    };
-    if let Some(reason) = &stopped_by_itself {
-        tracing::error!(%reason, "stopping after a fatal error");
-    }
-    match worker.stop().await {
-        Ok(()) if stopped_by_itself.is_none() => ExitCode::SUCCESS,
-        Ok(()) => ExitCode::FAILURE,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    adpipe_runtime::run_until_stopped(worker).await
 }

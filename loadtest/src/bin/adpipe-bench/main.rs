@@ -1,0 +1,477 @@
+//! `adpipe-bench`: the deduplicator against real Kafka, beside a pass-through
+//! service on the same runtime and beside the broker's own perf tools, all
+//! in one run on one machine, so the figures are comparable as ratios.
+//!
+//! Phases (central cluster of `infra/kafka.sh`, fresh topics per run):
+//! 1. publish a simulation (1M impressions + clicks, conversions, 5%
+//!    duplicates) to the input topic;
+//! 2. Kafka's ProducerPerformance and ConsumerPerformance with the same
+//!    record count and mean size: the broker's ceiling;
+//! 3. the deduplicator binary, then the pass-through binary, each over the
+//!    whole backlog: records/s from first to last commit, peak RSS;
+//! 4. at half the deduplicator's maximum rate, events stamped at publish
+//!    time: p50/p99 end-to-end latency through each service (and through
+//!    the broker alone);
+//! 5. state bytes per key: the deduplicator's in-memory set, measured as
+//!    RSS growth, and its changelog on the broker's disk.
+
+/// Backlog runs per service, alternating, so neither always runs first.
+const ROUNDS: usize = 2;
+
+mod latency;
+mod service;
+mod tools;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adpipe_codec::{Codec, RegistryClient};
+use adpipe_loadtest::Simulation;
+use adpipe_loadtest::publish::SimPublisher;
+use clap::Parser;
+use serde::Serialize;
+
+use service::{BacklogRun, Service};
+
+/// Benchmarks the deduplicator against the pass-through and Kafka's tools.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The cluster to run against (the local central cluster by default).
+    #[arg(long, default_value = "127.0.0.1:39092")]
+    bootstrap: String,
+    /// Simulated impressions (clicks, conversions and duplicates are added).
+    #[arg(long, default_value_t = 1_000_000)]
+    impressions: u64,
+    /// Partitions of every benchmark topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+    /// How long each latency phase publishes.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    latency_duration: Duration,
+    /// Write the report as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    records: i64,
+    unique_records: u64,
+    mean_record_bytes: usize,
+    kafka_producer_perf: tools::ToolRun,
+    kafka_consumer_perf: tools::ToolRun,
+    deduplicator: Vec<BacklogRun>,
+    deduplicator_peak_rss_mib: f64,
+    passthrough: Vec<BacklogRun>,
+    passthrough_peak_rss_mib: f64,
+    latency_passthrough: latency::LatencyRun,
+    latency_deduplicator: latency::LatencyRun,
+    deduplicator_latency_phase_peak_rss_mib: f64,
+    state_bytes_per_key_in_memory: f64,
+    state_keys_measured: u64,
+    changelog_bytes_per_key_on_disk: f64,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn sibling_binary(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
+    let path = exe.with_file_name(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} not found: build it first (loadtest/bench.sh does)",
+            path.display()
+        ))
+    }
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|error| format!("{}: {error}", path.display()))
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(run(&args))) {
+        Ok(report) => {
+            print_report(&report);
+            if let Some(path) = &args.json {
+                let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+                if let Err(error) = write_file(path, &json) {
+                    eprintln!("{error}");
+                }
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("benchmark failed: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<Report, String> {
+    let bootstrap = &args.bootstrap;
+    let kafka_sh = repo_root().join("infra/kafka.sh");
+    let dedup_binary = sibling_binary("adpipe-deduplicator")?;
+    let pass_binary = sibling_binary("adpipe-passthrough")?;
+    let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let topic = |suffix: &str| format!("{prefix}.{suffix}");
+    let partitions = args.partitions;
+    eprintln!("topics {prefix}.* on {bootstrap}");
+    let (input, pass_out, dlq, raw) = (topic("in"), topic("in.pass"), topic("dlq"), topic("raw"));
+    // Each deduplicator round starts with empty state: its own output and changelog.
+    let dedup_outs: Vec<String> = (0..ROUNDS)
+        .map(|round| topic(&format!("out{round}")))
+        .collect();
+    let changelogs: Vec<String> = (0..ROUNDS)
+        .map(|round| topic(&format!("log{round}")))
+        .collect();
+    let mut specs: Vec<adpipe_testkit::TopicSpec<'_>> = [&input, &pass_out, &raw]
+        .into_iter()
+        .chain(&dedup_outs)
+        .map(|name| (name.as_str(), partitions, &[][..]))
+        .collect();
+    for changelog in &changelogs {
+        specs.push((changelog, partitions, &[("cleanup.policy", "compact")]));
+    }
+    specs.push((&dlq, 1, &[]));
+    adpipe_testkit::create_topics(bootstrap, &specs).await;
+    let registry = adpipe_schema_registry::start(adpipe_schema_registry::RegistrySettings::local(
+        bootstrap,
+        &topic("_schemas"),
+    ))
+    .await
+    .map_err(|error| format!("registry: {error}"))?;
+    let codec = Arc::new(Codec::new(
+        RegistryClient::new(&registry.url()).map_err(|error| error.to_string())?,
+    ));
+    let publisher = SimPublisher::new(&codec, bootstrap, |kind| format!("{prefix}.in-{kind}"))
+        .await
+        .map_err(|error| error.to_string())?;
+
+    // 1. The backlog.
+    let (publications, truth) = Simulation {
+        impressions: args.impressions,
+        ..Simulation::default()
+    }
+    .generate();
+    eprintln!("publishing {} records", publications.len());
+    let publish_started = Instant::now();
+    for publication in &publications {
+        publisher
+            .publish(publication, &input)
+            .map_err(|error| error.to_string())?;
+    }
+    publisher
+        .flush(Duration::from_secs(300))
+        .map_err(|error| error.to_string())?;
+    let records = service::topic_end(bootstrap, &input)?;
+    eprintln!(
+        "published {records} records in {:.1} s",
+        publish_started.elapsed().as_secs_f64()
+    );
+    let sample = &publications[..publications.len().min(10_000)];
+    let mut sample_bytes = 0;
+    for publication in sample {
+        sample_bytes += publisher
+            .encode(&publication.event)
+            .map_err(|error| error.to_string())?
+            .len();
+    }
+    let mean_record_bytes = sample_bytes / sample.len().max(1);
+
+    // 2. The broker's ceiling.
+    eprintln!("Kafka ProducerPerformance: {records} x {mean_record_bytes} B");
+    let kafka_producer_perf = tools::producer_perf(
+        &kafka_sh,
+        bootstrap,
+        &raw,
+        records as u64,
+        mean_record_bytes,
+    )?;
+    eprintln!("Kafka ConsumerPerformance");
+    let kafka_consumer_perf = tools::consumer_perf(
+        &kafka_sh,
+        bootstrap,
+        &raw,
+        records as u64,
+        &topic("perf-consumer"),
+    )?;
+
+    // 3. Each service over the whole backlog, alternating, ROUNDS times.
+    let config_dir = std::env::temp_dir();
+    let dedup_config = |round: usize| -> Result<PathBuf, String> {
+        let path = config_dir.join(format!("{prefix}-dedup{round}.toml"));
+        write_file(
+            &path,
+            &format!(
+                "[kafka]\nbootstrap-servers = \"{bootstrap}\"\ngroup-id = \"{prefix}-dedup{round}\"\n\
+                 [registry]\nurl = \"{}\"\n\
+                 [runtime]\ndead-letter-topic = \"{dlq}\"\ncommit-interval = \"100ms\"\n\
+                 [http]\nlisten = \"127.0.0.1:0\"\n\
+                 [[deduplicator.stream]]\ninput = \"{input}\"\noutput = \"{}\"\nchangelog = \"{}\"\n",
+                registry.url(),
+                dedup_outs[round],
+                changelogs[round],
+            ),
+        )?;
+        Ok(path)
+    };
+    let pass_config = |round: usize| -> Result<PathBuf, String> {
+        let path = config_dir.join(format!("{prefix}-pass{round}.toml"));
+        write_file(
+            &path,
+            &format!(
+                "[kafka]\nbootstrap-servers = \"{bootstrap}\"\ngroup-id = \"{prefix}-pass{round}\"\n\
+                 [runtime]\ndead-letter-topic = \"{dlq}\"\ncommit-interval = \"100ms\"\n\
+                 [http]\nlisten = \"127.0.0.1:0\"\n\
+                 [passthrough]\ninputs = [\"{input}\"]\noutput-suffix = \".pass\"\n"
+            ),
+        )?;
+        Ok(path)
+    };
+    let (mut deduplicator, mut passthrough) = (Vec::new(), Vec::new());
+    let (mut deduplicator_peak_rss_kb, mut passthrough_peak_rss_kb) = (0, 0);
+    for round in 0..ROUNDS {
+        eprintln!("round {round}: deduplicator over the backlog");
+        let mut dedup = Service::spawn("deduplicator", &dedup_binary, &dedup_config(round)?)?;
+        deduplicator.push(dedup.run_backlog(
+            bootstrap,
+            &format!("{prefix}-dedup{round}"),
+            &input,
+            records,
+        )?);
+        deduplicator_peak_rss_kb = deduplicator_peak_rss_kb.max(dedup.stop()?);
+        eprintln!("round {round}: pass-through over the backlog");
+        let mut pass = Service::spawn("passthrough", &pass_binary, &pass_config(round)?)?;
+        passthrough.push(pass.run_backlog(
+            bootstrap,
+            &format!("{prefix}-pass{round}"),
+            &input,
+            records,
+        )?);
+        passthrough_peak_rss_kb = passthrough_peak_rss_kb.max(pass.stop()?);
+    }
+    let mean_rate = |runs: &[BacklogRun]| {
+        runs.iter().map(|run| run.records_per_sec).sum::<f64>() / runs.len().max(1) as f64
+    };
+
+    // 4. Latency at half the deduplicator's maximum rate.
+    let rate = mean_rate(&deduplicator) / 2.0;
+    let wanted = (rate * args.latency_duration.as_secs_f64() * 1.2) as u64;
+    let latency_events = |seed| {
+        Simulation {
+            seed,
+            impressions: wanted,
+            ..Simulation::default()
+        }
+        .generate()
+        .0
+    };
+    eprintln!("latency through the pass-through at {rate:.0} records/s");
+    let pass = Service::spawn("passthrough", &pass_binary, &pass_config(0)?)?;
+    let latency_passthrough = latency::run(
+        bootstrap,
+        &publisher,
+        Arc::clone(&codec),
+        latency_events(7),
+        &input,
+        &pass_out,
+        rate,
+        args.latency_duration,
+    )?;
+    pass.stop()?;
+    eprintln!("latency through the deduplicator at {rate:.0} records/s");
+    let mut dedup = Service::spawn("deduplicator", &dedup_binary, &dedup_config(0)?)?;
+    // Wait for the restore and the catch-up on what the last phase published.
+    dedup.run_backlog(
+        bootstrap,
+        &format!("{prefix}-dedup0"),
+        &input,
+        service::topic_end(bootstrap, &input)?,
+    )?;
+    let latency_deduplicator = latency::run(
+        bootstrap,
+        &publisher,
+        Arc::clone(&codec),
+        latency_events(8),
+        &input,
+        &dedup_outs[0],
+        rate,
+        args.latency_duration,
+    )?;
+    let deduplicator_latency_phase_peak_rss_kb = dedup.stop()?;
+
+    // 5. State bytes per key.
+    let state_keys_measured = truth.uniques();
+    let state_bytes_per_key_in_memory = state_bytes_per_key(state_keys_measured);
+    let changelog_bytes_per_key_on_disk =
+        topic_bytes_on_disk(&changelogs[1.min(ROUNDS - 1)]) as f64 / truth.uniques() as f64;
+    registry.stop().await;
+
+    let mib = |kb: u64| kb as f64 / 1024.0;
+    Ok(Report {
+        records,
+        unique_records: truth.uniques(),
+        mean_record_bytes,
+        kafka_producer_perf,
+        kafka_consumer_perf,
+        deduplicator,
+        deduplicator_peak_rss_mib: mib(deduplicator_peak_rss_kb),
+        passthrough,
+        passthrough_peak_rss_mib: mib(passthrough_peak_rss_kb),
+        latency_passthrough,
+        latency_deduplicator,
+        deduplicator_latency_phase_peak_rss_mib: mib(deduplicator_latency_phase_peak_rss_kb),
+        state_bytes_per_key_in_memory,
+        state_keys_measured,
+        changelog_bytes_per_key_on_disk,
+    })
+}
+
+/// Heap bytes per remembered id of a deduplicator state holding `keys`
+/// ids (from the tables' capacities, as the `adpipe_state_bytes` metric).
+fn state_bytes_per_key(keys: u64) -> f64 {
+    use adpipe_deduplicator::state::{DedupState, id_hash};
+    let mut state = DedupState::new(86_400_000, 3_600_000);
+    for n in 0..keys {
+        state.check_and_insert(
+            id_hash(&format!("imp-42-{n}")),
+            1_763_700_000_000 + n as i64,
+        );
+    }
+    state.heap_bytes() as f64 / state.len().max(1) as f64
+}
+
+/// Bytes of a topic's log segments in the local central cluster's data dir.
+fn topic_bytes_on_disk(topic: &str) -> u64 {
+    let data = repo_root().join(".adpipe/kafka/central/data");
+    let Ok(entries) = std::fs::read_dir(&data) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .rsplit_once('-')
+                .is_some_and(|(name, _)| name == topic)
+        })
+        .flat_map(|entry| {
+            std::fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .filter(|file| file.file_name().to_string_lossy().ends_with(".log"))
+        .filter_map(|file| file.metadata().ok())
+        .map(|metadata| metadata.len())
+        .sum()
+}
+
+fn print_report(report: &Report) {
+    let kafka_in = report.kafka_producer_perf.records_per_sec;
+    let kafka_out = report.kafka_consumer_perf.records_per_sec;
+    let rates =
+        |runs: &[BacklogRun]| -> Vec<f64> { runs.iter().map(|run| run.records_per_sec).collect() };
+    let mean = |rates: &[f64]| rates.iter().sum::<f64>() / rates.len().max(1) as f64;
+    let (dedup_rates, pass_rates) = (rates(&report.deduplicator), rates(&report.passthrough));
+    let (dedup, pass) = (mean(&dedup_rates), mean(&pass_rates));
+    println!();
+    println!(
+        "adpipe-bench: {} records ({} unique), mean value {} B, one run, this machine",
+        report.records, report.unique_records, report.mean_record_bytes
+    );
+    println!(
+        "{:<44} {:>12} {:>10}  rounds",
+        "throughput", "records/s", "vs dedup"
+    );
+    for (name, rate, rounds) in [
+        (
+            "Kafka ProducerPerformance (broker ceiling)",
+            kafka_in,
+            vec![],
+        ),
+        (
+            "Kafka ConsumerPerformance (broker ceiling)",
+            kafka_out,
+            vec![],
+        ),
+        ("pass-through (runtime, no logic)", pass, pass_rates),
+        ("deduplicator", dedup, dedup_rates),
+    ] {
+        let rounds: Vec<String> = rounds.iter().map(|rate| format!("{rate:.0}")).collect();
+        println!(
+            "{name:<44} {rate:>12.0} {:>9.2}x  {}",
+            rate / dedup,
+            rounds.join(" ")
+        );
+    }
+    println!(
+        "peak RSS: deduplicator {:.0} MiB (backlog), {:.0} MiB (latency phase); pass-through {:.0} MiB",
+        report.deduplicator_peak_rss_mib,
+        report.deduplicator_latency_phase_peak_rss_mib,
+        report.passthrough_peak_rss_mib
+    );
+    let first_commits = |runs: &[BacklogRun]| -> Vec<String> {
+        runs.iter()
+            .map(|run| format!("{:.1} s", run.first_commit_seconds))
+            .collect()
+    };
+    println!(
+        "start to first commit: deduplicator {}, pass-through {}",
+        first_commits(&report.deduplicator).join(" / "),
+        first_commits(&report.passthrough).join(" / ")
+    );
+    println!(
+        "{:<44} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "end-to-end latency (ms)", "p50", "p99", "p99.9", "max", "records"
+    );
+    for (name, percentiles) in [
+        (
+            "pass-through phase: broker only (1 hop)",
+            &report.latency_passthrough.input,
+        ),
+        (
+            "pass-through phase: through the service",
+            &report.latency_passthrough.output,
+        ),
+        (
+            "deduplicator phase: broker only (1 hop)",
+            &report.latency_deduplicator.input,
+        ),
+        (
+            "deduplicator phase: through the service",
+            &report.latency_deduplicator.output,
+        ),
+    ] {
+        println!(
+            "{name:<44} {:>8} {:>8} {:>8} {:>8} {:>9}",
+            percentiles.p50_ms,
+            percentiles.p99_ms,
+            percentiles.p999_ms,
+            percentiles.max_ms,
+            percentiles.records
+        );
+    }
+    println!(
+        "at {:.0} records/s target (half the deduplicator's maximum); published {:.0} and {:.0}",
+        report.latency_deduplicator.target_rate,
+        report.latency_passthrough.published_rate,
+        report.latency_deduplicator.published_rate
+    );
+    println!(
+        "state: {:.1} bytes/key in memory ({} keys), {:.1} bytes/key of changelog on the broker's disk",
+        report.state_bytes_per_key_in_memory,
+        report.state_keys_measured,
+        report.changelog_bytes_per_key_on_disk
+    );
+}

@@ -1,0 +1,209 @@
+//! A service under test, as its real binary: started with a config file,
+//! watched through its consumer group's commits and /proc, stopped with
+//! SIGTERM like an orchestrator would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+
+/// A running service binary.
+pub struct Service {
+    name: &'static str,
+    child: Child,
+    peak_rss_kb: u64,
+}
+
+/// What a backlog run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BacklogRun {
+    /// Records consumed per second, from the first commit to the last.
+    pub records_per_sec: f64,
+    /// Seconds from process start to the input committed to its end
+    /// (startup, group join and state restore included).
+    pub wall_seconds: f64,
+    /// Seconds from process start to its first commit.
+    pub first_commit_seconds: f64,
+}
+
+impl Service {
+    /// Starts `binary --config config`.
+    pub fn spawn(name: &'static str, binary: &Path, config: &Path) -> Result<Service, String> {
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|error| format!("{}: {error}", binary.display()))?;
+        Ok(Service {
+            name,
+            child,
+            peak_rss_kb: 0,
+        })
+    }
+
+    /// Resident set size now, in KiB (and remembers the peak).
+    pub fn sample_rss(&mut self) -> u64 {
+        let rss = proc_status_kb(self.child.id(), "VmRSS:").unwrap_or(0);
+        let peak = proc_status_kb(self.child.id(), "VmHWM:").unwrap_or(rss);
+        self.peak_rss_kb = self.peak_rss_kb.max(peak);
+        rss
+    }
+
+    /// Waits until `group` committed `input` up to `total` records,
+    /// printing progress each second.
+    pub fn run_backlog(
+        &mut self,
+        bootstrap: &str,
+        group: &str,
+        input: &str,
+        total: i64,
+    ) -> Result<BacklogRun, String> {
+        let started = Instant::now();
+        let mut first: Option<(Instant, i64)> = None;
+        let mut last_print = Instant::now();
+        let watcher = CommitWatcher::new(bootstrap, group, input)?;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("{} exited early: {status}", self.name));
+            }
+            let committed = watcher.committed();
+            let now = Instant::now();
+            if committed > 0 && first.is_none() {
+                first = Some((now, committed));
+            }
+            let rss = self.sample_rss();
+            if last_print.elapsed() >= Duration::from_secs(1) {
+                eprintln!(
+                    "  {}: {committed}/{total} committed, RSS {} MiB",
+                    self.name,
+                    rss / 1024
+                );
+                last_print = now;
+            }
+            if committed >= total {
+                let (first_at, first_committed) = first.unwrap_or((now, 0));
+                let seconds = now.duration_since(first_at).as_secs_f64().max(1e-3);
+                return Ok(BacklogRun {
+                    records_per_sec: (total - first_committed) as f64 / seconds,
+                    wall_seconds: now.duration_since(started).as_secs_f64(),
+                    first_commit_seconds: first_at.duration_since(started).as_secs_f64(),
+                });
+            }
+            if started.elapsed() > Duration::from_secs(900) {
+                return Err(format!("{} did not finish in 15 minutes", self.name));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the peak RSS in KiB.
+    pub fn stop(mut self) -> Result<u64, String> {
+        self.sample_rss();
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .map_err(|error| format!("kill: {error}"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(self.peak_rss_kb),
+                Ok(Some(status)) => return Err(format!("{} exited with {status}", self.name)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    return Err(format!("{} did not stop on SIGTERM", self.name));
+                }
+            }
+        }
+    }
+}
+
+/// A value from /proc/PID/status in KiB.
+pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let path = PathBuf::from(format!("/proc/{pid}/status"));
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find(|line| line.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Reads a group's committed offsets of one topic.
+pub struct CommitWatcher {
+    consumer: BaseConsumer,
+    wanted: TopicPartitionList,
+}
+
+impl CommitWatcher {
+    /// A watcher of `group` on every partition of `topic`.
+    pub fn new(bootstrap: &str, group: &str, topic: &str) -> Result<Self, String> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .create()
+            .map_err(|error| error.to_string())?;
+        let partitions = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|error| error.to_string())?
+            .topics()
+            .first()
+            .map_or(0, |topic| topic.partitions().len() as i32);
+        let mut wanted = TopicPartitionList::new();
+        for partition in 0..partitions {
+            wanted.add_partition(topic, partition);
+        }
+        Ok(CommitWatcher { consumer, wanted })
+    }
+
+    /// Sum of committed offsets (0 for partitions without a commit).
+    pub fn committed(&self) -> i64 {
+        self.consumer
+            .committed_offsets(self.wanted.clone(), Duration::from_secs(10))
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .map(|element| match element.offset() {
+                        Offset::Offset(offset) => offset,
+                        _ => 0,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Sum of the high watermarks of `topic`.
+pub fn topic_end(bootstrap: &str, topic: &str) -> Result<i64, String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(|error| error.to_string())?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|error| error.to_string())?;
+    let mut total = 0;
+    for partition in metadata
+        .topics()
+        .iter()
+        .flat_map(|topic| topic.partitions())
+    {
+        total += consumer
+            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .map_err(|error| error.to_string())?
+            .1;
+    }
+    Ok(total)
+}
