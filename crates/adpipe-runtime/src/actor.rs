@@ -152,7 +152,8 @@ pub async fn run_actor<F: StepFactory>(
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 if let Some(step) = step.as_mut() {
-                    step.on_revoke();
+                    let drained = outstanding.load(Ordering::Acquire) == 0;
+                    tokio::task::block_in_place(|| step.on_revoke(drained));
                 }
                 let _ = reply.send(());
                 return;

@@ -186,8 +186,13 @@ pub trait Step: Send + 'static {
     }
 
     /// Called when the partition is revoked or the worker stops, after
-    /// in-flight outputs were acknowledged (or the deadline passed).
-    fn on_revoke(&mut self) {}
+    /// in-flight outputs were acknowledged (`drained`) or the revoke
+    /// deadline passed with some still in flight (`!drained`). A step may
+    /// save local state here; it runs on the actor's task, inside
+    /// `tokio::task::block_in_place`, so blocking IO is allowed.
+    fn on_revoke(&mut self, drained: bool) {
+        let _ = drained;
+    }
 }
 
 /// Where a step instance runs.

@@ -162,6 +162,13 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
                 &format!("{}dlq.deduplicator", names.prefix),
             ),
             ("ADPIPE__KAFKA__SESSION_TIMEOUT", "10s"),
+            (
+                "ADPIPE__DEDUPLICATOR__STATE_DIR",
+                &std::env::temp_dir()
+                    .join(format!("adpipe-demo-{}-state", std::process::id()))
+                    .display()
+                    .to_string(),
+            ),
             ("ADPIPE__RUNTIME__REVOKE_DEADLINE", "5s"),
         ]
         .into_iter()

@@ -27,6 +27,7 @@ struct RawConfig {
 struct RawDedup {
     window: String,
     allowed_lateness: String,
+    state_dir: std::path::PathBuf,
     stream: Vec<Stream>,
 }
 
@@ -51,6 +52,8 @@ pub struct DedupSettings {
     pub window_ms: i64,
     /// Allowed lateness in ms.
     pub lateness_ms: i64,
+    /// Where partition snapshots are kept (a volume in containers).
+    pub state_dir: std::path::PathBuf,
     /// Streams.
     pub streams: Vec<Stream>,
 }
@@ -101,6 +104,7 @@ impl DedupSettings {
             worker,
             window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
             lateness_ms: i64::try_from(lateness.as_millis()).unwrap_or(i64::MAX),
+            state_dir: raw.deduplicator.state_dir,
             streams: raw.deduplicator.stream,
         })
     }

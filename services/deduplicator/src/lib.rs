@@ -2,12 +2,15 @@
 //! within a window of event time (design.md, service 2).
 //!
 //! Runs on the shared worker runtime. State is one in-memory set of 128-bit
-//! id hashes per partition, restored on assignment from a compacted changelog
-//! topic (partition i of the changelog belongs to partition i of the input),
-//! so it survives restarts and moves with its partition on rebalance.
+//! id hashes per partition, backed by a compacted changelog topic (partition
+//! i of the changelog belongs to partition i of the input) and a local
+//! snapshot file written on revoke and shutdown: on assignment the state is
+//! the snapshot (if any) plus the changelog from the snapshot's offset, so it
+//! survives restarts and moves with its partition on rebalance.
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod snapshot;
 pub mod state;
 pub mod step;
 

@@ -121,6 +121,23 @@ impl DedupState {
             + self.expiry.capacity() * std::mem::size_of::<(i64, Key)>()
     }
 
+    /// Whether an id is remembered (within the window or not yet expired).
+    pub fn contains(&self, id: u128) -> bool {
+        self.seen.contains_key(&key(id))
+    }
+
+    /// Every remembered (id, event time), oldest first (the expiry order),
+    /// for a snapshot: restoring them in this order keeps expiry cheap.
+    pub fn entries(&self) -> Vec<(u128, i64)> {
+        self.expiry
+            .iter()
+            .filter(|(event_time, key)| self.seen.get(key) == Some(event_time))
+            .map(|&(event_time, (high, low))| {
+                ((u128::from(high) << 64) | u128::from(low), event_time)
+            })
+            .collect()
+    }
+
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()

@@ -19,9 +19,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{DedupSettings, Stream};
+use crate::snapshot;
 use crate::state::{DedupState, Verdict, id_hash};
 
 /// The fields every deduplicated event has; the rest of the record is
@@ -37,6 +38,17 @@ pub struct DedupStep {
     stream: Stream,
     partition: i32,
     state: DedupState,
+    /// Where to save the state on revoke, and the cluster holding the changelog.
+    snapshot: Option<SnapshotTarget>,
+}
+
+/// Where a step saves its snapshot.
+#[derive(Debug, Clone)]
+pub struct SnapshotTarget {
+    /// The snapshot file.
+    pub path: std::path::PathBuf,
+    /// Bootstrap servers of the changelog's cluster.
+    pub bootstrap_servers: String,
 }
 
 impl DedupStep {
@@ -46,7 +58,38 @@ impl DedupStep {
             stream,
             partition,
             state,
+            snapshot: None,
         }
+    }
+
+    /// Saves snapshots to `target` on drained revokes.
+    pub fn with_snapshots(mut self, target: SnapshotTarget) -> Self {
+        self.snapshot = Some(target);
+        self
+    }
+
+    /// The partition's state.
+    pub fn state(&self) -> &DedupState {
+        &self.state
+    }
+
+    /// Writes the snapshot: every output and changelog entry is acknowledged,
+    /// so the changelog's end is where the state is complete up to.
+    fn save_snapshot(&self, target: &SnapshotTarget) -> Result<i64, String> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &target.bootstrap_servers)
+            .create()
+            .map_err(|error| error.to_string())?;
+        let (_, high) = consumer
+            .fetch_watermarks(
+                &self.stream.changelog,
+                self.partition,
+                Duration::from_secs(10),
+            )
+            .map_err(|error| error.to_string())?;
+        let bytes = snapshot::encode(high, self.state.entries().into_iter());
+        snapshot::store(&target.path, &bytes).map_err(|error| error.to_string())?;
+        Ok(high)
     }
 }
 
@@ -92,6 +135,26 @@ impl Step for DedupStep {
     fn state_bytes(&self) -> usize {
         self.state.heap_bytes()
     }
+
+    fn on_revoke(&mut self, drained: bool) {
+        let Some(target) = &self.snapshot else {
+            return;
+        };
+        if !drained {
+            // Some ids in memory may lack an acknowledged output: a snapshot
+            // could hide them after a restart. The changelog alone is safe.
+            warn!(changelog = %self.stream.changelog, partition = self.partition, "outputs still in flight at revoke; no snapshot");
+            return;
+        }
+        match self.save_snapshot(target) {
+            Ok(offset) => {
+                info!(path = %target.path.display(), offset, entries = self.state.len(), "deduplicator snapshot saved")
+            }
+            Err(error) => {
+                warn!(%error, "deduplicator snapshot not saved; the next owner replays the changelog")
+            }
+        }
+    }
 }
 
 /// Builds steps, restoring each partition's state from its changelog.
@@ -105,7 +168,9 @@ impl DedupFactory {
         DedupFactory { settings }
     }
 
-    fn restore(&self, stream: &Stream, partition: i32) -> Result<DedupState, StepError> {
+    /// A partition's state: its snapshot, if usable, plus the changelog
+    /// from the snapshot's offset (or all of it).
+    pub fn restore(&self, stream: &Stream, partition: i32) -> Result<DedupState, StepError> {
         let mut state = DedupState::new(self.settings.window_ms, self.settings.lateness_ms);
         let kafka = |error: rdkafka::error::KafkaError| {
             StepError::transient("changelog_restore", error.to_string())
@@ -129,12 +194,15 @@ impl DedupFactory {
         let (low, high) = consumer
             .fetch_watermarks(&stream.changelog, partition, Duration::from_secs(30))
             .map_err(kafka)?;
-        if high <= low {
+        let from_snapshot = self.load_snapshot(stream, partition, high, &mut state);
+        let start = from_snapshot.unwrap_or(low).max(low);
+        if high <= start {
+            info!(changelog = %stream.changelog, partition, kept = state.len(), ?from_snapshot, "deduplicator state restored");
             return Ok(state);
         }
         let mut assignment = TopicPartitionList::new();
         assignment
-            .add_partition_offset(&stream.changelog, partition, Offset::Beginning)
+            .add_partition_offset(&stream.changelog, partition, Offset::Offset(start))
             .map_err(kafka)?;
         consumer.assign(&assignment).map_err(kafka)?;
         let mut restored = 0_u64;
@@ -162,8 +230,38 @@ impl DedupFactory {
                 }
             }
         }
-        info!(changelog = %stream.changelog, partition, restored, kept = state.len(), "deduplicator state restored");
+        info!(changelog = %stream.changelog, partition, ?from_snapshot, replayed = restored, kept = state.len(), "deduplicator state restored");
         Ok(state)
+    }
+
+    /// Loads the partition's snapshot into `state` and returns the changelog
+    /// offset to replay from; `None` (replay everything) when there is no
+    /// usable snapshot.
+    fn load_snapshot(
+        &self,
+        stream: &Stream,
+        partition: i32,
+        changelog_high: i64,
+        state: &mut DedupState,
+    ) -> Option<i64> {
+        let path = snapshot::snapshot_path(&self.settings.state_dir, &stream.changelog, partition);
+        match snapshot::load(&path) {
+            Ok(Some(saved)) if saved.changelog_offset <= changelog_high => {
+                for (id, event_time) in saved.entries {
+                    state.remember(id, event_time);
+                }
+                Some(saved.changelog_offset)
+            }
+            Ok(Some(saved)) => {
+                warn!(path = %path.display(), snapshot_offset = saved.changelog_offset, changelog_high, "snapshot is ahead of its changelog (topic recreated?); replaying the changelog");
+                None
+            }
+            Ok(None) => None,
+            Err(error) => {
+                warn!(%error, "ignoring the snapshot; replaying the changelog");
+                None
+            }
+        }
     }
 }
 
@@ -182,7 +280,15 @@ impl StepFactory for DedupFactory {
                 )
             })?;
         let state = self.restore(&stream, assignment.partition)?;
-        Ok(DedupStep::new(stream, assignment.partition, state))
+        let target = SnapshotTarget {
+            path: snapshot::snapshot_path(
+                &self.settings.state_dir,
+                &stream.changelog,
+                assignment.partition,
+            ),
+            bootstrap_servers: self.settings.worker.kafka.bootstrap_servers.clone(),
+        };
+        Ok(DedupStep::new(stream, assignment.partition, state).with_snapshots(target))
     }
 }
 

@@ -62,8 +62,19 @@ impl Fixture {
         }
     }
 
+    /// Settings of a new instance, with its own empty state directory (as
+    /// a fresh container): state reaches it only through the changelog.
     fn settings(&self) -> DedupSettings {
-        DedupSettings::load(Some(&self.config_path), std::iter::empty()).expect("valid settings")
+        self.settings_with_state_dir(
+            std::env::temp_dir().join(adpipe_testkit::unique(&format!("{}-state", self.prefix))),
+        )
+    }
+
+    fn settings_with_state_dir(&self, state_dir: std::path::PathBuf) -> DedupSettings {
+        let mut settings = DedupSettings::load(Some(&self.config_path), std::iter::empty())
+            .expect("valid settings");
+        settings.state_dir = state_dir;
+        settings
     }
 
     async fn send(&self, partition: i32, key: &[u8], value: &[u8]) {
@@ -347,5 +358,85 @@ async fn state_moves_with_its_partition_on_rebalance() {
     );
     assert!(event_ids(&output, &writer()).contains(&fresh.event_id));
     second.stop().await.expect("clean stop");
+    fixture.registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_loads_its_snapshot_and_replays_only_the_changelog_tail() {
+    use adpipe_deduplicator::snapshot::{self, snapshot_path};
+    use adpipe_deduplicator::state::id_hash;
+    use adpipe_runtime::{PartitionAssignment, StepFactory};
+
+    let fixture = Fixture::new(1, "24h", "1h").await;
+    let state_dir = std::env::temp_dir().join(adpipe_testkit::unique("snapshot-state"));
+    let t0 = 1_763_700_000_000;
+    let firsts: Vec<Impression> = (0..20).map(|n| at(n, t0 + n as i64)).collect();
+    for event in &firsts {
+        fixture.send_event(event).await;
+    }
+    let worker = adpipe_deduplicator::start(fixture.settings_with_state_dir(state_dir.clone()))
+        .expect("starts");
+    fixture.wait_committed_to_end(Duration::from_secs(60));
+    worker.stop().await.expect("clean stop");
+
+    // A clean stop saved the state with the changelog's end as its offset.
+    let settings = fixture.settings_with_state_dir(state_dir.clone());
+    let changelog = settings.streams[0].changelog.clone();
+    let path = snapshot_path(&state_dir, &changelog, 0);
+    let saved = snapshot::load(&path)
+        .expect("readable")
+        .expect("saved on stop");
+    assert_eq!(saved.changelog_offset, 20, "one changelog entry per unique");
+    assert_eq!(saved.entries.len(), 20);
+
+    // Restore reads the snapshot: an id only the snapshot holds is restored…
+    let factory = adpipe_deduplicator::DedupFactory::new(settings.clone());
+    let marker = id_hash("only-in-the-snapshot");
+    let mut doctored = saved.entries.clone();
+    doctored.push((marker, t0 + 30));
+    snapshot::store(&path, &snapshot::encode(20, doctored.clone().into_iter())).expect("written");
+    let stream = &settings.streams[0];
+    let restored = factory.restore(stream, 0).expect("restores");
+    assert!(restored.contains(marker), "the snapshot was used");
+    assert_eq!(restored.len(), 21);
+    // …but a snapshot ahead of its changelog (a recreated topic) or a
+    // corrupt one is ignored, and the changelog alone rebuilds the state.
+    snapshot::store(&path, &snapshot::encode(999, doctored.into_iter())).expect("written");
+    let replayed = factory.restore(stream, 0).expect("restores");
+    assert!(!replayed.contains(marker));
+    assert_eq!(replayed.len(), 20);
+    std::fs::write(&path, b"not a snapshot").expect("written");
+    assert_eq!(factory.restore(stream, 0).expect("restores").len(), 20);
+    let step = factory
+        .create(&PartitionAssignment {
+            topic: stream.input.clone(),
+            partition: 0,
+            sub_partition: 0,
+            sub_partitions: 1,
+        })
+        .expect("creates");
+    assert_eq!(step.state().len(), 20);
+
+    // Restarted on the saved state plus the tail: copies dropped, news pass.
+    snapshot::store(
+        &path,
+        &snapshot::encode(20, saved.entries.clone().into_iter()),
+    )
+    .expect("written");
+    let news: Vec<Impression> = (20..25).map(|n| at(n, t0 + n as i64)).collect();
+    for event in firsts.iter().chain(&news) {
+        fixture.send_event(event).await;
+    }
+    let worker = adpipe_deduplicator::start(fixture.settings_with_state_dir(state_dir.clone()))
+        .expect("restarts");
+    fixture.wait_committed_to_end(Duration::from_secs(60));
+    worker.stop().await.expect("clean stop");
+    let output = fixture.read("out", 26, Duration::from_secs(3));
+    let ids = event_ids(&output, &writer());
+    assert_eq!(ids.len(), 25, "20 firsts + 5 news, no copy of a first");
+    let resaved = snapshot::load(&path).expect("readable").expect("saved");
+    assert_eq!(resaved.changelog_offset, 25);
+    assert_eq!(resaved.entries.len(), 25);
+    let _ = std::fs::remove_dir_all(state_dir);
     fixture.registry.stop().await;
 }

@@ -85,6 +85,7 @@ queue-low-bytes = {low}
 [http]
 listen = "127.0.0.1:0"
 [deduplicator]
+state-dir = "{state_dir}"
 window = "{window}"
 allowed-lateness = "{lateness}"
 [[deduplicator.stream]]
@@ -93,6 +94,9 @@ output = "{prefix}.out"
 changelog = "{prefix}.log"
 "#,
             registry_url = registry.url(),
+            state_dir = std::env::temp_dir()
+                .join(format!("{prefix}-state"))
+                .display(),
             session = tuning.session_timeout,
             commit = tuning.commit_interval,
             revoke = tuning.revoke_deadline,

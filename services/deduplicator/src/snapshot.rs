@@ -1,0 +1,182 @@
+//! The local on-disk copy of a partition's state, so that a restart reads
+//! only the changelog's tail instead of all of it (Kafka Streams keeps a
+//! local store plus a checkpoint offset for the same reason).
+//!
+//! One file per changelog partition, `<state-dir>/<changelog>/<partition>.snapshot`,
+//! written atomically (temporary file, fsync, rename) when a partition is
+//! revoked or the service stops *after every output and changelog entry was
+//! acknowledged*. It holds the remembered ids and the changelog offset up to
+//! which they are complete. Restoring = load the file, then replay the
+//! changelog from that offset. So the file never claims an id whose output
+//! might be missing, and a stale file (an older shutdown, another instance
+//! owned the partition since) only means replaying more of the changelog.
+//!
+//! Format (little-endian): magic `ADPDEDUP`, version u32, changelog offset
+//! i64, entry count u64, entries (hash hi u64, hash lo u64, event time i64),
+//! then an xxh3-64 checksum of all preceding bytes. A file that fails any
+//! check is ignored (full replay), never trusted.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"ADPDEDUP";
+const VERSION: u32 = 1;
+const HEADER: usize = 8 + 4 + 8 + 8;
+const ENTRY: usize = 24;
+
+/// A loaded snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The changelog offset the entries are complete up to (exclusive).
+    pub changelog_offset: i64,
+    /// (id hash, first event time).
+    pub entries: Vec<(u128, i64)>,
+}
+
+/// Where a changelog partition's snapshot lives.
+pub fn snapshot_path(state_dir: &Path, changelog: &str, partition: i32) -> PathBuf {
+    state_dir
+        .join(changelog)
+        .join(format!("{partition}.snapshot"))
+}
+
+/// Encodes a snapshot.
+pub fn encode(
+    changelog_offset: i64,
+    entries: impl ExactSizeIterator<Item = (u128, i64)>,
+) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER + entries.len() * ENTRY + 8);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(&changelog_offset.to_le_bytes());
+    bytes.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    for (id, event_time) in entries {
+        bytes.extend_from_slice(&((id >> 64) as u64).to_le_bytes());
+        bytes.extend_from_slice(&(id as u64).to_le_bytes());
+        bytes.extend_from_slice(&event_time.to_le_bytes());
+    }
+    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
+    bytes.extend_from_slice(&checksum.to_le_bytes());
+    bytes
+}
+
+/// Why a snapshot file was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Reading or writing failed.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// Not a valid snapshot (truncated, wrong magic or version, bad checksum).
+    #[error("{0}: not a valid snapshot ({1})")]
+    Invalid(PathBuf, &'static str),
+}
+
+/// Decodes a snapshot, checking length, magic, version and checksum.
+pub fn decode(bytes: &[u8]) -> Result<Snapshot, &'static str> {
+    let word = |at: usize| -> Result<[u8; 8], &'static str> {
+        bytes
+            .get(at..at + 8)
+            .and_then(|slice| slice.try_into().ok())
+            .ok_or("truncated")
+    };
+    if bytes.len() < HEADER + 8 {
+        return Err("truncated");
+    }
+    let (body, checksum) = bytes.split_at(bytes.len() - 8);
+    if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != checksum {
+        return Err("checksum mismatch");
+    }
+    if &body[..8] != MAGIC {
+        return Err("wrong magic");
+    }
+    if body[8..12] != VERSION.to_le_bytes() {
+        return Err("unknown version");
+    }
+    let changelog_offset = i64::from_le_bytes(word(12)?);
+    let count = u64::from_le_bytes(word(20)?) as usize;
+    if body.len() != HEADER + count.saturating_mul(ENTRY) {
+        return Err("entry count does not match the length");
+    }
+    let mut entries = Vec::with_capacity(count);
+    for index in 0..count {
+        let at = HEADER + index * ENTRY;
+        let high = u64::from_le_bytes(word(at)?);
+        let low = u64::from_le_bytes(word(at + 8)?);
+        let event_time = i64::from_le_bytes(word(at + 16)?);
+        entries.push(((u128::from(high) << 64) | u128::from(low), event_time));
+    }
+    Ok(Snapshot {
+        changelog_offset,
+        entries,
+    })
+}
+
+/// Reads the snapshot at `path`; `Ok(None)` when there is none.
+pub fn load(path: &Path) -> Result<Option<Snapshot>, SnapshotError> {
+    match std::fs::read(path) {
+        Ok(bytes) => decode(&bytes)
+            .map(Some)
+            .map_err(|reason| SnapshotError::Invalid(path.to_owned(), reason)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(SnapshotError::Io(path.to_owned(), error)),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a crash leaves the old file or the
+/// new one, never half of one.
+pub fn store(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    let io = |error| SnapshotError::Io(path.to_owned(), error);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let temporary = path.with_extension("snapshot.tmp");
+    let mut file = std::fs::File::create(&temporary).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    std::fs::rename(&temporary, path).map_err(io)?;
+    if let Ok(directory) = std::fs::File::open(dir) {
+        let _ = directory.sync_all(); // make the rename durable
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_every_corruption() {
+        let entries = vec![(u128::MAX - 7, 1_000), (42, -5), (1 << 100, i64::MAX)];
+        let bytes = encode(1234, entries.clone().into_iter());
+        assert_eq!(
+            decode(&bytes),
+            Ok(Snapshot {
+                changelog_offset: 1234,
+                entries
+            })
+        );
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "truncated at {cut}");
+        }
+        for at in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x10;
+            assert!(decode(&flipped).is_err(), "bit flip at {at}");
+        }
+    }
+
+    #[test]
+    fn stores_atomically_and_loads_back() {
+        let dir = std::env::temp_dir().join(format!("adpipe-snapshot-{}", std::process::id()));
+        let path = snapshot_path(&dir, "log", 3);
+        assert!(load(&path).expect("no file is fine").is_none());
+        store(&path, &encode(9, [(1, 2)].into_iter())).expect("stored");
+        store(&path, &encode(10, [(1, 2), (3, 4)].into_iter())).expect("replaced");
+        let snapshot = load(&path).expect("loads").expect("exists");
+        assert_eq!(snapshot.changelog_offset, 10);
+        assert_eq!(snapshot.entries.len(), 2);
+        std::fs::write(&path, b"garbage").expect("written");
+        assert!(matches!(load(&path), Err(SnapshotError::Invalid(..))));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
