@@ -38,7 +38,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "kafka clusters"
 kafka_was_running=1
-"$INFRA_DIR/kafka.sh" status | grep -q stopped && kafka_was_running=0
+# Not `status | grep -q`: grep quits at the first match, status dies of
+# SIGPIPE, and pipefail then hid that the clusters were stopped.
+cluster_status="$("$INFRA_DIR/kafka.sh" status)"
+grep -q stopped <<<"$cluster_status" && kafka_was_running=0
 "$INFRA_DIR/kafka.sh" start
 
 step "topology apply (twice: the second must change nothing)"

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use adpipe_codec::{Codec, EncodeError, Encoder};
 use adpipe_events::{Click, Conversion, EventKind, Impression};
-use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -41,11 +40,7 @@ impl SimPublisher {
         bootstrap: &str,
         subject_for: impl Fn(EventKind) -> String,
     ) -> Result<Self, PublishError> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
+        let producer = adpipe_runtime::producer_config(bootstrap)
             .set("queue.buffering.max.messages", "1000000")
             // Java clients' partitioner, so every client puts a user in the same partition.
             .set("partitioner", "murmur2_random")

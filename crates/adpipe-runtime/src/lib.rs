@@ -30,6 +30,7 @@ mod consumer;
 pub mod dead_letter;
 mod offsets;
 mod producer;
+mod service_main;
 mod step;
 pub mod telemetry;
 mod worker;
@@ -37,6 +38,8 @@ mod worker;
 pub use ack::AckToken;
 pub use config::{ConfigError, FailureAction, WorkerSettings};
 pub use offsets::OffsetTracker;
+pub use producer::{PRODUCER_DEFAULTS, producer_config};
+pub use service_main::{ServiceArgs, init_logging, service_main};
 pub use step::{
     Emitter, InputRecord, OutputRecord, PartitionAssignment, Step, StepError, StepFactory,
 };

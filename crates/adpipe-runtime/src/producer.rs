@@ -20,6 +20,29 @@ use crate::ack::AckToken;
 use crate::step::OutputRecord;
 use crate::telemetry::Metric;
 
+/// Producer settings every adpipe producer shares (services, the CLI, the
+/// simulator, the benchmark's Kafka tools):
+/// idempotence, so retries after a broker failure never duplicate or reorder
+/// within a partition; acks from all replicas; lz4 batches of up to 256 KiB
+/// gathered for at most 5 ms.
+pub const PRODUCER_DEFAULTS: [(&str, &str); 5] = [
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("compression.type", "lz4"),
+    ("linger.ms", "5"),
+    ("batch.size", "262144"),
+];
+
+/// A client config for `bootstrap_servers` with [`PRODUCER_DEFAULTS`].
+pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap_servers);
+    for (key, value) in PRODUCER_DEFAULTS {
+        config.set(key, value);
+    }
+    config
+}
+
 /// What travels with a message through librdkafka.
 pub struct Delivery {
     token: AckToken,
@@ -93,17 +116,9 @@ impl OutputProducer {
         overrides: &std::collections::BTreeMap<String, String>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<(OutputRecord, AckToken)>), KafkaError> {
         let (followups, followup_rx) = mpsc::unbounded_channel();
-        let mut config = ClientConfig::new();
+        let mut config = producer_config(bootstrap_servers);
         config
-            .set("bootstrap.servers", bootstrap_servers)
             .set("client.id", format!("adpipe-{service}"))
-            // Idempotence: retries after a broker failure never duplicate or
-            // reorder within a partition.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5")
-            .set("batch.size", "262144")
             // A broker restart must not lose outputs: keep retrying for 10 min.
             .set("message.timeout.ms", "600000");
         for (key, value) in overrides {

@@ -126,6 +126,13 @@ impl Topics {
         }
     }
 
+    /// Runs a worker until it has committed the whole input, then stops it.
+    async fn run_to_end(&self, settings: WorkerSettings, factory: TestFactory) {
+        let worker = adpipe_runtime::start(settings, factory).expect("worker starts");
+        self.wait_committed_to_end(Duration::from_secs(120)).await;
+        worker.stop().await.expect("clean stop");
+    }
+
     async fn read(&self, suffix: &str) -> Vec<OwnedMessage> {
         let (bootstrap, topic) = (self.bootstrap.clone(), self.name(suffix));
         tokio::task::spawn_blocking(move || adpipe_testkit::read_all(&bootstrap, &topic))
@@ -242,13 +249,12 @@ async fn a_hanging_step_is_cut_off_and_dead_lettered_while_the_partition_goes_on
     let settings = topics.settings(
         "processing-timeout = \"300ms\"\n[runtime.on-error-kind]\nprocessing_timeout = \"dead-letter\"\n",
     );
-    let worker = adpipe_runtime::start(
-        settings,
-        TestFactory::new(topics.name("out"), Duration::ZERO),
-    )
-    .expect("worker starts");
-    topics.wait_committed_to_end(Duration::from_secs(60)).await;
-    worker.stop().await.expect("clean stop");
+    topics
+        .run_to_end(
+            settings,
+            TestFactory::new(topics.name("out"), Duration::ZERO),
+        )
+        .await;
 
     let out: Vec<String> = topics
         .read("out")
@@ -282,13 +288,12 @@ async fn a_step_cut_off_by_the_timeout_is_retried_by_default_and_its_outputs_lea
         .collect();
     topics.produce(&records).await;
     let settings = topics.settings("processing-timeout = \"300ms\"\n");
-    let worker = adpipe_runtime::start(
-        settings,
-        TestFactory::new(topics.name("out"), Duration::ZERO),
-    )
-    .expect("worker starts");
-    topics.wait_committed_to_end(Duration::from_secs(60)).await;
-    worker.stop().await.expect("clean stop");
+    topics
+        .run_to_end(
+            settings,
+            TestFactory::new(topics.name("out"), Duration::ZERO),
+        )
+        .await;
 
     let out: Vec<(String, Option<String>)> = topics
         .read("out")
@@ -327,9 +332,7 @@ async fn sub_partitions_run_one_partitions_keys_in_parallel_and_keep_each_keys_o
     let settings = topics.settings("sub-partitions = 8\n");
     let factory = TestFactory::new(topics.name("out"), Duration::from_millis(2));
     let most_running = Arc::clone(&factory.most_running);
-    let worker = adpipe_runtime::start(settings, factory).expect("worker starts");
-    topics.wait_committed_to_end(Duration::from_secs(120)).await;
-    worker.stop().await.expect("clean stop");
+    topics.run_to_end(settings, factory).await;
 
     let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for record in topics.read("out").await {

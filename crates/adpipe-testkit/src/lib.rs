@@ -95,11 +95,28 @@ pub async fn create_topics(bootstrap: &str, topics: &[TopicSpec<'_>]) {
     }
 }
 
-/// Every record in `topic` (all partitions, in partition order), up to the
-/// high watermarks read at the start. Blocking: call it from a blocking
-/// thread (a poll loop inside an async task stalls on large topics).
-pub fn read_all(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
-    use rdkafka::message::Message;
+/// Partitions of `topic`, from the cluster's metadata.
+pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> i32 {
+    consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap_or_else(|error| panic!("metadata of {topic}: {error}"))
+        .topics()
+        .first()
+        .map_or(0, |topic| topic.partitions().len() as i32)
+}
+
+/// Calls `each` for every record in `topic` (all partitions), up to the
+/// high watermarks read at the start, holding one record at a time.
+/// Blocking: call it from a blocking thread (a poll loop inside an async
+/// task stalls on large topics).
+pub fn for_each_record(
+    bootstrap: &str,
+    topic: &str,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) {
     use rdkafka::{Offset, TopicPartitionList};
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -107,16 +124,9 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMess
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let partitions = metadata
-        .topics()
-        .first()
-        .map_or(0, |topic| topic.partitions().len() as i32);
     let mut assignment = TopicPartitionList::new();
     let mut remaining = 0;
-    for partition in 0..partitions {
+    for partition in 0..partition_count(&consumer, topic) {
         assignment
             .add_partition_offset(topic, partition, Offset::Beginning)
             .expect("assign");
@@ -126,20 +136,25 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMess
         remaining += high - low;
     }
     consumer.assign(&assignment).expect("assign");
-    let mut records = Vec::new();
+    let mut read = 0;
     while remaining > 0 {
         match consumer.poll(Duration::from_secs(30)) {
             Some(Ok(message)) => {
-                records.push(message.detach());
+                each(&message);
                 remaining -= 1;
+                read += 1;
             }
             Some(Err(error)) => panic!("reading {topic}: {error}"),
-            None => panic!(
-                "{topic} stalled with {remaining} records left after {}",
-                records.len()
-            ),
+            None => panic!("{topic} stalled with {remaining} records left after {read}"),
         }
     }
+}
+
+/// Every record in `topic` (see [`for_each_record`]), in partition order.
+pub fn read_all(bootstrap: &str, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::message::Message;
+    let mut records = Vec::new();
+    for_each_record(bootstrap, topic, |message| records.push(message.detach()));
     records.sort_by_key(|record| (record.partition(), record.offset()));
     records
 }
@@ -170,6 +185,9 @@ pub fn committed_to_end(bootstrap: &str, group: &str, topic: &str) -> bool {
         let high = consumer
             .fetch_watermarks(topic, element.partition(), Duration::from_secs(10))
             .map_or(-1, |(_, high)| high);
-        element.offset() == Offset::Offset(high)
+        match element.offset() {
+            Offset::Offset(offset) => offset == high,
+            _ => high == 0, // nothing to commit in an empty partition
+        }
     })
 }

@@ -15,7 +15,6 @@ use anyhow::Context;
 use clap::Args;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -59,14 +58,10 @@ pub async fn run(
     input: &mut dyn BufRead,
     errors: &mut dyn Write,
 ) -> anyhow::Result<ProduceReport> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", args.kafka.bootstrap_servers()?)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "5")
-        .create()
-        .context("creating the Kafka producer")?;
+    let producer: FutureProducer =
+        adpipe_runtime::producer_config(&args.kafka.bootstrap_servers()?)
+            .create()
+            .context("creating the Kafka producer")?;
     let codec = Codec::new(RegistryClient::new(&args.registry.registry)?);
     match args.kind {
         EventKind::Impression => {

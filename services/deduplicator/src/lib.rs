@@ -22,5 +22,5 @@ pub fn start(
     settings: DedupSettings,
 ) -> Result<adpipe_runtime::WorkerHandle, adpipe_runtime::WorkerError> {
     let worker = settings.worker.clone();
-    adpipe_runtime::start(worker, DedupFactory::new(settings))
+    adpipe_runtime::start(worker, DedupFactory::new(settings)?)
 }

@@ -10,6 +10,7 @@
 //! lost) — a duplicate downstream, which the idempotent sinks absorb, never
 //! a loss.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use adpipe_runtime::{
@@ -43,12 +44,13 @@ pub struct DedupStep {
 }
 
 /// Where a step saves its snapshot.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SnapshotTarget {
     /// The snapshot file.
     pub path: std::path::PathBuf,
-    /// Bootstrap servers of the changelog's cluster.
-    pub bootstrap_servers: String,
+    /// A client of the changelog's cluster, shared by every partition, to
+    /// read the changelog's end at snapshot time.
+    pub watermarks: Arc<BaseConsumer>,
 }
 
 impl DedupStep {
@@ -76,11 +78,8 @@ impl DedupStep {
     /// Writes the snapshot: every output and changelog entry is acknowledged,
     /// so the changelog's end is where the state is complete up to.
     fn save_snapshot(&self, target: &SnapshotTarget) -> Result<i64, String> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &target.bootstrap_servers)
-            .create()
-            .map_err(|error| error.to_string())?;
-        let (_, high) = consumer
+        let (_, high) = target
+            .watermarks
             .fetch_watermarks(
                 &self.stream.changelog,
                 self.partition,
@@ -160,12 +159,23 @@ impl Step for DedupStep {
 /// Builds steps, restoring each partition's state from its changelog.
 pub struct DedupFactory {
     settings: DedupSettings,
+    /// Shared by all steps' snapshot saves (one client, not one per revoke).
+    watermarks: Arc<BaseConsumer>,
 }
 
 impl DedupFactory {
     /// A factory for these settings.
-    pub fn new(settings: DedupSettings) -> Self {
-        DedupFactory { settings }
+    pub fn new(settings: DedupSettings) -> Result<Self, rdkafka::error::KafkaError> {
+        let watermarks = ClientConfig::new()
+            .set(
+                "bootstrap.servers",
+                &settings.worker.kafka.bootstrap_servers,
+            )
+            .create()?;
+        Ok(DedupFactory {
+            settings,
+            watermarks: Arc::new(watermarks),
+        })
     }
 
     /// A partition's state: its snapshot, if usable, plus the changelog
@@ -286,7 +296,7 @@ impl StepFactory for DedupFactory {
                 &stream.changelog,
                 assignment.partition,
             ),
-            bootstrap_servers: self.settings.worker.kafka.bootstrap_servers.clone(),
+            watermarks: Arc::clone(&self.watermarks),
         };
         Ok(DedupStep::new(stream, assignment.partition, state).with_snapshots(target))
     }

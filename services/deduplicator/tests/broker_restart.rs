@@ -86,14 +86,14 @@ async fn recovers_from_a_broker_restart_without_loss() {
     let runtime = tokio::runtime::Handle::current();
     let ids = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(300);
-        while !support::committed_to_end(&bootstrap, &group, &input, PARTITIONS) {
+        while !adpipe_testkit::committed_to_end(&bootstrap, &group, &input) {
             assert!(
                 Instant::now() < deadline,
                 "the group never committed to the end after the restart"
             );
             std::thread::sleep(Duration::from_millis(500));
         }
-        support::read_event_ids(&bootstrap, &output, PARTITIONS, &codec, &runtime)
+        support::read_event_ids(&bootstrap, &output, &codec, &runtime)
     })
     .await
     .expect("reader");

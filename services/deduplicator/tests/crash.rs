@@ -80,11 +80,10 @@ fn spawn(setup: &Setup) -> Child {
 }
 
 fn committed_to_end(setup: &Setup) -> bool {
-    support::committed_to_end(
+    adpipe_testkit::committed_to_end(
         &setup.bootstrap,
         &setup.group,
         &format!("{}.in", setup.prefix),
-        PARTITIONS,
     )
 }
 
@@ -97,7 +96,7 @@ async fn delivered_ids(setup: &Setup) -> Vec<String> {
     let runtime = tokio::runtime::Handle::current();
     // A plain blocking read loop on its own thread, like the services' consumers.
     tokio::task::spawn_blocking(move || {
-        support::read_event_ids(&bootstrap, &topic, PARTITIONS, &codec, &runtime)
+        support::read_event_ids(&bootstrap, &topic, &codec, &runtime)
     })
     .await
     .expect("reader")

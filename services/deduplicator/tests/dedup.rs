@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use adpipe_codec::{Codec, Encoder, RegistryClient};
@@ -141,38 +140,11 @@ impl Fixture {
     /// Waits until the group committed every input partition to its end.
     fn wait_committed_to_end(&self, timeout: Duration) {
         let topic = format!("{}.in", self.prefix);
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", &self.group)
-            .create()
-            .expect("consumer");
         let deadline = Instant::now() + timeout;
-        loop {
-            let mut wanted = TopicPartitionList::new();
-            let mut ends = HashMap::new();
-            for partition in 0..self.partitions {
-                wanted.add_partition(&topic, partition);
-                let (_, high) = consumer
-                    .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-                    .expect("watermarks");
-                ends.insert(partition, high);
-            }
-            let committed = consumer
-                .committed_offsets(wanted, Duration::from_secs(10))
-                .expect("committed");
-            let done = committed
-                .elements()
-                .iter()
-                .all(|element| match element.offset() {
-                    Offset::Offset(offset) => offset == ends[&element.partition()],
-                    _ => ends[&element.partition()] == 0,
-                });
-            if done {
-                return;
-            }
+        while !adpipe_testkit::committed_to_end(&self.bootstrap, &self.group, &topic) {
             assert!(
                 Instant::now() < deadline,
-                "group did not commit to the end: {committed:?} vs {ends:?}"
+                "group did not commit {topic} to its end in {timeout:?}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -390,7 +362,7 @@ async fn a_restart_loads_its_snapshot_and_replays_only_the_changelog_tail() {
     assert_eq!(saved.entries.len(), 20);
 
     // Restore reads the snapshot: an id only the snapshot holds is restored…
-    let factory = adpipe_deduplicator::DedupFactory::new(settings.clone());
+    let factory = adpipe_deduplicator::DedupFactory::new(settings.clone()).expect("factory");
     let marker = id_hash("only-in-the-snapshot");
     let mut doctored = saved.entries.clone();
     doctored.push((marker, t0 + 30));

@@ -81,9 +81,19 @@ impl LogStore {
             .add_partition_offset(&settings.topic, 0, Offset::Beginning)
             .map_err(ApiError::store)?;
         consumer.assign(&assignment).map_err(ApiError::store)?;
-        let (_, high) = consumer
-            .fetch_watermarks(&settings.topic, 0, Duration::from_secs(10))
-            .map_err(ApiError::store)?;
+        // A topic created a moment ago may have no leader yet
+        // (NotLeaderForPartition): ask again until the startup timeout.
+        let deadline = std::time::Instant::now() + settings.startup_timeout;
+        let high = loop {
+            match consumer.fetch_watermarks(&settings.topic, 0, Duration::from_secs(10)) {
+                Ok((_, high)) => break high,
+                Err(error) if std::time::Instant::now() < deadline => {
+                    warn!(%error, topic = %settings.topic, "registry log not readable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => return Err(ApiError::store(error)),
+            }
+        };
 
         let state = Arc::new(RwLock::new(RegistryState::default()));
         let (applied_tx, applied_rx) = watch::channel(0_i64);

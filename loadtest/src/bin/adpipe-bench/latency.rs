@@ -77,14 +77,8 @@ fn read_latencies(
         .set("fetch.wait.max.ms", "5")
         .create()
         .map_err(|error| error.to_string())?;
-    let partitions = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|error| error.to_string())?
-        .topics()
-        .first()
-        .map_or(0, |topic| topic.partitions().len() as i32);
     let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
+    for partition in 0..adpipe_testkit::partition_count(&consumer, topic) {
         assignment
             .add_partition_offset(topic, partition, Offset::End)
             .map_err(|error| error.to_string())?;

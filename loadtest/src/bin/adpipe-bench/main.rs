@@ -240,24 +240,29 @@ async fn run(args: &Args) -> Result<Report, String> {
     let (mut deduplicator, mut passthrough) = (Vec::new(), Vec::new());
     let (mut deduplicator_peak_rss_kb, mut passthrough_peak_rss_kb) = (0, 0);
     for round in 0..ROUNDS {
-        eprintln!("round {round}: deduplicator over the backlog");
-        let mut dedup = Service::spawn("deduplicator", &dedup_binary, &dedup_config(round)?)?;
-        deduplicator.push(dedup.run_backlog(
-            bootstrap,
-            &format!("{prefix}-dedup{round}"),
-            &input,
-            records,
-        )?);
-        deduplicator_peak_rss_kb = deduplicator_peak_rss_kb.max(dedup.stop()?);
-        eprintln!("round {round}: pass-through over the backlog");
-        let mut pass = Service::spawn("passthrough", &pass_binary, &pass_config(round)?)?;
-        passthrough.push(pass.run_backlog(
-            bootstrap,
-            &format!("{prefix}-pass{round}"),
-            &input,
-            records,
-        )?);
-        passthrough_peak_rss_kb = passthrough_peak_rss_kb.max(pass.stop()?);
+        for (name, binary, config, group, runs, peak) in [
+            (
+                "deduplicator",
+                &dedup_binary,
+                dedup_config(round)?,
+                format!("{prefix}-dedup{round}"),
+                &mut deduplicator,
+                &mut deduplicator_peak_rss_kb,
+            ),
+            (
+                "passthrough",
+                &pass_binary,
+                pass_config(round)?,
+                format!("{prefix}-pass{round}"),
+                &mut passthrough,
+                &mut passthrough_peak_rss_kb,
+            ),
+        ] {
+            eprintln!("round {round}: {name} over the backlog");
+            let mut service = Service::spawn(name, binary, &config)?;
+            runs.push(service.run_backlog(bootstrap, &group, &input, records)?);
+            *peak = (*peak).max(service.stop()?);
+        }
     }
     let mean_rate = |runs: &[BacklogRun]| {
         runs.iter().map(|run| run.records_per_sec).sum::<f64>() / runs.len().max(1) as f64
@@ -313,7 +318,8 @@ async fn run(args: &Args) -> Result<Report, String> {
     let state_keys_measured = truth.uniques();
     let state_bytes_per_key_in_memory = state_bytes_per_key(state_keys_measured);
     let changelog_bytes_per_key_on_disk =
-        topic_bytes_on_disk(&changelogs[1.min(ROUNDS - 1)]) as f64 / truth.uniques() as f64;
+        topic_bytes_on_disk(changelogs.last().map_or("", String::as_str)) as f64
+            / truth.uniques() as f64;
     registry.stop().await;
 
     let mib = |kb: u64| kb as f64 / 1024.0;

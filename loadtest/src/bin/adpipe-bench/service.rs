@@ -155,14 +155,8 @@ impl CommitWatcher {
             .set("group.id", group)
             .create()
             .map_err(|error| error.to_string())?;
-        let partitions = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(|error| error.to_string())?
-            .topics()
-            .first()
-            .map_or(0, |topic| topic.partitions().len() as i32);
         let mut wanted = TopicPartitionList::new();
-        for partition in 0..partitions {
+        for partition in 0..adpipe_testkit::partition_count(&consumer, topic) {
             wanted.add_partition(topic, partition);
         }
         Ok(CommitWatcher { consumer, wanted })
@@ -191,17 +185,10 @@ pub fn topic_end(bootstrap: &str, topic: &str) -> Result<i64, String> {
         .set("bootstrap.servers", bootstrap)
         .create()
         .map_err(|error| error.to_string())?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|error| error.to_string())?;
     let mut total = 0;
-    for partition in metadata
-        .topics()
-        .iter()
-        .flat_map(|topic| topic.partitions())
-    {
+    for partition in 0..adpipe_testkit::partition_count(&consumer, topic) {
         total += consumer
-            .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
             .map_err(|error| error.to_string())?
             .1;
     }

@@ -35,14 +35,6 @@ fn run(kafka_sh: &Path, args: &[String]) -> Result<String, String> {
     Ok(stdout)
 }
 
-/// Producer settings every producer in the benchmark shares (the runtime's).
-pub const PRODUCER_PROPS: [&str; 4] = [
-    "acks=all",
-    "linger.ms=5",
-    "batch.size=262144",
-    "compression.type=lz4",
-];
-
 /// Runs ProducerPerformance: `records` of `record_size` bytes, unthrottled.
 pub fn producer_perf(
     kafka_sh: &Path,
@@ -66,8 +58,13 @@ pub fn producer_perf(
     ]
     .map(str::to_owned)
     .to_vec();
+    // The runtime's producer settings, so the ceiling is measured like-for-like.
     // One flag, then every property (a repeated flag replaces the earlier).
-    args.extend(PRODUCER_PROPS.map(str::to_owned));
+    args.extend(
+        adpipe_runtime::PRODUCER_DEFAULTS
+            .iter()
+            .map(|(key, value)| format!("{key}={value}")),
+    );
     let stdout = run(kafka_sh, &args)?;
     // "N records sent, R records/sec (M MB/sec), ..." is the last line.
     let summary = stdout

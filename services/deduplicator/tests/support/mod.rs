@@ -4,15 +4,11 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use adpipe_codec::Codec;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
 use adpipe_schema_registry::{RegistrySettings, RunningRegistry};
-use rdkafka::ClientConfig;
 
 /// Topics `<prefix>.{in,out,log,dlq}` and a registry, on the central cluster.
 pub struct Pipeline {
@@ -116,18 +112,11 @@ changelog = "{prefix}.log"
     }
 }
 
-/// Whether `group` has committed every partition of `topic` to its end.
-pub fn committed_to_end(bootstrap: &str, group: &str, topic: &str, _partitions: i32) -> bool {
-    adpipe_testkit::committed_to_end(bootstrap, group, topic)
-}
-
-/// Every event id in `topic`, in partition order, decoded with whatever
-/// writer schema each record names. Blocking: call it on a blocking thread
-/// (a poll loop inside an async task stalled on large topics).
+/// Every event id in `topic`, decoded with whatever writer schema each
+/// record names. Blocking: call it on a blocking thread.
 pub fn read_event_ids(
     bootstrap: &str,
     topic: &str,
-    partitions: i32,
     codec: &Codec,
     runtime: &tokio::runtime::Handle,
 ) -> Vec<String> {
@@ -135,33 +124,8 @@ pub fn read_event_ids(
     struct Identity {
         event_id: String,
     }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", adpipe_testkit::unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0;
-    for partition in 0..partitions {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("assign");
-        remaining += consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .expect("watermarks")
-            .1;
-    }
-    consumer.assign(&assignment).expect("assign");
     let mut ids = Vec::new();
-    while remaining > 0 {
-        let Some(message) = consumer.poll(Duration::from_secs(30)) else {
-            panic!(
-                "output stalled with {remaining} records left after {}",
-                ids.len()
-            );
-        };
-        let message = message.expect("no error");
+    adpipe_testkit::for_each_record(bootstrap, topic, |message| {
         let (schema_id, datum) =
             adpipe_codec::split_header(message.payload().expect("value")).expect("framed");
         let writer = match codec.cached_writer_schema(schema_id) {
@@ -176,7 +140,6 @@ pub fn read_event_ids(
                 .expect("decodes")
                 .event_id,
         );
-        remaining -= 1;
-    }
+    });
     ids
 }

@@ -1,0 +1,58 @@
+//! The body of every service binary's `main`: flags, logging, configuration
+//! errors, `--check-config`, then the worker until SIGTERM or a fatal error.
+
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::config::ConfigError;
+use crate::worker::{WorkerError, WorkerHandle, run_until_stopped};
+
+/// The flags every service binary takes (flatten it into the binary's own).
+#[derive(Debug, clap::Args)]
+pub struct ServiceArgs {
+    /// TOML file over the embedded defaults (see the service's defaults.toml).
+    #[arg(long, env = "ADPIPE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration, print it and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// Logs to stdout at `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}
+
+/// Loads the settings with `load` (exit 2 listing every problem), prints
+/// them for `--check-config`, else starts the worker with `start` and runs
+/// it until stopped (exit 0 on SIGTERM, 1 after a fatal error).
+pub async fn service_main<S: Debug>(
+    args: &ServiceArgs,
+    load: impl FnOnce(Option<&Path>) -> Result<S, ConfigError>,
+    start: impl FnOnce(S) -> Result<WorkerHandle, WorkerError>,
+) -> ExitCode {
+    init_logging();
+    let settings = match load(args.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("{settings:#?}");
+        return ExitCode::SUCCESS;
+    }
+    match start(settings) {
+        Ok(worker) => run_until_stopped(worker).await,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
