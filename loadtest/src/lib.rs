@@ -10,8 +10,14 @@
 //! with it.
 #![warn(missing_docs)]
 
+pub mod bidders;
+pub mod output;
+pub mod pace;
 pub mod passthrough;
 pub mod publish;
+mod truth_file;
+
+pub use truth_file::TruthFileError;
 
 use std::collections::{HashMap, HashSet};
 
@@ -125,7 +131,7 @@ impl Default for Simulation {
 }
 
 /// What a correct pipeline delivers for a simulation.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GroundTruth {
     /// Unique impression ids.
     pub impressions: HashSet<String>,

@@ -1,13 +1,16 @@
 //! Publishing a simulation to Kafka: every event Avro-encoded through the
 //! schema registry, keyed by user id, with its origin DC in a header.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use adpipe_codec::{Codec, EncodeError, Encoder};
 use adpipe_events::{Click, Conversion, EventKind, Impression};
+use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use crate::{Publication, SimEvent};
 
@@ -23,6 +26,40 @@ pub enum PublishError {
     /// Kafka refused the record.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// Records were queued but the broker never took them (missing topic,
+    /// cluster down past the delivery timeout): the simulation is incomplete.
+    #[error("{failed} record(s) were not delivered; first error: {first_error}")]
+    Undelivered {
+        /// Records that failed.
+        failed: u64,
+        /// The first failure.
+        first_error: String,
+    },
+}
+
+/// Counts failed deliveries, which librdkafka reports only in callbacks.
+#[derive(Default)]
+struct DeliveryFailures {
+    failed: AtomicU64,
+    first_error: parking_lot::Mutex<Option<String>>,
+}
+
+#[derive(Clone, Default)]
+struct CountingContext(Arc<DeliveryFailures>);
+
+impl ClientContext for CountingContext {}
+
+impl ProducerContext for CountingContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, message)) = result {
+            self.0.failed.fetch_add(1, Ordering::Relaxed);
+            self.0.first_error.lock().get_or_insert_with(|| {
+                format!("{} [{}]: {error}", message.topic(), message.partition())
+            });
+        }
+    }
 }
 
 /// A producer plus one registered encoder per event type.
@@ -30,7 +67,8 @@ pub struct SimPublisher {
     impression: Encoder<Impression>,
     click: Encoder<Click>,
     conversion: Encoder<Conversion>,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<CountingContext>,
+    failures: Arc<DeliveryFailures>,
 }
 
 impl SimPublisher {
@@ -40,11 +78,13 @@ impl SimPublisher {
         bootstrap: &str,
         subject_for: impl Fn(EventKind) -> String,
     ) -> Result<Self, PublishError> {
+        let context = CountingContext::default();
+        let failures = Arc::clone(&context.0);
         let producer = adpipe_runtime::producer_config(bootstrap)
             .set("queue.buffering.max.messages", "1000000")
             // Java clients' partitioner, so every client puts a user in the same partition.
             .set("partitioner", "murmur2_random")
-            .create()?;
+            .create_with_context(context)?;
         Ok(SimPublisher {
             impression: codec
                 .encoder(
@@ -62,6 +102,7 @@ impl SimPublisher {
                 )
                 .await?,
             producer,
+            failures,
         })
     }
 
@@ -98,8 +139,16 @@ impl SimPublisher {
         })
     }
 
-    /// Waits until everything queued is acknowledged.
+    /// Waits until everything queued is acknowledged; fails if any record
+    /// was not delivered.
     pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
-        Ok(self.producer.flush(timeout)?)
+        self.producer.flush(timeout)?;
+        match self.failures.failed.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            failed => Err(PublishError::Undelivered {
+                failed,
+                first_error: self.failures.first_error.lock().clone().unwrap_or_default(),
+            }),
+        }
     }
 }

@@ -111,31 +111,55 @@ pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
 /// Calls `each` for every record in `topic` (all partitions), up to the
 /// high watermarks read at the start, holding one record at a time.
 /// Blocking: call it from a blocking thread (a poll loop inside an async
-/// task stalls on large topics).
+/// task stalls on large topics). Panics on errors; see
+/// [`try_for_each_record`] for tools.
 pub fn for_each_record(
     bootstrap: &str,
     topic: &str,
-    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+    each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) {
+    try_for_each_record(bootstrap, topic, each)
+        .unwrap_or_else(|error| panic!("reading {topic}: {error}"));
+}
+
+/// [`for_each_record`] that reports failures instead of panicking (the
+/// simulator's checker reads outputs with it). A topic whose records stop
+/// coming for 30 s before its end fails.
+pub fn try_for_each_record(
+    bootstrap: &str,
+    topic: &str,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<(), String> {
     use rdkafka::{Offset, TopicPartitionList};
+    let kafka = |error: rdkafka::error::KafkaError| error.to_string();
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .create()
-        .expect("consumer");
+        .map_err(kafka)?;
+    let partitions = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(kafka)?
+        .topics()
+        .first()
+        .filter(|metadata| metadata.error().is_none())
+        .map_or(0, |metadata| metadata.partitions().len() as i32);
+    if partitions == 0 {
+        return Err(format!("no topic {topic} on {bootstrap}"));
+    }
     let mut assignment = TopicPartitionList::new();
     let mut remaining = 0;
-    for partition in 0..partition_count(&consumer, topic) {
+    for partition in 0..partitions {
         assignment
             .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("assign");
+            .map_err(kafka)?;
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .expect("watermarks");
+            .map_err(kafka)?;
         remaining += high - low;
     }
-    consumer.assign(&assignment).expect("assign");
+    consumer.assign(&assignment).map_err(kafka)?;
     let mut read = 0;
     while remaining > 0 {
         match consumer.poll(Duration::from_secs(30)) {
@@ -144,10 +168,15 @@ pub fn for_each_record(
                 remaining -= 1;
                 read += 1;
             }
-            Some(Err(error)) => panic!("reading {topic}: {error}"),
-            None => panic!("{topic} stalled with {remaining} records left after {read}"),
+            Some(Err(error)) => return Err(error.to_string()),
+            None => {
+                return Err(format!(
+                    "stalled with {remaining} records left after {read}"
+                ));
+            }
         }
     }
+    Ok(())
 }
 
 /// Every record in `topic` (see [`for_each_record`]), in partition order.

@@ -23,7 +23,6 @@ use adpipe_loadtest::{CheckReport, GroundTruth, Simulation};
 use adpipe_schema_registry::RegistrySettings;
 use anyhow::{Context, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
@@ -227,7 +226,7 @@ async fn publish(
         value_subject(&names.merged(topic_kind(kind)))
     })
     .await?;
-    let bar = progress(publications.len() as u64, "publishing");
+    let bar = crate::progress::bar(publications.len() as u64, "publishing");
     // Publishing blocks while librdkafka's queue is full.
     tokio::task::block_in_place(|| {
         for publication in publications {
@@ -279,7 +278,7 @@ async fn collect_output(
         }
     }
     consumer.assign(&assignment)?;
-    let bar = progress(truth.uniques(), "deduplicated");
+    let bar = crate::progress::bar(truth.uniques(), "deduplicated");
     let mut delivered = Vec::new();
     let mut last_progress = Instant::now();
     while last_progress.elapsed()
@@ -300,17 +299,6 @@ async fn collect_output(
     }
     bar.finish();
     Ok(delivered)
-}
-
-fn progress(total: u64, label: &str) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>13} [{bar:40}] {pos}/{len} ({per_sec})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message(label.to_owned());
-    bar
 }
 
 fn print_table(

@@ -3,8 +3,11 @@
 //! demo runs the schema registry in-process), while services never depend on
 //! each other.
 
+pub mod check;
 pub mod consume;
 pub mod demo;
 pub mod produce;
+mod progress;
+pub mod simulate;
 pub mod target;
 pub mod topology;

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::ExitCode;
 
-use adpipe_cli::{consume, demo, produce, topology};
+use adpipe_cli::{check, consume, demo, produce, simulate, topology};
 use clap::{Parser, Subcommand};
 
 /// adpipe: a real-time ad-event pipeline on Kafka.
@@ -25,6 +25,10 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Consume Avro records from any topic as JSON lines.
     Consume(consume::ConsumeArgs),
+    /// Publish simulated bidder traffic to DC clusters; write the ground truth.
+    Simulate(simulate::SimulateArgs),
+    /// Compare an output (topics or JSON lines) with a ground truth; exit 1 on loss.
+    Check(check::CheckArgs),
 }
 
 #[tokio::main]
@@ -68,6 +72,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !report.rejected.is_empty() {
                 // Partial success: everything valid went through.
                 return Ok(ExitCode::from(2));
+            }
+        }
+        Command::Simulate(args) => {
+            simulate::run(&args, &mut stdout).await?;
+        }
+        Command::Check(args) => {
+            if !check::run(&args, &mut stdout).await?.passed {
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::Consume(args) => {

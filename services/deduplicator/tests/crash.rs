@@ -1,105 +1,180 @@
 //! kill -9 and broker restarts, with the real `adpipe-deduplicator` binary
 //! against real Kafka, checked against the simulator's ground truth.
 //!
-//! `ADPIPE_CRASH_TEST_IMPRESSIONS` sets the load (default 1,000,000
-//! impressions, plus clicks, conversions and 5% duplicates).
+//! `ADPIPE_CRASH_TEST_IMPRESSIONS` sets the load of the repeated-kill test
+//! (default 1,000,000 impressions, plus clicks, conversions and 5% duplicates).
 
 mod support;
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use adpipe_codec::{Codec, RegistryClient};
 use adpipe_loadtest::publish::SimPublisher;
-use adpipe_loadtest::{GroundTruth, Simulation};
+use adpipe_loadtest::{GroundTruth, Publication, Simulation};
 use adpipe_schema_registry::RunningRegistry;
 use rand::Rng;
 use support::{Pipeline, Tuning};
 
 const PARTITIONS: i32 = 6;
 
+/// Topics, a registry and a config on the central cluster, and a simulation
+/// generated but not yet published.
 struct Setup {
     bootstrap: String,
     group: String,
     prefix: String,
     registry: RunningRegistry,
-    config_path: std::path::PathBuf,
+    config_path: PathBuf,
+    publisher: SimPublisher,
+    publications: Vec<Publication>,
     truth: GroundTruth,
 }
 
-async fn setup(impressions: u64) -> Setup {
-    let pipeline = Pipeline::create("crash", PARTITIONS).await;
-    let (bootstrap, prefix, registry) = (&pipeline.bootstrap, &pipeline.prefix, &pipeline.registry);
-    let names = [format!("{prefix}.in")];
-
-    let (publications, truth) = Simulation {
-        impressions,
-        ..Simulation::default()
-    }
-    .generate();
-    let codec = Codec::new(RegistryClient::new(&registry.url()).expect("client"));
-    let publisher = SimPublisher::new(&codec, bootstrap, |kind| format!("{prefix}.in-{kind}"))
+impl Setup {
+    async fn new(name: &str, impressions: u64) -> Setup {
+        let pipeline = Pipeline::create(name, PARTITIONS).await;
+        let (publications, truth) = Simulation {
+            impressions,
+            ..Simulation::default()
+        }
+        .generate();
+        let codec = Codec::new(RegistryClient::new(&pipeline.registry.url()).expect("client"));
+        let prefix = pipeline.prefix.clone();
+        let publisher = SimPublisher::new(&codec, &pipeline.bootstrap, |kind| {
+            format!("{prefix}.in-{kind}")
+        })
         .await
         .expect("publisher");
-    tokio::task::block_in_place(|| {
-        for publication in &publications {
-            publisher
-                .publish(publication, &names[0])
-                .expect("published");
+        let config_path = pipeline.write_config(&Tuning {
+            session_timeout: "6s",
+            commit_interval: "200ms",
+            revoke_deadline: "3s",
+            window: "24h",
+            allowed_lateness: "1h",
+            queue_high_bytes: 8 << 20,
+        });
+        Setup {
+            group: pipeline.group(),
+            bootstrap: pipeline.bootstrap,
+            prefix: pipeline.prefix,
+            registry: pipeline.registry,
+            config_path,
+            publisher,
+            publications,
+            truth,
         }
-        publisher.flush(Duration::from_secs(120)).expect("flushed");
-    });
+    }
 
-    let config_path = pipeline.write_config(&Tuning {
-        session_timeout: "6s",
-        commit_interval: "200ms",
-        revoke_deadline: "3s",
-        window: "24h",
-        allowed_lateness: "1h",
-        queue_high_bytes: 8 << 20,
-    });
-    Setup {
-        group: pipeline.group(),
-        bootstrap: pipeline.bootstrap,
-        prefix: pipeline.prefix,
-        registry: pipeline.registry,
-        config_path,
-        truth,
+    /// Publishes `publications` to the input topic and waits for the broker's acks.
+    fn publish(&self, publications: &[Publication]) {
+        let topic = format!("{}.in", self.prefix);
+        tokio::task::block_in_place(|| {
+            for publication in publications {
+                self.publisher
+                    .publish(publication, &topic)
+                    .expect("published");
+            }
+            self.publisher
+                .flush(Duration::from_secs(120))
+                .expect("flushed");
+        });
+    }
+
+    /// Starts the real binary. Each instance gets its own state directory,
+    /// as containers on different hosts would, so nothing but the changelog
+    /// can carry state from one to the other.
+    fn spawn(&self, instance: &Instance) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_adpipe-deduplicator"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("ADPIPE__DEDUPLICATOR__STATE_DIR", &instance.state_dir)
+            .env("ADPIPE__HTTP__LISTEN", instance.listen.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("deduplicator starts")
+    }
+
+    fn committed_to_end(&self) -> bool {
+        adpipe_testkit::committed_to_end(
+            &self.bootstrap,
+            &self.group,
+            &format!("{}.in", self.prefix),
+        )
+    }
+
+    fn wait_committed_to_end(&self, timeout: Duration) {
+        wait_until("the group to commit to the end", timeout, || {
+            self.committed_to_end()
+        });
+    }
+
+    async fn delivered_ids(&self) -> Vec<String> {
+        let codec = std::sync::Arc::new(Codec::new(
+            RegistryClient::new(&self.registry.url()).expect("client"),
+        ));
+        let topic = format!("{}.out", self.prefix);
+        let bootstrap = self.bootstrap.clone();
+        let runtime = tokio::runtime::Handle::current();
+        // A plain blocking read loop on its own thread, like the services' consumers.
+        tokio::task::spawn_blocking(move || {
+            support::read_event_ids(&bootstrap, &topic, &codec, &runtime)
+        })
+        .await
+        .expect("reader")
     }
 }
 
-fn spawn(setup: &Setup) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_adpipe-deduplicator"))
-        .arg("--config")
-        .arg(&setup.config_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("deduplicator starts")
+/// Where one deduplicator process keeps its state and serves its metrics.
+struct Instance {
+    state_dir: PathBuf,
+    listen: std::net::SocketAddr,
 }
 
-fn committed_to_end(setup: &Setup) -> bool {
-    adpipe_testkit::committed_to_end(
-        &setup.bootstrap,
-        &setup.group,
-        &format!("{}.in", setup.prefix),
-    )
-}
+impl Instance {
+    fn new(prefix: &str) -> Instance {
+        // Ask the OS for a free loopback port, then hand it to the process.
+        let listen = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("free port");
+        Instance {
+            state_dir: std::env::temp_dir()
+                .join(adpipe_testkit::unique(&format!("{prefix}-state"))),
+            listen,
+        }
+    }
 
-async fn delivered_ids(setup: &Setup) -> Vec<String> {
-    let codec = std::sync::Arc::new(Codec::new(
-        RegistryClient::new(&setup.registry.url()).expect("client"),
-    ));
-    let topic = format!("{}.out", setup.prefix);
-    let bootstrap = setup.bootstrap.clone();
-    let runtime = tokio::runtime::Handle::current();
-    // A plain blocking read loop on its own thread, like the services' consumers.
-    tokio::task::spawn_blocking(move || {
-        support::read_event_ids(&bootstrap, &topic, &codec, &runtime)
-    })
-    .await
-    .expect("reader")
+    /// The instance's `adpipe_assigned_partitions` gauge, once it serves metrics.
+    async fn assigned_partitions(&self) -> Option<u64> {
+        let body = reqwest::get(format!("http://{}/metrics", self.listen))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        body.lines()
+            .find_map(|line| line.strip_prefix("adpipe_assigned_partitions "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map(|value| value as u64)
+    }
+
+    async fn wait_assigned(&self, what: &str, expected: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let assigned = self.assigned_partitions().await;
+            if assigned == Some(expected) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: expected {expected} partitions, has {assigned:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -119,30 +194,32 @@ fn terminate(mut child: Child) {
     assert!(status.success(), "graceful stop exits cleanly: {status}");
 }
 
+fn kill_9(child: &mut Child) {
+    child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix: no drain, no commit
+    child.wait().expect("reaped");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_event_is_lost_across_repeated_kill_9() {
     let impressions = std::env::var("ADPIPE_CRASH_TEST_IMPRESSIONS")
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(1_000_000);
-    let setup = setup(impressions).await;
+    let setup = Setup::new("crash", impressions).await;
+    setup.publish(&setup.publications);
+    let instance = Instance::new(&setup.prefix);
     let mut rng = rand::rng();
-    let mut child = spawn(&setup);
+    let mut child = setup.spawn(&instance);
     let kills = 4;
     for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1_500..5_000))).await;
-        child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix: no drain, no commit
-        child.wait().expect("reaped");
-        child = spawn(&setup);
+        kill_9(&mut child);
+        child = setup.spawn(&instance);
     }
-    wait_until(
-        "the group to commit to the end",
-        Duration::from_secs(600),
-        || committed_to_end(&setup),
-    );
+    setup.wait_committed_to_end(Duration::from_secs(600));
     terminate(child);
 
-    let ids = delivered_ids(&setup).await;
+    let ids = setup.delivered_ids().await;
     let report = setup.truth.check(ids.iter().map(String::as_str));
     println!(
         "kill -9 x{kills}: published {} ({} duplicates injected), uniques {}, delivered {} records, missing {}, emitted twice {} ({:.4}% of uniques)",
@@ -162,5 +239,74 @@ async fn no_event_is_lost_across_repeated_kill_9() {
         report.extra_copies * 50 < report.expected_uniques,
         "{report:?}"
     );
+    setup.registry.stop().await;
+}
+
+/// Two binaries in one group; one is killed with SIGKILL (no revoke, no
+/// snapshot, no leave-group). After the session timeout the survivor owns
+/// every partition, and its state for the dead one's partitions comes from
+/// the changelog alone, so every copy of what the dead one emitted is dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_survivor_drops_duplicates_of_what_a_killed_instance_saw() {
+    let setup = Setup::new("handover-kill", 20_000).await;
+    let publications = &setup.publications;
+    let (before_join, rest) = publications.split_at(publications.len() * 2 / 5);
+    let (while_both, after_kill) = rest.split_at(rest.len() / 2);
+    let (doomed, survivor) = (Instance::new(&setup.prefix), Instance::new(&setup.prefix));
+    let wait = Duration::from_secs(60);
+
+    // The doomed instance alone sees the first part on all partitions…
+    let mut doomed_child = setup.spawn(&doomed);
+    setup.publish(before_join);
+    doomed.wait_assigned("alone", PARTITIONS as u64, wait).await;
+    setup.wait_committed_to_end(wait);
+
+    // …then shares the group: half the partitions each, both see the second part.
+    let survivor_child = setup.spawn(&survivor);
+    let half = PARTITIONS as u64 / 2;
+    survivor.wait_assigned("the joiner", half, wait).await;
+    doomed.wait_assigned("the first", half, wait).await;
+    setup.publish(while_both);
+    setup.wait_committed_to_end(wait);
+
+    // SIGKILL, then copies of everything published so far plus the last part.
+    kill_9(&mut doomed_child);
+    let copies_of_everything_seen: Vec<Publication> = before_join
+        .iter()
+        .chain(while_both)
+        .cloned()
+        .map(|mut publication| {
+            publication.duplicate = true;
+            publication
+        })
+        .collect();
+    setup.publish(&copies_of_everything_seen);
+    setup.publish(after_kill);
+    // The broker notices the death only after the session timeout (6 s).
+    survivor
+        .wait_assigned("the survivor", PARTITIONS as u64, wait)
+        .await;
+    setup.wait_committed_to_end(wait);
+    terminate(survivor_child);
+
+    let ids = setup.delivered_ids().await;
+    let report = setup.truth.check(ids.iter().map(String::as_str));
+    println!(
+        "handover after kill -9: published {} + {} copies of what was seen, uniques {}, delivered {} records, missing {}, emitted twice {}",
+        setup.truth.published,
+        copies_of_everything_seen.len(),
+        report.expected_uniques,
+        ids.len(),
+        report.missing,
+        report.extra_copies,
+    );
+    assert_eq!(report.missing, 0, "no event may be lost");
+    assert_eq!(report.unknown, 0);
+    // Nothing was in flight at the kill (the group had committed to the end),
+    // so no copy may pass: not of the dead one's events, not of the survivor's.
+    assert_eq!(report.extra_copies, 0, "{report:?}");
+    for instance in [doomed, survivor] {
+        let _ = std::fs::remove_dir_all(instance.state_dir);
+    }
     setup.registry.stop().await;
 }

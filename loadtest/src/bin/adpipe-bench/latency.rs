@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use adpipe_codec::Codec;
 use adpipe_loadtest::Publication;
@@ -186,26 +186,18 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_secs(1));
-    let started = Instant::now();
-    let mut sent = 0_u64;
+    let mut pacer = adpipe_loadtest::pace::Pacer::new(Some(rate));
     for mut publication in publications {
-        if started.elapsed() >= duration {
+        if pacer.elapsed() >= duration {
             break;
         }
-        // Pace: publication n goes out at n / rate seconds.
-        let due = Duration::from_secs_f64(sent as f64 / rate);
-        if let Some(wait) = due.checked_sub(started.elapsed())
-            && wait > Duration::from_millis(1)
-        {
-            std::thread::sleep(wait); // shorter sleeps overshoot: batch them
-        }
+        pacer.wait_turn();
         publication.event.set_event_time(now_ms());
         publisher
             .publish(&publication, input)
             .map_err(|error| error.to_string())?;
-        sent += 1;
     }
-    let published_rate = sent as f64 / started.elapsed().as_secs_f64();
+    let published_rate = pacer.achieved_rate();
     publisher
         .flush(Duration::from_secs(30))
         .map_err(|error| error.to_string())?;

@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use adpipe_codec::Codec;
-use rdkafka::message::Message;
 
 use adpipe_schema_registry::{RegistrySettings, RunningRegistry};
 
@@ -120,26 +119,10 @@ pub fn read_event_ids(
     codec: &Codec,
     runtime: &tokio::runtime::Handle,
 ) -> Vec<String> {
-    #[derive(serde::Deserialize)]
-    struct Identity {
-        event_id: String,
-    }
-    let mut ids = Vec::new();
-    adpipe_testkit::for_each_record(bootstrap, topic, |message| {
-        let (schema_id, datum) =
-            adpipe_codec::split_header(message.payload().expect("value")).expect("framed");
-        let writer = match codec.cached_writer_schema(schema_id) {
-            Some(writer) => writer,
-            None => runtime
-                .block_on(codec.writer_schema(schema_id))
-                .expect("schema"),
-        };
-        ids.push(
-            writer
-                .decode_datum::<Identity>(datum)
-                .expect("decodes")
-                .event_id,
-        );
-    });
-    ids
+    let mut output = adpipe_loadtest::output::OutputIds::default();
+    output
+        .read_topic(bootstrap, topic, codec, runtime)
+        .expect("output readable");
+    assert_eq!(output.unreadable, 0, "every output record is an event");
+    output.ids
 }

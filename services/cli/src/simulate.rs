@@ -1,0 +1,226 @@
+//! `adpipe simulate`: the bidders of one or more datacenters publishing
+//! impressions, clicks and conversions (RTB House's ratios, keyed by
+//! user_id, with retries, cross-DC copies and late copies) to each DC's
+//! cluster at a given rate, and the ground truth written to a file for
+//! `adpipe check`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use adpipe_codec::{Codec, RegistryClient, value_subject};
+use adpipe_events::EventKind;
+use adpipe_loadtest::bidders::{Bidders, DcCluster};
+use adpipe_loadtest::pace::Pacer;
+use adpipe_loadtest::{GroundTruth, Simulation};
+use adpipe_topology::ClusterMap;
+use anyhow::{Context, bail};
+use clap::Args;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::target::RegistryTarget;
+
+/// Arguments of `adpipe simulate`.
+#[derive(Args, Debug, Clone)]
+pub struct SimulateArgs {
+    /// A datacenter to publish to: a cluster name from the cluster map, or
+    /// `NAME=host:port,...`. Repeat for several DCs.
+    #[arg(long = "dc", default_values_t = ["dc1".to_owned(), "dc2".to_owned()])]
+    pub dcs: Vec<String>,
+    /// Impressions to simulate (clicks and conversions follow the ratios).
+    #[arg(long, default_value_t = 100_000)]
+    pub impressions: u64,
+    /// Publications per second over all DCs; 0 publishes as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Fraction of events published twice.
+    #[arg(long, default_value_t = 0.05)]
+    pub duplicate_rate: f64,
+    /// Distinct users.
+    #[arg(long, default_value_t = 20_000)]
+    pub users: u64,
+    /// Simulation seed: the same seed gives the same events (and ids).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Prefix of the topics `impressions`, `clicks`, `conversions`.
+    #[arg(long, default_value = "")]
+    pub topic_prefix: String,
+    /// Where to write the ground truth (JSON).
+    #[arg(long, default_value = "truth.json")]
+    pub truth: PathBuf,
+    /// Cluster map file (for DC names).
+    #[arg(
+        long,
+        env = "ADPIPE_CLUSTERS_FILE",
+        default_value = "infra/clusters.toml"
+    )]
+    pub clusters: PathBuf,
+    #[command(flatten)]
+    pub registry: RegistryTarget,
+}
+
+/// What a simulation published.
+#[derive(Debug, Clone)]
+pub struct SimulateReport {
+    /// The truth written to the file.
+    pub truth: GroundTruth,
+    /// Publications per DC, in DC order.
+    pub per_dc: Vec<(String, u64)>,
+    /// Publications per second achieved.
+    pub achieved_rate: f64,
+}
+
+impl SimulateArgs {
+    /// The topic events of `kind` go to.
+    pub fn topic(&self, kind: EventKind) -> String {
+        let name = match kind {
+            EventKind::Click => "clicks",
+            EventKind::Conversion => "conversions",
+            _ => "impressions",
+        };
+        format!("{}{name}", self.topic_prefix)
+    }
+
+    fn dc_clusters(&self) -> anyhow::Result<Vec<DcCluster>> {
+        let mut map: Option<ClusterMap> = None;
+        let mut clusters = Vec::new();
+        for dc in &self.dcs {
+            let cluster = match dc.split_once('=') {
+                Some((name, bootstrap)) => DcCluster {
+                    dc: name.to_owned(),
+                    bootstrap: bootstrap.to_owned(),
+                },
+                None => {
+                    if map.is_none() {
+                        map = Some(ClusterMap::load(&self.clusters).with_context(|| {
+                            format!("reading cluster map {}", self.clusters.display())
+                        })?);
+                    }
+                    let bootstrap = map
+                        .as_ref()
+                        .and_then(|map| map.cluster(dc))
+                        .map(|cluster| cluster.bootstrap_servers.clone())
+                        .with_context(|| {
+                            format!(
+                                "no cluster named {dc:?} in {} (or give --dc {dc}=host:port)",
+                                self.clusters.display()
+                            )
+                        })?;
+                    DcCluster {
+                        dc: dc.clone(),
+                        bootstrap,
+                    }
+                }
+            };
+            clusters.push(cluster);
+        }
+        if clusters.is_empty() {
+            bail!("give at least one --dc");
+        }
+        Ok(clusters)
+    }
+}
+
+/// Runs the simulation, printing progress and a summary to `out`.
+pub async fn run(args: &SimulateArgs, out: &mut dyn Write) -> anyhow::Result<SimulateReport> {
+    let clusters = args.dc_clusters()?;
+    let kinds = [
+        EventKind::Impression,
+        EventKind::Click,
+        EventKind::Conversion,
+    ];
+    for cluster in &clusters {
+        for kind in kinds {
+            require_topic(&cluster.bootstrap, &args.topic(kind))
+                .with_context(|| format!("DC {} ({})", cluster.dc, cluster.bootstrap))?;
+        }
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64);
+    let (publications, truth) = Simulation {
+        seed: args.seed,
+        impressions: args.impressions,
+        dcs: clusters.iter().map(|cluster| cluster.dc.clone()).collect(),
+        users: args.users,
+        duplicate_rate: args.duplicate_rate,
+        // Live event times, so windows and lags downstream see fresh events.
+        start_time_ms: now_ms,
+    }
+    .generate();
+    let codec = Codec::new(RegistryClient::new(&args.registry.registry)?);
+    let bidders = Bidders::new(&codec, &clusters, |kind| value_subject(&args.topic(kind)))
+        .await
+        .context("registering the event schemas")?;
+
+    let bar = crate::progress::bar(publications.len() as u64, "publishing");
+    let mut pacer = Pacer::new(Some(args.rate));
+    let mut per_dc: Vec<(String, u64)> = clusters
+        .iter()
+        .map(|cluster| (cluster.dc.clone(), 0))
+        .collect();
+    // Publishing blocks while librdkafka's queue is full, and the pacer sleeps.
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        for publication in &publications {
+            pacer.wait_turn();
+            bidders.publish(publication, &args.topic(publication.event.kind()))?;
+            if let Some((_, count)) = per_dc.iter_mut().find(|(dc, _)| *dc == publication.dc) {
+                *count += 1;
+            }
+            bar.inc(1);
+        }
+        bidders.flush(Duration::from_secs(60))?;
+        Ok(())
+    })?;
+    bar.finish();
+    let achieved_rate = pacer.achieved_rate();
+    truth
+        .save(&args.truth)
+        .context("writing the ground truth")?;
+
+    writeln!(
+        out,
+        "published {} records ({} duplicates injected) at {achieved_rate:.0}/s: {}",
+        truth.published,
+        truth.duplicates,
+        per_dc
+            .iter()
+            .map(|(dc, count)| format!("{dc} {count}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    writeln!(
+        out,
+        "ground truth: {} impressions, {} clicks, {} conversions unique -> {}",
+        truth.impressions.len(),
+        truth.clicks.len(),
+        truth.conversions.len(),
+        args.truth.display()
+    )?;
+    Ok(SimulateReport {
+        truth,
+        per_dc,
+        achieved_rate,
+    })
+}
+
+/// Fails with a hint when `topic` does not exist (brokers here do not
+/// auto-create topics, and a record for a missing topic is only reported
+/// as undelivered after the delivery timeout).
+fn require_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .context("fetching metadata")?;
+    let exists = metadata
+        .topics()
+        .first()
+        .is_some_and(|found| found.error().is_none() && !found.partitions().is_empty());
+    if !exists {
+        bail!("topic {topic} does not exist (create it with `adpipe topology apply`)");
+    }
+    Ok(())
+}
