@@ -13,13 +13,12 @@ use adpipe_events::EventKind;
 use adpipe_loadtest::bidders::{Bidders, DcCluster};
 use adpipe_loadtest::pace::Pacer;
 use adpipe_loadtest::{GroundTruth, Simulation};
-use adpipe_topology::ClusterMap;
 use anyhow::{Context, bail};
 use clap::Args;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::target::RegistryTarget;
+use crate::target::{ClusterMapFile, RegistryTarget};
 
 /// Arguments of `adpipe simulate`.
 #[derive(Args, Debug, Clone)]
@@ -49,13 +48,8 @@ pub struct SimulateArgs {
     /// Where to write the ground truth (JSON).
     #[arg(long, default_value = "truth.json")]
     pub truth: PathBuf,
-    /// Cluster map file (for DC names).
-    #[arg(
-        long,
-        env = "ADPIPE_CLUSTERS_FILE",
-        default_value = "infra/clusters.toml"
-    )]
-    pub clusters: PathBuf,
+    #[command(flatten)]
+    pub clusters: ClusterMapFile,
     #[command(flatten)]
     pub registry: RegistryTarget,
 }
@@ -83,42 +77,27 @@ impl SimulateArgs {
     }
 
     fn dc_clusters(&self) -> anyhow::Result<Vec<DcCluster>> {
-        let mut map: Option<ClusterMap> = None;
-        let mut clusters = Vec::new();
-        for dc in &self.dcs {
-            let cluster = match dc.split_once('=') {
-                Some((name, bootstrap)) => DcCluster {
-                    dc: name.to_owned(),
-                    bootstrap: bootstrap.to_owned(),
-                },
-                None => {
-                    if map.is_none() {
-                        map = Some(ClusterMap::load(&self.clusters).with_context(|| {
-                            format!("reading cluster map {}", self.clusters.display())
-                        })?);
-                    }
-                    let bootstrap = map
-                        .as_ref()
-                        .and_then(|map| map.cluster(dc))
-                        .map(|cluster| cluster.bootstrap_servers.clone())
-                        .with_context(|| {
-                            format!(
-                                "no cluster named {dc:?} in {} (or give --dc {dc}=host:port)",
-                                self.clusters.display()
-                            )
-                        })?;
-                    DcCluster {
-                        dc: dc.clone(),
-                        bootstrap,
-                    }
-                }
-            };
-            clusters.push(cluster);
-        }
-        if clusters.is_empty() {
+        if self.dcs.is_empty() {
             bail!("give at least one --dc");
         }
-        Ok(clusters)
+        self.dcs
+            .iter()
+            .map(|dc| {
+                Ok(match dc.split_once('=') {
+                    Some((name, bootstrap)) => DcCluster {
+                        dc: name.to_owned(),
+                        bootstrap: bootstrap.to_owned(),
+                    },
+                    None => DcCluster {
+                        dc: dc.clone(),
+                        bootstrap: self
+                            .clusters
+                            .bootstrap_servers(dc)
+                            .context("or give --dc NAME=host:port")?,
+                    },
+                })
+            })
+            .collect()
     }
 }
 

@@ -7,6 +7,48 @@ use adpipe_topology::ClusterMap;
 use anyhow::{Context, bail};
 use clap::Args;
 
+/// The cluster map: which clusters exist and where (`infra/clusters.toml`).
+#[derive(Args, Debug, Clone)]
+pub struct ClusterMapFile {
+    /// Cluster map file.
+    #[arg(
+        long = "clusters",
+        env = "ADPIPE_CLUSTERS_FILE",
+        default_value = "infra/clusters.toml"
+    )]
+    pub path: PathBuf,
+}
+
+impl ClusterMapFile {
+    /// The map at `path` (or `infra/clusters.toml`).
+    pub fn new(path: PathBuf) -> ClusterMapFile {
+        ClusterMapFile { path }
+    }
+
+    /// Reads and validates the map.
+    pub fn load(&self) -> anyhow::Result<ClusterMap> {
+        ClusterMap::load(&self.path)
+            .with_context(|| format!("reading cluster map {}", self.path.display()))
+    }
+
+    /// The bootstrap servers of the cluster called `name`.
+    pub fn bootstrap_servers(&self, name: &str) -> anyhow::Result<String> {
+        let map = self.load()?;
+        match map.cluster(name) {
+            Some(cluster) => Ok(cluster.bootstrap_servers.clone()),
+            None => bail!(
+                "no cluster named {name:?} in {}; known: {}",
+                self.path.display(),
+                map.clusters
+                    .iter()
+                    .map(|cluster| cluster.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
 /// Options shared by every command that talks to one Kafka cluster.
 #[derive(Args, Debug, Clone)]
 pub struct KafkaTarget {
@@ -21,35 +63,16 @@ pub struct KafkaTarget {
     /// Bootstrap servers, instead of a named cluster.
     #[arg(long, env = "ADPIPE_BROKERS")]
     pub brokers: Option<String>,
-    /// Cluster map file.
-    #[arg(
-        long,
-        env = "ADPIPE_CLUSTERS_FILE",
-        default_value = "infra/clusters.toml"
-    )]
-    pub clusters: PathBuf,
+    #[command(flatten)]
+    pub clusters: ClusterMapFile,
 }
 
 impl KafkaTarget {
     /// The bootstrap servers to use.
     pub fn bootstrap_servers(&self) -> anyhow::Result<String> {
-        if let Some(brokers) = &self.brokers {
-            return Ok(brokers.clone());
-        }
-        let map = ClusterMap::load(&self.clusters)
-            .with_context(|| format!("reading cluster map {}", self.clusters.display()))?;
-        match map.cluster(&self.cluster) {
-            Some(cluster) => Ok(cluster.bootstrap_servers.clone()),
-            None => bail!(
-                "no cluster named {:?} in {}; known: {}",
-                self.cluster,
-                self.clusters.display(),
-                map.clusters
-                    .iter()
-                    .map(|cluster| cluster.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+        match &self.brokers {
+            Some(brokers) => Ok(brokers.clone()),
+            None => self.clusters.bootstrap_servers(&self.cluster),
         }
     }
 }

@@ -4,9 +4,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use adpipe_topology::live::LiveCluster;
-use adpipe_topology::{ClusterMap, TopicPlan, Topology, plan};
+use adpipe_topology::{TopicPlan, Topology, plan};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+
+use crate::target::ClusterMapFile;
 
 /// Topology subcommands.
 #[derive(Subcommand, Debug)]
@@ -24,13 +26,8 @@ pub struct TopologyArgs {
     /// Topic declaration.
     #[arg(long, default_value = "topologies/pipeline.toml")]
     pub topology: PathBuf,
-    /// Cluster map of the environment.
-    #[arg(
-        long,
-        env = "ADPIPE_CLUSTERS_FILE",
-        default_value = "infra/clusters.toml"
-    )]
-    pub clusters: PathBuf,
+    #[command(flatten)]
+    pub clusters: ClusterMapFile,
     /// Only these clusters (repeatable); all by default.
     #[arg(long = "only")]
     pub only: Vec<String>,
@@ -46,7 +43,7 @@ pub async fn run(command: &TopologyCommand, out: &mut dyn Write) -> anyhow::Resu
         TopologyCommand::Apply(args) => (args, true),
     };
     let topology = Topology::load(&args.topology)?;
-    let map = ClusterMap::load(&args.clusters)?;
+    let map = args.clusters.load()?;
     let mut all_plans = Vec::new();
     for cluster in &map.clusters {
         if !args.only.is_empty() && !args.only.contains(&cluster.name) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use adpipe_cli::consume::{self, ConsumeArgs, StartAt};
 use adpipe_cli::produce::{self, ProduceArgs};
-use adpipe_cli::target::{KafkaTarget, RegistryTarget};
+use adpipe_cli::target::{ClusterMapFile, KafkaTarget, RegistryTarget};
 use adpipe_cli::topology::{self, TopologyArgs, TopologyCommand};
 use adpipe_events::{EventKind, Impression, samples};
 use adpipe_schema_registry::RegistrySettings;
@@ -64,7 +64,7 @@ doc = "compacted"
 async fn run_topology(apply: bool, topology: PathBuf) -> (anyhow::Result<()>, String) {
     let args = TopologyArgs {
         topology,
-        clusters: clusters_file(),
+        clusters: ClusterMapFile::new(clusters_file()),
         only: Vec::new(),
         show_undeclared: false,
     };
@@ -201,7 +201,7 @@ async fn produce_and_consume_round_trip_from_a_point_in_time() {
     let kafka = KafkaTarget {
         cluster: "central".into(),
         brokers: Some(bootstrap.clone()),
-        clusters: clusters_file(),
+        clusters: ClusterMapFile::new(clusters_file()),
     };
     let registry_target = RegistryTarget {
         registry: registry.url(),

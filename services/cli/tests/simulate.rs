@@ -7,7 +7,7 @@ use std::sync::Arc;
 use adpipe_cli::check::{self, CheckArgs};
 use adpipe_cli::consume::{self, ConsumeArgs, StartAt};
 use adpipe_cli::simulate::{self, SimulateArgs};
-use adpipe_cli::target::{KafkaTarget, RegistryTarget};
+use adpipe_cli::target::{ClusterMapFile, KafkaTarget, RegistryTarget};
 use adpipe_codec::{Codec, RegistryClient};
 use adpipe_events::EventKind;
 use adpipe_loadtest::output::OutputIds;
@@ -25,7 +25,7 @@ fn kafka_target(cluster: &str) -> KafkaTarget {
     KafkaTarget {
         cluster: cluster.to_owned(),
         brokers: None,
-        clusters: adpipe_testkit::clusters_file(),
+        clusters: ClusterMapFile::new(adpipe_testkit::clusters_file()),
     }
 }
 
@@ -63,7 +63,7 @@ async fn bidders_publish_to_their_dc_at_the_rate_and_the_checker_judges_outputs(
         seed: 7,
         topic_prefix: prefix.clone(),
         truth: truth_path.clone(),
-        clusters: adpipe_testkit::clusters_file(),
+        clusters: ClusterMapFile::new(adpipe_testkit::clusters_file()),
         registry: registry_target.clone(),
     };
     let mut printed = Vec::new();
