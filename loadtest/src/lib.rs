@@ -113,8 +113,11 @@ pub struct Simulation {
     pub users: u64,
     /// Fraction of events published twice.
     pub duplicate_rate: f64,
-    /// First event time (ms); events advance about 1 ms each.
+    /// First event time (ms).
     pub start_time_ms: i64,
+    /// Event time between consecutive impressions (ms). A live run sets it
+    /// from its publish rate so event times follow the wall clock.
+    pub ms_per_impression: f64,
 }
 
 impl Default for Simulation {
@@ -126,6 +129,7 @@ impl Default for Simulation {
             users: 20_000,
             duplicate_rate: 0.05,
             start_time_ms: 1_763_700_000_000,
+            ms_per_impression: 1.0,
         }
     }
 }
@@ -206,6 +210,12 @@ impl CheckReport {
 }
 
 impl Simulation {
+    /// Publications per impression on average: the impression, its share
+    /// of clicks and conversions, and the injected copies of all three.
+    pub fn publications_per_impression(&self) -> f64 {
+        (1.0 + CLICK_RATE + CONVERSION_RATE) * (1.0 + self.duplicate_rate)
+    }
+
     /// Generates the publications, in publication order, and the truth.
     pub fn generate(&self) -> (Vec<Publication>, GroundTruth) {
         let mut rng = StdRng::seed_from_u64(self.seed);
@@ -219,7 +229,7 @@ impl Simulation {
         for n in 0..self.impressions {
             let user = rng.random_range(0..self.users.max(1));
             let dc = self.dcs[rng.random_range(0..dc_count)].clone();
-            let time = self.start_time_ms + i64::try_from(n).unwrap_or(i64::MAX);
+            let time = self.start_time_ms + (n as f64 * self.ms_per_impression) as i64;
             let mut impression = adpipe_events::samples::impression(n);
             impression.event_id = format!("imp-{}-{n}", self.seed);
             impression.user_id = format!("user-{user:08}");
@@ -312,6 +322,37 @@ impl Simulation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_times_advance_at_the_configured_pace() {
+        let simulation = Simulation {
+            impressions: 50_000,
+            ms_per_impression: 2.5,
+            ..Simulation::default()
+        };
+        let (publications, truth) = simulation.generate();
+        let impression_times: Vec<i64> = publications
+            .iter()
+            .filter(|publication| !publication.duplicate)
+            .filter_map(|publication| match &publication.event {
+                SimEvent::Impression(impression) => Some(impression.event_time),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(impression_times[0], simulation.start_time_ms);
+        assert_eq!(impression_times[2] - impression_times[0], 5);
+        assert_eq!(
+            impression_times[49_999] - simulation.start_time_ms,
+            (49_999.0 * 2.5) as i64
+        );
+        // The estimate a live run paces event time with matches the mix.
+        let actual = truth.published as f64 / 50_000.0;
+        let estimate = simulation.publications_per_impression();
+        assert!(
+            (actual / estimate - 1.0).abs() < 0.01,
+            "{actual} vs {estimate}"
+        );
+    }
 
     #[test]
     fn generates_realistic_ratios_and_consistent_truth() {

@@ -118,16 +118,22 @@ pub async fn run(args: &SimulateArgs, out: &mut dyn Write) -> anyhow::Result<Sim
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as i64);
-    let (publications, truth) = Simulation {
+    let mut simulation = Simulation {
         seed: args.seed,
         impressions: args.impressions,
         dcs: clusters.iter().map(|cluster| cluster.dc.clone()).collect(),
         users: args.users,
         duplicate_rate: args.duplicate_rate,
-        // Live event times, so windows and lags downstream see fresh events.
+        // Live event times, so windows and lags downstream see fresh events…
         start_time_ms: now_ms,
+        ms_per_impression: 1.0,
+    };
+    // …advancing with the wall clock when paced.
+    if args.rate > 0.0 {
+        simulation.ms_per_impression =
+            1000.0 * simulation.publications_per_impression() / args.rate;
     }
-    .generate();
+    let (publications, truth) = simulation.generate();
     let codec = Codec::new(RegistryClient::new(&args.registry.registry)?);
     let bidders = Bidders::new(&codec, &clusters, |kind| value_subject(&args.topic(kind)))
         .await
