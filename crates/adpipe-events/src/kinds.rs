@@ -28,6 +28,13 @@ impl EventKind {
         EventKind::JoinedConversion,
     ];
 
+    /// The kinds bidders and trackers publish (the rest are joiner outputs).
+    pub const PUBLISHED: [EventKind; 3] = [
+        EventKind::Impression,
+        EventKind::Click,
+        EventKind::Conversion,
+    ];
+
     /// The current Avro schema (JSON text) of this kind.
     pub fn schema(self) -> &'static str {
         match self {
@@ -49,6 +56,18 @@ impl EventKind {
             EventKind::Conversion => "conversion",
             EventKind::JoinedClick => "joined-click",
             EventKind::JoinedConversion => "joined-conversion",
+        }
+    }
+
+    /// Plural name, as topics of this kind are named (`impressions`,
+    /// `merged.impressions`, `deduplicated.impressions`, …).
+    pub fn plural(self) -> &'static str {
+        match self {
+            EventKind::Impression => "impressions",
+            EventKind::Click => "clicks",
+            EventKind::Conversion => "conversions",
+            EventKind::JoinedClick => "joined-clicks",
+            EventKind::JoinedConversion => "joined-conversions",
         }
     }
 

@@ -100,12 +100,20 @@ pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
 ) -> i32 {
-    consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+    try_partition_count(consumer, topic)
         .unwrap_or_else(|error| panic!("metadata of {topic}: {error}"))
+}
+
+/// [`partition_count`] that reports a failed metadata request.
+pub fn try_partition_count<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> Result<i32, rdkafka::error::KafkaError> {
+    Ok(consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))?
         .topics()
         .first()
-        .map_or(0, |topic| topic.partitions().len() as i32)
+        .map_or(0, |topic| topic.partitions().len() as i32))
 }
 
 /// Calls `each` for every record in `topic` (all partitions), up to the
@@ -138,13 +146,7 @@ pub fn try_for_each_record(
         .set("enable.auto.commit", "false")
         .create()
         .map_err(kafka)?;
-    let partitions = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(kafka)?
-        .topics()
-        .first()
-        .filter(|metadata| metadata.error().is_none())
-        .map_or(0, |metadata| metadata.partitions().len() as i32);
+    let partitions = try_partition_count(&consumer, topic).map_err(kafka)?;
     if partitions == 0 {
         return Err(format!("no topic {topic} on {bootstrap}"));
     }

@@ -30,11 +30,6 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// Partitions of every keyed demo topic (the pipeline's count).
 const PARTITIONS: i32 = 12;
-const KINDS: [(&str, EventKind); 3] = [
-    ("impressions", EventKind::Impression),
-    ("clicks", EventKind::Click),
-    ("conversions", EventKind::Conversion),
-];
 
 /// Arguments of `adpipe demo`.
 #[derive(Args, Debug)]
@@ -71,19 +66,19 @@ struct Names {
 }
 
 impl Names {
-    fn merged(&self, kind: &str) -> String {
-        format!("{}merged.{kind}", self.prefix)
+    fn merged(&self, kind: EventKind) -> String {
+        format!("{}merged.{}", self.prefix, kind.plural())
     }
-    fn deduplicated(&self, kind: &str) -> String {
-        format!("{}deduplicated.{kind}", self.prefix)
+    fn deduplicated(&self, kind: EventKind) -> String {
+        format!("{}deduplicated.{}", self.prefix, kind.plural())
     }
-    fn changelog(&self, kind: &str) -> String {
-        format!("{}deduplicator.{kind}.changelog", self.prefix)
+    fn changelog(&self, kind: EventKind) -> String {
+        format!("{}deduplicator.{}.changelog", self.prefix, kind.plural())
     }
     fn all(&self) -> Vec<(String, i32)> {
-        let mut topics: Vec<(String, i32)> = KINDS
-            .iter()
-            .flat_map(|(kind, _)| {
+        let mut topics: Vec<(String, i32)> = EventKind::PUBLISHED
+            .into_iter()
+            .flat_map(|kind| {
                 [
                     self.merged(kind),
                     self.deduplicated(kind),
@@ -173,9 +168,9 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         .into_iter()
         .map(|(key, value)| (key.to_owned(), value.to_owned())),
     )?;
-    settings.streams = KINDS
-        .iter()
-        .map(|(kind, _)| Stream {
+    settings.streams = EventKind::PUBLISHED
+        .into_iter()
+        .map(|kind| Stream {
             input: names.merged(kind),
             output: names.deduplicated(kind),
             changelog: names.changelog(kind),
@@ -222,32 +217,19 @@ async fn publish(
     names: &Names,
     publications: &[adpipe_loadtest::Publication],
 ) -> anyhow::Result<()> {
-    let publisher = SimPublisher::new(codec, bootstrap, |kind| {
-        value_subject(&names.merged(topic_kind(kind)))
-    })
-    .await?;
+    let publisher =
+        SimPublisher::new(codec, bootstrap, |kind| value_subject(&names.merged(kind))).await?;
     let bar = crate::progress::bar(publications.len() as u64, "publishing");
     // Publishing blocks while librdkafka's queue is full.
     tokio::task::block_in_place(|| {
         for publication in publications {
-            publisher.publish(
-                publication,
-                &names.merged(topic_kind(publication.event.kind())),
-            )?;
+            publisher.publish(publication, &names.merged(publication.event.kind()))?;
             bar.inc(1);
         }
         publisher.flush(Duration::from_secs(30))
     })?;
     bar.finish();
     Ok(())
-}
-
-/// The `merged.<kind>` suffix of an event type.
-fn topic_kind(kind: EventKind) -> &'static str {
-    KINDS
-        .iter()
-        .find(|(_, candidate)| *candidate == kind)
-        .map_or("unknown", |(name, _)| name)
 }
 
 /// Reads the deduplicated topics until every unique arrived or nothing new
@@ -268,7 +250,7 @@ async fn collect_output(
         .set("enable.auto.commit", "false")
         .create()?;
     let mut assignment = TopicPartitionList::new();
-    for (kind, _) in KINDS {
+    for kind in EventKind::PUBLISHED {
         for partition in 0..PARTITIONS {
             assignment.add_partition_offset(
                 &names.deduplicated(kind),

@@ -68,12 +68,7 @@ pub struct SimulateReport {
 impl SimulateArgs {
     /// The topic events of `kind` go to.
     pub fn topic(&self, kind: EventKind) -> String {
-        let name = match kind {
-            EventKind::Click => "clicks",
-            EventKind::Conversion => "conversions",
-            _ => "impressions",
-        };
-        format!("{}{name}", self.topic_prefix)
+        format!("{}{}", self.topic_prefix, kind.plural())
     }
 
     fn dc_clusters(&self) -> anyhow::Result<Vec<DcCluster>> {
@@ -104,16 +99,10 @@ impl SimulateArgs {
 /// Runs the simulation, printing progress and a summary to `out`.
 pub async fn run(args: &SimulateArgs, out: &mut dyn Write) -> anyhow::Result<SimulateReport> {
     let clusters = args.dc_clusters()?;
-    let kinds = [
-        EventKind::Impression,
-        EventKind::Click,
-        EventKind::Conversion,
-    ];
     for cluster in &clusters {
-        for kind in kinds {
-            require_topic(&cluster.bootstrap, &args.topic(kind))
-                .with_context(|| format!("DC {} ({})", cluster.dc, cluster.bootstrap))?;
-        }
+        let topics = EventKind::PUBLISHED.map(|kind| args.topic(kind));
+        require_topics(&cluster.bootstrap, &topics)
+            .with_context(|| format!("DC {} ({})", cluster.dc, cluster.bootstrap))?;
     }
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -190,22 +179,25 @@ pub async fn run(args: &SimulateArgs, out: &mut dyn Write) -> anyhow::Result<Sim
     })
 }
 
-/// Fails with a hint when `topic` does not exist (brokers here do not
-/// auto-create topics, and a record for a missing topic is only reported
+/// Fails with a hint when one of `topics` does not exist (brokers here do
+/// not auto-create topics, and a record for a missing topic is only reported
 /// as undelivered after the delivery timeout).
-fn require_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
+fn require_topics(bootstrap: &str, topics: &[String]) -> anyhow::Result<()> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
+    // One metadata request for the whole cluster.
     let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .fetch_metadata(None, Duration::from_secs(10))
         .context("fetching metadata")?;
-    let exists = metadata
-        .topics()
-        .first()
-        .is_some_and(|found| found.error().is_none() && !found.partitions().is_empty());
-    if !exists {
-        bail!("topic {topic} does not exist (create it with `adpipe topology apply`)");
+    for topic in topics {
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|found| found.name() == topic && !found.partitions().is_empty());
+        if !exists {
+            bail!("topic {topic} does not exist (create it with `adpipe topology apply`)");
+        }
     }
     Ok(())
 }

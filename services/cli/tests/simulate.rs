@@ -34,7 +34,7 @@ async fn bidders_publish_to_their_dc_at_the_rate_and_the_checker_judges_outputs(
     let prefix = format!("{}.", adpipe_testkit::unique("sim"));
     let dcs = ["dc1", "dc2"];
     for dc in dcs {
-        let names = ["impressions", "clicks", "conversions"].map(|kind| format!("{prefix}{kind}"));
+        let names = KINDS.map(|kind| format!("{prefix}{}", kind.plural()));
         let specs: Vec<adpipe_testkit::TopicSpec<'_>> = names
             .iter()
             .map(|name| (name.as_str(), 3, &[][..]))

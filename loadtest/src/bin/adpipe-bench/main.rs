@@ -207,16 +207,22 @@ async fn run(args: &Args) -> Result<Report, String> {
 
     // 3. Each service over the whole backlog, alternating, ROUNDS times.
     let config_dir = std::env::temp_dir();
+    // What both services' configs share: broker, group, DLQ, commits, HTTP.
+    let worker_config = |group: &str| {
+        format!(
+            "[kafka]\nbootstrap-servers = \"{bootstrap}\"\ngroup-id = \"{prefix}-{group}\"\n\
+             [runtime]\ndead-letter-topic = \"{dlq}\"\ncommit-interval = \"100ms\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n"
+        )
+    };
     let dedup_config = |round: usize| -> Result<PathBuf, String> {
         let path = config_dir.join(format!("{prefix}-dedup{round}.toml"));
         write_file(
             &path,
             &format!(
-                "[kafka]\nbootstrap-servers = \"{bootstrap}\"\ngroup-id = \"{prefix}-dedup{round}\"\n\
-                 [registry]\nurl = \"{}\"\n\
-                 [runtime]\ndead-letter-topic = \"{dlq}\"\ncommit-interval = \"100ms\"\n\
-                 [http]\nlisten = \"127.0.0.1:0\"\n\
+                "{}[registry]\nurl = \"{}\"\n\
                  [[deduplicator.stream]]\ninput = \"{input}\"\noutput = \"{}\"\nchangelog = \"{}\"\n",
+                worker_config(&format!("dedup{round}")),
                 registry.url(),
                 dedup_outs[round],
                 changelogs[round],
@@ -229,10 +235,8 @@ async fn run(args: &Args) -> Result<Report, String> {
         write_file(
             &path,
             &format!(
-                "[kafka]\nbootstrap-servers = \"{bootstrap}\"\ngroup-id = \"{prefix}-pass{round}\"\n\
-                 [runtime]\ndead-letter-topic = \"{dlq}\"\ncommit-interval = \"100ms\"\n\
-                 [http]\nlisten = \"127.0.0.1:0\"\n\
-                 [passthrough]\ninputs = [\"{input}\"]\noutput-suffix = \".pass\"\n"
+                "{}[passthrough]\ninputs = [\"{input}\"]\noutput-suffix = \".pass\"\n",
+                worker_config(&format!("pass{round}")),
             ),
         )?;
         Ok(path)
