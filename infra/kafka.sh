@@ -58,6 +58,10 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.cleaner.enable=true
+# ACLs are enforced, but everything is allowed until an ACL names a resource:
+# tests deny a right on one topic to inject real authorization faults.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=true
 PROPS
 }
 

@@ -63,3 +63,25 @@ for cluster in config["cluster"]:
     print(" ".join(str(cluster[field]) for field in fields))
 PY
 }
+
+# free_port: prints a loopback TCP port nothing listens on right now.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# write_free_port_cluster_map TEMPLATE: prints TEMPLATE's cluster map with
+# every port and controller port replaced by a free loopback port, so a run
+# can start clusters of its own beside any that already run.
+write_free_port_cluster_map() {
+  python3 - "$1" <<'PY'
+import re, socket, sys
+sockets = []
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    sockets.append(s)  # held until all are chosen, so no two are the same
+    return s.getsockname()[1]
+text = open(sys.argv[1]).read()
+text = re.sub(r"^(port|controller_port) = \d+$",
+              lambda m: f"{m.group(1)} = {free_port()}", text, flags=re.M)
+print(text, end="")
+PY
+}

@@ -5,16 +5,27 @@
 # registry, runs every check, and stops what it started.
 #
 #   infra/test-all.sh            everything
-#   ADPIPE_KEEP_RUNNING=1 ...    leave the clusters running afterwards
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#   ADPIPE_KEEP_RUNNING=1 ...    leave this run's clusters running afterwards
+#
+# It never reuses servers that already run (a developer's clusters, a
+# previous run's): it starts its own clusters on free loopback ports with
+# their own data directory (.adpipe/test-all/), writes their map to
+# .adpipe/test-all/clusters.toml (ADPIPE_CLUSTERS_FILE for every tool and
+# test), and stops them at the end. So a warm machine and a fresh one run
+# the same checks against the same empty clusters.
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export ADPIPE_STATE_DIR="$repo/.adpipe/test-all"
+export ADPIPE_CLUSTERS_FILE="$ADPIPE_STATE_DIR/clusters.toml"
+source "$repo/infra/lib.sh"
 cd "$REPO_DIR"
+venv="$REPO_DIR/.adpipe/venv"
 
 step() { log "== $* ($(date +%T))"; }
 started_at=$(date +%s)
 cleanup() {
   local status=$?
   [ -n "${registry_pid:-}" ] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
-  if [ "${kafka_was_running:-1}" = 0 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
+  if [ "${clusters_started:-0}" = 1 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
     "$INFRA_DIR/kafka.sh" stop || true
   fi
   log "finished with status $status after $(( $(date +%s) - started_at )) s"
@@ -36,12 +47,12 @@ cargo build --workspace --all-targets --locked
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "kafka clusters"
-kafka_was_running=1
-# Not `status | grep -q`: grep quits at the first match, status dies of
-# SIGPIPE, and pipefail then hid that the clusters were stopped.
-cluster_status="$("$INFRA_DIR/kafka.sh" status)"
-grep -q stopped <<<"$cluster_status" && kafka_was_running=0
+step "kafka clusters of this run (own ports, own data: $ADPIPE_STATE_DIR)"
+# A previous run that was killed may have left its clusters running there.
+if [ -f "$ADPIPE_CLUSTERS_FILE" ]; then "$INFRA_DIR/kafka.sh" stop || true; fi
+rm -rf "$ADPIPE_STATE_DIR"; mkdir -p "$ADPIPE_STATE_DIR"
+write_free_port_cluster_map "$INFRA_DIR/clusters.toml" > "$ADPIPE_CLUSTERS_FILE"
+clusters_started=1
 "$INFRA_DIR/kafka.sh" start
 
 step "topology apply (twice: the second must change nothing)"
@@ -56,15 +67,13 @@ target/debug/adpipe demo --events 5000 | tail -n 6
 target/debug/adpipe demo --events 5000 --brokers "$(clusters name port | awk '$1 == "central" {print "127.0.0.1:" $2}')" | tail -n 1
 
 step "python interoperability (Confluent's client)"
-venv="$ADPIPE_STATE_DIR/venv"
 if [ ! -x "$venv/bin/pytest" ] || ! cmp -s tests/interop/requirements.txt "$venv/requirements.txt"; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
   cp tests/interop/requirements.txt "$venv/requirements.txt"
 fi
 central="127.0.0.1:$(clusters name port | awk '$1 == "central" {print $2}')"
-registry_port="${ADPIPE_TEST_REGISTRY_PORT:-18081}"
-port_open "$registry_port" && die "port $registry_port is taken; stop whatever listens there"
+registry_port="$(free_port)"
 target/debug/adpipe-schema-registry --listen "127.0.0.1:$registry_port" --bootstrap-servers "$central" \
   > "$ADPIPE_STATE_DIR/registry-test.log" 2>&1 &
 registry_pid=$!

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use adpipe_runtime::config::{HttpConfig, KafkaConfig, RuntimeConfig, load_layers};
 use adpipe_runtime::{
-    ConfigError, Emitter, InputRecord, OutputRecord, PartitionAssignment, Step, StepError,
-    StepFactory, WorkerSettings,
+    ConfigError, Emitter, InputRecord, OutputRecord, OutputTopic, Step, StepError, StepFactory,
+    TaskAssignment, WorkerSettings,
 };
 use serde::Deserialize;
 
@@ -63,9 +63,24 @@ impl PassThroughSettings {
                     .to_owned(),
             );
         }
-        let worker = WorkerSettings::validate(
+        let outputs = raw
+            .passthrough
+            .inputs
+            .iter()
+            .map(|input| OutputTopic {
+                topic: format!("{input}{}", raw.passthrough.output_suffix),
+                partitions_like: Some(input.clone()),
+            })
+            .collect();
+        let inputs = raw
+            .passthrough
+            .inputs
+            .into_iter()
+            .map(|input| vec![input])
+            .collect();
+        let mut worker = WorkerSettings::validate(
             "passthrough",
-            raw.passthrough.inputs,
+            inputs,
             raw.kafka,
             raw.runtime,
             raw.http,
@@ -75,6 +90,7 @@ impl PassThroughSettings {
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
+        worker.outputs = outputs;
         Ok(PassThroughSettings {
             worker,
             output_suffix: raw.passthrough.output_suffix,
@@ -112,9 +128,10 @@ pub struct PassThroughFactory {
 impl StepFactory for PassThroughFactory {
     type Step = PassThrough;
 
-    fn create(&self, assignment: &PartitionAssignment) -> Result<PassThrough, StepError> {
+    fn create(&self, assignment: &TaskAssignment) -> Result<PassThrough, StepError> {
+        let input = assignment.inputs.first().map_or("", String::as_str);
         Ok(PassThrough {
-            output: format!("{}{}", assignment.topic, self.output_suffix),
+            output: format!("{input}{}", self.output_suffix),
             partition: assignment.partition,
         })
     }

@@ -1,15 +1,20 @@
-//! Acknowledgement tokens: a record is done when every clone of its token
-//! has been dropped (Vector's finalizers, in miniature).
+//! Acknowledgement tokens: when an input record counts as done.
 //!
-//! The partition worker creates one token per input record and gives a clone
-//! to every output it produces; the producer's delivery callback drops its
-//! clone on success. When the last clone goes, the record's offset is marked
-//! done in its partition's [`OffsetTracker`]. A failed delivery marks the
-//! tracker failed instead, so nothing past the lost output is ever committed.
-//!
-//! Fencing: a token points at the tracker of the assignment it was created
-//! in. A revoked partition's tracker is dropped from the worker's map, so
-//! late acknowledgements update a tracker nobody commits from.
+//! Contract:
+//! - The task creates one token per input record and gives a clone to every
+//!   output the record produced; the producer drops its clone when the
+//!   broker acknowledged the output.
+//! - A record is done when the last clone goes **and** the task marked it
+//!   [`processed`](AckToken::mark_processed) — i.e. the step returned and
+//!   every output was handed to the producer. Dropping an unmarked token
+//!   (a panic unwinding through the step, a task cut off at revoke, a
+//!   forgotten [`Held`]) means *abandoned*: the offset stays uncommitted and
+//!   the next owner reads the record again. Nothing is ever done by accident.
+//! - A failed output marks the record failed: its offset is never done, so
+//!   the contiguous prefix (what is committed) stops before it.
+//! - Fencing: a token points at the tracker of the assignment it was created
+//!   in; a revoked partition's tracker is dropped from the consumer's map, so
+//!   late acknowledgements update a tracker nobody commits from.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -18,28 +23,39 @@ use parking_lot::Mutex;
 
 use crate::offsets::OffsetTracker;
 
-/// A partition's tracker, shared by its worker, its tokens and the committer.
+/// A partition's tracker, shared by its consumer slot, its tokens and the committer.
 pub type SharedTracker = Arc<Mutex<OffsetTracker>>;
 
-const PENDING: u8 = 0;
-const FAILED: u8 = 1;
-const ABANDONED: u8 = 2;
+/// Where an input record came from (for dead letters of rejected outputs).
+#[derive(Debug)]
+pub struct Source {
+    /// Input topic.
+    pub topic: Arc<str>,
+    /// Input partition.
+    pub partition: i32,
+    /// The partition's offset tracker.
+    pub tracker: SharedTracker,
+}
+
+const OPEN: u8 = 0;
+const PROCESSED: u8 = 1;
+const FAILED: u8 = 2;
+const ABANDONED: u8 = 3;
 
 struct Inner {
-    tracker: SharedTracker,
+    source: Arc<Source>,
     offset: i64,
     state: AtomicU8,
-    /// Records of one actor whose outputs are not all acknowledged yet.
-    outstanding: Arc<AtomicUsize>,
+    /// Outputs of the task handed to the producer and not yet acknowledged.
+    outputs_in_flight: Arc<AtomicUsize>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
         match self.state.load(Ordering::Acquire) {
-            FAILED => self.tracker.lock().fail(),
-            ABANDONED => {}
-            _ => self.tracker.lock().complete(self.offset),
+            PROCESSED => self.source.tracker.lock().complete(self.offset),
+            FAILED => self.source.tracker.lock().fail(self.offset),
+            _ => {} // open or abandoned: never done, re-read by the next owner
         }
     }
 }
@@ -53,22 +69,24 @@ pub struct AckToken {
 impl std::fmt::Debug for AckToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AckToken")
+            .field("topic", &self.inner.source.topic)
+            .field("partition", &self.inner.source.partition)
             .field("offset", &self.inner.offset)
             .finish()
     }
 }
 
 impl AckToken {
-    /// A token for `offset`, which must already be registered in `tracker`.
-    /// `outstanding` counts live tokens (the actor waits for it on revoke).
-    pub fn new(tracker: SharedTracker, offset: i64, outstanding: Arc<AtomicUsize>) -> Self {
-        outstanding.fetch_add(1, Ordering::AcqRel);
+    /// A token for `offset`, which must already be registered in the
+    /// source's tracker. `outputs_in_flight` is the task's count of outputs
+    /// awaiting acknowledgement (a drain waits for it to reach zero).
+    pub fn new(source: Arc<Source>, offset: i64, outputs_in_flight: Arc<AtomicUsize>) -> Self {
         AckToken {
             inner: Arc::new(Inner {
-                tracker,
+                source,
                 offset,
-                state: AtomicU8::new(PENDING),
-                outstanding,
+                state: AtomicU8::new(OPEN),
+                outputs_in_flight,
             }),
         }
     }
@@ -78,20 +96,107 @@ impl AckToken {
         self.inner.offset
     }
 
-    /// Records that an output of this record was lost.
-    pub fn fail(&self) {
-        self.inner.state.store(FAILED, Ordering::Release);
+    /// Where the input came from.
+    pub fn source(&self) -> &Source {
+        &self.inner.source
     }
 
-    /// Gives the record up without completing it (revoke, shutdown, fatal
-    /// error): its offset stays uncommitted, so the next owner re-reads it.
+    /// The step handled the record and every output was handed over: the
+    /// record is done once those outputs are acknowledged.
+    pub fn mark_processed(&self) {
+        let _ =
+            self.inner
+                .state
+                .compare_exchange(OPEN, PROCESSED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// An output of this record was lost: it must never count as done.
+    pub fn fail(&self) {
+        let _ = self
+            .inner
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                (state != ABANDONED).then_some(FAILED)
+            });
+    }
+
+    /// Gives the record up (revoke, shutdown, fatal error): its offset stays
+    /// uncommitted, so the next owner re-reads it.
     pub fn abandon(&self) {
-        let _ = self.inner.state.compare_exchange(
-            PENDING,
-            ABANDONED,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ = self
+            .inner
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                (state != FAILED).then_some(ABANDONED)
+            });
+    }
+
+    /// Whether an output of the record was lost.
+    pub fn failed(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) == FAILED
+    }
+
+    /// An output was handed to the producer.
+    pub(crate) fn output_sent(&self) {
+        self.inner.outputs_in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// An output was acknowledged or failed for good.
+    pub(crate) fn output_settled(&self) {
+        self.inner.outputs_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A record a step holds to complete later (deferred acknowledgement): a
+/// click waiting for its impression, say. Its offset is not committed until
+/// the held record is [`released`](Held::release) and every output emitted
+/// for it ([`crate::Emitter::emit_held`]) is acknowledged.
+///
+/// Dropping a `Held` without releasing it abandons the record (it will be
+/// read again after a restart or rebalance), so a step that forgets one
+/// stalls commits instead of losing the record.
+#[derive(Debug)]
+pub struct Held {
+    token: Option<AckToken>,
+}
+
+impl Held {
+    pub(crate) fn new(token: Option<AckToken>) -> Self {
+        Held { token }
+    }
+
+    /// A held record that belongs to no runtime, for unit tests of steps.
+    pub fn detached() -> Self {
+        Held { token: None }
+    }
+
+    pub(crate) fn token(&self) -> Option<&AckToken> {
+        self.token.as_ref()
+    }
+
+    /// The input offset held, when the record came from the runtime.
+    pub fn offset(&self) -> Option<i64> {
+        self.token.as_ref().map(AckToken::offset)
+    }
+
+    /// Completes the hold: the record is done once the outputs emitted for
+    /// it are acknowledged (at once if there are none).
+    pub fn release(mut self) {
+        self.token = None; // drops the clone normally
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            tracing::warn!(
+                topic = %token.source().topic,
+                partition = token.source().partition,
+                offset = token.offset(),
+                "a held record was dropped without release: abandoned, it will be read again"
+            );
+            token.abandon();
+        }
     }
 }
 
@@ -99,42 +204,98 @@ impl AckToken {
 mod tests {
     use super::*;
 
-    #[test]
-    fn done_only_when_the_last_clone_drops() {
+    fn source(offsets: &[i64]) -> Arc<Source> {
         let tracker: SharedTracker = Arc::new(Mutex::new(OffsetTracker::new()));
-        tracker.lock().register(7);
-        let token = AckToken::new(Arc::clone(&tracker), 7, Arc::default());
+        for offset in offsets {
+            tracker.lock().register(*offset);
+        }
+        Arc::new(Source {
+            topic: Arc::from("t"),
+            partition: 0,
+            tracker,
+        })
+    }
+
+    fn committable(source: &Source) -> Option<i64> {
+        source.tracker.lock().committable()
+    }
+
+    #[test]
+    fn done_only_when_processed_and_the_last_clone_drops() {
+        let source = source(&[7]);
+        let token = AckToken::new(Arc::clone(&source), 7, Arc::default());
         let output_a = token.clone();
         let output_b = token.clone();
+        token.mark_processed();
         drop(token);
         drop(output_a);
-        assert_eq!(tracker.lock().committable(), None);
+        assert_eq!(committable(&source), None);
         drop(output_b);
-        assert_eq!(tracker.lock().committable(), Some(8));
+        assert_eq!(committable(&source), Some(8));
     }
 
     #[test]
-    fn a_failed_output_fails_the_partition() {
-        let tracker: SharedTracker = Arc::new(Mutex::new(OffsetTracker::new()));
-        tracker.lock().register(1);
-        let outstanding = Arc::new(AtomicUsize::new(0));
-        let token = AckToken::new(Arc::clone(&tracker), 1, Arc::clone(&outstanding));
-        assert_eq!(outstanding.load(Ordering::Acquire), 1);
-        token.clone().fail();
-        drop(token);
-        assert!(tracker.lock().failed());
-        assert_eq!(tracker.lock().committable(), None);
-        assert_eq!(outstanding.load(Ordering::Acquire), 0);
+    fn a_token_dropped_unprocessed_is_abandoned_not_done() {
+        // What a panic unwinding through a step does to its record's token.
+        let source = source(&[3, 4]);
+        let panicked = AckToken::new(Arc::clone(&source), 3, Arc::default());
+        let later = AckToken::new(Arc::clone(&source), 4, Arc::default());
+        later.mark_processed();
+        drop(later);
+        drop(panicked);
+        assert_eq!(committable(&source), None, "nothing past 3 is committed");
+        assert!(!source.tracker.lock().failed());
     }
 
     #[test]
-    fn an_abandoned_record_is_neither_done_nor_failed() {
-        let tracker: SharedTracker = Arc::new(Mutex::new(OffsetTracker::new()));
-        tracker.lock().register(3);
-        let token = AckToken::new(Arc::clone(&tracker), 3, Arc::default());
-        token.abandon();
+    fn a_failed_output_keeps_its_offset_out_of_the_prefix() {
+        let source = source(&[1, 2, 3]);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        for offset in [1, 2, 3] {
+            let token = AckToken::new(Arc::clone(&source), offset, Arc::clone(&in_flight));
+            token.mark_processed();
+            if offset == 2 {
+                token.clone().fail();
+            }
+        }
+        assert!(source.tracker.lock().failed());
+        assert_eq!(
+            committable(&source),
+            Some(2),
+            "the prefix before the failure"
+        );
+    }
+
+    #[test]
+    fn abandon_wins_over_processed_but_not_over_failed() {
+        let source = source(&[1, 2]);
+        let abandoned = AckToken::new(Arc::clone(&source), 1, Arc::default());
+        abandoned.mark_processed();
+        abandoned.abandon();
+        drop(abandoned);
+        assert_eq!(committable(&source), None);
+        let failed = AckToken::new(Arc::clone(&source), 2, Arc::default());
+        failed.fail();
+        failed.abandon();
+        assert!(failed.failed());
+    }
+
+    #[test]
+    fn a_held_record_completes_on_release_and_is_abandoned_when_dropped() {
+        let source = source(&[1, 2]);
+        let token = AckToken::new(Arc::clone(&source), 1, Arc::default());
+        let held = Held::new(Some(token.clone()));
+        token.mark_processed();
         drop(token);
-        assert_eq!(tracker.lock().committable(), None);
-        assert!(!tracker.lock().failed());
+        assert_eq!(committable(&source), None, "still held");
+        held.release();
+        assert_eq!(committable(&source), Some(2));
+
+        let token = AckToken::new(Arc::clone(&source), 2, Arc::default());
+        let forgotten = Held::new(Some(token.clone()));
+        token.mark_processed();
+        drop(token);
+        drop(forgotten);
+        assert_eq!(committable(&source), Some(2), "a dropped hold is not done");
     }
 }

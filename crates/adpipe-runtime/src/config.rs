@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -105,6 +105,22 @@ pub fn duration(field: &str, text: &str, problems: &mut Vec<String>) -> Duration
     })
 }
 
+/// Environment variable naming the directory under which relative state
+/// directories resolve (a volume in containers).
+pub const STATE_DIR_ENV: &str = "ADPIPE_STATE_DIR";
+
+/// Where a service keeps local state given as `configured`: an absolute path
+/// as it is; a relative one under `$ADPIPE_STATE_DIR`, else under `.adpipe/`
+/// of the working directory — never loose in a source tree (`.adpipe/` is
+/// git-ignored, like every generated file).
+pub fn resolve_state_dir(configured: &Path, state_root: Option<&std::ffi::OsStr>) -> PathBuf {
+    if configured.is_absolute() {
+        return configured.to_owned();
+    }
+    let root = state_root.map_or_else(|| PathBuf::from(".adpipe"), PathBuf::from);
+    root.join(configured)
+}
+
 /// `[kafka]`: the cluster a worker consumes from and produces to.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -154,6 +170,17 @@ pub struct RuntimeConfig {
     /// `processing_timeout = "dead-letter"`, `unknown_schema_id = "retry"`).
     #[serde(default)]
     pub on_error_kind: BTreeMap<String, FailureAction>,
+    /// A record cut off by the processing timeout is retried this many
+    /// times, then handled by `on-error-kind.processing_timeout` (default:
+    /// dead-letter), so one record that always hangs cannot stall its
+    /// partition for ever.
+    pub processing_timeout_retries: u32,
+    /// A task with several time-aligned inputs proceeds without an input
+    /// that is at its end and silent for this long (no record, no heartbeat).
+    pub max_idle: String,
+    /// Event times further than this past the wall clock are dead-lettered
+    /// (`event_time_in_future`); see `event_time.rs`.
+    pub max_event_time_skew: String,
 }
 
 /// What the runtime does with a record whose step failed.
@@ -186,13 +213,27 @@ pub struct RegistryConfig {
     pub url: String,
 }
 
+/// A topic a worker writes to, checked at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputTopic {
+    /// Topic name.
+    pub topic: String,
+    /// An input topic it must have as many partitions as (fixed
+    /// partitioning: output partition i belongs to input partition i).
+    pub partitions_like: Option<String>,
+}
+
 /// Validated runtime settings.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     /// Service name (metric label, client id).
     pub service: String,
-    /// Topics to consume.
-    pub input_topics: Vec<String>,
+    /// Input groups: each a list of co-partitioned topics; a task owns
+    /// partition i of every topic of its group (records fed in event-time
+    /// order when the group has several topics).
+    pub input_groups: Vec<Vec<String>>,
+    /// Topics written (besides the dead-letter topic), checked at start-up.
+    pub outputs: Vec<OutputTopic>,
     /// Kafka section, as given.
     pub kafka: KafkaConfig,
     /// Session timeout.
@@ -219,6 +260,12 @@ pub struct WorkerSettings {
     pub on_poison: FailureAction,
     /// Actions by error kind, overriding the disposition's.
     pub on_error_kind: BTreeMap<String, FailureAction>,
+    /// Retries of a record cut off by the processing timeout.
+    pub processing_timeout_retries: u32,
+    /// Idle time after which an aligned task proceeds without an input.
+    pub max_idle: Duration,
+    /// Accepted event times.
+    pub event_time: crate::event_time::EventTimePolicy,
     /// Metrics and health address.
     pub http_listen: SocketAddr,
     /// Registry URL when values are decoded, `None` to pass bytes through.
@@ -229,7 +276,7 @@ impl WorkerSettings {
     /// Validates the shared sections, appending every problem to `problems`.
     pub fn validate(
         service: &str,
-        input_topics: Vec<String>,
+        input_groups: Vec<Vec<String>>,
         kafka: KafkaConfig,
         runtime: RuntimeConfig,
         http: HttpConfig,
@@ -267,9 +314,27 @@ impl WorkerSettings {
             problems
                 .push("runtime.retry-initial-backoff exceeds runtime.retry-max-backoff".to_owned());
         }
-        if input_topics.is_empty() {
+        if input_groups.iter().all(Vec::is_empty) {
             problems.push("no input topics".to_owned());
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for topic in input_groups.iter().flatten() {
+            if !seen.insert(topic) {
+                problems.push(format!("input topic {topic} is listed twice"));
+            }
+        }
+        if runtime.sub_partitions > 1 && input_groups.iter().any(|group| group.len() > 1) {
+            problems.push(
+                "runtime.sub-partitions must be 1 when a task has several time-aligned inputs"
+                    .to_owned(),
+            );
+        }
+        let max_idle = duration("runtime.max-idle", &runtime.max_idle, problems);
+        let max_event_time_skew = duration(
+            "runtime.max-event-time-skew",
+            &runtime.max_event_time_skew,
+            problems,
+        );
         if kafka.bootstrap_servers.trim().is_empty() {
             problems.push("kafka.bootstrap-servers is empty".to_owned());
         }
@@ -284,7 +349,13 @@ impl WorkerSettings {
         });
         WorkerSettings {
             service: service.to_owned(),
-            input_topics,
+            input_groups,
+            outputs: Vec::new(),
+            processing_timeout_retries: runtime.processing_timeout_retries,
+            max_idle,
+            event_time: crate::event_time::EventTimePolicy {
+                max_future_skew: max_event_time_skew,
+            },
             session_timeout,
             queue_high_bytes: runtime.queue_high_bytes,
             queue_low_bytes: runtime.queue_low_bytes,
@@ -313,11 +384,26 @@ impl WorkerSettings {
 }
 
 impl WorkerSettings {
+    /// Every input topic, in group order.
+    pub fn input_topics(&self) -> Vec<String> {
+        self.input_groups.iter().flatten().cloned().collect()
+    }
+
     /// What to do about `error`: its kind's override, else by disposition
     /// (transient: retry; poison: `on-poison`; fatal: stop).
-    pub fn action_for(&self, error: &crate::StepError) -> FailureAction {
+    /// `timeouts` counts the attempts at this record cut off so far: past
+    /// `processing-timeout-retries` a timeout is dead-lettered (unless
+    /// `on-error-kind.processing_timeout` says otherwise).
+    pub fn action_for(&self, error: &crate::StepError, timeouts: u32) -> FailureAction {
         if let Some(action) = self.on_error_kind.get(error.kind) {
             return *action;
+        }
+        if error.kind == crate::step::PROCESSING_TIMEOUT {
+            return if timeouts > self.processing_timeout_retries {
+                FailureAction::DeadLetter
+            } else {
+                FailureAction::Retry
+            };
         }
         match error.disposition {
             adpipe_codec::Disposition::Transient => FailureAction::Retry,
@@ -330,6 +416,23 @@ impl WorkerSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_state_dirs_resolve_under_the_state_root() {
+        let root = std::ffi::OsStr::new("/var/lib/adpipe");
+        assert_eq!(
+            resolve_state_dir(Path::new("deduplicator"), Some(root)),
+            PathBuf::from("/var/lib/adpipe/deduplicator")
+        );
+        assert_eq!(
+            resolve_state_dir(Path::new("deduplicator"), None),
+            PathBuf::from(".adpipe/deduplicator")
+        );
+        assert_eq!(
+            resolve_state_dir(Path::new("/data/dedup"), Some(root)),
+            PathBuf::from("/data/dedup")
+        );
+    }
 
     #[test]
     fn environment_overrides_nested_keys() {

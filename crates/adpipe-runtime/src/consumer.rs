@@ -1,12 +1,26 @@
 //! The consumer thread: one `BaseConsumer` per worker, polled on its own
 //! thread (avoiding StreamConsumer's wake-up stalls), dispatching records to
-//! partition actors, pausing and resuming partitions by queued bytes, and
-//! committing done offsets.
+//! tasks, pausing and resuming partitions by queued bytes, and committing
+//! done offsets.
 //!
-//! Rebalance callbacks run inside `poll` on this thread: on revoke the
-//! partition's actors are drained (in-flight outputs acknowledged or the
-//! deadline passed), the done prefix is committed synchronously, and the
-//! tracker is dropped so late acknowledgements cannot commit (the fence).
+//! Contract:
+//! - a task owns partition i of every topic of its input group (the eager
+//!   `range` assignor gives partition i of equally partitioned topics to the
+//!   same member); a task given only part of its inputs says so and waits;
+//! - a committed offset is recorded only when the broker confirmed it; a
+//!   failed periodic commit is sent again at the next tick; revokes and the
+//!   final stop commit synchronously, retrying. Periodic commits are
+//!   synchronous too, on a committer thread, because rust-rdkafka 0.39 never
+//!   reports the result of an asynchronous one (rust-rdkafka #856): polling
+//!   never waits for them, and a revoke waits for the one in flight so an
+//!   older offset can never land after its newer one;
+//! - on revoke (and at stop) the affected tasks are interrupted and drained
+//!   within the revoke deadline, their done prefix — never past a failed or
+//!   abandoned offset — is committed, and their trackers are dropped so late
+//!   acknowledgements cannot commit (the fence);
+//! - a lost output anywhere stops the worker at the next commit tick;
+//! - librdkafka statistics give the lag gauge and tell aligned tasks which
+//!   inputs are at their end (for `max-idle`).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -16,16 +30,17 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
 
-use crate::ack::SharedTracker;
-use crate::actor::{ActorEnv, ActorLink, ActorMessage, run_actor};
+use crate::ack::Source;
 use crate::offsets::OffsetTracker;
-use crate::step::{PartitionAssignment, StepFactory};
+use crate::step::{StepFactory, TaskAssignment};
+use crate::task::{Stopper, TaskEnv, TaskInput, TaskLink, TaskMessage, run_task};
 use crate::telemetry::{Health, Metric};
 
 /// Fixed per-record overhead counted against the queue, besides key and value.
@@ -33,35 +48,100 @@ const RECORD_OVERHEAD_BYTES: usize = 128;
 /// How often paused partitions are checked for resumption (and queue gauges
 /// updated): often enough for hysteresis to react, not once per record.
 const RESUME_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+/// Synchronous commits at revoke and stop are tried this often.
+const SYNC_COMMIT_ATTEMPTS: usize = 3;
+/// Extra time, beyond the revoke deadline, a drain may take to reply.
+const DRAIN_REPLY_GRACE: Duration = Duration::from_secs(5);
 
-struct PartitionSlot {
-    tracker: SharedTracker,
-    actors: Vec<mpsc::UnboundedSender<ActorMessage>>,
+/// A task: partition `partition` of input group `group`.
+type TaskKey = (usize, i32);
+
+/// One assigned topic-partition.
+struct Slot {
+    source: Arc<Source>,
     queued_bytes: Arc<AtomicUsize>,
-    revoking: Arc<AtomicBool>,
+    task: TaskKey,
+    input: usize,
     paused: bool,
+    /// Last offset the broker confirmed as committed.
     committed: Option<i64>,
+    /// One past the last offset dispatched.
+    next_offset: Option<i64>,
+    caught_up: bool,
 }
 
-type SlotKey = (String, i32);
+/// The actors of one task (one per sub-partition).
+struct TaskHandle {
+    senders: Vec<mpsc::UnboundedSender<TaskMessage>>,
+    revoke: watch::Sender<bool>,
+}
 
-/// State shared by the consumer thread and its rebalance callbacks.
+#[derive(Default)]
+struct Assignment {
+    /// By topic, then partition; keyed by `Box<str>` so a record's topic
+    /// finds its slot without allocating.
+    slots: HashMap<Box<str>, HashMap<i32, Slot>>,
+    tasks: HashMap<TaskKey, TaskHandle>,
+}
+
+impl Assignment {
+    fn slot_mut(&mut self, topic: &str, partition: i32) -> Option<&mut Slot> {
+        self.slots.get_mut(topic)?.get_mut(&partition)
+    }
+
+    fn slot_count(&self) -> usize {
+        self.slots.values().map(HashMap::len).sum()
+    }
+}
+
+/// State shared by the consumer thread and its callbacks.
 pub struct WorkerContext<F: StepFactory> {
-    env: Arc<ActorEnv>,
+    env: Arc<TaskEnv>,
     factory: Arc<F>,
     runtime: tokio::runtime::Handle,
-    slots: Mutex<HashMap<SlotKey, PartitionSlot>>,
-    fatal: Arc<Mutex<Option<String>>>,
+    assignment: Mutex<Assignment>,
+    /// topic → (input group, index in the group)
+    routes: HashMap<String, (usize, usize)>,
+    stopper: Arc<Stopper>,
     health: Arc<Health>,
+    /// Held while a commit is in flight (see the module's contract).
+    commit_lock: Mutex<()>,
 }
 
 impl<F: StepFactory> ClientContext for WorkerContext<F> {
     fn stats(&self, statistics: Statistics) {
+        let mut assignment = self.assignment.lock();
+        let Assignment { slots, tasks } = &mut *assignment;
         for (topic_name, topic) in &statistics.topics {
             for (partition, stats) in &topic.partitions {
-                if *partition >= 0 && stats.consumer_lag >= 0 {
+                if *partition < 0 {
+                    continue;
+                }
+                if stats.consumer_lag >= 0 {
                     metrics::gauge!(Metric::ConsumerLag.name(), "topic" => topic_name.clone(), "partition" => partition.to_string())
                         .set(stats.consumer_lag as f64);
+                }
+                let Some(slot) = slots
+                    .get_mut(topic_name.as_str())
+                    .and_then(|partitions| partitions.get_mut(partition))
+                else {
+                    continue;
+                };
+                // read_committed: the end a consumer can reach is the last
+                // stable offset.
+                let end = stats.ls_offset;
+                let position = slot.next_offset.unwrap_or(stats.next_offset);
+                let caught_up = end >= 0 && position >= end;
+                if caught_up != slot.caught_up {
+                    slot.caught_up = caught_up;
+                    if let Some(task) = tasks.get(&slot.task) {
+                        for sender in &task.senders {
+                            let _ = sender.send(TaskMessage::CaughtUp {
+                                input: slot.input,
+                                caught_up,
+                            });
+                        }
+                    }
                 }
             }
         }
@@ -72,7 +152,7 @@ impl<F: StepFactory> ConsumerContext for WorkerContext<F> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             metrics::counter!(Metric::Rebalances.name(), "service" => self.env.settings.service.clone(), "kind" => "revoke").increment(1);
-            let keys: Vec<SlotKey> = partitions
+            let keys: Vec<(String, i32)> = partitions
                 .elements()
                 .iter()
                 .map(|element| (element.topic().to_owned(), element.partition()))
@@ -95,12 +175,15 @@ impl<F: StepFactory> ConsumerContext for WorkerContext<F> {
                     warn!(%error, "resuming newly assigned partitions failed");
                 }
                 metrics::counter!(Metric::Rebalances.name(), "service" => self.env.settings.service.clone(), "kind" => "assign").increment(1);
-                for element in partitions.elements() {
-                    self.assign(element.topic(), element.partition());
-                }
-                let assigned = self.slots.lock().len();
-                metrics::gauge!(Metric::AssignedPartitions.name()).set(assigned as f64);
-                info!(assigned, "partitions assigned");
+                let assigned: Vec<(String, i32)> = partitions
+                    .elements()
+                    .iter()
+                    .map(|element| (element.topic().to_owned(), element.partition()))
+                    .collect();
+                self.assign(&assigned);
+                let count = self.assignment.lock().slot_count();
+                metrics::gauge!(Metric::AssignedPartitions.name()).set(count as f64);
+                info!(assigned = count, "partitions assigned");
                 self.health.ready.store(true, Ordering::Release);
             }
             Rebalance::Revoke(_) => {}
@@ -112,122 +195,293 @@ impl<F: StepFactory> ConsumerContext for WorkerContext<F> {
 impl<F: StepFactory> WorkerContext<F> {
     /// Context for a new consumer.
     pub fn new(
-        env: Arc<ActorEnv>,
+        env: Arc<TaskEnv>,
         factory: Arc<F>,
         runtime: tokio::runtime::Handle,
-        fatal: Arc<Mutex<Option<String>>>,
+        stopper: Arc<Stopper>,
         health: Arc<Health>,
     ) -> Self {
+        let routes = env
+            .settings
+            .input_groups
+            .iter()
+            .enumerate()
+            .flat_map(|(group, topics)| {
+                topics
+                    .iter()
+                    .enumerate()
+                    .map(move |(input, topic)| (topic.clone(), (group, input)))
+            })
+            .collect();
         WorkerContext {
             env,
             factory,
             runtime,
-            slots: Mutex::new(HashMap::new()),
-            fatal,
+            assignment: Mutex::new(Assignment::default()),
+            routes,
+            stopper,
             health,
+            commit_lock: Mutex::new(()),
         }
     }
 
-    fn assign(&self, topic: &str, partition: i32) {
-        let sub_partitions = self.env.settings.sub_partitions.get();
-        let tracker: SharedTracker = Arc::new(Mutex::new(OffsetTracker::new()));
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let revoking = Arc::new(AtomicBool::new(false));
-        let mut actors = Vec::with_capacity(usize::from(sub_partitions));
+    /// Creates slots for newly assigned partitions and a task for every
+    /// (group, partition) among them.
+    fn assign(&self, partitions: &[(String, i32)]) {
+        let settings = &self.env.settings;
+        let mut by_task: HashMap<TaskKey, Vec<(usize, &str)>> = HashMap::new();
+        for (topic, partition) in partitions {
+            match self.routes.get(topic) {
+                Some(&(group, input)) => by_task
+                    .entry((group, *partition))
+                    .or_default()
+                    .push((input, topic)),
+                None => warn!(topic, "assigned a topic no input group reads; ignoring it"),
+            }
+        }
+        let mut assignment = self.assignment.lock();
+        let mut incomplete = 0;
+        for ((group, partition), inputs) in by_task {
+            let topics = &settings.input_groups[group];
+            let mut task_inputs: Vec<Option<TaskInput>> = (0..topics.len()).map(|_| None).collect();
+            for (input, topic) in inputs {
+                let source = Arc::new(Source {
+                    topic: Arc::from(topic),
+                    partition,
+                    tracker: Arc::new(Mutex::new(OffsetTracker::new())),
+                });
+                let queued_bytes = Arc::new(AtomicUsize::new(0));
+                assignment.slots.entry(topic.into()).or_default().insert(
+                    partition,
+                    Slot {
+                        source: Arc::clone(&source),
+                        queued_bytes: Arc::clone(&queued_bytes),
+                        task: (group, partition),
+                        input,
+                        paused: false,
+                        committed: None,
+                        next_offset: None,
+                        caught_up: false,
+                    },
+                );
+                task_inputs[input] = Some(TaskInput {
+                    source,
+                    queued_bytes,
+                });
+            }
+            let missing: Vec<&String> = topics
+                .iter()
+                .zip(&task_inputs)
+                .filter(|(_, input)| input.is_none())
+                .map(|(topic, _)| topic)
+                .collect();
+            if !missing.is_empty() {
+                incomplete += 1;
+                warn!(
+                    partition,
+                    ?missing,
+                    "a task was given only part of its inputs (are they co-partitioned?); it waits for the rest"
+                );
+            }
+            let handle = self.spawn_task(group, partition, task_inputs);
+            assignment.tasks.insert((group, partition), handle);
+        }
+        metrics::gauge!(Metric::IncompleteTasks.name(), "service" => settings.service.clone())
+            .set(f64::from(incomplete));
+    }
+
+    fn spawn_task(
+        &self,
+        group: usize,
+        partition: i32,
+        inputs: Vec<Option<TaskInput>>,
+    ) -> TaskHandle {
+        let settings = &self.env.settings;
+        let sub_partitions = settings.sub_partitions.get();
+        let (revoke, revoked) = watch::channel(false);
+        let mut senders = Vec::with_capacity(usize::from(sub_partitions));
         for sub_partition in 0..sub_partitions {
             let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
-            let assignment = PartitionAssignment {
-                topic: topic.to_owned(),
+            let assignment = TaskAssignment {
+                group,
+                inputs: settings.input_groups[group].clone(),
                 partition,
                 sub_partition,
                 sub_partitions,
             };
-            let link = ActorLink {
-                tracker: Arc::clone(&tracker),
-                queued_bytes: Arc::clone(&queued_bytes),
-                revoking: Arc::clone(&revoking),
-                fatal: Arc::clone(&self.fatal),
+            let link = TaskLink {
+                inputs: inputs
+                    .iter()
+                    .map(|input| {
+                        input.as_ref().map(|input| TaskInput {
+                            source: Arc::clone(&input.source),
+                            queued_bytes: Arc::clone(&input.queued_bytes),
+                        })
+                    })
+                    .collect(),
+                revoked: revoked.clone(),
+                stopper: Arc::clone(&self.stopper),
             };
-            self.runtime.spawn(run_actor(
+            self.runtime.spawn(run_task(
                 Arc::clone(&self.env),
                 Arc::clone(&self.factory),
                 assignment,
                 link,
                 inbox_rx,
             ));
-            actors.push(inbox_tx);
+            senders.push(inbox_tx);
         }
-        let slot = PartitionSlot {
-            tracker,
-            actors,
-            queued_bytes,
-            revoking,
-            paused: false,
-            committed: None,
-        };
-        self.slots
-            .lock()
-            .insert((topic.to_owned(), partition), slot);
+        TaskHandle { senders, revoke }
     }
 
-    /// Drains the actors of `keys`, commits their done prefix synchronously
-    /// and forgets them.
-    fn drain_and_commit(&self, consumer: &BaseConsumer<Self>, keys: &[SlotKey]) {
-        let removed: Vec<(SlotKey, PartitionSlot)> = {
-            let mut slots = self.slots.lock();
-            keys.iter()
-                .filter_map(|key| slots.remove(key).map(|slot| (key.clone(), slot)))
-                .collect()
+    /// Drains the tasks that own any of `partitions` (a task is drained
+    /// whole), commits their done prefix synchronously and forgets them.
+    fn drain_and_commit(&self, consumer: &BaseConsumer<Self>, partitions: &[(String, i32)]) {
+        let (tasks, slots) = {
+            let mut assignment = self.assignment.lock();
+            let mut keys: Vec<TaskKey> = partitions
+                .iter()
+                .filter_map(|(topic, partition)| {
+                    assignment.slot_mut(topic, *partition).map(|slot| slot.task)
+                })
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let tasks: Vec<TaskHandle> = keys
+                .iter()
+                .filter_map(|key| assignment.tasks.remove(key))
+                .collect();
+            let mut slots = Vec::new();
+            for partitions in assignment.slots.values_mut() {
+                let revoked: Vec<i32> = partitions
+                    .iter()
+                    .filter(|(_, slot)| keys.contains(&slot.task))
+                    .map(|(partition, _)| *partition)
+                    .collect();
+                slots.extend(
+                    revoked
+                        .iter()
+                        .filter_map(|partition| partitions.remove(partition)),
+                );
+            }
+            assignment
+                .slots
+                .retain(|_, partitions| !partitions.is_empty());
+            (tasks, slots)
         };
+        // Interrupt what the tasks wait on, then ask each to drain.
         let mut replies = Vec::new();
-        for (_, slot) in &removed {
-            slot.revoking.store(true, Ordering::Release);
-            for actor in &slot.actors {
+        for task in &tasks {
+            let _ = task.revoke.send(true);
+            for sender in &task.senders {
                 let (reply_tx, reply_rx) = oneshot::channel();
-                if actor.send(ActorMessage::Drain(reply_tx)).is_ok() {
+                if sender.send(TaskMessage::Drain(reply_tx)).is_ok() {
                     replies.push(reply_rx);
                 }
             }
         }
-        for reply in replies {
-            // Actors reply within the revoke deadline (they stop handling
-            // queued records at once and wait at most that long for acks).
-            let _ = reply.blocking_recv();
+        let wait = self.env.settings.revoke_deadline + DRAIN_REPLY_GRACE;
+        let drained = self.runtime.block_on(async {
+            tokio::time::timeout(wait, futures::future::join_all(replies)).await
+        });
+        if drained.is_err() {
+            error!(
+                ?wait,
+                "tasks did not finish draining in time; committing what is done"
+            );
         }
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), slot) in &removed {
-            if let Some(next) = slot.tracker.lock().committable()
+        for slot in &slots {
+            if let Some(next) = slot.source.tracker.lock().committable()
                 && Some(next) != slot.committed
             {
-                let _ = offsets.add_partition_offset(topic, *partition, Offset::Offset(next));
+                let _ = offsets.add_partition_offset(
+                    &slot.source.topic,
+                    slot.source.partition,
+                    Offset::Offset(next),
+                );
             }
         }
-        if offsets.count() > 0 {
-            match consumer.commit(&offsets, CommitMode::Sync) {
-                Ok(()) => metrics::counter!(Metric::Commits.name(), "service" => self.env.settings.service.clone()).increment(1),
-                Err(error) => warn!(%error, "commit on revoke failed; the next owner re-processes from the last commit"),
-            }
-        }
-        metrics::gauge!(Metric::AssignedPartitions.name()).set(self.slots.lock().len() as f64);
+        self.commit_sync(consumer, &offsets);
+        let assigned = self.assignment.lock().slot_count();
+        metrics::gauge!(Metric::AssignedPartitions.name()).set(assigned as f64);
     }
 
-    /// Hands a record to its actor; pauses the partition above the high mark.
+    /// Records the broker's answer to a periodic commit: only a confirmed
+    /// offset counts as committed; a failed one is sent again next tick.
+    fn record_commit(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                let mut assignment = self.assignment.lock();
+                for element in offsets.elements() {
+                    if let (Offset::Offset(offset), Some(slot)) = (
+                        element.offset(),
+                        assignment.slot_mut(element.topic(), element.partition()),
+                    ) && slot.committed.is_none_or(|committed| committed < offset)
+                    {
+                        slot.committed = Some(offset);
+                    }
+                }
+                metrics::counter!(Metric::Commits.name(), "service" => self.env.settings.service.clone()).increment(1);
+            }
+            Err(error) => {
+                metrics::counter!(Metric::CommitFailures.name(), "service" => self.env.settings.service.clone()).increment(1);
+                warn!(%error, "offset commit failed; retrying at the next tick");
+            }
+        }
+    }
+
+    /// Commits synchronously, retrying a few times: a revoke or stop must
+    /// not lose the progress made since the last periodic commit.
+    fn commit_sync(&self, consumer: &BaseConsumer<Self>, offsets: &TopicPartitionList) {
+        if offsets.count() == 0 {
+            return;
+        }
+        // After any periodic commit in flight, never before it.
+        let _in_order = self.commit_lock.lock();
+        for attempt in 1..=SYNC_COMMIT_ATTEMPTS {
+            match consumer.commit(offsets, CommitMode::Sync) {
+                Ok(()) => {
+                    metrics::counter!(Metric::Commits.name(), "service" => self.env.settings.service.clone()).increment(1);
+                    return;
+                }
+                Err(error) => {
+                    metrics::counter!(Metric::CommitFailures.name(), "service" => self.env.settings.service.clone()).increment(1);
+                    warn!(%error, attempt, "synchronous commit failed");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        error!(
+            "commit failed {SYNC_COMMIT_ATTEMPTS} times; the next owner re-processes from the last commit"
+        );
+    }
+
+    /// Hands a record to its task; pauses the partition above the high mark.
     fn dispatch(
         &self,
         consumer: &BaseConsumer<Self>,
         message: rdkafka::message::BorrowedMessage<'_>,
     ) {
-        let mut slots = self.slots.lock();
-        let Some(slot) = slots.get_mut(&(message.topic().to_owned(), message.partition())) else {
+        let mut assignment = self.assignment.lock();
+        let Assignment { slots, tasks } = &mut *assignment;
+        let Some(slot) = slots
+            .get_mut(message.topic())
+            .and_then(|partitions| partitions.get_mut(&message.partition()))
+        else {
             return;
         };
-        if !slot.tracker.lock().register(message.offset()) {
+        if !slot.source.tracker.lock().register(message.offset()) {
             return; // redelivered below what we already track
         }
+        slot.next_offset = Some(message.offset() + 1);
+        let Some(task) = tasks.get(&slot.task) else {
+            return;
+        };
         let bytes =
             RECORD_OVERHEAD_BYTES + message.payload_len() + message.key().map_or(0, <[u8]>::len);
         let queued = slot.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        let actor_index = match (slot.actors.len(), message.key()) {
+        let sub_partition = match (task.senders.len(), message.key()) {
             (1, _) | (_, None) => 0,
             (count, Some(key)) => {
                 let mut hasher = DefaultHasher::new();
@@ -235,11 +489,15 @@ impl<F: StepFactory> WorkerContext<F> {
                 (hasher.finish() % count as u64) as usize
             }
         };
-        let record = ActorMessage::Record(message.detach(), bytes);
-        if slot
-            .actors
-            .get(actor_index)
-            .is_none_or(|actor| actor.send(record).is_err())
+        let record = TaskMessage::Record {
+            input: slot.input,
+            message: message.detach(),
+            bytes,
+        };
+        if task
+            .senders
+            .get(sub_partition)
+            .is_none_or(|sender| sender.send(record).is_err())
         {
             slot.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             return;
@@ -256,48 +514,53 @@ impl<F: StepFactory> WorkerContext<F> {
 
     /// Resumes paused partitions whose queue fell below the low mark.
     fn resume_drained(&self, consumer: &BaseConsumer<Self>) {
-        let mut slots = self.slots.lock();
+        let mut assignment = self.assignment.lock();
         let mut paused = 0;
-        for ((topic, partition), slot) in slots.iter_mut() {
-            let queued = slot.queued_bytes.load(Ordering::Acquire);
-            metrics::gauge!(Metric::QueueBytes.name(), "topic" => topic.clone(), "partition" => partition.to_string()).set(queued as f64);
-            if slot.paused && queued < self.env.settings.queue_low_bytes {
-                let mut list = TopicPartitionList::new();
-                list.add_partition(topic, *partition);
-                if consumer.resume(&list).is_ok() {
-                    slot.paused = false;
+        for (topic, partitions) in assignment.slots.iter_mut() {
+            for (partition, slot) in partitions.iter_mut() {
+                let queued = slot.queued_bytes.load(Ordering::Acquire);
+                metrics::gauge!(Metric::QueueBytes.name(), "topic" => topic.to_string(), "partition" => partition.to_string()).set(queued as f64);
+                if slot.paused && queued < self.env.settings.queue_low_bytes {
+                    let mut list = TopicPartitionList::new();
+                    list.add_partition(topic, *partition);
+                    if consumer.resume(&list).is_ok() {
+                        slot.paused = false;
+                    }
                 }
+                paused += usize::from(slot.paused);
             }
-            paused += usize::from(slot.paused);
         }
         metrics::gauge!(Metric::PausedPartitions.name()).set(paused as f64);
     }
 
-    /// Commits every partition's done prefix that moved since the last commit.
-    fn commit_done(&self, consumer: &BaseConsumer<Self>, mode: CommitMode) {
+    /// Hands every done prefix that moved past what the broker confirmed to
+    /// the committer thread (unless a commit is still in flight); stops the
+    /// worker when an output was lost.
+    fn commit_done(&self, committer: &std::sync::mpsc::SyncSender<TopicPartitionList>) {
         let mut offsets = TopicPartitionList::new();
-        let mut slots = self.slots.lock();
-        for ((topic, partition), slot) in slots.iter_mut() {
-            let tracker = slot.tracker.lock();
-            if tracker.failed() {
-                self.fatal.lock().get_or_insert_with(|| {
-                    format!("an output of {topic}-{partition} was lost; stopping so a restart re-consumes from the last commit")
-                });
+        let assignment = self.assignment.lock();
+        for slot in assignment.slots.values().flat_map(HashMap::values) {
+            let tracker = slot.source.tracker.lock();
+            if let Some(failed) = tracker.failed_at() {
+                self.stopper.stop(format!(
+                    "an output of {}-{} offset {failed} was lost; stopping so a restart reads it again",
+                    slot.source.topic, slot.source.partition
+                ));
             }
             if let Some(next) = tracker.committable()
                 && Some(next) != slot.committed
             {
-                let _ = offsets.add_partition_offset(topic, *partition, Offset::Offset(next));
-                slot.committed = Some(next);
+                let _ = offsets.add_partition_offset(
+                    &slot.source.topic,
+                    slot.source.partition,
+                    Offset::Offset(next),
+                );
             }
         }
-        drop(slots);
-        if offsets.count() == 0 {
-            return;
-        }
-        match consumer.commit(&offsets, mode) {
-            Ok(()) => metrics::counter!(Metric::Commits.name(), "service" => self.env.settings.service.clone()).increment(1),
-            Err(error) => warn!(%error, "offset commit failed; will retry with the next one"),
+        drop(assignment);
+        if offsets.count() > 0 {
+            // Full: the previous commit is still in flight; next tick.
+            let _ = committer.try_send(offsets);
         }
     }
 }
@@ -307,6 +570,7 @@ pub fn create_consumer<F: StepFactory>(
     context: WorkerContext<F>,
 ) -> Result<BaseConsumer<WorkerContext<F>>, rdkafka::error::KafkaError> {
     let settings = &context.env.settings;
+    let aligned = settings.input_groups.iter().any(|group| group.len() > 1);
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
@@ -321,27 +585,61 @@ pub fn create_consumer<F: StepFactory>(
             settings.session_timeout.as_millis().to_string(),
         )
         // Eager "range": partition i of every input topic lands on the same
-        // instance (joins need it); cooperative rebalancing with manual
-        // commits has known librdkafka bugs (crates.md).
+        // instance (tasks with several inputs need it); cooperative
+        // rebalancing with manual commits has known librdkafka bugs (crates.md).
         .set("partition.assignment.strategy", "range")
         .set("isolation.level", "read_committed")
-        .set("statistics.interval.ms", "5000");
+        // Aligned tasks learn from statistics when an input is at its end.
+        .set(
+            "statistics.interval.ms",
+            if aligned { "1000" } else { "5000" },
+        );
     for (key, value) in &settings.kafka.consumer {
         config.set(key, value);
     }
     config.create_with_context(context)
 }
 
-/// Polls until `stop` is set or a fatal error is recorded, then drains every
-/// partition and commits what is done.
+/// Polls until `stop` is set or the worker must stop, then drains every
+/// task and commits what is done.
 pub fn poll_loop<F: StepFactory>(consumer: BaseConsumer<WorkerContext<F>>, stop: Arc<AtomicBool>) {
+    let consumer = Arc::new(consumer);
+    let (committer, commit_requests) = std::sync::mpsc::sync_channel::<TopicPartitionList>(1);
+    let committer_thread = {
+        let consumer = Arc::clone(&consumer);
+        std::thread::Builder::new()
+            .name("adpipe-committer".to_owned())
+            .spawn(move || {
+                for offsets in commit_requests {
+                    let context = consumer.context();
+                    let _in_flight = context.commit_lock.lock();
+                    let result = consumer.commit(&offsets, CommitMode::Sync);
+                    context.record_commit(result, &offsets);
+                }
+            })
+    };
+    let committer_thread = match committer_thread {
+        Ok(thread) => Some(thread),
+        Err(error) => {
+            consumer
+                .context()
+                .stopper
+                .stop(format!("cannot start the committer thread: {error}"));
+            None
+        }
+    };
     let context = consumer.context();
     let commit_interval = context.env.settings.commit_interval;
     let mut last_commit = Instant::now();
     let mut last_resume_check = Instant::now();
-    while !stop.load(Ordering::Acquire) && context.fatal.lock().is_none() {
+    while !stop.load(Ordering::Acquire) && !context.stopper.is_stopped() {
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(message)) => context.dispatch(&consumer, message),
+            Some(Err(rdkafka::error::KafkaError::MessageConsumptionFatal(code))) => {
+                context
+                    .stopper
+                    .stop(format!("fatal consumer error: {code}"));
+            }
             Some(Err(error)) => warn!(%error, "consumer error"),
             None => {}
         }
@@ -350,14 +648,28 @@ pub fn poll_loop<F: StepFactory>(consumer: BaseConsumer<WorkerContext<F>>, stop:
             last_resume_check = Instant::now();
         }
         if last_commit.elapsed() >= commit_interval {
-            context.commit_done(&consumer, CommitMode::Async);
+            context.commit_done(&committer);
             last_commit = Instant::now();
         }
     }
-    info!("consumer stopping: draining partitions and committing");
-    context.commit_done(&consumer, CommitMode::Async);
-    let keys: Vec<SlotKey> = context.slots.lock().keys().cloned().collect();
-    context.drain_and_commit(&consumer, &keys);
+    drop(committer);
+    if let Some(thread) = committer_thread {
+        let _ = thread.join();
+    }
+    info!("consumer stopping: draining tasks and committing");
+    let partitions: Vec<(String, i32)> = {
+        let assignment = context.assignment.lock();
+        assignment
+            .slots
+            .iter()
+            .flat_map(|(topic, partitions)| {
+                partitions
+                    .keys()
+                    .map(move |partition| (topic.to_string(), *partition))
+            })
+            .collect()
+    };
+    context.drain_and_commit(&consumer, &partitions);
     context.health.ready.store(false, Ordering::Release);
     consumer.unsubscribe();
 }

@@ -1,10 +1,17 @@
 //! Dead-letter records: the original key, value and headers, plus why and
 //! where from, in `adpipe.dlq.*` headers.
+//!
+//! Two kinds: an *input* the step could not process (poison, a failure
+//! action of `dead-letter`), and an *output* the broker rejected for good
+//! (too large, invalid), which carries the coordinates of the input that
+//! produced it and the topic it was meant for.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Message, OwnedMessage};
 
+use crate::ack::AckToken;
 use crate::config::WorkerSettings;
 use crate::step::{OutputRecord, StepError};
 
@@ -22,36 +29,107 @@ pub const HEADER_OFFSET: &str = "adpipe.dlq.offset";
 pub const HEADER_SERVICE: &str = "adpipe.dlq.service";
 /// Header: when (ms since the epoch).
 pub const HEADER_TIME: &str = "adpipe.dlq.time";
+/// Header (rejected outputs): the topic the output was meant for.
+pub const HEADER_OUTPUT_TOPIC: &str = "adpipe.dlq.output.topic";
+/// Header (rejected outputs): the value's size when it was too large to keep.
+pub const HEADER_VALUE_OMITTED: &str = "adpipe.dlq.value.omitted.bytes";
+/// Reason of a rejected output.
+pub const REASON_OUTPUT_REJECTED: &str = "output_rejected";
 
-/// Builds the dead-letter record for `record`.
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis())
+}
+
+fn coordinates(
+    reason: &str,
+    error: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    service: &str,
+) -> [(String, Vec<u8>); 7] {
+    [
+        (HEADER_ERROR.to_owned(), error.as_bytes().to_vec()),
+        (HEADER_REASON.to_owned(), reason.as_bytes().to_vec()),
+        (HEADER_TOPIC.to_owned(), topic.as_bytes().to_vec()),
+        (
+            HEADER_PARTITION.to_owned(),
+            partition.to_string().into_bytes(),
+        ),
+        (HEADER_OFFSET.to_owned(), offset.to_string().into_bytes()),
+        (HEADER_SERVICE.to_owned(), service.as_bytes().to_vec()),
+        (HEADER_TIME.to_owned(), now_ms().to_string().into_bytes()),
+    ]
+}
+
+/// Builds the dead-letter record for an input `record` the step failed on.
 pub fn dead_letter_record(
     settings: &WorkerSettings,
     record: &OwnedMessage,
     headers: &[(String, Vec<u8>)],
     error: &StepError,
 ) -> OutputRecord {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis());
     let mut output = OutputRecord::new(&settings.dead_letter_topic, record.key(), record.payload());
     output.headers = headers.to_vec();
-    output.headers.extend([
-        (HEADER_ERROR.to_owned(), error.message.clone().into_bytes()),
-        (HEADER_REASON.to_owned(), error.kind.as_bytes().to_vec()),
-        (HEADER_TOPIC.to_owned(), record.topic().as_bytes().to_vec()),
-        (
-            HEADER_PARTITION.to_owned(),
-            record.partition().to_string().into_bytes(),
-        ),
-        (
-            HEADER_OFFSET.to_owned(),
-            record.offset().to_string().into_bytes(),
-        ),
-        (
-            HEADER_SERVICE.to_owned(),
-            settings.service.as_bytes().to_vec(),
-        ),
-        (HEADER_TIME.to_owned(), now_ms.to_string().into_bytes()),
-    ]);
+    output.headers.extend(coordinates(
+        error.kind,
+        &error.message,
+        record.topic(),
+        record.partition(),
+        record.offset(),
+        &settings.service,
+    ));
     output
+}
+
+/// Builds the dead letter of an output the broker rejected for good: its
+/// key, headers and value — unless it was rejected for its size, when only
+/// the size is kept (the dead letter would be refused too) — with the
+/// coordinates of the input it came from, which stays in its topic.
+pub fn rejected_output_record(
+    dead_letter_topic: &str,
+    service: &str,
+    token: &AckToken,
+    output: &OutputRecord,
+    code: RDKafkaErrorCode,
+) -> OutputRecord {
+    let source = token.source();
+    let value_len = output.value.as_ref().map_or(0, Vec::len);
+    let keep_value = !matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+    );
+    let mut record = OutputRecord::new(
+        dead_letter_topic,
+        output.key.as_deref(),
+        if keep_value {
+            output.value.as_deref()
+        } else {
+            None
+        },
+    );
+    record.headers = output.headers.clone();
+    record.headers.extend(coordinates(
+        REASON_OUTPUT_REJECTED,
+        &code.to_string(),
+        &source.topic,
+        source.partition,
+        token.offset(),
+        service,
+    ));
+    record.headers.push((
+        HEADER_OUTPUT_TOPIC.to_owned(),
+        output.topic.as_bytes().to_vec(),
+    ));
+    if !keep_value {
+        record.headers.push((
+            HEADER_VALUE_OMITTED.to_owned(),
+            value_len.to_string().into_bytes(),
+        ));
+    }
+    record
 }

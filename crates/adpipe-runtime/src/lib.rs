@@ -19,28 +19,45 @@
 //!   the done prefix is committed, and revoked partitions are fenced;
 //! - Prometheus metrics, `/livez` and `/readyz`.
 //!
+//! - a panic in a step never counts as done: the record is abandoned and the
+//!   worker stops; an output the broker rejects for good goes to the
+//!   dead-letter topic with its input's coordinates;
+//! - a task owns partition i of every topic of its input group; with several
+//!   inputs it is fed in event-time order ([`align`]), advanced by in-band
+//!   [`heartbeat`]s or, for an input at its end and silent, after `max-idle`;
+//! - a step may hold a record and complete it later ([`Held`]) and set
+//!   wall-clock or event-time timers ([`Emitter::set_timer`]);
+//! - the topics a worker reads and writes are checked before it starts.
+//!
 //! A service provides a [`Step`] (and a [`StepFactory`] that
 //! restores its state); it never sees offsets.
 #![warn(missing_docs)]
 
 mod ack;
-mod actor;
+pub mod align;
 pub mod config;
 mod consumer;
 pub mod dead_letter;
+pub mod event_time;
+pub mod heartbeat;
 mod offsets;
 mod producer;
 mod service_main;
 mod step;
+mod task;
 pub mod telemetry;
+mod timers;
+pub mod topics;
 mod worker;
 
-pub use ack::AckToken;
-pub use config::{ConfigError, FailureAction, WorkerSettings};
+pub use ack::{AckToken, Held};
+pub use config::{ConfigError, FailureAction, OutputTopic, WorkerSettings};
+pub use event_time::EventTimePolicy;
 pub use offsets::OffsetTracker;
 pub use producer::{PRODUCER_DEFAULTS, producer_config};
 pub use service_main::{ServiceArgs, init_logging, service_main};
 pub use step::{
-    Emitter, InputRecord, OutputRecord, PartitionAssignment, Step, StepError, StepFactory,
+    Emitter, InputRecord, OutputRecord, PROCESSING_TIMEOUT, Step, StepError, StepFactory,
+    TaskAssignment, Timer, TimerClock,
 };
 pub use worker::{WorkerError, WorkerHandle, run_until_stopped, shutdown_signal, start};

@@ -7,7 +7,9 @@
 //! after the longest *contiguous* prefix of completed offsets — never past
 //! an offset that is still in flight, whatever completed after it. (This is
 //! where Vector's Kafka source goes wrong: a later success must not move the
-//! commit past an earlier failure.)
+//! commit past an earlier failure.) A failed offset is never completed, so
+//! the prefix stops right before it: a revoke after a lost output commits
+//! exactly the records before the loss.
 
 use std::collections::VecDeque;
 
@@ -20,8 +22,8 @@ pub struct OffsetTracker {
     committable: Option<i64>,
     /// Registered and not completed.
     in_flight: usize,
-    /// An output could not be delivered: nothing more may be committed.
-    failed: bool,
+    /// The first offset whose output could not be delivered, if any.
+    failed_at: Option<i64>,
 }
 
 impl OffsetTracker {
@@ -69,22 +71,31 @@ impl OffsetTracker {
         }
     }
 
-    /// Marks the partition failed: an output of some record was lost, so
-    /// the only safe commit is the one already made; the worker must stop
-    /// and let a restart re-consume from there.
-    pub fn fail(&mut self) {
-        self.failed = true;
+    /// Marks `offset` failed: an output of it was lost, so it never
+    /// becomes done and nothing from it on is committed; the worker must
+    /// stop (or the partition move) so that it is read again.
+    pub fn fail(&mut self, offset: i64) {
+        self.failed_at = Some(self.failed_at.map_or(offset, |first| first.min(offset)));
     }
 
     /// Whether an output of this partition was lost.
     pub fn failed(&self) -> bool {
-        self.failed
+        self.failed_at.is_some()
+    }
+
+    /// The first offset whose output was lost.
+    pub fn failed_at(&self) -> Option<i64> {
+        self.failed_at
     }
 
     /// The offset to commit (one past the contiguous done prefix), if any
-    /// record is done and no output was lost.
+    /// record is done. Never past a failed offset: it is never completed.
     pub fn committable(&self) -> Option<i64> {
-        if self.failed { None } else { self.committable }
+        debug_assert!(
+            self.failed_at
+                .is_none_or(|failed| self.committable.is_none_or(|next| next <= failed))
+        );
+        self.committable
     }
 
     /// Registered records not yet done.
@@ -119,14 +130,17 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_output_stops_all_commits() {
+    fn a_lost_output_stops_the_prefix_before_it() {
         let mut tracker = OffsetTracker::new();
-        tracker.register(0);
-        tracker.register(1);
+        for offset in 0..4 {
+            tracker.register(offset);
+        }
         tracker.complete(0);
-        tracker.fail();
-        tracker.complete(1);
-        assert_eq!(tracker.committable(), None);
+        tracker.fail(1);
+        tracker.complete(2);
+        tracker.complete(3);
+        assert_eq!(tracker.committable(), Some(1), "only offset 0 is done");
+        assert_eq!(tracker.failed_at(), Some(1));
     }
 
     #[test]

@@ -1,22 +1,37 @@
 //! The output producer: a librdkafka producer polled on its own thread, whose
-//! delivery callback completes (or fails) the input's [`AckToken`].
+//! delivery callback settles the input's [`AckToken`].
+//!
+//! Contract:
+//! - an output acknowledged by the broker drops its clone of the token (and
+//!   sends its follow-up, if any, only now);
+//! - an output the broker can never take (too large, invalid) is *rejected*:
+//!   instead of failing the input, a dead-letter record goes out in its
+//!   place, carrying the input's coordinates, the output topic and the
+//!   broker's reason; the input is done when that is acknowledged — so one
+//!   oversized record does not crash-loop the instance;
+//! - any other delivery failure (librdkafka already retried until
+//!   `message.timeout.ms`) fails the token: its offset is never done and the
+//!   worker stops, so a restart reads it again.
 //!
 //! A `BaseProducer` with a delivery opaque costs about a third of the CPU of
 //! a `FutureProducer` per message (crates.md), and needs no task per record.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tokio::sync::mpsc;
 use tracing::error;
 
 use crate::ack::AckToken;
+use crate::dead_letter;
 use crate::step::OutputRecord;
 use crate::telemetry::Metric;
 
@@ -43,54 +58,156 @@ pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
     config
 }
 
-/// What travels with a message through librdkafka.
-pub struct Delivery {
-    token: AckToken,
-    then: Option<Box<OutputRecord>>,
+/// Whether the broker (or librdkafka's own size check) will never accept
+/// this record, however often it is retried.
+pub fn rejects_record(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRecord
+    )
 }
 
-/// Delivery callbacks: complete tokens, hand follow-ups to the sender task.
+/// What travels with a message through librdkafka.
+pub struct Delivery {
+    /// `None`: an output no record waits for (emitted from a timer).
+    token: Option<AckToken>,
+    then: Option<Box<OutputRecord>>,
+    /// This is already the dead letter of a rejected output: never again.
+    dead_letter: bool,
+}
+
+/// A record to send from the follow-up task (outside the delivery callback).
+pub struct FollowUp {
+    record: OutputRecord,
+    token: Option<AckToken>,
+    dead_letter: bool,
+}
+
+/// Delivery callbacks: settle tokens, hand follow-ups to the sender task.
 pub struct AckContext {
     service: String,
-    followups: mpsc::UnboundedSender<(OutputRecord, AckToken)>,
-    /// Follow-ups waiting to be sent; actors hold back new outputs while it
+    dead_letter_topic: String,
+    followups: mpsc::UnboundedSender<FollowUp>,
+    /// Follow-ups waiting to be sent; tasks hold back new outputs while it
     /// is large, so changelogs keep up with the outputs they describe (the
     /// gap between them is what a crash re-emits).
     followup_backlog: Arc<AtomicUsize>,
+    /// Produced-records counters by topic, resolved once per topic: a
+    /// labelled lookup per record would allocate on the hot path.
+    produced: Mutex<HashMap<Box<str>, metrics::Counter>>,
 }
 
 impl ClientContext for AckContext {}
+
+impl AckContext {
+    fn count_produced(&self, topic: &str) {
+        let mut produced = self.produced.lock();
+        if let Some(counter) = produced.get(topic) {
+            counter.increment(1);
+            return;
+        }
+        let counter = metrics::counter!(Metric::RecordsProduced.name(), "service" => self.service.clone(), "topic" => topic.to_owned());
+        counter.increment(1);
+        produced.insert(topic.into(), counter);
+    }
+
+    fn follow_up(&self, followup: FollowUp) {
+        let token = followup.token.clone();
+        if let Some(token) = &token {
+            token.output_sent(); // in flight from now, not from when it is sent
+        }
+        self.followup_backlog.fetch_add(1, Ordering::AcqRel);
+        if self.followups.send(followup).is_err()
+            && let Some(token) = token
+        {
+            token.fail();
+            token.output_settled();
+        }
+    }
+}
 
 impl ProducerContext for AckContext {
     type DeliveryOpaque = Box<Delivery>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
+        let Delivery {
+            token,
+            then,
+            dead_letter,
+        } = *delivery;
         match result {
             Ok(message) => {
-                use rdkafka::message::Message;
-                metrics::counter!(Metric::RecordsProduced.name(), "service" => self.service.clone(), "topic" => message.topic().to_owned()).increment(1);
-                let Delivery { token, then } = *delivery;
+                self.count_produced(message.topic());
                 if let Some(then) = then {
                     // Producing from inside the callback could block the
                     // thread that runs callbacks; a task sends it instead.
-                    self.followup_backlog.fetch_add(1, Ordering::AcqRel);
-                    if self.followups.send((*then, token.clone())).is_err() {
-                        token.fail();
-                    }
+                    self.follow_up(FollowUp {
+                        record: *then,
+                        token: token.clone(),
+                        dead_letter: false,
+                    });
+                }
+            }
+            Err((KafkaError::MessageProduction(code), message))
+                if rejects_record(*code) && !dead_letter && token.is_some() =>
+            {
+                metrics::counter!(Metric::OutputsRejected.name(), "service" => self.service.clone(), "topic" => message.topic().to_owned()).increment(1);
+                error!(error = %code, topic = message.topic(), "the broker rejected an output for good; dead-lettering it with its input's coordinates");
+                if let Some(token) = &token {
+                    let record = dead_letter::rejected_output_record(
+                        &self.dead_letter_topic,
+                        &self.service,
+                        token,
+                        &rejected_output(message),
+                        *code,
+                    );
+                    self.follow_up(FollowUp {
+                        record,
+                        token: Some(token.clone()),
+                        dead_letter: true,
+                    });
                 }
             }
             Err((error, message)) => {
-                use rdkafka::message::Message;
                 // librdkafka already retried until message.timeout.ms: the
                 // output is lost, so the partition must not commit past it.
-                error!(%error, topic = message.topic(), "output delivery failed; partition will stop committing");
-                delivery.token.fail();
+                error!(%error, topic = message.topic(), "output delivery failed; the input will be read again after a restart");
+                if let Some(token) = &token {
+                    token.fail();
+                }
             }
+        }
+        if let Some(token) = &token {
+            token.output_settled();
         }
     }
 }
 
-/// Follow-ups queued above which actors wait before producing more.
+/// The output as librdkafka returned it with its failure.
+fn rejected_output(message: &rdkafka::message::BorrowedMessage<'_>) -> OutputRecord {
+    let mut record = OutputRecord::new(message.topic(), message.key(), message.payload());
+    record.headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| {
+                    (
+                        header.key.to_owned(),
+                        header.value.unwrap_or_default().to_vec(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    record
+}
+
+/// Follow-ups queued above which tasks wait before producing more.
 const MAX_FOLLOWUP_BACKLOG: usize = 1_000;
 
 /// The shared producer of a worker.
@@ -108,27 +225,39 @@ pub enum SendError {
     Failed(KafkaError),
 }
 
+/// Where a worker's producer writes and what it calls itself.
+pub struct ProducerSetup<'a> {
+    /// Service name (client id, metric label).
+    pub service: &'a str,
+    /// Bootstrap servers.
+    pub bootstrap_servers: &'a str,
+    /// Where rejected outputs go.
+    pub dead_letter_topic: &'a str,
+    /// librdkafka overrides.
+    pub overrides: &'a std::collections::BTreeMap<String, String>,
+}
+
 impl OutputProducer {
     /// Creates the producer and the receiver of follow-up records.
     pub fn new(
-        service: &str,
-        bootstrap_servers: &str,
-        overrides: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(Self, mpsc::UnboundedReceiver<(OutputRecord, AckToken)>), KafkaError> {
+        setup: &ProducerSetup<'_>,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<FollowUp>), KafkaError> {
         let (followups, followup_rx) = mpsc::unbounded_channel();
-        let mut config = producer_config(bootstrap_servers);
+        let mut config = producer_config(setup.bootstrap_servers);
         config
-            .set("client.id", format!("adpipe-{service}"))
+            .set("client.id", format!("adpipe-{}", setup.service))
             // A broker restart must not lose outputs: keep retrying for 10 min.
             .set("message.timeout.ms", "600000");
-        for (key, value) in overrides {
+        for (key, value) in setup.overrides {
             config.set(key, value);
         }
         let followup_backlog = Arc::new(AtomicUsize::new(0));
         let context = AckContext {
-            service: service.to_owned(),
+            service: setup.service.to_owned(),
+            dead_letter_topic: setup.dead_letter_topic.to_owned(),
             followups,
             followup_backlog: Arc::clone(&followup_backlog),
+            produced: Mutex::new(HashMap::new()),
         };
         let producer = config.create_with_context(context)?;
         Ok((
@@ -140,9 +269,21 @@ impl OutputProducer {
         ))
     }
 
-    /// Hands one output to librdkafka. On `QueueFull` nothing was sent and
-    /// the caller keeps its token to retry.
-    pub fn send(&self, output: &OutputRecord, token: &AckToken) -> Result<(), SendError> {
+    /// Hands one output to librdkafka (counted in flight for its task). On
+    /// `QueueFull` nothing was sent and the caller keeps its token to retry.
+    /// A record librdkafka refuses for good (larger than `message.max.bytes`)
+    /// is dead-lettered in its place.
+    pub fn send(&self, output: &OutputRecord, token: Option<&AckToken>) -> Result<(), SendError> {
+        self.send_as(output, token, false, true)
+    }
+
+    fn send_as(
+        &self,
+        output: &OutputRecord,
+        token: Option<&AckToken>,
+        dead_letter: bool,
+        count: bool,
+    ) -> Result<(), SendError> {
         let mut headers = OwnedHeaders::new_with_capacity(output.headers.len());
         for (key, value) in &output.headers {
             headers = headers.insert(Header {
@@ -151,8 +292,9 @@ impl OutputProducer {
             });
         }
         let delivery = Box::new(Delivery {
-            token: token.clone(),
+            token: token.cloned(),
             then: output.then.clone(),
+            dead_letter,
         });
         let mut record: BaseRecord<'_, [u8], [u8], Box<Delivery>> =
             BaseRecord::with_opaque_to(&output.topic, delivery).headers(headers);
@@ -165,15 +307,54 @@ impl OutputProducer {
         if let Some(partition) = output.partition {
             record = record.partition(partition);
         }
+        if let Some(timestamp) = output.timestamp_ms {
+            record = record.timestamp(timestamp);
+        }
+        if count && let Some(token) = token {
+            token.output_sent();
+        }
+        let settle = |token: Option<&AckToken>| {
+            if let Some(token) = token {
+                token.output_settled();
+            }
+        };
         match self.producer.send(record) {
             Ok(()) => Ok(()),
             // Dropping the returned opaque drops our clone of the token, which
             // is fine: the caller still holds its own.
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                if count {
+                    settle(token);
+                }
                 Err(SendError::QueueFull)
             }
+            Err((KafkaError::MessageProduction(code), _))
+                if rejects_record(code) && !dead_letter && token.is_some() =>
+            {
+                if count {
+                    settle(token); // the dead letter below counts itself
+                }
+                let Some(token) = token else {
+                    return Ok(());
+                };
+                metrics::counter!(Metric::OutputsRejected.name(), "service" => self.producer.context().service.clone(), "topic" => output.topic.clone()).increment(1);
+                error!(error = %code, topic = %output.topic, "an output exceeds what the producer may send; dead-lettering it with its input's coordinates");
+                let context = self.producer.context();
+                let record = dead_letter::rejected_output_record(
+                    &context.dead_letter_topic,
+                    &context.service,
+                    token,
+                    output,
+                    code,
+                );
+                // The dead letter takes the output's place in flight.
+                self.send_as(&record, Some(token), true, count)
+            }
             Err((error, _)) => {
-                token.fail();
+                settle(token);
+                if let Some(token) = token {
+                    token.fail();
+                }
                 Err(SendError::Failed(error))
             }
         }
@@ -192,15 +373,22 @@ impl OutputProducer {
     }
 }
 
-/// Sends follow-up records (produced after their primary was acknowledged),
-/// retrying while the local queue is full.
+/// Sends follow-up records (produced after their primary was acknowledged,
+/// or dead letters in place of rejected outputs), retrying while the local
+/// queue is full. They were counted in flight when queued.
 pub async fn run_followups(
-    producer: std::sync::Arc<OutputProducer>,
-    mut followups: mpsc::UnboundedReceiver<(OutputRecord, AckToken)>,
+    producer: Arc<OutputProducer>,
+    mut followups: mpsc::UnboundedReceiver<FollowUp>,
 ) {
-    while let Some((record, token)) = followups.recv().await {
-        // A `Failed` send already failed the token; only a full queue retries.
-        while let Err(SendError::QueueFull) = producer.send(&record, &token) {
+    while let Some(followup) = followups.recv().await {
+        // A `Failed` send already failed and settled the token; only a full
+        // queue retries.
+        while let Err(SendError::QueueFull) = producer.send_as(
+            &followup.record,
+            followup.token.as_ref(),
+            followup.dead_letter,
+            false,
+        ) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         producer.followup_backlog.fetch_sub(1, Ordering::AcqRel);

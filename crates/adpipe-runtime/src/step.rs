@@ -1,10 +1,22 @@
-//! What a service plugs into the runtime: a processing step.
+//! What a service plugs into the runtime: a processing step, what it sees
+//! of a record, and the [`Emitter`] through which it answers.
+//!
+//! Contract: a step never does Kafka IO and never sees offsets; it emits
+//! outputs (tied to the current record's acknowledgement), may hold a
+//! record to complete it later ([`Held`]), and may set timers that call it
+//! back ([`Step::on_timer`]). So every step can be unit-tested by calling it.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::ack::{AckToken, Held};
+use crate::event_time::EventTimePolicy;
+
 use adpipe_codec::{DecodeError, Disposition, WriterSchema};
 use serde::de::DeserializeOwned;
+
+/// Error kind of an attempt cut off by the processing timeout.
+pub const PROCESSING_TIMEOUT: &str = "processing_timeout";
 
 /// A failed step, with what the runtime should do about it.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +72,9 @@ impl From<DecodeError> for StepError {
 pub struct InputRecord<'a> {
     /// Source topic.
     pub topic: &'a str,
+    /// Which of the task's inputs it came from (index into
+    /// [`TaskAssignment::inputs`]).
+    pub input: usize,
     /// Source partition.
     pub partition: i32,
     /// Source offset.
@@ -73,8 +88,12 @@ pub struct InputRecord<'a> {
     /// Record headers.
     pub headers: &'a [(String, Vec<u8>)],
     /// The value's writer schema, resolved by the runtime when the worker
-    /// decodes values (see `WorkerSettings::decode_values`).
+    /// decodes values (see `WorkerSettings::registry_url`).
     pub writer: Option<Arc<WriterSchema>>,
+    /// In a task with several time-aligned inputs: how far (ms of event
+    /// time) behind records already handed to the step this one came — a
+    /// straggler, processed anyway. `None` when it came in order.
+    pub lateness_ms: Option<i64>,
 }
 
 impl InputRecord<'_> {
@@ -91,6 +110,14 @@ impl InputRecord<'_> {
         let (_, datum) = adpipe_codec::split_header(value)?;
         Ok(writer.decode_datum(datum)?)
     }
+
+    /// The value of header `key`, if present.
+    pub fn header(&self, key: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_slice())
+    }
 }
 
 /// A record to produce.
@@ -106,6 +133,8 @@ pub struct OutputRecord {
     pub value: Option<Vec<u8>>,
     /// Headers.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// Kafka timestamp (ms); `None` lets the producer stamp it.
+    pub timestamp_ms: Option<i64>,
     /// Produced only after this record is acknowledged, sharing its ack:
     /// for state changelogs that must never get ahead of the output they
     /// describe (see the deduplicator).
@@ -121,42 +150,119 @@ impl OutputRecord {
             key: key.map(<[u8]>::to_vec),
             value: value.map(<[u8]>::to_vec),
             headers: Vec::new(),
+            timestamp_ms: None,
             then: None,
         }
     }
 }
 
-/// Collects the outputs of one input record.
+/// Which clock a timer follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimerClock {
+    /// Wall-clock milliseconds since the epoch: fires when that time comes,
+    /// whether records arrive or not (bounded waits).
+    Wall,
+    /// Event time: fires once the task's event time (the latest event time
+    /// handed to the step) reaches it.
+    Event,
+}
+
+/// A timer a step set, as it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timer {
+    /// Its clock.
+    pub clock: TimerClock,
+    /// When (ms on that clock).
+    pub at_ms: i64,
+    /// The step's own identifier (what to do when it fires).
+    pub id: u64,
+}
+
+/// An output waiting to be handed to the producer, with the
+/// acknowledgement it belongs to (`None`: the record being processed).
+#[derive(Debug)]
+pub(crate) struct Emitted {
+    pub(crate) record: OutputRecord,
+    pub(crate) held: Option<AckToken>,
+}
+
+/// Collects what a step does with one record (or one timer): outputs,
+/// holds, timers.
 #[derive(Debug, Default)]
 pub struct Emitter {
-    pub(crate) outputs: Vec<OutputRecord>,
+    pub(crate) emitted: Vec<Emitted>,
     pub(crate) event_time_ms: Option<i64>,
+    pub(crate) timers: Vec<Timer>,
+    /// The record being processed (`None` in timers and unit tests).
+    pub(crate) current: Option<AckToken>,
+    /// Whether any output belongs to no acknowledgement (see [`Self::emit`]).
+    pub(crate) untracked: bool,
+    /// Which event times are accepted.
+    pub(crate) policy: EventTimePolicy,
 }
 
 impl Emitter {
-    /// Emits a record.
+    /// Emits a record for the record being processed: that record is done
+    /// only once this output is acknowledged. Emitted from
+    /// [`Step::on_timer`] (no record), the output is tracked by nothing —
+    /// use [`Self::emit_held`] for outputs that must not be lost.
     pub fn emit(&mut self, record: OutputRecord) {
-        self.outputs.push(record);
+        self.untracked |= self.current.is_none();
+        self.emitted.push(Emitted { record, held: None });
     }
 
-    /// Reports the input's event time, for the end-to-end latency metric.
-    pub fn observe_event_time(&mut self, event_time_ms: i64) {
+    /// Emits a record for a held record: the held record is done once it
+    /// is released and this output is acknowledged.
+    pub fn emit_held(&mut self, held: &Held, record: OutputRecord) {
+        self.emitted.push(Emitted {
+            record,
+            held: held.token().cloned(),
+        });
+    }
+
+    /// Holds the record being processed: it stays uncommitted until the
+    /// returned [`Held`] is released (deferred acknowledgement).
+    pub fn hold(&mut self) -> Held {
+        Held::new(self.current.clone())
+    }
+
+    /// Asks for [`Step::on_timer`] at `at_ms` on `clock`, with `id`.
+    pub fn set_timer(&mut self, clock: TimerClock, at_ms: i64, id: u64) {
+        self.timers.push(Timer { clock, at_ms, id });
+    }
+
+    /// Reports the input's event time — for the end-to-end latency metric,
+    /// and as the task's event-time clock for single-input tasks — after
+    /// checking it against the event-time rule ([`EventTimePolicy`]): an
+    /// implausible or far-future time is a poison error (return it, and the
+    /// record goes to the dead-letter topic before it touches any state).
+    pub fn observe_event_time(&mut self, event_time_ms: i64) -> Result<(), StepError> {
+        self.policy
+            .check(event_time_ms, crate::event_time::now_ms())?;
         self.event_time_ms = Some(event_time_ms);
+        Ok(())
     }
 
     /// The records emitted so far.
-    pub fn outputs(&self) -> &[OutputRecord] {
-        &self.outputs
+    pub fn outputs(&self) -> impl ExactSizeIterator<Item = &OutputRecord> {
+        self.emitted.iter().map(|emitted| &emitted.record)
+    }
+
+    /// The timers set so far.
+    pub fn timers(&self) -> &[Timer] {
+        &self.timers
     }
 
     pub(crate) fn clear(&mut self) {
-        self.outputs.clear();
+        self.emitted.clear();
+        self.timers.clear();
         self.event_time_ms = None;
+        self.untracked = false;
     }
 }
 
-/// The processing logic of a service, one instance per assigned partition
-/// (or sub-partition).
+/// The processing logic of a service, one instance per task: partition i
+/// of each of its inputs (or a sub-partition of them by key).
 ///
 /// Contract: `process` does no Kafka IO (the runtime does all of it), so a
 /// step can be unit-tested by calling it. It is async so that a step which
@@ -166,7 +272,11 @@ impl Emitter {
 /// must be *cancel-safe and atomic*: change its state only after its last
 /// `.await`, and leave it unchanged when returning an error, because the
 /// runtime may retry the same record. Emitting no output acknowledges the
-/// input at once.
+/// input at once (unless the step [holds](Emitter::hold) it).
+///
+/// A panic in a step is caught: the record is abandoned (never done), the
+/// panic is logged with the record's coordinates, and the worker stops, so
+/// nothing after the record is committed.
 pub trait Step: Send + 'static {
     /// Handles one record.
     fn process(
@@ -174,6 +284,25 @@ pub trait Step: Send + 'static {
         record: &InputRecord<'_>,
         out: &mut Emitter,
     ) -> impl Future<Output = Result<(), StepError>> + Send;
+
+    /// The record's event time (ms), by which a task with several inputs
+    /// orders them. Called before `process`, only in such tasks. The
+    /// default is the Kafka timestamp; steps whose producers do not stamp
+    /// records with the event time read it from the value.
+    fn event_time(&self, record: &InputRecord<'_>) -> Result<i64, StepError> {
+        record.timestamp_ms.ok_or_else(|| {
+            StepError::poison(
+                "no_event_time",
+                "the record has no timestamp to order it by",
+            )
+        })
+    }
+
+    /// A timer set through [`Emitter::set_timer`] fired.
+    fn on_timer(&mut self, timer: Timer, out: &mut Emitter) -> Result<(), StepError> {
+        let _ = (timer, out);
+        Ok(())
+    }
 
     /// Entries held in state, for the state-size metric.
     fn state_entries(&self) -> usize {
@@ -185,22 +314,26 @@ pub trait Step: Send + 'static {
         0
     }
 
-    /// Called when the partition is revoked or the worker stops, after
-    /// in-flight outputs were acknowledged (`drained`) or the revoke
-    /// deadline passed with some still in flight (`!drained`). A step may
-    /// save local state here; it runs on the actor's task, inside
-    /// `tokio::task::block_in_place`, so blocking IO is allowed.
+    /// Called when the task's partitions are revoked or the worker stops,
+    /// after every output was acknowledged and none was lost (`drained`),
+    /// or with `!drained` when the revoke deadline passed with outputs in
+    /// flight or an output failed. A step may save local state only when
+    /// drained. It runs on the task, inside `tokio::task::block_in_place`,
+    /// so blocking IO is allowed.
     fn on_revoke(&mut self, drained: bool) {
         let _ = drained;
     }
 }
 
-/// Where a step instance runs.
+/// What a task owns: partition `partition` of each of its inputs (a group
+/// of co-partitioned topics), or one sub-partition of them by key hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionAssignment {
-    /// Source topic.
-    pub topic: String,
-    /// Source partition.
+pub struct TaskAssignment {
+    /// Index of the input group in the worker's settings.
+    pub group: usize,
+    /// The group's topics, in configuration order.
+    pub inputs: Vec<String>,
+    /// The partition index, the same in every input.
     pub partition: i32,
     /// Sub-partition index (0 unless sub-partitioning is on).
     pub sub_partition: u16,
@@ -208,11 +341,12 @@ pub struct PartitionAssignment {
     pub sub_partitions: u16,
 }
 
-/// Builds a step for a newly assigned partition. Called on a blocking
-/// thread, so it may restore state with blocking IO (a changelog read).
+/// Builds a step for a newly assigned task. Called on a blocking thread, so
+/// it may restore state with blocking IO (a changelog read); a revoke that
+/// comes first stops waiting for it.
 pub trait StepFactory: Send + Sync + 'static {
     /// The step type.
     type Step: Step;
     /// Creates (and restores) the step for `assignment`.
-    fn create(&self, assignment: &PartitionAssignment) -> Result<Self::Step, StepError>;
+    fn create(&self, assignment: &TaskAssignment) -> Result<Self::Step, StepError>;
 }

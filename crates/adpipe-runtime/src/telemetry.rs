@@ -42,6 +42,20 @@ pub enum Metric {
     Rebalances,
     /// Partitions assigned to this instance.
     AssignedPartitions,
+    /// Outputs the broker rejected for good, dead-lettered instead (`service`, `topic`).
+    OutputsRejected,
+    /// Late records (`service`, `topic`, `reason`): `out_of_order` — handed to
+    /// a time-aligned step after later ones (stragglers); a service's own
+    /// rule, e.g. the deduplicator's `outside_window`.
+    LateRecords,
+    /// How late those records were, seconds of event time (histogram, `service`).
+    LatenessSeconds,
+    /// Offset commits the broker refused or that timed out (`service`); retried.
+    CommitFailures,
+    /// Steps that panicked (`service`); the worker stops after one.
+    StepPanics,
+    /// Time-aligned tasks waiting for an input they were not assigned (`service`).
+    IncompleteTasks,
 }
 
 impl Metric {
@@ -62,6 +76,12 @@ impl Metric {
             Metric::Commits => "adpipe_commits_total",
             Metric::Rebalances => "adpipe_rebalances_total",
             Metric::AssignedPartitions => "adpipe_assigned_partitions",
+            Metric::OutputsRejected => "adpipe_outputs_rejected_total",
+            Metric::LateRecords => "adpipe_late_records_total",
+            Metric::LatenessSeconds => "adpipe_lateness_seconds",
+            Metric::CommitFailures => "adpipe_commit_failures_total",
+            Metric::StepPanics => "adpipe_step_panics_total",
+            Metric::IncompleteTasks => "adpipe_incomplete_tasks",
         }
     }
 }
@@ -92,6 +112,12 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
                         &lag,
                     )
                 })
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(Metric::LatenessSeconds.name().to_owned()),
+                        &lag,
+                    )
+                })
                 .map(|builder| {
                     builder.idle_timeout(
                         metrics_util::MetricKindMask::ALL,
@@ -112,12 +138,26 @@ pub struct Health {
     pub ready: AtomicBool,
 }
 
-/// Serves /metrics, /livez and /readyz until the returned handle is stopped.
+/// How often histograms are compacted even when nobody scrapes, so their
+/// memory stays flat (metrics-exporter-prometheus only does it on render).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Serves /metrics, /livez and /readyz until the returned handle is stopped,
+/// and runs the recorder's upkeep on a timer.
 pub fn serve(
     listen: SocketAddr,
     health: Arc<Health>,
 ) -> std::io::Result<(SocketAddr, actix_web::dev::ServerHandle)> {
     let handle = install_recorder();
+    if let Some(handle) = handle.clone() {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+            loop {
+                ticks.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     let server = HttpServer::new(move || {
         let metrics = handle.clone();
         let health = Arc::clone(&health);
@@ -125,10 +165,7 @@ pub fn serve(
             .route(
                 "/metrics",
                 web::get().to(move || {
-                    let body = metrics.as_ref().map(|handle| {
-                        handle.run_upkeep();
-                        handle.render()
-                    });
+                    let body = metrics.as_ref().map(PrometheusHandle::render);
                     async move {
                         HttpResponse::Ok()
                             .content_type("text/plain; version=0.0.4")

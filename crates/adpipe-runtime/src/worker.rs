@@ -7,15 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use adpipe_codec::{Codec, RegistryClient};
-use parking_lot::Mutex;
 use rdkafka::consumer::Consumer;
 use tracing::info;
 
-use crate::actor::ActorEnv;
 use crate::config::WorkerSettings;
 use crate::consumer::{WorkerContext, create_consumer, poll_loop};
-use crate::producer::{OutputProducer, run_followups};
+use crate::producer::{OutputProducer, ProducerSetup, run_followups};
 use crate::step::StepFactory;
+use crate::task::{Stopper, TaskEnv};
 use crate::telemetry::{Health, serve};
 
 /// Why a worker could not start or had to stop.
@@ -33,12 +32,15 @@ pub enum WorkerError {
     /// A fatal error stopped the worker (the reason says which record).
     #[error("stopped: {0}")]
     Fatal(String),
+    /// Topics it needs are missing or not co-partitioned; nothing started.
+    #[error("refusing to start, the topics do not fit:\n  - {}", .0.join("\n  - "))]
+    Topics(Vec<String>),
 }
 
 /// A running worker.
 pub struct WorkerHandle {
     stop: Arc<AtomicBool>,
-    fatal: Arc<Mutex<Option<String>>>,
+    stopper: Arc<Stopper>,
     consumer_thread: Option<std::thread::JoinHandle<()>>,
     producer: Arc<OutputProducer>,
     http: actix_web::dev::ServerHandle,
@@ -55,11 +57,16 @@ pub fn start<F: StepFactory>(
     settings: WorkerSettings,
     factory: F,
 ) -> Result<WorkerHandle, WorkerError> {
-    let (producer, followups) = OutputProducer::new(
-        &settings.service,
-        &settings.kafka.bootstrap_servers,
-        &settings.kafka.producer,
-    )?;
+    let problems = crate::topics::check(&settings)?;
+    if !problems.is_empty() {
+        return Err(WorkerError::Topics(problems));
+    }
+    let (producer, followups) = OutputProducer::new(&ProducerSetup {
+        service: &settings.service,
+        bootstrap_servers: &settings.kafka.bootstrap_servers,
+        dead_letter_topic: &settings.dead_letter_topic,
+        overrides: &settings.kafka.producer,
+    })?;
     let producer = Arc::new(producer);
     tokio::spawn(run_followups(Arc::clone(&producer), followups));
     let codec = match &settings.registry_url {
@@ -69,10 +76,10 @@ pub fn start<F: StepFactory>(
     let health = Arc::new(Health::default());
     let (http_address, http) = serve(settings.http_listen, Arc::clone(&health))
         .map_err(|error| WorkerError::Http(settings.http_listen, error))?;
-    let fatal = Arc::new(Mutex::new(None));
+    let stopper = Arc::new(Stopper::default());
     let revoke_deadline = settings.revoke_deadline;
-    let topics = settings.input_topics.clone();
-    let env = Arc::new(ActorEnv {
+    let topics = settings.input_topics();
+    let env = Arc::new(TaskEnv {
         settings,
         producer: Arc::clone(&producer),
         codec,
@@ -81,7 +88,7 @@ pub fn start<F: StepFactory>(
         env,
         Arc::new(factory),
         tokio::runtime::Handle::current(),
-        Arc::clone(&fatal),
+        Arc::clone(&stopper),
         Arc::clone(&health),
     );
     let consumer = create_consumer(context)?;
@@ -100,7 +107,7 @@ pub fn start<F: StepFactory>(
     info!(%http_address, ?topics, "worker started");
     Ok(WorkerHandle {
         stop,
-        fatal,
+        stopper,
         consumer_thread: Some(consumer_thread),
         producer,
         http,
@@ -114,8 +121,8 @@ impl WorkerHandle {
     /// Waits until the worker stops by itself (a fatal error) and returns it.
     pub async fn stopped(&self) -> String {
         loop {
-            if let Some(reason) = self.fatal.lock().clone() {
-                return reason;
+            if self.stopper.is_stopped() {
+                return self.stopper.reason().unwrap_or_default();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -131,7 +138,7 @@ impl WorkerHandle {
         let deadline = self.revoke_deadline;
         let _ = tokio::task::spawn_blocking(move || producer.flush(deadline)).await;
         self.http.stop(true).await;
-        match self.fatal.lock().clone() {
+        match self.stopper.reason() {
             Some(reason) => Err(WorkerError::Fatal(reason)),
             None => Ok(()),
         }

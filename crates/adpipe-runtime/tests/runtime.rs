@@ -1,273 +1,44 @@
 //! The runtime on the real central cluster (`infra/kafka.sh start`), with
-//! test steps: processing timeouts cut off a hanging step and the failure
-//! action for `processing_timeout` decides what happens; sub-partitions run
-//! one partition's keys in parallel while keeping each key's order.
+//! the test step of `support`: processing timeouts and failure actions,
+//! sub-partitions, and the faults that must never lose a record — a
+//! panicking step, an output the broker rejects, an output that is lost,
+//! a revoke that must not wait for ever — plus held records and timers,
+//! tasks with several time-aligned inputs, and the start-up topic check.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use adpipe_runtime::config::{HttpConfig, KafkaConfig, RuntimeConfig, load_layers};
-use adpipe_runtime::dead_letter::HEADER_REASON;
-use adpipe_runtime::{
-    Emitter, InputRecord, OutputRecord, PartitionAssignment, Step, StepError, StepFactory,
-    WorkerSettings,
+use adpipe_runtime::dead_letter::{
+    HEADER_OFFSET, HEADER_OUTPUT_TOPIC, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC,
+    HEADER_VALUE_OMITTED, REASON_OUTPUT_REJECTED,
 };
-use rdkafka::ClientConfig;
-use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-
-/// Topics `<prefix>.{in,out,dlq}` on the central cluster.
-struct Topics {
-    bootstrap: String,
-    prefix: String,
-}
-
-impl Topics {
-    async fn create(name: &str, partitions: i32) -> Topics {
-        let bootstrap = adpipe_testkit::kafka("central");
-        let prefix = adpipe_testkit::unique(name);
-        let [input, output, dlq] = ["in", "out", "dlq"].map(|suffix| format!("{prefix}.{suffix}"));
-        adpipe_testkit::create_topics(
-            &bootstrap,
-            &[
-                (&input, partitions, &[]),
-                (&output, partitions, &[]),
-                (&dlq, 1, &[]),
-            ],
-        )
-        .await;
-        Topics { bootstrap, prefix }
-    }
-
-    fn name(&self, suffix: &str) -> String {
-        format!("{}.{suffix}", self.prefix)
-    }
-
-    /// Worker settings: the runtime defaults, this test's topics, and `extra` TOML.
-    fn settings(&self, extra: &str) -> WorkerSettings {
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "kebab-case")]
-        struct Raw {
-            kafka: KafkaConfig,
-            runtime: RuntimeConfig,
-            http: HttpConfig,
-        }
-        let service = format!(
-            "[kafka]\nbootstrap-servers = \"{}\"\ngroup-id = \"{}-group\"\n\
-             [runtime]\ndead-letter-topic = \"{}\"\ncommit-interval = \"200ms\"\n{extra}",
-            self.bootstrap,
-            self.prefix,
-            self.name("dlq"),
-        );
-        let raw: Raw = toml::Value::Table(
-            load_layers(&service, None, std::iter::empty()).expect("config layers"),
-        )
-        .try_into()
-        .expect("config shape");
-        let mut problems = Vec::new();
-        let settings = WorkerSettings::validate(
-            "runtime-test",
-            vec![self.name("in")],
-            raw.kafka,
-            raw.runtime,
-            raw.http,
-            None,
-            &mut problems,
-        );
-        assert!(problems.is_empty(), "{problems:?}");
-        settings
-    }
-
-    /// Produces `(partition, key, value)` records in order.
-    async fn produce(&self, records: &[(i32, String, String)]) {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("enable.idempotence", "true")
-            .create()
-            .expect("producer");
-        let input = self.name("in");
-        for (partition, key, value) in records {
-            producer
-                .send(
-                    FutureRecord::to(&input)
-                        .partition(*partition)
-                        .key(key)
-                        .payload(value),
-                    Duration::from_secs(10),
-                )
-                .await
-                .expect("produced");
-        }
-    }
-
-    async fn wait_committed_to_end(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let (bootstrap, group, input) = (
-                self.bootstrap.clone(),
-                format!("{}-group", self.prefix),
-                self.name("in"),
-            );
-            let done = tokio::task::spawn_blocking(move || {
-                adpipe_testkit::committed_to_end(&bootstrap, &group, &input)
-            })
-            .await
-            .expect("check");
-            if done {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "input not committed to its end in {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Runs a worker until it has committed the whole input, then stops it.
-    async fn run_to_end(&self, settings: WorkerSettings, factory: TestFactory) {
-        let worker = adpipe_runtime::start(settings, factory).expect("worker starts");
-        self.wait_committed_to_end(Duration::from_secs(120)).await;
-        worker.stop().await.expect("clean stop");
-    }
-
-    async fn read(&self, suffix: &str) -> Vec<OwnedMessage> {
-        let (bootstrap, topic) = (self.bootstrap.clone(), self.name(suffix));
-        tokio::task::spawn_blocking(move || adpipe_testkit::read_all(&bootstrap, &topic))
-            .await
-            .expect("read")
-    }
-}
-
-fn text(bytes: Option<&[u8]>) -> String {
-    String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned()
-}
-
-/// A step that copies records, waits `delay` on each, hangs on values
-/// starting with "hang", and hangs only the first attempt on values starting
-/// with "slow-once". It counts how many records are being processed at once.
-struct TestStep {
-    output: String,
-    delay: Duration,
-    attempts: HashMap<String, u32>,
-    running: Arc<AtomicUsize>,
-    most_running: Arc<AtomicUsize>,
-}
-
-impl Step for TestStep {
-    async fn process(
-        &mut self,
-        record: &InputRecord<'_>,
-        out: &mut Emitter,
-    ) -> Result<(), StepError> {
-        let value = text(record.value);
-        let now = self.running.fetch_add(1, Ordering::AcqRel) + 1;
-        self.most_running.fetch_max(now, Ordering::AcqRel);
-        let attempt = {
-            let attempts = self.attempts.entry(value.clone()).or_default();
-            *attempts += 1;
-            *attempts
-        };
-        let hang = value.starts_with("hang") || (value.starts_with("slow-once") && attempt == 1);
-        // Decrements even when the runtime drops this future mid-sleep.
-        struct Running(Arc<AtomicUsize>);
-        impl Drop for Running {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        let _running = Running(Arc::clone(&self.running));
-        let delay = if hang {
-            Duration::from_secs(3600)
-        } else {
-            self.delay
-        };
-        tokio::time::sleep(delay).await;
-        let mut output = OutputRecord::new(&self.output, record.key, record.value);
-        output.partition = Some(record.partition);
-        output.headers = vec![("attempt".to_owned(), attempt.to_string().into_bytes())];
-        out.emit(output);
-        Ok(())
-    }
-}
-
-struct TestFactory {
-    output: String,
-    delay: Duration,
-    running: Arc<AtomicUsize>,
-    most_running: Arc<AtomicUsize>,
-}
-
-impl TestFactory {
-    fn new(output: String, delay: Duration) -> Self {
-        TestFactory {
-            output,
-            delay,
-            running: Arc::default(),
-            most_running: Arc::default(),
-        }
-    }
-}
-
-impl StepFactory for TestFactory {
-    type Step = TestStep;
-    fn create(&self, _: &PartitionAssignment) -> Result<TestStep, StepError> {
-        Ok(TestStep {
-            output: self.output.clone(),
-            delay: self.delay,
-            attempts: HashMap::new(),
-            running: Arc::clone(&self.running),
-            most_running: Arc::clone(&self.most_running),
-        })
-    }
-}
-
-fn header(record: &OwnedMessage, name: &str) -> Option<String> {
-    record
-        .headers()?
-        .iter()
-        .find(|header| header.key == name)
-        .map(|header| text(header.value))
-}
+use adpipe_runtime::{WorkerError, heartbeat};
+use rdkafka::message::Message;
+use support::{HOLD, Produced, TestFactory, Topics, header, records, text};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_step_is_cut_off_and_dead_lettered_while_the_partition_goes_on() {
     let topics = Topics::create("rt-timeout-dlq", 1).await;
-    let records: Vec<(i32, String, String)> = (0..40)
-        .map(|index| {
-            let value = if index % 10 == 5 {
-                format!("hang-{index}")
-            } else {
-                format!("good-{index}")
-            };
-            (0, format!("user-{index}"), value)
-        })
-        .collect();
-    topics.produce(&records).await;
+    let input = records(40, &[(5, "hang"), (15, "hang"), (25, "hang"), (35, "hang")]);
+    topics.produce(&input).await;
     let settings = topics.settings(
         "processing-timeout = \"300ms\"\n[runtime.on-error-kind]\nprocessing_timeout = \"dead-letter\"\n",
     );
-    topics
-        .run_to_end(
-            settings,
-            TestFactory::new(topics.name("out"), Duration::ZERO),
-        )
-        .await;
+    topics.run_to_end(settings, TestFactory::new(&topics)).await;
 
-    let out: Vec<String> = topics
-        .read("out")
-        .await
-        .iter()
-        .map(|record| text(record.payload()))
-        .collect();
-    let expected_out: Vec<String> = records
+    let expected_out: Vec<String> = input
         .iter()
         .filter(|(_, _, value)| value.starts_with("good"))
         .map(|(_, _, value)| value.clone())
         .collect();
-    assert_eq!(out, expected_out, "every good record, in order, once");
+    assert_eq!(
+        topics.values("out").await,
+        expected_out,
+        "every good record, in order, once"
+    );
     let dead = topics.read("dlq").await;
     let dead_values: Vec<String> = dead.iter().map(|record| text(record.payload())).collect();
     assert_eq!(dead_values, ["hang-5", "hang-15", "hang-25", "hang-35"]);
@@ -282,18 +53,13 @@ async fn a_hanging_step_is_cut_off_and_dead_lettered_while_the_partition_goes_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_cut_off_by_the_timeout_is_retried_by_default_and_its_outputs_leave_once() {
     let topics = Topics::create("rt-timeout-retry", 1).await;
-    let records: Vec<(i32, String, String)> = ["a", "slow-once-b", "c"]
+    let input: Vec<(i32, String, String)> = ["a", "slow-once-b", "c"]
         .iter()
         .map(|value| (0, "user".to_owned(), (*value).to_owned()))
         .collect();
-    topics.produce(&records).await;
+    topics.produce(&input).await;
     let settings = topics.settings("processing-timeout = \"300ms\"\n");
-    topics
-        .run_to_end(
-            settings,
-            TestFactory::new(topics.name("out"), Duration::ZERO),
-        )
-        .await;
+    topics.run_to_end(settings, TestFactory::new(&topics)).await;
 
     let out: Vec<(String, Option<String>)> = topics
         .read("out")
@@ -313,25 +79,41 @@ async fn a_step_cut_off_by_the_timeout_is_retried_by_default_and_its_outputs_lea
     assert!(topics.read("dlq").await.is_empty());
 }
 
+/// Without `on-error-kind`, a record that always hangs is retried
+/// `processing-timeout-retries` times and then dead-lettered: it cannot
+/// stall its partition for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_always_times_out_is_dead_lettered_after_bounded_retries() {
+    let topics = Topics::create("rt-timeout-bounded", 1).await;
+    topics.produce(&records(6, &[(2, "hang")])).await;
+    let settings = topics.settings(
+        "processing-timeout = \"200ms\"\nprocessing-timeout-retries = 2\nretry-initial-backoff = \"10ms\"\n",
+    );
+    topics.run_to_end(settings, TestFactory::new(&topics)).await;
+    assert_eq!(topics.values("dlq").await, ["hang-2"]);
+    assert_eq!(topics.values("out").await.len(), 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_partitions_run_one_partitions_keys_in_parallel_and_keep_each_keys_order() {
     const KEYS: usize = 32;
     const PER_KEY: usize = 25;
     let topics = Topics::create("rt-subpartitions", 2).await;
-    let mut records = Vec::new();
+    let mut input = Vec::new();
     for sequence in 0..PER_KEY {
         for key in 0..KEYS {
-            records.push((
+            input.push((
                 (key % 2) as i32,
                 format!("user-{key}"),
                 format!("user-{key}/{sequence}"),
             ));
         }
     }
-    topics.produce(&records).await;
+    topics.produce(&input).await;
     let settings = topics.settings("sub-partitions = 8\n");
-    let factory = TestFactory::new(topics.name("out"), Duration::from_millis(2));
-    let most_running = Arc::clone(&factory.most_running);
+    let mut factory = TestFactory::new(&topics);
+    factory.delay = Duration::from_millis(2);
+    let most_running = std::sync::Arc::clone(&factory.most_running);
     topics.run_to_end(settings, factory).await;
 
     let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -358,4 +140,351 @@ async fn sub_partitions_run_one_partitions_keys_in_parallel_and_keep_each_keys_o
         most > 2,
         "sub-partitions should process more records at once than partitions; at most {most} were"
     );
+}
+
+/// A panic is not "done": the worker stops by itself, commits only the
+/// records before the panicking one, and after the fix (a restart with a
+/// calm step) that record and everything after it are processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_step_stops_the_worker_and_its_record_is_read_again() {
+    let topics = Topics::create("rt-panic", 1).await;
+    let input = records(20, &[(10, "panic")]);
+    topics.produce(&input).await;
+    let factory = TestFactory::new(&topics);
+    let calm = std::sync::Arc::clone(&factory.calm);
+    let worker = adpipe_runtime::start(topics.settings(""), factory).expect("starts");
+    let reason = tokio::time::timeout(Duration::from_secs(60), worker.stopped())
+        .await
+        .expect("the worker stops by itself after a panic");
+    assert!(
+        reason.contains("panicked") && reason.contains("offset 10"),
+        "{reason}"
+    );
+    let error = worker
+        .stop()
+        .await
+        .expect_err("a stop after a panic reports it");
+    assert!(matches!(error, WorkerError::Fatal(_)), "{error}");
+    assert_eq!(
+        topics.committed(),
+        [Some(10)],
+        "committed up to the panicking record, never past it"
+    );
+
+    calm.store(true, Ordering::Release);
+    let mut restarted = TestFactory::new(&topics);
+    restarted.calm = calm;
+    topics.run_to_end(topics.settings(""), restarted).await;
+    let out = topics.values("out").await;
+    assert!(
+        out.contains(&"panic-10".to_owned()),
+        "the record is read again: {out:?}"
+    );
+    for (_, _, value) in &input {
+        assert!(out.contains(value), "{value} missing");
+    }
+}
+
+/// Outputs the broker (or librdkafka's size check) will never take go to
+/// the dead-letter topic with the coordinates of their input; the worker
+/// does not stop and everything else goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_that_can_never_be_written_are_dead_lettered_with_their_inputs_coordinates() {
+    let topics = Topics::create("rt-rejected", 1).await;
+    let input = records(12, &[(3, "big"), (7, "huge")]);
+    topics.produce(&input).await;
+    let worker =
+        adpipe_runtime::start(topics.settings(""), TestFactory::new(&topics)).expect("starts");
+    topics.wait_committed_to_end(Duration::from_secs(60)).await;
+    worker
+        .stop()
+        .await
+        .expect("the worker never stopped by itself");
+
+    assert_eq!(
+        topics.values("out").await.len(),
+        10,
+        "every other record went out"
+    );
+    let dead = topics.read("dlq").await;
+    let by_offset: BTreeMap<String, &rdkafka::message::OwnedMessage> = dead
+        .iter()
+        .map(|record| (header(record, HEADER_OFFSET).unwrap_or_default(), record))
+        .collect();
+    assert_eq!(by_offset.keys().collect::<Vec<_>>(), ["3", "7"], "{dead:?}");
+    for (offset, output_topic) in [("3", topics.name("narrow")), ("7", topics.name("out"))] {
+        let record = by_offset[offset];
+        assert_eq!(
+            header(record, HEADER_REASON).as_deref(),
+            Some(REASON_OUTPUT_REJECTED)
+        );
+        assert_eq!(header(record, HEADER_TOPIC), Some(topics.name("in")));
+        assert_eq!(header(record, HEADER_PARTITION).as_deref(), Some("0"));
+        assert_eq!(header(record, HEADER_OUTPUT_TOPIC), Some(output_topic));
+        assert!(
+            header(record, HEADER_VALUE_OMITTED).is_some(),
+            "a too-large value is not kept"
+        );
+    }
+}
+
+/// An output that is lost (writing its topic is denied by a real ACL, an
+/// error librdkafka does not retry) is never "drained": the stop — the only
+/// commit in this test — commits exactly the records before it, and the
+/// step is told not to trust its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_after_a_lost_output_commits_only_the_prefix_and_is_not_drained() {
+    let topics = Topics::create("rt-lost-output", 1).await;
+    let fragile = topics.name("fragile");
+    tokio::task::block_in_place(|| {
+        adpipe_testkit::deny_topic(&topics.bootstrap, &fragile, "Write", true)
+    });
+    topics.produce(&records(10, &[(4, "fragile")])).await;
+    let settings = topics.settings("commit-interval = \"1h\"\n");
+    let factory = TestFactory::new(&topics);
+    let revokes = std::sync::Arc::clone(&factory.revokes);
+    let worker = adpipe_runtime::start(settings, factory).expect("starts");
+    topics
+        .wait_for_records("out", 9, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // the denial comes back
+    let _ = worker.stop().await;
+    tokio::task::block_in_place(|| {
+        adpipe_testkit::deny_topic(&topics.bootstrap, &fragile, "Write", false)
+    });
+    assert_eq!(
+        topics.committed(),
+        [Some(4)],
+        "the prefix before the lost output"
+    );
+    assert_eq!(
+        *revokes.lock(),
+        [false],
+        "a partition with a lost output is not drained"
+    );
+}
+
+/// A revoke (here a stop) never waits longer than the revoke deadline for
+/// a step that hangs, a retry sleeping out a long backoff, or a restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_interrupts_a_hanging_step_a_retry_sleep_and_a_restore() {
+    for (case, special, create_delay) in [
+        ("hanging step", "hang", Duration::ZERO),
+        ("retry sleep", "fail", Duration::ZERO),
+        ("restore", "good", Duration::from_secs(3600)),
+    ] {
+        let topics = Topics::create("rt-interrupt", 1).await;
+        topics.produce(&records(5, &[(2, special)])).await;
+        let settings = topics.settings(
+            "processing-timeout = \"1h\"\nretry-initial-backoff = \"1h\"\nretry-max-backoff = \"1h\"\nrevoke-deadline = \"2s\"\n",
+        );
+        let mut factory = TestFactory::new(&topics);
+        factory.create_delay = create_delay;
+        let end_restores = std::sync::Arc::clone(&factory.end_restores);
+        let worker = adpipe_runtime::start(settings, factory).expect("starts");
+        if create_delay.is_zero() {
+            topics
+                .wait_for_records("out", 2, Duration::from_secs(60))
+                .await;
+        } else {
+            tokio::time::sleep(Duration::from_secs(5)).await; // assigned, restoring
+        }
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(15), worker.stop())
+            .await
+            .unwrap_or_else(|_| panic!("{case}: the stop did not finish in time"))
+            .expect("clean stop");
+        let took = started.elapsed();
+        // The revoke deadline (2 s) bounds the wait for outputs in flight;
+        // nothing may wait out the step, the backoff or the restore.
+        assert!(took < Duration::from_secs(4), "{case}: stop took {took:?}");
+        end_restores.store(true, Ordering::Release);
+        let expected = if create_delay.is_zero() {
+            Some(2)
+        } else {
+            None
+        };
+        assert_eq!(
+            topics.committed(),
+            [expected],
+            "{case}: the stuck record is not done"
+        );
+    }
+}
+
+/// A held record (deferred acknowledgement) is committed only once it is
+/// released, after its output — emitted later, from a timer — is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_record_is_committed_only_after_its_release() {
+    let topics = Topics::create("rt-held", 1).await;
+    topics.produce(&records(6, &[(2, "hold")])).await;
+    let worker =
+        adpipe_runtime::start(topics.settings(""), TestFactory::new(&topics)).expect("starts");
+    topics
+        .wait_for_records("out", 5, Duration::from_secs(60))
+        .await;
+    let held_since = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await; // a few commit ticks
+    if held_since.elapsed() < HOLD {
+        assert_eq!(topics.committed(), [Some(2)], "not past the held record");
+    }
+    topics.wait_committed_to_end(Duration::from_secs(30)).await;
+    worker.stop().await.expect("clean stop");
+    let out = topics.values("out").await;
+    assert_eq!(out.len(), 6);
+    assert_eq!(
+        out.last().map(String::as_str),
+        Some("hold-2"),
+        "emitted after the others"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refuses_to_start_when_its_topics_do_not_fit() {
+    let topics = Topics::create_with_inputs("rt-topics", 2, &["in", "in2"]).await;
+    adpipe_testkit::create_topics(&topics.bootstrap, &[(&topics.name("in3"), 3, &[])]).await;
+    let mut settings = topics.settings_for(&[&["in", "in3"]], "");
+    settings.outputs.push(adpipe_runtime::OutputTopic {
+        topic: topics.name("missing-out"),
+        partitions_like: None,
+    });
+    settings.outputs.push(adpipe_runtime::OutputTopic {
+        topic: topics.name("dlq"), // 1 partition, but inputs have 2
+        partitions_like: Some(topics.name("in")),
+    });
+    settings.dead_letter_topic = topics.name("missing-dlq");
+    let Err(WorkerError::Topics(problems)) =
+        adpipe_runtime::start(settings, TestFactory::new(&topics))
+    else {
+        panic!("must refuse to start");
+    };
+    let all = problems.join("\n");
+    assert_eq!(problems.len(), 4, "{all}");
+    for expected in [
+        "not co-partitioned",
+        "missing-out does not exist",
+        "has 1 partitions",
+        "missing-dlq",
+    ] {
+        assert!(all.contains(expected), "{expected}: {all}");
+    }
+}
+
+fn timed(value: &str, timestamp_ms: i64) -> Produced {
+    Produced {
+        partition: 0,
+        key: "user".to_owned(),
+        value: Some(value.to_owned()),
+        timestamp_ms: Some(timestamp_ms),
+        headers: Vec::new(),
+    }
+}
+
+fn heartbeat_at(watermark_ms: i64) -> Produced {
+    Produced {
+        partition: 0,
+        key: "heartbeat".to_owned(),
+        value: None,
+        timestamp_ms: Some(watermark_ms),
+        headers: vec![(heartbeat::HEADER.to_owned(), watermark_ms.to_string())],
+    }
+}
+
+/// Two inputs in one task: records go to the step in event-time order
+/// across both; when one input is at its end and silent for `max-idle`,
+/// the other goes on alone; its straggler is processed and marked late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_inputs_are_fed_in_event_time_order_and_stragglers_come_late() {
+    let topics = Topics::create_with_inputs("rt-aligned", 1, &["in", "in2"]).await;
+    let t = adpipe_runtime::event_time::now_ms() - 600_000;
+    topics
+        .produce_to(
+            "in",
+            &[
+                timed("a10", t + 10),
+                timed("a30", t + 30),
+                timed("a50", t + 50),
+            ],
+        )
+        .await;
+    topics
+        .produce_to(
+            "in2",
+            &[
+                timed("b20", t + 20),
+                timed("b40", t + 40),
+                timed("b60", t + 60),
+            ],
+        )
+        .await;
+    let settings = topics.settings_for(&[&["in", "in2"]], "max-idle = \"1s\"\n");
+    let worker = adpipe_runtime::start(settings, TestFactory::new(&topics)).expect("starts");
+    // b60 can only go once "in" is idle (at its end, silent for 1 s).
+    topics
+        .wait_for_records("out", 6, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        topics.values("out").await,
+        ["a10", "b20", "a30", "b40", "a50", "b60"]
+    );
+    topics
+        .produce_to("in", &[timed("a25-straggler", t + 25)])
+        .await;
+    topics
+        .wait_for_records("out", 7, Duration::from_secs(30))
+        .await;
+    topics.wait_committed_to_end(Duration::from_secs(30)).await;
+    topics
+        .wait_committed_to_end_of("in2", Duration::from_secs(30))
+        .await;
+    worker.stop().await.expect("clean stop");
+    let out = topics.read("out").await;
+    let straggler = out.last().expect("seven records");
+    assert_eq!(text(straggler.payload()), "a25-straggler");
+    assert_eq!(
+        header(straggler, "lateness").as_deref(),
+        Some("35"),
+        "60 - 25"
+    );
+}
+
+/// A heartbeat (an in-band watermark) lets the other input's records up
+/// to it pass while its own input has no data; never further. Heartbeats
+/// never reach the step, and their offsets are committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_advance_an_input_without_data_and_never_reach_the_step() {
+    let topics = Topics::create_with_inputs("rt-heartbeat", 1, &["in", "in2"]).await;
+    let t = adpipe_runtime::event_time::now_ms() - 600_000;
+    topics
+        .produce_to(
+            "in",
+            &[
+                timed("a10", t + 10),
+                timed("a20", t + 20),
+                timed("a30", t + 30),
+            ],
+        )
+        .await;
+    topics.produce_to("in2", &[heartbeat_at(t + 25)]).await;
+    // A long max-idle: only the heartbeat can let "in" pass.
+    let settings = topics.settings_for(&[&["in", "in2"]], "max-idle = \"1h\"\n");
+    let worker = adpipe_runtime::start(settings, TestFactory::new(&topics)).expect("starts");
+    topics
+        .wait_for_records("out", 2, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        topics.values("out").await,
+        ["a10", "a20"],
+        "a30 is past the watermark"
+    );
+    topics.produce_to("in2", &[heartbeat_at(t + 35)]).await;
+    topics
+        .wait_for_records("out", 3, Duration::from_secs(30))
+        .await;
+    topics
+        .wait_committed_to_end_of("in2", Duration::from_secs(30))
+        .await;
+    worker.stop().await.expect("clean stop");
+    assert_eq!(topics.values("out").await, ["a10", "a20", "a30"]);
 }

@@ -222,3 +222,106 @@ pub fn committed_to_end(bootstrap: &str, group: &str, topic: &str) -> bool {
         }
     })
 }
+
+/// The offset `group` has committed in each partition of `topic` (`None`
+/// where it committed nothing).
+pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str) -> Vec<Option<i64>> {
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let partitions = partition_count(&consumer, topic);
+    let mut wanted = TopicPartitionList::new();
+    for partition in 0..partitions {
+        wanted.add_partition(topic, partition);
+    }
+    let committed = consumer
+        .committed_offsets(wanted, Duration::from_secs(10))
+        .expect("committed offsets");
+    let mut offsets = vec![None; usize::try_from(partitions).unwrap_or(0)];
+    for element in committed.elements() {
+        if let (Offset::Offset(offset), Ok(index)) =
+            (element.offset(), usize::try_from(element.partition()))
+        {
+            offsets[index] = Some(offset);
+        }
+    }
+    offsets
+}
+
+/// Runs `infra/kafka.sh ARGS…` (stop, start, tool, …) for the clusters
+/// this run uses (`ADPIPE_CLUSTERS_FILE`, `ADPIPE_STATE_DIR`); panics if it fails.
+pub fn kafka_script(args: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/kafka.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("infra/kafka.sh runs");
+    assert!(status.success(), "infra/kafka.sh {args:?} failed");
+}
+
+/// Denies (`deny = true`) or stops denying everyone `operation` (e.g. `Read`)
+/// on `topic` of the cluster at `bootstrap`, with Kafka's own ACL tool: the
+/// local clusters enforce ACLs but allow what no ACL names (`infra/kafka.sh`),
+/// so this injects a real authorization failure for one topic. (Once an ACL
+/// names the topic, nothing else is allowed by default any more, so every
+/// other operation is allowed explicitly alongside the denial.)
+pub fn deny_topic(bootstrap: &str, topic: &str, operation: &str, deny: bool) {
+    let change = if deny { "--add" } else { "--remove" };
+    let acl = |principal_flag: &str, operation: &str| {
+        kafka_script(&[
+            "tool",
+            "org.apache.kafka.tools.AclCommand",
+            "--bootstrap-server",
+            bootstrap,
+            change,
+            "--force",
+            principal_flag,
+            "User:*",
+            "--operation",
+            operation,
+            "--topic",
+            topic,
+        ]);
+    };
+    acl("--allow-principal", "All");
+    acl("--deny-principal", operation);
+}
+
+/// The process id of a local cluster's broker, from the pid file
+/// `infra/kafka.sh` keeps under `$ADPIPE_STATE_DIR` (default `.adpipe`).
+pub fn broker_pid(cluster: &str) -> u32 {
+    let state_dir = std::env::var_os("ADPIPE_STATE_DIR").map_or_else(
+        || std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.adpipe")),
+        std::path::PathBuf::from,
+    );
+    let path = state_dir.join("kafka").join(cluster).join("kafka.pid");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+        .trim()
+        .parse()
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// The sum over every series of `metric` served at
+/// `http://{address}/metrics`, if present.
+pub async fn metric_value(address: std::net::SocketAddr, metric: &str) -> Option<f64> {
+    let body = reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|sum, value| sum + value)
+}

@@ -12,7 +12,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::declared::DesiredTopic;
-use crate::plan::{Action, ObservedTopic, TopicPlan};
+use crate::plan::{Action, ObservedTopic, TopicPlan, plan};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -42,6 +42,20 @@ pub enum LiveError {
     /// The plan holds refused changes; nothing was applied.
     #[error("the plan has {0} refused change(s); nothing was applied")]
     PlanRefused(usize),
+    /// Applied changes were still not visible when the deadline passed.
+    #[error(
+        "cluster {cluster}: {} change(s) still not visible after {waited:?}: {}",
+        pending.len(),
+        pending.join(", ")
+    )]
+    NotConverged {
+        /// Cluster name.
+        cluster: String,
+        /// How long it waited.
+        waited: Duration,
+        /// Topics whose plan still lists changes.
+        pending: Vec<String>,
+    },
 }
 
 /// An admin connection to one cluster.
@@ -184,6 +198,38 @@ impl LiveCluster {
             }
         }
         Ok(applied)
+    }
+
+    /// Waits until the cluster shows every declared topic as `desired`
+    /// says (the plan lists no change), polling metadata and configs: a
+    /// created topic reaches the brokers' metadata a moment after the
+    /// controller acknowledged it, so `apply` followed at once by `plan`
+    /// could otherwise see it missing and create it again.
+    pub async fn wait_until_converged(
+        &self,
+        desired: &[DesiredTopic],
+        deadline: Duration,
+    ) -> Result<(), LiveError> {
+        let started = std::time::Instant::now();
+        loop {
+            let observed = self.observe(desired).await?;
+            let pending: Vec<String> = plan(&self.name, desired, &observed)
+                .into_iter()
+                .filter(TopicPlan::changes)
+                .map(|topic_plan| topic_plan.topic)
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() >= deadline {
+                return Err(LiveError::NotConverged {
+                    cluster: self.name.clone(),
+                    waited: started.elapsed(),
+                    pending,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     async fn create(

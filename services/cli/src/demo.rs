@@ -168,19 +168,16 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         .into_iter()
         .map(|(key, value)| (key.to_owned(), value.to_owned())),
     )?;
-    settings.streams = EventKind::PUBLISHED
-        .into_iter()
-        .map(|kind| Stream {
-            input: names.merged(kind),
-            output: names.deduplicated(kind),
-            changelog: names.changelog(kind),
-        })
-        .collect();
-    settings.worker.input_topics = settings
-        .streams
-        .iter()
-        .map(|stream| stream.input.clone())
-        .collect();
+    settings.set_streams(
+        EventKind::PUBLISHED
+            .into_iter()
+            .map(|kind| Stream {
+                input: names.merged(kind),
+                output: names.deduplicated(kind),
+                changelog: names.changelog(kind),
+            })
+            .collect(),
+    );
     let worker = adpipe_deduplicator::start(settings).context("starting the deduplicator")?;
     writeln!(
         out,

@@ -34,6 +34,10 @@ pub struct TopologyArgs {
     /// Also list topics on the clusters that the topology does not declare.
     #[arg(long)]
     pub show_undeclared: bool,
+    /// `apply` returns once every change is visible on the clusters; it
+    /// fails after this long, naming what is still missing.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub converge_timeout: std::time::Duration,
 }
 
 /// Runs a topology subcommand, writing the plan to `out`.
@@ -94,6 +98,16 @@ pub async fn run(command: &TopologyCommand, out: &mut dyn Write) -> anyhow::Resu
     let mut applied = 0;
     for (live, plans) in &all_plans {
         applied += live.apply(plans).await?;
+    }
+    // Only a change the clusters show counts as applied: wait until
+    // a plan of every cluster lists nothing left to do.
+    for (live, plans) in &all_plans {
+        let desired: Vec<_> = plans
+            .iter()
+            .filter_map(|topic_plan| topic_plan.desired.clone())
+            .collect();
+        live.wait_until_converged(&desired, args.converge_timeout)
+            .await?;
     }
     writeln!(out, "applied {applied} change(s)")?;
     Ok(())

@@ -67,6 +67,7 @@ async fn run_topology(apply: bool, topology: PathBuf) -> (anyhow::Result<()>, St
         clusters: ClusterMapFile::new(clusters_file()),
         only: Vec::new(),
         show_undeclared: false,
+        converge_timeout: std::time::Duration::from_secs(60),
     };
     let command = if apply {
         TopologyCommand::Apply(args)

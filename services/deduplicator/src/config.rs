@@ -6,7 +6,7 @@ use std::path::Path;
 use adpipe_runtime::config::{
     HttpConfig, KafkaConfig, RegistryConfig, RuntimeConfig, duration, load_layers,
 };
-use adpipe_runtime::{ConfigError, WorkerSettings};
+use adpipe_runtime::{ConfigError, OutputTopic, WorkerSettings};
 use serde::Deserialize;
 
 /// The embedded defaults.
@@ -64,7 +64,12 @@ impl DedupSettings {
         path: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let merged = load_layers(DEFAULTS, path, env)?;
+        let env: Vec<(String, String)> = env.collect();
+        let state_root = env
+            .iter()
+            .find(|(name, _)| name == adpipe_runtime::config::STATE_DIR_ENV)
+            .map(|(_, value)| std::ffi::OsString::from(value));
+        let merged = load_layers(DEFAULTS, path, env.into_iter())?;
         let raw: RawConfig = toml::Value::Table(merged)
             .try_into()
             .map_err(|error: toml::de::Error| ConfigError::Load(error.to_string()))?;
@@ -82,11 +87,12 @@ impl DedupSettings {
         if raw.runtime.sub_partitions != 1 {
             problems.push("runtime.sub-partitions must be 1 for the deduplicator (its state is per partition)".to_owned());
         }
+        // Each stream is its own input group: its partitions are independent.
         let inputs = raw
             .deduplicator
             .stream
             .iter()
-            .map(|stream| stream.input.clone())
+            .map(|stream| vec![stream.input.clone()])
             .collect();
         let worker = WorkerSettings::validate(
             "deduplicator",
@@ -100,13 +106,37 @@ impl DedupSettings {
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
-        Ok(DedupSettings {
+        let mut settings = DedupSettings {
             worker,
             window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
             lateness_ms: i64::try_from(lateness.as_millis()).unwrap_or(i64::MAX),
-            state_dir: raw.deduplicator.state_dir,
-            streams: raw.deduplicator.stream,
-        })
+            state_dir: adpipe_runtime::config::resolve_state_dir(
+                &raw.deduplicator.state_dir,
+                state_root.as_deref(),
+            ),
+            streams: Vec::new(),
+        };
+        settings.set_streams(raw.deduplicator.stream);
+        Ok(settings)
+    }
+
+    /// Replaces the streams, and with them the worker's inputs (one group
+    /// per stream: their partitions are independent) and its outputs.
+    pub fn set_streams(&mut self, streams: Vec<Stream>) {
+        self.worker.input_groups = streams
+            .iter()
+            .map(|stream| vec![stream.input.clone()])
+            .collect();
+        self.worker.outputs = streams
+            .iter()
+            .flat_map(|stream| {
+                [&stream.output, &stream.changelog].map(|topic| OutputTopic {
+                    topic: topic.clone(),
+                    partitions_like: Some(stream.input.clone()),
+                })
+            })
+            .collect();
+        self.streams = streams;
     }
 
     /// The stream an input topic belongs to.
@@ -123,7 +153,19 @@ mod tests {
     fn defaults_are_valid() {
         let settings = DedupSettings::load(None, std::iter::empty()).expect("defaults validate");
         assert_eq!(settings.window_ms, 24 * 3_600_000);
-        assert_eq!(settings.worker.input_topics.len(), 3);
+        assert_eq!(settings.worker.input_topics().len(), 3);
+        assert_eq!(settings.worker.outputs.len(), 6, "outputs and changelogs");
+    }
+
+    #[test]
+    fn a_relative_state_dir_resolves_under_the_state_root() {
+        let env = [("ADPIPE_STATE_DIR", "/var/lib/adpipe")]
+            .map(|(key, value)| (key.to_owned(), value.to_owned()));
+        let settings = DedupSettings::load(None, env.into_iter()).expect("valid");
+        assert_eq!(
+            settings.state_dir,
+            std::path::PathBuf::from("/var/lib/adpipe/deduplicator")
+        );
     }
 
     #[test]

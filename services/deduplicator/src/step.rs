@@ -13,8 +13,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use adpipe_runtime::telemetry::Metric;
 use adpipe_runtime::{
-    Emitter, InputRecord, OutputRecord, PartitionAssignment, Step, StepError, StepFactory,
+    Emitter, InputRecord, OutputRecord, Step, StepError, StepFactory, TaskAssignment,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -41,6 +42,8 @@ pub struct DedupStep {
     state: DedupState,
     /// Where to save the state on revoke, and the cluster holding the changelog.
     snapshot: Option<SnapshotTarget>,
+    /// Events older than the window (passed on undeduplicated).
+    outside_window: metrics::Counter,
 }
 
 /// Where a step saves its snapshot.
@@ -56,11 +59,18 @@ pub struct SnapshotTarget {
 impl DedupStep {
     /// A step with the given (possibly restored) state.
     pub fn new(stream: Stream, partition: i32, state: DedupState) -> Self {
+        let outside_window = metrics::counter!(
+            Metric::LateRecords.name(),
+            "service" => "deduplicator",
+            "topic" => stream.input.clone(),
+            "reason" => "outside_window"
+        );
         DedupStep {
             stream,
             partition,
             state,
             snapshot: None,
+            outside_window,
         }
     }
 
@@ -104,7 +114,14 @@ impl Step for DedupStep {
         out: &mut Emitter,
     ) -> Result<(), StepError> {
         let identity: EventIdentity = record.decode()?;
-        out.observe_event_time(identity.event_time);
+        // Rejects absurd times before they touch the window (see
+        // `adpipe_runtime::event_time`): one bad timestamp must not move it.
+        out.observe_event_time(identity.event_time)?;
+        if identity.event_time < self.state.cutoff() {
+            // Older than the window: nothing to compare with, so it passes
+            // (the window is the memory), counted.
+            self.outside_window.increment(1);
+        }
         if self
             .state
             .check_and_insert(id_hash(&identity.event_id), identity.event_time)
@@ -278,17 +295,11 @@ impl DedupFactory {
 impl StepFactory for DedupFactory {
     type Step = DedupStep;
 
-    fn create(&self, assignment: &PartitionAssignment) -> Result<DedupStep, StepError> {
-        let stream = self
-            .settings
-            .stream(&assignment.topic)
-            .cloned()
-            .ok_or_else(|| {
-                StepError::fatal(
-                    "unknown_stream",
-                    format!("no stream reads {}", assignment.topic),
-                )
-            })?;
+    fn create(&self, assignment: &TaskAssignment) -> Result<DedupStep, StepError> {
+        let input = assignment.inputs.first().map_or("", String::as_str);
+        let stream = self.settings.stream(input).cloned().ok_or_else(|| {
+            StepError::fatal("unknown_stream", format!("no stream reads {input}"))
+        })?;
         let state = self.restore(&stream, assignment.partition)?;
         let target = SnapshotTarget {
             path: snapshot::snapshot_path(
@@ -329,6 +340,8 @@ mod tests {
         let headers = vec![("adpipe.origin.dc".to_owned(), b"dc1".to_vec())];
         let record = |offset| InputRecord {
             topic: "in",
+            input: 0,
+            lateness_ms: None,
             partition: 4,
             offset,
             timestamp_ms: None,
@@ -340,7 +353,8 @@ mod tests {
         let mut step = DedupStep::new(stream(), 4, DedupState::new(86_400_000, 3_600_000));
         let mut out = Emitter::default();
         step.process(&record(0), &mut out).await.expect("processes");
-        let [output] = out.outputs() else {
+        let outputs: Vec<&OutputRecord> = out.outputs().collect();
+        let [output] = outputs[..] else {
             panic!("one output expected")
         };
         assert_eq!((output.topic.as_str(), output.partition), ("out", Some(4)));
@@ -358,7 +372,7 @@ mod tests {
         step.process(&record(1), &mut again)
             .await
             .expect("processes");
-        assert!(again.outputs().is_empty(), "the duplicate is dropped");
+        assert_eq!(again.outputs().len(), 0, "the duplicate is dropped");
         assert_eq!(step.state_entries(), 1);
     }
 }

@@ -17,14 +17,7 @@ use support::{Pipeline, Tuning};
 const PARTITIONS: i32 = 3;
 
 fn kafka_script(action: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/kafka.sh");
-    let status = Command::new("bash")
-        .arg(script)
-        .arg(action)
-        .arg("central")
-        .status()
-        .expect("infra/kafka.sh runs");
-    assert!(status.success(), "infra/kafka.sh {action} central failed");
+    adpipe_testkit::kafka_script(&[action, "central"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -337,7 +337,7 @@ async fn state_moves_with_its_partition_on_rebalance() {
 async fn a_restart_loads_its_snapshot_and_replays_only_the_changelog_tail() {
     use adpipe_deduplicator::snapshot::{self, snapshot_path};
     use adpipe_deduplicator::state::id_hash;
-    use adpipe_runtime::{PartitionAssignment, StepFactory};
+    use adpipe_runtime::{StepFactory, TaskAssignment};
 
     let fixture = Fixture::new(1, "24h", "1h").await;
     let state_dir = std::env::temp_dir().join(adpipe_testkit::unique("snapshot-state"));
@@ -380,8 +380,9 @@ async fn a_restart_loads_its_snapshot_and_replays_only_the_changelog_tail() {
     std::fs::write(&path, b"not a snapshot").expect("written");
     assert_eq!(factory.restore(stream, 0).expect("restores").len(), 20);
     let step = factory
-        .create(&PartitionAssignment {
-            topic: stream.input.clone(),
+        .create(&TaskAssignment {
+            group: 0,
+            inputs: vec![stream.input.clone()],
             partition: 0,
             sub_partition: 0,
             sub_partitions: 1,

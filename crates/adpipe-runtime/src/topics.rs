@@ -1,0 +1,82 @@
+//! Start-up check of every topic a worker reads or writes.
+//!
+//! Contract: before it joins its group, a worker checks, with one metadata
+//! request, that every input, output and the dead-letter topic exist, that
+//! the topics of each input group have the same partition count (a task
+//! owns partition i of each), and that every output that follows an input's
+//! partitioning has as many partitions as that input. It refuses to start
+//! with one message listing every problem, instead of failing record by
+//! record (or crash-looping) later.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::config::WorkerSettings;
+
+/// Problems with the topics `settings` names, from `partitions` (topic →
+/// partition count of the topics that exist). Pure, for unit tests.
+pub fn problems(settings: &WorkerSettings, partitions: &HashMap<String, usize>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let missing = |role: &str, topic: &str, problems: &mut Vec<String>| {
+        if partitions.contains_key(topic) {
+            false
+        } else {
+            problems.push(format!("{role} topic {topic} does not exist"));
+            true
+        }
+    };
+    for group in &settings.input_groups {
+        let mut counts = Vec::new();
+        for topic in group {
+            if !missing("input", topic, &mut problems) {
+                counts.push((topic, partitions[topic]));
+            }
+        }
+        if let Some((first, count)) = counts.first()
+            && counts.iter().any(|(_, other)| other != count)
+        {
+            let listed: Vec<String> = counts
+                .iter()
+                .map(|(topic, count)| format!("{topic} has {count}"))
+                .collect();
+            problems.push(format!(
+                "the inputs read together with {first} are not co-partitioned: {}",
+                listed.join(", ")
+            ));
+        }
+    }
+    for output in &settings.outputs {
+        if missing("output", &output.topic, &mut problems) {
+            continue;
+        }
+        if let Some(input) = &output.partitions_like
+            && let (Some(want), Some(have)) = (partitions.get(input), partitions.get(&output.topic))
+            && want != have
+        {
+            problems.push(format!(
+                "output topic {} has {have} partitions but its input {input} has {want} (partition i must stay partition i)",
+                output.topic
+            ));
+        }
+    }
+    missing("dead-letter", &settings.dead_letter_topic, &mut problems);
+    problems
+}
+
+/// Reads the cluster's topics and returns [`problems`].
+pub fn check(settings: &WorkerSettings) -> Result<Vec<String>, rdkafka::error::KafkaError> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
+        .create()?;
+    let metadata = client.fetch_metadata(None, Duration::from_secs(30))?;
+    let partitions: HashMap<String, usize> = metadata
+        .topics()
+        .iter()
+        .filter(|topic| topic.error().is_none())
+        .map(|topic| (topic.name().to_owned(), topic.partitions().len()))
+        .collect();
+    Ok(problems(settings, &partitions))
+}
