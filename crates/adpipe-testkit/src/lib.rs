@@ -95,6 +95,53 @@ pub async fn create_topics(bootstrap: &str, topics: &[TopicSpec<'_>]) {
     }
 }
 
+/// Deletes `topic` and creates it again with `partitions` (and `configs`),
+/// waiting until the broker lets the new one be created.
+pub async fn recreate_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin
+        .delete_topics(&[topic], &options)
+        .await
+        .expect("delete topics")
+    {
+        if let Err((topic, code)) = result {
+            panic!("topic {topic} not deleted: {code}");
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let new_topic = configs.iter().fold(
+            NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+            |new_topic, (key, value)| new_topic.set(key, value),
+        );
+        let results = admin
+            .create_topics(&[new_topic], &options)
+            .await
+            .expect("create topics");
+        match results.into_iter().next() {
+            Some(Ok(_)) => return,
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists)))
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some(Err((topic, code))) => panic!("topic {topic} not created again: {code}"),
+            None => panic!("no answer to creating {topic}"),
+        }
+    }
+}
+
 /// Partitions of `topic`, from the cluster's metadata.
 pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,

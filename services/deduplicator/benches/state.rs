@@ -101,7 +101,11 @@ fn restore(c: &mut Criterion) {
     let entries: Vec<(u128, i64)> = (0..FILLED)
         .map(|n| (id_hash(&event_id(n)), T0 + n as i64))
         .collect();
-    let bytes = snapshot::encode(FILLED as i64, entries.iter().copied());
+    let binding = snapshot::Binding {
+        offset: FILLED as i64,
+        ..snapshot::Binding::default()
+    };
+    let bytes = snapshot::encode(&binding, entries.iter().copied());
     group.bench_function("from_snapshot_bytes", |b| {
         b.iter(|| {
             let saved = snapshot::decode(black_box(&bytes)).expect("valid snapshot");

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod restore;
 pub mod snapshot;
 pub mod state;
 pub mod step;

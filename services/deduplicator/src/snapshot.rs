@@ -5,30 +5,55 @@
 //! One file per changelog partition, `<state-dir>/<changelog>/<partition>.snapshot`,
 //! written atomically (temporary file, fsync, rename) when a partition is
 //! revoked or the service stops *after every output and changelog entry was
-//! acknowledged*. It holds the remembered ids and the changelog offset up to
-//! which they are complete. Restoring = load the file, then replay the
-//! changelog from that offset. So the file never claims an id whose output
-//! might be missing, and a stale file (an older shutdown, another instance
-//! owned the partition since) only means replaying more of the changelog.
+//! acknowledged and none was lost*. It holds the remembered ids and the
+//! changelog offset up to which they are complete. Restoring = load the
+//! file, then replay the changelog from that offset. So the file never
+//! claims an id whose output might be missing, and a stale file (an older
+//! shutdown, another instance owned the partition since) only means
+//! replaying more of the changelog.
 //!
-//! Format (little-endian): magic `ADPDEDUP`, version u32, changelog offset
-//! i64, entry count u64, entries (hash hi u64, hash lo u64, event time i64),
-//! then an xxh3-64 checksum of all preceding bytes. A file that fails any
-//! check is ignored (full replay), never trusted.
+//! A snapshot is bound to what it describes: the cluster's id, the
+//! changelog topic and partition, and the changelog record it ends at (key
+//! and value of the record at `offset − 1`). A file from another cluster,
+//! for another partition, or for a changelog that was deleted and created
+//! again (whose offset `offset − 1` holds another record, or none) is
+//! ignored — the changelog alone rebuilds the state — never loaded.
+//!
+//! Format (little-endian): magic `ADPDEDUP`, version u32 (2), changelog
+//! offset i64, cluster id, topic (each u16 length + UTF-8), partition i32,
+//! last record's key and value (each u32 length + bytes), entry count u64,
+//! entries (hash hi u64, hash lo u64, event time i64), then an xxh3-64
+//! checksum of all preceding bytes. A file that fails any check is ignored
+//! (full replay), never trusted.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"ADPDEDUP";
-const VERSION: u32 = 1;
-const HEADER: usize = 8 + 4 + 8 + 8;
+const VERSION: u32 = 2;
 const ENTRY: usize = 24;
+
+/// What a snapshot describes: which changelog, where, up to which record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Binding {
+    /// The Kafka cluster's id.
+    pub cluster_id: String,
+    /// The changelog topic.
+    pub topic: String,
+    /// The changelog partition.
+    pub partition: i32,
+    /// The changelog offset the entries are complete up to (exclusive).
+    pub offset: i64,
+    /// Key and value of the changelog record at `offset − 1` (empty when
+    /// `offset` is 0).
+    pub last_record: (Vec<u8>, Vec<u8>),
+}
 
 /// A loaded snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    /// The changelog offset the entries are complete up to (exclusive).
-    pub changelog_offset: i64,
+    /// What it describes.
+    pub binding: Binding,
     /// (id hash, first event time).
     pub entries: Vec<(u128, i64)>,
 }
@@ -41,14 +66,22 @@ pub fn snapshot_path(state_dir: &Path, changelog: &str, partition: i32) -> PathB
 }
 
 /// Encodes a snapshot.
-pub fn encode(
-    changelog_offset: i64,
-    entries: impl ExactSizeIterator<Item = (u128, i64)>,
-) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(HEADER + entries.len() * ENTRY + 8);
+pub fn encode(binding: &Binding, entries: impl ExactSizeIterator<Item = (u128, i64)>) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(64 + entries.len() * ENTRY + 8);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&VERSION.to_le_bytes());
-    bytes.extend_from_slice(&changelog_offset.to_le_bytes());
+    bytes.extend_from_slice(&binding.offset.to_le_bytes());
+    for text in [&binding.cluster_id, &binding.topic] {
+        let len = u16::try_from(text.len()).unwrap_or(u16::MAX);
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&text.as_bytes()[..usize::from(len)]);
+    }
+    bytes.extend_from_slice(&binding.partition.to_le_bytes());
+    for field in [&binding.last_record.0, &binding.last_record.1] {
+        let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&field[..len as usize]);
+    }
     bytes.extend_from_slice(&(entries.len() as u64).to_le_bytes());
     for (id, event_time) in entries {
         bytes.extend_from_slice(&((id >> 64) as u64).to_le_bytes());
@@ -71,42 +104,77 @@ pub enum SnapshotError {
     Invalid(PathBuf, &'static str),
 }
 
+/// Reads fields in order, failing on truncation.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], &'static str> {
+        let slice = self
+            .bytes
+            .get(self.at..self.at.saturating_add(len))
+            .ok_or("truncated")?;
+        self.at += len;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
+        self.take(N)?.try_into().map_err(|_| "truncated")
+    }
+
+    fn text(&mut self) -> Result<String, &'static str> {
+        let len = u16::from_le_bytes(self.array()?);
+        String::from_utf8(self.take(usize::from(len))?.to_vec()).map_err(|_| "not UTF-8")
+    }
+
+    fn blob(&mut self) -> Result<Vec<u8>, &'static str> {
+        let len = u32::from_le_bytes(self.array()?) as usize;
+        Ok(self.take(len)?.to_vec())
+    }
+}
+
 /// Decodes a snapshot, checking length, magic, version and checksum.
 pub fn decode(bytes: &[u8]) -> Result<Snapshot, &'static str> {
-    let word = |at: usize| -> Result<[u8; 8], &'static str> {
-        bytes
-            .get(at..at + 8)
-            .and_then(|slice| slice.try_into().ok())
-            .ok_or("truncated")
-    };
-    if bytes.len() < HEADER + 8 {
+    if bytes.len() < MAGIC.len() + 4 + 8 {
         return Err("truncated");
     }
     let (body, checksum) = bytes.split_at(bytes.len() - 8);
     if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != checksum {
         return Err("checksum mismatch");
     }
-    if &body[..8] != MAGIC {
+    let mut reader = Reader { bytes: body, at: 0 };
+    if reader.take(MAGIC.len())? != MAGIC {
         return Err("wrong magic");
     }
-    if body[8..12] != VERSION.to_le_bytes() {
+    if reader.array::<4>()? != VERSION.to_le_bytes() {
         return Err("unknown version");
     }
-    let changelog_offset = i64::from_le_bytes(word(12)?);
-    let count = u64::from_le_bytes(word(20)?) as usize;
-    if body.len() != HEADER + count.saturating_mul(ENTRY) {
+    let offset = i64::from_le_bytes(reader.array()?);
+    let cluster_id = reader.text()?;
+    let topic = reader.text()?;
+    let partition = i32::from_le_bytes(reader.array()?);
+    let last_record = (reader.blob()?, reader.blob()?);
+    let count = u64::from_le_bytes(reader.array()?) as usize;
+    if body.len() != reader.at.saturating_add(count.saturating_mul(ENTRY)) {
         return Err("entry count does not match the length");
     }
     let mut entries = Vec::with_capacity(count);
-    for index in 0..count {
-        let at = HEADER + index * ENTRY;
-        let high = u64::from_le_bytes(word(at)?);
-        let low = u64::from_le_bytes(word(at + 8)?);
-        let event_time = i64::from_le_bytes(word(at + 16)?);
+    for _ in 0..count {
+        let high = u64::from_le_bytes(reader.array()?);
+        let low = u64::from_le_bytes(reader.array()?);
+        let event_time = i64::from_le_bytes(reader.array()?);
         entries.push(((u128::from(high) << 64) | u128::from(low), event_time));
     }
     Ok(Snapshot {
-        changelog_offset,
+        binding: Binding {
+            cluster_id,
+            topic,
+            partition,
+            offset,
+            last_record,
+        },
         entries,
     })
 }
@@ -144,14 +212,24 @@ pub fn store(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
 mod tests {
     use super::*;
 
+    fn binding(offset: i64) -> Binding {
+        Binding {
+            cluster_id: "cluster-a".to_owned(),
+            topic: "log".to_owned(),
+            partition: 3,
+            offset,
+            last_record: (b"event-9".to_vec(), 7_i64.to_be_bytes().to_vec()),
+        }
+    }
+
     #[test]
     fn round_trips_and_rejects_every_corruption() {
         let entries = vec![(u128::MAX - 7, 1_000), (42, -5), (1 << 100, i64::MAX)];
-        let bytes = encode(1234, entries.clone().into_iter());
+        let bytes = encode(&binding(1234), entries.clone().into_iter());
         assert_eq!(
             decode(&bytes),
             Ok(Snapshot {
-                changelog_offset: 1234,
+                binding: binding(1234),
                 entries
             })
         );
@@ -170,10 +248,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("adpipe-snapshot-{}", std::process::id()));
         let path = snapshot_path(&dir, "log", 3);
         assert!(load(&path).expect("no file is fine").is_none());
-        store(&path, &encode(9, [(1, 2)].into_iter())).expect("stored");
-        store(&path, &encode(10, [(1, 2), (3, 4)].into_iter())).expect("replaced");
+        store(&path, &encode(&binding(9), [(1, 2)].into_iter())).expect("stored");
+        store(&path, &encode(&binding(10), [(1, 2), (3, 4)].into_iter())).expect("replaced");
         let snapshot = load(&path).expect("loads").expect("exists");
-        assert_eq!(snapshot.changelog_offset, 10);
+        assert_eq!(snapshot.binding.offset, 10);
         assert_eq!(snapshot.entries.len(), 2);
         std::fs::write(&path, b"garbage").expect("written");
         assert!(matches!(load(&path), Err(SnapshotError::Invalid(..))));

@@ -17,14 +17,14 @@ use adpipe_runtime::telemetry::Metric;
 use adpipe_runtime::{
     Emitter, InputRecord, OutputRecord, Step, StepError, StepFactory, TaskAssignment,
 };
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::config::{DedupSettings, Stream};
-use crate::snapshot;
+use crate::restore::{self, Restored};
+use crate::snapshot::{self, Binding};
 use crate::state::{DedupState, Verdict, id_hash};
 
 /// The fields every deduplicated event has; the rest of the record is
@@ -46,14 +46,15 @@ pub struct DedupStep {
     outside_window: metrics::Counter,
 }
 
-/// Where a step saves its snapshot.
+/// Where a step saves its snapshot, and what binds it.
 #[derive(Clone)]
 pub struct SnapshotTarget {
     /// The snapshot file.
     pub path: std::path::PathBuf,
-    /// A client of the changelog's cluster, shared by every partition, to
-    /// read the changelog's end at snapshot time.
-    pub watermarks: Arc<BaseConsumer>,
+    /// The id of the cluster holding the changelog.
+    pub cluster_id: String,
+    /// To read the changelog's end at snapshot time.
+    pub settings: Arc<DedupSettings>,
 }
 
 impl DedupStep {
@@ -86,17 +87,26 @@ impl DedupStep {
     }
 
     /// Writes the snapshot: every output and changelog entry is acknowledged,
-    /// so the changelog's end is where the state is complete up to.
+    /// so the changelog's end is where the state is complete up to; it is
+    /// bound to that end's record (see `snapshot`).
     fn save_snapshot(&self, target: &SnapshotTarget) -> Result<i64, String> {
-        let (_, high) = target
-            .watermarks
-            .fetch_watermarks(
-                &self.stream.changelog,
-                self.partition,
-                Duration::from_secs(10),
-            )
-            .map_err(|error| error.to_string())?;
-        let bytes = snapshot::encode(high, self.state.entries().into_iter());
+        let (high, last_record) =
+            restore::changelog_end(&target.settings, &self.stream.changelog, self.partition)
+                .map_err(|error| error.to_string())?;
+        if high > 0 && last_record.is_none() {
+            return Err(format!(
+                "cannot read the changelog's last record (offset {})",
+                high - 1
+            ));
+        }
+        let binding = Binding {
+            cluster_id: target.cluster_id.clone(),
+            topic: self.stream.changelog.clone(),
+            partition: self.partition,
+            offset: high,
+            last_record: last_record.unwrap_or_default(),
+        };
+        let bytes = snapshot::encode(&binding, self.state.entries().into_iter());
         snapshot::store(&target.path, &bytes).map_err(|error| error.to_string())?;
         Ok(high)
     }
@@ -175,120 +185,42 @@ impl Step for DedupStep {
 
 /// Builds steps, restoring each partition's state from its changelog.
 pub struct DedupFactory {
-    settings: DedupSettings,
-    /// Shared by all steps' snapshot saves (one client, not one per revoke).
-    watermarks: Arc<BaseConsumer>,
+    settings: Arc<DedupSettings>,
+    /// The changelog cluster's id (snapshots are bound to it); `None` when
+    /// the cluster did not say, and then no snapshot is written or trusted.
+    cluster_id: Option<String>,
 }
 
 impl DedupFactory {
-    /// A factory for these settings.
+    /// A factory for these settings; asks the cluster for its id.
     pub fn new(settings: DedupSettings) -> Result<Self, rdkafka::error::KafkaError> {
-        let watermarks = ClientConfig::new()
+        let client: BaseConsumer = ClientConfig::new()
             .set(
                 "bootstrap.servers",
                 &settings.worker.kafka.bootstrap_servers,
             )
             .create()?;
+        let cluster_id = client.client().fetch_cluster_id(Duration::from_secs(30));
+        if cluster_id.is_none() {
+            warn!(
+                "the cluster did not tell its id: snapshots are off, restores replay the changelog"
+            );
+        }
         Ok(DedupFactory {
-            settings,
-            watermarks: Arc::new(watermarks),
+            settings: Arc::new(settings),
+            cluster_id,
         })
     }
 
-    /// A partition's state: its snapshot, if usable, plus the changelog
-    /// from the snapshot's offset (or all of it).
-    pub fn restore(&self, stream: &Stream, partition: i32) -> Result<DedupState, StepError> {
-        let mut state = DedupState::new(self.settings.window_ms, self.settings.lateness_ms);
-        let kafka = |error: rdkafka::error::KafkaError| {
-            StepError::transient("changelog_restore", error.to_string())
-        };
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set(
-                "bootstrap.servers",
-                &self.settings.worker.kafka.bootstrap_servers,
-            )
-            .set(
-                "group.id",
-                format!("{}-restore", self.settings.worker.kafka.group_id),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            // Partitions restore in parallel; librdkafka's default prefetch
-            // (64 MiB each) made a restart's memory peak twice the state's.
-            .set("queued.max.messages.kbytes", "4096")
-            .create()
-            .map_err(kafka)?;
-        let (low, high) = consumer
-            .fetch_watermarks(&stream.changelog, partition, Duration::from_secs(30))
-            .map_err(kafka)?;
-        let from_snapshot = self.load_snapshot(stream, partition, high, &mut state);
-        let start = from_snapshot.unwrap_or(low).max(low);
-        if high <= start {
-            info!(changelog = %stream.changelog, partition, kept = state.len(), ?from_snapshot, "deduplicator state restored");
-            return Ok(state);
-        }
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&stream.changelog, partition, Offset::Offset(start))
-            .map_err(kafka)?;
-        consumer.assign(&assignment).map_err(kafka)?;
-        let mut restored = 0_u64;
-        loop {
-            match consumer.poll(Duration::from_secs(30)) {
-                Some(Ok(message)) => {
-                    if let (Some(key), Some(value)) = (message.key(), message.payload())
-                        && let Ok(bytes) = <[u8; 8]>::try_from(value)
-                    {
-                        let event_id = String::from_utf8_lossy(key);
-                        state.remember(id_hash(&event_id), i64::from_be_bytes(bytes));
-                        restored += 1;
-                    }
-                    if message.offset() + 1 >= high {
-                        break;
-                    }
-                }
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
-                Some(Err(error)) => return Err(kafka(error)),
-                None => {
-                    return Err(StepError::transient(
-                        "changelog_restore",
-                        "changelog read timed out",
-                    ));
-                }
-            }
-        }
-        info!(changelog = %stream.changelog, partition, ?from_snapshot, replayed = restored, kept = state.len(), "deduplicator state restored");
-        Ok(state)
-    }
-
-    /// Loads the partition's snapshot into `state` and returns the changelog
-    /// offset to replay from; `None` (replay everything) when there is no
-    /// usable snapshot.
-    fn load_snapshot(
-        &self,
-        stream: &Stream,
-        partition: i32,
-        changelog_high: i64,
-        state: &mut DedupState,
-    ) -> Option<i64> {
-        let path = snapshot::snapshot_path(&self.settings.state_dir, &stream.changelog, partition);
-        match snapshot::load(&path) {
-            Ok(Some(saved)) if saved.changelog_offset <= changelog_high => {
-                for (id, event_time) in saved.entries {
-                    state.remember(id, event_time);
-                }
-                Some(saved.changelog_offset)
-            }
-            Ok(Some(saved)) => {
-                warn!(path = %path.display(), snapshot_offset = saved.changelog_offset, changelog_high, "snapshot is ahead of its changelog (topic recreated?); replaying the changelog");
-                None
-            }
-            Ok(None) => None,
-            Err(error) => {
-                warn!(%error, "ignoring the snapshot; replaying the changelog");
-                None
-            }
-        }
+    /// A partition's state: its snapshot, if it provably describes this
+    /// changelog, plus the changelog from there (or all of it).
+    pub fn restore(&self, stream: &Stream, partition: i32) -> Result<Restored, StepError> {
+        restore::restore(
+            &self.settings,
+            self.cluster_id.as_deref(),
+            stream,
+            partition,
+        )
     }
 }
 
@@ -300,16 +232,21 @@ impl StepFactory for DedupFactory {
         let stream = self.settings.stream(input).cloned().ok_or_else(|| {
             StepError::fatal("unknown_stream", format!("no stream reads {input}"))
         })?;
-        let state = self.restore(&stream, assignment.partition)?;
-        let target = SnapshotTarget {
-            path: snapshot::snapshot_path(
-                &self.settings.state_dir,
-                &stream.changelog,
-                assignment.partition,
-            ),
-            watermarks: Arc::clone(&self.watermarks),
-        };
-        Ok(DedupStep::new(stream, assignment.partition, state).with_snapshots(target))
+        let restored = self.restore(&stream, assignment.partition)?;
+        let path = snapshot::snapshot_path(
+            &self.settings.state_dir,
+            &stream.changelog,
+            assignment.partition,
+        );
+        let step = DedupStep::new(stream, assignment.partition, restored.state);
+        Ok(match &self.cluster_id {
+            Some(cluster_id) => step.with_snapshots(SnapshotTarget {
+                path,
+                cluster_id: cluster_id.clone(),
+                settings: Arc::clone(&self.settings),
+            }),
+            None => step,
+        })
     }
 }
 

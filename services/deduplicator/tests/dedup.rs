@@ -335,13 +335,13 @@ async fn state_moves_with_its_partition_on_rebalance() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_loads_its_snapshot_and_replays_only_the_changelog_tail() {
-    use adpipe_deduplicator::snapshot::{self, snapshot_path};
+    use adpipe_deduplicator::snapshot::{self, Snapshot, snapshot_path};
     use adpipe_deduplicator::state::id_hash;
     use adpipe_runtime::{StepFactory, TaskAssignment};
 
     let fixture = Fixture::new(1, "24h", "1h").await;
     let state_dir = std::env::temp_dir().join(adpipe_testkit::unique("snapshot-state"));
-    let t0 = 1_763_700_000_000;
+    let t0 = samples::impression(0).event_time;
     let firsts: Vec<Impression> = (0..20).map(|n| at(n, t0 + n as i64)).collect();
     for event in &firsts {
         fixture.send_event(event).await;
@@ -351,14 +351,24 @@ async fn a_restart_loads_its_snapshot_and_replays_only_the_changelog_tail() {
     fixture.wait_committed_to_end(Duration::from_secs(60));
     worker.stop().await.expect("clean stop");
 
-    // A clean stop saved the state with the changelog's end as its offset.
+    // A clean stop saved the state, bound to the changelog's end.
     let settings = fixture.settings_with_state_dir(state_dir.clone());
     let changelog = settings.streams[0].changelog.clone();
     let path = snapshot_path(&state_dir, &changelog, 0);
     let saved = snapshot::load(&path)
         .expect("readable")
         .expect("saved on stop");
-    assert_eq!(saved.changelog_offset, 20, "one changelog entry per unique");
+    assert_eq!(saved.binding.offset, 20, "one changelog entry per unique");
+    assert_eq!(
+        (saved.binding.topic.as_str(), saved.binding.partition),
+        (changelog.as_str(), 0)
+    );
+    assert_eq!(
+        saved.binding.last_record.0,
+        firsts[19].event_id.as_bytes(),
+        "ends at the last entry"
+    );
+    assert!(!saved.binding.cluster_id.is_empty());
     assert_eq!(saved.entries.len(), 20);
 
     // Restore reads the snapshot: an id only the snapshot holds is restored…
@@ -366,19 +376,61 @@ async fn a_restart_loads_its_snapshot_and_replays_only_the_changelog_tail() {
     let marker = id_hash("only-in-the-snapshot");
     let mut doctored = saved.entries.clone();
     doctored.push((marker, t0 + 30));
-    snapshot::store(&path, &snapshot::encode(20, doctored.clone().into_iter())).expect("written");
+    let write = |snapshot: &Snapshot| {
+        snapshot::store(
+            &path,
+            &snapshot::encode(&snapshot.binding, snapshot.entries.clone().into_iter()),
+        )
+        .expect("written");
+    };
+    let doctored = Snapshot {
+        binding: saved.binding.clone(),
+        entries: doctored,
+    };
+    write(&doctored);
     let stream = &settings.streams[0];
     let restored = factory.restore(stream, 0).expect("restores");
-    assert!(restored.contains(marker), "the snapshot was used");
-    assert_eq!(restored.len(), 21);
-    // …but a snapshot ahead of its changelog (a recreated topic) or a
-    // corrupt one is ignored, and the changelog alone rebuilds the state.
-    snapshot::store(&path, &snapshot::encode(999, doctored.into_iter())).expect("written");
-    let replayed = factory.restore(stream, 0).expect("restores");
-    assert!(!replayed.contains(marker));
-    assert_eq!(replayed.len(), 20);
+    assert!(restored.state.contains(marker), "the snapshot was used");
+    assert_eq!(
+        (restored.state.len(), restored.from_snapshot),
+        (21, Some(20))
+    );
+    // …but a snapshot bound to another cluster, another partition, an
+    // offset past the changelog's end, or a corrupt file is ignored, and the
+    // changelog alone rebuilds the state.
+    let rebound = |change: &dyn Fn(&mut snapshot::Binding)| {
+        let mut snapshot = doctored.clone();
+        change(&mut snapshot.binding);
+        snapshot
+    };
+    for (case, snapshot) in [
+        (
+            "another cluster",
+            rebound(&|binding| binding.cluster_id = "another-cluster".to_owned()),
+        ),
+        (
+            "another partition",
+            rebound(&|binding| binding.partition = 5),
+        ),
+        ("past the end", rebound(&|binding| binding.offset = 999)),
+    ] {
+        write(&snapshot);
+        let replayed = factory.restore(stream, 0).expect("restores");
+        assert!(
+            !replayed.state.contains(marker),
+            "{case}: must not be loaded"
+        );
+        assert_eq!(
+            (replayed.state.len(), replayed.from_snapshot),
+            (20, None),
+            "{case}"
+        );
+    }
     std::fs::write(&path, b"not a snapshot").expect("written");
-    assert_eq!(factory.restore(stream, 0).expect("restores").len(), 20);
+    assert_eq!(
+        factory.restore(stream, 0).expect("restores").state.len(),
+        20
+    );
     let step = factory
         .create(&TaskAssignment {
             group: 0,
@@ -391,11 +443,7 @@ async fn a_restart_loads_its_snapshot_and_replays_only_the_changelog_tail() {
     assert_eq!(step.state().len(), 20);
 
     // Restarted on the saved state plus the tail: copies dropped, news pass.
-    snapshot::store(
-        &path,
-        &snapshot::encode(20, saved.entries.clone().into_iter()),
-    )
-    .expect("written");
+    write(&saved);
     let news: Vec<Impression> = (20..25).map(|n| at(n, t0 + n as i64)).collect();
     for event in firsts.iter().chain(&news) {
         fixture.send_event(event).await;
@@ -408,8 +456,111 @@ async fn a_restart_loads_its_snapshot_and_replays_only_the_changelog_tail() {
     let ids = event_ids(&output, &writer());
     assert_eq!(ids.len(), 25, "20 firsts + 5 news, no copy of a first");
     let resaved = snapshot::load(&path).expect("readable").expect("saved");
-    assert_eq!(resaved.changelog_offset, 25);
+    assert_eq!(resaved.binding.offset, 25);
     assert_eq!(resaved.entries.len(), 25);
+
+    // The changelog is deleted and created again, and refilled past the
+    // snapshot's offset with other events: the record the snapshot ended
+    // at is gone, so the snapshot is not loaded.
+    let doctored = Snapshot {
+        binding: resaved.binding.clone(),
+        entries: resaved
+            .entries
+            .iter()
+            .copied()
+            .chain([(marker, t0 + 30)])
+            .collect(),
+    };
+    write(&doctored);
+    adpipe_testkit::recreate_topic(
+        &fixture.bootstrap,
+        &changelog,
+        1,
+        &[("cleanup.policy", "compact,delete")],
+    )
+    .await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &fixture.bootstrap)
+        .create()
+        .expect("producer");
+    for n in 0..30 {
+        producer
+            .send(
+                FutureRecord::to(&changelog)
+                    .partition(0)
+                    .key(&format!("other-{n}"))
+                    .payload(&(t0 + n).to_be_bytes()[..]),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("delivered");
+    }
+    let replayed = factory.restore(stream, 0).expect("restores");
+    assert_eq!(
+        replayed.from_snapshot, None,
+        "a recreated changelog's snapshot is ignored"
+    );
+    assert!(!replayed.state.contains(marker));
+    assert!(!replayed.state.contains(id_hash(&firsts[0].event_id)));
+    assert!(replayed.state.contains(id_hash("other-29")));
+    assert_eq!(replayed.state.len(), 30);
     let _ = std::fs::remove_dir_all(state_dir);
+    fixture.registry.stop().await;
+}
+
+/// Absurd event times (zero, seconds, microseconds, the far future) go to
+/// the dead-letter topic with their reason before they touch the window: a
+/// far-future time cannot move it, so copies of recent events are still
+/// dropped after it, and the partition goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn absurd_event_times_are_dead_lettered_and_never_move_the_window() {
+    let fixture = Fixture::new(1, "1h", "1m").await;
+    let now = adpipe_runtime::event_time::now_ms();
+    let recent: Vec<Impression> = (0..10).map(|n| at(n, now - 60_000 + n as i64)).collect();
+    let absurd = [
+        (at(100, 0), "event_time_implausible"),
+        (at(101, now / 1000), "event_time_implausible"),
+        (at(102, now * 1000), "event_time_in_future"),
+        (at(103, now + 30 * 86_400_000), "event_time_in_future"),
+    ];
+    for event in &recent {
+        fixture.send_event(event).await;
+    }
+    for (event, _) in &absurd {
+        fixture.send_event(event).await;
+    }
+    // Copies of the recent events: with the window moved to the far
+    // future, they would be outside it and pass.
+    for event in &recent {
+        fixture.send_event(event).await;
+    }
+    let worker = adpipe_deduplicator::start(fixture.settings()).expect("starts");
+    fixture.wait_committed_to_end(Duration::from_secs(60));
+    worker.stop().await.expect("clean stop");
+
+    let output = fixture.read("out", recent.len() + 1, Duration::from_secs(3));
+    let mut seen = event_ids(&output, &writer());
+    seen.sort();
+    let mut expected: Vec<String> = recent.iter().map(|event| event.event_id.clone()).collect();
+    expected.sort();
+    assert_eq!(seen, expected, "each recent event once; no absurd one");
+    let dead = fixture.read("dlq", absurd.len() + 1, Duration::from_secs(3));
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|record| {
+            let header = record
+                .headers()
+                .and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|header| header.key == "adpipe.dlq.reason")
+                })
+                .and_then(|header| header.value)
+                .unwrap_or_default();
+            String::from_utf8_lossy(header).into_owned()
+        })
+        .collect();
+    let expected_reasons: Vec<&str> = absurd.iter().map(|(_, reason)| *reason).collect();
+    assert_eq!(reasons, expected_reasons);
     fixture.registry.stop().await;
 }
