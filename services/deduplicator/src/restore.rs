@@ -56,13 +56,16 @@ fn changelog_consumer(settings: &DedupSettings) -> Result<BaseConsumer, StepErro
         .map_err(kafka)
 }
 
+/// A changelog record's key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// The changelog partition's end offset and its last record (what a
 /// snapshot saved now ends at).
 pub fn changelog_end(
     settings: &DedupSettings,
     changelog: &str,
     partition: i32,
-) -> Result<(i64, Option<(Vec<u8>, Vec<u8>)>), StepError> {
+) -> Result<(i64, Option<KeyValue>), StepError> {
     let consumer = changelog_consumer(settings)?;
     let (_, high) = consumer
         .fetch_watermarks(changelog, partition, Duration::from_secs(10))
