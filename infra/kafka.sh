@@ -8,12 +8,14 @@
 #   infra/kafka.sh status           show what runs
 #   infra/kafka.sh reset [NAME...]  stop and delete the clusters' data
 #   infra/kafka.sh tool CLASS ARGS  run a Kafka tool class (e.g. org.apache.kafka.tools.ProducerPerformance)
+#   infra/kafka.sh libs             fetch, then print the directory of the jars (MirrorMaker 2 uses them)
 #
 # Starting a cluster that already runs is harmless. Logs: .adpipe/kafka/<name>/server.log.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$INFRA_DIR/kafka/pom.xml")"
-KAFKA_LIBS="$ADPIPE_CACHE_DIR/kafka-$KAFKA_VERSION/libs"
+# The cache is keyed by the pom's content: a changed dependency list is a new cache.
+KAFKA_LIBS="$ADPIPE_CACHE_DIR/kafka-$KAFKA_VERSION-$(sha256sum "$INFRA_DIR/kafka/pom.xml" | cut -c1-12)/libs"
 KAFKA_STATE="$ADPIPE_STATE_DIR/kafka"
 
 fetch() {
@@ -132,5 +134,6 @@ case "$command" in
       rm -rf "${KAFKA_STATE:?}/$name"
     done < <(selected "$@") ;;
   tool) run_tool "$@" ;;
-  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  libs) fetch; echo "$KAFKA_LIBS" ;;
+  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -26,6 +26,7 @@ cleanup() {
   local status=$?
   [ -n "${registry_pid:-}" ] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
   if [ "${clusters_started:-0}" = 1 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
+    "$INFRA_DIR/mirrormaker.sh" stop || true
     "$INFRA_DIR/kafka.sh" stop || true
   fi
   log "finished with status $status after $(( $(date +%s) - started_at )) s"
@@ -48,8 +49,11 @@ step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "kafka clusters of this run (own ports, own data: $ADPIPE_STATE_DIR)"
-# A previous run that was killed may have left its clusters running there.
-if [ -f "$ADPIPE_CLUSTERS_FILE" ]; then "$INFRA_DIR/kafka.sh" stop || true; fi
+# A previous run that was killed may have left its servers running there.
+if [ -f "$ADPIPE_CLUSTERS_FILE" ]; then
+  "$INFRA_DIR/mirrormaker.sh" stop || true
+  "$INFRA_DIR/kafka.sh" stop || true
+fi
 rm -rf "$ADPIPE_STATE_DIR"; mkdir -p "$ADPIPE_STATE_DIR"
 write_free_port_cluster_map "$INFRA_DIR/clusters.toml" > "$ADPIPE_CLUSTERS_FILE"
 clusters_started=1
@@ -58,6 +62,9 @@ clusters_started=1
 step "topology apply (twice: the second must change nothing)"
 target/debug/adpipe topology apply | tail -n 2
 target/debug/adpipe topology apply | tail -n 1 | grep -q "applied 0 change(s)" || die "second topology apply was not a no-op"
+
+step "MirrorMaker 2 between the DC clusters and central"
+"$INFRA_DIR/mirrormaker.sh" start
 
 step "rust tests"
 cargo test --workspace --locked

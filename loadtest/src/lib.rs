@@ -10,6 +10,7 @@
 //! with it.
 #![warn(missing_docs)]
 
+pub mod bareloop;
 pub mod bidders;
 pub mod output;
 pub mod pace;
@@ -210,6 +211,18 @@ impl CheckReport {
 }
 
 impl Simulation {
+    /// Live event times: the first event is `start_time_ms` (normally now)
+    /// and event times advance with the wall clock when the publications
+    /// are published at `rate` per second (0: as fast as possible, 1 ms apart).
+    pub fn follow_wall_clock(&mut self, start_time_ms: i64, rate: f64) {
+        self.start_time_ms = start_time_ms;
+        self.ms_per_impression = if rate > 0.0 {
+            1000.0 * self.publications_per_impression() / rate
+        } else {
+            1.0
+        };
+    }
+
     /// Publications per impression on average: the impression, its share
     /// of clicks and conversions, and the injected copies of all three.
     pub fn publications_per_impression(&self) -> f64 {

@@ -50,6 +50,9 @@ impl OutputIds {
         runtime: &tokio::runtime::Handle,
     ) -> Result<(), OutputError> {
         adpipe_testkit::try_for_each_record(bootstrap, topic, |message| {
+            if adpipe_runtime::heartbeat::is_heartbeat(message) {
+                return; // in-band progress of a DC topic, not an event
+            }
             match decode_id(codec, runtime, message.payload().unwrap_or_default()) {
                 Some(id) => self.ids.push(id),
                 None => self.unreadable += 1,

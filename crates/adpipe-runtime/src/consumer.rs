@@ -251,6 +251,7 @@ impl<F: StepFactory> WorkerContext<F> {
                     tracker: Arc::new(Mutex::new(OffsetTracker::new())),
                 });
                 let queued_bytes = Arc::new(AtomicUsize::new(0));
+                partition_assigned(topic, partition).set(1.0);
                 assignment.slots.entry(topic.into()).or_default().insert(
                     partition,
                     Slot {
@@ -403,6 +404,9 @@ impl<F: StepFactory> WorkerContext<F> {
             }
         }
         self.commit_sync(consumer, &offsets);
+        for slot in &slots {
+            partition_assigned(&slot.source.topic, slot.source.partition).set(0.0);
+        }
         let assigned = self.assignment.lock().slot_count();
         metrics::gauge!(Metric::AssignedPartitions.name()).set(assigned as f64);
     }
@@ -563,6 +567,12 @@ impl<F: StepFactory> WorkerContext<F> {
             let _ = committer.try_send(offsets);
         }
     }
+}
+
+/// The gauge telling whether this instance owns a partition (set on
+/// assignment and revoke only: not on the hot path).
+fn partition_assigned(topic: &str, partition: i32) -> metrics::Gauge {
+    metrics::gauge!(Metric::PartitionAssigned.name(), "topic" => topic.to_owned(), "partition" => partition.to_string())
 }
 
 /// Creates the consumer for a worker.

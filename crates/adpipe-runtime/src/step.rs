@@ -94,6 +94,9 @@ pub struct InputRecord<'a> {
     /// time) behind records already handed to the step this one came — a
     /// straggler, processed anyway. `None` when it came in order.
     pub lateness_ms: Option<i64>,
+    /// In a task with several time-aligned inputs: the event time the
+    /// record was ordered by ([`Step::event_time`]), already checked.
+    pub event_time_ms: Option<i64>,
 }
 
 impl InputRecord<'_> {

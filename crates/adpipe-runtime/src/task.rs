@@ -392,7 +392,7 @@ impl<S: Step> Task<S> {
             return;
         }
         if self.aligner.is_none() {
-            self.process(input, &message, None).await;
+            self.process(input, &message, Alignment::default()).await;
             self.release_bytes(input, bytes);
             return;
         }
@@ -437,7 +437,11 @@ impl<S: Step> Task<S> {
                         self.metrics.late[input].increment(1);
                         self.metrics.lateness.record(lateness as f64 / 1000.0);
                     }
-                    self.process(input, &item.message, lateness_ms).await;
+                    let alignment = Alignment {
+                        event_time_ms: Some(event_time_ms),
+                        lateness_ms,
+                    };
+                    self.process(input, &item.message, alignment).await;
                     self.release_bytes(input, item.bytes);
                     self.advance_event_clock(event_time_ms).await;
                 }
@@ -466,7 +470,8 @@ impl<S: Step> Task<S> {
             }
             let outcome = match resolve_writer(&self.env, message).await {
                 Ok(writer) => {
-                    let record = input_record(input, message, &headers, writer, None);
+                    let record =
+                        input_record(input, message, &headers, writer, Alignment::default());
                     match &self.step {
                         Some(step) => step.event_time(&record).and_then(|event_time_ms| {
                             self.env
@@ -498,7 +503,7 @@ impl<S: Step> Task<S> {
     }
 
     /// Processes one record to the end: done, dead-lettered, or abandoned.
-    async fn process(&mut self, input: usize, message: &OwnedMessage, lateness_ms: Option<i64>) {
+    async fn process(&mut self, input: usize, message: &OwnedMessage, alignment: Alignment) {
         let Some(token) = self.token(input, message.offset()) else {
             return;
         };
@@ -511,7 +516,7 @@ impl<S: Step> Task<S> {
         let mut timeouts = 0;
         loop {
             match self
-                .attempt(input, message, &headers, lateness_ms, &token)
+                .attempt(input, message, &headers, alignment, &token)
                 .await
             {
                 Attempt::Done => {
@@ -544,14 +549,14 @@ impl<S: Step> Task<S> {
         input: usize,
         message: &OwnedMessage,
         headers: &[(String, Vec<u8>)],
-        lateness_ms: Option<i64>,
+        alignment: Alignment,
         token: &AckToken,
     ) -> Attempt {
         let writer = match resolve_writer(&self.env, message).await {
             Ok(writer) => writer,
             Err(error) => return Attempt::Failed(error),
         };
-        let record = input_record(input, message, headers, writer, lateness_ms);
+        let record = input_record(input, message, headers, writer, alignment);
         let processing_timeout = self.env.settings.processing_timeout;
         let Task {
             step,
@@ -832,12 +837,19 @@ impl<S: Step> Task<S> {
     }
 }
 
+/// Where an aligned record stands in event time.
+#[derive(Debug, Clone, Copy, Default)]
+struct Alignment {
+    event_time_ms: Option<i64>,
+    lateness_ms: Option<i64>,
+}
+
 fn input_record<'a>(
     input: usize,
     message: &'a OwnedMessage,
     headers: &'a [(String, Vec<u8>)],
     writer: Option<Arc<WriterSchema>>,
-    lateness_ms: Option<i64>,
+    alignment: Alignment,
 ) -> InputRecord<'a> {
     InputRecord {
         topic: message.topic(),
@@ -849,7 +861,8 @@ fn input_record<'a>(
         value: message.payload(),
         headers,
         writer,
-        lateness_ms,
+        lateness_ms: alignment.lateness_ms,
+        event_time_ms: alignment.event_time_ms,
     }
 }
 

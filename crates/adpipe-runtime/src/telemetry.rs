@@ -42,6 +42,8 @@ pub enum Metric {
     Rebalances,
     /// Partitions assigned to this instance.
     AssignedPartitions,
+    /// 1 while this instance owns the partition, 0 once revoked (`topic`, `partition`).
+    PartitionAssigned,
     /// Outputs the broker rejected for good, dead-lettered instead (`service`, `topic`).
     OutputsRejected,
     /// Late records (`service`, `topic`, `reason`): `out_of_order` — handed to
@@ -56,6 +58,9 @@ pub enum Metric {
     StepPanics,
     /// Time-aligned tasks waiting for an input they were not assigned (`service`).
     IncompleteTasks,
+    /// Records a restarted task found already in its output and did not
+    /// emit again (`service`, `topic`).
+    RecordsSkippedOnResume,
 }
 
 impl Metric {
@@ -76,12 +81,14 @@ impl Metric {
             Metric::Commits => "adpipe_commits_total",
             Metric::Rebalances => "adpipe_rebalances_total",
             Metric::AssignedPartitions => "adpipe_assigned_partitions",
+            Metric::PartitionAssigned => "adpipe_partition_assigned",
             Metric::OutputsRejected => "adpipe_outputs_rejected_total",
             Metric::LateRecords => "adpipe_late_records_total",
             Metric::LatenessSeconds => "adpipe_lateness_seconds",
             Metric::CommitFailures => "adpipe_commit_failures_total",
             Metric::StepPanics => "adpipe_step_panics_total",
             Metric::IncompleteTasks => "adpipe_incomplete_tasks",
+            Metric::RecordsSkippedOnResume => "adpipe_records_skipped_on_resume_total",
         }
     }
 }

@@ -339,19 +339,31 @@ pub fn deny_topic(bootstrap: &str, topic: &str, operation: &str, deny: bool) {
     acl("--deny-principal", operation);
 }
 
-/// The process id of a local cluster's broker, from the pid file
-/// `infra/kafka.sh` keeps under `$ADPIPE_STATE_DIR` (default `.adpipe`).
-pub fn broker_pid(cluster: &str) -> u32 {
+fn broker_pid_file(cluster: &str) -> std::path::PathBuf {
     let state_dir = std::env::var_os("ADPIPE_STATE_DIR").map_or_else(
         || std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.adpipe")),
         std::path::PathBuf::from,
     );
-    let path = state_dir.join("kafka").join(cluster).join("kafka.pid");
+    state_dir.join("kafka").join(cluster).join("kafka.pid")
+}
+
+/// The process id of a local cluster's broker, from the pid file
+/// `infra/kafka.sh` keeps under `$ADPIPE_STATE_DIR` (default `.adpipe`).
+pub fn broker_pid(cluster: &str) -> u32 {
+    let path = broker_pid_file(cluster);
     std::fs::read_to_string(&path)
         .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
         .trim()
         .parse()
         .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// Whether a local cluster's broker process runs (per its pid file).
+pub fn broker_running(cluster: &str) -> bool {
+    std::fs::read_to_string(broker_pid_file(cluster))
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// The sum over every series of `metric` served at

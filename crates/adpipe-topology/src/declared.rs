@@ -200,20 +200,37 @@ impl Topology {
             .max_replication
             .map_or(self.replication, |cap| cap.min(self.replication));
         let min_insync = self.min_insync_replicas.min(replication);
+        let dcs: Vec<&str> = map
+            .clusters
+            .iter()
+            .filter(|cluster| cluster.role == ClusterRole::Dc)
+            .map(|cluster| cluster.name.as_str())
+            .collect();
         self.topics
             .iter()
             .filter(|topic| topic.on == cluster.role)
-            .map(|topic| {
-                let mut configs = topic.configs.clone();
-                configs.insert("min.insync.replicas".to_owned(), min_insync.to_string());
-                DesiredTopic {
-                    cluster: cluster.name.clone(),
-                    name: topic.name.replace("{cluster}", &cluster.name),
-                    partitions: topic.partitions,
-                    replication,
-                    keyed: topic.keyed,
-                    configs,
-                }
+            .flat_map(|topic| {
+                // `{dc}`: one topic per DC cluster of the map (replicas of
+                // the DCs' topics, and per-DC outputs, on central).
+                let names: Vec<String> = if topic.name.contains("{dc}") {
+                    dcs.iter()
+                        .map(|dc| topic.name.replace("{dc}", dc))
+                        .collect()
+                } else {
+                    vec![topic.name.clone()]
+                };
+                names.into_iter().map(move |name| {
+                    let mut configs = topic.configs.clone();
+                    configs.insert("min.insync.replicas".to_owned(), min_insync.to_string());
+                    DesiredTopic {
+                        cluster: cluster.name.clone(),
+                        name: name.replace("{cluster}", &cluster.name),
+                        partitions: topic.partitions,
+                        replication,
+                        keyed: topic.keyed,
+                        configs,
+                    }
+                })
             })
             .collect()
     }
@@ -249,9 +266,26 @@ mod tests {
         let dc1_topics = topology.desired_for(dc1, &map);
         let names: Vec<_> = dc1_topics.iter().map(|topic| topic.name.as_str()).collect();
         assert!(
-            names.contains(&"impressions") && names.contains(&"events-for-dc1"),
+            names.contains(&"impressions") && names.contains(&"central.events-for-dc1"),
             "{names:?}"
         );
+        let central = map.cluster("central").expect("central");
+        let central_topics = topology.desired_for(central, &map);
+        let central_names: Vec<_> = central_topics
+            .iter()
+            .map(|topic| topic.name.as_str())
+            .collect();
+        for replica in [
+            "dc1.impressions",
+            "dc2.impressions",
+            "dc2.conversions",
+            "events-for-dc2",
+        ] {
+            assert!(
+                central_names.contains(&replica),
+                "{replica}: {central_names:?}"
+            );
+        }
         assert!(!names.contains(&"_schemas"));
         // Fixed partitioning: the same count for every keyed topic in every cluster.
         let keyed: Vec<i32> = map

@@ -173,6 +173,9 @@ pub async fn run(
             Err(error) => bail!("reading {}: {error}", args.topic),
         };
         at_end.remove(&message.partition());
+        if adpipe_runtime::heartbeat::is_heartbeat(&message) {
+            continue; // in-band progress of a DC topic, not an event
+        }
         let payload = message.payload().unwrap_or_default();
         let decoded = codec.decode_json(payload).await;
         let (schema_id, value) = match decoded {

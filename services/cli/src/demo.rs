@@ -2,14 +2,16 @@
 //!
 //! With no servers at all it starts librdkafka's in-process mock cluster and
 //! adpipe's schema registry (storing its schemas in that cluster), has the
-//! bidder simulator publish impressions, clicks and conversions — with
-//! retries, cross-DC copies and late copies mixed in — runs the deduplicator
-//! on the shared worker runtime, and checks what comes out against the
-//! simulator's ground truth. `--brokers` runs the same against a real
-//! cluster (topics get a unique prefix there).
+//! bidders of two DCs publish impressions, clicks and conversions — with
+//! retries, cross-DC copies and late copies mixed in — runs the merger and
+//! the deduplicator on the shared worker runtime, and checks what comes out
+//! against the simulator's ground truth. `--brokers` runs the same against a
+//! real cluster (topics get a unique prefix there).
 //!
-//! Until the merger lands, the simulator writes straight into `merged.*`,
-//! with the origin DC in a header, as the merger will.
+//! One cluster stands in for the DCs and central: the bidders write each
+//! DC's events straight into `<dc>.<kind>`, the name under which
+//! MirrorMaker 2 replicates a DC's topic to central (the tests in
+//! `services/merger` run the real multi-cluster path).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -63,9 +65,13 @@ pub struct DemoReport {
 
 struct Names {
     prefix: String,
+    dcs: Vec<String>,
 }
 
 impl Names {
+    fn replica(&self, dc: &str, kind: EventKind) -> String {
+        format!("{}{dc}.{}", self.prefix, kind.plural())
+    }
     fn merged(&self, kind: EventKind) -> String {
         format!("{}merged.{}", self.prefix, kind.plural())
     }
@@ -79,14 +85,16 @@ impl Names {
         let mut topics: Vec<(String, i32)> = EventKind::PUBLISHED
             .into_iter()
             .flat_map(|kind| {
-                [
+                let replicas = self.dcs.iter().map(move |dc| self.replica(dc, kind));
+                replicas.chain([
                     self.merged(kind),
                     self.deduplicated(kind),
                     self.changelog(kind),
-                ]
+                ])
             })
             .map(|topic| (topic, PARTITIONS))
             .collect();
+        topics.push((format!("{}dlq.merger", self.prefix), 1));
         topics.push((format!("{}dlq.deduplicator", self.prefix), 1));
         topics.push((format!("{}_schemas", self.prefix), 1));
         topics
@@ -95,12 +103,23 @@ impl Names {
 
 /// Runs the demo, printing progress and the result table to `out`.
 pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoReport> {
+    let mut simulation = Simulation {
+        seed: args.seed,
+        impressions: args.events,
+        duplicate_rate: args.duplicate_rate,
+        ..Simulation::default()
+    };
+    // Recent event times, the last one a moment ago: as if replayed from
+    // the DCs' topics after a short outage.
+    let span_ms = (args.events as f64 * simulation.publications_per_impression()) as i64;
+    simulation.follow_wall_clock(adpipe_runtime::event_time::now_ms() - span_ms - 1_000, 0.0);
     let names = Names {
         prefix: if args.brokers.is_some() {
             format!("demo-{}.", unique_suffix())
         } else {
             String::new()
         },
+        dcs: simulation.dcs.clone(),
     };
     // The mock cluster must outlive every client that talks to it.
     let (_mock, bootstrap) = match &args.brokers {
@@ -131,43 +150,60 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
     writeln!(out, "schema registry: {}", registry.url())?;
     let started = Instant::now();
 
-    let simulation = Simulation {
-        seed: args.seed,
-        impressions: args.events,
-        duplicate_rate: args.duplicate_rate,
-        ..Simulation::default()
-    };
     let (publications, truth) = simulation.generate();
     let codec = Codec::new(RegistryClient::new(&registry.url())?);
     publish(&codec, &bootstrap, &names, &publications).await?;
 
-    let mut settings = DedupSettings::load(
-        None,
+    let common = |service: &str| {
         [
-            ("ADPIPE__KAFKA__BOOTSTRAP_SERVERS", bootstrap.as_str()),
+            ("ADPIPE__KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
             (
                 "ADPIPE__KAFKA__GROUP_ID",
-                &format!("{}adpipe-deduplicator", names.prefix),
+                format!("{}adpipe-{service}", names.prefix),
             ),
-            ("ADPIPE__REGISTRY__URL", &registry.url()),
-            ("ADPIPE__HTTP__LISTEN", "127.0.0.1:0"),
+            ("ADPIPE__REGISTRY__URL", registry.url()),
+            ("ADPIPE__HTTP__LISTEN", "127.0.0.1:0".to_owned()),
             (
                 "ADPIPE__RUNTIME__DEAD_LETTER_TOPIC",
-                &format!("{}dlq.deduplicator", names.prefix),
+                format!("{}dlq.{service}", names.prefix),
             ),
-            ("ADPIPE__KAFKA__SESSION_TIMEOUT", "10s"),
-            (
-                "ADPIPE__DEDUPLICATOR__STATE_DIR",
-                &std::env::temp_dir()
-                    .join(format!("adpipe-demo-{}-state", std::process::id()))
-                    .display()
-                    .to_string(),
-            ),
-            ("ADPIPE__RUNTIME__REVOKE_DEADLINE", "5s"),
+            ("ADPIPE__KAFKA__SESSION_TIMEOUT", "10s".to_owned()),
+            ("ADPIPE__RUNTIME__REVOKE_DEADLINE", "5s".to_owned()),
         ]
-        .into_iter()
-        .map(|(key, value)| (key.to_owned(), value.to_owned())),
+        .map(|(key, value)| (key.to_owned(), value))
+    };
+    let merger_env = common("merger").into_iter().chain(
+        [
+            (
+                "ADPIPE__MERGER__INPUT",
+                format!("{}{{dc}}.{{kind}}", names.prefix),
+            ),
+            (
+                "ADPIPE__MERGER__OUTPUT",
+                format!("{}merged.{{kind}}", names.prefix),
+            ),
+            // Replayed events: no live heartbeats; a DC silent this long is done.
+            ("ADPIPE__RUNTIME__MAX_IDLE", "1s".to_owned()),
+        ]
+        .map(|(key, value)| (key.to_owned(), value)),
+    );
+    let mut merger_settings = adpipe_merger::MergerSettings::load(None, merger_env)?;
+    merger_settings.dcs = names.dcs.clone();
+    let merger = adpipe_merger::start(merger_settings).context("starting the merger")?;
+    writeln!(
+        out,
+        "merger: running, metrics on http://{}/metrics",
+        merger.http_address
     )?;
+
+    let dedup_env = common("deduplicator").into_iter().chain([(
+        "ADPIPE__DEDUPLICATOR__STATE_DIR".to_owned(),
+        std::env::temp_dir()
+            .join(format!("adpipe-demo-{}-state", std::process::id()))
+            .display()
+            .to_string(),
+    )]);
+    let mut settings = DedupSettings::load(None, dedup_env)?;
     settings.set_streams(
         EventKind::PUBLISHED
             .into_iter()
@@ -186,11 +222,13 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
     )?;
 
     let delivered = collect_output(&codec, &bootstrap, &names, &truth).await?;
-    if tokio::time::timeout(Duration::from_secs(20), worker.stop())
-        .await
-        .is_err()
-    {
-        writeln!(out, "(the deduplicator took over 20 s to stop)")?;
+    for (name, worker) in [("deduplicator", worker), ("merger", merger)] {
+        if tokio::time::timeout(Duration::from_secs(20), worker.stop())
+            .await
+            .is_err()
+        {
+            writeln!(out, "(the {name} took over 20 s to stop)")?;
+        }
     }
     registry.stop().await;
 
@@ -220,7 +258,8 @@ async fn publish(
     // Publishing blocks while librdkafka's queue is full.
     tokio::task::block_in_place(|| {
         for publication in publications {
-            publisher.publish(publication, &names.merged(publication.event.kind()))?;
+            let topic = names.replica(&publication.dc, publication.event.kind());
+            publisher.publish(publication, &topic)?;
             bar.inc(1);
         }
         publisher.flush(Duration::from_secs(30))

@@ -6,6 +6,7 @@
 pub mod check;
 pub mod consume;
 pub mod demo;
+pub mod heartbeat;
 pub mod produce;
 mod progress;
 pub mod simulate;

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::ExitCode;
 
-use adpipe_cli::{check, consume, demo, produce, simulate, topology};
+use adpipe_cli::{check, consume, demo, heartbeat, produce, simulate, topology};
 use clap::{Parser, Subcommand};
 
 /// adpipe: a real-time ad-event pipeline on Kafka.
@@ -29,6 +29,8 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Compare an output (topics or JSON lines) with a ground truth; exit 1 on loss.
     Check(check::CheckArgs),
+    /// Publish a DC's in-band heartbeats (watermarks) until stopped.
+    Heartbeat(heartbeat::HeartbeatArgs),
 }
 
 #[tokio::main]
@@ -82,6 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Heartbeat(args) => heartbeat::run(&args).await?,
         Command::Consume(args) => {
             let report = consume::run(&args, &mut stdout, &mut stderr).await?;
             eprintln!(

@@ -113,15 +113,11 @@ pub async fn run(args: &SimulateArgs, out: &mut dyn Write) -> anyhow::Result<Sim
         dcs: clusters.iter().map(|cluster| cluster.dc.clone()).collect(),
         users: args.users,
         duplicate_rate: args.duplicate_rate,
-        // Live event times, so windows and lags downstream see fresh events…
-        start_time_ms: now_ms,
-        ms_per_impression: 1.0,
+        ..Simulation::default()
     };
-    // …advancing with the wall clock when paced.
-    if args.rate > 0.0 {
-        simulation.ms_per_impression =
-            1000.0 * simulation.publications_per_impression() / args.rate;
-    }
+    // Live event times, so windows and lags downstream see fresh events,
+    // advancing with the wall clock when paced.
+    simulation.follow_wall_clock(now_ms, args.rate);
     let (publications, truth) = simulation.generate();
     let codec = Codec::new(RegistryClient::new(&args.registry.registry)?);
     let bidders = Bidders::new(&codec, &clusters, |kind| value_subject(&args.topic(kind)))

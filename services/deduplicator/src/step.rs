@@ -279,6 +279,7 @@ mod tests {
             topic: "in",
             input: 0,
             lateness_ms: None,
+            event_time_ms: None,
             partition: 4,
             offset,
             timestamp_ms: None,

@@ -199,30 +199,88 @@ fn kill_9(child: &mut Child) {
     child.wait().expect("reaped");
 }
 
+/// The group's committed offsets summed over the input's partitions.
+fn committed_sum(setup: &Setup) -> i64 {
+    adpipe_testkit::committed_offsets(
+        &setup.bootstrap,
+        &setup.group,
+        &format!("{}.in", setup.prefix),
+    )
+    .into_iter()
+    .flatten()
+    .sum()
+}
+
+/// kill -9 at random moments while the bidders keep publishing, with a
+/// graceful SIGTERM restart mixed in (so later restores start from a
+/// snapshot plus the changelog's tail, and are then killed again). Every
+/// kill lands while the victim owns all partitions, and the group must make
+/// progress after every restart. Nothing may be lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn no_event_is_lost_across_repeated_kill_9() {
     let impressions = std::env::var("ADPIPE_CRASH_TEST_IMPRESSIONS")
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(1_000_000);
-    let setup = Setup::new("crash", impressions).await;
-    setup.publish(&setup.publications);
+    let setup = std::sync::Arc::new(Setup::new("crash", impressions).await);
     let instance = Instance::new(&setup.prefix);
+    let restarts = ["kill", "kill", "term", "kill", "kill", "term", "kill"];
+    // Publishing spans the restarts: about 4 s per restart.
+    let rate = setup.publications.len() as f64 / (restarts.len() as f64 * 4.0);
+    let publishing = {
+        let setup = std::sync::Arc::clone(&setup);
+        std::thread::spawn(move || {
+            let mut pacer = adpipe_loadtest::pace::Pacer::new(Some(rate));
+            let topic = format!("{}.in", setup.prefix);
+            for publication in &setup.publications {
+                pacer.wait_turn();
+                setup
+                    .publisher
+                    .publish(publication, &topic)
+                    .expect("published");
+            }
+            setup
+                .publisher
+                .flush(Duration::from_secs(120))
+                .expect("flushed");
+        })
+    };
     let mut rng = rand::rng();
     let mut child = setup.spawn(&instance);
-    let kills = 4;
-    for _ in 0..kills {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1_500..5_000))).await;
-        kill_9(&mut child);
+    let wait = Duration::from_secs(120);
+    let (mut kills, mut terms) = (0, 0);
+    let mut committed_before = committed_sum(&setup);
+    for (round, how) in restarts.iter().enumerate() {
+        // The victim owns its partitions and is working when it goes.
+        instance
+            .wait_assigned(&format!("round {round}"), PARTITIONS as u64, wait)
+            .await;
+        wait_until(&format!("progress in round {round}"), wait, || {
+            committed_sum(&setup) > committed_before
+        });
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..3_000))).await;
+        assert!(
+            !publishing.is_finished(),
+            "round {round}: publishing ended before the restarts; slow it down"
+        );
+        committed_before = committed_sum(&setup);
+        if *how == "term" {
+            terminate(child);
+            terms += 1;
+        } else {
+            kill_9(&mut child);
+            kills += 1;
+        }
         child = setup.spawn(&instance);
     }
+    tokio::task::block_in_place(|| publishing.join()).expect("publisher");
     setup.wait_committed_to_end(Duration::from_secs(600));
     terminate(child);
 
     let ids = setup.delivered_ids().await;
     let report = setup.truth.check(ids.iter().map(String::as_str));
     println!(
-        "kill -9 x{kills}: published {} ({} duplicates injected), uniques {}, delivered {} records, missing {}, emitted twice {} ({:.4}% of uniques)",
+        "kill -9 x{kills} and SIGTERM x{terms} while publishing: published {} ({} duplicates injected), uniques {}, delivered {} records, missing {}, emitted twice {} ({:.4}% of uniques)",
         setup.truth.published,
         setup.truth.duplicates,
         report.expected_uniques,
@@ -239,6 +297,10 @@ async fn no_event_is_lost_across_repeated_kill_9() {
         report.extra_copies * 50 < report.expected_uniques,
         "{report:?}"
     );
+    let _ = std::fs::remove_dir_all(&instance.state_dir);
+    let Ok(setup) = std::sync::Arc::try_unwrap(setup) else {
+        panic!("the publisher still holds the setup");
+    };
     setup.registry.stop().await;
 }
 
