@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use adpipe_runtime::config::{HttpConfig, KafkaConfig, RuntimeConfig, load_layers};
+use adpipe_runtime::config::{HttpConfig, KafkaConfig, RuntimeConfig, load_raw};
 use adpipe_runtime::{
     ConfigError, Emitter, InputRecord, OutputRecord, OutputTopic, Step, StepError, StepFactory,
     TaskAssignment, WorkerSettings,
@@ -53,9 +53,7 @@ impl PassThroughSettings {
         path: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::Value::Table(load_layers(DEFAULTS, path, env)?)
-            .try_into()
-            .map_err(|error: toml::de::Error| ConfigError::Load(error.to_string()))?;
+        let raw: RawConfig = load_raw(DEFAULTS, path, env)?;
         let mut problems = Vec::new();
         if raw.passthrough.output_suffix.is_empty() {
             problems.push(
@@ -147,4 +145,14 @@ pub fn start(
             output_suffix: settings.output_suffix,
         },
     )
+}
+
+/// The body of the pass-through binaries' `main` (plain and counted).
+pub async fn service_main(args: &adpipe_runtime::ServiceArgs) -> std::process::ExitCode {
+    adpipe_runtime::service_main(
+        args,
+        |path| PassThroughSettings::load(path, std::env::vars()),
+        start,
+    )
+    .await
 }

@@ -64,6 +64,18 @@ pub fn load_layers(
     Ok(merged)
 }
 
+/// [`load_layers`], then deserializes the merged tree into a service's raw
+/// configuration (unknown keys are errors there: `deny_unknown_fields`).
+pub fn load_raw<T: serde::de::DeserializeOwned>(
+    defaults: &str,
+    path: Option<&Path>,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<T, ConfigError> {
+    toml::Value::Table(load_layers(defaults, path, env)?)
+        .try_into()
+        .map_err(|error: toml::de::Error| ConfigError::Load(error.to_string()))
+}
+
 fn merge(base: &mut toml::Table, overlay: toml::Table) {
     for (key, value) in overlay {
         match (base.get_mut(&key), value) {

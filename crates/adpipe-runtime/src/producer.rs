@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tokio::sync::mpsc;
 use tracing::error;
@@ -190,20 +190,7 @@ impl ProducerContext for AckContext {
 /// The output as librdkafka returned it with its failure.
 fn rejected_output(message: &rdkafka::message::BorrowedMessage<'_>) -> OutputRecord {
     let mut record = OutputRecord::new(message.topic(), message.key(), message.payload());
-    record.headers = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|header| {
-                    (
-                        header.key.to_owned(),
-                        header.value.unwrap_or_default().to_vec(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    record.headers = crate::step::owned_headers(message);
     record
 }
 

@@ -123,6 +123,25 @@ impl InputRecord<'_> {
     }
 }
 
+/// A record's headers as owned pairs (absent values become empty).
+pub(crate) fn owned_headers<M: rdkafka::message::Message>(message: &M) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::message::Headers;
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| {
+                    (
+                        header.key.to_owned(),
+                        header.value.unwrap_or_default().to_vec(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A record to produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputRecord {

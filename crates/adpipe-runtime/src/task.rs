@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use adpipe_codec::{Codec, WriterSchema};
 use futures::FutureExt;
 use parking_lot::Mutex;
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
@@ -40,7 +40,7 @@ use crate::heartbeat;
 use crate::producer::{OutputProducer, SendError};
 use crate::step::{
     Emitter, InputRecord, PROCESSING_TIMEOUT, Step, StepError, StepFactory, TaskAssignment,
-    TimerClock,
+    TimerClock, owned_headers,
 };
 use crate::telemetry::Metric;
 use crate::timers::Timers;
@@ -296,23 +296,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|text| (*text).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".to_owned())
-}
-
-fn owned_headers(message: &OwnedMessage) -> Vec<(String, Vec<u8>)> {
-    message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|header| {
-                    (
-                        header.key.to_owned(),
-                        header.value.unwrap_or_default().to_vec(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 impl<S: Step> Task<S> {

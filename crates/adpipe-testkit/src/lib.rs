@@ -384,3 +384,22 @@ pub async fn metric_value(address: std::net::SocketAddr, metric: &str) -> Option
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .reduce(|sum, value| sum + value)
 }
+
+/// A header's value as text, if the record has it.
+pub fn header_text<M: rdkafka::message::Message>(message: &M, name: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    message
+        .headers()?
+        .iter()
+        .find(|header| header.key == name)
+        .and_then(|header| header.value)
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
+/// A loopback address with a port nothing listens on right now (for a
+/// process under test to serve its metrics on).
+pub fn free_loopback_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+}

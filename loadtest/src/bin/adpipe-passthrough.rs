@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use adpipe_loadtest::passthrough::{self, PassThroughSettings};
+use adpipe_loadtest::passthrough;
 use adpipe_runtime::ServiceArgs;
 use clap::Parser;
 
@@ -18,10 +18,5 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    adpipe_runtime::service_main(
-        &args.service,
-        |path| PassThroughSettings::load(path, std::env::vars()),
-        passthrough::start,
-    )
-    .await
+    passthrough::service_main(&args.service).await
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use adpipe_runtime::config::{
-    HttpConfig, KafkaConfig, RegistryConfig, RuntimeConfig, duration, load_layers,
+    HttpConfig, KafkaConfig, RegistryConfig, RuntimeConfig, duration, load_raw,
 };
 use adpipe_runtime::{ConfigError, OutputTopic, WorkerSettings};
 use serde::Deserialize;
@@ -69,10 +69,7 @@ impl DedupSettings {
             .iter()
             .find(|(name, _)| name == adpipe_runtime::config::STATE_DIR_ENV)
             .map(|(_, value)| std::ffi::OsString::from(value));
-        let merged = load_layers(DEFAULTS, path, env.into_iter())?;
-        let raw: RawConfig = toml::Value::Table(merged)
-            .try_into()
-            .map_err(|error: toml::de::Error| ConfigError::Load(error.to_string()))?;
+        let raw: RawConfig = load_raw(DEFAULTS, path, env.into_iter())?;
         let mut problems = Vec::new();
         let window = duration(
             "deduplicator.window",

@@ -137,9 +137,7 @@ struct Instance {
 impl Instance {
     fn new(prefix: &str) -> Instance {
         // Ask the OS for a free loopback port, then hand it to the process.
-        let listen = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("free port");
+        let listen = adpipe_testkit::free_loopback_address();
         Instance {
             state_dir: std::env::temp_dir()
                 .join(adpipe_testkit::unique(&format!("{prefix}-state"))),
@@ -149,15 +147,8 @@ impl Instance {
 
     /// The instance's `adpipe_assigned_partitions` gauge, once it serves metrics.
     async fn assigned_partitions(&self) -> Option<u64> {
-        let body = reqwest::get(format!("http://{}/metrics", self.listen))
+        adpipe_testkit::metric_value(self.listen, "adpipe_assigned_partitions")
             .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        body.lines()
-            .find_map(|line| line.strip_prefix("adpipe_assigned_partitions "))
-            .and_then(|value| value.trim().parse::<f64>().ok())
             .map(|value| value as u64)
     }
 

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use adpipe_runtime::config::{HttpConfig, KafkaConfig, RegistryConfig, RuntimeConfig, load_layers};
+use adpipe_runtime::config::{HttpConfig, KafkaConfig, RegistryConfig, RuntimeConfig, load_raw};
 use adpipe_runtime::{ConfigError, OutputTopic, WorkerSettings};
 use serde::Deserialize;
 
@@ -57,9 +57,7 @@ impl MergerSettings {
         path: Option<&Path>,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::Value::Table(load_layers(DEFAULTS, path, env)?)
-            .try_into()
-            .map_err(|error: toml::de::Error| ConfigError::Load(error.to_string()))?;
+        let raw: RawConfig = load_raw(DEFAULTS, path, env)?;
         let mut problems = Vec::new();
         let merger = &raw.merger;
         if merger.dcs.is_empty() {

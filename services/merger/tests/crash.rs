@@ -12,32 +12,20 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use adpipe_deduplicator::DedupSettings;
 use adpipe_deduplicator::config::Stream;
 use adpipe_loadtest::Simulation;
 use rand::Rng;
-use support::{DCS, KINDS, Rig, merged_counts, published_counts};
+use support::{DCS, KINDS, Rig, merged_counts, published_counts, spawn_merger};
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(default)
-}
-
-fn spawn(config: &std::path::Path, listen: std::net::SocketAddr) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_adpipe-merger"))
-        .arg("--config")
-        .arg(config)
-        .env("ADPIPE__HTTP__LISTEN", listen.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("merger starts")
 }
 
 async fn assigned(listen: std::net::SocketAddr) -> u64 {
@@ -80,10 +68,8 @@ async fn no_event_is_lost_across_repeated_kill_9_of_the_merger() {
         // About 10 s of publishing, so kills land while it goes on.
         std::thread::spawn(move || rig.publish(&publications, publications.len() as f64 / 10.0))
     };
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port");
-    let mut child = spawn(&config, listen);
+    let listen = adpipe_testkit::free_loopback_address();
+    let mut child = spawn_merger(&config, listen);
     let mut rng = rand::rng();
     let kills = 4;
     let all = (DCS.len() * KINDS.len()) as u64 * PARTITIONS as u64;
@@ -102,7 +88,7 @@ async fn no_event_is_lost_across_repeated_kill_9_of_the_merger() {
         committed_before = committed_sum(&rig);
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
-        child = spawn(&config, listen);
+        child = spawn_merger(&config, listen);
     }
     tokio::task::block_in_place(|| publishing.join()).expect("publisher");
     tokio::task::block_in_place(|| {

@@ -8,8 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use adpipe_loadtest::Simulation;
-use support::{Rig, merged_counts, published_counts};
+use support::{Rig, live_publications, merged_counts, published_counts};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_dc_does_not_stall_the_merge_and_its_backlog_is_merged_late() {
@@ -17,13 +16,7 @@ async fn a_stopped_dc_does_not_stall_the_merge_and_its_backlog_is_merged_late() 
     rig.start_heartbeats(Duration::from_secs(2));
     tokio::task::block_in_place(|| rig.wait_for_replicas(Duration::from_secs(90)));
     let rate = 2_000.0;
-    let mut simulation = Simulation {
-        impressions: 12_000,
-        duplicate_rate: 0.0,
-        ..Simulation::default()
-    };
-    simulation.follow_wall_clock(adpipe_runtime::event_time::now_ms(), rate);
-    let (publications, _) = simulation.generate();
+    let publications = live_publications(12_000, rate);
     let (before, during) = publications.split_at(publications.len() / 3);
     let worker = adpipe_merger::start(rig.settings("max-idle = \"3s\"")).expect("starts");
     tokio::task::block_in_place(|| {

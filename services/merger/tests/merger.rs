@@ -5,15 +5,17 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use adpipe_loadtest::Simulation;
 use adpipe_runtime::WorkerError;
 use rdkafka::ClientConfig;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use support::{DCS, KINDS, Rig, merged_counts, published_counts};
+use support::{
+    DCS, KINDS, Rig, dead_letter_reasons, live_publications, merged_counts, published_counts,
+    spawn_merger,
+};
 
 /// Events published live in both DCs (event time = wall clock, with
 /// heartbeats): MirrorMaker 2 replicates them; every partition of the merged
@@ -27,13 +29,7 @@ async fn merges_two_dcs_in_event_time_order_through_mirror_maker() {
     rig.start_heartbeats(Duration::from_secs(5));
     tokio::task::block_in_place(|| rig.wait_for_replicas(Duration::from_secs(90)));
     let rate = 8_000.0;
-    let mut simulation = Simulation {
-        impressions: 12_000,
-        duplicate_rate: 0.0, // each DC's stream in event-time order
-        ..Simulation::default()
-    };
-    simulation.follow_wall_clock(adpipe_runtime::event_time::now_ms(), rate);
-    let (publications, _) = simulation.generate();
+    let publications = live_publications(12_000, rate);
     let worker = adpipe_merger::start(rig.settings("max-idle = \"3s\"")).expect("starts");
 
     let poison = [
@@ -93,34 +89,16 @@ async fn merges_two_dcs_in_event_time_order_through_mirror_maker() {
         );
     }
     assert_eq!(late, Some(0.0), "no record counted late");
-    let dead = adpipe_testkit::read_all(&rig.central, &format!("{}.dlq", rig.prefix));
-    let reasons: Vec<String> = dead
-        .iter()
-        .map(|record| {
-            let value = record
-                .headers()
-                .and_then(|headers| {
-                    headers
-                        .iter()
-                        .find(|header| header.key == "adpipe.dlq.reason")
-                        .and_then(|header| header.value)
-                })
-                .unwrap_or_default();
-            String::from_utf8_lossy(value).into_owned()
-        })
-        .collect();
-    assert_eq!(reasons, poison.map(|(reason, _)| reason.to_owned()));
-    for record in &dead {
-        let topic = record
-            .headers()
-            .and_then(|headers| {
-                headers
-                    .iter()
-                    .find(|header| header.key == "adpipe.dlq.topic")
-            })
-            .and_then(|header| header.value)
-            .unwrap_or_default();
-        assert_eq!(topic, rig.replica("dc1", "impressions").as_bytes());
+    let dlq = format!("{}.dlq", rig.prefix);
+    assert_eq!(
+        dead_letter_reasons(&rig.central, &dlq),
+        poison.map(|(reason, _)| reason.to_owned())
+    );
+    for record in adpipe_testkit::read_all(&rig.central, &dlq) {
+        assert_eq!(
+            adpipe_testkit::header_text(&record, "adpipe.dlq.topic"),
+            Some(rig.replica("dc1", "impressions"))
+        );
     }
     rig.registry.stop().await;
 }
@@ -173,18 +151,8 @@ impl Drop for Instance {
 
 impl Instance {
     fn spawn(config: &std::path::Path) -> Instance {
-        let listen = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("free port");
-        let child = Command::new(env!("CARGO_BIN_EXE_adpipe-merger"))
-            .arg("--config")
-            .arg(config)
-            .env("ADPIPE__HTTP__LISTEN", listen.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("merger starts");
+        let listen = adpipe_testkit::free_loopback_address();
+        let child = spawn_merger(config, listen);
         Instance { child, listen }
     }
 

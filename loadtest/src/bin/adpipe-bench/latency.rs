@@ -136,14 +136,16 @@ pub struct LatencyRun {
     pub output: Percentiles,
 }
 
-/// Publishes `publications` to `input` at `rate` per second for about
-/// `duration`, reading `input` and `output` meanwhile.
+/// Publishes `publications` (each to `input_of(publication)`) at `rate`
+/// per second for about `duration`, reading `input` (one hop) and `output`
+/// meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     bootstrap: &str,
     publisher: &SimPublisher,
     codec: Arc<Codec>,
     publications: Vec<Publication>,
+    input_of: &dyn Fn(&Publication) -> String,
     input: &str,
     output: &str,
     rate: f64,
@@ -194,7 +196,7 @@ pub fn run(
         pacer.wait_turn();
         publication.event.set_event_time(now_ms());
         publisher
-            .publish(&publication, input)
+            .publish(&publication, &input_of(&publication))
             .map_err(|error| error.to_string())?;
     }
     let published_rate = pacer.achieved_rate();

@@ -1,18 +1,22 @@
-//! `adpipe-bench`: the deduplicator against real Kafka, beside a pass-through
-//! service on the same runtime and beside the broker's own perf tools, all
-//! in one run on one machine, so the figures are comparable as ratios.
+//! `adpipe-bench`: the services against real Kafka, beside a bare
+//! librdkafka consume→produce loop (the ceiling for the runtime's own
+//! overhead) and the broker's own perf tools, all in one run on one
+//! machine, so the figures are comparable as ratios.
 //!
 //! Phases (central cluster of `infra/kafka.sh`, fresh topics per run):
 //! 1. publish a simulation (1M impressions + clicks, conversions, 5%
-//!    duplicates) to the input topic;
+//!    duplicates) to the input topic, and again split by DC into two DC
+//!    topics (as MirrorMaker 2 lands them) for the merger;
 //! 2. Kafka's ProducerPerformance and ConsumerPerformance with the same
 //!    record count and mean size: the broker's ceiling;
-//! 3. the deduplicator binary, then the pass-through binary, each over the
-//!    whole backlog: records/s from first to last commit, peak RSS;
-//! 4. at half the deduplicator's maximum rate, events stamped at publish
-//!    time: p50/p99 end-to-end latency through each service (and through
-//!    the broker alone);
-//! 5. state bytes per key: the deduplicator's in-memory set, measured as
+//! 3. the bare loop, the pass-through, the deduplicator and the merger
+//!    (2 DCs) binaries, each over the whole backlog, alternating rounds:
+//!    records/s from first to last commit, peak RSS;
+//! 4. allocations per record: the pass-through with a counting allocator;
+//! 5. at half the deduplicator's maximum rate, events stamped at publish
+//!    time: p50/p99 end-to-end latency through the pass-through, the
+//!    deduplicator and the merger (and through the broker alone);
+//! 6. state bytes per key: the deduplicator's in-memory set, measured as
 //!    RSS growth, and its changelog on the broker's disk.
 
 /// Backlog runs per service, alternating, so neither always runs first.
@@ -66,8 +70,15 @@ struct Report {
     deduplicator_peak_rss_mib: f64,
     passthrough: Vec<BacklogRun>,
     passthrough_peak_rss_mib: f64,
+    bare_loop: Vec<BacklogRun>,
+    bare_loop_peak_rss_mib: f64,
+    merger: Vec<BacklogRun>,
+    merger_peak_rss_mib: f64,
+    passthrough_allocations_per_record: f64,
+    passthrough_allocated_bytes_per_record: f64,
     latency_passthrough: latency::LatencyRun,
     latency_deduplicator: latency::LatencyRun,
+    latency_merger: latency::LatencyRun,
     deduplicator_latency_phase_peak_rss_mib: f64,
     state_bytes_per_key_in_memory: f64,
     state_keys_measured: u64,
@@ -121,11 +132,25 @@ async fn run(args: &Args) -> Result<Report, String> {
     let kafka_sh = repo_root().join("infra/kafka.sh");
     let dedup_binary = sibling_binary("adpipe-deduplicator")?;
     let pass_binary = sibling_binary("adpipe-passthrough")?;
+    let bare_binary = sibling_binary("adpipe-bareloop")?;
+    let counted_binary = sibling_binary("adpipe-passthrough-counted")?;
+    let merger_binary = sibling_binary("adpipe-merger")?;
     let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let topic = |suffix: &str| format!("{prefix}.{suffix}");
     let partitions = args.partitions;
     eprintln!("topics {prefix}.* on {bootstrap}");
     let (input, pass_out, dlq, raw) = (topic("in"), topic("in.pass"), topic("dlq"), topic("raw"));
+    let bare_out = topic("in.bare");
+    // The merger's inputs: the backlog split by DC, named as MirrorMaker 2
+    // names replicas; an output per round (a merger resumes after what its
+    // output already holds).
+    let dc_inputs: Vec<String> = ["dc1", "dc2"]
+        .iter()
+        .map(|dc| format!("{dc}.{prefix}.in"))
+        .collect();
+    let merged_outs: Vec<String> = (0..=ROUNDS)
+        .map(|round| topic(&format!("merged{round}.in")))
+        .collect();
     // Each deduplicator round starts with empty state: its own output and changelog.
     let dedup_outs: Vec<String> = (0..ROUNDS)
         .map(|round| topic(&format!("out{round}")))
@@ -133,9 +158,11 @@ async fn run(args: &Args) -> Result<Report, String> {
     let changelogs: Vec<String> = (0..ROUNDS)
         .map(|round| topic(&format!("log{round}")))
         .collect();
-    let mut specs: Vec<adpipe_testkit::TopicSpec<'_>> = [&input, &pass_out, &raw]
+    let mut specs: Vec<adpipe_testkit::TopicSpec<'_>> = [&input, &pass_out, &raw, &bare_out]
         .into_iter()
         .chain(&dedup_outs)
+        .chain(&dc_inputs)
+        .chain(&merged_outs)
         .map(|name| (name.as_str(), partitions, &[][..]))
         .collect();
     for changelog in &changelogs {
@@ -164,9 +191,14 @@ async fn run(args: &Args) -> Result<Report, String> {
     .generate();
     eprintln!("publishing {} records", publications.len());
     let publish_started = Instant::now();
+    let dc_input =
+        |publication: &adpipe_loadtest::Publication| format!("{}.{prefix}.in", publication.dc);
     for publication in &publications {
         publisher
             .publish(publication, &input)
+            .map_err(|error| error.to_string())?;
+        publisher
+            .publish(publication, &dc_input(publication))
             .map_err(|error| error.to_string())?;
     }
     publisher
@@ -208,10 +240,10 @@ async fn run(args: &Args) -> Result<Report, String> {
     // 3. Each service over the whole backlog, alternating, ROUNDS times.
     let config_dir = std::env::temp_dir();
     // What both services' configs share: broker, group, DLQ, commits, HTTP.
-    let worker_config = |group: &str| {
+    let worker_config = |group: &str, runtime_extra: &str| {
         format!(
             "[kafka]\nbootstrap-servers = \"{bootstrap}\"\ngroup-id = \"{prefix}-{group}\"\n\
-             [runtime]\ndead-letter-topic = \"{dlq}\"\ncommit-interval = \"100ms\"\n\
+             [runtime]\ndead-letter-topic = \"{dlq}\"\ncommit-interval = \"100ms\"\n{runtime_extra}\
              [http]\nlisten = \"127.0.0.1:0\"\n"
         )
     };
@@ -222,7 +254,7 @@ async fn run(args: &Args) -> Result<Report, String> {
             &format!(
                 "{}[registry]\nurl = \"{}\"\n\
                  [[deduplicator.stream]]\ninput = \"{input}\"\noutput = \"{}\"\nchangelog = \"{}\"\n",
-                worker_config(&format!("dedup{round}")),
+                worker_config(&format!("dedup{round}"), ""),
                 registry.url(),
                 dedup_outs[round],
                 changelogs[round],
@@ -230,44 +262,109 @@ async fn run(args: &Args) -> Result<Report, String> {
         )?;
         Ok(path)
     };
-    let pass_config = |round: usize| -> Result<PathBuf, String> {
-        let path = config_dir.join(format!("{prefix}-pass{round}.toml"));
+    // The pass-through's config serves the bare loop too (same settings).
+    let pass_config = |group: &str, suffix: &str| -> Result<PathBuf, String> {
+        let path = config_dir.join(format!("{prefix}-{group}.toml"));
         write_file(
             &path,
             &format!(
-                "{}[passthrough]\ninputs = [\"{input}\"]\noutput-suffix = \".pass\"\n",
-                worker_config(&format!("pass{round}")),
+                "{}[passthrough]\ninputs = [\"{input}\"]\noutput-suffix = \"{suffix}\"\n",
+                worker_config(group, ""),
             ),
         )?;
         Ok(path)
     };
-    let (mut deduplicator, mut passthrough) = (Vec::new(), Vec::new());
+    // A backlog has no heartbeats: each DC's tail waits out max-idle.
+    let merger_config = |round: usize, max_idle: &str| -> Result<PathBuf, String> {
+        let path = config_dir.join(format!("{prefix}-merger{round}.toml"));
+        write_file(
+            &path,
+            &format!(
+                "{}[registry]\nurl = \"{}\"\n\
+                 [merger]\ndcs = [\"dc1\", \"dc2\"]\nkinds = [\"in\"]\n\
+                 input = \"{{dc}}.{prefix}.{{kind}}\"\noutput = \"{prefix}.merged{round}.{{kind}}\"\n",
+                worker_config(
+                    &format!("merger{round}"),
+                    &format!("max-idle = \"{max_idle}\"\n")
+                ),
+                registry.url(),
+            ),
+        )?;
+        Ok(path)
+    };
+    let dc_input_refs: Vec<&str> = dc_inputs.iter().map(String::as_str).collect();
+    let (mut deduplicator, mut passthrough, mut bare_loop, mut merger) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut deduplicator_peak_rss_kb, mut passthrough_peak_rss_kb) = (0, 0);
+    let (mut bare_peak_rss_kb, mut merger_peak_rss_kb) = (0, 0);
     for round in 0..ROUNDS {
-        for (name, binary, config, group, runs, peak) in [
+        for (name, binary, config, group, inputs, runs, peak) in [
+            (
+                "bare loop",
+                &bare_binary,
+                pass_config(&format!("bare{round}"), ".bare")?,
+                format!("{prefix}-bare{round}"),
+                vec![input.as_str()],
+                &mut bare_loop,
+                &mut bare_peak_rss_kb,
+            ),
+            (
+                "passthrough",
+                &pass_binary,
+                pass_config(&format!("pass{round}"), ".pass")?,
+                format!("{prefix}-pass{round}"),
+                vec![input.as_str()],
+                &mut passthrough,
+                &mut passthrough_peak_rss_kb,
+            ),
             (
                 "deduplicator",
                 &dedup_binary,
                 dedup_config(round)?,
                 format!("{prefix}-dedup{round}"),
+                vec![input.as_str()],
                 &mut deduplicator,
                 &mut deduplicator_peak_rss_kb,
             ),
             (
-                "passthrough",
-                &pass_binary,
-                pass_config(round)?,
-                format!("{prefix}-pass{round}"),
-                &mut passthrough,
-                &mut passthrough_peak_rss_kb,
+                "merger",
+                &merger_binary,
+                merger_config(round, "100ms")?,
+                format!("{prefix}-merger{round}"),
+                dc_input_refs.clone(),
+                &mut merger,
+                &mut merger_peak_rss_kb,
             ),
         ] {
             eprintln!("round {round}: {name} over the backlog");
             let mut service = Service::spawn(name, binary, &config)?;
-            runs.push(service.run_backlog(bootstrap, &group, &input, records)?);
+            runs.push(service.run_backlog(bootstrap, &group, &inputs, records)?);
             *peak = (*peak).max(service.stop()?);
         }
     }
+
+    // 4. Allocations per record of the pass-through's hot path.
+    eprintln!("pass-through with a counting allocator over the backlog");
+    let alloc_report = config_dir.join(format!("{prefix}-allocations.txt"));
+    let alloc_report_text = alloc_report.display().to_string();
+    let mut counted = Service::spawn_with(
+        "passthrough (counted)",
+        &counted_binary,
+        &pass_config("counted", ".pass")?,
+        &[("ADPIPE_ALLOC_REPORT", &alloc_report_text)],
+    )?;
+    counted.run_backlog(bootstrap, &format!("{prefix}-counted"), &[&input], records)?;
+    counted.stop()?;
+    let counts: Vec<f64> = std::fs::read_to_string(&alloc_report)
+        .map_err(|error| format!("{}: {error}", alloc_report.display()))?
+        .split_whitespace()
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let [allocations, reallocations, allocated_bytes] = counts[..] else {
+        return Err(format!("unreadable allocation report {counts:?}"));
+    };
+    let passthrough_allocations_per_record = (allocations + reallocations) / records as f64;
+    let passthrough_allocated_bytes_per_record = allocated_bytes / records as f64;
     let mean_rate = |runs: &[BacklogRun]| {
         runs.iter().map(|run| run.records_per_sec).sum::<f64>() / runs.len().max(1) as f64
     };
@@ -285,12 +382,14 @@ async fn run(args: &Args) -> Result<Report, String> {
         .0
     };
     eprintln!("latency through the pass-through at {rate:.0} records/s");
-    let pass = Service::spawn("passthrough", &pass_binary, &pass_config(0)?)?;
+    let to_input = |_: &adpipe_loadtest::Publication| input.clone();
+    let pass = Service::spawn("passthrough", &pass_binary, &pass_config("pass0", ".pass")?)?;
     let latency_passthrough = latency::run(
         bootstrap,
         &publisher,
         Arc::clone(&codec),
         latency_events(7),
+        &to_input,
         &input,
         &pass_out,
         rate,
@@ -303,7 +402,7 @@ async fn run(args: &Args) -> Result<Report, String> {
     dedup.run_backlog(
         bootstrap,
         &format!("{prefix}-dedup0"),
-        &input,
+        &[&input],
         service::topic_end(bootstrap, &input)?,
     )?;
     let latency_deduplicator = latency::run(
@@ -311,12 +410,46 @@ async fn run(args: &Args) -> Result<Report, String> {
         &publisher,
         Arc::clone(&codec),
         latency_events(8),
+        &to_input,
         &input,
         &dedup_outs[0],
         rate,
         args.latency_duration,
     )?;
     let deduplicator_latency_phase_peak_rss_kb = dedup.stop()?;
+    // Live events in both DCs, with each DC's heartbeats (every 100 ms)
+    // advancing the merge when a DC's queue is momentarily empty.
+    eprintln!("latency through the merger at {rate:.0} records/s");
+    let heartbeats = adpipe_runtime::heartbeat::HeartbeatPublisher::start(
+        adpipe_runtime::heartbeat::HeartbeatSettings {
+            bootstrap_servers: bootstrap.to_owned(),
+            topics: dc_inputs.clone(),
+            interval: Duration::from_millis(100),
+            grace: Duration::from_millis(20),
+        },
+    )
+    .map_err(|error| error.to_string())?;
+    let mut live_merger = Service::spawn("merger", &merger_binary, &merger_config(ROUNDS, "5s")?)?;
+    live_merger.run_backlog(
+        bootstrap,
+        &format!("{prefix}-merger{ROUNDS}"),
+        &dc_input_refs,
+        service::topic_end(bootstrap, &dc_inputs[0])?
+            + service::topic_end(bootstrap, &dc_inputs[1])?,
+    )?;
+    let latency_merger = latency::run(
+        bootstrap,
+        &publisher,
+        Arc::clone(&codec),
+        latency_events(9),
+        &dc_input,
+        &dc_inputs[0],
+        &merged_outs[ROUNDS],
+        rate,
+        args.latency_duration,
+    )?;
+    live_merger.stop()?;
+    heartbeats.stop();
 
     // 5. State bytes per key.
     let state_keys_measured = truth.uniques();
@@ -337,8 +470,15 @@ async fn run(args: &Args) -> Result<Report, String> {
         deduplicator_peak_rss_mib: mib(deduplicator_peak_rss_kb),
         passthrough,
         passthrough_peak_rss_mib: mib(passthrough_peak_rss_kb),
+        bare_loop,
+        bare_loop_peak_rss_mib: mib(bare_peak_rss_kb),
+        merger,
+        merger_peak_rss_mib: mib(merger_peak_rss_kb),
+        passthrough_allocations_per_record,
+        passthrough_allocated_bytes_per_record,
         latency_passthrough,
         latency_deduplicator,
+        latency_merger,
         deduplicator_latency_phase_peak_rss_mib: mib(deduplicator_latency_phase_peak_rss_kb),
         state_bytes_per_key_in_memory,
         state_keys_measured,
@@ -394,37 +534,54 @@ fn print_report(report: &Report) {
         |runs: &[BacklogRun]| -> Vec<f64> { runs.iter().map(|run| run.records_per_sec).collect() };
     let mean = |rates: &[f64]| rates.iter().sum::<f64>() / rates.len().max(1) as f64;
     let (dedup_rates, pass_rates) = (rates(&report.deduplicator), rates(&report.passthrough));
+    let (bare_rates, merger_rates) = (rates(&report.bare_loop), rates(&report.merger));
     let (dedup, pass) = (mean(&dedup_rates), mean(&pass_rates));
+    let (bare, merger) = (mean(&bare_rates), mean(&merger_rates));
     println!();
     println!(
         "adpipe-bench: {} records ({} unique), mean value {} B, one run, this machine",
         report.records, report.unique_records, report.mean_record_bytes
     );
     println!(
-        "{:<44} {:>12} {:>10}  rounds",
-        "throughput", "records/s", "vs dedup"
+        "{:<46} {:>12} {:>13}  rounds",
+        "throughput", "records/s", "vs bare loop"
     );
     for (name, rate, rounds) in [
         (
-            "Kafka ProducerPerformance (broker ceiling)",
+            "Kafka ProducerPerformance (broker, write)",
             kafka_in,
             vec![],
         ),
         (
-            "Kafka ConsumerPerformance (broker ceiling)",
+            "Kafka ConsumerPerformance (broker, read)",
             kafka_out,
             vec![],
         ),
+        ("bare librdkafka consume->produce loop", bare, bare_rates),
         ("pass-through (runtime, no logic)", pass, pass_rates),
         ("deduplicator", dedup, dedup_rates),
+        ("merger (2 DCs, event-time aligned)", merger, merger_rates),
     ] {
         let rounds: Vec<String> = rounds.iter().map(|rate| format!("{rate:.0}")).collect();
         println!(
-            "{name:<44} {rate:>12.0} {:>9.2}x  {}",
-            rate / dedup,
+            "{name:<46} {rate:>12.0} {:>12.2}x  {}",
+            rate / bare,
             rounds.join(" ")
         );
     }
+    println!(
+        "merger vs pass-through: {:.2}x; deduplicator vs pass-through: {:.2}x",
+        merger / pass,
+        dedup / pass
+    );
+    println!(
+        "pass-through hot path: {:.2} allocations and {:.0} bytes allocated per record (Rust heap; librdkafka's own not counted)",
+        report.passthrough_allocations_per_record, report.passthrough_allocated_bytes_per_record
+    );
+    println!(
+        "peak RSS: bare loop {:.0} MiB, pass-through {:.0} MiB, merger {:.0} MiB",
+        report.bare_loop_peak_rss_mib, report.passthrough_peak_rss_mib, report.merger_peak_rss_mib
+    );
     println!(
         "peak RSS: deduplicator {:.0} MiB (backlog), {:.0} MiB (latency phase); pass-through {:.0} MiB",
         report.deduplicator_peak_rss_mib,
@@ -461,6 +618,14 @@ fn print_report(report: &Report) {
         (
             "deduplicator phase: through the service",
             &report.latency_deduplicator.output,
+        ),
+        (
+            "merger phase: broker only (1 hop, dc1)",
+            &report.latency_merger.input,
+        ),
+        (
+            "merger phase: through the merger (2 DCs)",
+            &report.latency_merger.output,
         ),
     ] {
         println!(

@@ -33,9 +33,20 @@ pub struct BacklogRun {
 impl Service {
     /// Starts `binary --config config`.
     pub fn spawn(name: &'static str, binary: &Path, config: &Path) -> Result<Service, String> {
+        Self::spawn_with(name, binary, config, &[])
+    }
+
+    /// Starts `binary --config config` with extra environment variables.
+    pub fn spawn_with(
+        name: &'static str,
+        binary: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Service, String> {
         let child = Command::new(binary)
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -56,19 +67,19 @@ impl Service {
         rss
     }
 
-    /// Waits until `group` committed `input` up to `total` records,
+    /// Waits until `group` committed `inputs` up to `total` records,
     /// printing progress each second.
     pub fn run_backlog(
         &mut self,
         bootstrap: &str,
         group: &str,
-        input: &str,
+        inputs: &[&str],
         total: i64,
     ) -> Result<BacklogRun, String> {
         let started = Instant::now();
         let mut first: Option<(Instant, i64)> = None;
         let mut last_print = Instant::now();
-        let watcher = CommitWatcher::new(bootstrap, group, input)?;
+        let watcher = CommitWatcher::new(bootstrap, group, inputs)?;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("{} exited early: {status}", self.name));
@@ -141,23 +152,25 @@ pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// Reads a group's committed offsets of one topic.
+/// Reads a group's committed offsets of some topics.
 pub struct CommitWatcher {
     consumer: BaseConsumer,
     wanted: TopicPartitionList,
 }
 
 impl CommitWatcher {
-    /// A watcher of `group` on every partition of `topic`.
-    pub fn new(bootstrap: &str, group: &str, topic: &str) -> Result<Self, String> {
+    /// A watcher of `group` on every partition of `topics`.
+    pub fn new(bootstrap: &str, group: &str, topics: &[&str]) -> Result<Self, String> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("group.id", group)
             .create()
             .map_err(|error| error.to_string())?;
         let mut wanted = TopicPartitionList::new();
-        for partition in 0..adpipe_testkit::partition_count(&consumer, topic) {
-            wanted.add_partition(topic, partition);
+        for topic in topics {
+            for partition in 0..adpipe_testkit::partition_count(&consumer, topic) {
+                wanted.add_partition(topic, partition);
+            }
         }
         Ok(CommitWatcher { consumer, wanted })
     }

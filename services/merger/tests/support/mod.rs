@@ -331,6 +331,40 @@ output = "{prefix}.merged.{{kind}}"
     }
 }
 
+/// Starts the real `adpipe-merger` binary with `config`, serving its
+/// metrics on `listen`.
+pub fn spawn_merger(config: &std::path::Path, listen: std::net::SocketAddr) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_adpipe-merger"))
+        .arg("--config")
+        .arg(config)
+        .env("ADPIPE__HTTP__LISTEN", listen.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("merger starts")
+}
+
+/// Publications of a live simulation in both DCs (event times follow the
+/// wall clock at `rate`; no duplicates, so each DC's stream is in order).
+pub fn live_publications(impressions: u64, rate: f64) -> Vec<Publication> {
+    let mut simulation = adpipe_loadtest::Simulation {
+        impressions,
+        duplicate_rate: 0.0,
+        ..adpipe_loadtest::Simulation::default()
+    };
+    simulation.follow_wall_clock(adpipe_runtime::event_time::now_ms(), rate);
+    simulation.generate().0
+}
+
+/// The dead-letter reasons in `topic`, in order.
+pub fn dead_letter_reasons(bootstrap: &str, topic: &str) -> Vec<String> {
+    adpipe_testkit::read_all(bootstrap, topic)
+        .iter()
+        .map(|record| adpipe_testkit::header_text(record, "adpipe.dlq.reason").unwrap_or_default())
+        .collect()
+}
+
 /// The end offset of every partition of `topic`.
 pub fn end_offsets(bootstrap: &str, topic: &str) -> Vec<i64> {
     let client: BaseConsumer = ClientConfig::new()

@@ -1,0 +1,40 @@
+//! `adpipe-passthrough-counted`: the pass-through with a counting global
+//! allocator, for the benchmark's allocations per record (the hot path's
+//! cost). At exit it writes `allocations reallocations bytes` to the file
+//! named by `ADPIPE_ALLOC_REPORT`.
+
+use std::alloc::System;
+use std::process::ExitCode;
+
+use adpipe_loadtest::passthrough;
+use adpipe_runtime::ServiceArgs;
+use clap::Parser;
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// The pass-through, counting allocations.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let code = passthrough::service_main(&args.service).await;
+    let stats = GLOBAL.stats();
+    if let Some(path) = std::env::var_os("ADPIPE_ALLOC_REPORT") {
+        let report = format!(
+            "{} {} {}\n",
+            stats.allocations, stats.reallocations, stats.bytes_allocated
+        );
+        if let Err(error) = std::fs::write(&path, report) {
+            eprintln!("allocation report: {error}");
+        }
+    }
+    code
+}
