@@ -107,7 +107,7 @@ async fn merges_two_dcs_in_event_time_order_through_mirror_maker() {
 /// found at start-up: the merger refuses to start and says which.
 #[tokio::test(flavor = "multi_thread")]
 async fn refuses_dc_topics_with_different_partition_counts() {
-    let rig = Rig::new("mg-copart", 2).await;
+    let rig = Rig::central_only("mg-copart", 2).await;
     let names: Vec<(String, i32)> = KINDS
         .iter()
         .flat_map(|kind| {
@@ -182,7 +182,7 @@ impl Instance {
 /// with SIGKILL, the other owns everything and merges what comes next.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_share_whole_partition_indexes_and_one_takes_over() {
-    let rig = Rig::new("mg-group", 4).await;
+    let rig = Rig::central_only("mg-group", 4).await;
     rig.create_replicas().await;
     let config = rig.write_config("max-idle = \"1s\"", "");
     let first = Instance::spawn(&config);

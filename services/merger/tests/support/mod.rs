@@ -53,11 +53,21 @@ pub struct Rig {
 }
 
 impl Rig {
-    /// DC topics `<prefix>.<kind>` on dc1 and dc2 (`replicated`: MirrorMaker
-    /// 2 copies them to central as `<dc>.<prefix>.<kind>`; otherwise the
-    /// test writes those replicas itself), the merged topics and the DLQ on
-    /// central, and a registry.
+    /// DC topics `<prefix>.<kind>` on dc1 and dc2 (MirrorMaker 2 copies them
+    /// to central as `<dc>.<prefix>.<kind>`), the merged topics and the DLQ
+    /// on central, and a registry.
     pub async fn new(name: &str, partitions: i32) -> Rig {
+        Self::build(name, partitions, true).await
+    }
+
+    /// A rig for tests that write the replicas on central themselves: no DC
+    /// topics, so MirrorMaker 2 (running during `infra/test-all.sh`) never
+    /// races the test to create a replica.
+    pub async fn central_only(name: &str, partitions: i32) -> Rig {
+        Self::build(name, partitions, false).await
+    }
+
+    async fn build(name: &str, partitions: i32, dc_topics: bool) -> Rig {
         let central = adpipe_testkit::kafka("central");
         let prefix = adpipe_testkit::unique(name);
         let dcs: Vec<DcCluster> = DCS
@@ -67,7 +77,7 @@ impl Rig {
                 bootstrap: adpipe_testkit::kafka(dc),
             })
             .collect();
-        for cluster in &dcs {
+        for cluster in dcs.iter().filter(|_| dc_topics) {
             let names = KINDS.map(|kind| format!("{prefix}.{kind}"));
             let specs: Vec<adpipe_testkit::TopicSpec<'_>> = names
                 .iter()
