@@ -25,19 +25,24 @@ type Acked = Arc<Mutex<HashMap<(String, i32), Arc<AtomicI64>>>>;
 /// Runs until `stop` is set.
 pub fn run(settings: &PassThroughSettings, stop: &AtomicBool) -> Result<(), KafkaError> {
     let worker = &settings.worker;
-    let consumer: BaseConsumer = ClientConfig::new()
+    // The runtime's consumer settings and pass-through properties.
+    let mut consumer_config = ClientConfig::new();
+    consumer_config
         .set("bootstrap.servers", &worker.kafka.bootstrap_servers)
-        .set("group.id", &worker.kafka.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "range")
-        .set("isolation.level", "read_committed")
-        .create()?;
-    let producer: ThreadedProducer<Delivered> =
-        adpipe_runtime::producer_config(&worker.kafka.bootstrap_servers)
-            .set("client.id", "adpipe-bareloop")
-            .create_with_context(Delivered)?;
+        .set("group.id", &worker.kafka.group_id);
+    for (key, value) in adpipe_runtime::CONSUMER_DEFAULTS {
+        consumer_config.set(key, value);
+    }
+    for (key, value) in &worker.kafka.consumer {
+        consumer_config.set(key, value);
+    }
+    let consumer: BaseConsumer = consumer_config.create()?;
+    let mut producer_config = adpipe_runtime::producer_config(&worker.kafka.bootstrap_servers);
+    producer_config.set("client.id", "adpipe-bareloop");
+    for (key, value) in &worker.kafka.producer {
+        producer_config.set(key, value);
+    }
+    let producer: ThreadedProducer<Delivered> = producer_config.create_with_context(Delivered)?;
     let topics = worker.input_topics();
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;

@@ -10,6 +10,10 @@ use adpipe_loadtest::passthrough::PassThroughSettings;
 use adpipe_runtime::ServiceArgs;
 use clap::Parser;
 
+/// mimalloc, as every service (see `adpipe_runtime::Allocator`).
+#[global_allocator]
+static ALLOCATOR: adpipe_runtime::Allocator = adpipe_runtime::Allocator;
+
 /// Copies input topics to `<input><suffix>` with no runtime at all.
 #[derive(Parser, Debug)]
 #[command(version)]

@@ -6,6 +6,10 @@ use adpipe_loadtest::passthrough;
 use adpipe_runtime::ServiceArgs;
 use clap::Parser;
 
+/// mimalloc, as every service (see `adpipe_runtime::Allocator`).
+#[global_allocator]
+static ALLOCATOR: adpipe_runtime::Allocator = adpipe_runtime::Allocator;
+
 /// Copies input topics to `<input><suffix>`, partition by partition
 /// (`[passthrough] inputs`, `output-suffix`).
 #[derive(Parser, Debug)]

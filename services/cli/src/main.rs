@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use adpipe_cli::{check, consume, demo, heartbeat, produce, simulate, topology};
 use clap::{Parser, Subcommand};
 
+/// mimalloc, as every service (see `adpipe_runtime::Allocator`).
+#[global_allocator]
+static ALLOCATOR: adpipe_runtime::Allocator = adpipe_runtime::Allocator;
+
 /// adpipe: a real-time ad-event pipeline on Kafka.
 #[derive(Parser, Debug)]
 #[command(version, about)]

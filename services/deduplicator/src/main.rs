@@ -6,6 +6,10 @@ use adpipe_deduplicator::DedupSettings;
 use adpipe_runtime::ServiceArgs;
 use clap::Parser;
 
+/// mimalloc, as every service (see `adpipe_runtime::Allocator`).
+#[global_allocator]
+static ALLOCATOR: adpipe_runtime::Allocator = adpipe_runtime::Allocator;
+
 /// Drops duplicate events within a window of event time.
 #[derive(Parser, Debug)]
 #[command(version)]

@@ -6,6 +6,10 @@ use adpipe_merger::MergerSettings;
 use adpipe_runtime::ServiceArgs;
 use clap::Parser;
 
+/// mimalloc, as every service (see `adpipe_runtime::Allocator`).
+#[global_allocator]
+static ALLOCATOR: adpipe_runtime::Allocator = adpipe_runtime::Allocator;
+
 /// Merges the DCs' streams, partition by partition, in event-time order.
 #[derive(Parser, Debug)]
 #[command(version)]

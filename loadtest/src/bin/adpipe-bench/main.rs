@@ -23,6 +23,7 @@
 const ROUNDS: usize = 2;
 
 mod latency;
+mod peer;
 mod service;
 mod tools;
 
@@ -57,6 +58,25 @@ struct Args {
     /// Write the report as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Classpath of the Kafka Streams peer (what `loadtest/kstreams/build.sh`
+    /// prints); without it the peer is not run.
+    #[arg(long)]
+    kstreams_classpath: Option<String>,
+    /// The JVM that runs the peer.
+    #[arg(long, default_value = "java")]
+    java: PathBuf,
+    /// Stream threads of the peer.
+    #[arg(long, default_value_t = 2)]
+    kstreams_threads: u32,
+    /// A librdkafka consumer property for adpipe's services and the bare
+    /// loop (`[kafka.consumer]`), e.g. fetch.queue.backoff.ms=10; repeatable.
+    #[arg(long = "consumer-property", value_name = "KEY=VALUE")]
+    consumer_properties: Vec<String>,
+    /// Run only these contenders of the backlog rounds (bare, pass,
+    /// kspass, dedup, ksdedup, merger; comma-separated) and skip the
+    /// allocation, latency and state phases.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -74,6 +94,17 @@ struct Report {
     bare_loop_peak_rss_mib: f64,
     merger: Vec<BacklogRun>,
     merger_peak_rss_mib: f64,
+    kstreams_passthrough: Vec<BacklogRun>,
+    kstreams_passthrough_peak_rss_mib: f64,
+    kstreams_dedup: Vec<BacklogRun>,
+    kstreams_dedup_peak_rss_mib: f64,
+    /// The phases after the backlog rounds (skipped with --only).
+    phases: Option<Phases>,
+}
+
+/// Allocations, latency and state: the phases after the backlog rounds.
+#[derive(Debug, Serialize)]
+struct Phases {
     passthrough_allocations_per_record: f64,
     passthrough_allocated_bytes_per_record: f64,
     latency_passthrough: latency::LatencyRun,
@@ -141,6 +172,12 @@ async fn run(args: &Args) -> Result<Report, String> {
     eprintln!("topics {prefix}.* on {bootstrap}");
     let (input, pass_out, dlq, raw) = (topic("in"), topic("in.pass"), topic("dlq"), topic("raw"));
     let bare_out = topic("in.bare");
+    // The Kafka Streams peer's outputs: one pass-through topic, a dedup
+    // output per round (each round starts with an empty store).
+    let ks_pass_out = topic("in.kspass");
+    let ks_dedup_outs: Vec<String> = (0..ROUNDS)
+        .map(|round| topic(&format!("ksdedup{round}")))
+        .collect();
     // The merger's inputs: the backlog split by DC, named as MirrorMaker 2
     // names replicas; an output per round (a merger resumes after what its
     // output already holds).
@@ -158,13 +195,15 @@ async fn run(args: &Args) -> Result<Report, String> {
     let changelogs: Vec<String> = (0..ROUNDS)
         .map(|round| topic(&format!("log{round}")))
         .collect();
-    let mut specs: Vec<adpipe_testkit::TopicSpec<'_>> = [&input, &pass_out, &raw, &bare_out]
-        .into_iter()
-        .chain(&dedup_outs)
-        .chain(&dc_inputs)
-        .chain(&merged_outs)
-        .map(|name| (name.as_str(), partitions, &[][..]))
-        .collect();
+    let mut specs: Vec<adpipe_testkit::TopicSpec<'_>> =
+        [&input, &pass_out, &raw, &bare_out, &ks_pass_out]
+            .into_iter()
+            .chain(&dedup_outs)
+            .chain(&ks_dedup_outs)
+            .chain(&dc_inputs)
+            .chain(&merged_outs)
+            .map(|name| (name.as_str(), partitions, &[][..]))
+            .collect();
     for changelog in &changelogs {
         specs.push((changelog, partitions, &[("cleanup.policy", "compact")]));
     }
@@ -240,9 +279,16 @@ async fn run(args: &Args) -> Result<Report, String> {
     // 3. Each service over the whole backlog, alternating, ROUNDS times.
     let config_dir = std::env::temp_dir();
     // What both services' configs share: broker, group, DLQ, commits, HTTP.
+    let consumer_properties: String = args
+        .consumer_properties
+        .iter()
+        .filter_map(|property| property.split_once('='))
+        .map(|(key, value)| format!("{key:?} = {value:?}\n"))
+        .collect();
     let worker_config = |group: &str, runtime_extra: &str| {
         format!(
             "[kafka]\nbootstrap-servers = \"{bootstrap}\"\ngroup-id = \"{prefix}-{group}\"\n\
+             [kafka.consumer]\n{consumer_properties}\
              [runtime]\ndead-letter-topic = \"{dlq}\"\ncommit-interval = \"100ms\"\n{runtime_extra}\
              [http]\nlisten = \"127.0.0.1:0\"\n"
         )
@@ -293,54 +339,180 @@ async fn run(args: &Args) -> Result<Report, String> {
         Ok(path)
     };
     let dc_input_refs: Vec<&str> = dc_inputs.iter().map(String::as_str).collect();
+    let unique_records = truth.uniques() as i64;
+    let peer = args
+        .kstreams_classpath
+        .as_ref()
+        .map(|classpath| peer::KafkaStreamsPeer {
+            java: args.java.clone(),
+            classpath: classpath.clone(),
+            threads: args.kstreams_threads,
+            // Not under /tmp: Kafka Streams warns that the OS may clear it.
+            state_dir: repo_root().join(format!(".adpipe/bench/{prefix}-kstreams")),
+        });
+    if peer.is_none() {
+        eprintln!(
+            "no --kstreams-classpath: the Kafka Streams peer is not run (loadtest/bench.sh builds it)"
+        );
+    }
     let (mut deduplicator, mut passthrough, mut bare_loop, mut merger) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut kstreams_passthrough, mut kstreams_dedup) = (Vec::new(), Vec::new());
     let (mut deduplicator_peak_rss_kb, mut passthrough_peak_rss_kb) = (0, 0);
     let (mut bare_peak_rss_kb, mut merger_peak_rss_kb) = (0, 0);
+    let (mut ks_pass_peak_rss_kb, mut ks_dedup_peak_rss_kb) = (0, 0);
     for round in 0..ROUNDS {
-        for (name, binary, config, group, inputs, runs, peak) in [
-            (
-                "bare loop",
-                &bare_binary,
-                pass_config(&format!("bare{round}"), ".bare")?,
-                format!("{prefix}-bare{round}"),
-                vec![input.as_str()],
-                &mut bare_loop,
-                &mut bare_peak_rss_kb,
-            ),
-            (
-                "passthrough",
-                &pass_binary,
-                pass_config(&format!("pass{round}"), ".pass")?,
-                format!("{prefix}-pass{round}"),
-                vec![input.as_str()],
-                &mut passthrough,
-                &mut passthrough_peak_rss_kb,
-            ),
-            (
-                "deduplicator",
-                &dedup_binary,
-                dedup_config(round)?,
-                format!("{prefix}-dedup{round}"),
-                vec![input.as_str()],
-                &mut deduplicator,
-                &mut deduplicator_peak_rss_kb,
-            ),
-            (
-                "merger",
-                &merger_binary,
-                merger_config(round, "100ms")?,
-                format!("{prefix}-merger{round}"),
-                dc_input_refs.clone(),
-                &mut merger,
-                &mut merger_peak_rss_kb,
-            ),
-        ] {
+        let ks_pass_app = format!("{prefix}-kspass{round}");
+        let ks_dedup_app = format!("{prefix}-ksdedup{round}");
+        let contenders = [
+            Contender {
+                key: "bare",
+                name: "bare loop",
+                launch: Launch::Binary(
+                    &bare_binary,
+                    pass_config(&format!("bare{round}"), ".bare")?,
+                ),
+                group: format!("{prefix}-bare{round}"),
+                inputs: vec![input.as_str()],
+                output: &bare_out,
+                expected: records,
+                runs: &mut bare_loop,
+                peak_rss_kb: &mut bare_peak_rss_kb,
+            },
+            Contender {
+                key: "pass",
+                name: "passthrough",
+                launch: Launch::Binary(
+                    &pass_binary,
+                    pass_config(&format!("pass{round}"), ".pass")?,
+                ),
+                group: format!("{prefix}-pass{round}"),
+                inputs: vec![input.as_str()],
+                output: &pass_out,
+                expected: records,
+                runs: &mut passthrough,
+                peak_rss_kb: &mut passthrough_peak_rss_kb,
+            },
+            Contender {
+                key: "kspass",
+                name: "Kafka Streams pass-through",
+                launch: Launch::Peer(peer::PeerJob {
+                    job: "passthrough",
+                    application_id: &ks_pass_app,
+                    input: &input,
+                    output: &ks_pass_out,
+                }),
+                group: ks_pass_app.clone(),
+                inputs: vec![input.as_str()],
+                output: &ks_pass_out,
+                expected: records,
+                runs: &mut kstreams_passthrough,
+                peak_rss_kb: &mut ks_pass_peak_rss_kb,
+            },
+            Contender {
+                key: "dedup",
+                name: "deduplicator",
+                launch: Launch::Binary(&dedup_binary, dedup_config(round)?),
+                group: format!("{prefix}-dedup{round}"),
+                inputs: vec![input.as_str()],
+                output: &dedup_outs[round],
+                expected: unique_records,
+                runs: &mut deduplicator,
+                peak_rss_kb: &mut deduplicator_peak_rss_kb,
+            },
+            Contender {
+                key: "ksdedup",
+                name: "Kafka Streams dedup",
+                launch: Launch::Peer(peer::PeerJob {
+                    job: "dedup",
+                    application_id: &ks_dedup_app,
+                    input: &input,
+                    output: &ks_dedup_outs[round],
+                }),
+                group: ks_dedup_app.clone(),
+                inputs: vec![input.as_str()],
+                output: &ks_dedup_outs[round],
+                expected: unique_records,
+                runs: &mut kstreams_dedup,
+                peak_rss_kb: &mut ks_dedup_peak_rss_kb,
+            },
+            Contender {
+                key: "merger",
+                name: "merger",
+                launch: Launch::Binary(&merger_binary, merger_config(round, "100ms")?),
+                group: format!("{prefix}-merger{round}"),
+                inputs: dc_input_refs.clone(),
+                output: &merged_outs[round],
+                expected: records,
+                runs: &mut merger,
+                peak_rss_kb: &mut merger_peak_rss_kb,
+            },
+        ];
+        for Contender {
+            key,
+            name,
+            launch,
+            group,
+            inputs,
+            output,
+            expected,
+            runs,
+            peak_rss_kb: peak,
+        } in contenders
+        {
+            if !args.only.is_empty() && !args.only.iter().any(|only| only == key) {
+                continue;
+            }
+            let mut service = match launch {
+                Launch::Binary(binary, config) => Service::spawn(name, binary, &config)?,
+                Launch::Peer(job) => match &peer {
+                    Some(peer) => peer.spawn(name, bootstrap, &job, &registry.url())?,
+                    None => continue,
+                },
+            };
             eprintln!("round {round}: {name} over the backlog");
-            let mut service = Service::spawn(name, binary, &config)?;
-            runs.push(service.run_backlog(bootstrap, &group, &inputs, records)?);
+            let output_before = service::topic_end(bootstrap, output)?;
+            let mut run = service.run_backlog(bootstrap, &group, &inputs, records)?;
             *peak = (*peak).max(service.stop()?);
+            run.output_records = service::topic_end(bootstrap, output)? - output_before;
+            if run.output_records != expected {
+                return Err(format!(
+                    "{name} (round {round}) wrote {} records to {output}, expected {expected}",
+                    run.output_records
+                ));
+            }
+            runs.push(run);
         }
+    }
+
+    if let Some(peer) = &peer {
+        let _ = std::fs::remove_dir_all(&peer.state_dir);
+    }
+
+    let mib = |kb: u64| kb as f64 / 1024.0;
+    let mut report = Report {
+        records,
+        unique_records: truth.uniques(),
+        mean_record_bytes,
+        kafka_producer_perf,
+        kafka_consumer_perf,
+        deduplicator,
+        deduplicator_peak_rss_mib: mib(deduplicator_peak_rss_kb),
+        passthrough,
+        passthrough_peak_rss_mib: mib(passthrough_peak_rss_kb),
+        bare_loop,
+        bare_loop_peak_rss_mib: mib(bare_peak_rss_kb),
+        merger,
+        merger_peak_rss_mib: mib(merger_peak_rss_kb),
+        kstreams_passthrough,
+        kstreams_passthrough_peak_rss_mib: mib(ks_pass_peak_rss_kb),
+        kstreams_dedup,
+        kstreams_dedup_peak_rss_mib: mib(ks_dedup_peak_rss_kb),
+        phases: None,
+    };
+    if !args.only.is_empty() {
+        registry.stop().await;
+        return Ok(report);
     }
 
     // 4. Allocations per record of the pass-through's hot path.
@@ -370,7 +542,7 @@ async fn run(args: &Args) -> Result<Report, String> {
     };
 
     // 4. Latency at half the deduplicator's maximum rate.
-    let rate = mean_rate(&deduplicator) / 2.0;
+    let rate = mean_rate(&report.deduplicator) / 2.0;
     let wanted = (rate * args.latency_duration.as_secs_f64() * 1.2) as u64;
     let latency_events = |seed| {
         Simulation {
@@ -459,21 +631,7 @@ async fn run(args: &Args) -> Result<Report, String> {
             / truth.uniques() as f64;
     registry.stop().await;
 
-    let mib = |kb: u64| kb as f64 / 1024.0;
-    Ok(Report {
-        records,
-        unique_records: truth.uniques(),
-        mean_record_bytes,
-        kafka_producer_perf,
-        kafka_consumer_perf,
-        deduplicator,
-        deduplicator_peak_rss_mib: mib(deduplicator_peak_rss_kb),
-        passthrough,
-        passthrough_peak_rss_mib: mib(passthrough_peak_rss_kb),
-        bare_loop,
-        bare_loop_peak_rss_mib: mib(bare_peak_rss_kb),
-        merger,
-        merger_peak_rss_mib: mib(merger_peak_rss_kb),
+    report.phases = Some(Phases {
         passthrough_allocations_per_record,
         passthrough_allocated_bytes_per_record,
         latency_passthrough,
@@ -483,7 +641,113 @@ async fn run(args: &Args) -> Result<Report, String> {
         state_bytes_per_key_in_memory,
         state_keys_measured,
         changelog_bytes_per_key_on_disk,
-    })
+    });
+    Ok(report)
+}
+
+/// CPU per record at steady state (second half of the backlog) and over
+/// the whole run, beside the Kafka Streams peer.
+fn print_cpu(report: &Report) {
+    let mean = |runs: &[BacklogRun], field: fn(&BacklogRun) -> f64| {
+        runs.iter().map(field).sum::<f64>() / runs.len().max(1) as f64
+    };
+    let steady = |runs: &[BacklogRun]| mean(runs, |run| run.steady_cpu_seconds_per_million);
+    println!(
+        "{:<30} {:>10} {:>10} {:>6} {:>10} {:>10} {:>8} {:>9}  steady CPU-s/1M by round",
+        "CPU (steady = 2nd half)",
+        "records/s",
+        "CPU-s/1M",
+        "cores",
+        "whole run",
+        "warm-up",
+        "RSS MiB",
+        "vs bare"
+    );
+    let bare = steady(&report.bare_loop);
+    for (name, runs, rss) in [
+        (
+            "bare loop",
+            &report.bare_loop,
+            report.bare_loop_peak_rss_mib,
+        ),
+        (
+            "pass-through",
+            &report.passthrough,
+            report.passthrough_peak_rss_mib,
+        ),
+        (
+            "Kafka Streams pass-through",
+            &report.kstreams_passthrough,
+            report.kstreams_passthrough_peak_rss_mib,
+        ),
+        (
+            "deduplicator",
+            &report.deduplicator,
+            report.deduplicator_peak_rss_mib,
+        ),
+        (
+            "Kafka Streams dedup",
+            &report.kstreams_dedup,
+            report.kstreams_dedup_peak_rss_mib,
+        ),
+        ("merger (2 DCs)", &report.merger, report.merger_peak_rss_mib),
+    ] {
+        if runs.is_empty() {
+            continue;
+        }
+        let rounds: Vec<String> = runs
+            .iter()
+            .map(|run| format!("{:.2}", run.steady_cpu_seconds_per_million))
+            .collect();
+        println!(
+            "{name:<30} {:>10.0} {:>10.2} {:>6.2} {:>10.2} {:>10.2} {rss:>8.0} {:>8.2}x  {}",
+            mean(runs, |run| run.steady_records_per_sec),
+            steady(runs),
+            mean(runs, |run| run.steady_cores_busy),
+            mean(runs, |run| run.cpu_seconds_per_million),
+            mean(runs, |run| run.warmup_cpu_seconds_per_million),
+            steady(runs) / bare,
+            rounds.join(" ")
+        );
+    }
+    let ratio = |peer: &[BacklogRun], ours: &[BacklogRun]| {
+        if peer.is_empty() {
+            "not run".to_owned()
+        } else {
+            format!("{:.2}x", steady(peer) / steady(ours))
+        }
+    };
+    println!(
+        "records per CPU-second vs Kafka Streams (steady): pass-through {}, deduplicator {}; pass-through vs bare loop {:.0}%; deduplicator costs {:.2}x the pass-through",
+        ratio(&report.kstreams_passthrough, &report.passthrough),
+        ratio(&report.kstreams_dedup, &report.deduplicator),
+        bare / steady(&report.passthrough) * 100.0,
+        steady(&report.deduplicator) / steady(&report.passthrough)
+    );
+}
+
+/// One service of the backlog rounds: how it starts, its group, inputs,
+/// output and the records its output must gain; where its runs and peak
+/// RSS go.
+struct Contender<'a, 'r> {
+    /// What `--only` calls it.
+    key: &'static str,
+    name: &'static str,
+    launch: Launch<'a>,
+    group: String,
+    inputs: Vec<&'a str>,
+    output: &'a str,
+    expected: i64,
+    runs: &'r mut Vec<BacklogRun>,
+    peak_rss_kb: &'r mut u64,
+}
+
+/// How a contender of the backlog rounds starts.
+enum Launch<'a> {
+    /// One of adpipe's binaries with its config file.
+    Binary(&'a Path, PathBuf),
+    /// A job of the Kafka Streams peer.
+    Peer(peer::PeerJob<'a>),
 }
 
 /// Heap bytes per remembered id of a deduplicator state holding `keys`
@@ -574,9 +838,13 @@ fn print_report(report: &Report) {
         merger / pass,
         dedup / pass
     );
+    print_cpu(report);
+    let Some(phases) = &report.phases else {
+        return;
+    };
     println!(
         "pass-through hot path: {:.2} allocations and {:.0} bytes allocated per record (Rust heap; librdkafka's own not counted)",
-        report.passthrough_allocations_per_record, report.passthrough_allocated_bytes_per_record
+        phases.passthrough_allocations_per_record, phases.passthrough_allocated_bytes_per_record
     );
     println!(
         "peak RSS: bare loop {:.0} MiB, pass-through {:.0} MiB, merger {:.0} MiB",
@@ -585,7 +853,7 @@ fn print_report(report: &Report) {
     println!(
         "peak RSS: deduplicator {:.0} MiB (backlog), {:.0} MiB (latency phase); pass-through {:.0} MiB",
         report.deduplicator_peak_rss_mib,
-        report.deduplicator_latency_phase_peak_rss_mib,
+        phases.deduplicator_latency_phase_peak_rss_mib,
         report.passthrough_peak_rss_mib
     );
     let first_commits = |runs: &[BacklogRun]| -> Vec<String> {
@@ -605,27 +873,27 @@ fn print_report(report: &Report) {
     for (name, percentiles) in [
         (
             "pass-through phase: broker only (1 hop)",
-            &report.latency_passthrough.input,
+            &phases.latency_passthrough.input,
         ),
         (
             "pass-through phase: through the service",
-            &report.latency_passthrough.output,
+            &phases.latency_passthrough.output,
         ),
         (
             "deduplicator phase: broker only (1 hop)",
-            &report.latency_deduplicator.input,
+            &phases.latency_deduplicator.input,
         ),
         (
             "deduplicator phase: through the service",
-            &report.latency_deduplicator.output,
+            &phases.latency_deduplicator.output,
         ),
         (
             "merger phase: broker only (1 hop, dc1)",
-            &report.latency_merger.input,
+            &phases.latency_merger.input,
         ),
         (
             "merger phase: through the merger (2 DCs)",
-            &report.latency_merger.output,
+            &phases.latency_merger.output,
         ),
     ] {
         println!(
@@ -639,14 +907,14 @@ fn print_report(report: &Report) {
     }
     println!(
         "at {:.0} records/s target (half the deduplicator's maximum); published {:.0} and {:.0}",
-        report.latency_deduplicator.target_rate,
-        report.latency_passthrough.published_rate,
-        report.latency_deduplicator.published_rate
+        phases.latency_deduplicator.target_rate,
+        phases.latency_passthrough.published_rate,
+        phases.latency_deduplicator.published_rate
     );
     println!(
         "state: {:.1} bytes/key in memory ({} keys), {:.1} bytes/key of changelog on the broker's disk",
-        report.state_bytes_per_key_in_memory,
-        report.state_keys_measured,
-        report.changelog_bytes_per_key_on_disk
+        phases.state_bytes_per_key_in_memory,
+        phases.state_keys_measured,
+        phases.changelog_bytes_per_key_on_disk
     );
 }

@@ -28,6 +28,28 @@ pub struct BacklogRun {
     pub wall_seconds: f64,
     /// Seconds from process start to its first commit.
     pub first_commit_seconds: f64,
+    /// CPU seconds (user + system, every thread) per million records over
+    /// the whole run, startup and warm-up included.
+    pub cpu_seconds_per_million: f64,
+    /// The same over the first half of the backlog (from process start):
+    /// the warm-up, where a JVM is still compiling.
+    pub warmup_cpu_seconds_per_million: f64,
+    /// Steady state: the second half of the backlog.
+    pub steady_cpu_seconds_per_million: f64,
+    /// Records per second over the second half of the backlog.
+    pub steady_records_per_sec: f64,
+    /// Cores busy over the second half (CPU seconds per wall second).
+    pub steady_cores_busy: f64,
+    /// Records the run added to its output topic (filled in by the caller).
+    pub output_records: i64,
+}
+
+/// A point of a run: when, CPU used so far, records committed so far.
+#[derive(Clone, Copy)]
+struct Mark {
+    at: Instant,
+    cpu_seconds: f64,
+    committed: i64,
 }
 
 impl Service {
@@ -43,20 +65,33 @@ impl Service {
         config: &Path,
         env: &[(&str, &str)],
     ) -> Result<Service, String> {
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("--config")
             .arg(config)
             .envs(env.iter().copied())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn");
+        Self::spawn_command(name, command)
+    }
+
+    /// Starts any command (a JVM, for the Kafka Streams peer); its stdout
+    /// is dropped, its stderr shown.
+    pub fn spawn_command(name: &'static str, mut command: Command) -> Result<Service, String> {
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|error| format!("{}: {error}", binary.display()))?;
+            .map_err(|error| format!("{name}: {:?}: {error}", command.get_program()))?;
         Ok(Service {
             name,
             child,
             peak_rss_kb: 0,
         })
+    }
+
+    /// CPU seconds the process used so far (user + system, all threads).
+    pub fn cpu_seconds(&self) -> f64 {
+        proc_cpu_seconds(self.child.id()).unwrap_or(0.0)
     }
 
     /// Resident set size now, in KiB (and remembers the peak).
@@ -78,6 +113,7 @@ impl Service {
     ) -> Result<BacklogRun, String> {
         let started = Instant::now();
         let mut first: Option<(Instant, i64)> = None;
+        let mut half: Option<Mark> = None;
         let mut last_print = Instant::now();
         let watcher = CommitWatcher::new(bootstrap, group, inputs)?;
         loop {
@@ -89,6 +125,13 @@ impl Service {
             if committed > 0 && first.is_none() {
                 first = Some((now, committed));
             }
+            if committed * 2 >= total && half.is_none() {
+                half = Some(Mark {
+                    at: now,
+                    cpu_seconds: self.cpu_seconds(),
+                    committed,
+                });
+            }
             let rss = self.sample_rss();
             if last_print.elapsed() >= Duration::from_secs(1) {
                 eprintln!(
@@ -99,12 +142,31 @@ impl Service {
                 last_print = now;
             }
             if committed >= total {
+                let end = Mark {
+                    at: now,
+                    cpu_seconds: self.cpu_seconds(),
+                    committed,
+                };
                 let (first_at, first_committed) = first.unwrap_or((now, 0));
+                let half = half.unwrap_or(end);
                 let seconds = now.duration_since(first_at).as_secs_f64().max(1e-3);
+                let per_million = |cpu: f64, records: i64| cpu * 1e6 / records.max(1) as f64;
+                let steady_seconds = end.at.duration_since(half.at).as_secs_f64().max(1e-3);
+                let steady_cpu = end.cpu_seconds - half.cpu_seconds;
                 return Ok(BacklogRun {
                     records_per_sec: (total - first_committed) as f64 / seconds,
                     wall_seconds: now.duration_since(started).as_secs_f64(),
                     first_commit_seconds: first_at.duration_since(started).as_secs_f64(),
+                    cpu_seconds_per_million: per_million(end.cpu_seconds, end.committed),
+                    warmup_cpu_seconds_per_million: per_million(half.cpu_seconds, half.committed),
+                    steady_cpu_seconds_per_million: per_million(
+                        steady_cpu,
+                        end.committed - half.committed,
+                    ),
+                    steady_records_per_sec: (end.committed - half.committed) as f64
+                        / steady_seconds,
+                    steady_cores_busy: steady_cpu / steady_seconds,
+                    output_records: 0,
                 });
             }
             if started.elapsed() > Duration::from_secs(900) {
@@ -137,6 +199,29 @@ impl Service {
             }
         }
     }
+}
+
+/// CPU seconds (user + system) of a process from /proc/PID/stat.
+fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks_per_second())
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|output| String::from_utf8(output.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// A value from /proc/PID/status in KiB.
