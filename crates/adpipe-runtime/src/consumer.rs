@@ -618,7 +618,10 @@ pub const CONSUMER_DEFAULTS: [(&str, &str); 6] = [
     // librdkafka postpones a partition's next fetch by this much whenever
     // its local queue is above queued.min.messages/…kbytes; the default
     // (1 s) paced a backlog at ~110k records/s with the CPU half idle, the
-    // bare loop included (adpipe-bench; 10 ms: 297k).
+    // bare loop included (adpipe-bench; 10 ms: 374k). Fetching that fast
+    // fills the producer's queue far more often, which exposed a loss hole
+    // at revoke (outputs given up while waiting for queue space), closed in
+    // `task.rs` with its fault test.
     ("fetch.queue.backoff.ms", "10"),
 ];
 

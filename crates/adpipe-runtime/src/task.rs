@@ -209,6 +209,10 @@ struct Task<S: Step> {
     timers: Timers,
     /// The task's event time: the latest event time handed to the step.
     event_clock_ms: Option<i64>,
+    /// Outputs the step emitted were given up before reaching the producer
+    /// (a revoke while they waited for queue space): the step's state may
+    /// hold records whose outputs never left, so the task is not drained.
+    outputs_given_up: bool,
 }
 
 /// Runs a task until it is drained or its channel closes.
@@ -235,6 +239,7 @@ pub async fn run_task<F: StepFactory>(
         step: None,
         emitter,
         outputs_in_flight: Arc::new(AtomicUsize::new(0)),
+        outputs_given_up: false,
         metrics,
         aligner,
         aligned_wake: None,
@@ -705,6 +710,7 @@ impl<S: Step> Task<S> {
                         token.abandon();
                     }
                 }
+                self.outputs_given_up = true;
                 complete = false;
                 break;
             }
@@ -807,8 +813,10 @@ impl<S: Step> Task<S> {
             );
         } else if in_flight > 0 {
             warn!(in_flight, "outputs still in flight at the revoke deadline");
+        } else if self.outputs_given_up {
+            warn!("outputs the step emitted never reached the producer: not drained");
         }
-        let drained = in_flight == 0 && failed.is_empty();
+        let drained = in_flight == 0 && failed.is_empty() && !self.outputs_given_up;
         if let Some(step) = self.step.as_mut() {
             let saved = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 tokio::task::block_in_place(|| step.on_revoke(drained));

@@ -264,6 +264,46 @@ async fn a_stop_after_a_lost_output_commits_only_the_prefix_and_is_not_drained()
     );
 }
 
+/// A record whose output could not even be handed to the producer before a
+/// stop (its queue full: one message allowed, held back by a long linger)
+/// is abandoned after the step saw it. Its task has nothing in flight and
+/// no failure, yet it is not drained: the step's state holds the record
+/// (the deduplicator's seen id), and a snapshot of it would drop the record
+/// as a duplicate when it is read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_an_output_waits_for_queue_space_is_not_drained() {
+    let topics = Topics::create("rt-queue-full", 2).await;
+    topics
+        .produce(&[
+            (0, "user-0".to_owned(), "good-0".to_owned()),
+            (1, "user-1".to_owned(), "good-1".to_owned()),
+        ])
+        .await;
+    let mut settings = topics.settings("commit-interval = \"1h\"\nrevoke-deadline = \"1s\"\n");
+    for (key, value) in [
+        ("queue.buffering.max.messages", "1"),
+        ("linger.ms", "20000"),
+    ] {
+        settings
+            .kafka
+            .producer
+            .insert(key.to_owned(), value.to_owned());
+    }
+    let factory = TestFactory::new(&topics);
+    let revokes = std::sync::Arc::clone(&factory.revokes);
+    let worker = adpipe_runtime::start(settings, factory).expect("starts");
+    // Both records processed: one output lingers in the queue, the other
+    // waits for space.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let _ = worker.stop().await;
+    assert_eq!(topics.committed(), [None, None], "nothing is done");
+    assert_eq!(
+        *revokes.lock(),
+        [false, false],
+        "neither the partition with a lingering output nor the one whose output never left is drained"
+    );
+}
+
 /// A revoke (here a stop) never waits longer than the revoke deadline for
 /// a step that hangs, a retry sleeping out a long backoff, or a restore.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
