@@ -19,6 +19,21 @@ pub struct ServiceArgs {
     pub check_config: bool,
 }
 
+impl ServiceArgs {
+    /// Parses the process's arguments for the binary `name` (pass
+    /// `env!("CARGO_BIN_NAME")`), described by `about` in `--help`; exits
+    /// with clap's message on bad flags, `--help` and `--version`.
+    pub fn parse_for(name: &'static str, about: &'static str) -> ServiceArgs {
+        use clap::{Args, FromArgMatches};
+        let command = clap::Command::new(name).version(env!("CARGO_PKG_VERSION"));
+        // After augment_args, which sets ServiceArgs' own doc as the about.
+        let matches = ServiceArgs::augment_args(command)
+            .about(about)
+            .get_matches();
+        ServiceArgs::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    }
+}
+
 /// Logs to stdout at `RUST_LOG` (default `info`).
 pub fn init_logging() {
     tracing_subscriber::fmt()

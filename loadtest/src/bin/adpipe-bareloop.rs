@@ -8,25 +8,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use adpipe_loadtest::passthrough::PassThroughSettings;
 use adpipe_runtime::ServiceArgs;
-use clap::Parser;
 
 /// mimalloc, as every service (see `adpipe_runtime::Allocator`).
 #[global_allocator]
 static ALLOCATOR: adpipe_runtime::Allocator = adpipe_runtime::Allocator;
 
-/// Copies input topics to `<input><suffix>` with no runtime at all.
-#[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
-    #[command(flatten)]
-    service: ServiceArgs,
-}
-
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = ServiceArgs::parse_for(
+        env!("CARGO_BIN_NAME"),
+        "Copies input topics to <input><suffix> with no runtime at all.",
+    );
     adpipe_runtime::init_logging();
-    let settings = match PassThroughSettings::load(args.service.config.as_deref(), std::env::vars())
-    {
+    let settings = match PassThroughSettings::load(args.config.as_deref(), std::env::vars()) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("{error}");

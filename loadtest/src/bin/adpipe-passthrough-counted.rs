@@ -8,24 +8,18 @@ use std::process::ExitCode;
 
 use adpipe_loadtest::passthrough;
 use adpipe_runtime::ServiceArgs;
-use clap::Parser;
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// The pass-through, counting allocations.
-#[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
-    #[command(flatten)]
-    service: ServiceArgs,
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    let code = passthrough::service_main(&args.service).await;
+    let args = ServiceArgs::parse_for(
+        env!("CARGO_BIN_NAME"),
+        "The pass-through, counting allocations.",
+    );
+    let code = passthrough::service_main(&args).await;
     let stats = GLOBAL.stats();
     if let Some(path) = std::env::var_os("ADPIPE_ALLOC_REPORT") {
         let report = format!(
