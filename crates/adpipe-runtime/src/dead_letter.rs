@@ -9,11 +9,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::{Message, OwnedMessage};
+use std::sync::Arc;
 
 use crate::ack::AckToken;
 use crate::config::WorkerSettings;
-use crate::step::{OutputRecord, StepError};
+use crate::step::{InputRecord, OutputRecord, StepError};
 
 /// Header: the error message.
 pub const HEADER_ERROR: &str = "adpipe.dlq.error";
@@ -49,36 +49,36 @@ fn coordinates(
     partition: i32,
     offset: i64,
     service: &str,
-) -> [(String, Vec<u8>); 7] {
+) -> [(&'static str, Vec<u8>); 7] {
     [
-        (HEADER_ERROR.to_owned(), error.as_bytes().to_vec()),
-        (HEADER_REASON.to_owned(), reason.as_bytes().to_vec()),
-        (HEADER_TOPIC.to_owned(), topic.as_bytes().to_vec()),
-        (
-            HEADER_PARTITION.to_owned(),
-            partition.to_string().into_bytes(),
-        ),
-        (HEADER_OFFSET.to_owned(), offset.to_string().into_bytes()),
-        (HEADER_SERVICE.to_owned(), service.as_bytes().to_vec()),
-        (HEADER_TIME.to_owned(), now_ms().to_string().into_bytes()),
+        (HEADER_ERROR, error.as_bytes().to_vec()),
+        (HEADER_REASON, reason.as_bytes().to_vec()),
+        (HEADER_TOPIC, topic.as_bytes().to_vec()),
+        (HEADER_PARTITION, partition.to_string().into_bytes()),
+        (HEADER_OFFSET, offset.to_string().into_bytes()),
+        (HEADER_SERVICE, service.as_bytes().to_vec()),
+        (HEADER_TIME, now_ms().to_string().into_bytes()),
     ]
 }
 
-/// Builds the dead-letter record for an input `record` the step failed on.
+/// Builds the dead-letter record for an input `record` the step failed on:
+/// its key, value and headers, plus the reason and its coordinates.
 pub fn dead_letter_record(
     settings: &WorkerSettings,
-    record: &OwnedMessage,
-    headers: &[(String, Vec<u8>)],
+    record: &InputRecord<'_>,
     error: &StepError,
 ) -> OutputRecord {
-    let mut output = OutputRecord::new(&settings.dead_letter_topic, record.key(), record.payload());
-    output.headers = headers.to_vec();
-    output.headers.extend(coordinates(
+    let mut output = OutputRecord::sharing(
+        &Arc::from(settings.dead_letter_topic.as_str()),
+        record.share(record.key),
+        record.share(record.value),
+    );
+    output.headers = record.headers.extended(coordinates(
         error.kind,
         &error.message,
-        record.topic(),
-        record.partition(),
-        record.offset(),
+        record.topic,
+        record.partition,
+        record.offset,
         &settings.service,
     ));
     output
@@ -96,40 +96,32 @@ pub fn rejected_output_record(
     code: RDKafkaErrorCode,
 ) -> OutputRecord {
     let source = token.source();
-    let value_len = output.value.as_ref().map_or(0, Vec::len);
+    let value_len = output.value.as_ref().map_or(0, bytes::Bytes::len);
     let keep_value = !matches!(
         code,
         RDKafkaErrorCode::MessageSizeTooLarge
             | RDKafkaErrorCode::MessageBatchTooLarge
             | RDKafkaErrorCode::InvalidMessageSize
     );
-    let mut record = OutputRecord::new(
-        dead_letter_topic,
-        output.key.as_deref(),
-        if keep_value {
-            output.value.as_deref()
-        } else {
-            None
-        },
+    let mut record = OutputRecord::sharing(
+        &Arc::from(dead_letter_topic),
+        output.key.clone(),
+        output.value.clone().filter(|_| keep_value),
     );
-    record.headers = output.headers.clone();
-    record.headers.extend(coordinates(
-        REASON_OUTPUT_REJECTED,
-        &code.to_string(),
-        &source.topic,
-        source.partition,
-        token.offset(),
-        service,
-    ));
-    record.headers.push((
-        HEADER_OUTPUT_TOPIC.to_owned(),
-        output.topic.as_bytes().to_vec(),
-    ));
-    if !keep_value {
-        record.headers.push((
-            HEADER_VALUE_OMITTED.to_owned(),
-            value_len.to_string().into_bytes(),
-        ));
-    }
+    let value_omitted =
+        (!keep_value).then(|| (HEADER_VALUE_OMITTED, value_len.to_string().into_bytes()));
+    record.headers = output.headers.extended(
+        coordinates(
+            REASON_OUTPUT_REJECTED,
+            &code.to_string(),
+            &source.topic,
+            source.partition,
+            token.offset(),
+            service,
+        )
+        .into_iter()
+        .chain([(HEADER_OUTPUT_TOPIC, output.topic.as_bytes().to_vec())])
+        .chain(value_omitted),
+    );
     record
 }

@@ -21,12 +21,18 @@ pub const HEADER: &str = "adpipe.heartbeat";
 /// Only records without a value are checked, so data records cost one
 /// comparison.
 pub fn watermark<M: rdkafka::message::Message>(message: &M) -> Option<i64> {
-    use rdkafka::message::Headers;
-    if message.payload().is_some() {
+    watermark_of(message.payload(), message.headers())
+}
+
+/// [`watermark`] from a record's value and headers.
+pub(crate) fn watermark_of<H: rdkafka::message::Headers>(
+    payload: Option<&[u8]>,
+    headers: Option<&H>,
+) -> Option<i64> {
+    if payload.is_some() {
         return None;
     }
-    let headers = message.headers()?;
-    headers
+    headers?
         .iter()
         .find(|header| header.key == HEADER)
         .and_then(|header| header.value)

@@ -35,10 +35,12 @@
 
 mod ack;
 pub mod align;
+mod batch;
 pub mod config;
 mod consumer;
 pub mod dead_letter;
 pub mod event_time;
+mod headers;
 pub mod heartbeat;
 mod offsets;
 mod producer;
@@ -51,9 +53,12 @@ pub mod topics;
 mod worker;
 
 pub use ack::{AckToken, Held};
+/// The shared byte buffers of [`OutputRecord`]s.
+pub use bytes::Bytes;
 pub use config::{ConfigError, FailureAction, OutputTopic, WorkerSettings};
 pub use consumer::CONSUMER_DEFAULTS;
 pub use event_time::EventTimePolicy;
+pub use headers::{HeaderEntries, Headers};
 pub use offsets::OffsetTracker;
 pub use producer::{PRODUCER_DEFAULTS, producer_config};
 pub use service_main::{ServiceArgs, init_logging, service_main};

@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tokio::sync::mpsc;
 use tracing::error;
@@ -190,7 +190,9 @@ impl ProducerContext for AckContext {
 /// The output as librdkafka returned it with its failure.
 fn rejected_output(message: &rdkafka::message::BorrowedMessage<'_>) -> OutputRecord {
     let mut record = OutputRecord::new(message.topic(), message.key(), message.payload());
-    record.headers = crate::step::owned_headers(message);
+    if let Some(headers) = message.headers() {
+        record.headers = crate::headers::Headers::copied_from(headers);
+    }
     record
 }
 
@@ -205,9 +207,13 @@ pub struct OutputProducer {
 
 /// Why an output could not be handed to librdkafka.
 #[derive(Debug)]
+// The record travels back only on the rare QueueFull path; boxing it would
+// allocate there for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum SendError {
-    /// The local queue is full: wait and retry (backpressure).
-    QueueFull,
+    /// The local queue is full: wait and retry with the record given back
+    /// (backpressure).
+    QueueFull(OutputRecord),
     /// Anything else: the token was failed.
     Failed(KafkaError),
 }
@@ -257,39 +263,39 @@ impl OutputProducer {
     }
 
     /// Hands one output to librdkafka (counted in flight for its task). On
-    /// `QueueFull` nothing was sent and the caller keeps its token to retry.
-    /// A record librdkafka refuses for good (larger than `message.max.bytes`)
-    /// is dead-lettered in its place.
-    pub fn send(&self, output: &OutputRecord, token: Option<&AckToken>) -> Result<(), SendError> {
+    /// `QueueFull` nothing was sent and the record comes back to retry; the
+    /// caller keeps its token. A record librdkafka refuses for good (larger
+    /// than `message.max.bytes`) is dead-lettered in its place.
+    #[allow(clippy::result_large_err)] // see SendError
+    pub fn send(&self, output: OutputRecord, token: Option<&AckToken>) -> Result<(), SendError> {
         self.send_as(output, token, false, true)
     }
 
+    #[allow(clippy::result_large_err)] // see SendError
     fn send_as(
         &self,
-        output: &OutputRecord,
+        mut output: OutputRecord,
         token: Option<&AckToken>,
         dead_letter: bool,
         count: bool,
     ) -> Result<(), SendError> {
-        let mut headers = OwnedHeaders::new_with_capacity(output.headers.len());
-        for (key, value) in &output.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
+        // The record is moved in, so its follow-up travels without a copy;
+        // key, value and headers are borrowed (librdkafka copies them).
         let delivery = Box::new(Delivery {
             token: token.cloned(),
-            then: output.then.clone(),
+            then: output.then.take(),
             dead_letter,
         });
         let mut record: BaseRecord<'_, [u8], [u8], Box<Delivery>> =
-            BaseRecord::with_opaque_to(&output.topic, delivery).headers(headers);
+            BaseRecord::with_opaque_to(&output.topic, delivery);
+        if !output.headers.is_empty() {
+            record = record.headers(output.headers.to_rdkafka());
+        }
         if let Some(key) = &output.key {
-            record = record.key(key.as_slice());
+            record = record.key(key.as_ref());
         }
         if let Some(value) = &output.value {
-            record = record.payload(value.as_slice());
+            record = record.payload(value.as_ref());
         }
         if let Some(partition) = output.partition {
             record = record.partition(partition);
@@ -305,17 +311,22 @@ impl OutputProducer {
                 token.output_settled();
             }
         };
-        match self.producer.send(record) {
-            Ok(()) => Ok(()),
-            // Dropping the returned opaque drops our clone of the token, which
-            // is fine: the caller still holds its own.
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+        let (error, returned) = match self.producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err(failure) => failure,
+        };
+        // Dropping the returned opaque's token clone is fine: the caller
+        // still holds its own.
+        let Delivery { then, .. } = *returned.delivery_opaque;
+        output.then = then;
+        match error {
+            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
                 if count {
                     settle(token);
                 }
-                Err(SendError::QueueFull)
+                Err(SendError::QueueFull(output))
             }
-            Err((KafkaError::MessageProduction(code), _))
+            KafkaError::MessageProduction(code)
                 if rejects_record(code) && !dead_letter && token.is_some() =>
             {
                 if count {
@@ -324,20 +335,20 @@ impl OutputProducer {
                 let Some(token) = token else {
                     return Ok(());
                 };
-                metrics::counter!(Metric::OutputsRejected.name(), "service" => self.producer.context().service.clone(), "topic" => output.topic.clone()).increment(1);
+                metrics::counter!(Metric::OutputsRejected.name(), "service" => self.producer.context().service.clone(), "topic" => output.topic.to_string()).increment(1);
                 error!(error = %code, topic = %output.topic, "an output exceeds what the producer may send; dead-lettering it with its input's coordinates");
                 let context = self.producer.context();
                 let record = dead_letter::rejected_output_record(
                     &context.dead_letter_topic,
                     &context.service,
                     token,
-                    output,
+                    &output,
                     code,
                 );
                 // The dead letter takes the output's place in flight.
-                self.send_as(&record, Some(token), true, count)
+                self.send_as(record, Some(token), true, count)
             }
-            Err((error, _)) => {
+            error => {
                 settle(token);
                 if let Some(token) = token {
                     token.fail();
@@ -370,12 +381,11 @@ pub async fn run_followups(
     while let Some(followup) = followups.recv().await {
         // A `Failed` send already failed and settled the token; only a full
         // queue retries.
-        while let Err(SendError::QueueFull) = producer.send_as(
-            &followup.record,
-            followup.token.as_ref(),
-            followup.dead_letter,
-            false,
-        ) {
+        let mut record = followup.record;
+        while let Err(SendError::QueueFull(returned)) =
+            producer.send_as(record, followup.token.as_ref(), followup.dead_letter, false)
+        {
+            record = returned;
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         producer.followup_backlog.fetch_sub(1, Ordering::AcqRel);

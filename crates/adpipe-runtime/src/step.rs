@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use crate::ack::{AckToken, Held};
 use crate::event_time::EventTimePolicy;
+use crate::headers::Headers;
+use bytes::Bytes;
 
 use adpipe_codec::{DecodeError, Disposition, WriterSchema};
 use serde::de::DeserializeOwned;
@@ -85,8 +87,12 @@ pub struct InputRecord<'a> {
     pub key: Option<&'a [u8]>,
     /// Record value (Confluent-framed Avro for adpipe topics).
     pub value: Option<&'a [u8]>,
-    /// Record headers.
-    pub headers: &'a [(String, Vec<u8>)],
+    /// Record headers (clone them onto an output: no copy).
+    pub headers: &'a Headers,
+    /// The buffer `key`, `value` and `headers` borrow from, when the
+    /// runtime has one: [`Self::share`] slices it instead of copying.
+    /// `None` in unit tests.
+    pub shared: Option<&'a Bytes>,
     /// The value's writer schema, resolved by the runtime when the worker
     /// decodes values (see `WorkerSettings::registry_url`).
     pub writer: Option<Arc<WriterSchema>>,
@@ -116,45 +122,37 @@ impl InputRecord<'_> {
 
     /// The value of header `key`, if present.
     pub fn header(&self, key: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(name, _)| name == key)
-            .map(|(_, value)| value.as_slice())
+        self.headers.value_of(key)
+    }
+
+    /// `part` (the key, the value or a slice of them) as shared bytes for
+    /// an output: a slice of the consumer's buffer when it lies in it (no
+    /// copy, no allocation), a copy otherwise.
+    pub fn share(&self, part: Option<&[u8]>) -> Option<Bytes> {
+        part.map(|part| match self.shared {
+            Some(buffer) if !part.is_empty() && buffer.as_ptr_range().contains(&part.as_ptr()) => {
+                buffer.slice_ref(part)
+            }
+            _ => Bytes::copy_from_slice(part),
+        })
     }
 }
 
-/// A record's headers as owned pairs (absent values become empty).
-pub(crate) fn owned_headers<M: rdkafka::message::Message>(message: &M) -> Vec<(String, Vec<u8>)> {
-    use rdkafka::message::Headers;
-    message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|header| {
-                    (
-                        header.key.to_owned(),
-                        header.value.unwrap_or_default().to_vec(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A record to produce.
+/// A record to produce. Its parts are shared buffers: an output copying
+/// its input's key, value or headers ([`InputRecord::share`]) and a topic
+/// name held by the step cost no allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputRecord {
     /// Destination topic.
-    pub topic: String,
+    pub topic: Arc<str>,
     /// Explicit partition (`None` lets the producer hash the key).
     pub partition: Option<i32>,
     /// Key.
-    pub key: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
     /// Value (`None` is a tombstone).
-    pub value: Option<Vec<u8>>,
+    pub value: Option<Bytes>,
     /// Headers.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     /// Kafka timestamp (ms); `None` lets the producer stamp it.
     pub timestamp_ms: Option<i64>,
     /// Produced only after this record is acknowledged, sharing its ack:
@@ -164,14 +162,24 @@ pub struct OutputRecord {
 }
 
 impl OutputRecord {
-    /// A record for `topic` with a key and a value.
+    /// A record for `topic` with a copy of `key` and `value`.
     pub fn new(topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Self {
+        OutputRecord::sharing(
+            &Arc::from(topic),
+            key.map(Bytes::copy_from_slice),
+            value.map(Bytes::copy_from_slice),
+        )
+    }
+
+    /// A record for `topic` with `key` and `value` as they are (shared, not
+    /// copied): the allocation-free way for a step's hot path.
+    pub fn sharing(topic: &Arc<str>, key: Option<Bytes>, value: Option<Bytes>) -> Self {
         OutputRecord {
-            topic: topic.to_owned(),
+            topic: Arc::clone(topic),
             partition: None,
-            key: key.map(<[u8]>::to_vec),
-            value: value.map(<[u8]>::to_vec),
-            headers: Vec::new(),
+            key,
+            value,
+            headers: Headers::new(),
             timestamp_ms: None,
             then: None,
         }

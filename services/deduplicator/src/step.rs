@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use adpipe_runtime::telemetry::Metric;
 use adpipe_runtime::{
-    Emitter, InputRecord, OutputRecord, Step, StepError, StepFactory, TaskAssignment,
+    Bytes, Emitter, InputRecord, OutputRecord, Step, StepError, StepFactory, TaskAssignment,
 };
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -38,6 +38,9 @@ struct EventIdentity {
 /// Deduplicates one partition of one stream.
 pub struct DedupStep {
     stream: Stream,
+    /// `stream.output` and `stream.changelog`, shared by every output.
+    output_topic: Arc<str>,
+    changelog_topic: Arc<str>,
     partition: i32,
     state: DedupState,
     /// Where to save the state on revoke, and the cluster holding the changelog.
@@ -67,6 +70,8 @@ impl DedupStep {
             "reason" => "outside_window"
         );
         DedupStep {
+            output_topic: Arc::from(stream.output.as_str()),
+            changelog_topic: Arc::from(stream.changelog.as_str()),
             stream,
             partition,
             state,
@@ -139,16 +144,20 @@ impl Step for DedupStep {
         {
             return Ok(()); // no output: done at once
         }
-        let mut changelog = OutputRecord::new(
-            &self.stream.changelog,
-            Some(identity.event_id.as_bytes()),
-            Some(&changelog_value(identity.event_time)),
+        let mut changelog = OutputRecord::sharing(
+            &self.changelog_topic,
+            Some(Bytes::from(identity.event_id.into_bytes())),
+            Some(Bytes::from(changelog_value(identity.event_time))),
         );
         changelog.partition = Some(self.partition);
-        let mut output = OutputRecord::new(&self.stream.output, record.key, record.value);
+        let mut output = OutputRecord::sharing(
+            &self.output_topic,
+            record.share(record.key),
+            record.share(record.value),
+        );
         // Fixed partitioning: partition i stays partition i.
         output.partition = Some(self.partition);
-        output.headers = record.headers.to_vec();
+        output.headers = record.headers.clone();
         output.then = Some(Box::new(changelog));
         out.emit(output);
         Ok(())
@@ -274,7 +283,7 @@ mod tests {
             Encoder::<Impression>::new(1, EventKind::Impression.schema().parse().expect("schema"));
         let event = samples::impression(9);
         let value = encoder.encode(&event).expect("encodes");
-        let headers = vec![("adpipe.origin.dc".to_owned(), b"dc1".to_vec())];
+        let headers = adpipe_runtime::Headers::from_pairs([("adpipe.origin.dc", "dc1")]);
         let record = |offset| InputRecord {
             topic: "in",
             input: 0,
@@ -286,6 +295,7 @@ mod tests {
             key: Some(event.user_id.as_bytes()),
             value: Some(&value),
             headers: &headers,
+            shared: None,
             writer: Some(Arc::clone(&writer)),
         };
         let mut step = DedupStep::new(stream(), 4, DedupState::new(86_400_000, 3_600_000));
@@ -295,7 +305,7 @@ mod tests {
         let [output] = outputs[..] else {
             panic!("one output expected")
         };
-        assert_eq!((output.topic.as_str(), output.partition), ("out", Some(4)));
+        assert_eq!((&*output.topic, output.partition), ("out", Some(4)));
         assert_eq!(
             output.value.as_deref(),
             Some(value.as_slice()),

@@ -7,11 +7,12 @@
 //! straggler) lateness in headers. Records the output already holds from
 //! before a crash ([`crate::resume`]) are acknowledged without output.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use adpipe_runtime::telemetry::Metric;
 use adpipe_runtime::{
-    Emitter, InputRecord, OutputRecord, Step, StepError, StepFactory, TaskAssignment,
+    Emitter, Headers, InputRecord, OutputRecord, Step, StepError, StepFactory, TaskAssignment,
 };
 use serde::Deserialize;
 use tracing::info;
@@ -28,7 +29,7 @@ struct EventTime {
 
 /// Merges partition `partition` of one kind's DC topics.
 pub struct MergeStep {
-    output: String,
+    output: Arc<str>,
     partition: i32,
     dcs: Vec<String>,
     /// Per input: source offsets up to this one are already in the output.
@@ -47,7 +48,7 @@ impl MergeStep {
     ) -> Self {
         let skipped = metrics::counter!(Metric::RecordsSkippedOnResume.name(), "service" => "merger", "topic" => output.clone());
         MergeStep {
-            output,
+            output: Arc::from(output),
             partition,
             dcs,
             resume_after,
@@ -82,30 +83,35 @@ impl Step for MergeStep {
             return Ok(()); // merged before the restart: done, no output
         }
         let dc = self.dcs.get(record.input).map_or("", String::as_str);
-        let mut output = OutputRecord::new(&self.output, record.key, record.value);
+        let mut output = OutputRecord::sharing(
+            &self.output,
+            record.share(record.key),
+            record.share(record.value),
+        );
         output.partition = Some(self.partition);
         output.timestamp_ms = Some(event_time);
-        output.headers = record
+        // The merge's own headers replace any the record already carried.
+        let kept = record
             .headers
-            .iter()
+            .entries()
             .filter(|(name, _)| {
-                ![HEADER_ORIGIN_DC, HEADER_SOURCE_OFFSET, HEADER_LATENESS].contains(&name.as_str())
+                ![HEADER_ORIGIN_DC, HEADER_SOURCE_OFFSET, HEADER_LATENESS].contains(name)
             })
-            .cloned()
-            .collect();
-        output
-            .headers
-            .push((HEADER_ORIGIN_DC.to_owned(), dc.as_bytes().to_vec()));
-        output.headers.push((
-            HEADER_SOURCE_OFFSET.to_owned(),
-            record.offset.to_string().into_bytes(),
-        ));
-        if let Some(lateness) = record.lateness_ms {
-            output.headers.push((
-                HEADER_LATENESS.to_owned(),
-                lateness.to_string().into_bytes(),
-            ));
-        }
+            .map(|(name, value)| (name, Cow::Borrowed(value.unwrap_or_default())));
+        let source_offset = record.offset.to_string().into_bytes();
+        let lateness = record.lateness_ms.map(|lateness| {
+            (
+                HEADER_LATENESS,
+                Cow::Owned(lateness.to_string().into_bytes()),
+            )
+        });
+        output.headers = Headers::from_pairs(
+            kept.chain([
+                (HEADER_ORIGIN_DC, Cow::Borrowed(dc.as_bytes())),
+                (HEADER_SOURCE_OFFSET, Cow::Owned(source_offset)),
+            ])
+            .chain(lateness),
+        );
         out.emit(output);
         Ok(())
     }
@@ -168,9 +174,8 @@ mod tests {
     fn header<'a>(output: &'a OutputRecord, name: &str) -> Option<&'a str> {
         output
             .headers
-            .iter()
-            .find(|(key, _)| key == name)
-            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+            .value_of(name)
+            .and_then(|value| std::str::from_utf8(value).ok())
     }
 
     #[tokio::test]
@@ -183,10 +188,7 @@ mod tests {
         let event = samples::impression(3);
         let value = encoder.encode(&event).expect("encodes");
         // A bidder's own origin header is replaced by the merger's.
-        let headers = vec![
-            ("adpipe.origin.dc".to_owned(), b"bidder-said".to_vec()),
-            ("trace".to_owned(), b"t1".to_vec()),
-        ];
+        let headers = Headers::from_pairs([("adpipe.origin.dc", "bidder-said"), ("trace", "t1")]);
         let record = |input, offset, lateness_ms| InputRecord {
             topic: "dc2.impressions",
             input,
@@ -196,6 +198,7 @@ mod tests {
             key: Some(event.user_id.as_bytes()),
             value: Some(&value),
             headers: &headers,
+            shared: None,
             writer: Some(Arc::clone(&writer)),
             lateness_ms,
             event_time_ms: None,
@@ -220,7 +223,7 @@ mod tests {
             panic!("one output")
         };
         assert_eq!(
-            (output.topic.as_str(), output.partition),
+            (&*output.topic, output.partition),
             ("merged.impressions", Some(5))
         );
         assert_eq!(
@@ -233,7 +236,7 @@ mod tests {
         assert_eq!(header(output, HEADER_SOURCE_OFFSET), Some("42"));
         assert_eq!(header(output, HEADER_LATENESS), Some("250"));
         assert_eq!(header(output, "trace"), Some("t1"));
-        assert_eq!(output.headers.len(), 4);
+        assert_eq!(output.headers.entries().count(), 4);
 
         // Already merged before a restart: acknowledged, not emitted again.
         let mut again = Emitter::default();

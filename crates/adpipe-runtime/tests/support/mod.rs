@@ -305,11 +305,9 @@ impl TestStep {
             record.value,
         );
         output.partition = Some(record.partition);
-        output.headers = vec![("attempt".to_owned(), attempt.to_string().into_bytes())];
+        output.headers = adpipe_runtime::Headers::from_pairs([("attempt", attempt.to_string())]);
         if let Some(lateness) = record.lateness_ms {
-            output
-                .headers
-                .push(("lateness".to_owned(), lateness.to_string().into_bytes()));
+            output.headers = output.headers.with("lateness", lateness.to_string());
         }
         output
     }
@@ -353,9 +351,9 @@ impl Step for TestStep {
         let mut output = self.output("out", record, attempt);
         if value.starts_with("big") {
             output = self.output("narrow", record, attempt);
-            output.value = Some(incompressible(10 * 1024));
+            output.value = Some(incompressible(10 * 1024).into());
         } else if value.starts_with("huge") {
-            output.value = Some(incompressible(2 * 1024 * 1024));
+            output.value = Some(incompressible(2 * 1024 * 1024).into());
         } else if value.starts_with("fragile") {
             output = self.output("fragile", record, attempt);
         } else if value.starts_with("hold") {

@@ -72,6 +72,11 @@ struct Args {
     /// loop (`[kafka.consumer]`), e.g. fetch.queue.backoff.ms=10; repeatable.
     #[arg(long = "consumer-property", value_name = "KEY=VALUE")]
     consumer_properties: Vec<String>,
+    /// A librdkafka producer property for adpipe's services and the bare
+    /// loop (`[kafka.producer]`), e.g. queue.buffering.max.kbytes=32768;
+    /// repeatable.
+    #[arg(long = "producer-property", value_name = "KEY=VALUE")]
+    producer_properties: Vec<String>,
     /// Run only these contenders of the backlog rounds (bare, pass,
     /// kspass, dedup, ksdedup, merger; comma-separated) and skip the
     /// allocation, latency and state phases.
@@ -279,16 +284,20 @@ async fn run(args: &Args) -> Result<Report, String> {
     // 3. Each service over the whole backlog, alternating, ROUNDS times.
     let config_dir = std::env::temp_dir();
     // What both services' configs share: broker, group, DLQ, commits, HTTP.
-    let consumer_properties: String = args
-        .consumer_properties
-        .iter()
-        .filter_map(|property| property.split_once('='))
-        .map(|(key, value)| format!("{key:?} = {value:?}\n"))
-        .collect();
+    let toml_table = |properties: &[String]| -> String {
+        properties
+            .iter()
+            .filter_map(|property| property.split_once('='))
+            .map(|(key, value)| format!("{key:?} = {value:?}\n"))
+            .collect()
+    };
+    let consumer_properties = toml_table(&args.consumer_properties);
+    let producer_properties = toml_table(&args.producer_properties);
     let worker_config = |group: &str, runtime_extra: &str| {
         format!(
             "[kafka]\nbootstrap-servers = \"{bootstrap}\"\ngroup-id = \"{prefix}-{group}\"\n\
              [kafka.consumer]\n{consumer_properties}\
+             [kafka.producer]\n{producer_properties}\
              [runtime]\ndead-letter-topic = \"{dlq}\"\ncommit-interval = \"100ms\"\n{runtime_extra}\
              [http]\nlisten = \"127.0.0.1:0\"\n"
         )
