@@ -110,13 +110,25 @@ impl SimPublisher {
     /// full. Blocking: call it from a blocking context.
     pub fn publish(&self, publication: &Publication, topic: &str) -> Result<(), PublishError> {
         let value = self.encode(&publication.event)?;
+        self.publish_value(topic, publication.event.user_id(), &value, &publication.dc)
+    }
+
+    /// Queues a record with any value (a benchmark's poison records), keyed
+    /// and with an origin header like a publication.
+    pub fn publish_value(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &[u8],
+        dc: &str,
+    ) -> Result<(), PublishError> {
         let headers = OwnedHeaders::new().insert(Header {
             key: ORIGIN_DC_HEADER,
-            value: Some(publication.dc.as_bytes()),
+            value: Some(dc.as_bytes()),
         });
         let mut record = BaseRecord::to(topic)
-            .key(publication.event.user_id())
-            .payload(&value)
+            .key(key)
+            .payload(value)
             .headers(headers);
         loop {
             match self.producer.send(record) {

@@ -15,6 +15,8 @@
 //!
 //! A `BaseProducer` with a delivery opaque costs about a third of the CPU of
 //! a `FutureProducer` per message (crates.md), and needs no task per record.
+//! The opaque is a key into a slab of deliveries in flight rather than a
+//! `Box` per output: one allocation less per record on the hot path.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use slab::Slab;
 use tokio::sync::mpsc;
 use tracing::error;
 
@@ -89,6 +92,8 @@ pub struct FollowUp {
 
 /// Delivery callbacks: settle tokens, hand follow-ups to the sender task.
 pub struct AckContext {
+    /// What travels with each output in flight, keyed by its opaque.
+    deliveries: Mutex<Slab<Delivery>>,
     service: String,
     dead_letter_topic: String,
     followups: mpsc::UnboundedSender<FollowUp>,
@@ -131,14 +136,18 @@ impl AckContext {
 }
 
 impl ProducerContext for AckContext {
-    type DeliveryOpaque = Box<Delivery>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
-        let Delivery {
+    fn delivery(&self, result: &DeliveryResult<'_>, key: usize) {
+        let Some(Delivery {
             token,
             then,
             dead_letter,
-        } = *delivery;
+        }) = self.deliveries.lock().try_remove(key)
+        else {
+            error!(key, "a delivery report for no output in flight");
+            return;
+        };
         match result {
             Ok(message) => {
                 self.count_produced(message.topic());
@@ -246,6 +255,7 @@ impl OutputProducer {
         }
         let followup_backlog = Arc::new(AtomicUsize::new(0));
         let context = AckContext {
+            deliveries: Mutex::new(Slab::new()),
             service: setup.service.to_owned(),
             dead_letter_topic: setup.dead_letter_topic.to_owned(),
             followups,
@@ -281,13 +291,14 @@ impl OutputProducer {
     ) -> Result<(), SendError> {
         // The record is moved in, so its follow-up travels without a copy;
         // key, value and headers are borrowed (librdkafka copies them).
-        let delivery = Box::new(Delivery {
+        let context = self.producer.context();
+        let key = context.deliveries.lock().insert(Delivery {
             token: token.cloned(),
             then: output.then.take(),
             dead_letter,
         });
-        let mut record: BaseRecord<'_, [u8], [u8], Box<Delivery>> =
-            BaseRecord::with_opaque_to(&output.topic, delivery);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&output.topic, key);
         if !output.headers.is_empty() {
             record = record.headers(output.headers.to_rdkafka());
         }
@@ -315,10 +326,15 @@ impl OutputProducer {
             Ok(()) => return Ok(()),
             Err(failure) => failure,
         };
-        // Dropping the returned opaque's token clone is fine: the caller
-        // still holds its own.
-        let Delivery { then, .. } = *returned.delivery_opaque;
-        output.then = then;
+        // Dropping the delivery's token clone is fine: the caller still
+        // holds its own.
+        if let Some(Delivery { then, .. }) = context
+            .deliveries
+            .lock()
+            .try_remove(returned.delivery_opaque)
+        {
+            output.then = then;
+        }
         match error {
             KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
                 if count {
@@ -335,9 +351,8 @@ impl OutputProducer {
                 let Some(token) = token else {
                     return Ok(());
                 };
-                metrics::counter!(Metric::OutputsRejected.name(), "service" => self.producer.context().service.clone(), "topic" => output.topic.to_string()).increment(1);
+                metrics::counter!(Metric::OutputsRejected.name(), "service" => context.service.clone(), "topic" => output.topic.to_string()).increment(1);
                 error!(error = %code, topic = %output.topic, "an output exceeds what the producer may send; dead-lettering it with its input's coordinates");
-                let context = self.producer.context();
                 let record = dead_letter::rejected_output_record(
                     &context.dead_letter_topic,
                     &context.service,

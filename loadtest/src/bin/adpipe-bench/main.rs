@@ -78,8 +78,9 @@ struct Args {
     #[arg(long = "producer-property", value_name = "KEY=VALUE")]
     producer_properties: Vec<String>,
     /// Run only these contenders of the backlog rounds (bare, pass,
-    /// kspass, dedup, ksdedup, merger; comma-separated) and skip the
-    /// allocation, latency and state phases.
+    /// kspass, dedup, ksdedup, poison, merger; comma-separated) and skip
+    /// the latency and state phases, and the allocation count unless
+    /// `alloc` is listed.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -103,6 +104,15 @@ struct Report {
     kstreams_passthrough_peak_rss_mib: f64,
     kstreams_dedup: Vec<BacklogRun>,
     kstreams_dedup_peak_rss_mib: f64,
+    /// The deduplicator over the backlog with 1% poison records.
+    deduplicator_poisoned: Vec<BacklogRun>,
+    deduplicator_poisoned_peak_rss_mib: f64,
+    /// Poison records in that backlog (all must reach the dead-letter topic).
+    poison_records: i64,
+    /// Allocations per record of the pass-through's hot path, and bytes
+    /// allocated per record (with --only: when `alloc` is listed).
+    passthrough_allocations_per_record: Option<f64>,
+    passthrough_allocated_bytes_per_record: Option<f64>,
     /// The phases after the backlog rounds (skipped with --only).
     phases: Option<Phases>,
 }
@@ -110,8 +120,6 @@ struct Report {
 /// Allocations, latency and state: the phases after the backlog rounds.
 #[derive(Debug, Serialize)]
 struct Phases {
-    passthrough_allocations_per_record: f64,
-    passthrough_allocated_bytes_per_record: f64,
     latency_passthrough: latency::LatencyRun,
     latency_deduplicator: latency::LatencyRun,
     latency_merger: latency::LatencyRun,
@@ -119,6 +127,18 @@ struct Phases {
     state_bytes_per_key_in_memory: f64,
     state_keys_measured: u64,
     changelog_bytes_per_key_on_disk: f64,
+}
+
+/// Poison record number `index`, made from a good value: alternately a
+/// value that is not Confluent-framed (bad magic byte) and a framed value
+/// whose Avro datum is cut short. Both are poison for any decoding service.
+fn poison_value(index: i64, mut good: Vec<u8>) -> Vec<u8> {
+    if index % 2 == 0 {
+        good[0] = 0xFF;
+    } else {
+        good.truncate(8);
+    }
+    good
 }
 
 fn repo_root() -> PathBuf {
@@ -177,6 +197,17 @@ async fn run(args: &Args) -> Result<Report, String> {
     eprintln!("topics {prefix}.* on {bootstrap}");
     let (input, pass_out, dlq, raw) = (topic("in"), topic("in.pass"), topic("dlq"), topic("raw"));
     let bare_out = topic("in.bare");
+    // The backlog again with one poison record per 99 good ones (1%), for
+    // the deduplicator's rate with and without poison; each round its own
+    // output, changelog and dead-letter topic.
+    let poisoned = topic("poisoned");
+    let poisoned_outs: Vec<String> = (0..ROUNDS)
+        .map(|round| topic(&format!("poisoned-out{round}")))
+        .collect();
+    let poisoned_dlqs: Vec<String> = (0..ROUNDS)
+        .map(|round| topic(&format!("poisoned-dlq{round}")))
+        .collect();
+    let runs_poison = args.only.is_empty() || args.only.iter().any(|only| only == "poison");
     // The Kafka Streams peer's outputs: one pass-through topic, a dedup
     // output per round (each round starts with an empty store).
     let ks_pass_out = topic("in.kspass");
@@ -200,16 +231,21 @@ async fn run(args: &Args) -> Result<Report, String> {
     let changelogs: Vec<String> = (0..ROUNDS)
         .map(|round| topic(&format!("log{round}")))
         .collect();
+    let poisoned_changelogs: Vec<String> = (0..ROUNDS)
+        .map(|round| topic(&format!("poisoned-log{round}")))
+        .collect();
     let mut specs: Vec<adpipe_testkit::TopicSpec<'_>> =
-        [&input, &pass_out, &raw, &bare_out, &ks_pass_out]
+        [&input, &pass_out, &raw, &bare_out, &ks_pass_out, &poisoned]
             .into_iter()
             .chain(&dedup_outs)
+            .chain(&poisoned_outs)
+            .chain(&poisoned_dlqs)
             .chain(&ks_dedup_outs)
             .chain(&dc_inputs)
             .chain(&merged_outs)
             .map(|name| (name.as_str(), partitions, &[][..]))
             .collect();
-    for changelog in &changelogs {
+    for changelog in changelogs.iter().chain(&poisoned_changelogs) {
         specs.push((changelog, partitions, &[("cleanup.policy", "compact")]));
     }
     specs.push((&dlq, 1, &[]));
@@ -237,13 +273,36 @@ async fn run(args: &Args) -> Result<Report, String> {
     let publish_started = Instant::now();
     let dc_input =
         |publication: &adpipe_loadtest::Publication| format!("{}.{prefix}.in", publication.dc);
-    for publication in &publications {
+    let mut poison_records: i64 = 0;
+    for (index, publication) in publications.iter().enumerate() {
         publisher
             .publish(publication, &input)
             .map_err(|error| error.to_string())?;
         publisher
             .publish(publication, &dc_input(publication))
             .map_err(|error| error.to_string())?;
+        if runs_poison {
+            publisher
+                .publish(publication, &poisoned)
+                .map_err(|error| error.to_string())?;
+            if index % 99 == 98 {
+                let value = poison_value(
+                    poison_records,
+                    publisher
+                        .encode(&publication.event)
+                        .map_err(|error| error.to_string())?,
+                );
+                publisher
+                    .publish_value(
+                        &poisoned,
+                        publication.event.user_id(),
+                        &value,
+                        &publication.dc,
+                    )
+                    .map_err(|error| error.to_string())?;
+                poison_records += 1;
+            }
+        }
     }
     publisher
         .flush(Duration::from_secs(300))
@@ -293,7 +352,7 @@ async fn run(args: &Args) -> Result<Report, String> {
     };
     let consumer_properties = toml_table(&args.consumer_properties);
     let producer_properties = toml_table(&args.producer_properties);
-    let worker_config = |group: &str, runtime_extra: &str| {
+    let worker_config_to = |group: &str, dlq: &str, runtime_extra: &str| {
         format!(
             "[kafka]\nbootstrap-servers = \"{bootstrap}\"\ngroup-id = \"{prefix}-{group}\"\n\
              [kafka.consumer]\n{consumer_properties}\
@@ -302,20 +361,38 @@ async fn run(args: &Args) -> Result<Report, String> {
              [http]\nlisten = \"127.0.0.1:0\"\n"
         )
     };
-    let dedup_config = |round: usize| -> Result<PathBuf, String> {
-        let path = config_dir.join(format!("{prefix}-dedup{round}.toml"));
+    let worker_config =
+        |group: &str, runtime_extra: &str| worker_config_to(group, &dlq, runtime_extra);
+    let dedup_config_for = |group: &str, input: &str, output: &str, changelog: &str, dlq: &str| {
+        let path = config_dir.join(format!("{prefix}-{group}.toml"));
         write_file(
             &path,
             &format!(
                 "{}[registry]\nurl = \"{}\"\n\
-                 [[deduplicator.stream]]\ninput = \"{input}\"\noutput = \"{}\"\nchangelog = \"{}\"\n",
-                worker_config(&format!("dedup{round}"), ""),
+                 [[deduplicator.stream]]\ninput = \"{input}\"\noutput = \"{output}\"\nchangelog = \"{changelog}\"\n",
+                worker_config_to(group, dlq, ""),
                 registry.url(),
-                dedup_outs[round],
-                changelogs[round],
             ),
         )?;
-        Ok(path)
+        Ok::<_, String>(path)
+    };
+    let dedup_config = |round: usize| {
+        dedup_config_for(
+            &format!("dedup{round}"),
+            &input,
+            &dedup_outs[round],
+            &changelogs[round],
+            &dlq,
+        )
+    };
+    let poisoned_config = |round: usize| {
+        dedup_config_for(
+            &format!("poisoned{round}"),
+            &poisoned,
+            &poisoned_outs[round],
+            &poisoned_changelogs[round],
+            &poisoned_dlqs[round],
+        )
     };
     // The pass-through's config serves the bare loop too (same settings).
     let pass_config = |group: &str, suffix: &str| -> Result<PathBuf, String> {
@@ -367,6 +444,8 @@ async fn run(args: &Args) -> Result<Report, String> {
     let (mut deduplicator, mut passthrough, mut bare_loop, mut merger) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut kstreams_passthrough, mut kstreams_dedup) = (Vec::new(), Vec::new());
+    let mut deduplicator_poisoned = Vec::new();
+    let mut poisoned_peak_rss_kb = 0;
     let (mut deduplicator_peak_rss_kb, mut passthrough_peak_rss_kb) = (0, 0);
     let (mut bare_peak_rss_kb, mut merger_peak_rss_kb) = (0, 0);
     let (mut ks_pass_peak_rss_kb, mut ks_dedup_peak_rss_kb) = (0, 0);
@@ -430,6 +509,17 @@ async fn run(args: &Args) -> Result<Report, String> {
                 peak_rss_kb: &mut deduplicator_peak_rss_kb,
             },
             Contender {
+                key: "poison",
+                name: "deduplicator, 1% poison",
+                launch: Launch::Binary(&dedup_binary, poisoned_config(round)?),
+                group: format!("{prefix}-poisoned{round}"),
+                inputs: vec![poisoned.as_str()],
+                output: &poisoned_outs[round],
+                expected: unique_records,
+                runs: &mut deduplicator_poisoned,
+                peak_rss_kb: &mut poisoned_peak_rss_kb,
+            },
+            Contender {
                 key: "ksdedup",
                 name: "Kafka Streams dedup",
                 launch: Launch::Peer(peer::PeerJob {
@@ -481,7 +571,12 @@ async fn run(args: &Args) -> Result<Report, String> {
             };
             eprintln!("round {round}: {name} over the backlog");
             let output_before = service::topic_end(bootstrap, output)?;
-            let mut run = service.run_backlog(bootstrap, &group, &inputs, records)?;
+            let backlog = if key == "poison" {
+                records + poison_records
+            } else {
+                records
+            };
+            let mut run = service.run_backlog(bootstrap, &group, &inputs, backlog)?;
             *peak = (*peak).max(service.stop()?);
             run.output_records = service::topic_end(bootstrap, output)? - output_before;
             if run.output_records != expected {
@@ -489,6 +584,15 @@ async fn run(args: &Args) -> Result<Report, String> {
                     "{name} (round {round}) wrote {} records to {output}, expected {expected}",
                     run.output_records
                 ));
+            }
+            if key == "poison" {
+                // Every poison record in the dead-letter topic, none lost.
+                let dead_letters = service::topic_end(bootstrap, &poisoned_dlqs[round])?;
+                if dead_letters != poison_records {
+                    return Err(format!(
+                        "{name} (round {round}) dead-lettered {dead_letters} records, expected {poison_records}"
+                    ));
+                }
             }
             runs.push(run);
         }
@@ -517,35 +621,44 @@ async fn run(args: &Args) -> Result<Report, String> {
         kstreams_passthrough_peak_rss_mib: mib(ks_pass_peak_rss_kb),
         kstreams_dedup,
         kstreams_dedup_peak_rss_mib: mib(ks_dedup_peak_rss_kb),
+        deduplicator_poisoned,
+        deduplicator_poisoned_peak_rss_mib: mib(poisoned_peak_rss_kb),
+        poison_records,
+        passthrough_allocations_per_record: None,
+        passthrough_allocated_bytes_per_record: None,
         phases: None,
     };
+    let runs_alloc = args.only.is_empty() || args.only.iter().any(|only| only == "alloc");
+
+    // 4. Allocations per record of the pass-through's hot path.
+    if runs_alloc {
+        eprintln!("pass-through with a counting allocator over the backlog");
+        let alloc_report = config_dir.join(format!("{prefix}-allocations.txt"));
+        let alloc_report_text = alloc_report.display().to_string();
+        let mut counted = Service::spawn_with(
+            "passthrough (counted)",
+            &counted_binary,
+            &pass_config("counted", ".pass")?,
+            &[("ADPIPE_ALLOC_REPORT", &alloc_report_text)],
+        )?;
+        counted.run_backlog(bootstrap, &format!("{prefix}-counted"), &[&input], records)?;
+        counted.stop()?;
+        let counts: Vec<f64> = std::fs::read_to_string(&alloc_report)
+            .map_err(|error| format!("{}: {error}", alloc_report.display()))?
+            .split_whitespace()
+            .filter_map(|field| field.parse().ok())
+            .collect();
+        let [allocations, reallocations, allocated_bytes] = counts[..] else {
+            return Err(format!("unreadable allocation report {counts:?}"));
+        };
+        report.passthrough_allocations_per_record =
+            Some((allocations + reallocations) / records as f64);
+        report.passthrough_allocated_bytes_per_record = Some(allocated_bytes / records as f64);
+    }
     if !args.only.is_empty() {
         registry.stop().await;
         return Ok(report);
     }
-
-    // 4. Allocations per record of the pass-through's hot path.
-    eprintln!("pass-through with a counting allocator over the backlog");
-    let alloc_report = config_dir.join(format!("{prefix}-allocations.txt"));
-    let alloc_report_text = alloc_report.display().to_string();
-    let mut counted = Service::spawn_with(
-        "passthrough (counted)",
-        &counted_binary,
-        &pass_config("counted", ".pass")?,
-        &[("ADPIPE_ALLOC_REPORT", &alloc_report_text)],
-    )?;
-    counted.run_backlog(bootstrap, &format!("{prefix}-counted"), &[&input], records)?;
-    counted.stop()?;
-    let counts: Vec<f64> = std::fs::read_to_string(&alloc_report)
-        .map_err(|error| format!("{}: {error}", alloc_report.display()))?
-        .split_whitespace()
-        .filter_map(|field| field.parse().ok())
-        .collect();
-    let [allocations, reallocations, allocated_bytes] = counts[..] else {
-        return Err(format!("unreadable allocation report {counts:?}"));
-    };
-    let passthrough_allocations_per_record = (allocations + reallocations) / records as f64;
-    let passthrough_allocated_bytes_per_record = allocated_bytes / records as f64;
     let mean_rate = |runs: &[BacklogRun]| {
         runs.iter().map(|run| run.records_per_sec).sum::<f64>() / runs.len().max(1) as f64
     };
@@ -641,8 +754,6 @@ async fn run(args: &Args) -> Result<Report, String> {
     registry.stop().await;
 
     report.phases = Some(Phases {
-        passthrough_allocations_per_record,
-        passthrough_allocated_bytes_per_record,
         latency_passthrough,
         latency_deduplicator,
         latency_merger,
@@ -698,6 +809,11 @@ fn print_cpu(report: &Report) {
             "Kafka Streams dedup",
             &report.kstreams_dedup,
             report.kstreams_dedup_peak_rss_mib,
+        ),
+        (
+            "deduplicator, 1% poison",
+            &report.deduplicator_poisoned,
+            report.deduplicator_poisoned_peak_rss_mib,
         ),
         ("merger (2 DCs)", &report.merger, report.merger_peak_rss_mib),
     ] {
@@ -847,14 +963,26 @@ fn print_report(report: &Report) {
         merger / pass,
         dedup / pass
     );
+    if !report.deduplicator_poisoned.is_empty() {
+        let poisoned = mean(&rates(&report.deduplicator_poisoned));
+        println!(
+            "deduplicator with 1% poison: {poisoned:.0} records/s, {:.2}x its rate without; all {} poison records dead-lettered, outputs exactly the unique events",
+            poisoned / dedup,
+            report.poison_records
+        );
+    }
     print_cpu(report);
+    if let (Some(allocations), Some(bytes)) = (
+        report.passthrough_allocations_per_record,
+        report.passthrough_allocated_bytes_per_record,
+    ) {
+        println!(
+            "pass-through hot path: {allocations:.2} allocations and {bytes:.0} bytes allocated per record (Rust heap; librdkafka's own not counted)"
+        );
+    }
     let Some(phases) = &report.phases else {
         return;
     };
-    println!(
-        "pass-through hot path: {:.2} allocations and {:.0} bytes allocated per record (Rust heap; librdkafka's own not counted)",
-        phases.passthrough_allocations_per_record, phases.passthrough_allocated_bytes_per_record
-    );
     println!(
         "peak RSS: bare loop {:.0} MiB, pass-through {:.0} MiB, merger {:.0} MiB",
         report.bare_loop_peak_rss_mib, report.passthrough_peak_rss_mib, report.merger_peak_rss_mib
