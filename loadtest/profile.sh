@@ -48,6 +48,7 @@ wait "$bench"
 perf script -i "$out/$contender.perf" 2>/dev/null \
   | "$inferno/inferno-collapse-perf" \
   | "$inferno/inferno-flamegraph" --title "adpipe $contender (steady state)" >"$out/$contender.svg"
+# awk reads to the end: an early exit would kill perf with SIGPIPE (pipefail).
 perf report -i "$out/$contender.perf" --no-children --sort sym --stdio -g none 2>/dev/null \
-  | grep -v '^#' | grep -v '^$' | head -40 >"$out/$contender.txt"
+  | awk '!/^#/ && NF && shown++ < 40' >"$out/$contender.txt"
 echo "flame graph: $out/$contender.svg; hottest symbols: $out/$contender.txt"

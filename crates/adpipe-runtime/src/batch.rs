@@ -293,4 +293,40 @@ mod tests {
             60
         );
     }
+
+    #[test]
+    fn an_output_shares_its_inputs_bytes_and_copies_anything_else() {
+        let mut builder = BatchBuilder::new(Arc::from("t"), 0);
+        builder.push(&message(1, Some(b"key"), Some(b"value"), true), 1);
+        let batch = builder.finish();
+        let consumed = RecordBatch::record(&batch, 0);
+        let headers = consumed.headers().cloned().unwrap_or_default();
+        let record = crate::InputRecord {
+            topic: consumed.topic(),
+            input: 0,
+            partition: 0,
+            offset: 1,
+            timestamp_ms: None,
+            key: consumed.key(),
+            value: consumed.payload(),
+            headers: &headers,
+            shared: Some(consumed.shared_buffer()),
+            writer: None,
+            lateness_ms: None,
+            event_time_ms: None,
+        };
+        let value = record.share(record.value).expect("a value");
+        assert_eq!(&value[..], b"value");
+        assert_eq!(
+            value.as_ptr(),
+            consumed.payload().expect("a value").as_ptr(),
+            "a slice of the batch's buffer, not a copy"
+        );
+        let elsewhere = b"value".to_vec();
+        let copied = record.share(Some(&elsewhere)).expect("a value");
+        assert_eq!(&copied[..], b"value");
+        assert_ne!(copied.as_ptr(), elsewhere.as_ptr());
+        assert_eq!(record.share(Some(b"")).map(|bytes| bytes.len()), Some(0));
+        assert_eq!(record.share(None), None);
+    }
 }

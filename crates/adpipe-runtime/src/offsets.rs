@@ -51,10 +51,18 @@ impl OffsetTracker {
 
     /// Marks an offset done. Unknown or already-done offsets are ignored.
     pub fn complete(&mut self, offset: i64) {
-        let Ok(index) = self
-            .pending
-            .binary_search_by_key(&offset, |(pending, _)| *pending)
-        else {
+        // Offsets are nearly always contiguous: try the direct position
+        // first, search only when gaps (compaction, markers) moved it.
+        let direct = self.pending.front().and_then(|(front, _)| {
+            usize::try_from(offset - front)
+                .ok()
+                .filter(|&index| self.pending.get(index).is_some_and(|(at, _)| *at == offset))
+        });
+        let Some(index) = direct.or_else(|| {
+            self.pending
+                .binary_search_by_key(&offset, |(pending, _)| *pending)
+                .ok()
+        }) else {
             return;
         };
         let Some(entry) = self.pending.get_mut(index) else {
