@@ -52,6 +52,11 @@ struct Args {
     /// Partitions of every benchmark topic.
     #[arg(long, default_value_t = 6)]
     partitions: i32,
+    /// The latency phases' publishing rate (records/s); by default half the
+    /// deduplicator's maximum measured in the same run. Set it to compare
+    /// runs at the same load.
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// How long each latency phase publishes.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     latency_duration: Duration,
@@ -78,9 +83,9 @@ struct Args {
     #[arg(long = "producer-property", value_name = "KEY=VALUE")]
     producer_properties: Vec<String>,
     /// Run only these contenders of the backlog rounds (bare, pass,
-    /// kspass, dedup, ksdedup, poison, merger; comma-separated) and skip
-    /// the latency and state phases, and the allocation count unless
-    /// `alloc` is listed.
+    /// kspass, dedup, ksdedup, poison, merger; comma-separated); the
+    /// allocation count and the latency and state phases run only when
+    /// `alloc` and `latency` are listed.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -655,7 +660,8 @@ async fn run(args: &Args) -> Result<Report, String> {
             Some((allocations + reallocations) / records as f64);
         report.passthrough_allocated_bytes_per_record = Some(allocated_bytes / records as f64);
     }
-    if !args.only.is_empty() {
+    let runs_latency = args.only.is_empty() || args.only.iter().any(|only| only == "latency");
+    if !runs_latency {
         registry.stop().await;
         return Ok(report);
     }
@@ -663,8 +669,14 @@ async fn run(args: &Args) -> Result<Report, String> {
         runs.iter().map(|run| run.records_per_sec).sum::<f64>() / runs.len().max(1) as f64
     };
 
-    // 4. Latency at half the deduplicator's maximum rate.
-    let rate = mean_rate(&report.deduplicator) / 2.0;
+    // 4. Latency at half the deduplicator's maximum rate (or --latency-rate).
+    let rate = match (args.latency_rate, report.deduplicator.is_empty()) {
+        (Some(rate), _) => rate,
+        (None, false) => mean_rate(&report.deduplicator) / 2.0,
+        (None, true) => {
+            return Err("--only latency needs dedup in the list or --latency-rate".to_owned());
+        }
+    };
     let wanted = (rate * args.latency_duration.as_secs_f64() * 1.2) as u64;
     let latency_events = |seed| {
         Simulation {
@@ -1043,7 +1055,7 @@ fn print_report(report: &Report) {
         );
     }
     println!(
-        "at {:.0} records/s target (half the deduplicator's maximum); published {:.0} and {:.0}",
+        "at {:.0} records/s target (--latency-rate, or half the deduplicator's maximum); published {:.0} and {:.0}",
         phases.latency_deduplicator.target_rate,
         phases.latency_passthrough.published_rate,
         phases.latency_deduplicator.published_rate
