@@ -2,7 +2,7 @@
 # Profiles one contender of the benchmark over its backlog and draws its
 # flame graph:
 #   loadtest/profile.sh [pass|dedup|merger|bare] [seconds]
-# Runs `adpipe-bench --only <contender>` (one million impressions unless
+# Runs `adpipe-bench --only <contender>` (two million impressions unless
 # IMPRESSIONS is set), attaches `perf` to the service process for <seconds>
 # (default 3) once it is past start-up (steady state), then folds the stacks
 # and draws them with inferno (installed once by cargo into the cache dir).
@@ -31,7 +31,7 @@ cargo build --release -p adpipe-deduplicator -p adpipe-merger -p adpipe-loadtest
 infra/kafka.sh start central
 out="$root/target/profile"
 mkdir -p "$out"
-target/release/adpipe-bench --only "$contender" --impressions "${IMPRESSIONS:-1000000}" \
+target/release/adpipe-bench --only "$contender" --impressions "${IMPRESSIONS:-2000000}" \
   >"$out/$contender-bench.log" 2>&1 &
 bench=$!
 pid=""
@@ -43,7 +43,8 @@ for _ in $(seq 1 3000); do
 done
 [ -n "$pid" ] || { echo "$process never started" >&2; exit 1; }
 sleep 1.5 # past start-up and the group join
-perf record -q -F 999 -g -p "$pid" -o "$out/$contender.perf" -- sleep "$seconds"
+# perf ends early (and non-zero) if the service finishes its backlog first.
+perf record -q -F 999 -g -p "$pid" -o "$out/$contender.perf" -- sleep "$seconds" || true
 wait "$bench"
 perf script -i "$out/$contender.perf" 2>/dev/null \
   | "$inferno/inferno-collapse-perf" \
