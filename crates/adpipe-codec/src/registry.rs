@@ -48,7 +48,14 @@ impl RegistryError {
     pub fn disposition(&self) -> Disposition {
         match self {
             RegistryError::Unreachable { .. } => Disposition::Transient,
-            RegistryError::Refused { status, .. } if *status >= 500 || *status == 429 => {
+            // 408: the registry (or its HTTP server, when starved of CPU)
+            // timed out reading the request; 429: rate-limited; 5xx: its
+            // own failure. All pass: retry, never dead-letter a record for
+            // them (a merger crash test on a loaded machine dead-lettered
+            // five good records on 408s before this).
+            RegistryError::Refused { status, .. }
+                if *status >= 500 || *status == 429 || *status == 408 =>
+            {
                 Disposition::Transient
             }
             RegistryError::Refused { .. } => Disposition::Poison,
@@ -242,6 +249,9 @@ mod tests {
             message: String::new(),
         };
         assert_eq!(refused(503).disposition(), Disposition::Transient);
+        assert_eq!(refused(408).disposition(), Disposition::Transient);
+        assert_eq!(refused(429).disposition(), Disposition::Transient);
         assert_eq!(refused(404).disposition(), Disposition::Poison);
+        assert_eq!(refused(422).disposition(), Disposition::Poison);
     }
 }

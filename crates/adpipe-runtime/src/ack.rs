@@ -12,6 +12,9 @@
 //!   the next owner reads the record again. Nothing is ever done by accident.
 //! - A failed output marks the record failed: its offset is never done, so
 //!   the contiguous prefix (what is committed) stops before it.
+//! - The tokens of one batch of records share one allocation: a slot per
+//!   record with its state and the number of tokens sharing it; the last
+//!   token of a record settles it, whatever the other records do.
 //! - Fencing: a token points at the tracker of the assignment it was created
 //!   in; a revoked partition's tracker is dropped from the consumer's map, so
 //!   late acknowledgements update a tracker nobody commits from.
@@ -42,78 +45,133 @@ const PROCESSED: u8 = 1;
 const FAILED: u8 = 2;
 const ABANDONED: u8 = 3;
 
-struct Inner {
-    source: Arc<Source>,
+/// One record's acknowledgement state and how many tokens share it.
+struct Slot {
     offset: i64,
     state: AtomicU8,
-    /// Outputs of the task handed to the producer and not yet acknowledged.
-    outputs_in_flight: Arc<AtomicUsize>,
+    tokens: AtomicUsize,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        match self.state.load(Ordering::Acquire) {
-            PROCESSED => self.source.tracker.lock().complete(self.offset),
-            FAILED => self.source.tracker.lock().fail(self.offset),
-            _ => {} // open or abandoned: never done, re-read by the next owner
+/// The acknowledgement slots of a batch of records of one partition: one
+/// allocation per batch, not one per record (the hot path's).
+pub(crate) struct BatchAcks {
+    source: Arc<Source>,
+    /// Outputs of the task handed to the producer and not yet acknowledged.
+    outputs_in_flight: Arc<AtomicUsize>,
+    slots: Box<[Slot]>,
+}
+
+impl BatchAcks {
+    /// Slots for `offsets` (each already registered in the source's
+    /// tracker); `outputs_in_flight` is the task's count of outputs awaiting
+    /// acknowledgement (a drain waits for it to reach zero).
+    pub(crate) fn new(
+        source: Arc<Source>,
+        outputs_in_flight: Arc<AtomicUsize>,
+        offsets: impl Iterator<Item = i64>,
+    ) -> Arc<Self> {
+        Arc::new(BatchAcks {
+            source,
+            outputs_in_flight,
+            slots: offsets
+                .map(|offset| Slot {
+                    offset,
+                    state: AtomicU8::new(OPEN),
+                    tokens: AtomicUsize::new(0),
+                })
+                .collect(),
+        })
+    }
+
+    /// A token for record `index` of the batch.
+    pub(crate) fn token(self: &Arc<Self>, index: usize) -> AckToken {
+        debug_assert!(index < self.slots.len());
+        self.slots[index].tokens.fetch_add(1, Ordering::Relaxed);
+        AckToken {
+            batch: Arc::clone(self),
+            index,
         }
     }
 }
 
 /// Shared acknowledgement of one input record.
-#[derive(Clone)]
 pub struct AckToken {
-    inner: Arc<Inner>,
+    batch: Arc<BatchAcks>,
+    index: usize,
+}
+
+impl Clone for AckToken {
+    fn clone(&self) -> Self {
+        // Cloned only from a live token: the count is never back from zero.
+        self.slot().tokens.fetch_add(1, Ordering::Relaxed);
+        AckToken {
+            batch: Arc::clone(&self.batch),
+            index: self.index,
+        }
+    }
+}
+
+impl Drop for AckToken {
+    fn drop(&mut self) {
+        let slot = self.slot();
+        if slot.tokens.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        // The last token of the record.
+        match slot.state.load(Ordering::Acquire) {
+            PROCESSED => self.batch.source.tracker.lock().complete(slot.offset),
+            FAILED => self.batch.source.tracker.lock().fail(slot.offset),
+            _ => {} // open or abandoned: never done, re-read by the next owner
+        }
+    }
 }
 
 impl std::fmt::Debug for AckToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AckToken")
-            .field("topic", &self.inner.source.topic)
-            .field("partition", &self.inner.source.partition)
-            .field("offset", &self.inner.offset)
+            .field("topic", &self.batch.source.topic)
+            .field("partition", &self.batch.source.partition)
+            .field("offset", &self.slot().offset)
             .finish()
     }
 }
 
 impl AckToken {
-    /// A token for `offset`, which must already be registered in the
-    /// source's tracker. `outputs_in_flight` is the task's count of outputs
-    /// awaiting acknowledgement (a drain waits for it to reach zero).
+    /// A token for `offset` alone, which must already be registered in the
+    /// source's tracker (the runtime makes them a batch at a time).
     pub fn new(source: Arc<Source>, offset: i64, outputs_in_flight: Arc<AtomicUsize>) -> Self {
-        AckToken {
-            inner: Arc::new(Inner {
-                source,
-                offset,
-                state: AtomicU8::new(OPEN),
-                outputs_in_flight,
-            }),
-        }
+        BatchAcks::new(source, outputs_in_flight, std::iter::once(offset)).token(0)
+    }
+
+    fn slot(&self) -> &Slot {
+        &self.batch.slots[self.index]
     }
 
     /// The input offset this token acknowledges.
     pub fn offset(&self) -> i64 {
-        self.inner.offset
+        self.slot().offset
     }
 
     /// Where the input came from.
     pub fn source(&self) -> &Source {
-        &self.inner.source
+        &self.batch.source
     }
 
     /// The step handled the record and every output was handed over: the
     /// record is done once those outputs are acknowledged.
     pub fn mark_processed(&self) {
-        let _ =
-            self.inner
-                .state
-                .compare_exchange(OPEN, PROCESSED, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.slot().state.compare_exchange(
+            OPEN,
+            PROCESSED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// An output of this record was lost: it must never count as done.
     pub fn fail(&self) {
         let _ = self
-            .inner
+            .slot()
             .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
                 (state != ABANDONED).then_some(FAILED)
@@ -124,7 +182,7 @@ impl AckToken {
     /// uncommitted, so the next owner re-reads it.
     pub fn abandon(&self) {
         let _ = self
-            .inner
+            .slot()
             .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
                 (state != FAILED).then_some(ABANDONED)
@@ -133,17 +191,17 @@ impl AckToken {
 
     /// Whether an output of the record was lost.
     pub fn failed(&self) -> bool {
-        self.inner.state.load(Ordering::Acquire) == FAILED
+        self.slot().state.load(Ordering::Acquire) == FAILED
     }
 
     /// An output was handed to the producer.
     pub(crate) fn output_sent(&self) {
-        self.inner.outputs_in_flight.fetch_add(1, Ordering::AcqRel);
+        self.batch.outputs_in_flight.fetch_add(1, Ordering::AcqRel);
     }
 
     /// An output was acknowledged or failed for good.
     pub(crate) fn output_settled(&self) {
-        self.inner.outputs_in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.batch.outputs_in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -232,6 +290,26 @@ mod tests {
         assert_eq!(committable(&source), None);
         drop(output_b);
         assert_eq!(committable(&source), Some(8));
+    }
+
+    #[test]
+    fn records_of_one_batch_settle_on_their_own_tokens() {
+        let source = source(&[10, 11, 12]);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let batch = BatchAcks::new(Arc::clone(&source), Arc::clone(&in_flight), 10..13);
+        let (first, second, third) = (batch.token(0), batch.token(1), batch.token(2));
+        drop(batch);
+        let output_of_second = second.clone();
+        for token in [&first, &second, &third] {
+            token.mark_processed();
+        }
+        drop(first);
+        drop(second);
+        assert_eq!(committable(&source), Some(11), "11 waits for its output");
+        drop(third);
+        assert_eq!(committable(&source), Some(11));
+        drop(output_of_second);
+        assert_eq!(committable(&source), Some(13));
     }
 
     #[test]

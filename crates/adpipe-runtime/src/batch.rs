@@ -145,6 +145,11 @@ impl RecordBatch {
         self.records.len()
     }
 
+    /// Its records' offsets, in order.
+    pub(crate) fn offsets(&self) -> impl Iterator<Item = i64> + '_ {
+        self.records.iter().map(|record| record.offset)
+    }
+
     /// Bytes its records count against their partition's queue.
     pub(crate) fn queued_bytes(&self) -> usize {
         self.records.iter().map(|record| record.queued_bytes).sum()
@@ -174,6 +179,11 @@ impl Consumed {
 
     fn part(&self, range: Option<&Range<usize>>) -> Option<&[u8]> {
         range.map(|range| &self.batch.data[range.clone()])
+    }
+
+    /// Its index in its batch.
+    pub(crate) fn index(&self) -> usize {
+        self.index
     }
 
     /// The buffer key, value and headers borrow from.

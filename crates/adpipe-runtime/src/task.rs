@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
-use crate::ack::{AckToken, Source};
+use crate::ack::{AckToken, BatchAcks, Source};
 use crate::align::{Aligner, Next};
 use crate::batch::{Consumed, RecordBatch};
 use crate::config::{FailureAction, WorkerSettings};
@@ -182,6 +182,7 @@ impl TaskMetrics {
 struct Queued {
     input: usize,
     message: Consumed,
+    acks: Arc<BatchAcks>,
 }
 
 /// How one attempt at a record ended.
@@ -275,8 +276,11 @@ pub async fn run_task<F: StepFactory>(
             }
             Some(TaskMessage::Batch { input, batch }) => {
                 task.metrics.consumed[input].increment(batch.len() as u64);
+                let Some(acks) = task.acks_for(input, &batch) else {
+                    continue; // an input the task does not own: cannot happen
+                };
                 for index in 0..batch.len() {
-                    task.on_record(input, RecordBatch::record(&batch, index))
+                    task.on_record(input, RecordBatch::record(&batch, index), &acks)
                         .await;
                 }
             }
@@ -348,12 +352,13 @@ impl<S: Step> Task<S> {
         }
     }
 
-    fn token(&self, input: usize, offset: i64) -> Option<AckToken> {
+    /// The acknowledgement slots of a batch of input `input`.
+    fn acks_for(&self, input: usize, batch: &RecordBatch) -> Option<Arc<BatchAcks>> {
         self.input(input).map(|input| {
-            AckToken::new(
+            BatchAcks::new(
                 Arc::clone(&input.source),
-                offset,
                 Arc::clone(&self.outputs_in_flight),
+                batch.offsets(),
             )
         })
     }
@@ -374,13 +379,11 @@ impl<S: Step> Task<S> {
         self.release_ready().await;
     }
 
-    async fn on_record(&mut self, input: usize, message: Consumed) {
+    async fn on_record(&mut self, input: usize, message: Consumed, acks: &Arc<BatchAcks>) {
         let bytes = message.queued_bytes();
         if let Some(watermark) = heartbeat::watermark_of(message.payload(), message.headers()) {
             // Runtime business: done at once, never shown to the step.
-            if let Some(token) = self.token(input, message.offset()) {
-                token.mark_processed();
-            }
+            acks.token(message.index()).mark_processed();
             self.release_bytes(input, bytes);
             if let Some(aligner) = &mut self.aligner {
                 aligner.heartbeat(input, watermark, Instant::now());
@@ -389,17 +392,22 @@ impl<S: Step> Task<S> {
             return;
         }
         if self.aligner.is_none() {
-            self.process(input, &message, Alignment::default()).await;
+            self.process(input, &message, acks, Alignment::default())
+                .await;
             self.release_bytes(input, bytes);
             return;
         }
-        match self.event_time_of(input, &message).await {
+        match self.event_time_of(input, &message, acks).await {
             Some(event_time_ms) => {
                 if let Some(aligner) = &mut self.aligner {
                     aligner.push(
                         input,
                         event_time_ms,
-                        Queued { input, message },
+                        Queued {
+                            input,
+                            message,
+                            acks: Arc::clone(acks),
+                        },
                         Instant::now(),
                     );
                 }
@@ -434,7 +442,8 @@ impl<S: Step> Task<S> {
                         event_time_ms: Some(event_time_ms),
                         lateness_ms,
                     };
-                    self.process(input, &item.message, alignment).await;
+                    self.process(input, &item.message, &item.acks, alignment)
+                        .await;
                     self.release_bytes(input, item.message.queued_bytes());
                     self.advance_event_clock(event_time_ms).await;
                 }
@@ -452,8 +461,13 @@ impl<S: Step> Task<S> {
 
     /// The event time an aligned task orders `message` by; `None` when the
     /// record was dead-lettered (bad time, undecodable) or abandoned.
-    async fn event_time_of(&mut self, input: usize, message: &Consumed) -> Option<i64> {
-        let token = self.token(input, message.offset())?;
+    async fn event_time_of(
+        &mut self,
+        input: usize,
+        message: &Consumed,
+        acks: &Arc<BatchAcks>,
+    ) -> Option<i64> {
+        let token = acks.token(message.index());
         let mut backoff = self.env.settings.retry_initial_backoff;
         loop {
             if self.skipping() {
@@ -494,10 +508,14 @@ impl<S: Step> Task<S> {
     }
 
     /// Processes one record to the end: done, dead-lettered, or abandoned.
-    async fn process(&mut self, input: usize, message: &Consumed, alignment: Alignment) {
-        let Some(token) = self.token(input, message.offset()) else {
-            return;
-        };
+    async fn process(
+        &mut self,
+        input: usize,
+        message: &Consumed,
+        acks: &Arc<BatchAcks>,
+        alignment: Alignment,
+    ) {
+        let token = acks.token(message.index());
         if self.skipping() {
             token.abandon();
             return;
