@@ -32,9 +32,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adpipe_codec::{Codec, RegistryClient};
-use adpipe_loadtest::Simulation;
+use adpipe_events::Impression;
 use adpipe_loadtest::publish::SimPublisher;
+use adpipe_loadtest::{SimEvent, Simulation};
 use clap::Parser;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde::Serialize;
 
 use service::{BacklogRun, Service};
@@ -114,6 +117,9 @@ struct Report {
     deduplicator_poisoned_peak_rss_mib: f64,
     /// Poison records in that backlog (all must reach the dead-letter topic).
     poison_records: i64,
+    /// Valid events in it whose output is too large to produce (their
+    /// outputs must reach the dead-letter topic instead).
+    oversize_records: i64,
     /// Allocations per record of the pass-through's hot path, and bytes
     /// allocated per record (with --only: when `alloc` is listed).
     passthrough_allocations_per_record: Option<f64>,
@@ -132,6 +138,42 @@ struct Phases {
     state_bytes_per_key_in_memory: f64,
     state_keys_measured: u64,
     changelog_bytes_per_key_on_disk: f64,
+}
+
+/// One record in this many of the poisoned backlog is followed by an
+/// oversize one.
+const OVERSIZE_EVERY: usize = 100_000;
+
+/// A valid, unique impression whose value (over 1 MiB) no producer with
+/// librdkafka's default `message.max.bytes` can send: its output is
+/// rejected and dead-lettered. The page URL is random so compression
+/// cannot shrink it.
+fn oversize_event(like: &Impression, index: i64) -> SimEvent {
+    use rand::Rng;
+    let mut event = like.clone();
+    event.event_id = format!("oversize-{index}-{}", like.event_id);
+    let mut rng = rand::rng();
+    event.url = (0..1_100_000)
+        .map(|_| char::from(rng.random_range(b'a'..=b'z')))
+        .collect();
+    SimEvent::Impression(event)
+}
+
+/// Sends one record, waiting while the local queue is full.
+fn send_blocking(
+    producer: &BaseProducer,
+    mut record: BaseRecord<'_, str, [u8]>,
+) -> Result<(), String> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((error, _)) => return Err(error.to_string()),
+        }
+    }
 }
 
 /// Poison record number `index`, made from a good value: alternately a
@@ -240,7 +282,7 @@ async fn run(args: &Args) -> Result<Report, String> {
         .map(|round| topic(&format!("poisoned-log{round}")))
         .collect();
     let mut specs: Vec<adpipe_testkit::TopicSpec<'_>> =
-        [&input, &pass_out, &raw, &bare_out, &ks_pass_out, &poisoned]
+        [&input, &pass_out, &raw, &bare_out, &ks_pass_out]
             .into_iter()
             .chain(&dedup_outs)
             .chain(&poisoned_outs)
@@ -254,6 +296,9 @@ async fn run(args: &Args) -> Result<Report, String> {
         specs.push((changelog, partitions, &[("cleanup.policy", "compact")]));
     }
     specs.push((&dlq, 1, &[]));
+    // The poisoned backlog also holds a few records too large for any
+    // output (the topic takes them; the deduplicator's producer cannot).
+    specs.push((&poisoned, partitions, &[("max.message.bytes", "4194304")]));
     adpipe_testkit::create_topics(bootstrap, &specs).await;
     let registry = adpipe_schema_registry::start(adpipe_schema_registry::RegistrySettings::local(
         bootstrap,
@@ -279,6 +324,11 @@ async fn run(args: &Args) -> Result<Report, String> {
     let dc_input =
         |publication: &adpipe_loadtest::Publication| format!("{}.{prefix}.in", publication.dc);
     let mut poison_records: i64 = 0;
+    let mut oversize_records: i64 = 0;
+    let oversize_producer: BaseProducer = adpipe_runtime::producer_config(bootstrap)
+        .set("message.max.bytes", "4194304")
+        .create()
+        .map_err(|error| error.to_string())?;
     for (index, publication) in publications.iter().enumerate() {
         publisher
             .publish(publication, &input)
@@ -307,10 +357,27 @@ async fn run(args: &Args) -> Result<Report, String> {
                     .map_err(|error| error.to_string())?;
                 poison_records += 1;
             }
+            if index % OVERSIZE_EVERY == OVERSIZE_EVERY - 1
+                && let SimEvent::Impression(impression) = &publication.event
+            {
+                let value = publisher
+                    .encode(&oversize_event(impression, oversize_records))
+                    .map_err(|error| error.to_string())?;
+                send_blocking(
+                    &oversize_producer,
+                    BaseRecord::to(&poisoned)
+                        .key(impression.user_id.as_str())
+                        .payload(&value),
+                )?;
+                oversize_records += 1;
+            }
         }
     }
     publisher
         .flush(Duration::from_secs(300))
+        .map_err(|error| error.to_string())?;
+    oversize_producer
+        .flush(Duration::from_secs(60))
         .map_err(|error| error.to_string())?;
     let records = service::topic_end(bootstrap, &input)?;
     eprintln!(
@@ -577,7 +644,7 @@ async fn run(args: &Args) -> Result<Report, String> {
             eprintln!("round {round}: {name} over the backlog");
             let output_before = service::topic_end(bootstrap, output)?;
             let backlog = if key == "poison" {
-                records + poison_records
+                records + poison_records + oversize_records
             } else {
                 records
             };
@@ -591,11 +658,12 @@ async fn run(args: &Args) -> Result<Report, String> {
                 ));
             }
             if key == "poison" {
-                // Every poison record in the dead-letter topic, none lost.
+                // Every poison record and every oversize output in the
+                // dead-letter topic, none lost.
                 let dead_letters = service::topic_end(bootstrap, &poisoned_dlqs[round])?;
-                if dead_letters != poison_records {
+                if dead_letters != poison_records + oversize_records {
                     return Err(format!(
-                        "{name} (round {round}) dead-lettered {dead_letters} records, expected {poison_records}"
+                        "{name} (round {round}) dead-lettered {dead_letters} records, expected {poison_records} poison + {oversize_records} oversize"
                     ));
                 }
             }
@@ -629,6 +697,7 @@ async fn run(args: &Args) -> Result<Report, String> {
         deduplicator_poisoned,
         deduplicator_poisoned_peak_rss_mib: mib(poisoned_peak_rss_kb),
         poison_records,
+        oversize_records,
         passthrough_allocations_per_record: None,
         passthrough_allocated_bytes_per_record: None,
         phases: None,
@@ -978,9 +1047,10 @@ fn print_report(report: &Report) {
     if !report.deduplicator_poisoned.is_empty() {
         let poisoned = mean(&rates(&report.deduplicator_poisoned));
         println!(
-            "deduplicator with 1% poison: {poisoned:.0} records/s, {:.2}x its rate without; all {} poison records dead-lettered, outputs exactly the unique events",
+            "deduplicator with 1% poison: {poisoned:.0} records/s, {:.2}x its rate without; all {} poison records and {} oversize outputs dead-lettered, outputs exactly the unique events",
             poisoned / dedup,
-            report.poison_records
+            report.poison_records,
+            report.oversize_records
         );
     }
     print_cpu(report);
