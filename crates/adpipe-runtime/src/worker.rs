@@ -32,6 +32,9 @@ pub enum WorkerError {
     /// A fatal error stopped the worker (the reason says which record).
     #[error("stopped: {0}")]
     Fatal(String),
+    /// A service could not set itself up (its state, its clients).
+    #[error("setup: {0}")]
+    Setup(String),
     /// Topics it needs are missing or not co-partitioned; nothing started.
     #[error("refusing to start, the topics do not fit:\n  - {}", .0.join("\n  - "))]
     Topics(Vec<String>),

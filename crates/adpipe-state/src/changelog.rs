@@ -206,7 +206,7 @@ impl ChangelogReader {
     /// Checkpoints `store` at the changelog's end (see [`StateStore::checkpoint`]).
     pub fn checkpoint(
         &self,
-        store: &mut impl StateStore,
+        store: &mut (impl StateStore + ?Sized),
         topic: &str,
         partition: i32,
     ) -> Result<Option<Mark>, StateError> {
@@ -221,7 +221,7 @@ impl ChangelogReader {
     /// blocking is allowed, e.g. a step factory).
     pub fn restore(
         &self,
-        store: &mut impl StateStore,
+        store: &mut (impl StateStore + ?Sized),
         topic: &str,
         partition: i32,
     ) -> Result<Restored, StateError> {

@@ -1,0 +1,214 @@
+//! The joiner's configuration: the shared runtime sections plus `[joiner]`.
+
+use std::path::{Path, PathBuf};
+
+use adpipe_runtime::config::{
+    HttpConfig, KafkaConfig, RegistryConfig, RuntimeConfig, duration, load_raw,
+};
+use adpipe_runtime::{ConfigError, OutputTopic, TimerClock, WorkerSettings};
+use serde::Deserialize;
+
+use crate::step::{Topics, Windows};
+
+/// The embedded defaults.
+pub const DEFAULTS: &str = include_str!("../defaults.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    kafka: KafkaConfig,
+    registry: RegistryConfig,
+    runtime: RuntimeConfig,
+    http: HttpConfig,
+    joiner: RawJoiner,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawJoiner {
+    impressions: String,
+    clicks: String,
+    conversions: String,
+    joined_clicks: String,
+    joined_conversions: String,
+    orphans: String,
+    impressions_changelog: String,
+    clicks_changelog: String,
+    click_window: String,
+    attribution_window: String,
+    wait: String,
+    wait_clock: String,
+    store: String,
+    state_dir: PathBuf,
+    impressions_cap_mib: u64,
+    clicks_cap_mib: u64,
+}
+
+/// Which backend holds the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// fjall on local disk.
+    Disk,
+    /// In memory, with a snapshot file.
+    Memory,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct JoinerSettings {
+    /// Runtime settings: one input group, impressions, clicks, conversions.
+    pub worker: WorkerSettings,
+    /// Output and changelog topics.
+    pub topics: Topics,
+    /// Windows and the wait.
+    pub windows: Windows,
+    /// The backend.
+    pub store: StoreKind,
+    /// Local state root.
+    pub state_dir: PathBuf,
+    /// Size caps per partition in bytes: impressions, clicks.
+    pub caps: (u64, u64),
+}
+
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl JoinerSettings {
+    /// Loads defaults, then `path`, then the environment, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = env.collect();
+        let state_root = env
+            .iter()
+            .find(|(name, _)| name == adpipe_runtime::config::STATE_DIR_ENV)
+            .map(|(_, value)| std::ffi::OsString::from(value));
+        let raw: RawConfig = load_raw(DEFAULTS, path, env.into_iter())?;
+        let mut problems = Vec::new();
+        let joiner = &raw.joiner;
+        let click_ms = millis(duration(
+            "joiner.click-window",
+            &joiner.click_window,
+            &mut problems,
+        ));
+        let attribution_ms = millis(duration(
+            "joiner.attribution-window",
+            &joiner.attribution_window,
+            &mut problems,
+        ));
+        let wait_ms = millis(duration("joiner.wait", &joiner.wait, &mut problems));
+        let wait_clock = match joiner.wait_clock.as_str() {
+            "wall" => TimerClock::Wall,
+            "event" => TimerClock::Event,
+            other => {
+                problems.push(format!(
+                    "joiner.wait-clock = {other:?}: expected \"wall\" or \"event\""
+                ));
+                TimerClock::Wall
+            }
+        };
+        let store = match joiner.store.as_str() {
+            "disk" => StoreKind::Disk,
+            "memory" => StoreKind::Memory,
+            other => {
+                problems.push(format!(
+                    "joiner.store = {other:?}: expected \"disk\" or \"memory\""
+                ));
+                StoreKind::Disk
+            }
+        };
+        // runtime.sub-partitions = 1 is checked by the runtime: a task
+        // with several time-aligned inputs owns whole partitions.
+        let inputs = vec![
+            joiner.impressions.clone(),
+            joiner.clicks.clone(),
+            joiner.conversions.clone(),
+        ];
+        let mut worker = WorkerSettings::validate(
+            "joiner",
+            vec![inputs],
+            raw.kafka,
+            raw.runtime,
+            raw.http,
+            Some(raw.registry),
+            &mut problems,
+        );
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        let joiner = raw.joiner;
+        worker.outputs = [
+            &joiner.joined_clicks,
+            &joiner.joined_conversions,
+            &joiner.orphans,
+            &joiner.impressions_changelog,
+            &joiner.clicks_changelog,
+        ]
+        .map(|topic| OutputTopic {
+            topic: topic.clone(),
+            partitions_like: Some(joiner.impressions.clone()),
+        })
+        .into_iter()
+        .collect();
+        Ok(JoinerSettings {
+            worker,
+            topics: Topics {
+                joined_clicks: joiner.joined_clicks.as_str().into(),
+                joined_conversions: joiner.joined_conversions.as_str().into(),
+                orphans: joiner.orphans.as_str().into(),
+                impressions_changelog: joiner.impressions_changelog.as_str().into(),
+                clicks_changelog: joiner.clicks_changelog.as_str().into(),
+            },
+            windows: Windows {
+                click_ms,
+                attribution_ms,
+                wait_ms,
+                wait_clock,
+            },
+            store,
+            state_dir: adpipe_runtime::config::resolve_state_dir(
+                &joiner.state_dir,
+                state_root.as_deref(),
+            ),
+            caps: (
+                joiner.impressions_cap_mib << 20,
+                joiner.clicks_cap_mib << 20,
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let settings = JoinerSettings::load(None, std::iter::empty()).expect("defaults validate");
+        assert_eq!(settings.worker.input_groups.len(), 1);
+        assert_eq!(settings.worker.input_groups[0].len(), 3);
+        assert_eq!(settings.windows.attribution_ms, 30 * 86_400_000);
+        assert_eq!(settings.windows.wait_clock, TimerClock::Wall);
+        assert_eq!(settings.worker.outputs.len(), 5);
+        assert_eq!(settings.store, StoreKind::Disk);
+    }
+
+    #[test]
+    fn lists_every_problem() {
+        let env = [
+            ("ADPIPE__JOINER__WAIT", "a while"),
+            ("ADPIPE__JOINER__WAIT_CLOCK", "sundial"),
+            ("ADPIPE__JOINER__STORE", "tape"),
+            ("ADPIPE__RUNTIME__SUB_PARTITIONS", "2"),
+        ]
+        .map(|(key, value)| (key.to_owned(), value.to_owned()));
+        let ConfigError::Invalid(problems) =
+            JoinerSettings::load(None, env.into_iter()).expect_err("invalid")
+        else {
+            panic!("expected validation problems")
+        };
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+    }
+}

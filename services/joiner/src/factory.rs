@@ -1,0 +1,162 @@
+//! Builds a partition's join step: opens its two stores and restores them
+//! from their changelogs (local data plus the changelog from the mark, or
+//! the whole changelog on a host that has no usable local data).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use adpipe_codec::{Codec, RegistryClient, value_subject};
+use adpipe_events::EventKind;
+use adpipe_runtime::{StepError, StepFactory, TaskAssignment};
+use adpipe_state::changelog::ChangelogReader;
+use adpipe_state::{Buckets, DiskOptions, DiskStore, MemoryStore, Recovery, StateStore};
+use rdkafka::ClientConfig;
+use tracing::info;
+
+use crate::config::{JoinerSettings, StoreKind};
+use crate::state::JoinState;
+use crate::step::{Checkpoints, Encoders, JoinStep};
+
+/// Builds join steps.
+pub struct JoinFactory {
+    settings: Arc<JoinerSettings>,
+    reader: ChangelogReader,
+    codec: Option<Codec>,
+    /// Registered once, on the first assignment.
+    encoders: Mutex<Option<Arc<Encoders>>>,
+}
+
+fn transient(kind: &'static str) -> impl Fn(String) -> StepError {
+    move |message| StepError::transient(kind, message)
+}
+
+impl JoinFactory {
+    /// A factory for these settings (asks the cluster for its id: blocking).
+    pub fn new(settings: JoinerSettings) -> Result<Self, String> {
+        let mut config = ClientConfig::new();
+        config.set(
+            "bootstrap.servers",
+            &settings.worker.kafka.bootstrap_servers,
+        );
+        let reader = ChangelogReader::new(config, &settings.worker.kafka.group_id)
+            .map_err(|error| error.to_string())?;
+        let codec = match &settings.worker.registry_url {
+            Some(url) => Some(Codec::new(
+                RegistryClient::new(url).map_err(|error| error.to_string())?,
+            )),
+            None => None,
+        };
+        Ok(JoinFactory {
+            settings: Arc::new(settings),
+            reader,
+            codec,
+            encoders: Mutex::new(None),
+        })
+    }
+
+    /// The output encoders, registered with the registry on first use.
+    fn encoders(&self) -> Result<Arc<Encoders>, StepError> {
+        let mut slot = self
+            .encoders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(encoders) = &*slot {
+            return Ok(Arc::clone(encoders));
+        }
+        let codec = self
+            .codec
+            .as_ref()
+            .ok_or_else(|| StepError::fatal("no_registry", "the joiner needs [registry] url"))?;
+        let topics = &self.settings.topics;
+        // `create` runs on a blocking thread of the runtime: it may wait.
+        let encoders = tokio::runtime::Handle::current().block_on(async {
+            Ok::<_, adpipe_codec::EncodeError>(Encoders {
+                joined_click: codec
+                    .encoder(
+                        &value_subject(&topics.joined_clicks),
+                        EventKind::JoinedClick.schema(),
+                    )
+                    .await?,
+                joined_conversion: codec
+                    .encoder(
+                        &value_subject(&topics.joined_conversions),
+                        EventKind::JoinedConversion.schema(),
+                    )
+                    .await?,
+            })
+        });
+        let encoders = Arc::new(
+            encoders.map_err(|error| StepError::transient("registry", error.to_string()))?,
+        );
+        *slot = Some(Arc::clone(&encoders));
+        Ok(encoders)
+    }
+
+    /// Opens and restores one store of a partition.
+    fn store(
+        &self,
+        name: &str,
+        changelog: &str,
+        partition: i32,
+        ttl_ms: i64,
+        cap: u64,
+    ) -> Result<Box<dyn StateStore>, StepError> {
+        let dir: PathBuf = self.settings.state_dir.join(name);
+        let mut store: Box<dyn StateStore> = match self.settings.store {
+            StoreKind::Disk => Box::new(
+                DiskStore::open(
+                    &dir.join(partition.to_string()),
+                    DiskOptions::new(ttl_ms, cap, Recovery::LocalAhead),
+                )
+                .map_err(|error| StepError::transient("state_store", error.to_string()))?,
+            ),
+            StoreKind::Memory => Box::new(MemoryStore::open(
+                dir.join(format!("{partition}.state")),
+                Buckets::for_ttl(ttl_ms),
+                cap,
+            )),
+        };
+        let restored = self
+            .reader
+            .restore(store.as_mut(), changelog, partition)
+            .map_err(|error| error.to_string())
+            .map_err(transient("changelog_restore"))?;
+        info!(store = name, partition, from_mark = ?restored.from_mark, replayed = restored.replayed, why_not_local = ?restored.why_not_local, "joiner store ready");
+        Ok(store)
+    }
+}
+
+impl StepFactory for JoinFactory {
+    type Step = JoinStep;
+
+    fn create(&self, assignment: &TaskAssignment) -> Result<JoinStep, StepError> {
+        let encoders = self.encoders()?;
+        let settings = &self.settings;
+        let partition = assignment.partition;
+        let impressions = self.store(
+            "impressions",
+            &settings.topics.impressions_changelog,
+            partition,
+            settings.windows.click_ms,
+            settings.caps.0,
+        )?;
+        let clicks = self.store(
+            "clicks",
+            &settings.topics.clicks_changelog,
+            partition,
+            settings.windows.attribution_ms,
+            settings.caps.1,
+        )?;
+        Ok(JoinStep::new(
+            partition,
+            settings.topics.clone(),
+            settings.windows,
+            encoders,
+            JoinState::new(impressions, clicks),
+            settings.caps,
+        )
+        .with_checkpoints(Checkpoints {
+            reader: self.reader.clone(),
+        }))
+    }
+}
