@@ -10,10 +10,10 @@
 #![warn(missing_docs)]
 
 pub mod config;
-pub mod restore;
 pub mod snapshot;
 pub mod state;
 pub mod step;
+pub mod store;
 
 pub use config::DedupSettings;
 pub use step::{DedupFactory, DedupStep};
@@ -23,5 +23,7 @@ pub fn start(
     settings: DedupSettings,
 ) -> Result<adpipe_runtime::WorkerHandle, adpipe_runtime::WorkerError> {
     let worker = settings.worker.clone();
-    adpipe_runtime::start(worker, DedupFactory::new(settings)?)
+    let factory = tokio::task::block_in_place(|| DedupFactory::new(settings))
+        .map_err(|error| adpipe_runtime::WorkerError::Setup(error.to_string()))?;
+    adpipe_runtime::start(worker, factory)
 }

@@ -33,21 +33,9 @@ const MAGIC: &[u8; 8] = b"ADPDEDUP";
 const VERSION: u32 = 2;
 const ENTRY: usize = 24;
 
-/// What a snapshot describes: which changelog, where, up to which record.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Binding {
-    /// The Kafka cluster's id.
-    pub cluster_id: String,
-    /// The changelog topic.
-    pub topic: String,
-    /// The changelog partition.
-    pub partition: i32,
-    /// The changelog offset the entries are complete up to (exclusive).
-    pub offset: i64,
-    /// Key and value of the changelog record at `offset − 1` (empty when
-    /// `offset` is 0).
-    pub last_record: (Vec<u8>, Vec<u8>),
-}
+/// What a snapshot describes: which changelog, where, up to which record
+/// (the shared state mark: `adpipe_state::Mark`).
+pub use adpipe_state::Mark as Binding;
 
 /// A loaded snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]

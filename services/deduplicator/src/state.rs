@@ -146,6 +146,22 @@ impl DedupState {
             + self.expiry.capacity() * std::mem::size_of::<(i64, Key)>()
     }
 
+    /// The first event time remembered for an id.
+    pub fn first_seen(&self, id: u128) -> Option<i64> {
+        self.seen.get(&key(id)).copied()
+    }
+
+    /// Forgets an id (a changelog tombstone). Its expiry-queue entry stays
+    /// and is skipped when it comes up.
+    pub fn forget(&mut self, id: u128) {
+        self.seen.remove(&key(id));
+    }
+
+    /// The window and the allowed lateness, in ms.
+    pub fn window(&self) -> (i64, i64) {
+        (self.window_ms, self.lateness_ms)
+    }
+
     /// Whether an id is remembered (within the window or not yet expired).
     pub fn contains(&self, id: u128) -> bool {
         self.seen.contains_key(&key(id))

@@ -9,23 +9,28 @@
 //! and changelog entry both exist) or emitted again (the changelog entry was
 //! lost) — a duplicate downstream, which the idempotent sinks absorb, never
 //! a loss.
+//!
+//! Restore and checkpoint are the shared mechanism of `adpipe_state`
+//! (`ChangelogReader`), over [`DedupStore`]: its snapshot when the mark it
+//! was saved with still describes the changelog, plus the changelog from
+//! there; a snapshot is saved only on a drained revoke.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use adpipe_runtime::telemetry::Metric;
 use adpipe_runtime::{
     Bytes, Emitter, InputRecord, OutputRecord, Step, StepError, StepFactory, TaskAssignment,
 };
+use adpipe_state::StateError;
+use adpipe_state::changelog::ChangelogReader;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::config::{DedupSettings, Stream};
-use crate::restore::{self, Restored};
-use crate::snapshot::{self, Binding};
+use crate::snapshot;
 use crate::state::{DedupState, Verdict, id_hash};
+use crate::store::DedupStore;
 
 /// The fields every deduplicated event has; the rest of the record is
 /// skipped by the decoder and forwarded untouched as bytes.
@@ -42,27 +47,16 @@ pub struct DedupStep {
     output_topic: Arc<str>,
     changelog_topic: Arc<str>,
     partition: i32,
-    state: DedupState,
-    /// Where to save the state on revoke, and the cluster holding the changelog.
-    snapshot: Option<SnapshotTarget>,
+    store: DedupStore,
+    /// Reads the changelog's end for a checkpoint on revoke.
+    checkpoints: Option<ChangelogReader>,
     /// Events older than the window (passed on undeduplicated).
     outside_window: metrics::Counter,
 }
 
-/// Where a step saves its snapshot, and what binds it.
-#[derive(Clone)]
-pub struct SnapshotTarget {
-    /// The snapshot file.
-    pub path: std::path::PathBuf,
-    /// The id of the cluster holding the changelog.
-    pub cluster_id: String,
-    /// To read the changelog's end at snapshot time.
-    pub settings: Arc<DedupSettings>,
-}
-
 impl DedupStep {
-    /// A step with the given (possibly restored) state.
-    pub fn new(stream: Stream, partition: i32, state: DedupState) -> Self {
+    /// A step with the given (possibly restored) store.
+    pub fn new(stream: Stream, partition: i32, store: DedupStore) -> Self {
         let outside_window = metrics::counter!(
             Metric::LateRecords.name(),
             "service" => "deduplicator",
@@ -74,46 +68,21 @@ impl DedupStep {
             changelog_topic: Arc::from(stream.changelog.as_str()),
             stream,
             partition,
-            state,
-            snapshot: None,
+            store,
+            checkpoints: None,
             outside_window,
         }
     }
 
-    /// Saves snapshots to `target` on drained revokes.
-    pub fn with_snapshots(mut self, target: SnapshotTarget) -> Self {
-        self.snapshot = Some(target);
+    /// Checkpoints (saves the snapshot) on drained revokes.
+    pub fn with_checkpoints(mut self, reader: ChangelogReader) -> Self {
+        self.checkpoints = Some(reader);
         self
     }
 
     /// The partition's state.
     pub fn state(&self) -> &DedupState {
-        &self.state
-    }
-
-    /// Writes the snapshot: every output and changelog entry is acknowledged,
-    /// so the changelog's end is where the state is complete up to; it is
-    /// bound to that end's record (see `snapshot`).
-    fn save_snapshot(&self, target: &SnapshotTarget) -> Result<i64, String> {
-        let (high, last_record) =
-            restore::changelog_end(&target.settings, &self.stream.changelog, self.partition)
-                .map_err(|error| error.to_string())?;
-        if high > 0 && last_record.is_none() {
-            return Err(format!(
-                "cannot read the changelog's last record (offset {})",
-                high - 1
-            ));
-        }
-        let binding = Binding {
-            cluster_id: target.cluster_id.clone(),
-            topic: self.stream.changelog.clone(),
-            partition: self.partition,
-            offset: high,
-            last_record: last_record.unwrap_or_default(),
-        };
-        let bytes = snapshot::encode(&binding, self.state.entries().into_iter());
-        snapshot::store(&target.path, &bytes).map_err(|error| error.to_string())?;
-        Ok(high)
+        self.store.state()
     }
 }
 
@@ -132,14 +101,13 @@ impl Step for DedupStep {
         // Rejects absurd times before they touch the window (see
         // `adpipe_runtime::event_time`): one bad timestamp must not move it.
         out.observe_event_time(identity.event_time)?;
-        if identity.event_time < self.state.cutoff() {
+        let state = self.store.state_mut();
+        if identity.event_time < state.cutoff() {
             // Older than the window: nothing to compare with, so it passes
             // (the window is the memory), counted.
             self.outside_window.increment(1);
         }
-        if self
-            .state
-            .check_and_insert(id_hash(&identity.event_id), identity.event_time)
+        if state.check_and_insert(id_hash(&identity.event_id), identity.event_time)
             == Verdict::Duplicate
         {
             return Ok(()); // no output: done at once
@@ -164,15 +132,15 @@ impl Step for DedupStep {
     }
 
     fn state_entries(&self) -> usize {
-        self.state.len()
+        self.store.state().len()
     }
 
     fn state_bytes(&self) -> usize {
-        self.state.heap_bytes()
+        self.store.state().heap_bytes()
     }
 
     fn on_revoke(&mut self, drained: bool) {
-        let Some(target) = &self.snapshot else {
+        let Some(reader) = &self.checkpoints else {
             return;
         };
         if !drained {
@@ -181,10 +149,13 @@ impl Step for DedupStep {
             warn!(changelog = %self.stream.changelog, partition = self.partition, "outputs still in flight at revoke; no snapshot");
             return;
         }
-        match self.save_snapshot(target) {
-            Ok(offset) => {
-                info!(path = %target.path.display(), offset, entries = self.state.len(), "deduplicator snapshot saved")
+        // Every output and changelog entry is acknowledged: the changelog's
+        // end is where the state is complete up to.
+        match reader.checkpoint(&mut self.store, &self.stream.changelog, self.partition) {
+            Ok(Some(mark)) => {
+                info!(changelog = %self.stream.changelog, partition = self.partition, offset = mark.offset, entries = self.store.state().len(), "deduplicator snapshot saved")
             }
+            Ok(None) => {}
             Err(error) => {
                 warn!(%error, "deduplicator snapshot not saved; the next owner replays the changelog")
             }
@@ -192,44 +163,59 @@ impl Step for DedupStep {
     }
 }
 
+/// A restored partition.
+#[derive(Debug)]
+pub struct Restored {
+    /// The store.
+    pub store: DedupStore,
+    /// Where the replay started: the snapshot's offset, or `None` for a
+    /// full replay.
+    pub from_snapshot: Option<i64>,
+}
+
+impl Restored {
+    /// The restored seen ids.
+    pub fn state(&self) -> &DedupState {
+        self.store.state()
+    }
+}
+
 /// Builds steps, restoring each partition's state from its changelog.
 pub struct DedupFactory {
     settings: Arc<DedupSettings>,
-    /// The changelog cluster's id (snapshots are bound to it); `None` when
-    /// the cluster did not say, and then no snapshot is written or trusted.
-    cluster_id: Option<String>,
+    /// Reads changelogs; knows the cluster's id (marks are bound to it).
+    reader: ChangelogReader,
 }
 
 impl DedupFactory {
     /// A factory for these settings; asks the cluster for its id.
-    pub fn new(settings: DedupSettings) -> Result<Self, rdkafka::error::KafkaError> {
-        let client: BaseConsumer = ClientConfig::new()
-            .set(
-                "bootstrap.servers",
-                &settings.worker.kafka.bootstrap_servers,
-            )
-            .create()?;
-        let cluster_id = client.client().fetch_cluster_id(Duration::from_secs(30));
-        if cluster_id.is_none() {
-            warn!(
-                "the cluster did not tell its id: snapshots are off, restores replay the changelog"
-            );
-        }
+    pub fn new(settings: DedupSettings) -> Result<Self, StateError> {
+        let mut config = ClientConfig::new();
+        config.set(
+            "bootstrap.servers",
+            &settings.worker.kafka.bootstrap_servers,
+        );
+        let reader = ChangelogReader::new(config, &settings.worker.kafka.group_id)?;
         Ok(DedupFactory {
             settings: Arc::new(settings),
-            cluster_id,
+            reader,
         })
     }
 
     /// A partition's state: its snapshot, if it provably describes this
     /// changelog, plus the changelog from there (or all of it).
     pub fn restore(&self, stream: &Stream, partition: i32) -> Result<Restored, StepError> {
-        restore::restore(
-            &self.settings,
-            self.cluster_id.as_deref(),
-            stream,
-            partition,
-        )
+        let path = snapshot::snapshot_path(&self.settings.state_dir, &stream.changelog, partition);
+        let mut store = DedupStore::open(path, self.settings.window_ms, self.settings.lateness_ms);
+        let restored = self
+            .reader
+            .restore(&mut store, &stream.changelog, partition)
+            .map_err(|error| StepError::transient("changelog_restore", error.to_string()))?;
+        info!(changelog = %stream.changelog, partition, from_snapshot = ?restored.from_mark, replayed = restored.replayed, kept = store.state().len(), why_not_snapshot = ?restored.why_not_local, "deduplicator state restored");
+        Ok(Restored {
+            store,
+            from_snapshot: restored.from_mark,
+        })
     }
 }
 
@@ -242,20 +228,8 @@ impl StepFactory for DedupFactory {
             StepError::fatal("unknown_stream", format!("no stream reads {input}"))
         })?;
         let restored = self.restore(&stream, assignment.partition)?;
-        let path = snapshot::snapshot_path(
-            &self.settings.state_dir,
-            &stream.changelog,
-            assignment.partition,
-        );
-        let step = DedupStep::new(stream, assignment.partition, restored.state);
-        Ok(match &self.cluster_id {
-            Some(cluster_id) => step.with_snapshots(SnapshotTarget {
-                path,
-                cluster_id: cluster_id.clone(),
-                settings: Arc::clone(&self.settings),
-            }),
-            None => step,
-        })
+        Ok(DedupStep::new(stream, assignment.partition, restored.store)
+            .with_checkpoints(self.reader.clone()))
     }
 }
 
@@ -298,7 +272,11 @@ mod tests {
             shared: None,
             writer: Some(Arc::clone(&writer)),
         };
-        let mut step = DedupStep::new(stream(), 4, DedupState::new(86_400_000, 3_600_000));
+        let mut step = DedupStep::new(
+            stream(),
+            4,
+            DedupStore::new(DedupState::new(86_400_000, 3_600_000)),
+        );
         let mut out = Emitter::default();
         step.process(&record(0), &mut out).await.expect("processes");
         let outputs: Vec<&OutputRecord> = out.outputs().collect();

@@ -390,9 +390,9 @@ async fn a_restart_loads_its_snapshot_and_replays_only_the_changelog_tail() {
     write(&doctored);
     let stream = &settings.streams[0];
     let restored = factory.restore(stream, 0).expect("restores");
-    assert!(restored.state.contains(marker), "the snapshot was used");
+    assert!(restored.state().contains(marker), "the snapshot was used");
     assert_eq!(
-        (restored.state.len(), restored.from_snapshot),
+        (restored.state().len(), restored.from_snapshot),
         (21, Some(20))
     );
     // …but a snapshot bound to another cluster, another partition, an
@@ -417,18 +417,18 @@ async fn a_restart_loads_its_snapshot_and_replays_only_the_changelog_tail() {
         write(&snapshot);
         let replayed = factory.restore(stream, 0).expect("restores");
         assert!(
-            !replayed.state.contains(marker),
+            !replayed.state().contains(marker),
             "{case}: must not be loaded"
         );
         assert_eq!(
-            (replayed.state.len(), replayed.from_snapshot),
+            (replayed.state().len(), replayed.from_snapshot),
             (20, None),
             "{case}"
         );
     }
     std::fs::write(&path, b"not a snapshot").expect("written");
     assert_eq!(
-        factory.restore(stream, 0).expect("restores").state.len(),
+        factory.restore(stream, 0).expect("restores").state().len(),
         20
     );
     let step = factory
@@ -500,10 +500,10 @@ async fn a_restart_loads_its_snapshot_and_replays_only_the_changelog_tail() {
         replayed.from_snapshot, None,
         "a recreated changelog's snapshot is ignored"
     );
-    assert!(!replayed.state.contains(marker));
-    assert!(!replayed.state.contains(id_hash(&firsts[0].event_id)));
-    assert!(replayed.state.contains(id_hash("other-29")));
-    assert_eq!(replayed.state.len(), 30);
+    assert!(!replayed.state().contains(marker));
+    assert!(!replayed.state().contains(id_hash(&firsts[0].event_id)));
+    assert!(replayed.state().contains(id_hash("other-29")));
+    assert_eq!(replayed.state().len(), 30);
     let _ = std::fs::remove_dir_all(state_dir);
     fixture.registry.stop().await;
 }

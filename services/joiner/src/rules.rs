@@ -74,11 +74,7 @@ pub struct ClickRef {
 /// the user's clicks on the conversion's advertiser, those with
 /// `click.event_time ≤ conversion.event_time` within the window; the latest
 /// by event time, ties broken by the larger event id.
-pub fn last_click(
-    conversion_time: i64,
-    window_ms: i64,
-    clicks: &[ClickRef],
-) -> Option<&ClickRef> {
+pub fn last_click(conversion_time: i64, window_ms: i64, clicks: &[ClickRef]) -> Option<&ClickRef> {
     clicks
         .iter()
         .filter(|click| {
