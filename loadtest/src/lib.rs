@@ -12,6 +12,7 @@
 
 pub mod bareloop;
 pub mod bidders;
+pub mod joins;
 pub mod output;
 pub mod pace;
 pub mod passthrough;

@@ -3,9 +3,11 @@
 //! With no servers at all it starts librdkafka's in-process mock cluster and
 //! adpipe's schema registry (storing its schemas in that cluster), has the
 //! bidders of two DCs publish impressions, clicks and conversions — with
-//! retries, cross-DC copies and late copies mixed in — runs the merger and
-//! the deduplicator on the shared worker runtime, and checks what comes out
-//! against the simulator's ground truth. `--brokers` runs the same against a
+//! retries, cross-DC copies and late copies mixed in — runs the merger, the
+//! deduplicator and the joiner on the shared worker runtime, and checks what
+//! comes out against the simulator's ground truth: every unique event once,
+//! every expected join with the right click and impression, every orphan
+//! with the right reason. `--brokers` runs the same against a
 //! real cluster (topics get a unique prefix there).
 //!
 //! One cluster stands in for the DCs and central: the bidders write each
@@ -61,6 +63,36 @@ pub struct DemoReport {
     pub delivered: u64,
     /// The check against the ground truth.
     pub check: CheckReport,
+    /// The joins against the rules.
+    pub joins: JoinReport,
+}
+
+/// The joiner's outputs against the expected joins (`adpipe_loadtest::joins`).
+#[derive(Debug, Clone, Default)]
+pub struct JoinReport {
+    /// Joined clicks expected, produced (distinct), and produced with other contents.
+    pub clicks: (u64, u64, u64),
+    /// Joined conversions expected, produced (distinct), produced with other contents.
+    pub conversions: (u64, u64, u64),
+    /// Orphans by reason: expected, produced (distinct) with that reason.
+    pub orphans: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Outputs for events no rule expects there.
+    pub unexpected: u64,
+}
+
+impl JoinReport {
+    /// Whether every expected output came as expected, and nothing else.
+    pub fn complete(&self) -> bool {
+        let exact =
+            |(expected, produced, wrong): (u64, u64, u64)| expected == produced && wrong == 0;
+        exact(self.clicks)
+            && exact(self.conversions)
+            && self
+                .orphans
+                .values()
+                .all(|(expected, produced)| expected == produced)
+            && self.unexpected == 0
+    }
 }
 
 struct Names {
@@ -81,6 +113,13 @@ impl Names {
     fn changelog(&self, kind: EventKind) -> String {
         format!("{}deduplicator.{}.changelog", self.prefix, kind.plural())
     }
+    /// `joined.clicks`, `joined.conversions`, `joined.orphans`.
+    fn joined(&self, what: &str) -> String {
+        format!("{}joined.{what}", self.prefix)
+    }
+    fn joiner_changelog(&self, store: &str) -> String {
+        format!("{}joiner.{store}.changelog", self.prefix)
+    }
     fn all(&self) -> Vec<(String, i32)> {
         let mut topics: Vec<(String, i32)> = EventKind::PUBLISHED
             .into_iter()
@@ -92,10 +131,13 @@ impl Names {
                     self.changelog(kind),
                 ])
             })
+            .chain(["clicks", "conversions", "orphans"].map(|what| self.joined(what)))
+            .chain(["impressions", "clicks"].map(|store| self.joiner_changelog(store)))
             .map(|topic| (topic, PARTITIONS))
             .collect();
-        topics.push((format!("{}dlq.merger", self.prefix), 1));
-        topics.push((format!("{}dlq.deduplicator", self.prefix), 1));
+        for service in ["merger", "deduplicator", "joiner"] {
+            topics.push((format!("{}dlq.{service}", self.prefix), 1));
+        }
         topics.push((format!("{}_schemas", self.prefix), 1));
         topics
     }
@@ -200,6 +242,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         "ADPIPE__DEDUPLICATOR__STATE_DIR".to_owned(),
         std::env::temp_dir()
             .join(format!("adpipe-demo-{}-state", std::process::id()))
+            .join("deduplicator")
             .display()
             .to_string(),
     )]);
@@ -221,8 +264,66 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         worker.http_address
     )?;
 
+    let state_root = std::env::temp_dir().join(format!("adpipe-demo-{}-state", std::process::id()));
+    let joiner_env = common("joiner").into_iter().chain(
+        [
+            (
+                "ADPIPE__JOINER__IMPRESSIONS",
+                names.deduplicated(EventKind::Impression),
+            ),
+            (
+                "ADPIPE__JOINER__CLICKS",
+                names.deduplicated(EventKind::Click),
+            ),
+            (
+                "ADPIPE__JOINER__CONVERSIONS",
+                names.deduplicated(EventKind::Conversion),
+            ),
+            ("ADPIPE__JOINER__JOINED_CLICKS", names.joined("clicks")),
+            (
+                "ADPIPE__JOINER__JOINED_CONVERSIONS",
+                names.joined("conversions"),
+            ),
+            ("ADPIPE__JOINER__ORPHANS", names.joined("orphans")),
+            (
+                "ADPIPE__JOINER__IMPRESSIONS_CHANGELOG",
+                names.joiner_changelog("impressions"),
+            ),
+            (
+                "ADPIPE__JOINER__CLICKS_CHANGELOG",
+                names.joiner_changelog("clicks"),
+            ),
+            (
+                "ADPIPE__JOINER__STATE_DIR",
+                state_root.join("joiner").display().to_string(),
+            ),
+            // A replay: what finds no partner within 2 s never will.
+            ("ADPIPE__JOINER__WAIT", "2s".to_owned()),
+            ("ADPIPE__RUNTIME__MAX_IDLE", "1s".to_owned()),
+        ]
+        .map(|(key, value)| (key.to_owned(), value)),
+    );
+    let joiner_settings = adpipe_joiner::JoinerSettings::load(None, joiner_env)?;
+    let joiner = adpipe_joiner::start(joiner_settings).context("starting the joiner")?;
+    writeln!(
+        out,
+        "joiner: running, metrics on http://{}/metrics",
+        joiner.http_address
+    )?;
+
     let delivered = collect_output(&codec, &bootstrap, &names, &truth).await?;
-    for (name, worker) in [("deduplicator", worker), ("merger", merger)] {
+    let uniques: Vec<adpipe_loadtest::SimEvent> = publications
+        .iter()
+        .filter(|publication| !publication.duplicate)
+        .map(|publication| publication.event.clone())
+        .collect();
+    let expected = adpipe_loadtest::joins::expected(&uniques);
+    let joins = collect_joins(&codec, &bootstrap, &names, &expected).await?;
+    for (name, worker) in [
+        ("joiner", joiner),
+        ("deduplicator", worker),
+        ("merger", merger),
+    ] {
         if tokio::time::timeout(Duration::from_secs(20), worker.stop())
             .await
             .is_err()
@@ -238,11 +339,16 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         duplicates_injected: truth.duplicates,
         delivered: delivered.len() as u64,
         check,
+        joins,
     };
     print_table(out, &report, &truth, started.elapsed())?;
     if !report.check.complete() || report.check.extra_copies > 0 {
         bail!("the output does not match the ground truth");
     }
+    if !report.joins.complete() {
+        bail!("the joins do not match the rules");
+    }
+    let _ = std::fs::remove_dir_all(state_root);
     Ok(report)
 }
 
@@ -319,6 +425,113 @@ async fn collect_output(
     Ok(delivered)
 }
 
+/// Reads the joiner's three outputs until every expected join and orphan
+/// came or nothing new came for a while, and compares them with the rules.
+async fn collect_joins(
+    codec: &Codec,
+    bootstrap: &str,
+    names: &Names,
+    expected: &adpipe_loadtest::joins::ExpectedJoins,
+) -> anyhow::Result<JoinReport> {
+    use adpipe_events::{Click, Conversion, JoinedClick, JoinedConversion};
+    use std::collections::{HashMap, HashSet};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("{}adpipe-demo-join-checker", names.prefix),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let topics = ["clicks", "conversions", "orphans"].map(|what| names.joined(what));
+    let mut assignment = TopicPartitionList::new();
+    for topic in &topics {
+        for partition in 0..PARTITIONS {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let wanted =
+        (expected.clicks.len() + expected.conversions.len() + expected.orphans.len()) as u64;
+    let bar = crate::progress::bar(wanted, "joined");
+    let mut report = JoinReport::default();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut orphan_reasons: HashMap<String, String> = HashMap::new();
+    let mut last_progress = Instant::now();
+    while last_progress.elapsed()
+        < Duration::from_secs(if seen.len() as u64 >= wanted { 3 } else { 30 })
+    {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message?;
+        let value = message.payload().unwrap_or_default();
+        let (id, right) = if message.topic() == topics[0] {
+            let joined: JoinedClick = codec.decode(value).await?;
+            let right = expected.clicks.get(&joined.click.event_id) == Some(&joined);
+            (joined.click.event_id, right)
+        } else if message.topic() == topics[1] {
+            let joined: JoinedConversion = codec.decode(value).await?;
+            let right = expected.conversions.get(&joined.conversion.event_id) == Some(&joined);
+            (joined.conversion.event_id, right)
+        } else {
+            let header = |name: &str| {
+                message
+                    .headers()
+                    .and_then(|headers| {
+                        use rdkafka::message::Headers as _;
+                        headers.iter().find(|h| h.key == name).and_then(|h| h.value)
+                    })
+                    .map(|value| String::from_utf8_lossy(value).into_owned())
+                    .unwrap_or_default()
+            };
+            let id = match header(adpipe_joiner::HEADER_ORPHAN_KIND).as_str() {
+                "click" => codec.decode::<Click>(value).await?.event_id,
+                _ => codec.decode::<Conversion>(value).await?.event_id,
+            };
+            orphan_reasons.insert(id.clone(), header(adpipe_joiner::HEADER_ORPHAN_REASON));
+            (id, true)
+        };
+        if message.topic() == topics[0] && !right {
+            report.clicks.2 += 1;
+        }
+        if message.topic() == topics[1] && !right {
+            report.conversions.2 += 1;
+        }
+        if seen.insert(id) {
+            bar.inc(1);
+            last_progress = Instant::now();
+        }
+    }
+    bar.finish();
+    report.clicks.0 = expected.clicks.len() as u64;
+    report.clicks.1 = expected
+        .clicks
+        .keys()
+        .filter(|id| seen.contains(*id))
+        .count() as u64;
+    report.conversions.0 = expected.conversions.len() as u64;
+    report.conversions.1 = expected
+        .conversions
+        .keys()
+        .filter(|id| seen.contains(*id))
+        .count() as u64;
+    for (id, reason) in &expected.orphans {
+        let entry = report.orphans.entry((*reason).to_owned()).or_default();
+        entry.0 += 1;
+        entry.1 += u64::from(orphan_reasons.get(id).map(String::as_str) == Some(*reason));
+    }
+    report.unexpected = seen
+        .iter()
+        .filter(|id| {
+            !expected.clicks.contains_key(*id)
+                && !expected.conversions.contains_key(*id)
+                && !expected.orphans.contains_key(*id)
+        })
+        .count() as u64;
+    Ok(report)
+}
+
 fn print_table(
     out: &mut dyn Write,
     report: &DemoReport,
@@ -359,7 +572,31 @@ fn print_table(
         "{:<34} {:>10}",
         "delivered more than once", check.delivered_more_than_once
     )?;
-    let verdict = if check.complete() && check.extra_copies == 0 {
+    let joins = &report.joins;
+    writeln!(
+        out,
+        "\n{:<34} {:>10} {:>10} {:>10}",
+        "joiner", "expected", "produced", "wrong"
+    )?;
+    for (what, (expected, produced, wrong)) in [
+        ("joined clicks", joins.clicks),
+        ("joined conversions", joins.conversions),
+    ] {
+        writeln!(out, "{what:<34} {expected:>10} {produced:>10} {wrong:>10}")?;
+    }
+    for (reason, (expected, produced)) in &joins.orphans {
+        writeln!(
+            out,
+            "{:<34} {expected:>10} {produced:>10}",
+            format!("orphans: {reason}")
+        )?;
+    }
+    writeln!(
+        out,
+        "{:<34} {:>10} {:>10}",
+        "unexpected outputs", 0, joins.unexpected
+    )?;
+    let verdict = if check.complete() && check.extra_copies == 0 && joins.complete() {
         "matches the ground truth"
     } else {
         "DOES NOT match the ground truth"

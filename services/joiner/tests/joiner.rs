@@ -9,7 +9,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Rig, assert_matches, expected, produced, scenario, wait_for};
+use adpipe_loadtest::joins::expected;
+use support::{Rig, assert_matches, produced, scenario, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_match_the_rules_and_survive_a_handover_to_a_fresh_host() {

@@ -4,14 +4,13 @@
 //! readers of what came out. Each test binary uses a part of it.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use adpipe_codec::{Codec, Encoder, RegistryClient, WriterSchema, split_header};
-use adpipe_events::{
-    Attribution, Click, Conversion, EventKind, Impression, JoinedClick, JoinedConversion,
-};
+use adpipe_events::{Click, Conversion, EventKind, Impression, JoinedClick, JoinedConversion};
 use adpipe_joiner::{HEADER_ORPHAN_KIND, HEADER_ORPHAN_REASON, JoinerSettings};
+use adpipe_loadtest::joins::ExpectedJoins;
 use adpipe_loadtest::{SimEvent, Simulation};
 use adpipe_schema_registry::{RegistrySettings, RunningRegistry};
 use rdkafka::ClientConfig;
@@ -218,109 +217,6 @@ pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// What the rules say must come out, computed from the published events
-/// alone (not with the joiner's code).
-#[derive(Default)]
-pub struct Expected {
-    pub clicks: HashMap<String, JoinedClick>,
-    pub conversions: HashMap<String, JoinedConversion>,
-    pub orphans: HashMap<String, &'static str>,
-}
-
-pub fn expected(published: &[SimEvent]) -> Expected {
-    let impressions: HashMap<&str, &Impression> = published
-        .iter()
-        .filter_map(|event| match event {
-            SimEvent::Impression(impression) => Some((impression.event_id.as_str(), impression)),
-            _ => None,
-        })
-        .collect();
-    let mut expected = Expected::default();
-    // Joined clicks per user and advertiser, for last-click attribution.
-    let mut by_user: HashMap<(&str, i64), Vec<&JoinedClick>> = HashMap::new();
-    let mut joined: BTreeMap<String, JoinedClick> = BTreeMap::new();
-    for event in published {
-        if let SimEvent::Click(click) = event {
-            match impressions.get(click.impression_id.as_str()) {
-                Some(impression) => {
-                    joined.insert(
-                        click.event_id.clone(),
-                        JoinedClick {
-                            click: click.clone(),
-                            impression: (*impression).clone(),
-                        },
-                    );
-                }
-                None => {
-                    expected
-                        .orphans
-                        .insert(click.event_id.clone(), "impression_not_found");
-                }
-            }
-        }
-    }
-    for click in joined.values() {
-        by_user
-            .entry((click.click.user_id.as_str(), click.impression.advertiser_id))
-            .or_default()
-            .push(click);
-    }
-    for event in published {
-        let SimEvent::Conversion(conversion) = event else {
-            continue;
-        };
-        let attributed = match &conversion.click_id {
-            Some(click_id) => match joined.get(click_id) {
-                Some(click) => Some((click, Attribution::ClickId)),
-                None if expected.orphans.contains_key(click_id) => {
-                    expected
-                        .orphans
-                        .insert(conversion.event_id.clone(), "impression_not_found");
-                    continue;
-                }
-                None => {
-                    expected
-                        .orphans
-                        .insert(conversion.event_id.clone(), "click_not_found");
-                    continue;
-                }
-            },
-            None => by_user
-                .get(&(conversion.user_id.as_str(), conversion.advertiser_id))
-                .and_then(|clicks| {
-                    clicks
-                        .iter()
-                        .filter(|c| c.click.event_time <= conversion.event_time)
-                        .max_by(|a, b| {
-                            (a.click.event_time, &a.click.event_id)
-                                .cmp(&(b.click.event_time, &b.click.event_id))
-                        })
-                })
-                .map(|click| (*click, Attribution::LastClick)),
-        };
-        match attributed {
-            Some((click, attribution)) => {
-                expected.conversions.insert(
-                    conversion.event_id.clone(),
-                    JoinedConversion {
-                        conversion: conversion.clone(),
-                        click: click.click.clone(),
-                        impression: click.impression.clone(),
-                        attribution,
-                    },
-                );
-            }
-            None => {
-                expected
-                    .orphans
-                    .insert(conversion.event_id.clone(), "no_click");
-            }
-        }
-    }
-    expected.clicks = joined.into_iter().collect();
-    expected
-}
-
 fn decode<T: serde::de::DeserializeOwned>(
     kind: EventKind,
     message: &rdkafka::message::OwnedMessage,
@@ -385,7 +281,7 @@ pub fn produced(rig: &Rig) -> Produced {
 
 /// Every expected output came, every copy of it equal to the expectation
 /// field by field (a re-emitted join never differs), and nothing else.
-pub fn assert_matches(expected: &Expected, produced: &Produced) {
+pub fn assert_matches(expected: &ExpectedJoins, produced: &Produced) {
     let mut problems = Vec::new();
     fn check<T: PartialEq + std::fmt::Debug>(
         what: &str,
