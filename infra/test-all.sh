@@ -48,6 +48,9 @@ cargo build --workspace --all-targets --locked
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "prometheus rules (promtool check + unit tests)"
+"$INFRA_DIR/prometheus.sh" check
+
 step "kafka clusters of this run (own ports, own data: $ADPIPE_STATE_DIR)"
 # A previous run that was killed may have left its servers running there.
 if [ -f "$ADPIPE_CLUSTERS_FILE" ]; then

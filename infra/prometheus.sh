@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Prometheus rules of adpipe: fetches promtool and checks them.
+#
+#   infra/prometheus.sh check     promtool check rules + promtool test rules
+#   infra/prometheus.sh promtool  prints the path of promtool (fetching it)
+#
+# promtool comes from Debian's prometheus package, downloaded with
+# `apt-get download` (no root) and unpacked under $ADPIPE_CACHE_DIR: nothing
+# is installed system-wide and no Prometheus server is started.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+promtool_path() {
+  local dir="$ADPIPE_CACHE_DIR/prometheus-deb" deb
+  if [ -x "$dir/usr/bin/promtool" ]; then echo "$dir/usr/bin/promtool"; return; fi
+  command -v apt-get >/dev/null || die "apt-get not found: install promtool (Debian's prometheus package) yourself"
+  mkdir -p "$dir/download"
+  (cd "$dir/download" && apt-get download prometheus >&2) || die "apt-get download prometheus failed"
+  deb="$(ls "$dir"/download/prometheus_*.deb | head -n 1)"
+  dpkg-deb -x "$deb" "$dir" || die "cannot unpack $deb"
+  [ -x "$dir/usr/bin/promtool" ] || die "no promtool in $deb"
+  echo "$dir/usr/bin/promtool"
+}
+
+case "${1:-}" in
+  promtool) promtool_path ;;
+  check)
+    promtool="$(promtool_path)"
+    "$promtool" check rules "$INFRA_DIR"/prometheus/rules/*.yml
+    "$promtool" test rules "$INFRA_DIR"/prometheus/tests/*.yml
+    ;;
+  *) die "usage: $0 check|promtool" ;;
+esac
