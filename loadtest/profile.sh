@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Profiles one contender of the benchmark over its backlog and draws its
 # flame graph:
-#   loadtest/profile.sh [pass|dedup|merger|bare] [seconds]
+#   loadtest/profile.sh [pass|dedup|merger|joiner|bare] [seconds]
 # Runs `adpipe-bench --only <contender>` (two million impressions unless
 # IMPRESSIONS is set), attaches `perf` to the service process for <seconds>
 # (default 3) once it is past start-up (steady state), then folds the stacks
@@ -18,8 +18,9 @@ case "$contender" in
   pass) process=adpipe-passthrough ;;
   dedup) process=adpipe-deduplicator ;;
   merger) process=adpipe-merger ;;
+  joiner) process=adpipe-joiner ;;
   bare) process=adpipe-bareloop ;;
-  *) echo "usage: $0 [pass|dedup|merger|bare] [seconds]" >&2; exit 2 ;;
+  *) echo "usage: $0 [pass|dedup|merger|joiner|bare] [seconds]" >&2; exit 2 ;;
 esac
 command -v perf >/dev/null || { echo "perf is not installed" >&2; exit 1; }
 cache="${ADPIPE_CACHE_DIR:-$HOME/.cache/adpipe}"
@@ -27,7 +28,7 @@ inferno="$cache/inferno/bin"
 if [ ! -x "$inferno/inferno-flamegraph" ]; then
   cargo install --locked --root "$cache/inferno" inferno
 fi
-cargo build --release -p adpipe-deduplicator -p adpipe-merger -p adpipe-loadtest --bins
+cargo build --release -p adpipe-deduplicator -p adpipe-merger -p adpipe-joiner -p adpipe-loadtest --bins
 infra/kafka.sh start central
 out="$root/target/profile"
 mkdir -p "$out"

@@ -225,6 +225,13 @@ impl ChangelogReader {
         topic: &str,
         partition: i32,
     ) -> Result<Restored, StateError> {
+        if store.shared() {
+            return Ok(Restored {
+                from_mark: None,
+                why_not_local: Some("a shared store: its data is on the server".to_owned()),
+                replayed: 0,
+            });
+        }
         let started = Instant::now();
         let consumer = self.consumer(topic, partition)?;
         let (low, high) = consumer

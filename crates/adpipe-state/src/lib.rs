@@ -18,11 +18,15 @@
 //!   trusted after an unclean stop (see there).
 //!
 //! Backends: [`DiskStore`] (fjall, on local disk: the default, for state
-//! larger than memory) and [`MemoryStore`] (a map per bucket: small state,
-//! tests, the baseline). Both pass the same conformance tests
-//! (`tests/conformance.rs`).
+//! larger than memory), [`MemoryStore`] (a map per bucket: small state,
+//! tests, the baseline) and, with the feature `aerospike`, the shared
+//! networked `aerospike::AerospikeStore`. All pass the same conformance
+//! tests (`tests/conformance.rs`; Aerospike's only where `AEROSPIKE_HOSTS`
+//! names a server).
 #![warn(missing_docs)]
 
+#[cfg(feature = "aerospike")]
+pub mod aerospike;
 pub mod bucket;
 pub mod changelog;
 mod disk;
@@ -155,6 +159,12 @@ pub trait StateStore: Send + 'static {
     /// Forgets everything, mark included (the changelog alone will rebuild
     /// the state).
     fn wipe(&mut self) -> Result<(), StateError>;
+
+    /// Whether the data lives outside the instance (a networked store every
+    /// instance sees): then a partition needs no restore when it moves.
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// Applies one changelog record: `value` is a changelog value
     /// ([`changelog::encode_value`]), `None` a tombstone.

@@ -303,3 +303,45 @@ proptest! {
         run(&mut disk(&dir, Recovery::LocalAhead), &ops)?;
     }
 }
+
+/// The Aerospike backend against the same contract, where a server runs:
+/// `AEROSPIKE_HOSTS=host:3000 [AEROSPIKE_NAMESPACE=test] cargo test -p
+/// adpipe-state --features aerospike`. Without it the test says it was
+/// skipped — it proves nothing then.
+#[cfg(feature = "aerospike")]
+#[tokio::test(flavor = "multi_thread")]
+async fn aerospike_store_meets_the_contract() {
+    use adpipe_state::aerospike::{AerospikeStore, connect};
+    let Ok(hosts) = std::env::var("AEROSPIKE_HOSTS") else {
+        eprintln!(
+            "SKIPPED aerospike_store_meets_the_contract: AEROSPIKE_HOSTS is not set (no Aerospike server was tested)"
+        );
+        return;
+    };
+    let namespace = std::env::var("AEROSPIKE_NAMESPACE").unwrap_or_else(|_| "test".to_owned());
+    let client = connect(&hosts).await.expect("connects");
+    let set = format!("adpipe_conformance_{}", std::process::id());
+    // Event times near now: the server's TTL counts from the wall clock.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let base = now - now.rem_euclid(WIDTH * 1_000_000);
+    let mut store = AerospikeStore::new(client, &namespace, &set, 0, 8 * WIDTH * 1_000_000);
+    // Scaled: buckets of WIDTH * 1e6 ms around now.
+    let t = |n: i64| base + n * 1_000_000;
+    assert_eq!(store.put(b"a", t(5), b"old").expect("puts"), Put::Stored);
+    assert_eq!(store.put(b"a", t(25), b"new").expect("puts"), Put::Stored);
+    assert_eq!(
+        store.put(b"a", t(15), b"between").expect("puts"),
+        Put::Stored
+    );
+    assert_eq!(
+        value(&store, b"a"),
+        Some((t(25), b"new".to_vec())),
+        "a newer copy is never overwritten"
+    );
+    store.remove(b"a").expect("removes");
+    assert_eq!(value(&store, b"a"), None);
+    assert!(store.shared(), "a partition needs no restore when it moves");
+}

@@ -42,6 +42,8 @@ struct RawJoiner {
     state_dir: PathBuf,
     impressions_cap_mib: u64,
     clicks_cap_mib: u64,
+    aerospike_hosts: String,
+    aerospike_namespace: String,
 }
 
 /// Which backend holds the state.
@@ -51,6 +53,8 @@ pub enum StoreKind {
     Disk,
     /// In memory, with a snapshot file.
     Memory,
+    /// The shared Aerospike cluster (built with the feature `aerospike`).
+    Aerospike,
 }
 
 /// Validated settings.
@@ -68,6 +72,8 @@ pub struct JoinerSettings {
     pub state_dir: PathBuf,
     /// Size caps per partition in bytes: impressions, clicks.
     pub caps: (u64, u64),
+    /// Aerospike seeds (`host:port,…`) and namespace, for `store = "aerospike"`.
+    pub aerospike: (String, String),
 }
 
 fn millis(duration: std::time::Duration) -> i64 {
@@ -176,6 +182,7 @@ impl JoinerSettings {
                 joiner.impressions_cap_mib << 20,
                 joiner.clicks_cap_mib << 20,
             ),
+            aerospike: (joiner.aerospike_hosts, joiner.aerospike_namespace),
         })
     }
 }

@@ -24,6 +24,9 @@ pub struct JoinFactory {
     codec: Option<Codec>,
     /// Registered once, on the first assignment.
     encoders: Mutex<Option<Arc<Encoders>>>,
+    /// Connected once, on the first assignment (`store = "aerospike"`).
+    #[cfg(feature = "aerospike")]
+    aerospike: Mutex<Option<Arc<aerospike::Client>>>,
 }
 
 fn transient(kind: &'static str) -> impl Fn(String) -> StepError {
@@ -51,7 +54,27 @@ impl JoinFactory {
             reader,
             codec,
             encoders: Mutex::new(None),
+            #[cfg(feature = "aerospike")]
+            aerospike: Mutex::new(None),
         })
+    }
+
+    /// The Aerospike client, connected on first use.
+    #[cfg(feature = "aerospike")]
+    fn aerospike(&self) -> Result<Arc<aerospike::Client>, StepError> {
+        let mut slot = self
+            .aerospike
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = &*slot {
+            return Ok(Arc::clone(client));
+        }
+        let hosts = &self.settings.aerospike.0;
+        let client = tokio::runtime::Handle::current()
+            .block_on(adpipe_state::aerospike::connect(hosts))
+            .map_err(|error| StepError::transient("state_store", error.to_string()))?;
+        *slot = Some(Arc::clone(&client));
+        Ok(client)
     }
 
     /// The output encoders, registered with the registry on first use.
@@ -115,6 +138,21 @@ impl JoinFactory {
                 Buckets::for_ttl(ttl_ms),
                 cap,
             )),
+            #[cfg(feature = "aerospike")]
+            StoreKind::Aerospike => Box::new(adpipe_state::aerospike::AerospikeStore::new(
+                self.aerospike()?,
+                &self.settings.aerospike.1,
+                &format!("joiner_{name}"),
+                partition,
+                ttl_ms,
+            )),
+            #[cfg(not(feature = "aerospike"))]
+            StoreKind::Aerospike => {
+                return Err(StepError::fatal(
+                    "no_aerospike",
+                    "built without the aerospike feature",
+                ));
+            }
         };
         let restored = self
             .reader

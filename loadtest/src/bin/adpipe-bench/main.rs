@@ -86,7 +86,7 @@ struct Args {
     #[arg(long = "producer-property", value_name = "KEY=VALUE")]
     producer_properties: Vec<String>,
     /// Run only these contenders of the backlog rounds (bare, pass,
-    /// kspass, dedup, ksdedup, poison, merger; comma-separated); the
+    /// kspass, dedup, ksdedup, poison, merger, joiner; comma-separated); the
     /// allocation count and the latency and state phases run only when
     /// `alloc` and `latency` are listed.
     #[arg(long, value_delimiter = ',')]
@@ -108,6 +108,9 @@ struct Report {
     bare_loop_peak_rss_mib: f64,
     merger: Vec<BacklogRun>,
     merger_peak_rss_mib: f64,
+    /// The joiner over the unique events in three co-partitioned topics.
+    joiner: Vec<BacklogRun>,
+    joiner_peak_rss_mib: f64,
     kstreams_passthrough: Vec<BacklogRun>,
     kstreams_passthrough_peak_rss_mib: f64,
     kstreams_dedup: Vec<BacklogRun>,
@@ -238,6 +241,7 @@ async fn run(args: &Args) -> Result<Report, String> {
     let bare_binary = sibling_binary("adpipe-bareloop")?;
     let counted_binary = sibling_binary("adpipe-passthrough-counted")?;
     let merger_binary = sibling_binary("adpipe-merger")?;
+    let joiner_binary = sibling_binary("adpipe-joiner")?;
     let prefix = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let topic = |suffix: &str| format!("{prefix}.{suffix}");
     let partitions = args.partitions;
@@ -281,6 +285,20 @@ async fn run(args: &Args) -> Result<Report, String> {
     let poisoned_changelogs: Vec<String> = (0..ROUNDS)
         .map(|round| topic(&format!("poisoned-log{round}")))
         .collect();
+    // The joiner's inputs: the unique events by kind, as the deduplicator
+    // leaves them; per round its outputs and its two changelogs (each round
+    // starts with empty state).
+    let runs_joiner = args.only.is_empty() || args.only.iter().any(|only| only == "joiner");
+    let joiner_inputs: Vec<String> = ["impressions", "clicks", "conversions"]
+        .iter()
+        .map(|kind| topic(&format!("j.{kind}")))
+        .collect();
+    let joiner_outs: Vec<[String; 3]> = (0..ROUNDS)
+        .map(|round| ["jclk", "jcnv", "jorph"].map(|what| topic(&format!("{what}{round}"))))
+        .collect();
+    let joiner_logs: Vec<[String; 2]> = (0..ROUNDS)
+        .map(|round| ["jimplog", "jclklog"].map(|what| topic(&format!("{what}{round}"))))
+        .collect();
     let mut specs: Vec<adpipe_testkit::TopicSpec<'_>> =
         [&input, &pass_out, &raw, &bare_out, &ks_pass_out]
             .into_iter()
@@ -290,9 +308,15 @@ async fn run(args: &Args) -> Result<Report, String> {
             .chain(&ks_dedup_outs)
             .chain(&dc_inputs)
             .chain(&merged_outs)
+            .chain(&joiner_inputs)
+            .chain(joiner_outs.iter().flatten())
             .map(|name| (name.as_str(), partitions, &[][..]))
             .collect();
-    for changelog in changelogs.iter().chain(&poisoned_changelogs) {
+    for changelog in changelogs
+        .iter()
+        .chain(&poisoned_changelogs)
+        .chain(joiner_logs.iter().flatten())
+    {
         specs.push((changelog, partitions, &[("cleanup.policy", "compact")]));
     }
     specs.push((&dlq, 1, &[]));
@@ -336,6 +360,16 @@ async fn run(args: &Args) -> Result<Report, String> {
         publisher
             .publish(publication, &dc_input(publication))
             .map_err(|error| error.to_string())?;
+        if runs_joiner && !publication.duplicate {
+            let kind = match publication.event.kind() {
+                adpipe_events::EventKind::Impression => 0,
+                adpipe_events::EventKind::Click => 1,
+                _ => 2,
+            };
+            publisher
+                .publish(publication, &joiner_inputs[kind])
+                .map_err(|error| error.to_string())?;
+        }
         if runs_poison {
             publisher
                 .publish(publication, &poisoned)
@@ -496,6 +530,31 @@ async fn run(args: &Args) -> Result<Report, String> {
         )?;
         Ok(path)
     };
+    let joiner_config = |round: usize| -> Result<PathBuf, String> {
+        let path = config_dir.join(format!("{prefix}-joiner{round}.toml"));
+        let [clicks, conversions, orphans] = &joiner_outs[round];
+        let [impressions_log, clicks_log] = &joiner_logs[round];
+        write_file(
+            &path,
+            &format!(
+                "{}[registry]\nurl = \"{}\"\n\
+                 [joiner]\nimpressions = \"{}\"\nclicks = \"{}\"\nconversions = \"{}\"\n\
+                 joined-clicks = \"{clicks}\"\njoined-conversions = \"{conversions}\"\norphans = \"{orphans}\"\n\
+                 impressions-changelog = \"{impressions_log}\"\nclicks-changelog = \"{clicks_log}\"\n\
+                 wait = \"2s\"\nstate-dir = \"{}\"\n",
+                worker_config(&format!("joiner{round}"), "max-idle = \"100ms\"\n"),
+                registry.url(),
+                joiner_inputs[0],
+                joiner_inputs[1],
+                joiner_inputs[2],
+                config_dir
+                    .join(format!("{prefix}-joiner{round}-state"))
+                    .display(),
+            ),
+        )?;
+        Ok(path)
+    };
+    let joiner_input_refs: Vec<&str> = joiner_inputs.iter().map(String::as_str).collect();
     let dc_input_refs: Vec<&str> = dc_inputs.iter().map(String::as_str).collect();
     let unique_records = truth.uniques() as i64;
     let peer = args
@@ -520,6 +579,7 @@ async fn run(args: &Args) -> Result<Report, String> {
     let mut poisoned_peak_rss_kb = 0;
     let (mut deduplicator_peak_rss_kb, mut passthrough_peak_rss_kb) = (0, 0);
     let (mut bare_peak_rss_kb, mut merger_peak_rss_kb) = (0, 0);
+    let (mut joiner, mut joiner_peak_rss_kb) = (Vec::new(), 0);
     let (mut ks_pass_peak_rss_kb, mut ks_dedup_peak_rss_kb) = (0, 0);
     for round in 0..ROUNDS {
         let ks_pass_app = format!("{prefix}-kspass{round}");
@@ -618,6 +678,18 @@ async fn run(args: &Args) -> Result<Report, String> {
                 runs: &mut merger,
                 peak_rss_kb: &mut merger_peak_rss_kb,
             },
+            Contender {
+                key: "joiner",
+                name: "joiner",
+                launch: Launch::Binary(&joiner_binary, joiner_config(round)?),
+                group: format!("{prefix}-joiner{round}"),
+                inputs: joiner_input_refs.clone(),
+                output: &joiner_outs[round][0],
+                // Every click finds its impression: one join per click.
+                expected: truth.clicks.len() as i64,
+                runs: &mut joiner,
+                peak_rss_kb: &mut joiner_peak_rss_kb,
+            },
         ];
         for Contender {
             key,
@@ -645,6 +717,8 @@ async fn run(args: &Args) -> Result<Report, String> {
             let output_before = service::topic_end(bootstrap, output)?;
             let backlog = if key == "poison" {
                 records + poison_records + oversize_records
+            } else if key == "joiner" {
+                unique_records
             } else {
                 records
             };
@@ -690,6 +764,8 @@ async fn run(args: &Args) -> Result<Report, String> {
         bare_loop_peak_rss_mib: mib(bare_peak_rss_kb),
         merger,
         merger_peak_rss_mib: mib(merger_peak_rss_kb),
+        joiner,
+        joiner_peak_rss_mib: mib(joiner_peak_rss_kb),
         kstreams_passthrough,
         kstreams_passthrough_peak_rss_mib: mib(ks_pass_peak_rss_kb),
         kstreams_dedup,
@@ -897,6 +973,11 @@ fn print_cpu(report: &Report) {
             report.deduplicator_poisoned_peak_rss_mib,
         ),
         ("merger (2 DCs)", &report.merger, report.merger_peak_rss_mib),
+        (
+            "joiner (3 inputs, disk state)",
+            &report.joiner,
+            report.joiner_peak_rss_mib,
+        ),
     ] {
         if runs.is_empty() {
             continue;
@@ -1007,6 +1088,8 @@ fn print_report(report: &Report) {
     let (bare_rates, merger_rates) = (rates(&report.bare_loop), rates(&report.merger));
     let (dedup, pass) = (mean(&dedup_rates), mean(&pass_rates));
     let (bare, merger) = (mean(&bare_rates), mean(&merger_rates));
+    let joiner_rates = rates(&report.joiner);
+    let joiner = mean(&joiner_rates);
     println!();
     println!(
         "adpipe-bench: {} records ({} unique), mean value {} B, one run, this machine",
@@ -1031,6 +1114,11 @@ fn print_report(report: &Report) {
         ("pass-through (runtime, no logic)", pass, pass_rates),
         ("deduplicator", dedup, dedup_rates),
         ("merger (2 DCs, event-time aligned)", merger, merger_rates),
+        (
+            "joiner (3 inputs aligned, state on disk)",
+            joiner,
+            joiner_rates,
+        ),
     ] {
         let rounds: Vec<String> = rounds.iter().map(|rate| format!("{rate:.0}")).collect();
         println!(
@@ -1040,9 +1128,10 @@ fn print_report(report: &Report) {
         );
     }
     println!(
-        "merger vs pass-through: {:.2}x; deduplicator vs pass-through: {:.2}x",
+        "merger vs pass-through: {:.2}x; deduplicator vs pass-through: {:.2}x; joiner vs pass-through: {:.2}x",
         merger / pass,
-        dedup / pass
+        dedup / pass,
+        joiner / pass
     );
     if !report.deduplicator_poisoned.is_empty() {
         let poisoned = mean(&rates(&report.deduplicator_poisoned));
