@@ -30,6 +30,7 @@ pub mod aerospike;
 pub mod bucket;
 pub mod changelog;
 mod disk;
+pub mod file;
 mod memory;
 pub mod metrics;
 

@@ -14,12 +14,12 @@
 //! fails any check is ignored (the changelog rebuilds the state).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use tracing::warn;
 
+use crate::file::{Reader, store_atomically};
 use crate::{Buckets, Entry, Expired, Mark, Put, StateError, StateStore, StoreStats};
 
 const MAGIC: &[u8; 8] = b"ADPSTATE";
@@ -104,7 +104,7 @@ impl MemoryStore {
         if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != checksum {
             return Err("checksum mismatch");
         }
-        let mut reader = Reader { bytes: body, at: 0 };
+        let mut reader = Reader::new(body);
         if reader.take(MAGIC.len())? != MAGIC {
             return Err("wrong magic");
         }
@@ -120,7 +120,7 @@ impl MemoryStore {
             let value = reader.blob()?;
             self.insert(key, event_time, value);
         }
-        if reader.at != body.len() {
+        if !reader.is_done() {
             return Err("trailing bytes");
         }
         self.floor = floor;
@@ -165,49 +165,6 @@ fn put_blob(bytes: &mut Vec<u8>, blob: &[u8]) {
     let len = u32::try_from(blob.len()).unwrap_or(u32::MAX);
     bytes.extend_from_slice(&len.to_le_bytes());
     bytes.extend_from_slice(&blob[..len as usize]);
-}
-
-/// Reads fields in order, failing on truncation.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize) -> Result<&'a [u8], &'static str> {
-        let slice = self
-            .bytes
-            .get(self.at..self.at.saturating_add(len))
-            .ok_or("truncated")?;
-        self.at += len;
-        Ok(slice)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
-        self.take(N)?.try_into().map_err(|_| "truncated")
-    }
-
-    fn blob(&mut self) -> Result<&'a [u8], &'static str> {
-        let len = u32::from_le_bytes(self.array()?) as usize;
-        self.take(len)
-    }
-}
-
-/// Writes `bytes` to `path` atomically: a crash leaves the old file or the
-/// new one, never half of one.
-pub(crate) fn store_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temporary, path)?;
-    if let Ok(directory) = std::fs::File::open(dir) {
-        let _ = directory.sync_all(); // make the rename durable
-    }
-    Ok(())
 }
 
 impl StateStore for MemoryStore {

@@ -403,3 +403,45 @@ pub fn free_loopback_address() -> std::net::SocketAddr {
         .and_then(|listener| listener.local_addr())
         .expect("free port")
 }
+
+/// Stops a service process with SIGTERM and asserts it exits cleanly (a
+/// graceful stop: drain, commit, checkpoint).
+pub fn terminate(mut child: std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().expect("exits");
+    assert!(status.success(), "graceful stop exits cleanly: {status}");
+}
+
+/// Kills a service process with SIGKILL (std's `kill` on Unix): no drain,
+/// no commit, no checkpoint.
+pub fn kill_9(child: &mut std::process::Child) {
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+}
+
+/// Waits until the service serving metrics on `address` owns `expected`
+/// partitions (its `adpipe_assigned_partitions` gauge).
+pub async fn wait_assigned(
+    address: std::net::SocketAddr,
+    what: &str,
+    expected: u64,
+    timeout: Duration,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let assigned = metric_value(address, "adpipe_assigned_partitions")
+            .await
+            .map(|value| value as u64);
+        if assigned == Some(expected) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: expected {expected} partitions, has {assigned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -19,18 +19,20 @@
 //! again (whose offset `offset − 1` holds another record, or none) is
 //! ignored — the changelog alone rebuilds the state — never loaded.
 //!
-//! Format (little-endian): magic `ADPDEDUP`, version u32 (2), changelog
-//! offset i64, cluster id, topic (each u16 length + UTF-8), partition i32,
-//! last record's key and value (each u32 length + bytes), entry count u64,
-//! entries (hash hi u64, hash lo u64, event time i64), then an xxh3-64
-//! checksum of all preceding bytes. A file that fails any check is ignored
-//! (full replay), never trusted.
+//! Format (little-endian): magic `ADPDEDUP`, version u32 (3), the mark
+//! (u32 length + `adpipe_state::Mark::encode`: offset, partition, cluster
+//! id, topic, last record's key and value), entry count u64, entries (hash
+//! hi u64, hash lo u64, event time i64), then an xxh3-64 checksum of all
+//! preceding bytes. A file that fails any check is ignored (full replay),
+//! never trusted — a version-2 file from before the shared state crate is
+//! one of those: the first restart after the upgrade replays the changelog.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use adpipe_state::file::{Reader, store_atomically};
+
 const MAGIC: &[u8; 8] = b"ADPDEDUP";
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const ENTRY: usize = 24;
 
 /// What a snapshot describes: which changelog, where, up to which record
@@ -58,18 +60,9 @@ pub fn encode(binding: &Binding, entries: impl ExactSizeIterator<Item = (u128, i
     let mut bytes = Vec::with_capacity(64 + entries.len() * ENTRY + 8);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&VERSION.to_le_bytes());
-    bytes.extend_from_slice(&binding.offset.to_le_bytes());
-    for text in [&binding.cluster_id, &binding.topic] {
-        let len = u16::try_from(text.len()).unwrap_or(u16::MAX);
-        bytes.extend_from_slice(&len.to_le_bytes());
-        bytes.extend_from_slice(&text.as_bytes()[..usize::from(len)]);
-    }
-    bytes.extend_from_slice(&binding.partition.to_le_bytes());
-    for field in [&binding.last_record.0, &binding.last_record.1] {
-        let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
-        bytes.extend_from_slice(&len.to_le_bytes());
-        bytes.extend_from_slice(&field[..len as usize]);
-    }
+    let mark = binding.encode();
+    bytes.extend_from_slice(&(mark.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&mark);
     bytes.extend_from_slice(&(entries.len() as u64).to_le_bytes());
     for (id, event_time) in entries {
         bytes.extend_from_slice(&((id >> 64) as u64).to_le_bytes());
@@ -92,37 +85,6 @@ pub enum SnapshotError {
     Invalid(PathBuf, &'static str),
 }
 
-/// Reads fields in order, failing on truncation.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, len: usize) -> Result<&'a [u8], &'static str> {
-        let slice = self
-            .bytes
-            .get(self.at..self.at.saturating_add(len))
-            .ok_or("truncated")?;
-        self.at += len;
-        Ok(slice)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], &'static str> {
-        self.take(N)?.try_into().map_err(|_| "truncated")
-    }
-
-    fn text(&mut self) -> Result<String, &'static str> {
-        let len = u16::from_le_bytes(self.array()?);
-        String::from_utf8(self.take(usize::from(len))?.to_vec()).map_err(|_| "not UTF-8")
-    }
-
-    fn blob(&mut self) -> Result<Vec<u8>, &'static str> {
-        let len = u32::from_le_bytes(self.array()?) as usize;
-        Ok(self.take(len)?.to_vec())
-    }
-}
-
 /// Decodes a snapshot, checking length, magic, version and checksum.
 pub fn decode(bytes: &[u8]) -> Result<Snapshot, &'static str> {
     if bytes.len() < MAGIC.len() + 4 + 8 {
@@ -132,20 +94,20 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, &'static str> {
     if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != checksum {
         return Err("checksum mismatch");
     }
-    let mut reader = Reader { bytes: body, at: 0 };
+    let mut reader = Reader::new(body);
     if reader.take(MAGIC.len())? != MAGIC {
         return Err("wrong magic");
     }
     if reader.array::<4>()? != VERSION.to_le_bytes() {
         return Err("unknown version");
     }
-    let offset = i64::from_le_bytes(reader.array()?);
-    let cluster_id = reader.text()?;
-    let topic = reader.text()?;
-    let partition = i32::from_le_bytes(reader.array()?);
-    let last_record = (reader.blob()?, reader.blob()?);
+    let binding = Binding::decode(reader.blob()?).ok_or("bad mark")?;
     let count = u64::from_le_bytes(reader.array()?) as usize;
-    if body.len() != reader.at.saturating_add(count.saturating_mul(ENTRY)) {
+    if body.len()
+        != reader
+            .position()
+            .saturating_add(count.saturating_mul(ENTRY))
+    {
         return Err("entry count does not match the length");
     }
     let mut entries = Vec::with_capacity(count);
@@ -155,16 +117,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, &'static str> {
         let event_time = i64::from_le_bytes(reader.array()?);
         entries.push(((u128::from(high) << 64) | u128::from(low), event_time));
     }
-    Ok(Snapshot {
-        binding: Binding {
-            cluster_id,
-            topic,
-            partition,
-            offset,
-            last_record,
-        },
-        entries,
-    })
+    Ok(Snapshot { binding, entries })
 }
 
 /// Reads the snapshot at `path`; `Ok(None)` when there is none.
@@ -181,19 +134,7 @@ pub fn load(path: &Path) -> Result<Option<Snapshot>, SnapshotError> {
 /// Writes `bytes` to `path` atomically: a crash leaves the old file or the
 /// new one, never half of one.
 pub fn store(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
-    let io = |error| SnapshotError::Io(path.to_owned(), error);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let temporary = path.with_extension("snapshot.tmp");
-    let mut file = std::fs::File::create(&temporary).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&temporary, path).map_err(io)?;
-    if let Ok(directory) = std::fs::File::open(dir) {
-        let _ = directory.sync_all(); // make the rename durable
-    }
-    Ok(())
+    store_atomically(path, bytes).map_err(|error| SnapshotError::Io(path.to_owned(), error))
 }
 
 #[cfg(test)]

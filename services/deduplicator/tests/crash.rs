@@ -6,6 +6,8 @@
 
 mod support;
 
+use adpipe_testkit::{kill_9, terminate};
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -145,26 +147,8 @@ impl Instance {
         }
     }
 
-    /// The instance's `adpipe_assigned_partitions` gauge, once it serves metrics.
-    async fn assigned_partitions(&self) -> Option<u64> {
-        adpipe_testkit::metric_value(self.listen, "adpipe_assigned_partitions")
-            .await
-            .map(|value| value as u64)
-    }
-
     async fn wait_assigned(&self, what: &str, expected: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let assigned = self.assigned_partitions().await;
-            if assigned == Some(expected) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: expected {expected} partitions, has {assigned:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        adpipe_testkit::wait_assigned(self.listen, what, expected, timeout).await;
     }
 }
 
@@ -174,20 +158,6 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-fn terminate(mut child: Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let status = child.wait().expect("exits");
-    assert!(status.success(), "graceful stop exits cleanly: {status}");
-}
-
-fn kill_9(child: &mut Child) {
-    child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix: no drain, no commit
-    child.wait().expect("reaped");
 }
 
 /// The group's committed offsets summed over the input's partitions.

@@ -10,10 +10,12 @@
 
 mod support;
 
+use adpipe_testkit::{kill_9, terminate};
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use adpipe_loadtest::joins::expected;
 use rand::Rng;
@@ -52,35 +54,8 @@ impl Instance {
     /// Waits until the instance owns `expected` input partitions (all three
     /// topics counted).
     async fn wait_assigned(&self, what: &str, expected: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let assigned = adpipe_testkit::metric_value(self.listen, "adpipe_assigned_partitions")
-                .await
-                .map(|value| value as u64);
-            if assigned == Some(expected) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: expected {expected} partitions, has {assigned:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        adpipe_testkit::wait_assigned(self.listen, what, expected, timeout).await;
     }
-}
-
-fn terminate(mut child: Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let status = child.wait().expect("exits");
-    assert!(status.success(), "graceful stop exits cleanly: {status}");
-}
-
-fn kill_9(child: &mut Child) {
-    child.kill().expect("SIGKILL"); // no drain, no commit, no checkpoint
-    child.wait().expect("reaped");
 }
 
 #[tokio::test(flavor = "multi_thread")]
