@@ -6,6 +6,10 @@
 //! (The deduplicator's changelog — id → 8-byte first event time — is this
 //! format with empty values.)
 //!
+//! Every restore counts in `adpipe_state_restores_total{changelog, from}`
+//! (`from` = `mark`: local data plus the tail; `full`: the whole changelog;
+//! `shared`: nothing to restore).
+//!
 //! Restore contract ([`restore`]): the store's mark is used only when it
 //! provably describes this changelog — the same cluster id, topic and
 //! partition, an offset not past the changelog's end, and the record at
@@ -226,6 +230,8 @@ impl ChangelogReader {
         partition: i32,
     ) -> Result<Restored, StateError> {
         if store.shared() {
+            metrics::counter!("adpipe_state_restores_total", "changelog" => topic.to_owned(), "from" => "shared")
+                .increment(1);
             return Ok(Restored {
                 from_mark: None,
                 why_not_local: Some("a shared store: its data is on the server".to_owned()),
@@ -279,6 +285,9 @@ impl ChangelogReader {
             seconds = started.elapsed().as_secs_f64(),
             "state restored"
         );
+        let from = if from_mark.is_some() { "mark" } else { "full" };
+        metrics::counter!("adpipe_state_restores_total", "changelog" => topic.to_owned(), "from" => from)
+            .increment(1);
         Ok(Restored {
             from_mark,
             why_not_local,
@@ -370,6 +379,8 @@ fn read_range(
         .map_err(|error| kafka(topic, partition, error))?;
     loop {
         match consumer.poll(Duration::from_secs(30)) {
+            // Only this partition counts (defensive: one assignment).
+            Some(Ok(message)) if message.topic() != topic || message.partition() != partition => {}
             Some(Ok(message)) => {
                 if message.offset() >= to {
                     return Ok(());

@@ -369,6 +369,16 @@ pub fn broker_running(cluster: &str) -> bool {
 /// The sum over every series of `metric` served at
 /// `http://{address}/metrics`, if present.
 pub async fn metric_value(address: std::net::SocketAddr, metric: &str) -> Option<f64> {
+    metric_value_where(address, metric, "").await
+}
+
+/// The sum over the series of `metric` whose line contains `labels` (e.g.
+/// `from="mark"`), if present.
+pub async fn metric_value_where(
+    address: std::net::SocketAddr,
+    metric: &str,
+    labels: &str,
+) -> Option<f64> {
     let body = reqwest::get(format!("http://{address}/metrics"))
         .await
         .ok()?
@@ -381,6 +391,7 @@ pub async fn metric_value(address: std::net::SocketAddr, metric: &str) -> Option
             line.strip_prefix(metric)
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
         })
+        .filter(|line| line.contains(labels))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .reduce(|sum, value| sum + value)
 }

@@ -44,6 +44,7 @@ struct RawJoiner {
     clicks_cap_mib: u64,
     aerospike_hosts: String,
     aerospike_namespace: String,
+    checkpoint_interval: String,
 }
 
 /// Which backend holds the state.
@@ -74,6 +75,8 @@ pub struct JoinerSettings {
     pub caps: (u64, u64),
     /// Aerospike seeds (`host:port,…`) and namespace, for `store = "aerospike"`.
     pub aerospike: (String, String),
+    /// Between two checkpoints of a partition's stores while it works.
+    pub checkpoint_interval: std::time::Duration,
 }
 
 fn millis(duration: std::time::Duration) -> i64 {
@@ -105,6 +108,11 @@ impl JoinerSettings {
             &mut problems,
         ));
         let wait_ms = millis(duration("joiner.wait", &joiner.wait, &mut problems));
+        let checkpoint_interval = duration(
+            "joiner.checkpoint-interval",
+            &joiner.checkpoint_interval,
+            &mut problems,
+        );
         let wait_clock = match joiner.wait_clock.as_str() {
             "wall" => TimerClock::Wall,
             "event" => TimerClock::Event,
@@ -183,6 +191,7 @@ impl JoinerSettings {
                 joiner.clicks_cap_mib << 20,
             ),
             aerospike: (joiner.aerospike_hosts, joiner.aerospike_namespace),
+            checkpoint_interval,
         })
     }
 }

@@ -195,6 +195,7 @@ impl StepFactory for JoinFactory {
         )
         .with_checkpoints(Checkpoints {
             reader: self.reader.clone(),
+            interval: settings.checkpoint_interval,
         }))
     }
 }

@@ -32,7 +32,7 @@ use adpipe_state::changelog::ChangelogReader;
 use adpipe_state::metrics::StoreMetrics;
 use adpipe_state::{StateError, StateStore};
 use serde::Deserialize;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::rules::{OrphanReason, last_click, named_click_verdict};
 use crate::state::{ChangelogEntry, JoinState, StoredClick};
@@ -167,10 +167,14 @@ impl JoinMetrics {
     }
 }
 
-/// Where a step checkpoints its stores on revoke.
+/// Where and how often a step checkpoints its stores: on revoke, and every
+/// `interval` while it works, so that a restart after kill -9 on the same
+/// host replays only the changelog's tail since the last mark.
 pub struct Checkpoints {
     /// Reads the changelogs' ends.
     pub reader: ChangelogReader,
+    /// Between two checkpoints while processing.
+    pub interval: std::time::Duration,
 }
 
 /// Joins one partition.
@@ -186,6 +190,7 @@ pub struct JoinStep {
     since_expiry: u32,
     metrics: JoinMetrics,
     checkpoints: Option<Checkpoints>,
+    last_checkpoint: std::time::Instant,
 }
 
 /// The fields every event has, for ordering the inputs.
@@ -244,6 +249,7 @@ impl JoinStep {
             since_expiry: 0,
             metrics: JoinMetrics::new(partition, caps),
             checkpoints: None,
+            last_checkpoint: std::time::Instant::now(),
         }
     }
 
@@ -314,7 +320,38 @@ impl JoinStep {
             self.expire().map_err(state_error)?;
         }
         self.metrics.waiting.set(self.pending.len() as f64);
+        if let Some(checkpoints) = &self.checkpoints
+            && self.last_checkpoint.elapsed() >= checkpoints.interval
+        {
+            self.last_checkpoint = std::time::Instant::now();
+            // Blocking Kafka and disk IO (tens of ms, once an interval):
+            // off the async path of the other tasks.
+            tokio::task::block_in_place(|| self.checkpoint());
+        }
         Ok(())
+    }
+
+    /// Marks both stores at their changelogs' current ends. Valid whatever
+    /// is in flight: local data is written before its changelog record, so
+    /// it always holds at least what the changelog holds.
+    fn checkpoint(&mut self) {
+        let Some(checkpoints) = &self.checkpoints else {
+            return;
+        };
+        let partition = self.partition;
+        let reader = &checkpoints.reader;
+        checkpoint(
+            reader,
+            self.state.impressions_mut(),
+            &self.topics.impressions_changelog,
+            partition,
+        );
+        checkpoint(
+            reader,
+            self.state.clicks_mut(),
+            &self.topics.clicks_changelog,
+            partition,
+        );
     }
 
     /// Drops the buckets that left the windows.
@@ -796,32 +833,16 @@ impl Step for JoinStep {
     }
 
     fn on_revoke(&mut self, drained: bool) {
-        let Some(checkpoints) = &self.checkpoints else {
-            return;
-        };
         // Local data is always ahead of the changelog (it is written first),
         // so a mark at the changelog's end is valid drained or not.
         let _ = drained;
-        let partition = self.partition;
-        let reader = &checkpoints.reader;
-        checkpoint(
-            reader,
-            self.state.impressions_mut(),
-            &self.topics.impressions_changelog,
-            partition,
-        );
-        checkpoint(
-            reader,
-            self.state.clicks_mut(),
-            &self.topics.clicks_changelog,
-            partition,
-        );
+        self.checkpoint();
     }
 }
 
 fn checkpoint(reader: &ChangelogReader, store: &mut dyn StateStore, topic: &str, partition: i32) {
     match reader.checkpoint(store, topic, partition) {
-        Ok(Some(mark)) => info!(
+        Ok(Some(mark)) => debug!(
             topic,
             partition,
             offset = mark.offset,

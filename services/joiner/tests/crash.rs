@@ -51,6 +51,32 @@ impl Instance {
             .expect("joiner starts")
     }
 
+    /// Waits until `expected` stores were restored from their marks (local
+    /// data plus the changelog's tail), and asserts none replayed it all.
+    async fn wait_restores_from_marks(&self, expected: u64, timeout: Duration) {
+        let restores = |from: &'static str| {
+            adpipe_testkit::metric_value_where(self.listen, "adpipe_state_restores_total", from)
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let from_mark = restores("from=\"mark\"").await.unwrap_or(0.0) as u64;
+            let full = restores("from=\"full\"").await.unwrap_or(0.0) as u64;
+            assert_eq!(
+                full, 0,
+                "a store replayed its whole changelog after kill -9"
+            );
+            if from_mark >= expected {
+                assert_eq!(from_mark, expected);
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{from_mark} of {expected} stores restored from their marks"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Waits until the instance owns `expected` input partitions (all three
     /// topics counted).
     async fn wait_assigned(&self, what: &str, expected: u64, timeout: Duration) {
@@ -112,6 +138,13 @@ async fn no_join_is_lost_or_changed_across_repeated_kill_9() {
             kills += 1;
         }
         child = instance.spawn(&rig);
+        if round == 0 {
+            // Never stopped cleanly before, yet its periodic marks let the
+            // restart on the same host use its local data plus the tail.
+            instance
+                .wait_restores_from_marks(2 * PARTITIONS as u64, wait)
+                .await;
+        }
     }
     tokio::task::block_in_place(|| publishing.join()).expect("publisher");
     tokio::task::block_in_place(|| {

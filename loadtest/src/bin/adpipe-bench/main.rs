@@ -111,6 +111,8 @@ struct Report {
     /// The joiner over the unique events in three co-partitioned topics.
     joiner: Vec<BacklogRun>,
     joiner_peak_rss_mib: f64,
+    /// Bytes its disk stores hold per stored impression after a round.
+    joiner_state_bytes_per_impression: Option<f64>,
     kstreams_passthrough: Vec<BacklogRun>,
     kstreams_passthrough_peak_rss_mib: f64,
     kstreams_dedup: Vec<BacklogRun>,
@@ -745,6 +747,17 @@ async fn run(args: &Args) -> Result<Report, String> {
         }
     }
 
+    // What the joiner's stores hold on disk per stored impression (tables
+    // and journal, the last round's, after its clean stop).
+    let joiner_state_bytes_per_impression = (!joiner.is_empty()).then(|| {
+        let dir = config_dir.join(format!("{prefix}-joiner{}-state", ROUNDS - 1));
+        let bytes = dir_bytes(&dir);
+        let _ = (0..ROUNDS).try_for_each(|round| {
+            std::fs::remove_dir_all(config_dir.join(format!("{prefix}-joiner{round}-state")))
+        });
+        bytes as f64 / truth.impressions.len().max(1) as f64
+    });
+
     if let Some(peer) = &peer {
         let _ = std::fs::remove_dir_all(&peer.state_dir);
     }
@@ -766,6 +779,7 @@ async fn run(args: &Args) -> Result<Report, String> {
         merger_peak_rss_mib: mib(merger_peak_rss_kb),
         joiner,
         joiner_peak_rss_mib: mib(joiner_peak_rss_kb),
+        joiner_state_bytes_per_impression,
         kstreams_passthrough,
         kstreams_passthrough_peak_rss_mib: mib(ks_pass_peak_rss_kb),
         kstreams_dedup,
@@ -1052,6 +1066,19 @@ fn state_bytes_per_key(keys: u64) -> f64 {
 }
 
 /// Bytes of a topic's log segments in the local central cluster's data dir.
+/// Bytes of the files below `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_bytes(&entry.path()),
+            _ => entry.metadata().map_or(0, |metadata| metadata.len()),
+        })
+        .sum()
+}
+
 fn topic_bytes_on_disk(topic: &str) -> u64 {
     let data = repo_root().join(".adpipe/kafka/central/data");
     let Ok(entries) = std::fs::read_dir(&data) else {
@@ -1126,6 +1153,9 @@ fn print_report(report: &Report) {
             rate / bare,
             rounds.join(" ")
         );
+    }
+    if let Some(bytes) = report.joiner_state_bytes_per_impression {
+        println!("joiner state on disk: {bytes:.0} bytes per stored impression (tables + journal)");
     }
     println!(
         "merger vs pass-through: {:.2}x; deduplicator vs pass-through: {:.2}x; joiner vs pass-through: {:.2}x",

@@ -82,6 +82,7 @@ orphans = "{prefix}.orph"
 impressions-changelog = "{prefix}.implog"
 clicks-changelog = "{prefix}.clklog"
 wait = "{wait}"
+checkpoint-interval = "2s"
 "#,
             url = registry.url()
         );
