@@ -164,6 +164,19 @@ checkpoint-interval = "2s"
         }
     }
 
+    /// Queues raw bytes on `<prefix>.<suffix>` (poison for the tests).
+    pub fn send_raw(&self, suffix: &str, partition: i32, key: &str, value: &[u8]) {
+        let topic = self.topic(suffix);
+        let record = BaseRecord::to(&topic)
+            .partition(partition)
+            .key(key)
+            .payload(value);
+        self.producer
+            .send(record)
+            .map_err(|(error, _)| error)
+            .expect("queued");
+    }
+
     /// Waits until everything queued is acknowledged.
     pub fn flush(&self) {
         self.producer
