@@ -29,10 +29,6 @@ pub struct JoinFactory {
     aerospike: Mutex<Option<Arc<aerospike::Client>>>,
 }
 
-fn transient(kind: &'static str) -> impl Fn(String) -> StepError {
-    move |message| StepError::transient(kind, message)
-}
-
 impl JoinFactory {
     /// A factory for these settings (asks the cluster for its id: blocking).
     pub fn new(settings: JoinerSettings) -> Result<Self, String> {
@@ -157,8 +153,7 @@ impl JoinFactory {
         let restored = self
             .reader
             .restore(store.as_mut(), changelog, partition)
-            .map_err(|error| error.to_string())
-            .map_err(transient("changelog_restore"))?;
+            .map_err(|error| StepError::transient("changelog_restore", error.to_string()))?;
         info!(store = name, partition, from_mark = ?restored.from_mark, replayed = restored.replayed, why_not_local = ?restored.why_not_local, "joiner store ready");
         Ok(store)
     }

@@ -375,40 +375,32 @@ impl JoinStep {
             .state
             .impression(&impression.event_id)
             .map_err(state_error)?;
-        let changelog = match known {
+        match known {
             Some(stored) if stored != impression => {
                 // The first one stays (joins must not depend on which copy
                 // came last); the second is counted and dropped.
                 warn!(impression_id = %impression.event_id, "an impression id came again with other contents; the first is kept");
                 self.metrics.conflicts.increment(1);
-                None
             }
             // Put again even when known (a replay): the changelog record
             // may be the one a crash lost.
-            _ => self
+            _ => match self
                 .state
                 .put_impression(&impression)
-                .map_err(state_error)?,
-        };
-        match changelog {
-            Some(entry) => {
-                if let Some(record) = changelog_chain(
-                    &self.topics.impressions_changelog,
-                    self.partition,
-                    vec![entry],
-                ) {
-                    out.emit(*record);
-                }
-            }
-            None if self
-                .state
-                .impression(&impression.event_id)
                 .map_err(state_error)?
-                .is_none() =>
             {
-                self.metrics.expired_impressions.increment(1);
-            }
-            None => {}
+                Some((key, value)) => {
+                    let mut record = OutputRecord::sharing(
+                        &self.topics.impressions_changelog,
+                        Some(Bytes::from(key)),
+                        Some(Bytes::from(value)),
+                    );
+                    record.partition = Some(self.partition);
+                    out.emit(record);
+                }
+                // Older than the click window: no click may join it.
+                None => self.metrics.expired_impressions.increment(1),
+            },
         }
         if let Some(waiting) = self.pending.clicks.remove(&impression.event_id) {
             for click in waiting {
