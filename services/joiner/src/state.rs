@@ -14,9 +14,9 @@
 //! Every write returns the changelog record (key, value) the step emits
 //! after the output it belongs to.
 
-use adpipe_codec::{Encoder, WriterSchema, split_header};
+use adpipe_codec::{Encoder, HEADER_LEN, WriterSchema, split_header, write_header};
 use adpipe_events::{Click, EventKind, Impression, JoinedClick};
-use adpipe_state::{Put, StateError, StateStore, changelog};
+use adpipe_state::{Entry, Put, StateError, StateStore, changelog};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -142,13 +142,53 @@ impl JoinState {
             .transpose()
     }
 
+    /// Whether a record written with `writer` is, byte for byte, an
+    /// impression in the internal encoding (same canonical schema): then
+    /// its datum is stored as it came instead of being encoded again.
+    pub fn is_internal_impression_schema(&self, writer: &WriterSchema) -> bool {
+        writer.parsed.rabin_fingerprint() == self.impression_codec.decoder.parsed.rabin_fingerprint()
+    }
+
+    /// Whether the impression stored under its id is this one: the stored
+    /// bytes are compared with `datum` (the incoming datum, when it is in the
+    /// internal encoding) before any decoding.
+    pub fn same_impression(
+        &self,
+        stored: &Entry,
+        impression: &Impression,
+        datum: Option<&[u8]>,
+    ) -> Result<bool, StateError> {
+        if let (Some(datum), Ok((INTERNAL_V1, stored_datum))) = (datum, split_header(&stored.value))
+            && stored_datum == datum
+        {
+            return Ok(true);
+        }
+        Ok(self.impression_codec.decode(&stored.value)? == *impression)
+    }
+
+    /// What is stored under an impression id, undecoded.
+    pub fn impression_entry(&self, impression_id: &str) -> Result<Option<Entry>, StateError> {
+        self.impressions.get(impression_id.as_bytes())
+    }
+
     /// Stores an impression; its changelog record, or `None` when its time
-    /// is already outside the click window (nothing stored).
+    /// is already outside the click window (nothing stored). `datum` is the
+    /// impression as it came when that is already the internal encoding
+    /// ([`Self::is_internal_impression_schema`]): stored without encoding.
     pub fn put_impression(
         &mut self,
         impression: &Impression,
+        datum: Option<&[u8]>,
     ) -> Result<Option<ChangelogEntry>, StateError> {
-        let value = self.impression_codec.encode(impression)?;
+        let value = match datum {
+            Some(datum) => {
+                let mut value = Vec::with_capacity(HEADER_LEN + datum.len());
+                write_header(INTERNAL_V1, &mut value);
+                value.extend_from_slice(datum);
+                value
+            }
+            None => self.impression_codec.encode(impression)?,
+        };
         let key = impression.event_id.as_bytes();
         Ok(
             match self.impressions.put(key, impression.event_time, &value)? {
@@ -277,12 +317,62 @@ mod tests {
         )
     }
 
+    /// The incoming datum is stored as is only when its writer schema has
+    /// the compiled-in canonical form; then it is exactly what encoding
+    /// would have stored, and a copy under the same id is recognised
+    /// without decoding.
+    #[test]
+    fn an_impression_written_with_the_current_schema_is_stored_as_it_came() {
+        let mut state = state();
+        let impression = samples::impression(2);
+        // The registry returns the schema text with its own formatting.
+        let current = EventKind::Impression.schema().replace('\n', " ");
+        let registered = WriterSchema::parse(42, current).expect("parses");
+        assert!(state.is_internal_impression_schema(&registered));
+        let older = WriterSchema::parse(
+            7,
+            std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../schemas/fixtures/impression.v1.avsc"
+            ))
+            .expect("fixture"),
+        )
+        .expect("parses");
+        assert!(!state.is_internal_impression_schema(&older));
+
+        let encoded = state.impression_codec.encode(&impression).expect("encodes");
+        let datum = &encoded[HEADER_LEN..];
+        let (_, as_came) = state
+            .put_impression(&impression, Some(datum))
+            .expect("puts")
+            .expect("stored");
+        let (_, encoded_again) = state
+            .put_impression(&impression, None)
+            .expect("puts")
+            .expect("stored");
+        assert_eq!(as_came, encoded_again);
+        let stored = state
+            .impression_entry(&impression.event_id)
+            .expect("reads")
+            .expect("stored");
+        assert!(state.same_impression(&stored, &impression, Some(datum)).expect("compares"));
+        assert!(state.same_impression(&stored, &impression, None).expect("compares"));
+        let mut other = impression.clone();
+        other.cost_micros += 1;
+        let other_datum = state.impression_codec.encode(&other).expect("encodes");
+        assert!(
+            !state
+                .same_impression(&stored, &other, Some(&other_datum[HEADER_LEN..]))
+                .expect("compares")
+        );
+    }
+
     #[test]
     fn stores_impressions_and_clicks_and_indexes_last_clicks() {
         let mut state = state();
         let impression = samples::impression(1);
         let changelog = state
-            .put_impression(&impression)
+            .put_impression(&impression, None)
             .expect("puts")
             .expect("stored");
         assert_eq!(changelog.0, impression.event_id.as_bytes());
@@ -336,7 +426,7 @@ mod tests {
         let impression = samples::impression(3);
         let mut records = vec![
             state
-                .put_impression(&impression)
+                .put_impression(&impression, None)
                 .expect("puts")
                 .expect("stored"),
         ];

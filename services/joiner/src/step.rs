@@ -371,22 +371,36 @@ impl JoinStep {
     fn impression(&mut self, record: &InputRecord<'_>, out: &mut Emitter) -> Result<(), StepError> {
         let impression: Impression = record.decode()?;
         out.observe_event_time(impression.event_time)?;
+        // Written with the compiled-in schema (the usual case): the datum
+        // is already the stored form, so it is kept as it came.
+        let datum = match (&record.writer, record.value) {
+            (Some(writer), Some(value)) if self.state.is_internal_impression_schema(writer) => {
+                Some(adpipe_codec::split_header(value)?.1)
+            }
+            _ => None,
+        };
         let known = self
             .state
-            .impression(&impression.event_id)
+            .impression_entry(&impression.event_id)
             .map_err(state_error)?;
-        match known {
-            Some(stored) if stored != impression => {
-                // The first one stays (joins must not depend on which copy
-                // came last); the second is counted and dropped.
-                warn!(impression_id = %impression.event_id, "an impression id came again with other contents; the first is kept");
-                self.metrics.conflicts.increment(1);
-            }
+        let conflict = match &known {
+            Some(stored) => !self
+                .state
+                .same_impression(stored, &impression, datum)
+                .map_err(state_error)?,
+            None => false,
+        };
+        if conflict {
+            // The first one stays (joins must not depend on which copy
+            // came last); the second is counted and dropped.
+            warn!(impression_id = %impression.event_id, "an impression id came again with other contents; the first is kept");
+            self.metrics.conflicts.increment(1);
+        } else {
             // Put again even when known (a replay): the changelog record
             // may be the one a crash lost.
-            _ => match self
+            match self
                 .state
-                .put_impression(&impression)
+                .put_impression(&impression, datum)
                 .map_err(state_error)?
             {
                 Some((key, value)) => {
@@ -400,7 +414,7 @@ impl JoinStep {
                 }
                 // Older than the click window: no click may join it.
                 None => self.metrics.expired_impressions.increment(1),
-            },
+            }
         }
         if let Some(waiting) = self.pending.clicks.remove(&impression.event_id) {
             for click in waiting {

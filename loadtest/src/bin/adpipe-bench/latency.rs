@@ -66,8 +66,16 @@ fn read_latencies(
     ready: &AtomicBool,
     stop: &AtomicBool,
 ) -> Result<Vec<i64>, String> {
+    /// An event's time, or a joined record's click's.
     #[derive(serde::Deserialize)]
     struct Stamp {
+        #[serde(default)]
+        event_time: Option<i64>,
+        #[serde(default)]
+        click: Option<ClickStamp>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ClickStamp {
         event_time: i64,
     }
     let consumer: BaseConsumer = ClientConfig::new()
@@ -112,8 +120,12 @@ fn read_latencies(
         let stamp: Stamp = writer
             .decode_datum(datum)
             .map_err(|error| error.to_string())?;
-        if stamp.event_time >= measure_from_ms {
-            samples.push(received - stamp.event_time);
+        let Some(event_time) = stamp.event_time.or(stamp.click.map(|click| click.event_time))
+        else {
+            return Err(format!("{topic}: a record without an event time"));
+        };
+        if event_time >= measure_from_ms {
+            samples.push(received - event_time);
         }
     }
     Ok(samples)

@@ -15,7 +15,8 @@
 //! 4. allocations per record: the pass-through with a counting allocator;
 //! 5. at half the deduplicator's maximum rate, events stamped at publish
 //!    time: p50/p99 end-to-end latency through the pass-through, the
-//!    deduplicator and the merger (and through the broker alone);
+//!    deduplicator, the merger and (when it ran) the joiner, as a click's
+//!    publication to its joined click (and through the broker alone);
 //! 6. state bytes per key: the deduplicator's in-memory set, measured as
 //!    RSS growth, and its changelog on the broker's disk.
 
@@ -91,6 +92,10 @@ struct Args {
     /// `alloc` and `latency` are listed.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// The joiner's state backend (`disk` or `memory`): the memory store
+    /// shows what the disk costs.
+    #[arg(long, default_value = "disk")]
+    joiner_store: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -139,6 +144,8 @@ struct Phases {
     latency_passthrough: latency::LatencyRun,
     latency_deduplicator: latency::LatencyRun,
     latency_merger: latency::LatencyRun,
+    /// Click published → joined click read (when the joiner ran).
+    latency_joiner: Option<latency::LatencyRun>,
     deduplicator_latency_phase_peak_rss_mib: f64,
     state_bytes_per_key_in_memory: f64,
     state_keys_measured: u64,
@@ -543,12 +550,13 @@ async fn run(args: &Args) -> Result<Report, String> {
                  [joiner]\nimpressions = \"{}\"\nclicks = \"{}\"\nconversions = \"{}\"\n\
                  joined-clicks = \"{clicks}\"\njoined-conversions = \"{conversions}\"\norphans = \"{orphans}\"\n\
                  impressions-changelog = \"{impressions_log}\"\nclicks-changelog = \"{clicks_log}\"\n\
-                 wait = \"2s\"\nstate-dir = \"{}\"\n",
+                 wait = \"2s\"\nstore = \"{}\"\nstate-dir = \"{}\"\n",
                 worker_config(&format!("joiner{round}"), "max-idle = \"100ms\"\n"),
                 registry.url(),
                 joiner_inputs[0],
                 joiner_inputs[1],
                 joiner_inputs[2],
+                args.joiner_store,
                 config_dir
                     .join(format!("{prefix}-joiner{round}-state"))
                     .display(),
@@ -915,6 +923,60 @@ async fn run(args: &Args) -> Result<Report, String> {
     )?;
     live_merger.stop()?;
     heartbeats.stop();
+    // Live unique events to the joiner's three inputs, each with heartbeats
+    // as the deduplicators upstream send them: a click is joined once no
+    // input may still deliver an earlier record.
+    let latency_joiner = if runs_joiner {
+        eprintln!("latency through the joiner at {rate:.0} records/s");
+        let heartbeats = adpipe_runtime::heartbeat::HeartbeatPublisher::start(
+            adpipe_runtime::heartbeat::HeartbeatSettings {
+                bootstrap_servers: bootstrap.to_owned(),
+                topics: joiner_inputs.clone(),
+                interval: Duration::from_millis(100),
+                grace: Duration::from_millis(20),
+            },
+        )
+        .map_err(|error| error.to_string())?;
+        let mut joiner = Service::spawn("joiner", &joiner_binary, &joiner_config(0)?)?;
+        let mut caught_up = 0;
+        for topic in &joiner_inputs {
+            caught_up += service::topic_end(bootstrap, topic)?;
+        }
+        joiner.run_backlog(
+            bootstrap,
+            &format!("{prefix}-joiner0"),
+            &joiner_input_refs,
+            caught_up,
+        )?;
+        let unique: Vec<_> = latency_events(10)
+            .into_iter()
+            .filter(|publication| !publication.duplicate)
+            .collect();
+        let to_joiner_input = |publication: &adpipe_loadtest::Publication| {
+            joiner_inputs[match publication.event.kind() {
+                adpipe_events::EventKind::Impression => 0,
+                adpipe_events::EventKind::Click => 1,
+                _ => 2,
+            }]
+            .clone()
+        };
+        let run = latency::run(
+            bootstrap,
+            &publisher,
+            Arc::clone(&codec),
+            unique,
+            &to_joiner_input,
+            &joiner_inputs[1],
+            &joiner_outs[0][0],
+            rate,
+            args.latency_duration,
+        )?;
+        joiner.stop()?;
+        heartbeats.stop();
+        Some(run)
+    } else {
+        None
+    };
 
     // 5. State bytes per key.
     let state_keys_measured = truth.uniques();
@@ -928,6 +990,7 @@ async fn run(args: &Args) -> Result<Report, String> {
         latency_passthrough,
         latency_deduplicator,
         latency_merger,
+        latency_joiner,
         deduplicator_latency_phase_peak_rss_mib: mib(deduplicator_latency_phase_peak_rss_kb),
         state_bytes_per_key_in_memory,
         state_keys_measured,
@@ -936,7 +999,7 @@ async fn run(args: &Args) -> Result<Report, String> {
     Ok(report)
 }
 
-/// CPU per record at steady state (second half of the backlog) and over
+/// CPU per record at steady state (50% to 99% of the backlog) and over
 /// the whole run, beside the Kafka Streams peer.
 fn print_cpu(report: &Report) {
     let mean = |runs: &[BacklogRun], field: fn(&BacklogRun) -> f64| {
@@ -945,7 +1008,7 @@ fn print_cpu(report: &Report) {
     let steady = |runs: &[BacklogRun]| mean(runs, |run| run.steady_cpu_seconds_per_million);
     println!(
         "{:<30} {:>10} {:>10} {:>6} {:>10} {:>10} {:>8} {:>9}  steady CPU-s/1M by round",
-        "CPU (steady = 2nd half)",
+        "CPU (steady = 50-99%)",
         "records/s",
         "CPU-s/1M",
         "cores",
@@ -1163,6 +1226,15 @@ fn print_report(report: &Report) {
         dedup / pass,
         joiner / pass
     );
+    let steady_rate = |runs: &[BacklogRun]| {
+        runs.iter().map(|run| run.steady_records_per_sec).sum::<f64>() / runs.len().max(1) as f64
+    };
+    println!(
+        "steady state (50% to 99% of the backlog committed): merger vs pass-through {:.2}x; deduplicator {:.2}x; joiner {:.2}x",
+        steady_rate(&report.merger) / steady_rate(&report.passthrough),
+        steady_rate(&report.deduplicator) / steady_rate(&report.passthrough),
+        steady_rate(&report.joiner) / steady_rate(&report.passthrough),
+    );
     if !report.deduplicator_poisoned.is_empty() {
         let poisoned = mean(&rates(&report.deduplicator_poisoned));
         println!(
@@ -1233,7 +1305,14 @@ fn print_report(report: &Report) {
             "merger phase: through the merger (2 DCs)",
             &phases.latency_merger.output,
         ),
-    ] {
+    ]
+    .into_iter()
+    .chain(phases.latency_joiner.iter().flat_map(|joiner| {
+        [
+            ("joiner phase: broker only (1 hop, clicks)", &joiner.input),
+            ("joiner phase: click to joined click", &joiner.output),
+        ]
+    })) {
         println!(
             "{name:<44} {:>8} {:>8} {:>8} {:>8} {:>9}",
             percentiles.p50_ms,

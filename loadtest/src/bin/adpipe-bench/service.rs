@@ -34,11 +34,13 @@ pub struct BacklogRun {
     /// The same over the first half of the backlog (from process start):
     /// the warm-up, where a JVM is still compiling.
     pub warmup_cpu_seconds_per_million: f64,
-    /// Steady state: the second half of the backlog.
+    /// Steady state: the second half of the backlog up to its last 1%
+    /// (the drain: the joiner's held records waiting out their wall-clock
+    /// wait, the last fetch and commit interval).
     pub steady_cpu_seconds_per_million: f64,
-    /// Records per second over the second half of the backlog.
+    /// Records per second over the steady state.
     pub steady_records_per_sec: f64,
-    /// Cores busy over the second half (CPU seconds per wall second).
+    /// Cores busy over the steady state (CPU seconds per wall second).
     pub steady_cores_busy: f64,
     /// Records the run added to its output topic (filled in by the caller).
     pub output_records: i64,
@@ -114,6 +116,7 @@ impl Service {
         let started = Instant::now();
         let mut first: Option<(Instant, i64)> = None;
         let mut half: Option<Mark> = None;
+        let mut drain: Option<Mark> = None;
         let mut last_print = Instant::now();
         let watcher = CommitWatcher::new(bootstrap, group, inputs)?;
         loop {
@@ -127,6 +130,13 @@ impl Service {
             }
             if committed * 2 >= total && half.is_none() {
                 half = Some(Mark {
+                    at: now,
+                    cpu_seconds: self.cpu_seconds(),
+                    committed,
+                });
+            }
+            if committed * 100 >= total * 99 && drain.is_none() {
+                drain = Some(Mark {
                     at: now,
                     cpu_seconds: self.cpu_seconds(),
                     committed,
@@ -149,10 +159,11 @@ impl Service {
                 };
                 let (first_at, first_committed) = first.unwrap_or((now, 0));
                 let half = half.unwrap_or(end);
+                let drain = drain.unwrap_or(end);
                 let seconds = now.duration_since(first_at).as_secs_f64().max(1e-3);
                 let per_million = |cpu: f64, records: i64| cpu * 1e6 / records.max(1) as f64;
-                let steady_seconds = end.at.duration_since(half.at).as_secs_f64().max(1e-3);
-                let steady_cpu = end.cpu_seconds - half.cpu_seconds;
+                let steady_seconds = drain.at.duration_since(half.at).as_secs_f64().max(1e-3);
+                let steady_cpu = drain.cpu_seconds - half.cpu_seconds;
                 return Ok(BacklogRun {
                     records_per_sec: (total - first_committed) as f64 / seconds,
                     wall_seconds: now.duration_since(started).as_secs_f64(),
@@ -161,9 +172,9 @@ impl Service {
                     warmup_cpu_seconds_per_million: per_million(half.cpu_seconds, half.committed),
                     steady_cpu_seconds_per_million: per_million(
                         steady_cpu,
-                        end.committed - half.committed,
+                        drain.committed - half.committed,
                     ),
-                    steady_records_per_sec: (end.committed - half.committed) as f64
+                    steady_records_per_sec: (drain.committed - half.committed) as f64
                         / steady_seconds,
                     steady_cores_busy: steady_cpu / steady_seconds,
                     output_records: 0,
