@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The full test suite, against real parts. On a fresh machine with only the
 # toolchains it installs what it needs (Kafka jars via mvn, Python packages in
-# a venv under .adpipe/), starts the local KRaft clusters and adpipe's schema
-# registry, runs every check, and stops what it started.
+# a venv under .adpipe/, PostgreSQL from Debian's packages), starts the local
+# KRaft clusters, PostgreSQL and adpipe's schema registry, runs every check,
+# and stops what it started.
 #
 #   infra/test-all.sh            everything
 #   ADPIPE_KEEP_RUNNING=1 ...    leave this run's clusters running afterwards
@@ -28,6 +29,9 @@ cleanup() {
   if [ "${clusters_started:-0}" = 1 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
     "$INFRA_DIR/mirrormaker.sh" stop || true
     "$INFRA_DIR/kafka.sh" stop || true
+  fi
+  if [ "${pg_started:-0}" = 1 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
+    "$INFRA_DIR/postgres.sh" stop || true
   fi
   log "finished with status $status after $(( $(date +%s) - started_at )) s"
   exit $status
@@ -65,6 +69,15 @@ rm -rf "$ADPIPE_STATE_DIR"; mkdir -p "$ADPIPE_STATE_DIR"
 write_free_port_cluster_map "$INFRA_DIR/clusters.toml" > "$ADPIPE_CLUSTERS_FILE"
 clusters_started=1
 "$INFRA_DIR/kafka.sh" start
+
+step "postgresql of this run (own port, own data)"
+ADPIPE_PG_PORT="$(free_port)"
+export ADPIPE_PG_PORT
+ADPIPE_PG_URL="$("$INFRA_DIR/postgres.sh" url)"
+export ADPIPE_PG_URL
+"$INFRA_DIR/postgres.sh" wipe
+pg_started=1
+"$INFRA_DIR/postgres.sh" start
 
 step "topology apply (twice: the second must change nothing)"
 target/debug/adpipe topology apply | tail -n 2

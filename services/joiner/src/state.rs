@@ -146,7 +146,8 @@ impl JoinState {
     /// impression in the internal encoding (same canonical schema): then
     /// its datum is stored as it came instead of being encoded again.
     pub fn is_internal_impression_schema(&self, writer: &WriterSchema) -> bool {
-        writer.parsed.rabin_fingerprint() == self.impression_codec.decoder.parsed.rabin_fingerprint()
+        writer.parsed.rabin_fingerprint()
+            == self.impression_codec.decoder.parsed.rabin_fingerprint()
     }
 
     /// Whether the impression stored under its id is this one: the stored
@@ -355,8 +356,16 @@ mod tests {
             .impression_entry(&impression.event_id)
             .expect("reads")
             .expect("stored");
-        assert!(state.same_impression(&stored, &impression, Some(datum)).expect("compares"));
-        assert!(state.same_impression(&stored, &impression, None).expect("compares"));
+        assert!(
+            state
+                .same_impression(&stored, &impression, Some(datum))
+                .expect("compares")
+        );
+        assert!(
+            state
+                .same_impression(&stored, &impression, None)
+                .expect("compares")
+        );
         let mut other = impression.clone();
         other.cost_micros += 1;
         let other_datum = state.impression_codec.encode(&other).expect("encodes");

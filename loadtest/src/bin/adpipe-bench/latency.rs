@@ -120,7 +120,9 @@ fn read_latencies(
         let stamp: Stamp = writer
             .decode_datum(datum)
             .map_err(|error| error.to_string())?;
-        let Some(event_time) = stamp.event_time.or(stamp.click.map(|click| click.event_time))
+        let Some(event_time) = stamp
+            .event_time
+            .or(stamp.click.map(|click| click.event_time))
         else {
             return Err(format!("{topic}: a record without an event time"));
         };

@@ -1227,7 +1227,10 @@ fn print_report(report: &Report) {
         joiner / pass
     );
     let steady_rate = |runs: &[BacklogRun]| {
-        runs.iter().map(|run| run.steady_records_per_sec).sum::<f64>() / runs.len().max(1) as f64
+        runs.iter()
+            .map(|run| run.steady_records_per_sec)
+            .sum::<f64>()
+            / runs.len().max(1) as f64
     };
     println!(
         "steady state (50% to 99% of the backlog committed): merger vs pass-through {:.2}x; deduplicator {:.2}x; joiner {:.2}x",
