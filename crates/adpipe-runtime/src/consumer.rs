@@ -20,7 +20,10 @@
 //!   acknowledgements cannot commit (the fence);
 //! - a lost output anywhere stops the worker at the next commit tick;
 //! - librdkafka statistics give the lag gauge and tell aligned tasks which
-//!   inputs are at their end (for `max-idle`).
+//!   inputs are at their end (for `max-idle`);
+//! - a partition whose service stores its own offsets
+//!   ([`StepFactory::stored_offsets`]) starts at that offset, set in the
+//!   assignment handed to librdkafka, never at the group's commit.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -29,10 +32,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
@@ -183,6 +189,43 @@ impl<F: StepFactory> ClientContext for WorkerContext<F> {
 }
 
 impl<F: StepFactory> ConsumerContext for WorkerContext<F> {
+    /// rust-rdkafka's own handler (pre-rebalance, assign or unassign,
+    /// post-rebalance) with one step added: before an assign, partitions
+    /// whose service stores its offsets get them in the list librdkafka
+    /// assigns, so fetching starts there.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.start_at_stored_offsets(partitions);
+                Rebalance::Assign(partitions)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(partitions),
+            other => Rebalance::Error(KafkaError::Rebalance(other.into())),
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let done = match &rebalance {
+            Rebalance::Assign(partitions) if cooperative => consumer.incremental_assign(partitions),
+            Rebalance::Assign(partitions) => consumer.assign(partitions),
+            Rebalance::Revoke(partitions) if cooperative => {
+                consumer.incremental_unassign(partitions)
+            }
+            _ => consumer.unassign(),
+        };
+        if let Err(error) = done {
+            error!(%error, "applying the rebalance failed");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             metrics::counter!(Metric::Rebalances.name(), "service" => self.env.settings.service.clone(), "kind" => "revoke").increment(1);
@@ -256,6 +299,36 @@ impl<F: StepFactory> WorkerContext<F> {
             stopper,
             health,
             commit_lock: Mutex::new(()),
+        }
+    }
+
+    /// Sets, in the list about to be assigned, the offsets the service
+    /// stored for its partitions; stops the worker when it cannot tell them.
+    fn start_at_stored_offsets(&self, partitions: &mut TopicPartitionList) {
+        let assigned: Vec<(String, i32)> = partitions
+            .elements()
+            .iter()
+            .map(|element| (element.topic().to_owned(), element.partition()))
+            .collect();
+        match self.factory.stored_offsets(&assigned) {
+            Ok(stored) => {
+                for (topic, partition, offset) in stored {
+                    match partitions.set_partition_offset(&topic, partition, Offset::Offset(offset))
+                    {
+                        Ok(()) => info!(
+                            topic,
+                            partition, offset, "starting at the offset the service stored"
+                        ),
+                        Err(error) => {
+                            warn!(topic, partition, %error, "cannot start at the stored offset")
+                        }
+                    }
+                }
+            }
+            Err(error) => self.stopper.stop(format!(
+                "cannot read the offsets the service stored ({}: {}); not resuming from a guess",
+                error.kind, error.message
+            )),
         }
     }
 

@@ -379,4 +379,24 @@ pub trait StepFactory: Send + Sync + 'static {
     type Step: Step;
     /// Creates (and restores) the step for `assignment`.
     fn create(&self, assignment: &TaskAssignment) -> Result<Self::Step, StepError>;
+
+    /// Where a service that stores its own offsets — in the transaction
+    /// that stores its results, so a replayed record is never counted twice
+    /// — left off on these newly assigned `(topic, partition)`s: the next
+    /// offset of each it knows. The runtime starts those partitions there,
+    /// set in the assignment itself (librdkafka refuses a seek right after
+    /// an assign); the others start from the group's committed offset (or
+    /// `auto.offset.reset`). Kafka commits still happen, for lag tools, but
+    /// never decide where a listed partition resumes.
+    ///
+    /// Called on the consumer's thread during the rebalance: blocking is
+    /// allowed, briefly. An error stops the worker — resuming from a guess
+    /// could count twice or skip. The default stores nothing.
+    fn stored_offsets(
+        &self,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<(String, i32, i64)>, StepError> {
+        let _ = partitions;
+        Ok(Vec::new())
+    }
 }
