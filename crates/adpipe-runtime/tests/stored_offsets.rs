@@ -15,12 +15,15 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use support::{TestFactory, TestStep, Topics, records};
 
+/// The partitions the runtime asked about, per rebalance.
+type Asked = Arc<Mutex<Vec<Vec<(String, i32)>>>>;
+
 /// The test step, with offsets "stored" by the service.
 struct StoringFactory {
     inner: TestFactory,
     stored: Result<Vec<(String, i32, i64)>, String>,
     /// What the runtime asked for, per rebalance.
-    asked: Arc<Mutex<Vec<Vec<(String, i32)>>>>,
+    asked: Asked,
 }
 
 impl StepFactory for StoringFactory {
