@@ -36,6 +36,7 @@
 mod ack;
 pub mod align;
 mod batch;
+pub mod batching;
 pub mod config;
 mod consumer;
 pub mod dead_letter;

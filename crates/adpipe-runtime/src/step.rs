@@ -328,10 +328,19 @@ pub trait Step: Send + 'static {
         })
     }
 
-    /// A timer set through [`Emitter::set_timer`] fired.
-    fn on_timer(&mut self, timer: Timer, out: &mut Emitter) -> Result<(), StepError> {
+    /// A timer set through [`Emitter::set_timer`] fired. Async, under the
+    /// same rules as [`Self::process`] (cut off by the processing timeout
+    /// and by a revoke; cancel-safe: change state after the last `.await`):
+    /// a step may write here (a batch due by time). A transient error or a
+    /// cut-off fires the timer again after the retry backoff; any other
+    /// error stops the worker.
+    fn on_timer(
+        &mut self,
+        timer: Timer,
+        out: &mut Emitter,
+    ) -> impl Future<Output = Result<(), StepError>> + Send {
         let _ = (timer, out);
-        Ok(())
+        std::future::ready(Ok(()))
     }
 
     /// Entries held in state, for the state-size metric.

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use adpipe_codec::{Codec, WriterSchema};
+use adpipe_codec::{Codec, Disposition, WriterSchema};
 use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -41,7 +41,7 @@ use crate::headers::Headers;
 use crate::heartbeat;
 use crate::producer::{OutputProducer, SendError};
 use crate::step::{
-    Emitter, InputRecord, PROCESSING_TIMEOUT, Step, StepError, StepFactory, TaskAssignment,
+    Emitter, InputRecord, PROCESSING_TIMEOUT, Step, StepError, StepFactory, TaskAssignment, Timer,
     TimerClock,
 };
 use crate::telemetry::Metric;
@@ -215,6 +215,9 @@ struct Task<S: Step> {
     /// When the aligner wants another look without a new message.
     aligned_wake: Option<Instant>,
     timers: Timers,
+    /// Delay before a timer that failed transiently fires again (doubles
+    /// per failure up to the maximum, reset by a timer that succeeds).
+    timer_backoff: Duration,
     /// The task's event time: the latest event time handed to the step.
     event_clock_ms: Option<i64>,
     /// Outputs the step emitted were given up before reaching the producer
@@ -252,6 +255,7 @@ pub async fn run_task<F: StepFactory>(
         aligner,
         aligned_wake: None,
         timers: Timers::default(),
+        timer_backoff: Duration::ZERO,
         event_clock_ms: None,
     };
     task.create_step(factory).await;
@@ -778,15 +782,32 @@ impl<S: Step> Task<S> {
             if self.skipping() {
                 return;
             }
-            let Some(step) = self.step.as_mut() else {
+            let processing_timeout = self.env.settings.processing_timeout;
+            let Task {
+                step,
+                emitter,
+                link,
+                ..
+            } = self;
+            let Some(step) = step.as_mut() else {
                 return;
             };
-            self.emitter.clear();
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                step.on_timer(timer, &mut self.emitter)
-            }));
+            emitter.clear();
+            // Like a record's attempt: cut off by the processing timeout and
+            // by a revoke (steps are cancel-safe by contract).
+            let outcome = {
+                let firing = AssertUnwindSafe(step.on_timer(timer, emitter)).catch_unwind();
+                tokio::select! {
+                    outcome = tokio::time::timeout(processing_timeout, firing) => Some(outcome),
+                    () = revoked(&mut link.revoked) => None,
+                }
+            };
+            let Some(outcome) = outcome else {
+                return; // revoked: what the step holds is abandoned
+            };
             match outcome {
-                Ok(Ok(())) => {
+                Ok(Ok(Ok(()))) => {
+                    self.timer_backoff = Duration::ZERO;
                     for timer in self.emitter.timers.drain(..) {
                         self.timers.set(timer);
                     }
@@ -798,8 +819,14 @@ impl<S: Step> Task<S> {
                     }
                     self.send_emitted(None).await;
                 }
-                Ok(Err(error)) => self.link.stopper.stop(format!("timer {timer:?}: {error}")),
-                Err(panic) => {
+                Err(_) => {
+                    self.fire_again(timer, &format!("took longer than {processing_timeout:?}"))
+                }
+                Ok(Ok(Err(error))) if error.disposition == Disposition::Transient => {
+                    self.fire_again(timer, &error.to_string());
+                }
+                Ok(Ok(Err(error))) => self.link.stopper.stop(format!("timer {timer:?}: {error}")),
+                Ok(Err(panic)) => {
                     self.step = None;
                     self.link.stopper.stop(format!(
                         "the step panicked in timer {timer:?}: {}",
@@ -808,6 +835,22 @@ impl<S: Step> Task<S> {
                 }
             }
         }
+    }
+
+    /// Sets a timer that failed transiently to fire again after the
+    /// backoff, on the wall clock (an event-time timer could otherwise wait
+    /// for events that never come).
+    fn fire_again(&mut self, timer: Timer, why: &str) {
+        let settings = &self.env.settings;
+        self.timer_backoff = (self.timer_backoff * 2)
+            .max(settings.retry_initial_backoff)
+            .min(settings.retry_max_backoff);
+        warn!(?timer, why, backoff = ?self.timer_backoff, "a timer failed; it fires again");
+        self.timers.set(Timer {
+            clock: TimerClock::Wall,
+            at_ms: now_ms() + i64::try_from(self.timer_backoff.as_millis()).unwrap_or(i64::MAX),
+            id: timer.id,
+        });
     }
 
     /// Gives up the records an aligned task still queues (never done: the

@@ -759,7 +759,7 @@ impl Step for JoinStep {
         }
     }
 
-    fn on_timer(&mut self, timer: Timer, out: &mut Emitter) -> Result<(), StepError> {
+    async fn on_timer(&mut self, timer: Timer, out: &mut Emitter) -> Result<(), StepError> {
         let Some(waiter) = self.pending.timers.remove(&timer.id) else {
             return Ok(()); // its record was joined meanwhile
         };

@@ -101,9 +101,9 @@ async fn feed<T: Serialize>(
     }
 }
 
-fn fire(step: &mut JoinStep, timer: Timer) -> Vec<OutputRecord> {
+async fn fire(step: &mut JoinStep, timer: Timer) -> Vec<OutputRecord> {
     let mut out = Emitter::default();
-    step.on_timer(timer, &mut out).expect("fires");
+    step.on_timer(timer, &mut out).await.expect("fires");
     out.outputs().cloned().collect()
 }
 
@@ -303,7 +303,7 @@ async fn a_click_before_its_impression_waits_and_joins() {
     );
     assert_eq!(step.waiting(), 0);
     assert!(
-        fire(&mut step, timer).is_empty(),
+        fire(&mut step, timer).await.is_empty(),
         "the timer of a joined click does nothing"
     );
 }
@@ -346,7 +346,7 @@ async fn what_never_finds_a_partner_becomes_an_orphan_with_its_reason() {
     .await
     .timers[0];
 
-    let out = fire(&mut step, click_timer);
+    let out = fire(&mut step, click_timer).await;
     // The click goes out unchanged, and the conversion naming it with it.
     let [orphan_click, orphan_conversion] = &out[..] else {
         panic!("two orphans: {out:?}")
@@ -381,9 +381,12 @@ async fn what_never_finds_a_partner_becomes_an_orphan_with_its_reason() {
         header(orphan_conversion, HEADER_ORPHAN_REASON).as_deref(),
         Some("impression_not_found")
     );
-    assert!(fire(&mut step, named_timer).is_empty(), "already decided");
+    assert!(
+        fire(&mut step, named_timer).await.is_empty(),
+        "already decided"
+    );
 
-    let out = fire(&mut step, missing_timer);
+    let out = fire(&mut step, missing_timer).await;
     assert_eq!(
         header(&out[0], HEADER_ORPHAN_REASON).as_deref(),
         Some("click_not_found")
@@ -392,7 +395,7 @@ async fn what_never_finds_a_partner_becomes_an_orphan_with_its_reason() {
         header(&out[0], HEADER_ORPHAN_KIND).as_deref(),
         Some("conversion")
     );
-    let out = fire(&mut step, unnamed_timer);
+    let out = fire(&mut step, unnamed_timer).await;
     assert_eq!(
         header(&out[0], HEADER_ORPHAN_REASON).as_deref(),
         Some("no_click")

@@ -368,7 +368,7 @@ impl Step for TestStep {
         Ok(())
     }
 
-    fn on_timer(&mut self, timer: Timer, out: &mut Emitter) -> Result<(), StepError> {
+    async fn on_timer(&mut self, timer: Timer, out: &mut Emitter) -> Result<(), StepError> {
         if let Some((held, output)) = self.held.remove(&timer.id) {
             out.emit_held(&held, output);
             held.release();

@@ -1,0 +1,206 @@
+//! Batches (`adpipe_runtime::batching`) on the real central cluster: records
+//! are written in batches bounded by count and time, committed only once
+//! their batch is written, and a write that fails is tried again without
+//! losing, doubling or dead-lettering anything.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use adpipe_runtime::batching::{BatchLimits, BatchStep, Batching, Span};
+use adpipe_runtime::{InputRecord, OutputRecord, StepError, StepFactory, TaskAssignment};
+use parking_lot::Mutex;
+use support::{Topics, records, text};
+
+/// What the sink received: each written batch's values.
+type Written = Arc<Mutex<Vec<Vec<String>>>>;
+
+/// Writes batches of values to `written` and emits one output per batch.
+struct Sink {
+    out_topic: String,
+    written: Written,
+    /// Writes that fail (transiently) before the next succeeds.
+    failures_left: Arc<AtomicUsize>,
+    /// While false, a write waits (what the test sees while a batch is open).
+    gate: Arc<AtomicBool>,
+}
+
+impl BatchStep for Sink {
+    type Batch = Vec<String>;
+
+    fn add(&mut self, batch: &mut Vec<String>, record: &InputRecord<'_>) -> Result<(), StepError> {
+        batch.push(text(record.value));
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        batch: &Vec<String>,
+        spans: &[Span],
+    ) -> Result<Vec<OutputRecord>, StepError> {
+        while !self.gate.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self
+            .failures_left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
+        {
+            return Err(StepError::transient("sink_down", "the sink is down"));
+        }
+        let covered: i64 = spans.iter().map(|span| span.last - span.first + 1).sum();
+        assert_eq!(
+            covered,
+            batch.len() as i64,
+            "spans cover the batch: {spans:?}"
+        );
+        self.written.lock().push(batch.clone());
+        let mut output = OutputRecord::new(
+            &self.out_topic,
+            None,
+            Some(format!("batch of {}", batch.len()).as_bytes()),
+        );
+        output.partition = spans.first().map(|span| span.partition);
+        Ok(vec![output])
+    }
+}
+
+struct SinkFactory {
+    out_topic: String,
+    written: Written,
+    failures_left: Arc<AtomicUsize>,
+    gate: Arc<AtomicBool>,
+    limits: BatchLimits,
+}
+
+impl SinkFactory {
+    fn new(topics: &Topics, failures: usize, limits: BatchLimits) -> Self {
+        SinkFactory {
+            out_topic: topics.name("out"),
+            written: Written::default(),
+            failures_left: Arc::new(AtomicUsize::new(failures)),
+            gate: Arc::new(AtomicBool::new(true)),
+            limits,
+        }
+    }
+}
+
+impl StepFactory for SinkFactory {
+    type Step = Batching<Sink>;
+
+    fn create(&self, _: &TaskAssignment) -> Result<Batching<Sink>, StepError> {
+        Ok(Batching::new(
+            Sink {
+                out_topic: self.out_topic.clone(),
+                written: Arc::clone(&self.written),
+                failures_left: Arc::clone(&self.failures_left),
+                gate: Arc::clone(&self.gate),
+            },
+            self.limits,
+        ))
+    }
+}
+
+fn limits(max_records: usize, max_wait_ms: u64) -> BatchLimits {
+    BatchLimits {
+        max_records,
+        max_bytes: usize::MAX,
+        max_wait: Duration::from_millis(max_wait_ms),
+    }
+}
+
+fn values(count: usize) -> Vec<String> {
+    (0..count).map(|index| format!("good-{index}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_written_in_batches_bounded_by_count_and_time() {
+    let topics = Topics::create("rt-batches", 1).await;
+    topics.produce(&records(25, &[])).await;
+    let factory = SinkFactory::new(&topics, 0, limits(10, 500));
+    let written = Arc::clone(&factory.written);
+    let worker = adpipe_runtime::start(topics.settings(""), factory).expect("starts");
+    topics.wait_committed_to_end(Duration::from_secs(60)).await;
+    worker.stop().await.expect("clean stop");
+    let batches = written.lock().clone();
+    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [10, 10, 5], "two full batches, the rest by time");
+    assert_eq!(batches.concat(), values(25), "every record once, in order");
+    assert_eq!(
+        topics.values("out").await,
+        ["batch of 10", "batch of 10", "batch of 5"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_committed_only_once_their_batch_is_written() {
+    let topics = Topics::create("rt-batch-commit", 1).await;
+    topics.produce(&records(8, &[])).await;
+    let factory = SinkFactory::new(&topics, 0, limits(100, 300));
+    factory.gate.store(false, Ordering::Release);
+    let (written, gate) = (Arc::clone(&factory.written), Arc::clone(&factory.gate));
+    let worker = adpipe_runtime::start(topics.settings(""), factory).expect("starts");
+    // The batch is open (its write waits at the gate) for several commit
+    // ticks: nothing may be committed yet.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(written.lock().is_empty());
+    assert!(
+        topics
+            .committed()
+            .iter()
+            .all(|offset| offset.is_none_or(|offset| offset == 0)),
+        "committed before the batch was written: {:?}",
+        topics.committed()
+    );
+    gate.store(true, Ordering::Release);
+    topics.wait_committed_to_end(Duration::from_secs(60)).await;
+    worker.stop().await.expect("clean stop");
+    assert_eq!(written.lock().concat(), values(8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_write_is_tried_again_and_nothing_is_lost_doubled_or_dead_lettered() {
+    let topics = Topics::create("rt-batch-retry", 1).await;
+    topics.produce(&records(30, &[])).await;
+    // Three failures: at least one from a full batch (the next record's
+    // processing) and, with a short wait, from the timer.
+    let factory = SinkFactory::new(&topics, 3, limits(12, 200));
+    let written = Arc::clone(&factory.written);
+    let worker = adpipe_runtime::start(
+        topics.settings("retry-initial-backoff = \"50ms\"\nretry-max-backoff = \"200ms\"\n"),
+        factory,
+    )
+    .expect("starts");
+    topics.wait_committed_to_end(Duration::from_secs(60)).await;
+    worker.stop().await.expect("clean stop");
+    assert_eq!(
+        written.lock().concat(),
+        values(30),
+        "every record once, in order"
+    );
+    assert!(
+        topics.values("dlq").await.is_empty(),
+        "nothing dead-lettered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_due_by_time_that_fails_is_tried_again_by_its_timer() {
+    let topics = Topics::create("rt-batch-timer", 1).await;
+    topics.produce(&records(5, &[])).await;
+    // Never full: every write is the timer's, and the first two fail.
+    let factory = SinkFactory::new(&topics, 2, limits(100, 200));
+    let written = Arc::clone(&factory.written);
+    let worker = adpipe_runtime::start(
+        topics.settings("retry-initial-backoff = \"50ms\"\nretry-max-backoff = \"200ms\"\n"),
+        factory,
+    )
+    .expect("starts");
+    topics.wait_committed_to_end(Duration::from_secs(30)).await;
+    worker.stop().await.expect("clean stop");
+    assert_eq!(written.lock().concat(), values(5));
+}
