@@ -1,17 +1,34 @@
 //! The stats-counter: exact real-time aggregates per time bucket and
 //! dimensions in PostgreSQL (design.md, service 4).
 //!
-//! Built so far: the counting rules ([`aggregate`]) and the PostgreSQL side
-//! ([`store`]): versioned migrations, the batch transaction that writes the
-//! increments and moves the partitions' offsets by compare-and-set (a
-//! replayed or zombie batch is refused whole), the stored offsets a
-//! restarted instance resumes from, the analysts' views and the budget
-//! query. The runtime side (offsets owned by the service, batches) comes
-//! next (issue 10).
+//! One runtime task per partition of each input (`deduplicated.impressions`,
+//! `joined.clicks`, `joined.conversions`, `joined.orphans`) folds records
+//! into a batch of increments ([`aggregate`]) and writes each batch to
+//! PostgreSQL in one transaction with the partition's offset ([`store`],
+//! [`step`]); partitions resume from the offsets stored there
+//! ([`factory`]). Not yet (issue 10): the `stats.totals` topic, the budget
+//! endpoint over HTTP, late-correction metrics.
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod config;
+pub mod factory;
+pub mod step;
 pub mod store;
 
 pub use aggregate::{BucketSize, Counts, Dimensions, Increments, OrphanKey, Rejected, RowKey};
+pub use config::StatsSettings;
+pub use factory::StatsFactory;
 pub use store::{OffsetAdvance, PgStore, StoreError, UpsertMethod};
+
+/// Starts the stats-counter (inside a multi-threaded tokio runtime):
+/// migrates the schema, then runs the worker.
+pub fn start(
+    settings: StatsSettings,
+) -> Result<adpipe_runtime::WorkerHandle, adpipe_runtime::WorkerError> {
+    let worker = settings.worker.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let factory = tokio::task::block_in_place(|| StatsFactory::new(settings, runtime))
+        .map_err(adpipe_runtime::WorkerError::Setup)?;
+    adpipe_runtime::start(worker, factory)
+}
