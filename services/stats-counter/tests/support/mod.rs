@@ -1,0 +1,330 @@
+//! Shared set-up of the stats-counter's service tests: fresh topics and an
+//! in-process registry on the real central cluster, a config file, events
+//! of every kind (good ones counted into a model, and bad ones), and the
+//! readers the assertions need. Needs `infra/kafka.sh start central` and
+//! `infra/postgres.sh start` (`ADPIPE_PG_URL`).
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use adpipe_codec::{Codec, RegistryClient};
+use adpipe_events::{EventKind, samples};
+use adpipe_runtime::dead_letter::{HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC};
+use adpipe_schema_registry::{RegistrySettings, RunningRegistry};
+use adpipe_stats_counter::{BucketSize, Increments, PgStore, StatsSettings};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+pub const PARTITIONS: i32 = 3;
+pub const INPUTS: [&str; 4] = ["imp", "jclk", "jcnv", "orph"];
+
+pub fn pg_url() -> String {
+    std::env::var("ADPIPE_PG_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:15432/adpipe".to_owned())
+}
+
+pub struct Rig {
+    pub bootstrap: String,
+    pub prefix: String,
+    pub schema: String,
+    pub config: std::path::PathBuf,
+    _registry: RunningRegistry,
+    codec: Codec,
+    producer: FutureProducer,
+}
+
+impl Rig {
+    pub async fn new(name: &str) -> Rig {
+        let bootstrap = adpipe_testkit::kafka("central");
+        let prefix = adpipe_testkit::unique(name);
+        let names: Vec<String> = INPUTS
+            .iter()
+            .chain(&["dlq"])
+            .map(|suffix| format!("{prefix}.{suffix}"))
+            .collect();
+        let specs: Vec<adpipe_testkit::TopicSpec<'_>> = names
+            .iter()
+            .map(|name| (name.as_str(), PARTITIONS, &[][..]))
+            .collect();
+        adpipe_testkit::create_topics(&bootstrap, &specs).await;
+        let registry = adpipe_schema_registry::start(RegistrySettings::local(
+            &bootstrap,
+            &format!("{prefix}._schemas"),
+        ))
+        .await
+        .expect("registry");
+        let schema = format!("stats_{}", prefix.replace(['-', '.'], "_"));
+        let config = format!(
+            r#"
+[kafka]
+bootstrap-servers = "{bootstrap}"
+group-id = "{prefix}-group"
+session-timeout = "6s"
+[registry]
+url = "{url}"
+[runtime]
+commit-interval = "200ms"
+revoke-deadline = "3s"
+dead-letter-topic = "{prefix}.dlq"
+[http]
+listen = "127.0.0.1:0"
+[stats]
+impressions = "{prefix}.imp"
+joined-clicks = "{prefix}.jclk"
+joined-conversions = "{prefix}.jcnv"
+orphans = "{prefix}.orph"
+postgres-url = "{pg}"
+schema = "{schema}"
+batch-records = 50
+batch-wait = "300ms"
+"#,
+            url = registry.url(),
+            pg = pg_url(),
+        );
+        let path = std::env::temp_dir().join(format!("{prefix}.toml"));
+        std::fs::write(&path, config).expect("config written");
+        Rig {
+            codec: Codec::new(RegistryClient::new(&registry.url()).expect("client")),
+            producer: ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .create()
+                .expect("producer"),
+            bootstrap,
+            prefix,
+            schema,
+            config: path,
+            _registry: registry,
+        }
+    }
+
+    pub fn settings(&self) -> StatsSettings {
+        StatsSettings::load(Some(&self.config), std::iter::empty()).expect("valid")
+    }
+
+    pub async fn send(&self, suffix: &str, partition: i32, value: &[u8], headers: OwnedHeaders) {
+        let topic = format!("{}.{suffix}", self.prefix);
+        self.producer
+            .send(
+                FutureRecord::<(), [u8]>::to(&topic)
+                    .partition(partition)
+                    .payload(value)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produced");
+    }
+
+    pub async fn encode<T: serde::Serialize>(
+        &self,
+        suffix: &str,
+        kind: EventKind,
+        event: &T,
+    ) -> Vec<u8> {
+        self.codec
+            .encoder(&format!("{}.{suffix}-value", self.prefix), kind.schema())
+            .await
+            .expect("encoder")
+            .encode(event)
+            .expect("encodes")
+    }
+
+    /// Publishes events `from..to` of every kind (good ones counted into
+    /// `expected`) and, for each kind, one record of bad input.
+    pub async fn publish(&self, from: u64, to: u64, expected: &mut Increments) -> usize {
+        let mut bad = 0;
+        for n in from..to {
+            let partition = i32::try_from(n % 3).expect("small");
+            let mut impression = samples::impression(n);
+            impression.currency = ["EUR", "USD"][(n % 2) as usize].to_owned();
+            expected.add_impression(&impression).expect("good");
+            let value = self.encode("imp", EventKind::Impression, &impression).await;
+            self.send("imp", partition, &value, OwnedHeaders::new())
+                .await;
+            if n % 4 == 0 {
+                let joined = samples::joined_click(n);
+                expected.add_click(&joined).expect("good");
+                let value = self.encode("jclk", EventKind::JoinedClick, &joined).await;
+                self.send("jclk", partition, &value, OwnedHeaders::new())
+                    .await;
+            }
+            if n % 10 == 0 {
+                let joined = samples::joined_conversion(n);
+                expected.add_conversion(&joined).expect("good");
+                let value = self
+                    .encode("jcnv", EventKind::JoinedConversion, &joined)
+                    .await;
+                self.send("jcnv", partition, &value, OwnedHeaders::new())
+                    .await;
+            }
+            if n % 5 == 0 {
+                let click = samples::click(n);
+                expected.add_orphan(click.event_time, "click", "impression_not_found");
+                let value = self.encode("orph", EventKind::Click, &click).await;
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: "adpipe.orphan.reason",
+                        value: Some("impression_not_found"),
+                    })
+                    .insert(Header {
+                        key: "adpipe.orphan.kind",
+                        value: Some("click"),
+                    });
+                self.send("orph", partition, &value, headers).await;
+            }
+        }
+        // Bad input: not Avro at all, a negative cost, an absurd time, an
+        // orphan without its reason.
+        for suffix in INPUTS {
+            self.send(suffix, 0, b"not avro", OwnedHeaders::new()).await;
+            bad += 1;
+        }
+        let mut negative = samples::impression(to);
+        negative.cost_micros = -1;
+        let value = self.encode("imp", EventKind::Impression, &negative).await;
+        self.send("imp", 1, &value, OwnedHeaders::new()).await;
+        let mut absurd = samples::impression(to + 1);
+        absurd.event_time = 0;
+        let value = self.encode("imp", EventKind::Impression, &absurd).await;
+        self.send("imp", 2, &value, OwnedHeaders::new()).await;
+        let value = self
+            .encode("orph", EventKind::Click, &samples::click(to))
+            .await;
+        self.send("orph", 1, &value, OwnedHeaders::new()).await;
+        bad + 3
+    }
+
+    pub async fn wait_committed_to_end(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for suffix in INPUTS {
+            let (bootstrap, group, topic) = (
+                self.bootstrap.clone(),
+                format!("{}-group", self.prefix),
+                format!("{}.{suffix}", self.prefix),
+            );
+            loop {
+                let (b, g, t) = (bootstrap.clone(), group.clone(), topic.clone());
+                let done = tokio::task::spawn_blocking(move || {
+                    adpipe_testkit::committed_to_end(&b, &g, &t)
+                })
+                .await
+                .expect("check");
+                if done {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{topic} not committed to its end"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Rewinds the Kafka group's commits to 0 (the service must not care).
+    pub fn rewind_group(&self) {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", format!("{}-group", self.prefix))
+            .create()
+            .expect("consumer");
+        let mut offsets = TopicPartitionList::new();
+        for suffix in INPUTS {
+            for partition in 0..PARTITIONS {
+                offsets
+                    .add_partition_offset(
+                        &format!("{}.{suffix}", self.prefix),
+                        partition,
+                        Offset::Offset(0),
+                    )
+                    .expect("offset");
+            }
+        }
+        consumer
+            .commit(&offsets, CommitMode::Sync)
+            .expect("rewound");
+    }
+}
+
+impl Rig {
+    /// Asserts every minute and hour row (and orphan row) equals `expected`.
+    pub async fn assert_totals(&self, expected: &Increments) {
+        let store = PgStore::connect(&pg_url(), &self.schema)
+            .await
+            .expect("connects");
+        for size in BucketSize::ALL {
+            let want: HashMap<_, _> = expected
+                .rows
+                .iter()
+                .filter(|(key, _)| key.size == size)
+                .map(|(key, counts)| (key.clone(), *counts))
+                .collect();
+            let got = store.totals(size).await.expect("reads");
+            let differing = want
+                .iter()
+                .filter(|(key, counts)| got.get(*key) != Some(*counts))
+                .count();
+            assert!(
+                differing == 0 && got.len() == want.len(),
+                "{size:?}: each event once — {differing} of {} rows differ, {} rows stored",
+                want.len(),
+                got.len()
+            );
+            let orphans: HashMap<_, _> = expected
+                .orphans
+                .iter()
+                .filter(|(key, _)| key.size == size)
+                .map(|(key, count)| (key.clone(), *count))
+                .collect();
+            assert_eq!(store.orphan_totals(size).await.expect("reads"), orphans);
+        }
+    }
+
+    /// The distinct source coordinates (topic, partition, offset) of the
+    /// dead letters (the dead-letter topic is at-least-once).
+    pub fn dead_lettered(&self) -> HashSet<(String, String, String)> {
+        adpipe_testkit::read_all(&self.bootstrap, &format!("{}.dlq", self.prefix))
+            .iter()
+            .map(|record| {
+                let header = |name: &str| {
+                    record
+                        .headers()
+                        .and_then(|headers| {
+                            headers
+                                .iter()
+                                .find(|header| header.key == name)
+                                .and_then(|header| header.value)
+                                .map(|value| String::from_utf8_lossy(value).into_owned())
+                        })
+                        .unwrap_or_default()
+                };
+                (
+                    header(HEADER_TOPIC),
+                    header(HEADER_PARTITION),
+                    header(HEADER_OFFSET),
+                )
+            })
+            .collect()
+    }
+
+    /// The group's committed offsets summed over every input partition.
+    pub fn committed_records(&self) -> i64 {
+        INPUTS
+            .iter()
+            .map(|suffix| {
+                adpipe_testkit::committed_offsets(
+                    &self.bootstrap,
+                    &format!("{}-group", self.prefix),
+                    &format!("{}.{suffix}", self.prefix),
+                )
+                .into_iter()
+                .map(|offset| offset.unwrap_or(0))
+                .sum::<i64>()
+            })
+            .sum()
+    }
+}
