@@ -278,6 +278,25 @@ impl Increments {
         }
     }
 
+    /// The rows of one bucket size (what its table should hold, for
+    /// increments counted from nothing).
+    pub fn rows_of(&self, size: BucketSize) -> HashMap<RowKey, Counts> {
+        self.rows
+            .iter()
+            .filter(|(key, _)| key.size == size)
+            .map(|(key, counts)| (key.clone(), *counts))
+            .collect()
+    }
+
+    /// The orphan rows of one bucket size.
+    pub fn orphans_of(&self, size: BucketSize) -> HashMap<OrphanKey, i64> {
+        self.orphans
+            .iter()
+            .filter(|(key, _)| key.size == size)
+            .map(|(key, count)| (key.clone(), *count))
+            .collect()
+    }
+
     /// Adds another batch's increments to these.
     pub fn merge(&mut self, other: Increments) {
         for (key, counts) in other.rows {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use adpipe_events::samples;
 use adpipe_stats_counter::{
-    BucketSize, Counts, Increments, OffsetAdvance, PgStore, RowKey, StoreError, UpsertMethod,
+    BucketSize, Increments, OffsetAdvance, PgStore, StoreError, UpsertMethod,
 };
 use rand::{Rng, SeedableRng};
 
@@ -83,15 +83,6 @@ fn advance(partition: i32, expected: Option<i64>, next: i64) -> Vec<OffsetAdvanc
         expected,
         next,
     }]
-}
-
-fn rows_of(increments: &Increments, size: BucketSize) -> HashMap<RowKey, Counts> {
-    increments
-        .rows
-        .iter()
-        .filter(|(key, _)| key.size == size)
-        .map(|(key, counts)| (key.clone(), *counts))
-        .collect()
 }
 
 #[tokio::test]
@@ -209,16 +200,13 @@ async fn a_replayed_or_zombie_batch_is_refused_and_counts_nothing() {
     for size in BucketSize::ALL {
         assert_eq!(
             owner.totals(size).await.expect("reads"),
-            rows_of(&expected, size),
+            expected.rows_of(size),
             "{size:?} totals are every committed batch once"
         );
-        let orphans: HashMap<_, _> = expected
-            .orphans
-            .iter()
-            .filter(|(key, _)| key.size == size)
-            .map(|(key, count)| (key.clone(), *count))
-            .collect();
-        assert_eq!(owner.orphan_totals(size).await.expect("reads"), orphans);
+        assert_eq!(
+            owner.orphan_totals(size).await.expect("reads"),
+            expected.orphans_of(size)
+        );
     }
 }
 
@@ -256,7 +244,7 @@ async fn both_upsert_methods_give_the_same_totals_and_return_them() {
         offset = Some(next);
     }
     for size in BucketSize::ALL {
-        let want = rows_of(&expected, size);
+        let want = expected.rows_of(size);
         assert_eq!(unnest.totals(size).await.expect("reads"), want);
         assert_eq!(copy.totals(size).await.expect("reads"), want);
         assert_eq!(

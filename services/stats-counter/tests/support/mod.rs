@@ -5,7 +5,7 @@
 //! `infra/postgres.sh start` (`ADPIPE_PG_URL`).
 #![allow(dead_code)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use adpipe_codec::{Codec, RegistryClient};
@@ -257,12 +257,7 @@ impl Rig {
             .await
             .expect("connects");
         for size in BucketSize::ALL {
-            let want: HashMap<_, _> = expected
-                .rows
-                .iter()
-                .filter(|(key, _)| key.size == size)
-                .map(|(key, counts)| (key.clone(), *counts))
-                .collect();
+            let want = expected.rows_of(size);
             let got = store.totals(size).await.expect("reads");
             let differing = want
                 .iter()
@@ -274,13 +269,10 @@ impl Rig {
                 want.len(),
                 got.len()
             );
-            let orphans: HashMap<_, _> = expected
-                .orphans
-                .iter()
-                .filter(|(key, _)| key.size == size)
-                .map(|(key, count)| (key.clone(), *count))
-                .collect();
-            assert_eq!(store.orphan_totals(size).await.expect("reads"), orphans);
+            assert_eq!(
+                store.orphan_totals(size).await.expect("reads"),
+                expected.orphans_of(size)
+            );
         }
     }
 
