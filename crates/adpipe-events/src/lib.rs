@@ -29,3 +29,10 @@ pub trait Event {
     /// The Kafka key and partitioning key.
     fn user_id(&self) -> &str;
 }
+
+/// Header of an orphan in `joined.orphans` (written by the joiner, read by
+/// the stats-counter): why it found no partner (design.md, "Join and stats
+/// rules").
+pub const HEADER_ORPHAN_REASON: &str = "adpipe.orphan.reason";
+/// Header of an orphan: `click` or `conversion`.
+pub const HEADER_ORPHAN_KIND: &str = "adpipe.orphan.kind";

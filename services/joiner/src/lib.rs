@@ -27,10 +27,9 @@ pub use config::JoinerSettings;
 pub use factory::JoinFactory;
 pub use step::JoinStep;
 
-/// Header of an orphan: why it found no partner ([`rules::OrphanReason::name`]).
-pub const HEADER_ORPHAN_REASON: &str = "adpipe.orphan.reason";
-/// Header of an orphan: `click` or `conversion`.
-pub const HEADER_ORPHAN_KIND: &str = "adpipe.orphan.kind";
+/// The orphan headers (reason: [`rules::OrphanReason::name`]), shared with
+/// the stats-counter that reads them.
+pub use adpipe_events::{HEADER_ORPHAN_KIND, HEADER_ORPHAN_REASON};
 
 /// Starts the joiner (inside a tokio runtime).
 pub fn start(

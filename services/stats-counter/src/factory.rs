@@ -2,6 +2,7 @@
 //! partition left off: the offsets stored in PostgreSQL with the
 //! aggregates (never the Kafka group's commit).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use adpipe_runtime::batching::Batching;
@@ -18,6 +19,10 @@ pub struct StatsFactory {
     runtime: tokio::runtime::Handle,
     /// The connection offsets are read on (the consumer's thread).
     offsets: Mutex<Option<PgStore>>,
+    /// What the last assignment read for each partition (`None`: nothing
+    /// stored), handed to the step created for it: read once, and the very
+    /// offset the runtime starts the partition at.
+    assigned: Mutex<HashMap<(String, i32), Option<i64>>>,
 }
 
 fn transient(error: StoreError) -> StepError {
@@ -41,10 +46,11 @@ impl StatsFactory {
             settings: Arc::new(settings),
             runtime,
             offsets: Mutex::new(None),
+            assigned: Mutex::new(HashMap::new()),
         })
     }
 
-    fn stored(&self, topic: &str) -> Result<std::collections::HashMap<i32, i64>, StepError> {
+    fn stored(&self, topic: &str) -> Result<HashMap<i32, i64>, StepError> {
         let settings = &self.settings;
         let mut slot = self.offsets.lock();
         self.runtime.block_on(async {
@@ -79,7 +85,14 @@ impl StepFactory for StatsFactory {
             .find(|(name, _)| name == topic)
             .map(|(_, kind)| *kind)
             .ok_or_else(|| StepError::fatal("unknown_input", format!("not an input: {topic}")))?;
-        let stored = self.stored(topic)?.get(&assignment.partition).copied();
+        let known = self
+            .assigned
+            .lock()
+            .remove(&(topic.clone(), assignment.partition));
+        let stored = match known {
+            Some(stored) => stored,
+            None => self.stored(topic)?.get(&assignment.partition).copied(),
+        };
         Ok(Batching::new(
             StatsStep::new(
                 kind,
@@ -102,22 +115,23 @@ impl StepFactory for StatsFactory {
         &self,
         partitions: &[(String, i32)],
     ) -> Result<Vec<(String, i32, i64)>, StepError> {
-        let mut starts = Vec::new();
         let mut topics: Vec<&String> = partitions.iter().map(|(topic, _)| topic).collect();
         topics.sort_unstable();
         topics.dedup();
+        let mut by_topic = HashMap::new();
         for topic in topics {
-            let stored = self.stored(topic)?;
-            starts.extend(
-                partitions
-                    .iter()
-                    .filter(|(name, _)| name == topic)
-                    .filter_map(|(name, partition)| {
-                        stored
-                            .get(partition)
-                            .map(|offset| (name.clone(), *partition, *offset))
-                    }),
-            );
+            by_topic.insert(topic, self.stored(topic)?);
+        }
+        let mut assigned = self.assigned.lock();
+        let mut starts = Vec::new();
+        for (topic, partition) in partitions {
+            let stored = by_topic
+                .get(topic)
+                .and_then(|stored| stored.get(partition).copied());
+            assigned.insert((topic.clone(), *partition), stored);
+            if let Some(offset) = stored {
+                starts.push((topic.clone(), *partition, offset));
+            }
         }
         Ok(starts)
     }

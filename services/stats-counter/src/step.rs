@@ -17,7 +17,9 @@
 
 use std::time::Duration;
 
-use adpipe_events::{Impression, JoinedClick, JoinedConversion};
+use adpipe_events::{
+    HEADER_ORPHAN_KIND, HEADER_ORPHAN_REASON, Impression, JoinedClick, JoinedConversion,
+};
 use adpipe_runtime::batching::{BatchStep, Span};
 use adpipe_runtime::{EventTimePolicy, InputRecord, OutputRecord, StepError};
 use serde::Deserialize;
@@ -26,11 +28,6 @@ use tracing::warn;
 use crate::aggregate::{Increments, Rejected};
 use crate::config::InputKind;
 use crate::store::{OffsetAdvance, PgStore, StoreError, UpsertMethod};
-
-/// The joiner's orphan headers (design.md, "Join and stats rules").
-pub const HEADER_ORPHAN_REASON: &str = "adpipe.orphan.reason";
-/// `click` or `conversion`.
-pub const HEADER_ORPHAN_KIND: &str = "adpipe.orphan.kind";
 
 /// Only the event time of an orphan (a click or a conversion).
 #[derive(Deserialize)]
