@@ -67,7 +67,9 @@ pub use step::{
     Emitter, InputRecord, OutputRecord, PROCESSING_TIMEOUT, Step, StepError, StepFactory,
     TaskAssignment, Timer, TimerClock,
 };
-pub use worker::{WorkerError, WorkerHandle, run_until_stopped, shutdown_signal, start};
+pub use worker::{
+    WorkerError, WorkerHandle, run_until_stopped, shutdown_signal, start, start_with_routes,
+};
 
 /// The global allocator of every service binary:
 /// `#[global_allocator] static ALLOCATOR: adpipe_runtime::Allocator = adpipe_runtime::Allocator;`

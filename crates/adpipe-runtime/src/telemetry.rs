@@ -145,15 +145,21 @@ pub struct Health {
     pub ready: AtomicBool,
 }
 
+/// Routes a service adds to its admin server beside /metrics, /livez and
+/// /readyz (e.g. the stats-counter's budget endpoint). Called once per
+/// HTTP worker; handlers run on that worker's runtime.
+pub type AdminRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
 /// How often histograms are compacted even when nobody scrapes, so their
 /// memory stays flat (metrics-exporter-prometheus only does it on render).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Serves /metrics, /livez and /readyz until the returned handle is stopped,
-/// and runs the recorder's upkeep on a timer.
+/// Serves /metrics, /livez, /readyz and the service's own `routes` until
+/// the returned handle is stopped, and runs the recorder's upkeep on a timer.
 pub fn serve(
     listen: SocketAddr,
     health: Arc<Health>,
+    routes: Option<AdminRoutes>,
 ) -> std::io::Result<(SocketAddr, actix_web::dev::ServerHandle)> {
     let handle = install_recorder();
     if let Some(handle) = handle.clone() {
@@ -168,7 +174,13 @@ pub fn serve(
     let server = HttpServer::new(move || {
         let metrics = handle.clone();
         let health = Arc::clone(&health);
+        let routes = routes.clone();
         App::new()
+            .configure(move |config| {
+                if let Some(routes) = &routes {
+                    routes(config);
+                }
+            })
             .route(
                 "/metrics",
                 web::get().to(move || {

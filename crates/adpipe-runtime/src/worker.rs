@@ -15,7 +15,7 @@ use crate::consumer::{WorkerContext, create_consumer, poll_loop};
 use crate::producer::{OutputProducer, ProducerSetup, run_followups};
 use crate::step::StepFactory;
 use crate::task::{Stopper, TaskEnv};
-use crate::telemetry::{Health, serve};
+use crate::telemetry::{AdminRoutes, Health, serve};
 
 /// Why a worker could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,15 @@ pub fn start<F: StepFactory>(
     settings: WorkerSettings,
     factory: F,
 ) -> Result<WorkerHandle, WorkerError> {
+    start_with_routes(settings, factory, None)
+}
+
+/// [`start`], with the service's own `routes` on the admin server.
+pub fn start_with_routes<F: StepFactory>(
+    settings: WorkerSettings,
+    factory: F,
+    routes: Option<AdminRoutes>,
+) -> Result<WorkerHandle, WorkerError> {
     let problems = crate::topics::check(&settings)?;
     if !problems.is_empty() {
         return Err(WorkerError::Topics(problems));
@@ -77,7 +86,7 @@ pub fn start<F: StepFactory>(
         None => None,
     };
     let health = Arc::new(Health::default());
-    let (http_address, http) = serve(settings.http_listen, Arc::clone(&health))
+    let (http_address, http) = serve(settings.http_listen, Arc::clone(&health), routes)
         .map_err(|error| WorkerError::Http(settings.http_listen, error))?;
     let stopper = Arc::new(Stopper::default());
     let revoke_deadline = settings.revoke_deadline;

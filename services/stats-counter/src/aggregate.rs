@@ -148,6 +148,41 @@ pub struct Increments {
     pub orphans: HashMap<OrphanKey, i64>,
     /// Empty text dimensions counted under [`UNKNOWN`], by dimension.
     pub unknown_dimensions: HashMap<&'static str, u64>,
+    /// Events that landed in a bucket already closed (see [`Closing`]),
+    /// by bucket size: corrections of totals already reported.
+    pub corrections: HashMap<BucketSize, u64>,
+}
+
+/// Tells which buckets an event corrects: a bucket is closed once the
+/// latest event time seen (in one input partition) is `closed_after`
+/// past its end. Late events still count in their own bucket (totals are
+/// corrected, never dropped); this only measures how often that happens.
+/// Event time, not the clock, so a replay of old data is not all "late".
+#[derive(Debug, Clone)]
+pub struct Closing {
+    closed_after_ms: i64,
+    high_water_ms: Option<i64>,
+}
+
+impl Closing {
+    /// Buckets close `closed_after_ms` after their end.
+    pub fn new(closed_after_ms: i64) -> Closing {
+        Closing {
+            closed_after_ms,
+            high_water_ms: None,
+        }
+    }
+
+    /// Notes an event at `event_time_ms`; returns the bucket sizes whose
+    /// bucket for it was already closed.
+    pub fn observe(&mut self, event_time_ms: i64) -> impl Iterator<Item = BucketSize> + use<> {
+        let high = self.high_water_ms.unwrap_or(event_time_ms);
+        self.high_water_ms = Some(high.max(event_time_ms));
+        let closed_after = self.closed_after_ms;
+        BucketSize::ALL
+            .into_iter()
+            .filter(move |size| size.start_of(event_time_ms) + size.millis() + closed_after <= high)
+    }
 }
 
 fn check_currency(currency: &str) -> Result<(), Rejected> {
@@ -308,6 +343,9 @@ impl Increments {
         for (dimension, count) in other.unknown_dimensions {
             *self.unknown_dimensions.entry(dimension).or_default() += count;
         }
+        for (size, count) in other.corrections {
+            *self.corrections.entry(size).or_default() += count;
+        }
     }
 }
 
@@ -315,6 +353,29 @@ impl Increments {
 mod tests {
     use super::*;
     use adpipe_events::samples;
+
+    #[test]
+    fn an_event_behind_a_closed_bucket_is_a_correction_of_that_size_only() {
+        let minute = 60_000;
+        let mut closing = Closing::new(minute);
+        let corrected = |closing: &mut Closing, time| closing.observe(time).collect::<Vec<_>>();
+        // 10:00:30 first: nothing is closed before anything was seen.
+        let hour = 10 * 3_600_000;
+        assert!(corrected(&mut closing, hour + 30_000).is_empty());
+        // 10:02:00 closes 10:00 (ends 10:01, closed at 10:02), not 10:01.
+        assert!(corrected(&mut closing, hour + 2 * minute).is_empty());
+        assert_eq!(
+            corrected(&mut closing, hour + 59_999),
+            vec![BucketSize::Minute]
+        );
+        assert!(corrected(&mut closing, hour + minute + 1).is_empty());
+        // 11:01:00 closes the 10 o'clock hour: a 10:30 event corrects both.
+        assert!(corrected(&mut closing, hour + 61 * minute).is_empty());
+        assert_eq!(
+            corrected(&mut closing, hour + 30 * minute),
+            vec![BucketSize::Minute, BucketSize::Hour]
+        );
+    }
 
     fn totals(increments: &Increments, size: BucketSize) -> Counts {
         let mut sum = Counts::default();

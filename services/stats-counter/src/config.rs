@@ -39,6 +39,7 @@ struct RawStats {
     batch_bytes: usize,
     batch_wait: String,
     write_timeout: String,
+    closed_after: String,
 }
 
 /// What an input topic holds.
@@ -71,6 +72,9 @@ pub struct StatsSettings {
     pub limits: BatchLimits,
     /// How long a write may take before it is abandoned and tried again.
     pub write_timeout: Duration,
+    /// How long after its end a bucket counts as closed: a later event in
+    /// it is a correction (`adpipe_stats_corrections_total`).
+    pub closed_after: Duration,
 }
 
 impl StatsSettings {
@@ -84,6 +88,7 @@ impl StatsSettings {
         let stats = raw.stats;
         let batch_wait = duration("stats.batch-wait", &stats.batch_wait, &mut problems);
         let write_timeout = duration("stats.write-timeout", &stats.write_timeout, &mut problems);
+        let closed_after = duration("stats.closed-after", &stats.closed_after, &mut problems);
         if stats.batch_records == 0 {
             problems.push("stats.batch-records must be at least 1".to_owned());
         }
@@ -126,6 +131,7 @@ impl StatsSettings {
                 max_wait: batch_wait,
             },
             write_timeout,
+            closed_after,
         })
     }
 }

@@ -102,6 +102,7 @@ impl StepFactory for StatsFactory {
                     group: settings.worker.kafka.group_id.clone(),
                     method: settings.upsert,
                     write_timeout: settings.write_timeout,
+                    closed_after: settings.closed_after,
                 },
                 settings.worker.event_time,
                 None,

@@ -6,11 +6,12 @@
 //! into a batch of increments ([`aggregate`]) and writes each batch to
 //! PostgreSQL in one transaction with the partition's offset ([`store`],
 //! [`step`]); partitions resume from the offsets stored there
-//! ([`factory`]). Not yet (issue 10): the `stats.totals` topic, the budget
-//! endpoint over HTTP, late-correction metrics.
+//! ([`factory`]). The admin server also answers `GET /budget/today`
+//! ([`budget`]). Not yet (issue 10): the `stats.totals` topic.
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod budget;
 pub mod config;
 pub mod factory;
 pub mod step;
@@ -22,13 +23,14 @@ pub use factory::StatsFactory;
 pub use store::{OffsetAdvance, PgStore, StoreError, UpsertMethod};
 
 /// Starts the stats-counter (inside a multi-threaded tokio runtime):
-/// migrates the schema, then runs the worker.
+/// migrates the schema, then runs the worker (with the budget endpoint).
 pub fn start(
     settings: StatsSettings,
 ) -> Result<adpipe_runtime::WorkerHandle, adpipe_runtime::WorkerError> {
     let worker = settings.worker.clone();
+    let routes = budget::routes(&settings.postgres_url, &settings.schema);
     let runtime = tokio::runtime::Handle::current();
     let factory = tokio::task::block_in_place(|| StatsFactory::new(settings, runtime))
         .map_err(adpipe_runtime::WorkerError::Setup)?;
-    adpipe_runtime::start(worker, factory)
+    adpipe_runtime::start_with_routes(worker, factory, Some(routes))
 }

@@ -25,7 +25,7 @@ use adpipe_runtime::{EventTimePolicy, InputRecord, OutputRecord, StepError};
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::aggregate::{Increments, Rejected};
+use crate::aggregate::{Closing, Increments, Rejected};
 use crate::config::InputKind;
 use crate::store::{OffsetAdvance, PgStore, StoreError, UpsertMethod};
 
@@ -47,6 +47,9 @@ pub struct Target {
     pub method: UpsertMethod,
     /// Bound of one write.
     pub write_timeout: Duration,
+    /// How long after its end a bucket counts as closed (for the
+    /// corrections metric).
+    pub closed_after: Duration,
 }
 
 /// The counting step of one input partition.
@@ -58,6 +61,8 @@ pub struct StatsStep {
     store: Option<PgStore>,
     /// The offset stored for this partition, what the next batch expects.
     stored: Option<i64>,
+    /// Which buckets are closed, by this partition's event times.
+    closing: Closing,
 }
 
 fn rejected(error: Rejected) -> StepError {
@@ -74,6 +79,9 @@ impl StatsStep {
         stored: Option<i64>,
     ) -> Self {
         StatsStep {
+            closing: Closing::new(
+                i64::try_from(target.closed_after.as_millis()).unwrap_or(i64::MAX),
+            ),
             kind,
             target,
             policy,
@@ -82,9 +90,14 @@ impl StatsStep {
         }
     }
 
-    fn check_time(&self, event_time: i64) -> Result<(), StepError> {
+    /// Refuses an absurd event time; notes the buckets the event corrects.
+    fn check_time(&mut self, batch: &mut Increments, event_time: i64) -> Result<(), StepError> {
         self.policy
-            .check(event_time, adpipe_runtime::event_time::now_ms())
+            .check(event_time, adpipe_runtime::event_time::now_ms())?;
+        for size in self.closing.observe(event_time) {
+            *batch.corrections.entry(size).or_default() += 1;
+        }
+        Ok(())
     }
 }
 
@@ -95,17 +108,17 @@ impl BatchStep for StatsStep {
         match self.kind {
             InputKind::Impressions => {
                 let impression: Impression = record.decode()?;
-                self.check_time(impression.event_time)?;
+                self.check_time(batch, impression.event_time)?;
                 batch.add_impression(&impression).map_err(rejected)
             }
             InputKind::JoinedClicks => {
                 let joined: JoinedClick = record.decode()?;
-                self.check_time(joined.click.event_time)?;
+                self.check_time(batch, joined.click.event_time)?;
                 batch.add_click(&joined).map_err(rejected)
             }
             InputKind::JoinedConversions => {
                 let joined: JoinedConversion = record.decode()?;
-                self.check_time(joined.conversion.event_time)?;
+                self.check_time(batch, joined.conversion.event_time)?;
                 batch.add_conversion(&joined).map_err(rejected)
             }
             InputKind::Orphans => {
@@ -123,7 +136,7 @@ impl BatchStep for StatsStep {
                 };
                 let (kind, reason) = (header(HEADER_ORPHAN_KIND)?, header(HEADER_ORPHAN_REASON)?);
                 let time: EventTime = record.decode()?;
-                self.check_time(time.event_time)?;
+                self.check_time(batch, time.event_time)?;
                 batch.add_orphan(time.event_time, kind, reason);
                 Ok(())
             }
@@ -151,6 +164,7 @@ impl BatchStep for StatsStep {
             group,
             method,
             write_timeout,
+            ..
         } = &self.target;
         let attempt = async {
             let mut store = match self.store.take() {
@@ -165,6 +179,11 @@ impl BatchStep for StatsStep {
                 self.store = Some(store);
                 if let Some(last) = offsets.last() {
                     self.stored = Some(last.next);
+                }
+                // Counted once written: an abandoned batch is read again.
+                for (size, count) in &batch.corrections {
+                    metrics::counter!("adpipe_stats_corrections_total", "bucket_size" => size.name())
+                        .increment(*count);
                 }
                 Ok(Vec::new())
             }

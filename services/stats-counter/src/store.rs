@@ -463,8 +463,8 @@ impl PgStore {
             .collect())
     }
 
-    /// Spend per campaign and currency since the start of the UTC day that
-    /// holds `now_ms` (what a bidder polls to stop over-budget campaigns).
+    /// Spend per campaign and currency in the UTC day that holds `now_ms` (what a bidder polls to stop over-budget campaigns);
+    /// currencies a campaign spent nothing in (a conversion's) are left out.
     pub async fn spend_today(&self, now_ms: i64) -> Result<Vec<(i64, String, i64)>, StoreError> {
         let day_start = now_ms.div_euclid(86_400_000) * 86_400_000;
         let rows = self
@@ -472,7 +472,9 @@ impl PgStore {
             .query(
                 &format!(
                     "select campaign_id, currency, sum(cost_micros)::bigint from {}.stats_hour
-                     where bucket >= to_timestamp($1::bigint / 1000.0) group by 1, 2 order by 1, 2",
+                     where bucket >= to_timestamp($1::bigint / 1000.0)
+                       and bucket < to_timestamp(($1::bigint + 86400000) / 1000.0)
+                     group by 1, 2 having sum(cost_micros) > 0 order by 1, 2",
                     self.schema
                 ),
                 &[&day_start],

@@ -1,7 +1,8 @@
 //! PostgreSQL stopped and started again under a running stats-counter (its
 //! own test binary: the restart would disturb other tests' connections).
 //! The service waits — writes tried again with backoff, nothing committed
-//! to Kafka, nothing dead-lettered — and resumes; the totals are exact.
+//! to Kafka, nothing dead-lettered, the budget endpoint answering 503 —
+//! and resumes; the totals are exact.
 //! Restarts the server with `infra/postgres.sh` (the same environment —
 //! `ADPIPE_STATE_DIR`, `ADPIPE_PG_PORT` — that started it).
 
@@ -35,6 +36,11 @@ async fn the_service_waits_out_a_postgres_restart_and_the_totals_stay_exact() {
     bad += rig.publish(200, 400, &mut expected).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let committed_while_down = rig.committed_records();
+    // The budget endpoint says it cannot answer rather than answer zeros.
+    let budget = reqwest::get(format!("http://{}/budget/today", worker.http_address))
+        .await
+        .expect("answers");
+    assert_eq!(budget.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
     postgres("start");
     rig.wait_committed_to_end().await;
     worker.stop().await.expect("clean stop");

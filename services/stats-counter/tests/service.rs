@@ -1,12 +1,64 @@
 //! The stats-counter as a service, on the real central cluster and a real
 //! PostgreSQL (see `support`): every good event counted exactly once across
 //! a restart — even with the Kafka group's offsets rewound behind
-//! PostgreSQL's — and every bad one dead-lettered.
+//! PostgreSQL's — and every bad one dead-lettered; the budget endpoint
+//! answers from those totals.
 
 mod support;
 
-use adpipe_stats_counter::Increments;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use adpipe_events::{EventKind, samples};
+use adpipe_stats_counter::budget::BudgetReport;
+use adpipe_stats_counter::{BucketSize, Increments};
+use rdkafka::message::OwnedHeaders;
 use support::Rig;
+
+/// `GET /budget/today` at the samples' day: each campaign's spend per
+/// currency equals the cost counted into the model; `campaign_id` filters.
+async fn assert_budget_endpoint(admin: SocketAddr, expected: &Increments) {
+    let day = samples::impression(0).event_time;
+    let mut want: BTreeMap<(i64, String), i64> = BTreeMap::new();
+    for (key, counts) in expected.rows_of(BucketSize::Hour) {
+        if key.bucket_ms.div_euclid(86_400_000) == day.div_euclid(86_400_000)
+            && counts.cost_micros > 0
+        {
+            *want
+                .entry((key.dimensions.campaign_id, key.dimensions.currency))
+                .or_default() += counts.cost_micros;
+        }
+    }
+    let get = |query: String| async move {
+        reqwest::get(format!("http://{admin}/budget/today?{query}"))
+            .await
+            .expect("answers")
+            .error_for_status()
+            .expect("200")
+            .json::<BudgetReport>()
+            .await
+            .expect("a report")
+    };
+    let report = get(format!("at={day}")).await;
+    assert_eq!(report.day_start_ms, day - day.rem_euclid(86_400_000));
+    let got: BTreeMap<(i64, String), i64> = report
+        .campaigns
+        .iter()
+        .map(|spend| {
+            (
+                (spend.campaign_id, spend.currency.clone()),
+                spend.spend_micros,
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "spend per campaign and currency");
+    let one = get(format!("at={day}&campaign_id=1007")).await;
+    assert!(!one.campaigns.is_empty());
+    assert!(one.campaigns.iter().all(|spend| spend.campaign_id == 1007));
+    // Another day: nothing spent.
+    let later = get(format!("at={}", day + 3 * 86_400_000)).await;
+    assert!(later.campaigns.is_empty());
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_is_counted_once_across_a_restart_and_bad_input_is_dead_lettered() {
@@ -20,9 +72,26 @@ async fn every_event_is_counted_once_across_a_restart_and_bad_input_is_dead_lett
     // Stopped: more events come, and the Kafka group's offsets are rewound
     // to 0 — only the offsets stored in PostgreSQL may decide.
     bad += rig.publish(300, 500, &mut expected).await;
+    // Two hours late, after later events of its partition: its minute and
+    // hour are closed, it still counts there, as one correction of each.
+    let mut late = samples::impression(600);
+    late.event_time -= 2 * 3_600_000;
+    expected.add_impression(&late).expect("good");
+    let value = rig.encode("imp", EventKind::Impression, &late).await;
+    rig.send("imp", 0, &value, OwnedHeaders::new()).await;
     rig.rewind_group();
     let worker = adpipe_stats_counter::start(rig.settings()).expect("starts again");
     rig.wait_committed_to_end().await;
+    assert_budget_endpoint(worker.http_address, &expected).await;
+    for size in ["minute", "hour"] {
+        let corrections = adpipe_testkit::metric_value_where(
+            worker.http_address,
+            "adpipe_stats_corrections_total",
+            &format!("bucket_size=\"{size}\""),
+        )
+        .await;
+        assert_eq!(corrections, Some(1.0), "{size} corrections");
+    }
     worker.stop().await.expect("clean stop");
 
     rig.assert_totals(&expected).await;

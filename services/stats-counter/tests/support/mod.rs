@@ -8,15 +8,18 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use adpipe_codec::{Codec, RegistryClient};
-use adpipe_events::{EventKind, samples};
+use adpipe_codec::{Codec, Encoder, RegistryClient};
+use adpipe_events::{Click, EventKind, Impression, JoinedClick, JoinedConversion, samples};
 use adpipe_runtime::dead_letter::{HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC};
 use adpipe_schema_registry::{RegistrySettings, RunningRegistry};
 use adpipe_stats_counter::{BucketSize, Increments, PgStore, StatsSettings};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer, ThreadedProducer,
+};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub const PARTITIONS: i32 = 3;
@@ -318,5 +321,113 @@ impl Rig {
                 .sum::<i64>()
             })
             .sum()
+    }
+}
+
+/// A blocking publisher of numbered events for the long tests (one
+/// producer thread; encoders fetched once).
+pub struct Load {
+    prefix: String,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    impressions: Encoder<Impression>,
+    clicks: Encoder<JoinedClick>,
+    conversions: Encoder<JoinedConversion>,
+    orphans: Encoder<Click>,
+}
+
+/// Which inputs event `n` publishes to: an impression always, a joined
+/// click for every 10th, a joined conversion for every 50th, an orphan
+/// click for every 100th (offset by 3 so they are other numbers).
+pub fn load_shape(n: u64) -> (bool, bool, bool) {
+    (n.is_multiple_of(10), n.is_multiple_of(50), n % 100 == 3)
+}
+
+impl Rig {
+    pub async fn load(&self) -> Load {
+        Load {
+            prefix: self.prefix.clone(),
+            producer: ClientConfig::new()
+                .set("bootstrap.servers", &self.bootstrap)
+                .set("linger.ms", "20")
+                .set("queue.buffering.max.messages", "200000")
+                .create()
+                .expect("producer"),
+            impressions: self.encoder("imp", EventKind::Impression).await,
+            clicks: self.encoder("jclk", EventKind::JoinedClick).await,
+            conversions: self.encoder("jcnv", EventKind::JoinedConversion).await,
+            orphans: self.encoder("orph", EventKind::Click).await,
+        }
+    }
+
+    async fn encoder<T: serde::Serialize>(&self, suffix: &str, kind: EventKind) -> Encoder<T> {
+        self.codec
+            .encoder(&format!("{}.{suffix}-value", self.prefix), kind.schema())
+            .await
+            .expect("encoder")
+    }
+}
+
+impl Load {
+    /// Queues event `n` (see [`load_shape`]), partitioned by its number.
+    pub fn send(&self, n: u64) {
+        let partition = i32::try_from(n % PARTITIONS as u64).expect("small");
+        let (click, conversion, orphan) = load_shape(n);
+        let value = self
+            .impressions
+            .encode(&samples::impression(n))
+            .expect("encodes");
+        self.queue("imp", partition, &value, OwnedHeaders::new());
+        if click {
+            let value = self
+                .clicks
+                .encode(&samples::joined_click(n))
+                .expect("encodes");
+            self.queue("jclk", partition, &value, OwnedHeaders::new());
+        }
+        if conversion {
+            let value = self
+                .conversions
+                .encode(&samples::joined_conversion(n))
+                .expect("encodes");
+            self.queue("jcnv", partition, &value, OwnedHeaders::new());
+        }
+        if orphan {
+            let value = self.orphans.encode(&samples::click(n)).expect("encodes");
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: adpipe_events::HEADER_ORPHAN_REASON,
+                    value: Some("impression_not_found"),
+                })
+                .insert(Header {
+                    key: adpipe_events::HEADER_ORPHAN_KIND,
+                    value: Some("click"),
+                });
+            self.queue("orph", partition, &value, headers);
+        }
+    }
+
+    fn queue(&self, suffix: &str, partition: i32, value: &[u8], headers: OwnedHeaders) {
+        let topic = format!("{}.{suffix}", self.prefix);
+        let mut record = BaseRecord::<(), [u8]>::to(&topic)
+            .partition(partition)
+            .payload(value)
+            .headers(headers);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((error, _)) => panic!("cannot queue: {error}"),
+            }
+        }
+    }
+
+    /// Waits until everything queued is acknowledged.
+    pub fn flush(&self) {
+        self.producer
+            .flush(Duration::from_secs(120))
+            .expect("flushed");
     }
 }
