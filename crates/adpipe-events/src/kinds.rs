@@ -16,16 +16,19 @@ pub enum EventKind {
     JoinedClick,
     /// A conversion with its click and impression embedded.
     JoinedConversion,
+    /// The stats-counter's current total of one (bucket, dimensions) row.
+    StatsTotal,
 }
 
 impl EventKind {
     /// Every kind, in pipeline order.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Impression,
         EventKind::Click,
         EventKind::Conversion,
         EventKind::JoinedClick,
         EventKind::JoinedConversion,
+        EventKind::StatsTotal,
     ];
 
     /// The kinds bidders and trackers publish (the rest are joiner outputs).
@@ -45,6 +48,7 @@ impl EventKind {
             EventKind::JoinedConversion => {
                 include_str!("../../../schemas/joined_conversion.avsc")
             }
+            EventKind::StatsTotal => include_str!("../../../schemas/stats_total.avsc"),
         }
     }
 
@@ -56,6 +60,7 @@ impl EventKind {
             EventKind::Conversion => "conversion",
             EventKind::JoinedClick => "joined-click",
             EventKind::JoinedConversion => "joined-conversion",
+            EventKind::StatsTotal => "stats-total",
         }
     }
 
@@ -68,6 +73,7 @@ impl EventKind {
             EventKind::Conversion => "conversions",
             EventKind::JoinedClick => "joined-clicks",
             EventKind::JoinedConversion => "joined-conversions",
+            EventKind::StatsTotal => "stats-totals",
         }
     }
 
@@ -79,6 +85,7 @@ impl EventKind {
             EventKind::Conversion => "io.adpipe.events.Conversion",
             EventKind::JoinedClick => "io.adpipe.events.JoinedClick",
             EventKind::JoinedConversion => "io.adpipe.events.JoinedConversion",
+            EventKind::StatsTotal => "io.adpipe.events.StatsTotal",
         }
     }
 }
@@ -92,7 +99,7 @@ impl fmt::Display for EventKind {
 /// A name that is not one of [`EventKind::ALL`].
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unknown event type {0:?}; expected one of impression, click, conversion, joined-click, joined-conversion"
+    "unknown event type {0:?}; expected one of impression, click, conversion, joined-click, joined-conversion, stats-total"
 )]
 pub struct UnknownEventKind(pub String);
 

@@ -16,7 +16,9 @@ pub mod samples;
 mod types;
 
 pub use kinds::{EventKind, UnknownEventKind};
-pub use types::{Attribution, Click, Conversion, Impression, JoinedClick, JoinedConversion};
+pub use types::{
+    Attribution, Click, Conversion, Impression, JoinedClick, JoinedConversion, StatsTotal,
+};
 
 /// What every adpipe event exposes to the pipeline, whatever its type.
 pub trait Event {

@@ -123,6 +123,47 @@ pub struct JoinedConversion {
     pub attribution: Attribution,
 }
 
+/// The current total of one (bucket, dimensions) row of the stats-counter
+/// (`io.adpipe.events.StatsTotal`, topic `stats.totals`). Not an event: no
+/// id, no user; the latest `version` of a key is its total.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsTotal {
+    /// `minute` or `hour`.
+    pub bucket_size: String,
+    /// Start of the bucket, milliseconds since the epoch.
+    pub bucket_start: i64,
+    /// Campaign id.
+    pub campaign_id: i64,
+    /// Creative id.
+    pub creative_id: i64,
+    /// Advertiser id.
+    pub advertiser_id: i64,
+    /// Publisher id.
+    pub publisher_id: i64,
+    /// Site or app domain.
+    pub site: String,
+    /// Supply-side platform.
+    pub ssp: String,
+    /// Country code.
+    pub country: String,
+    /// The impression's datacenter.
+    pub dc: String,
+    /// Currency of the money.
+    pub currency: String,
+    /// Impressions.
+    pub impressions: i64,
+    /// Joined clicks.
+    pub clicks: i64,
+    /// Joined conversions.
+    pub conversions: i64,
+    /// Cost, micros.
+    pub cost_micros: i64,
+    /// Conversion value, micros.
+    pub conversion_value_micros: i64,
+    /// Changes of the row so far (strictly increasing per key).
+    pub version: i64,
+}
+
 fn default_device() -> String {
     "unknown".to_owned()
 }

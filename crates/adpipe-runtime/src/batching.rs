@@ -21,7 +21,10 @@
 //!   write must return within the processing timeout (bound its IO), and
 //!   must be fenced by the service (the stats-counter's compare-and-set
 //!   offsets): a write cut off after it committed is tried again and has
-//!   to be refused, not applied twice.
+//!   to be refused, not applied twice;
+//! - a written batch's outputs are acknowledged before its first record
+//!   counts as done: the group's committed offset never passes a batch
+//!   whose outputs might be lost.
 
 use std::time::Duration;
 
@@ -63,8 +66,8 @@ pub trait BatchStep: Send + 'static {
     fn add(&mut self, batch: &mut Self::Batch, record: &InputRecord<'_>) -> Result<(), StepError>;
 
     /// Writes `batch`, whose records span `spans`; returns outputs to send
-    /// once it is written (acknowledged before the batch's last record
-    /// counts as done). Cancel-safe, and bounded in time (see the module).
+    /// once it is written (acknowledged before the batch's first record
+    /// counts as done: the group's commit does not pass the batch before). Cancel-safe, and bounded in time (see the module).
     fn write(
         &mut self,
         batch: &Self::Batch,
@@ -124,9 +127,13 @@ impl<S: BatchStep> Batching<S> {
     async fn write(&mut self, out: &mut Emitter) -> Result<(), StepError> {
         let outputs = self.step.write(&self.open, &self.spans).await?;
         let held = std::mem::take(&mut self.held);
-        if let Some(last) = held.last() {
+        // Outputs share the *first* record's acknowledgement: the group's
+        // commit stays before the whole batch until they are acknowledged,
+        // so a restart from the commit sees every record whose outputs may
+        // be missing (the stats-counter sends their totals again).
+        if let Some(first) = held.first() {
             for output in outputs {
-                out.emit_held(last, output);
+                out.emit_held(first, output);
             }
         }
         for record in held {

@@ -46,7 +46,7 @@ use tracing::{error, info, warn};
 use crate::ack::Source;
 use crate::batch::BatchBuilder;
 use crate::offsets::OffsetTracker;
-use crate::step::{StepFactory, TaskAssignment};
+use crate::step::{AssignedPartition, StepFactory, TaskAssignment};
 use crate::task::{Stopper, TaskEnv, TaskInput, TaskLink, TaskMessage, run_task};
 use crate::telemetry::{Health, Metric};
 
@@ -61,6 +61,8 @@ const SYNC_COMMIT_ATTEMPTS: usize = 3;
 const DRAIN_REPLY_GRACE: Duration = Duration::from_secs(5);
 /// How long a poll waits when nothing is ready.
 const POLL_WAIT: Duration = Duration::from_millis(50);
+/// How long reading the group's committed offsets may block a rebalance.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 /// Records taken from librdkafka's queue before the batches are handed
 /// over (they are handed over sooner whenever the queue runs dry): bounds
 /// the latency batching adds, while a backlog goes over in large batches.
@@ -201,7 +203,7 @@ impl<F: StepFactory> ConsumerContext for WorkerContext<F> {
     ) {
         let rebalance = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.start_at_stored_offsets(partitions);
+                self.start_at_stored_offsets(consumer, partitions);
                 Rebalance::Assign(partitions)
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(partitions),
@@ -304,11 +306,36 @@ impl<F: StepFactory> WorkerContext<F> {
 
     /// Sets, in the list about to be assigned, the offsets the service
     /// stored for its partitions; stops the worker when it cannot tell them.
-    fn start_at_stored_offsets(&self, partitions: &mut TopicPartitionList) {
-        let assigned: Vec<(String, i32)> = partitions
+    fn start_at_stored_offsets(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &mut TopicPartitionList,
+    ) {
+        if !F::STORES_OFFSETS {
+            return;
+        }
+        let committed = match consumer.committed_offsets(partitions.clone(), COMMITTED_TIMEOUT) {
+            Ok(committed) => committed,
+            Err(error) => {
+                self.stopper.stop(format!(
+                    "cannot read the group's committed offsets for the assignment: {error}"
+                ));
+                return;
+            }
+        };
+        let assigned: Vec<AssignedPartition> = partitions
             .elements()
             .iter()
-            .map(|element| (element.topic().to_owned(), element.partition()))
+            .map(|element| AssignedPartition {
+                topic: element.topic().to_owned(),
+                partition: element.partition(),
+                committed: committed
+                    .find_partition(element.topic(), element.partition())
+                    .and_then(|found| match found.offset() {
+                        Offset::Offset(offset) => Some(offset),
+                        _ => None,
+                    }),
+            })
             .collect();
         match self.factory.stored_offsets(&assigned) {
             Ok(stored) => {

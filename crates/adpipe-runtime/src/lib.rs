@@ -64,8 +64,8 @@ pub use offsets::OffsetTracker;
 pub use producer::{PRODUCER_DEFAULTS, producer_config};
 pub use service_main::{ServiceArgs, init_logging, service_main};
 pub use step::{
-    Emitter, InputRecord, OutputRecord, PROCESSING_TIMEOUT, Step, StepError, StepFactory,
-    TaskAssignment, Timer, TimerClock,
+    AssignedPartition, Emitter, InputRecord, OutputRecord, PROCESSING_TIMEOUT, Step, StepError,
+    StepFactory, TaskAssignment, Timer, TimerClock,
 };
 pub use worker::{
     WorkerError, WorkerHandle, run_until_stopped, shutdown_signal, start, start_with_routes,

@@ -389,23 +389,42 @@ pub trait StepFactory: Send + Sync + 'static {
     /// Creates (and restores) the step for `assignment`.
     fn create(&self, assignment: &TaskAssignment) -> Result<Self::Step, StepError>;
 
+    /// Whether the service stores its own offsets ([`stored_offsets`]
+    /// is asked at every assignment, with the group's committed offsets).
+    ///
+    /// [`stored_offsets`]: StepFactory::stored_offsets
+    const STORES_OFFSETS: bool = false;
+
     /// Where a service that stores its own offsets — in the transaction
     /// that stores its results, so a replayed record is never counted twice
-    /// — left off on these newly assigned `(topic, partition)`s: the next
-    /// offset of each it knows. The runtime starts those partitions there,
-    /// set in the assignment itself (librdkafka refuses a seek right after
-    /// an assign); the others start from the group's committed offset (or
-    /// `auto.offset.reset`). Kafka commits still happen, for lag tools, but
-    /// never decide where a listed partition resumes.
+    /// — starts these newly assigned partitions (each given with the
+    /// group's committed offset, which the service may use, e.g. to send
+    /// again outputs its store has but Kafka may not): the next offset of
+    /// each it knows. The runtime starts those partitions there, set in the
+    /// assignment itself (librdkafka refuses a seek right after an assign);
+    /// the others start from the group's committed offset (or
+    /// `auto.offset.reset`).
     ///
-    /// Called on the consumer's thread during the rebalance: blocking is
+    /// Called on the consumer's thread during the rebalance, only when
+    /// [`STORES_OFFSETS`](StepFactory::STORES_OFFSETS): blocking is
     /// allowed, briefly. An error stops the worker — resuming from a guess
     /// could count twice or skip. The default stores nothing.
     fn stored_offsets(
         &self,
-        partitions: &[(String, i32)],
+        partitions: &[AssignedPartition],
     ) -> Result<Vec<(String, i32, i64)>, StepError> {
         let _ = partitions;
         Ok(Vec::new())
     }
+}
+
+/// A partition being assigned, as [`StepFactory::stored_offsets`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignedPartition {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The group's committed offset, if it has one.
+    pub committed: Option<i64>,
 }

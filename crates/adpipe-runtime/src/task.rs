@@ -617,7 +617,16 @@ impl<S: Step> Task<S> {
                 self.on_panic(message, &panic_message(panic.as_ref()));
                 Attempt::Interrupted
             }
-            Ok(Ok(Err(error))) => Attempt::Failed(error),
+            Ok(Ok(Err(error))) => {
+                // Outputs emitted for held records before this one failed
+                // (a batch written ahead of it) are theirs, not this
+                // record's: they are sent whatever becomes of this one.
+                self.emitter.emitted.retain(|output| output.held.is_some());
+                if !self.emitter.emitted.is_empty() && !self.send_emitted(None).await {
+                    return Attempt::Interrupted;
+                }
+                Attempt::Failed(error)
+            }
             Ok(Ok(Ok(()))) => {
                 let observed = self.emitter.event_time_ms;
                 if sampled {

@@ -31,7 +31,11 @@ impl BatchStep for Sink {
     type Batch = Vec<String>;
 
     fn add(&mut self, batch: &mut Vec<String>, record: &InputRecord<'_>) -> Result<(), StepError> {
-        batch.push(text(record.value));
+        let value = text(record.value);
+        if value.starts_with("poison") {
+            return Err(StepError::poison("poison", "a poison record"));
+        }
+        batch.push(value);
         Ok(())
     }
 
@@ -203,4 +207,29 @@ async fn a_write_due_by_time_that_fails_is_tried_again_by_its_timer() {
     topics.wait_committed_to_end(Duration::from_secs(30)).await;
     worker.stop().await.expect("clean stop");
     assert_eq!(written.lock().concat(), values(5));
+}
+
+/// A record that fails right after it made the full batch be written: the
+/// batch's output belongs to the batch's records and is still sent; the
+/// failing record alone is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_written_ahead_of_a_poison_record_still_sends_its_outputs() {
+    let topics = Topics::create("rt-batch-poison", 1).await;
+    topics.produce(&records(21, &[(10, "poison")])).await;
+    let factory = SinkFactory::new(&topics, 0, limits(10, 500));
+    let written = Arc::clone(&factory.written);
+    let worker = adpipe_runtime::start(topics.settings(""), factory).expect("starts");
+    topics.wait_committed_to_end(Duration::from_secs(60)).await;
+    worker.stop().await.expect("clean stop");
+    assert_eq!(written.lock().len(), 2, "two batches written");
+    assert_eq!(
+        topics.values("out").await,
+        ["batch of 10", "batch of 10"],
+        "the output of the batch written before the poison record is sent"
+    );
+    assert_eq!(
+        topics.values("dlq").await.len(),
+        1,
+        "the poison record alone"
+    );
 }

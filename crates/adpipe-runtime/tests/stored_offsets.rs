@@ -9,14 +9,14 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use adpipe_runtime::{StepError, StepFactory, TaskAssignment};
+use adpipe_runtime::{AssignedPartition, StepError, StepFactory, TaskAssignment};
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use support::{TestFactory, TestStep, Topics, records};
 
 /// The partitions the runtime asked about, per rebalance.
-type Asked = Arc<Mutex<Vec<Vec<(String, i32)>>>>;
+type Asked = Arc<Mutex<Vec<Vec<AssignedPartition>>>>;
 
 /// The test step, with offsets "stored" by the service.
 struct StoringFactory {
@@ -33,9 +33,11 @@ impl StepFactory for StoringFactory {
         self.inner.create(assignment)
     }
 
+    const STORES_OFFSETS: bool = true;
+
     fn stored_offsets(
         &self,
-        partitions: &[(String, i32)],
+        partitions: &[AssignedPartition],
     ) -> Result<Vec<(String, i32, i64)>, StepError> {
         self.asked.lock().push(partitions.to_vec());
         self.stored
@@ -86,12 +88,16 @@ async fn a_partition_starts_at_the_offset_its_service_stored_not_at_the_groups_c
         "from the stored offset 3: not from the group's 8, not from 0"
     );
     let asked = asked.lock();
+    let partition = |partition, committed| AssignedPartition {
+        topic: topics.name("in"),
+        partition,
+        committed,
+    };
     assert!(
         asked.iter().any(|partitions| {
-            partitions.contains(&(topics.name("in"), 0))
-                && partitions.contains(&(topics.name("in"), 1))
+            partitions.contains(&partition(0, Some(8))) && partitions.contains(&partition(1, None))
         }),
-        "asked about both assigned partitions: {asked:?}"
+        "asked about both assigned partitions, with the group's commits: {asked:?}"
     );
 }
 

@@ -77,6 +77,9 @@ pub async fn run(
         EventKind::JoinedConversion => {
             produce_lines::<JoinedConversion>(args, &codec, &producer, input, errors).await
         }
+        EventKind::StatsTotal => anyhow::bail!(
+            "stats totals are written by the stats-counter (topic stats.totals), not produced by hand"
+        ),
     }
 }
 

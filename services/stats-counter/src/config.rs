@@ -7,7 +7,7 @@ use adpipe_runtime::batching::BatchLimits;
 use adpipe_runtime::config::{
     HttpConfig, KafkaConfig, RegistryConfig, RuntimeConfig, duration, load_raw,
 };
-use adpipe_runtime::{ConfigError, WorkerSettings};
+use adpipe_runtime::{ConfigError, OutputTopic, WorkerSettings};
 use serde::Deserialize;
 
 use crate::store::UpsertMethod;
@@ -40,6 +40,7 @@ struct RawStats {
     batch_wait: String,
     write_timeout: String,
     closed_after: String,
+    totals_topic: String,
 }
 
 /// What an input topic holds.
@@ -75,6 +76,9 @@ pub struct StatsSettings {
     /// How long after its end a bucket counts as closed: a later event in
     /// it is a correction (`adpipe_stats_corrections_total`).
     pub closed_after: Duration,
+    /// The compacted topic every changed row's total is sent to (`None`:
+    /// configured empty, no topic).
+    pub totals_topic: Option<String>,
 }
 
 impl StatsSettings {
@@ -98,7 +102,7 @@ impl StatsSettings {
             (stats.joined_conversions, InputKind::JoinedConversions),
             (stats.orphans, InputKind::Orphans),
         ];
-        let worker = WorkerSettings::validate(
+        let mut worker = WorkerSettings::validate(
             "stats-counter",
             inputs
                 .iter()
@@ -119,6 +123,14 @@ impl StatsSettings {
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
+        let totals_topic = Some(stats.totals_topic).filter(|topic| !topic.is_empty());
+        worker.outputs = totals_topic
+            .iter()
+            .map(|topic| OutputTopic {
+                topic: topic.clone(),
+                partitions_like: None,
+            })
+            .collect();
         Ok(StatsSettings {
             worker,
             inputs,
@@ -132,6 +144,7 @@ impl StatsSettings {
             },
             write_timeout,
             closed_after,
+            totals_topic,
         })
     }
 }

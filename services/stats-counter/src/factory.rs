@@ -1,16 +1,22 @@
 //! Builds a partition's counting step and tells the runtime where each
-//! partition left off: the offsets stored in PostgreSQL with the
-//! aggregates (never the Kafka group's commit).
+//! partition starts: at the offset stored in PostgreSQL with the
+//! aggregates — or, when the group's Kafka commit is behind it, at that
+//! commit, so the records in between are read again and their rows'
+//! totals sent again (the commit only passes a batch once its totals are
+//! acknowledged; see `adpipe_runtime::batching`). They are never counted
+//! again: the step counts only from the stored offset.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use adpipe_codec::{Codec, RegistryClient, value_subject};
+use adpipe_events::EventKind;
 use adpipe_runtime::batching::Batching;
-use adpipe_runtime::{StepError, StepFactory, TaskAssignment};
+use adpipe_runtime::{AssignedPartition, StepError, StepFactory, TaskAssignment};
 use parking_lot::Mutex;
 
 use crate::config::StatsSettings;
-use crate::step::{StatsStep, Target};
+use crate::step::{StatsStep, Target, TotalsOutput};
 use crate::store::{PgStore, StoreError};
 
 /// Builds counting steps.
@@ -23,6 +29,10 @@ pub struct StatsFactory {
     /// stored), handed to the step created for it: read once, and the very
     /// offset the runtime starts the partition at.
     assigned: Mutex<HashMap<(String, i32), Option<i64>>>,
+    /// The registry client for the totals' encoder.
+    codec: Option<Codec>,
+    /// The totals output, set up on first use.
+    totals: Mutex<Option<TotalsOutput>>,
 }
 
 fn transient(error: StoreError) -> StepError {
@@ -42,12 +52,46 @@ impl StatsFactory {
                 .map_err(|error| format!("migrating {}: {error}", settings.schema))?;
             Ok::<_, String>(())
         })?;
+        let codec = match &settings.worker.registry_url {
+            Some(url) => Some(Codec::new(
+                RegistryClient::new(url).map_err(|error| format!("registry {url}: {error}"))?,
+            )),
+            None => None,
+        };
         Ok(StatsFactory {
             settings: Arc::new(settings),
             runtime,
             offsets: Mutex::new(None),
             assigned: Mutex::new(HashMap::new()),
+            codec,
+            totals: Mutex::new(None),
         })
+    }
+
+    /// The totals topic and its encoder (registered on first use), if
+    /// totals are sent.
+    fn totals(&self) -> Result<Option<TotalsOutput>, StepError> {
+        let Some(topic) = &self.settings.totals_topic else {
+            return Ok(None);
+        };
+        let mut slot = self.totals.lock();
+        if let Some(output) = &*slot {
+            return Ok(Some(output.clone()));
+        }
+        let codec = self.codec.as_ref().ok_or_else(|| {
+            StepError::fatal("no_registry", "stats.totals-topic needs [registry] url")
+        })?;
+        // `create` runs on a blocking thread of the runtime: it may wait.
+        let encoder = self
+            .runtime
+            .block_on(codec.encoder(&value_subject(topic), EventKind::StatsTotal.schema()))
+            .map_err(|error| StepError::transient("registry", error.to_string()))?;
+        let output = TotalsOutput {
+            topic: Arc::from(topic.as_str()),
+            encoder: Arc::new(encoder),
+        };
+        *slot = Some(output.clone());
+        Ok(Some(output))
     }
 
     fn stored(&self, topic: &str) -> Result<HashMap<i32, i64>, StepError> {
@@ -103,6 +147,7 @@ impl StepFactory for StatsFactory {
                     method: settings.upsert,
                     write_timeout: settings.write_timeout,
                     closed_after: settings.closed_after,
+                    totals: self.totals()?,
                 },
                 settings.worker.event_time,
                 None,
@@ -112,11 +157,13 @@ impl StepFactory for StatsFactory {
         ))
     }
 
+    const STORES_OFFSETS: bool = true;
+
     fn stored_offsets(
         &self,
-        partitions: &[(String, i32)],
+        partitions: &[AssignedPartition],
     ) -> Result<Vec<(String, i32, i64)>, StepError> {
-        let mut topics: Vec<&String> = partitions.iter().map(|(topic, _)| topic).collect();
+        let mut topics: Vec<&String> = partitions.iter().map(|p| &p.topic).collect();
         topics.sort_unstable();
         topics.dedup();
         let mut by_topic = HashMap::new();
@@ -125,13 +172,19 @@ impl StepFactory for StatsFactory {
         }
         let mut assigned = self.assigned.lock();
         let mut starts = Vec::new();
-        for (topic, partition) in partitions {
+        for partition in partitions {
             let stored = by_topic
-                .get(topic)
-                .and_then(|stored| stored.get(partition).copied());
-            assigned.insert((topic.clone(), *partition), stored);
-            if let Some(offset) = stored {
-                starts.push((topic.clone(), *partition, offset));
+                .get(&partition.topic)
+                .and_then(|stored| stored.get(&partition.partition).copied());
+            assigned.insert((partition.topic.clone(), partition.partition), stored);
+            if let Some(stored) = stored {
+                // Behind the stored offset, the commit marks records whose
+                // totals may not have been sent: start there to send them.
+                let start = partition
+                    .committed
+                    .filter(|committed| *committed < stored)
+                    .unwrap_or(stored);
+                starts.push((partition.topic.clone(), partition.partition, start));
             }
         }
         Ok(starts)

@@ -7,7 +7,8 @@
 //! PostgreSQL in one transaction with the partition's offset ([`store`],
 //! [`step`]); partitions resume from the offsets stored there
 //! ([`factory`]). The admin server also answers `GET /budget/today`
-//! ([`budget`]). Not yet (issue 10): the `stats.totals` topic.
+//! ([`budget`]); every changed row's total goes to the compacted topic
+//! `stats.totals` (at least once; see [`factory`]).
 #![warn(missing_docs)]
 
 pub mod aggregate;

@@ -17,8 +17,12 @@
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use adpipe_codec::Encoder;
 use adpipe_events::{
-    HEADER_ORPHAN_KIND, HEADER_ORPHAN_REASON, Impression, JoinedClick, JoinedConversion,
+    HEADER_ORPHAN_KIND, HEADER_ORPHAN_REASON, Impression, JoinedClick, JoinedConversion, StatsTotal,
 };
 use adpipe_runtime::batching::{BatchStep, Span};
 use adpipe_runtime::{EventTimePolicy, InputRecord, OutputRecord, StepError};
@@ -27,12 +31,32 @@ use tracing::warn;
 
 use crate::aggregate::{Closing, Increments, Rejected};
 use crate::config::InputKind;
-use crate::store::{OffsetAdvance, PgStore, StoreError, UpsertMethod};
+use crate::store::{OffsetAdvance, PgStore, StoreError, Total, UpsertMethod};
 
 /// Only the event time of an orphan (a click or a conversion).
 #[derive(Deserialize)]
 struct EventTime {
     event_time: i64,
+}
+
+/// Where the totals of the rows a batch changed are sent.
+#[derive(Clone)]
+pub struct TotalsOutput {
+    /// The compacted topic (`stats.totals`).
+    pub topic: Arc<str>,
+    /// Its value encoder (registered under `<topic>-value`).
+    pub encoder: Arc<Encoder<StatsTotal>>,
+}
+
+/// An open batch: what it counts, and the rows whose totals it only sends
+/// again (records before the stored offset, read again because the group's
+/// commit was behind it: their totals may never have reached the topic).
+#[derive(Debug, Default)]
+pub struct StatsBatch {
+    /// Increments of the records at or after the stored offset.
+    pub counted: Increments,
+    /// The rows of records already counted, to send their totals again.
+    pub resend: Increments,
 }
 
 /// Where and how a step writes.
@@ -50,6 +74,8 @@ pub struct Target {
     /// How long after its end a bucket counts as closed (for the
     /// corrections metric).
     pub closed_after: Duration,
+    /// Where totals go (`None`: nowhere).
+    pub totals: Option<TotalsOutput>,
 }
 
 /// The counting step of one input partition.
@@ -101,25 +127,37 @@ impl StatsStep {
     }
 }
 
-impl BatchStep for StatsStep {
-    type Batch = Increments;
-
-    fn add(&mut self, batch: &mut Increments, record: &InputRecord<'_>) -> Result<(), StepError> {
+impl StatsStep {
+    /// Folds `record` into `increments`; `count` says whether it is counted
+    /// now (else only its rows are wanted: no corrections noted).
+    fn fold(
+        &mut self,
+        increments: &mut Increments,
+        record: &InputRecord<'_>,
+        count: bool,
+    ) -> Result<(), StepError> {
+        let time = |step: &mut Self, increments: &mut Increments, event_time| {
+            if count {
+                step.check_time(increments, event_time)
+            } else {
+                Ok(())
+            }
+        };
         match self.kind {
             InputKind::Impressions => {
                 let impression: Impression = record.decode()?;
-                self.check_time(batch, impression.event_time)?;
-                batch.add_impression(&impression).map_err(rejected)
+                time(self, increments, impression.event_time)?;
+                increments.add_impression(&impression).map_err(rejected)
             }
             InputKind::JoinedClicks => {
                 let joined: JoinedClick = record.decode()?;
-                self.check_time(batch, joined.click.event_time)?;
-                batch.add_click(&joined).map_err(rejected)
+                time(self, increments, joined.click.event_time)?;
+                increments.add_click(&joined).map_err(rejected)
             }
             InputKind::JoinedConversions => {
                 let joined: JoinedConversion = record.decode()?;
-                self.check_time(batch, joined.conversion.event_time)?;
-                batch.add_conversion(&joined).map_err(rejected)
+                time(self, increments, joined.conversion.event_time)?;
+                increments.add_conversion(&joined).map_err(rejected)
             }
             InputKind::Orphans => {
                 let header = |name: &str| {
@@ -135,22 +173,119 @@ impl BatchStep for StatsStep {
                         })
                 };
                 let (kind, reason) = (header(HEADER_ORPHAN_KIND)?, header(HEADER_ORPHAN_REASON)?);
-                let time: EventTime = record.decode()?;
-                self.check_time(batch, time.event_time)?;
-                batch.add_orphan(time.event_time, kind, reason);
+                let time_only: EventTime = record.decode()?;
+                time(self, increments, time_only.event_time)?;
+                increments.add_orphan(time_only.event_time, kind, reason);
                 Ok(())
             }
         }
     }
 
+    /// The records of `totals` for the totals topic.
+    fn total_records(
+        &self,
+        totals: HashMap<RowKeyText, Total>,
+    ) -> Result<Vec<OutputRecord>, StepError> {
+        let Some(output) = &self.target.totals else {
+            return Ok(Vec::new());
+        };
+        totals
+            .into_iter()
+            .map(|(key, total)| {
+                let value = output
+                    .encoder
+                    .encode(&stats_total(total))
+                    .map_err(|error| StepError::fatal("totals_encoding", error.to_string()))?;
+                Ok(OutputRecord::sharing(
+                    &output.topic,
+                    Some(key.0.into_bytes().into()),
+                    Some(value.into()),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// A row's key on the totals topic: its size, bucket and dimensions as
+/// text (`minute|1763700000000|1000|50000|10|700|site|ssp|PL|dc1|EUR`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RowKeyText(pub String);
+
+impl RowKeyText {
+    /// The key of `total`'s row.
+    pub fn of(total: &Total) -> RowKeyText {
+        let (key, d) = (&total.key, &total.key.dimensions);
+        RowKeyText(format!(
+            "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+            key.size.name(),
+            key.bucket_ms,
+            d.campaign_id,
+            d.creative_id,
+            d.advertiser_id,
+            d.publisher_id,
+            d.site,
+            d.ssp,
+            d.country,
+            d.dc,
+            d.currency
+        ))
+    }
+}
+
+fn stats_total(total: Total) -> StatsTotal {
+    let Total {
+        key,
+        counts,
+        version,
+    } = total;
+    let d = key.dimensions;
+    StatsTotal {
+        bucket_size: key.size.name().to_owned(),
+        bucket_start: key.bucket_ms,
+        campaign_id: d.campaign_id,
+        creative_id: d.creative_id,
+        advertiser_id: d.advertiser_id,
+        publisher_id: d.publisher_id,
+        site: d.site,
+        ssp: d.ssp,
+        country: d.country,
+        dc: d.dc,
+        currency: d.currency,
+        impressions: counts.impressions,
+        clicks: counts.clicks,
+        conversions: counts.conversions,
+        cost_micros: counts.cost_micros,
+        conversion_value_micros: counts.conversion_value_micros,
+        version,
+    }
+}
+
+impl BatchStep for StatsStep {
+    type Batch = StatsBatch;
+
+    fn add(&mut self, batch: &mut StatsBatch, record: &InputRecord<'_>) -> Result<(), StepError> {
+        if self.stored.is_some_and(|stored| record.offset < stored) {
+            // Counted before: a bad one was dead-lettered then, not again.
+            let mut rows = Increments::default();
+            if self.fold(&mut rows, record, false).is_ok() {
+                batch.resend.merge(rows);
+            }
+            Ok(())
+        } else {
+            self.fold(&mut batch.counted, record, true)
+        }
+    }
+
     async fn write(
         &mut self,
-        batch: &Increments,
+        batch: &StatsBatch,
         spans: &[Span],
     ) -> Result<Vec<OutputRecord>, StepError> {
-        // One input partition per task: one span.
+        // One input partition per task: one span. Records before the stored
+        // offset are not counted again; a batch of only those moves nothing.
         let offsets: Vec<OffsetAdvance> = spans
             .iter()
+            .filter(|span| self.stored.is_none_or(|stored| span.last >= stored))
             .map(|span| OffsetAdvance {
                 topic: span.topic.clone(),
                 partition: span.partition,
@@ -171,21 +306,34 @@ impl BatchStep for StatsStep {
                 Some(store) if !store.is_closed() => store,
                 _ => PgStore::connect(url, schema).await?,
             };
-            let written = store.commit(group, &offsets, batch, *method).await;
-            Ok::<_, StoreError>((store, written?))
+            let mut totals = HashMap::new();
+            if !offsets.is_empty() {
+                for total in store
+                    .commit(group, &offsets, &batch.counted, *method)
+                    .await?
+                {
+                    totals.insert(RowKeyText::of(&total), total);
+                }
+            }
+            if !batch.resend.is_empty() {
+                for total in store.current(&batch.resend).await? {
+                    totals.entry(RowKeyText::of(&total)).or_insert(total);
+                }
+            }
+            Ok::<_, StoreError>((store, totals))
         };
         match tokio::time::timeout(*write_timeout, attempt).await {
-            Ok(Ok((store, _totals))) => {
+            Ok(Ok((store, totals))) => {
                 self.store = Some(store);
                 if let Some(last) = offsets.last() {
                     self.stored = Some(last.next);
                 }
                 // Counted once written: an abandoned batch is read again.
-                for (size, count) in &batch.corrections {
+                for (size, count) in &batch.counted.corrections {
                     metrics::counter!("adpipe_stats_corrections_total", "bucket_size" => size.name())
                         .increment(*count);
                 }
-                Ok(Vec::new())
+                self.total_records(totals)
             }
             Ok(Err(fenced @ StoreError::Fenced { .. })) => {
                 Err(StepError::fatal("offsets_fenced", fenced.to_string()))

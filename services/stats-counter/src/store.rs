@@ -70,16 +70,25 @@ pub enum StoreError {
 }
 
 /// A row's total after a commit (what goes to the totals topic).
-pub type Total = (RowKey, Counts);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Total {
+    /// The row.
+    pub key: RowKey,
+    /// Its measures.
+    pub counts: Counts,
+    /// How many times it changed (1 when created; strictly increasing).
+    pub version: i64,
+}
 
 /// The versioned schema, applied in order, each once (`{s}` = the schema).
 /// The aggregate tables leave 30% of each page free (`fillfactor`): a
 /// batch updates only measures, never an indexed column, so the new row
 /// version fits on its page as a HOT update, without index writes.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "aggregates, orphans, offsets, views",
-    r#"
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "aggregates, orphans, offsets, views",
+        r#"
 create table {s}.offsets (
   consumer_group text not null,
   topic text not null,
@@ -135,14 +144,23 @@ end $$;
 grant usage on schema {s} to adpipe_reader;
 grant select on {s}.minute, {s}.hour, {s}.orphans_minute, {s}.orphans_hour to adpipe_reader;
 "#,
-)];
+    ),
+    (
+        2,
+        "a version per row, for the stats.totals topic",
+        r#"
+alter table {s}.stats_minute add column version bigint not null default 1;
+alter table {s}.stats_hour add column version bigint not null default 1;
+"#,
+    ),
+];
 
 /// The dimension and measure columns of the stats tables, in order.
 const STATS_COLUMNS: &str = "bucket, campaign_id, creative_id, advertiser_id, publisher_id, site, ssp, country, dc, currency, impressions, clicks, conversions, cost_micros, conversion_value_micros";
 const STATS_KEY: &str = "bucket, campaign_id, creative_id, advertiser_id, publisher_id, site, ssp, country, dc, currency";
-const STATS_ADD: &str = "impressions = t.impressions + excluded.impressions, clicks = t.clicks + excluded.clicks, conversions = t.conversions + excluded.conversions, cost_micros = t.cost_micros + excluded.cost_micros, conversion_value_micros = t.conversion_value_micros + excluded.conversion_value_micros";
+const STATS_ADD: &str = "impressions = t.impressions + excluded.impressions, clicks = t.clicks + excluded.clicks, conversions = t.conversions + excluded.conversions, cost_micros = t.cost_micros + excluded.cost_micros, conversion_value_micros = t.conversion_value_micros + excluded.conversion_value_micros, version = t.version + 1";
 /// The columns of a row as returned: the bucket as epoch milliseconds.
-const STATS_RETURNING: &str = "(extract(epoch from t.bucket) * 1000)::bigint, t.campaign_id, t.creative_id, t.advertiser_id, t.publisher_id, t.site, t.ssp, t.country, t.dc, t.currency, t.impressions, t.clicks, t.conversions, t.cost_micros, t.conversion_value_micros";
+const STATS_RETURNING: &str = "(extract(epoch from t.bucket) * 1000)::bigint, t.campaign_id, t.creative_id, t.advertiser_id, t.publisher_id, t.site, t.ssp, t.country, t.dc, t.currency, t.impressions, t.clicks, t.conversions, t.cost_micros, t.conversion_value_micros, t.version";
 
 /// A connection to the aggregates of one schema.
 pub struct PgStore {
@@ -238,8 +256,8 @@ impl Columns {
 }
 
 fn total_of(size: BucketSize, row: &tokio_postgres::Row) -> Total {
-    (
-        RowKey {
+    Total {
+        key: RowKey {
             size,
             bucket_ms: row.get(0),
             dimensions: Dimensions {
@@ -254,14 +272,15 @@ fn total_of(size: BucketSize, row: &tokio_postgres::Row) -> Total {
                 currency: row.get(9),
             },
         },
-        Counts {
+        counts: Counts {
             impressions: row.get(10),
             clicks: row.get(11),
             conversions: row.get(12),
             cost_micros: row.get(13),
             conversion_value_micros: row.get(14),
         },
-    )
+        version: row.get(15),
+    }
 }
 
 impl PgStore {
@@ -428,7 +447,42 @@ impl PgStore {
                 &[],
             )
             .await?;
-        Ok(rows.iter().map(|row| total_of(size, row)).collect())
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let total = total_of(size, row);
+                (total.key, total.counts)
+            })
+            .collect())
+    }
+
+    /// The current totals of the rows `increments` touches (those that
+    /// exist), as a commit returns them: for sending a row's total again.
+    pub async fn current(&self, increments: &Increments) -> Result<Vec<Total>, StoreError> {
+        let mut totals = Vec::new();
+        for size in BucketSize::ALL {
+            let columns = Columns::of(increments, size);
+            if columns.bucket_ms.is_empty() {
+                continue;
+            }
+            let sql = format!(
+                "select {STATS_RETURNING}
+                 from unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                             $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])
+                      as u(b, c1, c2, c3, c4, c5, c6, c7, c8, c9, m1, m2, m3, m4, m5)
+                 join {schema}.stats_{size} as t
+                   on t.bucket = to_timestamp(u.b / 1000.0) and t.campaign_id = u.c1
+                  and t.creative_id = u.c2 and t.advertiser_id = u.c3 and t.publisher_id = u.c4
+                  and t.site = u.c5 and t.ssp = u.c6 and t.country = u.c7 and t.dc = u.c8
+                  and t.currency = u.c9",
+                schema = self.schema,
+                size = size.name()
+            );
+            let rows = self.client.query(&sql, &columns.params()).await?;
+            totals.extend(rows.iter().map(|row| total_of(size, row)));
+        }
+        Ok(totals)
     }
 
     /// Every orphan row of one bucket size.

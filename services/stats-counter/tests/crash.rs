@@ -4,7 +4,8 @@
 //! the totals compared with a ground truth computed here from the published
 //! events alone (not with the service's own aggregation code): per bucket
 //! (minute and hour), campaign and currency, every measure exact — not one
-//! event counted twice or missed.
+//! event counted twice or missed — and the totals topic holds every row's
+//! final total (at least once, across the kills).
 //!
 //! `ADPIPE_STATS_CRASH_EVENTS` sets the load (default 900,000 numbered
 //! events: 900,000 impressions plus 90,000 joined clicks, 18,000 joined
@@ -300,6 +301,8 @@ async fn totals_stay_exact_across_kill_9_sigterm_and_a_rebalance() {
         want.len()
     );
     assert_eq!(got_orphans, want_orphans, "orphan counts");
+    let sent = rig.assert_totals_topic().await;
+    println!("stats.totals: {sent} records, every row's latest total equal to PostgreSQL's");
     let dead: Vec<String> =
         adpipe_testkit::read_all(&rig.bootstrap, &format!("{}.dlq", rig.prefix))
             .iter()

@@ -5,11 +5,13 @@
 //! `infra/postgres.sh start` (`ADPIPE_PG_URL`).
 #![allow(dead_code)]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use adpipe_codec::{Codec, Encoder, RegistryClient};
-use adpipe_events::{Click, EventKind, Impression, JoinedClick, JoinedConversion, samples};
+use adpipe_events::{
+    Click, EventKind, Impression, JoinedClick, JoinedConversion, StatsTotal, samples,
+};
 use adpipe_runtime::dead_letter::{HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC};
 use adpipe_schema_registry::{RegistrySettings, RunningRegistry};
 use adpipe_stats_counter::{BucketSize, Increments, PgStore, StatsSettings};
@@ -46,7 +48,7 @@ impl Rig {
         let prefix = adpipe_testkit::unique(name);
         let names: Vec<String> = INPUTS
             .iter()
-            .chain(&["dlq"])
+            .chain(&["dlq", "totals"])
             .map(|suffix| format!("{prefix}.{suffix}"))
             .collect();
         let specs: Vec<adpipe_testkit::TopicSpec<'_>> = names
@@ -80,6 +82,7 @@ impressions = "{prefix}.imp"
 joined-clicks = "{prefix}.jclk"
 joined-conversions = "{prefix}.jcnv"
 orphans = "{prefix}.orph"
+totals-topic = "{prefix}.totals"
 postgres-url = "{pg}"
 schema = "{schema}"
 batch-records = 50
@@ -254,6 +257,90 @@ batch-wait = "300ms"
 }
 
 impl Rig {
+    /// Empties the totals topic (as if its records were lost).
+    pub async fn empty_totals_topic(&self) {
+        adpipe_testkit::recreate_topic(
+            &self.bootstrap,
+            &format!("{}.totals", self.prefix),
+            PARTITIONS,
+            &[],
+        )
+        .await;
+    }
+
+    /// Asserts the totals topic holds, for every row in PostgreSQL, that
+    /// row's total as its highest version (what a reader of the compacted
+    /// topic keeps), and nothing else; returns how many records it read.
+    pub async fn assert_totals_topic(&self) -> usize {
+        let records = adpipe_testkit::read_all(&self.bootstrap, &format!("{}.totals", self.prefix));
+        let mut latest: HashMap<String, StatsTotal> = HashMap::new();
+        for record in &records {
+            let key = String::from_utf8(record.key().expect("keyed").to_vec()).expect("text");
+            let total: StatsTotal = self
+                .codec
+                .decode(record.payload().expect("a value"))
+                .await
+                .expect("decodes");
+            assert!(key.starts_with(&format!("{}|{}|", total.bucket_size, total.bucket_start)));
+            match latest.get(&key) {
+                Some(seen) if seen.version >= total.version => {}
+                _ => {
+                    latest.insert(key, total);
+                }
+            }
+        }
+        let store = PgStore::connect(&pg_url(), &self.schema)
+            .await
+            .expect("connects");
+        let mut rows = 0;
+        for size in BucketSize::ALL {
+            for (key, counts) in store.totals(size).await.expect("reads") {
+                rows += 1;
+                let d = &key.dimensions;
+                let text = format!(
+                    "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+                    size.name(),
+                    key.bucket_ms,
+                    d.campaign_id,
+                    d.creative_id,
+                    d.advertiser_id,
+                    d.publisher_id,
+                    d.site,
+                    d.ssp,
+                    d.country,
+                    d.dc,
+                    d.currency
+                );
+                let sent = latest.get(&text).unwrap_or_else(|| {
+                    panic!(
+                        "no total on the topic for {text} ({} records, {} keys)",
+                        records.len(),
+                        latest.len()
+                    )
+                });
+                assert_eq!(
+                    [
+                        sent.impressions,
+                        sent.clicks,
+                        sent.conversions,
+                        sent.cost_micros,
+                        sent.conversion_value_micros
+                    ],
+                    [
+                        counts.impressions,
+                        counts.clicks,
+                        counts.conversions,
+                        counts.cost_micros,
+                        counts.conversion_value_micros
+                    ],
+                    "{text}: the topic's latest total"
+                );
+            }
+        }
+        assert_eq!(latest.len(), rows, "one key per row");
+        records.len()
+    }
+
     /// Asserts every minute and hour row (and orphan row) equals `expected`.
     pub async fn assert_totals(&self, expected: &Increments) {
         let store = PgStore::connect(&pg_url(), &self.schema)
