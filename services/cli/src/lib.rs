@@ -6,9 +6,12 @@
 pub mod check;
 pub mod consume;
 pub mod demo;
+pub mod groups;
 pub mod heartbeat;
+pub mod lag;
 pub mod produce;
 mod progress;
+pub mod replay;
 pub mod simulate;
 pub mod target;
 pub mod topology;

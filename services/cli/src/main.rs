@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::ExitCode;
 
-use adpipe_cli::{check, consume, demo, heartbeat, produce, simulate, topology};
+use adpipe_cli::{check, consume, demo, heartbeat, lag, produce, replay, simulate, topology};
 use clap::{Parser, Subcommand};
 
 /// mimalloc, as every service (see `adpipe_runtime::Allocator`).
@@ -35,6 +35,10 @@ enum Command {
     Check(check::CheckArgs),
     /// Publish a DC's in-band heartbeats (watermarks) until stopped.
     Heartbeat(heartbeat::HeartbeatArgs),
+    /// Lag per group and partition: offsets, records and seconds behind.
+    Lag(lag::LagArgs),
+    /// Move a stopped group back to a time, an age or an offset (plan first).
+    Replay(replay::ReplayArgs),
 }
 
 #[tokio::main]
@@ -89,6 +93,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Heartbeat(args) => heartbeat::run(&args).await?,
+        Command::Lag(args) => {
+            lag::run(&args, &mut stdout).await?;
+        }
+        Command::Replay(args) => {
+            replay::run(&args, &mut stdout).await?;
+        }
         Command::Consume(args) => {
             let report = consume::run(&args, &mut stdout, &mut stderr).await?;
             eprintln!(

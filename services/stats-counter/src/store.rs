@@ -368,6 +368,25 @@ impl PgStore {
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 
+    /// Every offset stored for `group`: (topic, partition, next offset).
+    pub async fn group_offsets(&self, group: &str) -> Result<Vec<(String, i32, i64)>, StoreError> {
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "select topic, partition, next_offset from {}.offsets where consumer_group = $1
+                     order by 1, 2",
+                    self.schema
+                ),
+                &[&group],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect())
+    }
+
     /// Stores `offsets` for `group` unconditionally (an operator's reset of
     /// a stopped group: `adpipe replay`).
     pub async fn reset_offsets(
