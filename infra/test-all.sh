@@ -89,9 +89,10 @@ step "MirrorMaker 2 between the DC clusters and central"
 step "rust tests"
 cargo test --workspace --locked
 
-step "demo on the embedded default (in-process Kafka) and on the real central cluster"
-target/debug/adpipe demo --events 5000 | tail -n 6
-target/debug/adpipe demo --events 5000 --brokers "$(clusters name port | awk '$1 == "central" {print "127.0.0.1:" $2}')" | tail -n 1
+step "demo on the embedded default (in-process Kafka, no server), and on the real central cluster with the stats-counter in PostgreSQL"
+env -u ADPIPE_PG_URL target/debug/adpipe demo --events 5000 | tail -n 6
+target/debug/adpipe demo --events 5000 --brokers "$(clusters name port | awk '$1 == "central" {print "127.0.0.1:" $2}')" \
+  --postgres-url "$ADPIPE_PG_URL" | tail -n 9
 
 step "python interoperability (Confluent's client)"
 if [ ! -x "$venv/bin/pytest" ] || ! cmp -s tests/interop/requirements.txt "$venv/requirements.txt"; then

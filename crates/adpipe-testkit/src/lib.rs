@@ -456,3 +456,25 @@ pub async fn wait_assigned(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Queues `record` on a threaded producer, waiting while its local queue is
+/// full (a test publishing a large load faster than the broker takes it).
+pub fn queue_blocking<K, P>(
+    producer: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    mut record: rdkafka::producer::BaseRecord<'_, K, P>,
+) where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((error, _)) => panic!("cannot queue: {error}"),
+        }
+    }
+}

@@ -50,6 +50,11 @@ pub struct DemoArgs {
     /// Real Kafka bootstrap servers instead of the in-process mock cluster.
     #[arg(long)]
     pub brokers: Option<String>,
+    /// PostgreSQL for the stats-counter (`infra/postgres.sh url`); without
+    /// it the stats stage is skipped (no embedded store keeps its SQL and
+    /// transactions: see the README).
+    #[arg(long, env = "ADPIPE_PG_URL")]
+    pub postgres_url: Option<String>,
 }
 
 /// The demo's outcome.
@@ -65,6 +70,27 @@ pub struct DemoReport {
     pub check: CheckReport,
     /// The joins against the rules.
     pub joins: JoinReport,
+    /// The stats-counter's totals against the expectation (when it ran).
+    pub stats: Option<StatsReport>,
+}
+
+/// The stats-counter's totals in PostgreSQL against what the ground truth
+/// and the join rules make them.
+#[derive(Debug, Clone)]
+pub struct StatsReport {
+    /// Where they are: the schema (views `minute`, `hour`).
+    pub schema: String,
+    /// (measure, expected, counted), over every minute row.
+    pub measures: Vec<(&'static str, i64, i64)>,
+}
+
+impl StatsReport {
+    /// Whether every measure is exact.
+    pub fn exact(&self) -> bool {
+        self.measures
+            .iter()
+            .all(|(_, expected, counted)| expected == counted)
+    }
 }
 
 /// The joiner's outputs against the expected joins (`adpipe_loadtest::joins`).
@@ -135,7 +161,8 @@ impl Names {
             .chain(["impressions", "clicks"].map(|store| self.joiner_changelog(store)))
             .map(|topic| (topic, PARTITIONS))
             .collect();
-        for service in ["merger", "deduplicator", "joiner"] {
+        topics.push((format!("{}stats.totals", self.prefix), PARTITIONS));
+        for service in ["merger", "deduplicator", "joiner", "stats-counter"] {
             topics.push((format!("{}dlq.{service}", self.prefix), 1));
         }
         topics.push((format!("{}_schemas", self.prefix), 1));
@@ -311,6 +338,50 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         joiner.http_address
     )?;
 
+    let stats_schema = format!("demo_{}", unique_suffix());
+    let stats_counter = match &args.postgres_url {
+        Some(url) => {
+            let env = common("stats-counter").into_iter().chain(
+                [
+                    (
+                        "ADPIPE__STATS__IMPRESSIONS",
+                        names.deduplicated(EventKind::Impression),
+                    ),
+                    ("ADPIPE__STATS__JOINED_CLICKS", names.joined("clicks")),
+                    (
+                        "ADPIPE__STATS__JOINED_CONVERSIONS",
+                        names.joined("conversions"),
+                    ),
+                    ("ADPIPE__STATS__ORPHANS", names.joined("orphans")),
+                    (
+                        "ADPIPE__STATS__TOTALS_TOPIC",
+                        format!("{}stats.totals", names.prefix),
+                    ),
+                    ("ADPIPE__STATS__POSTGRES_URL", url.clone()),
+                    ("ADPIPE__STATS__SCHEMA", stats_schema.clone()),
+                    ("ADPIPE__STATS__BATCH_WAIT", "200ms".to_owned()),
+                ]
+                .map(|(key, value)| (key.to_owned(), value)),
+            );
+            let settings = adpipe_stats_counter::StatsSettings::load(None, env)?;
+            let worker =
+                adpipe_stats_counter::start(settings).context("starting the stats-counter")?;
+            writeln!(
+                out,
+                "stats-counter: running, PostgreSQL schema {stats_schema}, budget on http://{}/budget/today",
+                worker.http_address
+            )?;
+            Some(worker)
+        }
+        None => {
+            writeln!(
+                out,
+                "stats-counter: skipped (no --postgres-url; `infra/postgres.sh start` runs one, `infra/postgres.sh url` names it)"
+            )?;
+            None
+        }
+    };
+
     let delivered = collect_output(&codec, &bootstrap, &names, &truth).await?;
     let uniques: Vec<adpipe_loadtest::SimEvent> = publications
         .iter()
@@ -319,6 +390,35 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         .collect();
     let expected = adpipe_loadtest::joins::expected(&uniques);
     let joins = collect_joins(&codec, &bootstrap, &names, &expected).await?;
+    let stats = match (&args.postgres_url, &stats_counter) {
+        (Some(url), Some(_)) => {
+            let impressions: Vec<&adpipe_events::Impression> = uniques
+                .iter()
+                .filter_map(|event| match event {
+                    adpipe_loadtest::SimEvent::Impression(impression) => Some(impression),
+                    _ => None,
+                })
+                .collect();
+            let want = vec![
+                ("impressions", impressions.len() as i64),
+                (
+                    "cost (micros)",
+                    impressions
+                        .iter()
+                        .map(|impression| impression.cost_micros)
+                        .sum(),
+                ),
+                ("joined clicks", expected.clicks.len() as i64),
+                ("joined conversions", expected.conversions.len() as i64),
+                ("orphans", expected.orphans.len() as i64),
+            ];
+            Some(count_stats(url, &stats_schema, want).await?)
+        }
+        _ => None,
+    };
+    if let Some(worker) = stats_counter {
+        let _ = tokio::time::timeout(Duration::from_secs(20), worker.stop()).await;
+    }
     for (name, worker) in [
         ("joiner", joiner),
         ("deduplicator", worker),
@@ -340,6 +440,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         delivered: delivered.len() as u64,
         check,
         joins,
+        stats,
     };
     print_table(out, &report, &truth, started.elapsed())?;
     if !report.check.complete() || report.check.extra_copies > 0 {
@@ -347,6 +448,9 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
     }
     if !report.joins.complete() {
         bail!("the joins do not match the rules");
+    }
+    if report.stats.as_ref().is_some_and(|stats| !stats.exact()) {
+        bail!("the stats totals do not match the ground truth");
     }
     let _ = std::fs::remove_dir_all(state_root);
     Ok(report)
@@ -596,13 +700,72 @@ fn print_table(
         "{:<34} {:>10} {:>10}",
         "unexpected outputs", 0, joins.unexpected
     )?;
-    let verdict = if check.complete() && check.extra_copies == 0 && joins.complete() {
+    if let Some(stats) = &report.stats {
+        writeln!(
+            out,
+            "\n{:<34} {:>10} {:>10}",
+            format!("stats-counter ({})", stats.schema),
+            "expected",
+            "counted"
+        )?;
+        for (what, expected, counted) in &stats.measures {
+            writeln!(out, "{what:<34} {expected:>10} {counted:>10}")?;
+        }
+    }
+    let stats_exact = report.stats.as_ref().is_none_or(StatsReport::exact);
+    let verdict = if check.complete() && check.extra_copies == 0 && joins.complete() && stats_exact
+    {
         "matches the ground truth"
     } else {
         "DOES NOT match the ground truth"
     };
     writeln!(out, "\noutput {verdict} ({elapsed:.1?})")?;
     Ok(())
+}
+
+/// Waits (up to 60 s) until the stats-counter's totals in `schema` reach
+/// `want` — (measure, expected) over every minute row — and reports them.
+async fn count_stats(
+    url: &str,
+    schema: &str,
+    want: Vec<(&'static str, i64)>,
+) -> anyhow::Result<StatsReport> {
+    use adpipe_stats_counter::{BucketSize, PgStore};
+    let store = PgStore::connect(url, schema)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {url}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = store.totals(BucketSize::Minute).await?;
+        let orphans: i64 = store
+            .orphan_totals(BucketSize::Minute)
+            .await?
+            .values()
+            .sum();
+        let sum = |measure: fn(&adpipe_stats_counter::Counts) -> i64| -> i64 {
+            rows.values().map(measure).sum()
+        };
+        let counted = [
+            sum(|counts| counts.impressions),
+            sum(|counts| counts.cost_micros),
+            sum(|counts| counts.clicks),
+            sum(|counts| counts.conversions),
+            orphans,
+        ];
+        let measures: Vec<(&'static str, i64, i64)> = want
+            .iter()
+            .zip(counted)
+            .map(|((what, expected), counted)| (*what, *expected, counted))
+            .collect();
+        let report = StatsReport {
+            schema: schema.to_owned(),
+            measures,
+        };
+        if report.exact() || Instant::now() > deadline {
+            return Ok(report);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn create_topics(brokers: &str, topics: &[(String, i32)]) -> anyhow::Result<()> {

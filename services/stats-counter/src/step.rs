@@ -29,7 +29,7 @@ use adpipe_runtime::{EventTimePolicy, InputRecord, OutputRecord, StepError};
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::aggregate::{Closing, Increments, Rejected};
+use crate::aggregate::{Closing, Increments, Rejected, RowKey};
 use crate::config::InputKind;
 use crate::store::{OffsetAdvance, PgStore, StoreError, Total, UpsertMethod};
 
@@ -214,7 +214,12 @@ pub struct RowKeyText(pub String);
 impl RowKeyText {
     /// The key of `total`'s row.
     pub fn of(total: &Total) -> RowKeyText {
-        let (key, d) = (&total.key, &total.key.dimensions);
+        RowKeyText::of_key(&total.key)
+    }
+
+    /// The key of the row `key`.
+    pub fn of_key(key: &RowKey) -> RowKeyText {
+        let d = &key.dimensions;
         RowKeyText(format!(
             "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
             key.size.name(),

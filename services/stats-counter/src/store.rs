@@ -156,6 +156,11 @@ alter table {s}.stats_hour add column version bigint not null default 1;
 ];
 
 /// The dimension and measure columns of the stats tables, in order.
+// Every upsert inserts its rows in key order (`order by` the key): batches
+// of different partitions that touch the same rows lock them in the same
+// order, so they wait for each other instead of deadlocking (PostgreSQL
+// would abort one after its deadlock_timeout, 1 s, and the batch is tried
+// again: exact, but slow).
 const STATS_COLUMNS: &str = "bucket, campaign_id, creative_id, advertiser_id, publisher_id, site, ssp, country, dc, currency, impressions, clicks, conversions, cost_micros, conversion_value_micros";
 const STATS_KEY: &str = "bucket, campaign_id, creative_id, advertiser_id, publisher_id, site, ssp, country, dc, currency";
 const STATS_ADD: &str = "impressions = t.impressions + excluded.impressions, clicks = t.clicks + excluded.clicks, conversions = t.conversions + excluded.conversions, cost_micros = t.cost_micros + excluded.cost_micros, conversion_value_micros = t.conversion_value_micros + excluded.conversion_value_micros, version = t.version + 1";
@@ -366,6 +371,17 @@ impl PgStore {
             )
             .await?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    /// Drops the schema with everything in it (benchmarks clean up).
+    pub async fn drop_schema(&self) -> Result<(), StoreError> {
+        self.client
+            .batch_execute(&format!(
+                "drop schema if exists {} cascade",
+                quote_ident(&self.schema)
+            ))
+            .await?;
+        Ok(())
     }
 
     /// Every offset stored for `group`: (topic, partition, next offset).
@@ -653,6 +669,7 @@ async fn upsert_unnest(
                          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                          $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])
                   as u(b, c1, c2, c3, c4, c5, c6, c7, c8, c9, m1, m2, m3, m4, m5)
+             order by b, c1, c2, c3, c4, c5, c6, c7, c8, c9
              on conflict ({STATS_KEY}) do update set {STATS_ADD}
              returning {STATS_RETURNING}",
             size = size.name()
@@ -728,6 +745,8 @@ async fn upsert_copy(
                     publisher_id, site, ssp, country, dc, currency, impressions, clicks,
                     conversions, cost_micros, conversion_value_micros
              from adpipe_stats_stage where size = $1
+             order by bucket_ms, campaign_id, creative_id, advertiser_id, publisher_id, site, ssp,
+                      country, dc, currency
              on conflict ({STATS_KEY}) do update set {STATS_ADD}
              returning {STATS_RETURNING}",
             name = size.name()
@@ -768,6 +787,7 @@ async fn upsert_orphans(
                 "insert into {schema}.orphans_{size} as t (bucket, kind, reason, events)
                  select to_timestamp(b / 1000.0), k, r, n
                  from unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[]) as u(b, k, r, n)
+                 order by b, k, r
                  on conflict (bucket, kind, reason) do update set events = t.events + excluded.events",
                 size = size.name()
             ),

@@ -26,6 +26,7 @@ const ROUNDS: usize = 2;
 mod latency;
 mod peer;
 mod service;
+mod stats;
 mod tools;
 
 use std::path::{Path, PathBuf};
@@ -87,7 +88,8 @@ struct Args {
     #[arg(long = "producer-property", value_name = "KEY=VALUE")]
     producer_properties: Vec<String>,
     /// Run only these contenders of the backlog rounds (bare, pass,
-    /// kspass, dedup, ksdedup, poison, merger, joiner; comma-separated); the
+    /// kspass, dedup, ksdedup, poison, merger, joiner, stats (or one of
+    /// stats100, stats1000, stats10000, stats10000u); comma-separated); the
     /// allocation count and the latency and state phases run only when
     /// `alloc` and `latency` are listed.
     #[arg(long, value_delimiter = ',')]
@@ -96,6 +98,10 @@ struct Args {
     /// shows what the disk costs.
     #[arg(long, default_value = "disk")]
     joiner_store: String,
+    /// PostgreSQL for the stats-counter's contenders (`infra/postgres.sh
+    /// url`); without it they are not run.
+    #[arg(long, env = "ADPIPE_PG_URL")]
+    postgres_url: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,6 +126,10 @@ struct Report {
     joiner_state_bytes_per_impression: Option<f64>,
     /// The joiner's state backend (`--joiner-store`).
     joiner_store: String,
+    /// The stats-counter over the unique impressions, per variant
+    /// (`stats::VARIANTS`): its runs, peak RSS, and the PostgreSQL rows the
+    /// last round wrote to its minute table.
+    stats: Vec<StatsRuns>,
     kstreams_passthrough: Vec<BacklogRun>,
     kstreams_passthrough_peak_rss_mib: f64,
     kstreams_dedup: Vec<BacklogRun>,
@@ -138,6 +148,17 @@ struct Report {
     passthrough_allocated_bytes_per_record: Option<f64>,
     /// The phases after the backlog rounds (skipped with --only).
     phases: Option<Phases>,
+}
+
+/// One stats-counter variant's rounds.
+#[derive(Debug, Serialize)]
+struct StatsRuns {
+    name: &'static str,
+    batch_records: usize,
+    upsert: &'static str,
+    runs: Vec<BacklogRun>,
+    peak_rss_mib: f64,
+    minute_rows: usize,
 }
 
 /// Allocations, latency and state: the phases after the backlog rounds.
@@ -300,6 +321,38 @@ async fn run(args: &Args) -> Result<Report, String> {
     // leaves them; per round its outputs and its two changelogs (each round
     // starts with empty state).
     let runs_joiner = args.only.is_empty() || args.only.iter().any(|only| only == "joiner");
+    // The stats-counter's contenders: the joiner's impressions input as
+    // their `deduplicated.impressions`, three empty inputs, per round and
+    // variant a totals topic and a schema.
+    let selected = |key: &str| {
+        args.only.is_empty()
+            || args
+                .only
+                .iter()
+                .any(|only| only == key || (only == "stats" && key.starts_with("stats")))
+    };
+    let stats_url = args
+        .postgres_url
+        .clone()
+        .filter(|_| stats::VARIANTS.iter().any(|variant| selected(variant.key)));
+    if stats_url.is_none() && args.only.iter().any(|only| only.starts_with("stats")) {
+        return Err(
+            "the stats-counter's contenders need --postgres-url (infra/postgres.sh url)".to_owned(),
+        );
+    }
+    let stats_binary = match stats_url {
+        Some(_) => Some(sibling_binary("adpipe-stats-counter")?),
+        None => None,
+    };
+    let stats_empty: Vec<String> = stats::EMPTY_INPUTS.iter().map(|name| topic(name)).collect();
+    let stats_totals: Vec<Vec<String>> = (0..ROUNDS)
+        .map(|round| {
+            stats::VARIANTS
+                .iter()
+                .map(|variant| topic(&format!("{}-totals{round}", variant.key)))
+                .collect()
+        })
+        .collect();
     let joiner_inputs: Vec<String> = ["impressions", "clicks", "conversions"]
         .iter()
         .map(|kind| topic(&format!("j.{kind}")))
@@ -321,6 +374,8 @@ async fn run(args: &Args) -> Result<Report, String> {
             .chain(&merged_outs)
             .chain(&joiner_inputs)
             .chain(joiner_outs.iter().flatten())
+            .chain(&stats_empty)
+            .chain(stats_totals.iter().flatten())
             .map(|name| (name.as_str(), partitions, &[][..]))
             .collect();
     for changelog in changelogs
@@ -371,7 +426,7 @@ async fn run(args: &Args) -> Result<Report, String> {
         publisher
             .publish(publication, &dc_input(publication))
             .map_err(|error| error.to_string())?;
-        if runs_joiner && !publication.duplicate {
+        if (runs_joiner || stats_url.is_some()) && !publication.duplicate {
             let kind = match publication.event.kind() {
                 adpipe_events::EventKind::Impression => 0,
                 adpipe_events::EventKind::Click => 1,
@@ -566,6 +621,36 @@ async fn run(args: &Args) -> Result<Report, String> {
         )?;
         Ok(path)
     };
+    let stats_schema = |round: usize, variant: &stats::Variant| {
+        format!("bench_{}_{}{round}", &prefix[6..], variant.key)
+    };
+    let stats_config = |round: usize, index: usize| -> Result<PathBuf, String> {
+        let variant = &stats::VARIANTS[index];
+        let path = config_dir.join(format!("{prefix}-{}{round}.toml", variant.key));
+        write_file(
+            &path,
+            &format!(
+                "{}{}",
+                worker_config(&format!("{}{round}", variant.key), ""),
+                stats::sections(
+                    variant,
+                    &registry.url(),
+                    &joiner_inputs[0],
+                    &stats_empty,
+                    &stats_totals[round][index],
+                    stats_url.as_deref().unwrap_or_default(),
+                    &stats_schema(round, variant),
+                ),
+            ),
+        )?;
+        Ok(path)
+    };
+    let stats_input_refs: Vec<&str> = std::iter::once(joiner_inputs[0].as_str())
+        .chain(stats_empty.iter().map(String::as_str))
+        .collect();
+    let mut stats_runs: Vec<Vec<BacklogRun>> = stats::VARIANTS.iter().map(|_| Vec::new()).collect();
+    let mut stats_peaks: Vec<u64> = vec![0; stats::VARIANTS.len()];
+    let mut stats_rows: Vec<usize> = vec![0; stats::VARIANTS.len()];
     let joiner_input_refs: Vec<&str> = joiner_inputs.iter().map(String::as_str).collect();
     let dc_input_refs: Vec<&str> = dc_inputs.iter().map(String::as_str).collect();
     let unique_records = truth.uniques() as i64;
@@ -596,7 +681,7 @@ async fn run(args: &Args) -> Result<Report, String> {
     for round in 0..ROUNDS {
         let ks_pass_app = format!("{prefix}-kspass{round}");
         let ks_dedup_app = format!("{prefix}-ksdedup{round}");
-        let contenders = [
+        let mut contenders = vec![
             Contender {
                 key: "bare",
                 name: "bare loop",
@@ -703,6 +788,27 @@ async fn run(args: &Args) -> Result<Report, String> {
                 peak_rss_kb: &mut joiner_peak_rss_kb,
             },
         ];
+        if let Some(binary) = &stats_binary {
+            for (index, (runs, peak)) in stats_runs
+                .iter_mut()
+                .zip(stats_peaks.iter_mut())
+                .enumerate()
+            {
+                let variant = &stats::VARIANTS[index];
+                contenders.push(Contender {
+                    key: variant.key,
+                    name: variant.name,
+                    launch: Launch::Binary(binary, stats_config(round, index)?),
+                    group: format!("{prefix}-{}{round}", variant.key),
+                    inputs: stats_input_refs.clone(),
+                    output: &stats_totals[round][index],
+                    // Checked in PostgreSQL instead (see below).
+                    expected: -1,
+                    runs,
+                    peak_rss_kb: peak,
+                });
+            }
+        }
         for Contender {
             key,
             name,
@@ -715,7 +821,7 @@ async fn run(args: &Args) -> Result<Report, String> {
             peak_rss_kb: peak,
         } in contenders
         {
-            if !args.only.is_empty() && !args.only.iter().any(|only| only == key) {
+            if !selected(key) {
                 continue;
             }
             let mut service = match launch {
@@ -731,13 +837,30 @@ async fn run(args: &Args) -> Result<Report, String> {
                 records + poison_records + oversize_records
             } else if key == "joiner" {
                 unique_records
+            } else if key.starts_with("stats") {
+                truth.impressions.len() as i64
             } else {
                 records
             };
             let mut run = service.run_backlog(bootstrap, &group, &inputs, backlog)?;
             *peak = (*peak).max(service.stop()?);
             run.output_records = service::topic_end(bootstrap, output)? - output_before;
-            if run.output_records != expected {
+            if let Some(index) = stats::VARIANTS
+                .iter()
+                .position(|variant| variant.key == key)
+            {
+                // Exactly every impression once in PostgreSQL.
+                let schema = stats_schema(round, &stats::VARIANTS[index]);
+                let (counted, rows) =
+                    stats::counted(stats_url.as_deref().unwrap_or_default(), &schema).await?;
+                if counted != truth.impressions.len() as i64 {
+                    return Err(format!(
+                        "{name} (round {round}) counted {counted} impressions, {} were published",
+                        truth.impressions.len()
+                    ));
+                }
+                stats_rows[index] = rows;
+            } else if run.output_records != expected {
                 return Err(format!(
                     "{name} (round {round}) wrote {} records to {output}, expected {expected}",
                     run.output_records
@@ -791,6 +914,20 @@ async fn run(args: &Args) -> Result<Report, String> {
         joiner_peak_rss_mib: mib(joiner_peak_rss_kb),
         joiner_state_bytes_per_impression,
         joiner_store: args.joiner_store.clone(),
+        stats: stats::VARIANTS
+            .iter()
+            .zip(stats_runs)
+            .zip(stats_peaks.iter().zip(&stats_rows))
+            .filter(|((_, runs), _)| !runs.is_empty())
+            .map(|((variant, runs), (peak, rows))| StatsRuns {
+                name: variant.name,
+                batch_records: variant.batch_records,
+                upsert: variant.upsert,
+                runs,
+                peak_rss_mib: mib(*peak),
+                minute_rows: *rows,
+            })
+            .collect(),
         kstreams_passthrough,
         kstreams_passthrough_peak_rss_mib: mib(ks_pass_peak_rss_kb),
         kstreams_dedup,
@@ -1245,6 +1382,23 @@ fn print_report(report: &Report) {
         steady_rate(&report.deduplicator) / steady_rate(&report.passthrough),
         steady_rate(&report.joiner) / steady_rate(&report.passthrough),
     );
+    for stats in &report.stats {
+        let rate = steady_rate(&stats.runs);
+        let cpu = stats
+            .runs
+            .iter()
+            .map(|run| run.steady_cpu_seconds_per_million)
+            .sum::<f64>()
+            / stats.runs.len().max(1) as f64;
+        let totals = stats.runs.last().map_or(0, |run| run.output_records);
+        println!(
+            "{:<46} steady {rate:>9.0} records/s = {:.2}x pass-through, {cpu:.2} CPU-s/1M, peak RSS {:.0} MiB; {} minute rows, {totals} stats.totals records (last round); counted exactly",
+            stats.name,
+            rate / steady_rate(&report.passthrough).max(1.0),
+            stats.peak_rss_mib,
+            stats.minute_rows,
+        );
+    }
     if !report.deduplicator_poisoned.is_empty() {
         let poisoned = mean(&rates(&report.deduplicator_poisoned));
         println!(

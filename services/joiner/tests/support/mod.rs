@@ -14,7 +14,6 @@ use adpipe_loadtest::joins::ExpectedJoins;
 use adpipe_loadtest::{SimEvent, Simulation};
 use adpipe_schema_registry::{RegistrySettings, RunningRegistry};
 use rdkafka::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -148,20 +147,11 @@ checkpoint-interval = "2s"
         )
         .expect("fits");
         let topic = self.topic(suffix);
-        let mut record = BaseRecord::to(&topic)
+        let record = BaseRecord::to(&topic)
             .partition(partition)
             .key(user)
             .payload(&value);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((error, _)) => panic!("cannot queue: {error}"),
-            }
-        }
+        adpipe_testkit::queue_blocking(&self.producer, record);
     }
 
     /// Queues raw bytes on `<prefix>.<suffix>` (poison for the tests).

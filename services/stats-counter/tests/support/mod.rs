@@ -14,10 +14,10 @@ use adpipe_events::{
 };
 use adpipe_runtime::dead_letter::{HEADER_OFFSET, HEADER_PARTITION, HEADER_TOPIC};
 use adpipe_schema_registry::{RegistrySettings, RunningRegistry};
+use adpipe_stats_counter::step::RowKeyText;
 use adpipe_stats_counter::{BucketSize, Increments, PgStore, StatsSettings};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer, ThreadedProducer,
@@ -296,21 +296,7 @@ impl Rig {
         for size in BucketSize::ALL {
             for (key, counts) in store.totals(size).await.expect("reads") {
                 rows += 1;
-                let d = &key.dimensions;
-                let text = format!(
-                    "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
-                    size.name(),
-                    key.bucket_ms,
-                    d.campaign_id,
-                    d.creative_id,
-                    d.advertiser_id,
-                    d.publisher_id,
-                    d.site,
-                    d.ssp,
-                    d.country,
-                    d.dc,
-                    d.currency
-                );
+                let text = RowKeyText::of_key(&key).0;
                 let sent = latest.get(&text).unwrap_or_else(|| {
                     panic!(
                         "no total on the topic for {text} ({} records, {} keys)",
@@ -495,20 +481,11 @@ impl Load {
 
     fn queue(&self, suffix: &str, partition: i32, value: &[u8], headers: OwnedHeaders) {
         let topic = format!("{}.{suffix}", self.prefix);
-        let mut record = BaseRecord::<(), [u8]>::to(&topic)
+        let record = BaseRecord::<(), [u8]>::to(&topic)
             .partition(partition)
             .payload(value)
             .headers(headers);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((error, _)) => panic!("cannot queue: {error}"),
-            }
-        }
+        adpipe_testkit::queue_blocking(&self.producer, record);
     }
 
     /// Waits until everything queued is acknowledged.
