@@ -63,9 +63,10 @@ pub async fn run(args: &LagArgs, out: &mut dyn Write) -> anyhow::Result<Vec<LagR
     };
     let mut rows = Vec::new();
     let all_groups = groups::groups(&bootstrap, args.group.as_deref())?;
+    // Every partition of the cluster, read once for all groups.
+    let partitions = groups::partitions(&groups::client(&bootstrap, "adpipe-cli")?, &[])?;
     for group in &all_groups {
         let client = groups::client(&bootstrap, &group.name)?;
-        let partitions = groups::partitions(&client, &[])?;
         let committed = groups::committed(&client, &partitions)?;
         let stored = match &stored {
             Some(stored) => stored.of(&group.name).await?,

@@ -116,8 +116,18 @@ impl StatsStep {
         }
     }
 
-    /// Refuses an absurd event time; notes the buckets the event corrects.
-    fn check_time(&mut self, batch: &mut Increments, event_time: i64) -> Result<(), StepError> {
+    /// Refuses an absurd event time and notes the buckets the event
+    /// corrects — for a record counted now (`count`); one only re-read for
+    /// its rows was checked when it was counted.
+    fn event_time(
+        &mut self,
+        batch: &mut Increments,
+        event_time: i64,
+        count: bool,
+    ) -> Result<(), StepError> {
+        if !count {
+            return Ok(());
+        }
         self.policy
             .check(event_time, adpipe_runtime::event_time::now_ms())?;
         for size in self.closing.observe(event_time) {
@@ -136,27 +146,20 @@ impl StatsStep {
         record: &InputRecord<'_>,
         count: bool,
     ) -> Result<(), StepError> {
-        let time = |step: &mut Self, increments: &mut Increments, event_time| {
-            if count {
-                step.check_time(increments, event_time)
-            } else {
-                Ok(())
-            }
-        };
         match self.kind {
             InputKind::Impressions => {
                 let impression: Impression = record.decode()?;
-                time(self, increments, impression.event_time)?;
+                self.event_time(increments, impression.event_time, count)?;
                 increments.add_impression(&impression).map_err(rejected)
             }
             InputKind::JoinedClicks => {
                 let joined: JoinedClick = record.decode()?;
-                time(self, increments, joined.click.event_time)?;
+                self.event_time(increments, joined.click.event_time, count)?;
                 increments.add_click(&joined).map_err(rejected)
             }
             InputKind::JoinedConversions => {
                 let joined: JoinedConversion = record.decode()?;
-                time(self, increments, joined.conversion.event_time)?;
+                self.event_time(increments, joined.conversion.event_time, count)?;
                 increments.add_conversion(&joined).map_err(rejected)
             }
             InputKind::Orphans => {
@@ -174,7 +177,7 @@ impl StatsStep {
                 };
                 let (kind, reason) = (header(HEADER_ORPHAN_KIND)?, header(HEADER_ORPHAN_REASON)?);
                 let time_only: EventTime = record.decode()?;
-                time(self, increments, time_only.event_time)?;
+                self.event_time(increments, time_only.event_time, count)?;
                 increments.add_orphan(time_only.event_time, kind, reason);
                 Ok(())
             }

@@ -161,6 +161,14 @@ alter table {s}.stats_hour add column version bigint not null default 1;
 // order, so they wait for each other instead of deadlocking (PostgreSQL
 // would abort one after its deadlock_timeout, 1 s, and the batch is tried
 // again: exact, but slow).
+/// The rows of a [`Columns`] as a table `u(b, c1…c9, m1…m5)`: bucket ms,
+/// the nine dimensions, the five measures (parameters $1…$15).
+const UNNEST_ROWS: &str =
+    "unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+    $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+    $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])
+    as u(b, c1, c2, c3, c4, c5, c6, c7, c8, c9, m1, m2, m3, m4, m5)";
+
 const STATS_COLUMNS: &str = "bucket, campaign_id, creative_id, advertiser_id, publisher_id, site, ssp, country, dc, currency, impressions, clicks, conversions, cost_micros, conversion_value_micros";
 const STATS_KEY: &str = "bucket, campaign_id, creative_id, advertiser_id, publisher_id, site, ssp, country, dc, currency";
 const STATS_ADD: &str = "impressions = t.impressions + excluded.impressions, clicks = t.clicks + excluded.clicks, conversions = t.conversions + excluded.conversions, cost_micros = t.cost_micros + excluded.cost_micros, conversion_value_micros = t.conversion_value_micros + excluded.conversion_value_micros, version = t.version + 1";
@@ -502,10 +510,7 @@ impl PgStore {
             }
             let sql = format!(
                 "select {STATS_RETURNING}
-                 from unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
-                             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                             $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])
-                      as u(b, c1, c2, c3, c4, c5, c6, c7, c8, c9, m1, m2, m3, m4, m5)
+                 from {UNNEST_ROWS}
                  join {schema}.stats_{size} as t
                    on t.bucket = to_timestamp(u.b / 1000.0) and t.campaign_id = u.c1
                   and t.creative_id = u.c2 and t.advertiser_id = u.c3 and t.publisher_id = u.c4
@@ -665,10 +670,7 @@ async fn upsert_unnest(
         let sql = format!(
             "insert into {schema}.stats_{size} as t ({STATS_COLUMNS})
              select to_timestamp(b / 1000.0), c1, c2, c3, c4, c5, c6, c7, c8, c9, m1, m2, m3, m4, m5
-             from unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                         $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])
-                  as u(b, c1, c2, c3, c4, c5, c6, c7, c8, c9, m1, m2, m3, m4, m5)
+             from {UNNEST_ROWS}
              order by b, c1, c2, c3, c4, c5, c6, c7, c8, c9
              on conflict ({STATS_KEY}) do update set {STATS_ADD}
              returning {STATS_RETURNING}",
