@@ -84,6 +84,50 @@ pub fn dead_letter_record(
     output
 }
 
+/// Where a record was read: topic, partition, offset.
+#[derive(Debug, Clone, Copy)]
+pub struct Coordinates<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// A consumed record a store refused for good after the step had kept it
+/// (a loader's batch), and why.
+#[derive(Debug)]
+pub struct Refused<'a> {
+    /// Where it was read.
+    pub source: Coordinates<'a>,
+    /// Its key, as read.
+    pub key: Option<bytes::Bytes>,
+    /// Its value, as read.
+    pub value: Option<bytes::Bytes>,
+    /// Its headers, as read.
+    pub headers: &'a crate::Headers,
+    /// Short stable label (`adpipe.dlq.reason`).
+    pub reason: &'a str,
+    /// The store's own words (`adpipe.dlq.error`).
+    pub error: &'a str,
+}
+
+/// Builds the dead letter of a [`Refused`] record: its key, value and
+/// headers as read, with the store's reason and the record's coordinates.
+pub fn refused_record(dead_letter_topic: &Arc<str>, service: &str, refused: Refused<'_>) -> OutputRecord {
+    let mut output = OutputRecord::sharing(dead_letter_topic, refused.key, refused.value);
+    output.headers = refused.headers.extended(coordinates(
+        refused.reason,
+        refused.error,
+        refused.source.topic,
+        refused.source.partition,
+        refused.source.offset,
+        service,
+    ));
+    output
+}
+
 /// Builds the dead letter of an output the broker rejected for good: its
 /// key, headers and value — unless it was rejected for its size, when only
 /// the size is kept (the dead letter would be refused too) — with the

@@ -1,0 +1,263 @@
+//! The loader's configuration: the shared runtime sections, `[loader]`
+//! (which sink, which inputs, batch bounds) and one section per sink.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use adpipe_events::EventKind;
+use adpipe_runtime::batching::BatchLimits;
+use adpipe_runtime::config::{
+    HttpConfig, KafkaConfig, RegistryConfig, RuntimeConfig, duration, load_raw,
+};
+use adpipe_runtime::{ConfigError, WorkerSettings};
+use serde::Deserialize;
+
+/// The embedded defaults.
+pub const DEFAULTS: &str = include_str!("../defaults.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    kafka: KafkaConfig,
+    registry: RegistryConfig,
+    runtime: RuntimeConfig,
+    http: HttpConfig,
+    loader: RawLoader,
+    elasticsearch: RawElasticsearch,
+    files: RawFiles,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLoader {
+    sink: SinkKind,
+    inputs: BTreeMap<String, String>,
+    batch: RawBatch,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawBatch {
+    records: usize,
+    bytes: usize,
+    wait: String,
+    write_timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawElasticsearch {
+    url: String,
+    index_prefix: String,
+    shards: u32,
+    replicas: u32,
+    refresh_interval: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawFiles {
+    dir: PathBuf,
+    codec: FileCodec,
+}
+
+/// Which store a loader instance writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SinkKind {
+    /// Elasticsearch or OpenSearch (`_bulk`).
+    Elasticsearch,
+    /// Avro container files, partitioned by topic, date and hour.
+    Files,
+}
+
+/// The block codec of Avro container files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileCodec {
+    /// Uncompressed.
+    Null,
+    /// Deflate (zlib's raw deflate), what every Avro reader supports.
+    Deflate,
+}
+
+/// One input topic and the kinds of event it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// The topic.
+    pub topic: String,
+    /// Its event kinds (several for `joined.orphans`: clicks and conversions).
+    pub kinds: Vec<EventKind>,
+}
+
+/// `[elasticsearch]`, validated.
+#[derive(Debug, Clone)]
+pub struct ElasticsearchSettings {
+    /// Base URL.
+    pub url: String,
+    /// Prefix of every index and template name.
+    pub index_prefix: String,
+    /// Primary shards per daily index.
+    pub shards: u32,
+    /// Replicas per daily index.
+    pub replicas: u32,
+    /// The indices' refresh interval (as Elasticsearch spells it).
+    pub refresh_interval: String,
+}
+
+/// `[files]`, validated.
+#[derive(Debug, Clone)]
+pub struct FilesSettings {
+    /// Root directory (relative: under `$ADPIPE_STATE_DIR`).
+    pub dir: PathBuf,
+    /// Block codec.
+    pub codec: FileCodec,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct LoaderSettings {
+    /// Runtime settings: one input group per input topic.
+    pub worker: WorkerSettings,
+    /// The sink.
+    pub sink: SinkKind,
+    /// Input topics with their kinds.
+    pub inputs: Vec<Input>,
+    /// When a partition's batch is written.
+    pub limits: BatchLimits,
+    /// Bound of one write.
+    pub write_timeout: Duration,
+    /// `[elasticsearch]`.
+    pub elasticsearch: ElasticsearchSettings,
+    /// `[files]`.
+    pub files: FilesSettings,
+}
+
+impl LoaderSettings {
+    /// Loads defaults, then `path`, then the environment, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig = load_raw(DEFAULTS, path, env)?;
+        let mut problems = Vec::new();
+        let loader = raw.loader;
+        let wait = duration("loader.batch.wait", &loader.batch.wait, &mut problems);
+        let write_timeout = duration(
+            "loader.batch.write-timeout",
+            &loader.batch.write_timeout,
+            &mut problems,
+        );
+        if loader.batch.records == 0 {
+            problems.push("loader.batch.records must be at least 1".to_owned());
+        }
+        if loader.inputs.is_empty() {
+            problems.push("loader.inputs names no topic".to_owned());
+        }
+        let mut inputs = Vec::new();
+        for (topic, kinds) in loader.inputs {
+            let parsed: Result<Vec<EventKind>, _> =
+                kinds.split('|').map(|kind| kind.trim().parse()).collect();
+            match parsed {
+                Ok(kinds) => inputs.push(Input { topic, kinds }),
+                Err(error) => problems.push(format!("loader.inputs.{topic:?}: {error}")),
+            }
+        }
+        let worker = WorkerSettings::validate(
+            "loader",
+            inputs.iter().map(|input| vec![input.topic.clone()]).collect(),
+            raw.kafka,
+            raw.runtime,
+            raw.http,
+            Some(raw.registry),
+            &mut problems,
+        );
+        if write_timeout >= worker.processing_timeout {
+            problems.push(format!(
+                "loader.batch.write-timeout ({write_timeout:?}) must be below runtime.processing-timeout ({:?}): a slow store must never dead-letter a record",
+                worker.processing_timeout
+            ));
+        }
+        let es = raw.elasticsearch;
+        if es.index_prefix.chars().any(|c| c.is_ascii_uppercase()) {
+            problems.push(format!(
+                "elasticsearch.index-prefix {:?}: index names are lowercase",
+                es.index_prefix
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok(LoaderSettings {
+            worker,
+            sink: loader.sink,
+            inputs,
+            limits: BatchLimits {
+                max_records: loader.batch.records,
+                max_bytes: loader.batch.bytes,
+                max_wait: wait,
+            },
+            write_timeout,
+            elasticsearch: ElasticsearchSettings {
+                url: es.url.trim_end_matches('/').to_owned(),
+                index_prefix: es.index_prefix,
+                shards: es.shards,
+                replicas: es.replicas,
+                refresh_interval: es.refresh_interval,
+            },
+            files: FilesSettings {
+                dir: adpipe_runtime::config::resolve_state_dir(
+                    &raw.files.dir,
+                    std::env::var_os(adpipe_runtime::config::STATE_DIR_ENV).as_deref(),
+                ),
+                codec: raw.files.codec,
+            },
+        })
+    }
+
+    /// The input of `topic`.
+    pub fn input(&self, topic: &str) -> Option<&Input> {
+        self.inputs.iter().find(|input| input.topic == topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let settings = LoaderSettings::load(None, std::iter::empty()).expect("defaults validate");
+        assert_eq!(settings.sink, SinkKind::Elasticsearch);
+        assert_eq!(settings.inputs.len(), 4);
+        let orphans = settings.input("joined.orphans").expect("orphans");
+        assert_eq!(orphans.kinds, [EventKind::Click, EventKind::Conversion]);
+        assert_eq!(settings.worker.dead_letter_topic, "dlq.loader");
+    }
+
+    #[test]
+    fn an_unknown_kind_and_a_slow_write_are_refused_by_name() {
+        let error = LoaderSettings::load(
+            None,
+            env(&[
+                ("ADPIPE__LOADER__BATCH__WRITE_TIMEOUT", "1h"),
+                ("ADPIPE__LOADER__SINK", "files"),
+            ]),
+        )
+        .expect_err("refused");
+        assert!(error.to_string().contains("write-timeout"), "{error}");
+        let file = std::env::temp_dir().join(format!("loader-kinds-{}.toml", std::process::id()));
+        std::fs::write(&file, "[loader.inputs]\n\"x\" = \"impresion\"\n").expect("written");
+        let error = LoaderSettings::load(Some(&file), std::iter::empty()).expect_err("refused");
+        assert!(error.to_string().contains("loader.inputs.\"x\""), "{error}");
+    }
+}

@@ -1,0 +1,352 @@
+//! The files sink: Avro container files partitioned
+//! `<dir>/<topic>/date=YYYY-MM-DD/hour=HH/` by event time (UTC), one file
+//! per batch and hour, named `<topic>-p<partition>-<first>-<last>.avro`
+//! from the batch's partition and offset range.
+//!
+//! Contract — each record once in the files, whatever crashes:
+//! - a batch's files are written into a staging directory and fsynced;
+//!   then the partition's marker (`<dir>/_adpipe/<topic>/p<partition>.json`,
+//!   replaced atomically) records them as *pending* with the batch's next
+//!   offset; then they are renamed into place and the marker records
+//!   just the next offset. Readers never see half a file (a rename is
+//!   atomic), and pyarrow/Spark skip the `_adpipe` directory;
+//! - the marker is where the partition resumes (`STORES_OFFSETS`): a
+//!   restart — after kill -9 anywhere in the sequence — first finishes a
+//!   pending batch (renames what is still staged), then starts at the
+//!   marker's offset, so no record is written twice even when the Kafka
+//!   commit was behind, and none skipped;
+//! - a full disk stops the worker with the file named (nothing committed
+//!   past the batch); other IO errors are retried.
+//!
+//! All instances of the loader must share `<dir>` (one volume), as
+//! partitions move between them. To write a range again (`adpipe replay`),
+//! delete its files and the partition's marker first.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use adpipe_codec::WriterSchema;
+use adpipe_runtime::batching::Span;
+use adpipe_runtime::{AssignedPartition, Bytes, InputRecord, StepError};
+use serde::{Deserialize, Serialize};
+
+use crate::avro_file::ContainerFile;
+use crate::config::{FileCodec, FilesSettings};
+use crate::record::{Identity, civil};
+use crate::sink::{Pending, Refusal, Sink, SinkFactory};
+
+/// A partition's marker: where it resumes, and the batch being put in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    /// The next offset to write.
+    pub next: Option<i64>,
+    /// A batch whose files are written and fsynced in staging, being
+    /// renamed into place; `next` moves to its end once they all are.
+    pub pending: Option<PendingBatch>,
+}
+
+/// The files of a batch being put in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingBatch {
+    /// The offset after the batch.
+    pub next: i64,
+    /// Each file: staged path, final path.
+    pub files: Vec<(PathBuf, PathBuf)>,
+}
+
+/// Where one partition's files, marker and staging live.
+#[derive(Debug, Clone)]
+pub struct PartitionPaths {
+    root: PathBuf,
+    topic: String,
+    partition: i32,
+}
+
+fn io_error(what: &str, path: &Path, error: &std::io::Error) -> StepError {
+    // ENOSPC / EDQUOT: no retry will help until an operator acts.
+    let message = format!("{what} {}: {error}", path.display());
+    match error.raw_os_error() {
+        Some(28 | 122) => StepError::fatal("disk_full", message),
+        _ => StepError::transient("file_io", message),
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StepError> {
+    let mut file = fs::File::create(path).map_err(|error| io_error("creating", path, &error))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|error| io_error("writing", path, &error))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StepError> {
+    fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|error| io_error("syncing", dir, &error))
+}
+
+fn create_dir(dir: &Path) -> Result<(), StepError> {
+    fs::create_dir_all(dir).map_err(|error| io_error("creating", dir, &error))
+}
+
+impl PartitionPaths {
+    /// The paths of partition `partition` of `topic` under `root`.
+    pub fn new(root: &Path, topic: &str, partition: i32) -> Self {
+        PartitionPaths {
+            root: root.to_owned(),
+            topic: topic.to_owned(),
+            partition,
+        }
+    }
+
+    fn marker(&self) -> PathBuf {
+        self.root
+            .join("_adpipe")
+            .join(&self.topic)
+            .join(format!("p{}.json", self.partition))
+    }
+
+    fn staging(&self) -> PathBuf {
+        self.root
+            .join("_adpipe")
+            .join("staging")
+            .join(&self.topic)
+            .join(format!("p{}", self.partition))
+    }
+
+    /// The final path of the file of hour `hour_ms` of a batch spanning
+    /// `first..=last` (`suffix` tells files of one hour apart when the
+    /// batch holds several writer schemas).
+    pub fn file(&self, hour_ms: i64, first: i64, last: i64, suffix: &str) -> PathBuf {
+        let (year, month, day, hour) = civil(hour_ms);
+        self.root
+            .join(&self.topic)
+            .join(format!("date={year:04}-{month:02}-{day:02}"))
+            .join(format!("hour={hour:02}"))
+            .join(format!(
+                "{}-p{:04}-{first:020}-{last:020}{suffix}.avro",
+                self.topic, self.partition
+            ))
+    }
+
+    /// The marker as stored (default: nothing written yet).
+    pub fn read_marker(&self) -> Result<Marker, StepError> {
+        let path = self.marker();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
+                StepError::fatal(
+                    "marker_corrupt",
+                    format!("{}: {error} (fix or delete it)", path.display()),
+                )
+            }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Marker::default()),
+            Err(error) => Err(io_error("reading", &path, &error)),
+        }
+    }
+
+    fn write_marker(&self, marker: &Marker) -> Result<(), StepError> {
+        let path = self.marker();
+        let dir = path.parent().unwrap_or(&self.root).to_owned();
+        create_dir(&dir)?;
+        let staged = dir.join(format!(".p{}.json.tmp", self.partition));
+        let bytes = serde_json::to_vec(marker)
+            .map_err(|error| StepError::fatal("marker", error.to_string()))?;
+        write_synced(&staged, &bytes)?;
+        fs::rename(&staged, &path).map_err(|error| io_error("renaming", &path, &error))?;
+        sync_dir(&dir)
+    }
+
+    /// Finishes a pending batch (renames the files still staged, then
+    /// moves the marker on) and returns where the partition resumes.
+    pub fn recover(&self) -> Result<Option<i64>, StepError> {
+        let marker = self.read_marker()?;
+        let Some(pending) = marker.pending else {
+            return Ok(marker.next);
+        };
+        self.put_in_place(&pending)?;
+        Ok(Some(pending.next))
+    }
+
+    /// Renames a pending batch's staged files into place and records its
+    /// end. A file already renamed (a crash in the middle) is skipped.
+    fn put_in_place(&self, pending: &PendingBatch) -> Result<(), StepError> {
+        let mut dirs = Vec::new();
+        for (staged, target) in &pending.files {
+            let dir = target.parent().unwrap_or(&self.root).to_owned();
+            if staged.exists() {
+                create_dir(&dir)?;
+                fs::rename(staged, target).map_err(|error| io_error("renaming", target, &error))?;
+            } else if !target.exists() {
+                return Err(StepError::fatal(
+                    "file_lost",
+                    format!(
+                        "{} is neither staged nor in place: the batch before offset {} is incomplete (restore it or delete the marker {})",
+                        target.display(),
+                        pending.next,
+                        self.marker().display()
+                    ),
+                ));
+            }
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        for dir in &dirs {
+            sync_dir(dir)?;
+        }
+        self.write_marker(&Marker {
+            next: Some(pending.next),
+            pending: None,
+        })
+    }
+}
+
+/// Sets the files sink up and makes each task's.
+pub struct FilesFactory {
+    settings: FilesSettings,
+}
+
+impl FilesFactory {
+    /// A factory writing under `settings.dir` (created now: a directory
+    /// that cannot be created fails the start, naming it).
+    pub fn new(settings: &FilesSettings) -> Result<Self, String> {
+        fs::create_dir_all(&settings.dir)
+            .map_err(|error| format!("files.dir {}: {error}", settings.dir.display()))?;
+        Ok(FilesFactory {
+            settings: settings.clone(),
+        })
+    }
+}
+
+impl SinkFactory for FilesFactory {
+    type Sink = FilesSink;
+    const NAME: &'static str = "files";
+    const STORES_OFFSETS: bool = true;
+
+    fn sink(&self, topic: &str, partition: i32) -> Result<FilesSink, StepError> {
+        let paths = PartitionPaths::new(&self.settings.dir, topic, partition);
+        let next = paths.recover()?;
+        Ok(FilesSink {
+            paths,
+            codec: self.settings.codec,
+            next,
+        })
+    }
+
+    fn stored_offsets(
+        &self,
+        partitions: &[AssignedPartition],
+    ) -> Result<Vec<(String, i32, i64)>, StepError> {
+        let mut starts = Vec::new();
+        for assigned in partitions {
+            let paths = PartitionPaths::new(&self.settings.dir, &assigned.topic, assigned.partition);
+            if let Some(next) = paths.recover()? {
+                starts.push((assigned.topic.clone(), assigned.partition, next));
+            }
+        }
+        Ok(starts)
+    }
+}
+
+/// One record for a file: its writer schema and its bare datum.
+#[derive(Debug)]
+pub struct Datum {
+    schema: Arc<WriterSchema>,
+    datum: Bytes,
+}
+
+/// One task's files sink.
+pub struct FilesSink {
+    paths: PartitionPaths,
+    codec: FileCodec,
+    /// The marker's next offset: records before it are in files already.
+    next: Option<i64>,
+}
+
+impl FilesSink {
+    /// Writes the batch's files, staged then in place (see the module).
+    fn write_blocking(&mut self, batch: &[Pending<Datum>], span: &Span) -> Result<(), StepError> {
+        // (hour, schema id) → indices, in offset order within each file.
+        let mut files: BTreeMap<(i64, u32), Vec<usize>> = BTreeMap::new();
+        for (index, pending) in batch.iter().enumerate() {
+            if self.next.is_some_and(|next| pending.source.offset < next) {
+                continue; // In a file already (a group reset behind the marker).
+            }
+            let hour = pending.identity.time_ms.div_euclid(3_600_000) * 3_600_000;
+            files
+                .entry((hour, pending.item.schema.id))
+                .or_default()
+                .push(index);
+        }
+        let staging = self.paths.staging();
+        create_dir(&staging)?;
+        let mut placed = Vec::new();
+        for (&(hour, schema_id), indices) in &files {
+            let several_schemas = files.range((hour, 0)..=(hour, u32::MAX)).count() > 1;
+            let suffix = if several_schemas {
+                format!("-s{schema_id}")
+            } else {
+                String::new()
+            };
+            let target = self.paths.file(hour, span.first, span.last, &suffix);
+            let staged = staging.join(target.file_name().unwrap_or_default());
+            let mut file = ContainerFile::new(&batch[indices[0]].item.schema.text, self.codec);
+            for &index in indices {
+                file.push(&batch[index].item.datum)
+                    .map_err(|error| io_error("compressing", &staged, &error))?;
+            }
+            let bytes = file
+                .finish()
+                .map_err(|error| io_error("compressing", &staged, &error))?;
+            write_synced(&staged, &bytes)?;
+            metrics::counter!("adpipe_loader_file_bytes_total").increment(bytes.len() as u64);
+            placed.push((staged, target));
+        }
+        sync_dir(&staging)?;
+        let pending = PendingBatch {
+            next: span.last + 1,
+            files: placed,
+        };
+        self.paths.write_marker(&Marker {
+            next: self.next,
+            pending: Some(pending.clone()),
+        })?;
+        self.paths.put_in_place(&pending)?;
+        self.next = Some(pending.next);
+        Ok(())
+    }
+}
+
+impl Sink for FilesSink {
+    type Item = Datum;
+
+    fn prepare(&mut self, record: &InputRecord<'_>, _identity: &Identity) -> Result<Datum, StepError> {
+        let schema = record
+            .writer
+            .clone()
+            .ok_or_else(|| StepError::fatal("no_writer_schema", "the worker does not decode values"))?;
+        let value = record.value.unwrap_or_default();
+        let (_, datum) = adpipe_codec::split_header(value)?;
+        let datum = record
+            .share(Some(datum))
+            .unwrap_or_default();
+        Ok(Datum { schema, datum })
+    }
+
+    async fn write(
+        &mut self,
+        batch: &[Pending<Datum>],
+        spans: &[Span],
+    ) -> Result<Vec<Refusal>, StepError> {
+        // One input partition per task: one span.
+        let Some(span) = spans.first() else {
+            return Ok(Vec::new());
+        };
+        // Local file IO, bounded; not cut off half-way by the write timeout
+        // (a crash half-way is what the marker recovers from).
+        tokio::task::block_in_place(|| self.write_blocking(batch, span))?;
+        Ok(Vec::new())
+    }
+}

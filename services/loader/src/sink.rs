@@ -1,0 +1,93 @@
+//! What a store must provide to be a loader sink.
+//!
+//! Contract:
+//! - [`Sink::prepare`] turns one record into what the store writes (a JSON
+//!   document, an Avro datum …) without IO; an error there is the record's
+//!   own (dead-lettered by the runtime) and the batch is unchanged;
+//! - [`Sink::write`] writes a whole batch **idempotently**: written twice
+//!   (a retry after a timeout, a replay after a crash) it leaves the store
+//!   as written once. It returns the records the store refused for good,
+//!   with the store's reason (they go to the dead-letter topic, and the
+//!   batch counts as written); any other failure is an `Err` — transient:
+//!   the whole batch is tried again, nothing committed; fatal: the worker
+//!   stops with nothing committed past the batch;
+//! - a sink whose writes are idempotent only given where a partition
+//!   resumes (files named by offset range) keeps that position itself,
+//!   written with the data, and says where each partition resumes
+//!   ([`SinkFactory::stored_offsets`]), as the stats-counter does.
+
+use std::future::Future;
+
+use adpipe_runtime::batching::Span;
+use adpipe_runtime::{AssignedPartition, InputRecord, StepError};
+
+use crate::record::{Identity, Source};
+
+/// One record of a batch: as read, its identity, and the store's form.
+#[derive(Debug)]
+pub struct Pending<I> {
+    /// The record as consumed (for the dead-letter topic).
+    pub source: Source,
+    /// Its id and event time.
+    pub identity: Identity,
+    /// What the store writes.
+    pub item: I,
+}
+
+/// A record the store refused for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Its index in the batch.
+    pub index: usize,
+    /// Short stable label (`adpipe.dlq.reason`), e.g. `mapping_rejected`.
+    pub kind: &'static str,
+    /// The store's own words.
+    pub reason: String,
+}
+
+/// A store, as one task (one input partition) writes it.
+pub trait Sink: Send + 'static {
+    /// What a record becomes for this store.
+    type Item: Send + Sync + 'static;
+
+    /// Prepares `record`, whose identity is `identity` (no IO).
+    fn prepare(
+        &mut self,
+        record: &InputRecord<'_>,
+        identity: &Identity,
+    ) -> Result<Self::Item, StepError>;
+
+    /// Writes `batch` (records spanning `spans`) idempotently; returns the
+    /// refused ones. Must return within the loader's write timeout or be
+    /// cancel-safe when cut off by it.
+    fn write(
+        &mut self,
+        batch: &[Pending<Self::Item>],
+        spans: &[Span],
+    ) -> impl Future<Output = Result<Vec<Refusal>, StepError>> + Send;
+}
+
+/// Makes the sink of each task, and sets the store up first.
+pub trait SinkFactory: Send + Sync + 'static {
+    /// The sink type.
+    type Sink: Sink;
+    /// Name in metrics and logs (`elasticsearch`, `files`).
+    const NAME: &'static str;
+    /// Whether the sink keeps where partitions resume
+    /// ([`Self::stored_offsets`]).
+    const STORES_OFFSETS: bool = false;
+
+    /// The sink of partition `partition` of `topic` (blocking allowed).
+    fn sink(&self, topic: &str, partition: i32) -> Result<Self::Sink, StepError>;
+
+    /// Where these newly assigned partitions resume, for a sink that keeps
+    /// it (see `adpipe_runtime::StepFactory::stored_offsets`); blocking
+    /// allowed, briefly.
+    fn stored_offsets(
+        &self,
+        partitions: &[AssignedPartition],
+    ) -> Result<Vec<(String, i32, i64)>, StepError> {
+        let _ = partitions;
+        Ok(Vec::new())
+    }
+}
