@@ -115,7 +115,11 @@ pub struct Refused<'a> {
 
 /// Builds the dead letter of a [`Refused`] record: its key, value and
 /// headers as read, with the store's reason and the record's coordinates.
-pub fn refused_record(dead_letter_topic: &Arc<str>, service: &str, refused: Refused<'_>) -> OutputRecord {
+pub fn refused_record(
+    dead_letter_topic: &Arc<str>,
+    service: &str,
+    refused: Refused<'_>,
+) -> OutputRecord {
     let mut output = OutputRecord::sharing(dead_letter_topic, refused.key, refused.value);
     output.headers = refused.headers.extended(coordinates(
         refused.reason,

@@ -1,7 +1,6 @@
 //! The loader's configuration: the shared runtime sections, `[loader]`
 //! (which sink, which inputs, batch bounds) and one section per sink.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawLoader {
     sink: SinkKind,
-    inputs: BTreeMap<String, String>,
+    inputs: Vec<String>,
     batch: RawBatch,
 }
 
@@ -156,17 +155,29 @@ impl LoaderSettings {
             problems.push("loader.inputs names no topic".to_owned());
         }
         let mut inputs = Vec::new();
-        for (topic, kinds) in loader.inputs {
+        for entry in loader.inputs {
+            let Some((topic, kinds)) = entry.split_once(':') else {
+                problems.push(format!(
+                    "loader.inputs: {entry:?} is not \"topic:kind\" (e.g. \"deduplicated.impressions:impression\")"
+                ));
+                continue;
+            };
             let parsed: Result<Vec<EventKind>, _> =
                 kinds.split('|').map(|kind| kind.trim().parse()).collect();
             match parsed {
-                Ok(kinds) => inputs.push(Input { topic, kinds }),
-                Err(error) => problems.push(format!("loader.inputs.{topic:?}: {error}")),
+                Ok(kinds) => inputs.push(Input {
+                    topic: topic.trim().to_owned(),
+                    kinds,
+                }),
+                Err(error) => problems.push(format!("loader.inputs: {entry:?}: {error}")),
             }
         }
         let worker = WorkerSettings::validate(
             "loader",
-            inputs.iter().map(|input| vec![input.topic.clone()]).collect(),
+            inputs
+                .iter()
+                .map(|input| vec![input.topic.clone()])
+                .collect(),
             raw.kafka,
             raw.runtime,
             raw.http,
@@ -256,8 +267,14 @@ mod tests {
         .expect_err("refused");
         assert!(error.to_string().contains("write-timeout"), "{error}");
         let file = std::env::temp_dir().join(format!("loader-kinds-{}.toml", std::process::id()));
-        std::fs::write(&file, "[loader.inputs]\n\"x\" = \"impresion\"\n").expect("written");
+        std::fs::write(&file, "[loader]\ninputs = [\"x:impresion\", \"y\"]\n").expect("written");
         let error = LoaderSettings::load(Some(&file), std::iter::empty()).expect_err("refused");
-        assert!(error.to_string().contains("loader.inputs.\"x\""), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("\"x:impresion\": unknown event type"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("\"y\" is not"), "{error}");
     }
 }

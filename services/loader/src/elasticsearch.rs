@@ -47,13 +47,17 @@ fn field_mapping(name: &str, schema: &Value) -> Value {
         Value::Array(branches) => branches
             .iter()
             .find(|branch| branch.as_str() != Some("null"))
-            .map_or_else(|| json!({"type": "keyword"}), |branch| field_mapping(name, branch)),
+            .map_or_else(
+                || json!({"type": "keyword"}),
+                |branch| field_mapping(name, branch),
+            ),
         Value::Object(object) => match object.get("type").and_then(Value::as_str) {
             Some("record") => json!({"properties": record_properties(schema)}),
             Some("enum") => json!({"type": "keyword"}),
-            Some("array") => object
-                .get("items")
-                .map_or_else(|| json!({"type": "keyword"}), |items| field_mapping(name, items)),
+            Some("array") => object.get("items").map_or_else(
+                || json!({"type": "keyword"}),
+                |items| field_mapping(name, items),
+            ),
             Some(primitive) => primitive_mapping(
                 name,
                 primitive,
@@ -90,7 +94,9 @@ fn record_properties(schema: &Value) -> Map<String, Value> {
         .into_iter()
         .flatten()
     {
-        if let (Some(name), Some(kind)) = (field.get("name").and_then(Value::as_str), field.get("type")) {
+        if let (Some(name), Some(kind)) =
+            (field.get("name").and_then(Value::as_str), field.get("type"))
+        {
             properties.insert(name.to_owned(), field_mapping(name, kind));
         }
     }
@@ -273,7 +279,10 @@ fn outcome(item: &BulkItem) -> Outcome {
             } else {
                 "document_rejected"
             };
-            Outcome::Refused(label, format!("HTTP {}: {kind}: {reason}{cause}", item.status))
+            Outcome::Refused(
+                label,
+                format!("HTTP {}: {kind}: {reason}{cause}", item.status),
+            )
         }
     }
 }
@@ -305,12 +314,13 @@ impl ElasticsearchSink {
             .body(body)
             .send()
             .await
-            .map_err(|error| StepError::transient("elasticsearch_unreachable", error.to_string()))?;
+            .map_err(|error| {
+                StepError::transient("elasticsearch_unreachable", error.to_string())
+            })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|error| StepError::transient("elasticsearch_unreachable", error.to_string()))?;
+        let bytes = response.bytes().await.map_err(|error| {
+            StepError::transient("elasticsearch_unreachable", error.to_string())
+        })?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into_owned();
             return Err(StepError::transient(
@@ -322,20 +332,25 @@ impl ElasticsearchSink {
             StepError::transient("elasticsearch_answer", format!("_bulk answer: {error}"))
         })?;
         if !parsed.errors {
-            return Ok(indices.iter().map(|&index| (index, Outcome::Done)).collect());
+            return Ok(indices
+                .iter()
+                .map(|&index| (index, Outcome::Done))
+                .collect());
         }
         if parsed.items.len() != indices.len() {
             return Err(StepError::transient(
                 "elasticsearch_answer",
-                format!("_bulk answered {} items for {}", parsed.items.len(), indices.len()),
+                format!(
+                    "_bulk answered {} items for {}",
+                    parsed.items.len(),
+                    indices.len()
+                ),
             ));
         }
         Ok(indices
             .iter()
             .zip(&parsed.items)
-            .map(|(&index, item)| {
-                (index, item.values().next().map_or(Outcome::Again, outcome))
-            })
+            .map(|(&index, item)| (index, item.values().next().map_or(Outcome::Again, outcome)))
             .collect())
     }
 }
@@ -452,8 +467,10 @@ mod tests {
         assert!(matches!(outcome(&item(503, None)), Outcome::Again));
         let refused = outcome(&item(
             400,
-            Some(json!({"type": "document_parsing_exception", "reason": "failed to parse field [event_time] of type [boolean]",
-                "caused_by": {"type": "x", "reason": "Failed to parse value [1] as only [true] or [false] are allowed."}})),
+            Some(
+                json!({"type": "document_parsing_exception", "reason": "failed to parse field [event_time] of type [boolean]",
+                "caused_by": {"type": "x", "reason": "Failed to parse value [1] as only [true] or [false] are allowed."}}),
+            ),
         ));
         match refused {
             Outcome::Refused(kind, reason) => {
@@ -464,7 +481,10 @@ mod tests {
             _ => panic!("a 400 is refused"),
         }
         assert!(matches!(
-            outcome(&item(400, Some(json!({"type": "mapper_parsing_exception", "reason": "x"})))),
+            outcome(&item(
+                400,
+                Some(json!({"type": "mapper_parsing_exception", "reason": "x"}))
+            )),
             Outcome::Refused("mapping_rejected", _)
         ));
     }

@@ -241,7 +241,8 @@ impl SinkFactory for FilesFactory {
     ) -> Result<Vec<(String, i32, i64)>, StepError> {
         let mut starts = Vec::new();
         for assigned in partitions {
-            let paths = PartitionPaths::new(&self.settings.dir, &assigned.topic, assigned.partition);
+            let paths =
+                PartitionPaths::new(&self.settings.dir, &assigned.topic, assigned.partition);
             if let Some(next) = paths.recover()? {
                 starts.push((assigned.topic.clone(), assigned.partition, next));
             }
@@ -322,16 +323,17 @@ impl FilesSink {
 impl Sink for FilesSink {
     type Item = Datum;
 
-    fn prepare(&mut self, record: &InputRecord<'_>, _identity: &Identity) -> Result<Datum, StepError> {
-        let schema = record
-            .writer
-            .clone()
-            .ok_or_else(|| StepError::fatal("no_writer_schema", "the worker does not decode values"))?;
+    fn prepare(
+        &mut self,
+        record: &InputRecord<'_>,
+        _identity: &Identity,
+    ) -> Result<Datum, StepError> {
+        let schema = record.writer.clone().ok_or_else(|| {
+            StepError::fatal("no_writer_schema", "the worker does not decode values")
+        })?;
         let value = record.value.unwrap_or_default();
         let (_, datum) = adpipe_codec::split_header(value)?;
-        let datum = record
-            .share(Some(datum))
-            .unwrap_or_default();
+        let datum = record.share(Some(datum)).unwrap_or_default();
         Ok(Datum { schema, datum })
     }
 

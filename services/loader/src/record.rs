@@ -92,7 +92,10 @@ impl Identity {
             .or(nested.event_time)
             .or(fields.bucket_start)
             .ok_or_else(|| {
-                StepError::poison("no_event_time", "the record has no event_time to file it by")
+                StepError::poison(
+                    "no_event_time",
+                    "the record has no event_time to file it by",
+                )
             })?;
         if let Some(id) = fields.event_id.or(nested.event_id) {
             return Ok(Identity {

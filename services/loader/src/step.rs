@@ -80,30 +80,32 @@ impl<S: Sink> BatchStep for LoaderStep<S> {
     ) -> Result<Vec<OutputRecord>, StepError> {
         let sink_name = self.target.sink;
         let started = Instant::now();
-        let refusals =
-            match tokio::time::timeout(self.target.write_timeout, self.sink.write(batch, spans))
-                .await
-            {
-                Ok(Ok(refusals)) => refusals,
-                Ok(Err(error)) => {
-                    metrics::counter!("adpipe_loader_write_failures_total", "sink" => sink_name, "kind" => error.kind)
+        let refusals = match tokio::time::timeout(
+            self.target.write_timeout,
+            self.sink.write(batch, spans),
+        )
+        .await
+        {
+            Ok(Ok(refusals)) => refusals,
+            Ok(Err(error)) => {
+                metrics::counter!("adpipe_loader_write_failures_total", "sink" => sink_name, "kind" => error.kind)
                         .increment(1);
-                    warn!(sink = sink_name, kind = error.kind, %error, records = batch.len(), "a batch was not written; it is tried again");
-                    return Err(error);
-                }
-                Err(_) => {
-                    metrics::counter!("adpipe_loader_write_failures_total", "sink" => sink_name, "kind" => "timeout")
+                warn!(sink = sink_name, kind = error.kind, %error, records = batch.len(), "a batch was not written; it is tried again");
+                return Err(error);
+            }
+            Err(_) => {
+                metrics::counter!("adpipe_loader_write_failures_total", "sink" => sink_name, "kind" => "timeout")
                         .increment(1);
-                    return Err(StepError::transient(
-                        "sink_timeout",
-                        format!(
-                            "writing {} records took longer than {:?}",
-                            batch.len(),
-                            self.target.write_timeout
-                        ),
-                    ));
-                }
-            };
+                return Err(StepError::transient(
+                    "sink_timeout",
+                    format!(
+                        "writing {} records took longer than {:?}",
+                        batch.len(),
+                        self.target.write_timeout
+                    ),
+                ));
+            }
+        };
         metrics::histogram!("adpipe_loader_write_seconds", "sink" => sink_name)
             .record(started.elapsed().as_secs_f64());
         let written = batch.len() - refusals.len();
@@ -114,7 +116,11 @@ impl<S: Sink> BatchStep for LoaderStep<S> {
             let Some(pending) = batch.get(refusal.index) else {
                 return Err(StepError::fatal(
                     "sink_bug",
-                    format!("the sink refused record {} of {}", refusal.index, batch.len()),
+                    format!(
+                        "the sink refused record {} of {}",
+                        refusal.index,
+                        batch.len()
+                    ),
                 ));
             };
             metrics::counter!("adpipe_loader_refused_total", "sink" => sink_name, "reason" => refusal.kind)

@@ -1,0 +1,122 @@
+//! The Elasticsearch sink on a real server (`infra/elasticsearch.sh`) and
+//! the real central cluster: one document per event, across a full replay
+//! by a second group; a document Elasticsearch refuses (a mapping conflict)
+//! and a record that is not Avro go to the dead-letter topic with the
+//! reason, and nothing else is lost.
+
+mod support;
+
+use std::time::Duration;
+
+use adpipe_events::{EventKind, samples};
+use adpipe_runtime::dead_letter::{HEADER_ERROR, HEADER_OFFSET, HEADER_REASON, HEADER_TOPIC};
+use serde_json::json;
+use support::{Es, Rig};
+
+fn es_section(prefix: &str) -> String {
+    format!(
+        "[elasticsearch]\nurl = \"{}\"\nindex-prefix = \"t-\"\nrefresh-interval = \"200ms\"\n# {prefix}\n",
+        support::es_url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_one_document_across_a_replay_and_refusals_are_dead_lettered() {
+    let rig = Rig::new("loader-es").await;
+    let es = Es::new();
+    let impressions = format!("t-{}-imp", rig.prefix);
+    let clicks = format!("t-{}-jclk", rig.prefix);
+    // Someone made the index of 2020-01-01 by hand, with cost_micros as a
+    // boolean: Elasticsearch refuses that day's impressions.
+    es.request(
+        reqwest::Method::PUT,
+        &format!("{impressions}-2020.01.01"),
+        Some(json!({"mappings": {"properties": {"cost_micros": {"type": "boolean"}}}})),
+    )
+    .await;
+    let (truth, click_truth) = rig.publish(0, 600).await;
+    let mut conflicting = samples::impression(10_000);
+    conflicting.event_time = 1_577_880_000_000; // 2020-01-01T12:00Z
+    let value = rig.encode("imp", EventKind::Impression, &conflicting).await;
+    rig.send("imp", 1, &value).await;
+    rig.send("imp", 2, b"not avro").await;
+
+    let config = rig.config("elasticsearch", "first", &es_section(&rig.prefix));
+    let loader = adpipe_loader::start(rig.settings(&config)).expect("starts");
+    rig.wait_committed_to_end("first", Duration::from_secs(120))
+        .await;
+    let written =
+        adpipe_testkit::metric_value(loader.http_address, "adpipe_loader_records_total").await;
+    loader.stop().await.expect("clean stop");
+    assert_eq!(
+        written,
+        Some(750.0),
+        "records written (600 impressions, 150 clicks)"
+    );
+
+    es.assert_exactly_once(&format!("{impressions}-*"), "event_id", &truth)
+        .await;
+    es.assert_exactly_once(&format!("{clicks}-*"), "click.event_id", &click_truth)
+        .await;
+    // Daily indices by event time, mapped by the loader's template.
+    let mapping = es
+        .request(
+            reqwest::Method::GET,
+            &format!("{impressions}-2025.11.21/_mapping"),
+            None,
+        )
+        .await;
+    let properties = &mapping[format!("{impressions}-2025.11.21")]["mappings"]["properties"];
+    assert_eq!(properties["event_time"]["type"], "date");
+    assert_eq!(properties["site"]["type"], "keyword");
+    assert_eq!(properties["url"]["type"], "text");
+
+    let dead = rig.dead_lettered();
+    assert_eq!(dead.len(), 2, "the refused document and the bad bytes");
+    let refused = dead
+        .iter()
+        .find(|record| {
+            adpipe_testkit::header_text(*record, HEADER_REASON).as_deref()
+                == Some("mapping_rejected")
+        })
+        .expect("the mapping conflict, dead-lettered");
+    let error = adpipe_testkit::header_text(refused, HEADER_ERROR).expect("the store's words");
+    assert!(error.contains("cost_micros"), "{error}");
+    assert_eq!(
+        adpipe_testkit::header_text(refused, HEADER_TOPIC).as_deref(),
+        Some(format!("{}.imp", rig.prefix).as_str())
+    );
+    assert_eq!(
+        adpipe_testkit::header_text(refused, HEADER_OFFSET).as_deref(),
+        Some("200")
+    );
+    use rdkafka::message::Message;
+    assert_eq!(
+        refused.payload(),
+        Some(&value[..]),
+        "the record as it was read"
+    );
+
+    // A second group reads everything again: documents are overwritten,
+    // not added (each now at _version 2).
+    let config = rig.config("elasticsearch", "replay", &es_section(&rig.prefix));
+    let loader = adpipe_loader::start(rig.settings(&config)).expect("starts");
+    rig.wait_committed_to_end("replay", Duration::from_secs(120))
+        .await;
+    loader.stop().await.expect("clean stop");
+    es.assert_exactly_once(&format!("{impressions}-*"), "event_id", &truth)
+        .await;
+    es.assert_exactly_once(&format!("{clicks}-*"), "click.event_id", &click_truth)
+        .await;
+    let first = samples::impression(0);
+    let document = es
+        .request(
+            reqwest::Method::GET,
+            &format!("{impressions}-2025.11.21/_doc/{}", first.event_id),
+            None,
+        )
+        .await;
+    assert_eq!(document["_version"], 2);
+    assert_eq!(document["_source"]["campaign_id"], first.campaign_id);
+    es.delete_indices(&format!("t-{}-*", rig.prefix)).await;
+}

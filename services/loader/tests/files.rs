@@ -1,0 +1,247 @@
+//! The files sink on the real central cluster, its files read back by
+//! Apache avro-tools (`infra/avro-tools.sh`), a reader nobody here wrote:
+//! every event once, in its topic/date/hour directory, in files named from
+//! partition and offset range — across a restart whose Kafka commit was
+//! rewound behind what the files hold, and after a crash between putting
+//! a batch's files in place and recording it.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use adpipe_loader::files::{Marker, PartitionPaths};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use support::{PARTITIONS, Rig};
+
+/// Every `.avro` file under `dir`, sorted.
+pub fn avro_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if !path.ends_with("_adpipe") {
+                    stack.push(path);
+                }
+            } else if path.extension().is_some_and(|ext| ext == "avro") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The records of `files` as avro-tools reads them (JSON, one per line).
+pub fn read_with_avro_tools(files: &[PathBuf]) -> Vec<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../infra/avro-tools.sh");
+    let mut records = Vec::new();
+    // avro-tools starts a JVM per command: a few hundred files at a time.
+    for chunk in files.chunks(200) {
+        let joined = std::env::temp_dir().join(format!("loader-files-{}.avro", std::process::id()));
+        let status = Command::new(&script)
+            .arg("cat")
+            .args(chunk)
+            .arg(&joined)
+            .status()
+            .expect("avro-tools runs");
+        assert!(status.success(), "avro-tools cat read every file");
+        let output = Command::new(&script)
+            .arg("tojson")
+            .arg(&joined)
+            .output()
+            .expect("avro-tools runs");
+        assert!(output.status.success(), "avro-tools tojson");
+        for line in String::from_utf8(output.stdout).expect("UTF-8").lines() {
+            records.push(serde_json::from_str(line).expect("JSON"));
+        }
+        let _ = std::fs::remove_file(&joined);
+    }
+    records
+}
+
+/// Asserts the files of `topic` under `dir` hold each id of `truth` once
+/// (`id` picks it from a record) and nothing else; each file is in the
+/// directory of its records' date and hour.
+pub fn assert_files_hold_once(
+    dir: &Path,
+    topic: &str,
+    truth: &BTreeSet<String>,
+    id: impl Fn(&serde_json::Value) -> (String, i64),
+) {
+    let files = avro_files(&dir.join(topic));
+    assert!(!files.is_empty(), "{topic}: no files");
+    let mut by_hour = BTreeMap::<PathBuf, Vec<PathBuf>>::new();
+    for file in files {
+        let name = file
+            .file_name()
+            .and_then(|name| name.to_str())
+            .expect("a name");
+        assert!(name.starts_with(&format!("{topic}-p000")), "{name}");
+        by_hour
+            .entry(file.parent().expect("in a dir").to_owned())
+            .or_default()
+            .push(file);
+    }
+    let mut seen = BTreeMap::<String, usize>::new();
+    for (hour_dir, files) in &by_hour {
+        for record in read_with_avro_tools(files) {
+            let (event_id, time) = id(&record);
+            let (year, month, day, hour) = adpipe_loader::record::civil(time);
+            assert!(
+                hour_dir.ends_with(format!("date={year:04}-{month:02}-{day:02}/hour={hour:02}")),
+                "{event_id} at {time} in {}",
+                hour_dir.display()
+            );
+            *seen.entry(event_id).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(
+        twice.is_empty(),
+        "{topic}: events in files more than once, e.g. {twice:?}"
+    );
+    let ids: BTreeSet<String> = seen.into_keys().collect();
+    let missing: Vec<_> = truth.difference(&ids).take(5).collect();
+    let extra: Vec<_> = ids.difference(truth).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{topic}: {} events in files for {}; missing e.g. {missing:?}, extra e.g. {extra:?}",
+        ids.len(),
+        truth.len()
+    );
+}
+
+fn impression_id(record: &serde_json::Value) -> (String, i64) {
+    (
+        record["event_id"].as_str().expect("event_id").to_owned(),
+        record["event_time"].as_i64().expect("event_time"),
+    )
+}
+
+fn click_id(record: &serde_json::Value) -> (String, i64) {
+    impression_id(&record["click"])
+}
+
+fn files_section(dir: &Path) -> String {
+    format!("[files]\ndir = \"{}\"\n", dir.display())
+}
+
+fn rewind_group(rig: &Rig, group: &str) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &rig.bootstrap)
+        .set("group.id", format!("{}-{group}", rig.prefix))
+        .create()
+        .expect("consumer");
+    let mut offsets = TopicPartitionList::new();
+    for suffix in ["imp", "jclk"] {
+        for partition in 0..PARTITIONS {
+            offsets
+                .add_partition_offset(
+                    &format!("{}.{suffix}", rig.prefix),
+                    partition,
+                    Offset::Offset(0),
+                )
+                .expect("offset");
+        }
+    }
+    consumer
+        .commit(&offsets, CommitMode::Sync)
+        .expect("rewound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_is_in_the_files_once_across_a_rewound_commit_and_a_crash_mid_batch() {
+    let rig = Rig::new("loader-files").await;
+    let dir = std::env::temp_dir().join(&rig.prefix);
+    let (mut truth, mut click_truth) = rig.publish(0, 600).await;
+    let config = rig.config("files", "files", &files_section(&dir));
+    let loader = adpipe_loader::start(rig.settings(&config)).expect("starts");
+    rig.wait_committed_to_end("files", Duration::from_secs(120))
+        .await;
+    // The metrics recorder is the test process's: later runs add to it.
+    let first_run =
+        adpipe_testkit::metric_value(loader.http_address, "adpipe_loader_records_total")
+            .await
+            .expect("a count");
+    loader.stop().await.expect("clean stop");
+    assert_eq!(first_run, 750.0, "600 impressions and 150 clicks written");
+    let imp_topic = format!("{}.imp", rig.prefix);
+    let clk_topic = format!("{}.jclk", rig.prefix);
+    assert_files_hold_once(&dir, &imp_topic, &truth, impression_id);
+    assert_files_hold_once(&dir, &clk_topic, &click_truth, click_id);
+
+    // Stopped: the Kafka group's commits are rewound to 0 — only the
+    // markers may decide where each partition resumes.
+    rewind_group(&rig, "files");
+    // And partition 0 crashed after its last batch's files were staged and
+    // the marker said pending: the batch is finished at the next start.
+    let paths = PartitionPaths::new(&dir, &imp_topic, 0);
+    let marker = paths.read_marker().expect("a marker");
+    let next = marker.next.expect("an offset");
+    let last_file = avro_files(&dir.join(&imp_topic))
+        .into_iter()
+        .filter(|file| {
+            file.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| {
+                    name.contains("-p0000-") && name.ends_with(&format!("{:020}.avro", next - 1))
+                })
+        })
+        .collect::<Vec<_>>();
+    assert!(
+        !last_file.is_empty(),
+        "the last batch's files of partition 0"
+    );
+    let staging = dir.join("_adpipe/staging").join(&imp_topic).join("p0");
+    let mut pending_files = Vec::new();
+    for file in &last_file {
+        let staged = staging.join(file.file_name().expect("a name"));
+        std::fs::rename(file, &staged).expect("moved back to staging");
+        pending_files.push((staged, file.clone()));
+    }
+    let first_of_last = pending_files.len();
+    let rolled_back = Marker {
+        next: Some(next - 1), // Not the real start of the batch: never read, the batch is finished instead.
+        pending: Some(adpipe_loader::files::PendingBatch {
+            next,
+            files: pending_files,
+        }),
+    };
+    std::fs::write(
+        dir.join("_adpipe").join(&imp_topic).join("p0.json"),
+        serde_json::to_vec(&rolled_back).expect("JSON"),
+    )
+    .expect("marker rolled back");
+    assert!(first_of_last > 0);
+
+    let (more, more_clicks) = rig.publish(600, 900).await;
+    truth.extend(more);
+    click_truth.extend(more_clicks);
+    let loader = adpipe_loader::start(rig.settings(&config)).expect("starts again");
+    rig.wait_committed_to_end("files", Duration::from_secs(120))
+        .await;
+    let both_runs =
+        adpipe_testkit::metric_value(loader.http_address, "adpipe_loader_records_total")
+            .await
+            .expect("a count");
+    loader.stop().await.expect("clean stop");
+    assert_eq!(
+        both_runs - first_run,
+        375.0,
+        "only the 300 new impressions and 75 new clicks read and written"
+    );
+    assert_eq!(
+        paths.read_marker().expect("a marker").pending,
+        None,
+        "the pending batch finished"
+    );
+    assert_files_hold_once(&dir, &imp_topic, &truth, impression_id);
+    assert_files_hold_once(&dir, &clk_topic, &click_truth, click_id);
+    let _ = std::fs::remove_dir_all(&dir);
+}
