@@ -478,3 +478,60 @@ pub fn queue_blocking<K, P>(
         }
     }
 }
+
+/// A service process killed (SIGKILL) and reaped when dropped, so a test
+/// that fails half-way leaves no instance running.
+#[derive(Debug, Default)]
+pub struct ChildGuard(Option<std::process::Child>);
+
+impl ChildGuard {
+    /// Guards `child`.
+    pub fn new(child: std::process::Child) -> Self {
+        ChildGuard(Some(child))
+    }
+
+    /// Whether a process is guarded.
+    pub fn is_running(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The guarded process's id.
+    pub fn id(&self) -> Option<u32> {
+        self.0.as_ref().map(std::process::Child::id)
+    }
+
+    /// Takes the process out (to stop it the test's way).
+    pub fn take(&mut self) -> std::process::Child {
+        self.0.take().expect("a running process")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `done` every 200 ms (blocking) until it holds; panics naming
+/// `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Resident memory of process `pid` (VmRSS), if it runs.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

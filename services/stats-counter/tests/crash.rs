@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use adpipe_events::samples;
 use adpipe_runtime::dead_letter::{HEADER_ERROR, HEADER_OFFSET, HEADER_REASON, HEADER_TOPIC};
 use adpipe_stats_counter::{BucketSize, PgStore};
-use adpipe_testkit::{kill_9, terminate};
+use adpipe_testkit::{ChildGuard, kill_9, terminate, wait_for};
 use rand::Rng;
 use support::{INPUTS, PARTITIONS, Rig, load_shape, pg_url};
 
@@ -150,25 +150,6 @@ impl Instance {
     }
 }
 
-/// A child process killed when the test ends early (a failed assertion
-/// must not leave instances running).
-struct Guard(Option<Child>);
-
-impl Guard {
-    fn take(&mut self) -> Child {
-        self.0.take().expect("running")
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Waits until the two instances share every partition, each owning some.
 async fn wait_split(first: &Instance, second: &Instance, all: u64) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -189,14 +170,6 @@ async fn wait_split(first: &Instance, second: &Instance, all: u64) {
             "two instances: partitions {a:?} + {b:?}, not a split of {all}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -225,13 +198,13 @@ async fn totals_stay_exact_across_kill_9_sigterm_and_a_rebalance() {
     });
 
     let (first, second) = (Instance::new(), Instance::new());
-    let mut child = Guard(Some(first.spawn(&rig)));
-    let mut joined = Guard(None);
+    let mut child = ChildGuard::new(first.spawn(&rig));
+    let mut joined = ChildGuard::default();
     let mut rng = rand::rng();
     let (mut kills, mut terms) = (0, 0);
     let mut committed_before = rig.committed_records();
     for (round, how) in rounds.iter().enumerate() {
-        if joined.0.is_some() {
+        if joined.is_running() {
             wait_split(&first, &second, all).await;
         } else {
             first.wait_assigned(&format!("round {round}"), all).await;
@@ -252,7 +225,7 @@ async fn totals_stay_exact_across_kill_9_sigterm_and_a_rebalance() {
         match *how {
             "join" => {
                 // A second instance takes half the partitions, mid-batch.
-                joined = Guard(Some(second.spawn(&rig)));
+                joined = ChildGuard::new(second.spawn(&rig));
                 wait_split(&first, &second, all).await;
             }
             "leave" => {
@@ -262,13 +235,13 @@ async fn totals_stay_exact_across_kill_9_sigterm_and_a_rebalance() {
             "term" => {
                 terminate(child.take());
                 terms += 1;
-                child = Guard(Some(first.spawn(&rig)));
+                child = ChildGuard::new(first.spawn(&rig));
             }
             _ => {
                 let mut victim = child.take();
                 kill_9(&mut victim);
                 kills += 1;
-                child = Guard(Some(first.spawn(&rig)));
+                child = ChildGuard::new(first.spawn(&rig));
             }
         }
     }

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use adpipe_codec::{Codec, Encoder, RegistryClient, WriterSchema, split_header};
 use adpipe_events::{Click, Conversion, EventKind, Impression, JoinedClick, JoinedConversion};
@@ -213,13 +213,7 @@ checkpoint-interval = "2s"
     }
 }
 
-pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+pub use adpipe_testkit::wait_for;
 
 fn decode<T: serde::de::DeserializeOwned>(
     kind: EventKind,

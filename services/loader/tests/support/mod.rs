@@ -6,8 +6,9 @@
 //! Elasticsearch tests, `infra/elasticsearch.sh start` (`ADPIPE_ES_URL`).
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use adpipe_codec::{Codec, RegistryClient};
@@ -306,3 +307,204 @@ impl Es {
             .await;
     }
 }
+
+/// A blocking publisher of numbered events for the long tests: impression
+/// `n` on `<prefix>.imp`, and its joined click on `<prefix>.jclk` for every
+/// tenth `n`; partitioned by number.
+pub struct Load {
+    prefix: String,
+    producer: rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    impressions: adpipe_codec::Encoder<adpipe_events::Impression>,
+    clicks: adpipe_codec::Encoder<adpipe_events::JoinedClick>,
+}
+
+impl Rig {
+    pub async fn load(&self) -> Load {
+        Load {
+            prefix: self.prefix.clone(),
+            producer: ClientConfig::new()
+                .set("bootstrap.servers", &self.bootstrap)
+                .set("linger.ms", "20")
+                .set("queue.buffering.max.messages", "200000")
+                .create()
+                .expect("producer"),
+            impressions: self.encoder("imp", EventKind::Impression).await,
+            clicks: self.encoder("jclk", EventKind::JoinedClick).await,
+        }
+    }
+
+    async fn encoder<T: serde::Serialize>(&self, suffix: &str, kind: EventKind) -> adpipe_codec::Encoder<T> {
+        self.codec
+            .encoder(&format!("{}.{suffix}-value", self.prefix), kind.schema())
+            .await
+            .expect("encoder")
+    }
+
+    /// Records committed by `group` over both inputs.
+    pub fn committed_records(&self, group: &str) -> i64 {
+        ["imp", "jclk"]
+            .iter()
+            .map(|suffix| {
+                adpipe_testkit::committed_offsets(
+                    &self.bootstrap,
+                    &format!("{}-{group}", self.prefix),
+                    &format!("{}.{suffix}", self.prefix),
+                )
+                .into_iter()
+                .map(|offset| offset.unwrap_or(0))
+                .sum::<i64>()
+            })
+            .sum()
+    }
+}
+
+/// The ground truth of `Load`ing events `0..events`: impression ids, click ids.
+pub fn load_truth(events: u64) -> (BTreeSet<String>, BTreeSet<String>) {
+    let impressions = (0..events).map(|n| samples::impression(n).event_id).collect();
+    let clicks = (0..events)
+        .filter(|n| n.is_multiple_of(10))
+        .map(|n| samples::click(n).event_id)
+        .collect();
+    (impressions, clicks)
+}
+
+impl Load {
+    /// Queues event `n`.
+    pub fn send(&self, n: u64) {
+        let partition = i32::try_from(n % PARTITIONS as u64).expect("small");
+        let value = self.impressions.encode(&samples::impression(n)).expect("encodes");
+        self.queue("imp", partition, &value);
+        if n.is_multiple_of(10) {
+            let value = self.clicks.encode(&samples::joined_click(n)).expect("encodes");
+            self.queue("jclk", partition, &value);
+        }
+    }
+
+    fn queue(&self, suffix: &str, partition: i32, value: &[u8]) {
+        let topic = format!("{}.{suffix}", self.prefix);
+        adpipe_testkit::queue_blocking(
+            &self.producer,
+            rdkafka::producer::BaseRecord::<(), [u8]>::to(&topic)
+                .partition(partition)
+                .payload(value),
+        );
+    }
+
+    pub fn flush(&self) {
+        use rdkafka::producer::Producer;
+        self.producer.flush(Duration::from_secs(120)).expect("flushed");
+    }
+}
+
+/// Every `.avro` file under `dir`, sorted.
+pub fn avro_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if !path.ends_with("_adpipe") {
+                    stack.push(path);
+                }
+            } else if path.extension().is_some_and(|ext| ext == "avro") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The records of `files` as avro-tools reads them (JSON, one per line).
+pub fn read_with_avro_tools(files: &[PathBuf]) -> Vec<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../infra/avro-tools.sh");
+    let mut records = Vec::new();
+    // avro-tools starts a JVM per command: a few hundred files at a time.
+    for chunk in files.chunks(200) {
+        let joined = std::env::temp_dir().join(format!("loader-files-{}.avro", std::process::id()));
+        let status = Command::new(&script)
+            .arg("cat")
+            .args(chunk)
+            .arg(&joined)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("avro-tools runs");
+        assert!(status.success(), "avro-tools cat read every file");
+        let output = Command::new(&script)
+            .arg("tojson")
+            .arg(&joined)
+            .output()
+            .expect("avro-tools runs");
+        assert!(output.status.success(), "avro-tools tojson");
+        for line in String::from_utf8(output.stdout).expect("UTF-8").lines() {
+            records.push(serde_json::from_str(line).expect("JSON"));
+        }
+        let _ = std::fs::remove_file(&joined);
+    }
+    records
+}
+
+/// Asserts the files of `topic` under `dir` hold each id of `truth` once
+/// (`id` picks it from a record) and nothing else; each file is in the
+/// directory of its records' date and hour.
+pub fn assert_files_hold_once(
+    dir: &Path,
+    topic: &str,
+    truth: &BTreeSet<String>,
+    id: impl Fn(&serde_json::Value) -> (String, i64),
+) {
+    let files = avro_files(&dir.join(topic));
+    assert!(!files.is_empty(), "{topic}: no files");
+    let mut by_hour = BTreeMap::<PathBuf, Vec<PathBuf>>::new();
+    for file in files {
+        let name = file
+            .file_name()
+            .and_then(|name| name.to_str())
+            .expect("a name");
+        assert!(name.starts_with(&format!("{topic}-p000")), "{name}");
+        by_hour
+            .entry(file.parent().expect("in a dir").to_owned())
+            .or_default()
+            .push(file);
+    }
+    let mut seen = BTreeMap::<String, usize>::new();
+    for (hour_dir, files) in &by_hour {
+        for record in read_with_avro_tools(files) {
+            let (event_id, time) = id(&record);
+            let (year, month, day, hour) = adpipe_loader::record::civil(time);
+            assert!(
+                hour_dir.ends_with(format!("date={year:04}-{month:02}-{day:02}/hour={hour:02}")),
+                "{event_id} at {time} in {}",
+                hour_dir.display()
+            );
+            *seen.entry(event_id).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(
+        twice.is_empty(),
+        "{topic}: events in files more than once, e.g. {twice:?}"
+    );
+    let ids: BTreeSet<String> = seen.into_keys().collect();
+    let missing: Vec<_> = truth.difference(&ids).take(5).collect();
+    let extra: Vec<_> = ids.difference(truth).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{topic}: {} events in files for {}; missing e.g. {missing:?}, extra e.g. {extra:?}",
+        ids.len(),
+        truth.len()
+    );
+}
+
+pub fn impression_id(record: &serde_json::Value) -> (String, i64) {
+    (
+        record["event_id"].as_str().expect("event_id").to_owned(),
+        record["event_time"].as_i64().expect("event_time"),
+    )
+}
+
+pub fn click_id(record: &serde_json::Value) -> (String, i64) {
+    impression_id(&record["click"])
+}
+

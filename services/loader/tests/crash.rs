@@ -1,0 +1,197 @@
+//! kill -9 and SIGTERM of real `adpipe-loader` binaries — one writing
+//! Elasticsearch, one writing Avro files — while events keep coming, on the
+//! real central cluster and Elasticsearch; then every store compared with
+//! the ground truth: exactly one document per event in Elasticsearch, each
+//! event exactly once in the files (read back by Apache avro-tools), and
+//! nothing dead-lettered. Peak RSS of each loader is measured.
+//!
+//! `ADPIPE_LOADER_CRASH_EVENTS` sets the load (default 1,000,000
+//! impressions plus 100,000 joined clicks).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use adpipe_testkit::{ChildGuard, kill_9, rss_bytes, terminate, wait_for};
+use rand::Rng;
+use support::{Es, Rig, assert_files_hold_once, click_id, impression_id, load_truth};
+
+/// One loader process: its config, group and metrics address.
+struct Loader {
+    name: &'static str,
+    config: PathBuf,
+    listen: SocketAddr,
+    process: ChildGuard,
+    peak_rss: u64,
+}
+
+impl Loader {
+    fn new(name: &'static str, config: PathBuf) -> Loader {
+        Loader {
+            name,
+            config,
+            listen: adpipe_testkit::free_loopback_address(),
+            process: ChildGuard::default(),
+            peak_rss: 0,
+        }
+    }
+
+    fn spawn(&mut self) {
+        let child: Child = Command::new(env!("CARGO_BIN_EXE_adpipe-loader"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("ADPIPE__HTTP__LISTEN", self.listen.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("loader starts");
+        self.process = ChildGuard::new(child);
+    }
+
+    fn sample_rss(&mut self) {
+        if let Some(rss) = self.process.id().and_then(rss_bytes) {
+            self.peak_rss = self.peak_rss.max(rss);
+        }
+    }
+}
+
+fn config(rig: &Rig, name: &str, sections: &str) -> PathBuf {
+    rig.config(name, name, sections)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
+    let events: u64 = std::env::var("ADPIPE_LOADER_CRASH_EVENTS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(1_000_000);
+    let rig = Arc::new(Rig::new("loader-crash").await);
+    let es = Es::new();
+    let dir = std::env::temp_dir().join(&rig.prefix);
+    let mut loaders = [
+        Loader::new(
+            "elasticsearch",
+            config(
+                &rig,
+                "elasticsearch",
+                &format!(
+                    "[elasticsearch]\nurl = \"{}\"\nindex-prefix = \"t-\"\n",
+                    support::es_url()
+                ),
+            ),
+        ),
+        Loader::new("files", config(&rig, "files", &format!("[files]\ndir = \"{}\"\n", dir.display()))),
+    ];
+    for loader in &mut loaders {
+        // Batches of the default size (files: closed every 5 s at the latest).
+        let text = std::fs::read_to_string(&loader.config).expect("config");
+        let wait = if loader.name == "files" { "5s" } else { "1s" };
+        let text = text
+            .replace("records = 200", "records = 5000")
+            .replace("wait = \"300ms\"", &format!("wait = \"{wait}\""));
+        std::fs::write(&loader.config, text).expect("config");
+    }
+    let load = rig.load().await;
+    // Rounds alternate between the two loaders; publishing spans them all.
+    let rounds = [
+        (0, "kill"),
+        (1, "kill"),
+        (0, "term"),
+        (1, "kill"),
+        (0, "kill"),
+        (1, "term"),
+        (0, "kill"),
+        (1, "kill"),
+    ];
+    let rate = events as f64 / (rounds.len() as f64 * 12.0);
+    let publishing = std::thread::spawn(move || {
+        let mut pacer = adpipe_loadtest::pace::Pacer::new(Some(rate));
+        for n in 0..events {
+            pacer.wait_turn();
+            load.send(n);
+        }
+        load.flush();
+    });
+    for loader in &mut loaders {
+        loader.spawn();
+    }
+    let mut rng = rand::rng();
+    let (mut kills, mut terms) = (0, 0);
+    for (round, (which, how)) in rounds.iter().enumerate() {
+        let loader = &mut loaders[*which];
+        adpipe_testkit::wait_assigned(
+            loader.listen,
+            &format!("round {round}: {}", loader.name),
+            6,
+            Duration::from_secs(120),
+        )
+        .await;
+        let before = rig.committed_records(loader.name);
+        tokio::task::block_in_place(|| {
+            wait_for(
+                &format!("progress of {} in round {round}", loader.name),
+                Duration::from_secs(120),
+                || rig.committed_records(loader.name) > before,
+            )
+        });
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..2_000))).await;
+        assert!(
+            !publishing.is_finished(),
+            "round {round}: publishing ended before the faults; slow it down"
+        );
+        for loader in &mut loaders {
+            loader.sample_rss();
+        }
+        let loader = &mut loaders[*which];
+        if *how == "term" {
+            terminate(loader.process.take());
+            terms += 1;
+        } else {
+            let mut victim = loader.process.take();
+            kill_9(&mut victim);
+            kills += 1;
+        }
+        loader.spawn();
+    }
+    tokio::task::block_in_place(|| publishing.join()).expect("publisher");
+    for loader in &mut loaders {
+        rig.wait_committed_to_end(loader.name, Duration::from_secs(900)).await;
+        loader.sample_rss();
+        terminate(loader.process.take());
+    }
+    println!(
+        "kill -9 x{kills}, SIGTERM x{terms} while publishing {events} impressions and {} joined clicks; peak RSS: elasticsearch loader {} MiB, files loader {} MiB",
+        events / 10,
+        loaders[0].peak_rss >> 20,
+        loaders[1].peak_rss >> 20
+    );
+
+    let (truth, click_truth) = load_truth(events);
+    es.assert_exactly_once(&format!("t-{}-imp-*", rig.prefix), "event_id", &truth).await;
+    es.assert_exactly_once(&format!("t-{}-jclk-*", rig.prefix), "click.event_id", &click_truth)
+        .await;
+    tokio::task::block_in_place(|| {
+        assert_files_hold_once(&dir, &format!("{}.imp", rig.prefix), &truth, impression_id);
+        assert_files_hold_once(&dir, &format!("{}.jclk", rig.prefix), &click_truth, click_id);
+    });
+    assert!(rig.dead_lettered().is_empty(), "nothing dead-lettered");
+    for loader in &loaders {
+        assert!(
+            loader.peak_rss < 512 << 20,
+            "{} loader: peak RSS {} MiB",
+            loader.name,
+            loader.peak_rss >> 20
+        );
+    }
+    es.delete_indices(&format!("t-{}-*", rig.prefix)).await;
+    remove(&dir);
+}
+
+fn remove(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+}
