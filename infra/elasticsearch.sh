@@ -10,8 +10,9 @@
 #   infra/elasticsearch.sh url      prints its URL
 #
 # ADPIPE_SEARCH=opensearch runs OpenSearch instead (the sink speaks the
-# `_bulk` API both share); ADPIPE_ES_PORT picks the port (default 19200,
-# OpenSearch 19201). Both come from Maven Central's integ-test-zip builds
+# `_bulk` API both share); ADPIPE_ES_PORT picks the HTTP port (default
+# 19200, OpenSearch 19201), ADPIPE_ES_TRANSPORT_PORT the node's transport
+# port (default HTTP + 100). Both come from Maven Central's integ-test-zip builds
 # (ES 8.19 is AGPL-3.0 / SSPL / Elastic: used only as an outside test
 # server, never bundled; OpenSearch is Apache-2.0), cached under
 # $ADPIPE_CACHE_DIR, and run on the local JDK 17 with a 512 MiB heap, on
@@ -31,6 +32,7 @@ case "$FLAVOUR" in
   *) die "ADPIPE_SEARCH must be elasticsearch or opensearch, not $FLAVOUR" ;;
 esac
 PORT="${ADPIPE_ES_PORT:-$DEFAULT_PORT}"
+TRANSPORT_PORT="${ADPIPE_ES_TRANSPORT_PORT:-$((PORT + 100))}"
 HOME_DIR="$ADPIPE_STATE_DIR/$FLAVOUR"
 if [ "$(id -u)" = 0 ]; then
   RUN_AS=(runuser -u nobody --)
@@ -78,7 +80,7 @@ start() {
   cp -rn "$DIST/config/." "$DATA_ROOT/config/"
   [ "$(id -u)" = 0 ] && chown -R nobody "$DATA_ROOT"
   local -a settings=(-E discovery.type=single-node -E network.host=127.0.0.1 -E "http.port=$PORT"
-    -E "transport.port=$((PORT + 100))" -E "path.data=$DATA_ROOT/data" -E "path.logs=$DATA_ROOT/logs"
+    -E "transport.port=$TRANSPORT_PORT" -E "path.data=$DATA_ROOT/data" -E "path.logs=$DATA_ROOT/logs"
     -E cluster.routing.allocation.disk.threshold_enabled=false)
   [ "$FLAVOUR" = elasticsearch ] && settings+=(-E xpack.security.enabled=false)
   rm -f "$PIDFILE"

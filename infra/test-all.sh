@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The full test suite, against real parts. On a fresh machine with only the
-# toolchains it installs what it needs (Kafka jars via mvn, Python packages in
-# a venv under .adpipe/, PostgreSQL from Debian's packages), starts the local
-# KRaft clusters, PostgreSQL and adpipe's schema registry, runs every check,
+# toolchains it installs what it needs (Kafka jars, Elasticsearch and
+# avro-tools via mvn, Python packages in a venv under .adpipe/, PostgreSQL
+# from Debian's packages), starts the local
+# KRaft clusters, PostgreSQL, Elasticsearch and adpipe's schema registry, runs every check,
 # and stops what it started.
 #
 #   infra/test-all.sh            everything
@@ -32,6 +33,9 @@ cleanup() {
   fi
   if [ "${pg_started:-0}" = 1 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
     "$INFRA_DIR/postgres.sh" stop || true
+  fi
+  if [ "${es_started:-0}" = 1 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
+    "$INFRA_DIR/elasticsearch.sh" stop || true
   fi
   log "finished with status $status after $(( $(date +%s) - started_at )) s"
   exit $status
@@ -78,6 +82,17 @@ export ADPIPE_PG_URL
 "$INFRA_DIR/postgres.sh" wipe
 pg_started=1
 "$INFRA_DIR/postgres.sh" start
+
+step "elasticsearch of this run (own ports, own data)"
+ADPIPE_ES_PORT="$(free_port)"
+ADPIPE_ES_TRANSPORT_PORT="$(free_port)"
+export ADPIPE_ES_PORT ADPIPE_ES_TRANSPORT_PORT
+ADPIPE_ES_URL="$("$INFRA_DIR/elasticsearch.sh" url)"
+export ADPIPE_ES_URL
+"$INFRA_DIR/elasticsearch.sh" wipe
+es_started=1
+"$INFRA_DIR/elasticsearch.sh" start
+"$INFRA_DIR/avro-tools.sh" jar >/dev/null
 
 step "topology apply (twice: the second must change nothing)"
 target/debug/adpipe topology apply | tail -n 2
