@@ -51,14 +51,18 @@ PIDFILE="$DATA_ROOT/server.pid"
 fetch() {
   [ -x "$DIST/bin/$FLAVOUR" ] && return 0
   command -v mvn >/dev/null || die "mvn not found; install maven"
-  command -v unzip >/dev/null || die "unzip not found; install unzip"
   local tmp
   mkdir -p "$DIST_CACHE"
   tmp="$(mktemp -d "$DIST_CACHE/.fetch-XXXXXX")"
   log "$FLAVOUR: fetching $GROUP:$FLAVOUR:$VERSION:zip"
   mvn -q -B dependency:copy -Dartifact="$GROUP:$FLAVOUR:$VERSION:zip" -DoutputDirectory="$tmp" >&2 \
     || die "mvn could not fetch $FLAVOUR $VERSION"
-  unzip -q "$tmp/$FLAVOUR-$VERSION.zip" -d "$tmp"
+  if command -v unzip >/dev/null; then
+    unzip -q "$tmp/$FLAVOUR-$VERSION.zip" -d "$tmp"
+  else # Python's zipfile drops the exec bits: the scripts get them back.
+    python3 -m zipfile -e "$tmp/$FLAVOUR-$VERSION.zip" "$tmp"
+    chmod +x "$tmp/$FLAVOUR-$VERSION"/bin/*
+  fi
   rm -rf "$DIST"
   mv "$tmp/$FLAVOUR-$VERSION" "$DIST"
   rm -rf "$tmp"
@@ -78,6 +82,10 @@ start() {
   mkdir -p "$DATA_ROOT/data" "$DATA_ROOT/logs" "$DATA_ROOT/tmp" "$DATA_ROOT/config"
   # Its own config dir: the distribution's stays untouched (shared cache).
   cp -rn "$DIST/config/." "$DATA_ROOT/config/"
+  # OpenSearch's JVM options name logs/ and data/ relative to where it is
+  # installed (the shared, read-only cache): point them at this server's.
+  sed -i -e "s#=logs/#=$DATA_ROOT/logs/#g" -e "s#:logs/#:$DATA_ROOT/logs/#g" \
+    -e "s#HeapDumpPath=data\$#HeapDumpPath=$DATA_ROOT/data#" "$DATA_ROOT/config/jvm.options"
   [ "$(id -u)" = 0 ] && chown -R nobody "$DATA_ROOT"
   local -a settings=(-E discovery.type=single-node -E network.host=127.0.0.1 -E "http.port=$PORT"
     -E "transport.port=$TRANSPORT_PORT" -E "path.data=$DATA_ROOT/data" -E "path.logs=$DATA_ROOT/logs"

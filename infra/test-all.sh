@@ -104,6 +104,17 @@ step "MirrorMaker 2 between the DC clusters and central"
 step "rust tests"
 cargo test --workspace --locked
 
+step "the loader's Elasticsearch sink against OpenSearch (the same _bulk API)"
+(
+  export ADPIPE_SEARCH=opensearch ADPIPE_ES_PORT="$(free_port)" ADPIPE_ES_TRANSPORT_PORT="$(free_port)"
+  "$INFRA_DIR/elasticsearch.sh" wipe
+  "$INFRA_DIR/elasticsearch.sh" start
+  ADPIPE_ES_URL="$("$INFRA_DIR/elasticsearch.sh" url)" cargo test -p adpipe-loader --locked --test elasticsearch
+  status=$?
+  "$INFRA_DIR/elasticsearch.sh" stop
+  exit $status
+)
+
 step "demo on the embedded default (in-process Kafka, no server), and on the real central cluster with the stats-counter in PostgreSQL"
 env -u ADPIPE_PG_URL target/debug/adpipe demo --events 5000 | tail -n 6
 target/debug/adpipe demo --events 5000 --brokers "$(clusters name port | awk '$1 == "central" {print "127.0.0.1:" $2}')" \
