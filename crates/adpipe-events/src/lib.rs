@@ -38,3 +38,6 @@ pub trait Event {
 pub const HEADER_ORPHAN_REASON: &str = "adpipe.orphan.reason";
 /// Header of an orphan: `click` or `conversion`.
 pub const HEADER_ORPHAN_KIND: &str = "adpipe.orphan.kind";
+/// Header (written by the merger, read by the dispatcher): the DC the event
+/// was published in, whose topic the merged copy came from.
+pub const HEADER_ORIGIN_DC: &str = "adpipe.origin.dc";

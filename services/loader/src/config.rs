@@ -25,6 +25,42 @@ struct RawConfig {
     loader: RawLoader,
     elasticsearch: RawElasticsearch,
     files: RawFiles,
+    profiles: RawProfiles,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawProfiles {
+    store: ProfileBackend,
+    url: String,
+    key_prefix: String,
+    keep: usize,
+    ttl: String,
+}
+
+/// Which store holds the profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProfileBackend {
+    /// Redis or Valkey (`redis://host:port`).
+    Redis,
+    /// Aerospike (`host:port[,host:port…]`; the `aerospike` build feature).
+    Aerospike,
+}
+
+/// `[profiles]`, validated.
+#[derive(Debug, Clone)]
+pub struct ProfilesSettings {
+    /// The store.
+    pub store: ProfileBackend,
+    /// Where it is.
+    pub url: String,
+    /// Prefix of every key (Redis) or the set (Aerospike: `namespace/set`).
+    pub key_prefix: String,
+    /// Entries kept per user and kind (the newest).
+    pub keep: usize,
+    /// How long after its newest event a user's entries of a kind expire.
+    pub ttl: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +105,8 @@ pub enum SinkKind {
     Elasticsearch,
     /// Avro container files, partitioned by topic, date and hour.
     Files,
+    /// Per-user recent events for bidders (Redis, Aerospike).
+    Profiles,
 }
 
 /// The block codec of Avro container files.
@@ -131,6 +169,8 @@ pub struct LoaderSettings {
     pub elasticsearch: ElasticsearchSettings,
     /// `[files]`.
     pub files: FilesSettings,
+    /// `[profiles]`.
+    pub profiles: ProfilesSettings,
 }
 
 impl LoaderSettings {
@@ -190,6 +230,11 @@ impl LoaderSettings {
                 worker.processing_timeout
             ));
         }
+        let profiles = raw.profiles;
+        let ttl = duration("profiles.ttl", &profiles.ttl, &mut problems);
+        if profiles.keep == 0 {
+            problems.push("profiles.keep must be at least 1".to_owned());
+        }
         let es = raw.elasticsearch;
         if es.index_prefix.chars().any(|c| c.is_ascii_uppercase()) {
             problems.push(format!(
@@ -223,6 +268,13 @@ impl LoaderSettings {
                     std::env::var_os(adpipe_runtime::config::STATE_DIR_ENV).as_deref(),
                 ),
                 codec: raw.files.codec,
+            },
+            profiles: ProfilesSettings {
+                store: profiles.store,
+                url: profiles.url,
+                key_prefix: profiles.key_prefix,
+                keep: profiles.keep,
+                ttl,
             },
         })
     }

@@ -5,8 +5,9 @@
 //! One runtime task per input partition folds records into a batch
 //! ([`step`]), written through the configured [`sink`] when full or due:
 //! [`elasticsearch`] (`_bulk`, `_id` = event id, a daily index, managed
-//! templates) or [`files`] (Avro container files per topic/date/hour,
-//! named by offset range, put in place atomically). A failing store fails
+//! templates), [`files`] (Avro container files per topic/date/hour,
+//! named by offset range, put in place atomically) or [`profiles`] (per-user
+//! recent events for bidders, in Redis or Aerospike). A failing store fails
 //! the write, which is tried again while the partition's queue fills and
 //! pauses it; records the store refuses for good go to `dlq.loader` with
 //! its reason.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod elasticsearch;
 pub mod factory;
 pub mod files;
+pub mod profiles;
 pub mod record;
 pub mod sink;
 pub mod step;
@@ -47,6 +49,23 @@ pub fn start(settings: LoaderSettings) -> Result<WorkerHandle, WorkerError> {
         SinkKind::Files => {
             let sinks = files::FilesFactory::new(&settings.files).map_err(WorkerError::Setup)?;
             adpipe_runtime::start(worker, LoaderFactory::new(sinks, settings))
+        }
+        SinkKind::Profiles => {
+            let profiles = &settings.profiles;
+            match profiles.store {
+                config::ProfileBackend::Redis => {
+                    let store = profiles::RedisProfiles::new(&profiles.url, &profiles.key_prefix)
+                        .map_err(WorkerError::Setup)?;
+                    let runtime = tokio::runtime::Handle::current();
+                    tokio::task::block_in_place(|| runtime.block_on(store.ping()))
+                        .map_err(WorkerError::Setup)?;
+                    let sinks = profiles::ProfilesFactory::new(store, profiles.keep, profiles.ttl);
+                    adpipe_runtime::start(worker, LoaderFactory::new(sinks, settings))
+                }
+                config::ProfileBackend::Aerospike => Err(WorkerError::Setup(
+                    "profiles.store = \"aerospike\" needs a build with the aerospike feature".to_owned(),
+                )),
+            }
         }
     }
 }

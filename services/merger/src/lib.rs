@@ -23,8 +23,8 @@ pub mod step;
 pub use config::MergerSettings;
 pub use step::{MergeFactory, MergeStep};
 
-/// Header: the DC the event was published in.
-pub const HEADER_ORIGIN_DC: &str = "adpipe.origin.dc";
+/// Header: the DC the event was published in (shared with the dispatcher).
+pub use adpipe_events::HEADER_ORIGIN_DC;
 /// Header: the record's offset in its DC's replicated topic on this cluster.
 pub const HEADER_SOURCE_OFFSET: &str = "adpipe.source.offset";
 /// Header: how far (ms of event time) behind already merged records a
