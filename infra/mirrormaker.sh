@@ -8,7 +8,8 @@
 #                         landing as "<dc>.<topic>" (the default replication
 #                         policy), partition i to partition i, in order;
 #   central -> every DC : events-for-<dc> (the dispatcher's output for that
-#                         DC), landing as "central.events-for-<dc>".
+#                         DC; any topic ending so, for tests' prefixed
+#                         ones), landing as "central.events-for-<dc>".
 #
 #   infra/mirrormaker.sh start    write mm2.properties, start, wait until it runs
 #   infra/mirrormaker.sh stop     SIGTERM, then SIGKILL after 30 s
@@ -37,7 +38,7 @@ write_config() {
       echo "$dc->$central.enabled = true"
       echo "$dc->$central.topics = .*(impressions|clicks|conversions)"
       echo "$central->$dc.enabled = true"
-      echo "$central->$dc.topics = events-for-$dc"
+      echo "$central->$dc.topics = .*events-for-$dc"
     done
     cat <<PROPS
 replication.policy.class = org.apache.kafka.connect.mirror.DefaultReplicationPolicy

@@ -2,8 +2,9 @@
 # The full test suite, against real parts. On a fresh machine with only the
 # toolchains it installs what it needs (Kafka jars, Elasticsearch and
 # avro-tools via mvn, Python packages in a venv under .adpipe/, PostgreSQL
-# from Debian's packages), starts the local
-# KRaft clusters, PostgreSQL, Elasticsearch and adpipe's schema registry, runs every check,
+# and Redis from Debian's packages), starts the local KRaft clusters,
+# MirrorMaker 2, PostgreSQL, Elasticsearch, Redis and adpipe's schema
+# registry, runs every check,
 # and stops what it started.
 #
 #   infra/test-all.sh            everything
@@ -36,6 +37,9 @@ cleanup() {
   fi
   if [ "${es_started:-0}" = 1 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
     "$INFRA_DIR/elasticsearch.sh" stop || true
+  fi
+  if [ "${redis_started:-0}" = 1 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
+    "$INFRA_DIR/redis.sh" stop || true
   fi
   log "finished with status $status after $(( $(date +%s) - started_at )) s"
   exit $status
@@ -93,6 +97,14 @@ export ADPIPE_ES_URL
 es_started=1
 "$INFRA_DIR/elasticsearch.sh" start
 "$INFRA_DIR/avro-tools.sh" jar >/dev/null
+
+step "redis of this run (own port): the profile store"
+ADPIPE_REDIS_PORT="$(free_port)"
+export ADPIPE_REDIS_PORT
+ADPIPE_REDIS_URL="$("$INFRA_DIR/redis.sh" url)"
+export ADPIPE_REDIS_URL
+redis_started=1
+"$INFRA_DIR/redis.sh" start
 
 step "topology apply (twice: the second must change nothing)"
 target/debug/adpipe topology apply | tail -n 2

@@ -82,7 +82,11 @@ impl DispatcherSettings {
         };
         let mut worker = WorkerSettings::validate(
             "dispatcher",
-            dispatcher.inputs.iter().map(|topic| vec![topic.clone()]).collect(),
+            dispatcher
+                .inputs
+                .iter()
+                .map(|topic| vec![topic.clone()])
+                .collect(),
             raw.kafka,
             raw.runtime,
             raw.http,
@@ -110,9 +114,15 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        let settings = DispatcherSettings::load(None, std::iter::empty()).expect("defaults validate");
+        let settings =
+            DispatcherSettings::load(None, std::iter::empty()).expect("defaults validate");
         assert_eq!(settings.worker.input_groups.len(), 3);
-        let outputs: Vec<&str> = settings.worker.outputs.iter().map(|output| output.topic.as_str()).collect();
+        let outputs: Vec<&str> = settings
+            .worker
+            .outputs
+            .iter()
+            .map(|output| output.topic.as_str())
+            .collect();
         assert_eq!(outputs, ["events-for-dc1", "events-for-dc2"]);
     }
 

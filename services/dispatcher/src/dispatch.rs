@@ -12,7 +12,9 @@
 use std::sync::Arc;
 
 use adpipe_events::HEADER_ORIGIN_DC;
-use adpipe_runtime::{Emitter, InputRecord, OutputRecord, Step, StepError, StepFactory, TaskAssignment};
+use adpipe_runtime::{
+    Emitter, InputRecord, OutputRecord, Step, StepError, StepFactory, TaskAssignment,
+};
 use serde::Deserialize;
 
 /// Which DCs serve a user.
@@ -115,7 +117,11 @@ pub struct DispatchStep {
 }
 
 impl Step for DispatchStep {
-    async fn process(&mut self, record: &InputRecord<'_>, out: &mut Emitter) -> Result<(), StepError> {
+    async fn process(
+        &mut self,
+        record: &InputRecord<'_>,
+        out: &mut Emitter,
+    ) -> Result<(), StepError> {
         let fields: RouteFields = record.decode()?;
         let own = Party {
             user_id: fields.user_id,
@@ -128,9 +134,9 @@ impl Step for DispatchStep {
             (false, None, Some(click)) => click,
             (false, None, None) => Party::default(),
         };
-        let user = event
-            .user_id
-            .ok_or_else(|| StepError::poison("no_user_id", "the event names no user_id to route by"))?;
+        let user = event.user_id.ok_or_else(|| {
+            StepError::poison("no_user_id", "the event names no user_id to route by")
+        })?;
         if let Some(time) = event.event_time {
             out.observe_event_time(time)?;
         }
@@ -141,7 +147,8 @@ impl Step for DispatchStep {
             })?,
         };
         for (dc, topic) in self.routes.targets(&user, &origin) {
-            let mut output = OutputRecord::sharing(topic, record.share(record.key), record.share(record.value));
+            let mut output =
+                OutputRecord::sharing(topic, record.share(record.key), record.share(record.value));
             output.headers = record.headers.clone();
             output.timestamp_ms = record.timestamp_ms;
             out.emit(output);
@@ -180,7 +187,10 @@ mod tests {
     use super::*;
 
     fn dcs(routes: &Routes, user: &str, origin: &str) -> Vec<String> {
-        routes.targets(user, origin).map(|(dc, _)| dc.clone()).collect()
+        routes
+            .targets(user, origin)
+            .map(|(dc, _)| dc.clone())
+            .collect()
     }
 
     #[test]
@@ -191,7 +201,10 @@ mod tests {
             "events-for-",
         );
         assert_eq!(dcs(&routes, "u", "dc2"), ["dc1", "dc3"]);
-        let topics: Vec<&str> = routes.targets("u", "dc1").map(|(_, topic)| &**topic).collect();
+        let topics: Vec<&str> = routes
+            .targets("u", "dc1")
+            .map(|(_, topic)| &**topic)
+            .collect();
         assert_eq!(topics, ["events-for-dc2", "events-for-dc3"]);
     }
 
@@ -216,6 +229,9 @@ mod tests {
                 assert_ne!(&others[0], dc);
             }
         }
-        assert!(spread.values().all(|&count| count > 150), "spread over DCs: {spread:?}");
+        assert!(
+            spread.values().all(|&count| count > 150),
+            "spread over DCs: {spread:?}"
+        );
     }
 }

@@ -63,7 +63,8 @@ pub fn start(settings: LoaderSettings) -> Result<WorkerHandle, WorkerError> {
                     adpipe_runtime::start(worker, LoaderFactory::new(sinks, settings))
                 }
                 config::ProfileBackend::Aerospike => Err(WorkerError::Setup(
-                    "profiles.store = \"aerospike\" needs a build with the aerospike feature".to_owned(),
+                    "profiles.store = \"aerospike\" needs a build with the aerospike feature"
+                        .to_owned(),
                 )),
             }
         }

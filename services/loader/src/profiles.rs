@@ -113,7 +113,8 @@ impl RedisProfiles {
     /// A store at `url` (`redis://host:port[/db]`), keys under `prefix`.
     pub fn new(url: &str, prefix: &str) -> Result<Self, String> {
         Ok(RedisProfiles {
-            client: redis::Client::open(url).map_err(|error| format!("profiles.url {url}: {error}"))?,
+            client: redis::Client::open(url)
+                .map_err(|error| format!("profiles.url {url}: {error}"))?,
             prefix: prefix.to_owned(),
             connection: tokio::sync::Mutex::new(None),
         })
@@ -171,8 +172,16 @@ impl ProfileStore for RedisProfiles {
                 .ignore();
             // NX sets the first expiry, GT only ever moves it later (GT
             // alone never applies to a key without one).
-            pipe.cmd("PEXPIREAT").arg(&key).arg(expires).arg("NX").ignore();
-            pipe.cmd("PEXPIREAT").arg(&key).arg(expires).arg("GT").ignore();
+            pipe.cmd("PEXPIREAT")
+                .arg(&key)
+                .arg(expires)
+                .arg("NX")
+                .ignore();
+            pipe.cmd("PEXPIREAT")
+                .arg(&key)
+                .arg(expires)
+                .arg("GT")
+                .ignore();
         }
         let mut slot = self.connection.lock().await;
         let mut connection = match slot.take() {
@@ -306,6 +315,9 @@ mod tests {
         assert_eq!(fields["advertiser_id"], 17);
 
         let orphan = serde_json::to_value(samples::click(7)).expect("JSON");
-        assert_eq!(entry_of(&orphan, &identity("c7", 6)).expect("a user").kind, "click");
+        assert_eq!(
+            entry_of(&orphan, &identity("c7", 6)).expect("a user").kind,
+            "click"
+        );
     }
 }

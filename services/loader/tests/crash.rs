@@ -85,7 +85,14 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
                 ),
             ),
         ),
-        Loader::new("files", config(&rig, "files", &format!("[files]\ndir = \"{}\"\n", dir.display()))),
+        Loader::new(
+            "files",
+            config(
+                &rig,
+                "files",
+                &format!("[files]\ndir = \"{}\"\n", dir.display()),
+            ),
+        ),
     ];
     for loader in &mut loaders {
         // Batches of the default size (files: closed every 2 s at the
@@ -164,7 +171,8 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
     }
     tokio::task::block_in_place(|| publishing.join()).expect("publisher");
     for loader in &mut loaders {
-        rig.wait_committed_to_end(loader.name, Duration::from_secs(900)).await;
+        rig.wait_committed_to_end(loader.name, Duration::from_secs(900))
+            .await;
         loader.sample_rss();
         terminate(loader.process.take());
     }
@@ -176,12 +184,22 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
     );
 
     let (truth, click_truth) = load_truth(events);
-    es.assert_exactly_once(&format!("t-{}-imp-*", rig.prefix), "event_id", &truth).await;
-    es.assert_exactly_once(&format!("t-{}-jclk-*", rig.prefix), "click.event_id", &click_truth)
+    es.assert_exactly_once(&format!("t-{}-imp-*", rig.prefix), "event_id", &truth)
         .await;
+    es.assert_exactly_once(
+        &format!("t-{}-jclk-*", rig.prefix),
+        "click.event_id",
+        &click_truth,
+    )
+    .await;
     tokio::task::block_in_place(|| {
         assert_files_hold_once(&dir, &format!("{}.imp", rig.prefix), &truth, impression_id);
-        assert_files_hold_once(&dir, &format!("{}.jclk", rig.prefix), &click_truth, click_id);
+        assert_files_hold_once(
+            &dir,
+            &format!("{}.jclk", rig.prefix),
+            &click_truth,
+            click_id,
+        );
     });
     assert!(rig.dead_lettered().is_empty(), "nothing dead-lettered");
     for loader in &loaders {

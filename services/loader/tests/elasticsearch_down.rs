@@ -17,7 +17,10 @@ use support::{Es, Rig, load_truth};
 
 fn elasticsearch(action: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../infra/elasticsearch.sh");
-    let status = Command::new(script).arg(action).status().expect("the script runs");
+    let status = Command::new(script)
+        .arg(action)
+        .status()
+        .expect("the script runs");
     assert!(status.success(), "infra/elasticsearch.sh {action}");
 }
 
@@ -75,7 +78,8 @@ async fn a_store_down_pauses_the_loader_in_bounded_memory_and_loses_nothing() {
         }
         load.flush();
     });
-    rig.wait_committed_to_end("down", Duration::from_secs(120)).await;
+    rig.wait_committed_to_end("down", Duration::from_secs(120))
+        .await;
     let rss_up = rss_bytes(pid).expect("RSS");
 
     elasticsearch("stop");
@@ -118,7 +122,10 @@ async fn a_store_down_pauses_the_loader_in_bounded_memory_and_loses_nothing() {
         peaks[1] >> 20,
     );
     assert!(failures >= 1.0, "writes failed while the store was down");
-    assert!(paused_seen >= 1.0, "partitions paused while the store was down");
+    assert!(
+        paused_seen >= 1.0,
+        "partitions paused while the store was down"
+    );
     // Nothing written, so nothing committed (at most the batches written
     // just before the stop, whose commit was still due).
     assert!(
@@ -134,11 +141,17 @@ async fn a_store_down_pauses_the_loader_in_bounded_memory_and_loses_nothing() {
     );
 
     elasticsearch("start");
-    rig.wait_committed_to_end("down", Duration::from_secs(600)).await;
+    rig.wait_committed_to_end("down", Duration::from_secs(600))
+        .await;
     terminate(loader.take());
     let (truth, click_truth) = load_truth(down);
-    es.assert_exactly_once(&format!("t-{}-imp-*", rig.prefix), "event_id", &truth).await;
-    es.assert_exactly_once(&format!("t-{}-jclk-*", rig.prefix), "click.event_id", &click_truth)
+    es.assert_exactly_once(&format!("t-{}-imp-*", rig.prefix), "event_id", &truth)
         .await;
+    es.assert_exactly_once(
+        &format!("t-{}-jclk-*", rig.prefix),
+        "click.event_id",
+        &click_truth,
+    )
+    .await;
     es.delete_indices(&format!("t-{}-*", rig.prefix)).await;
 }

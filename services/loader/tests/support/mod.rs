@@ -58,7 +58,7 @@ impl Rig {
             codec: Codec::new(RegistryClient::new(&registry.url()).expect("client")),
             producer: ClientConfig::new()
                 .set("bootstrap.servers", &bootstrap)
-                .set("linger.ms", "5")
+                .set("linger.ms", "0")
                 .create()
                 .expect("producer"),
             bootstrap,
@@ -333,7 +333,11 @@ impl Rig {
         }
     }
 
-    async fn encoder<T: serde::Serialize>(&self, suffix: &str, kind: EventKind) -> adpipe_codec::Encoder<T> {
+    async fn encoder<T: serde::Serialize>(
+        &self,
+        suffix: &str,
+        kind: EventKind,
+    ) -> adpipe_codec::Encoder<T> {
         self.codec
             .encoder(&format!("{}.{suffix}-value", self.prefix), kind.schema())
             .await
@@ -360,7 +364,9 @@ impl Rig {
 
 /// The ground truth of `Load`ing events `0..events`: impression ids, click ids.
 pub fn load_truth(events: u64) -> (BTreeSet<String>, BTreeSet<String>) {
-    let impressions = (0..events).map(|n| samples::impression(n).event_id).collect();
+    let impressions = (0..events)
+        .map(|n| samples::impression(n).event_id)
+        .collect();
     let clicks = (0..events)
         .filter(|n| n.is_multiple_of(10))
         .map(|n| samples::click(n).event_id)
@@ -372,10 +378,16 @@ impl Load {
     /// Queues event `n`.
     pub fn send(&self, n: u64) {
         let partition = i32::try_from(n % PARTITIONS as u64).expect("small");
-        let value = self.impressions.encode(&samples::impression(n)).expect("encodes");
+        let value = self
+            .impressions
+            .encode(&samples::impression(n))
+            .expect("encodes");
         self.queue("imp", partition, &value);
         if n.is_multiple_of(10) {
-            let value = self.clicks.encode(&samples::joined_click(n)).expect("encodes");
+            let value = self
+                .clicks
+                .encode(&samples::joined_click(n))
+                .expect("encodes");
             self.queue("jclk", partition, &value);
         }
     }
@@ -392,7 +404,9 @@ impl Load {
 
     pub fn flush(&self) {
         use rdkafka::producer::Producer;
-        self.producer.flush(Duration::from_secs(120)).expect("flushed");
+        self.producer
+            .flush(Duration::from_secs(120))
+            .expect("flushed");
     }
 }
 
@@ -507,4 +521,3 @@ pub fn impression_id(record: &serde_json::Value) -> (String, i64) {
 pub fn click_id(record: &serde_json::Value) -> (String, i64) {
     impression_id(&record["click"])
 }
-
