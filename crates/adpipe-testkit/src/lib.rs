@@ -535,3 +535,31 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// Waits (async) until `group` has committed every partition of each of
+/// `topics` to its end; panics naming the first topic that is not after
+/// `timeout`.
+pub async fn wait_committed_to_end(
+    bootstrap: &str,
+    group: &str,
+    topics: &[String],
+    timeout: Duration,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    for topic in topics {
+        loop {
+            let (b, g, t) = (bootstrap.to_owned(), group.to_owned(), topic.clone());
+            let done = tokio::task::spawn_blocking(move || committed_to_end(&b, &g, &t))
+                .await
+                .expect("check");
+            if done {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{topic} not committed to its end by {group}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use adpipe_codec::{Codec, RegistryClient};
 use adpipe_events::{EventKind, samples};
@@ -160,30 +160,17 @@ write-timeout = "5s"
     }
 
     pub async fn wait_committed_to_end(&self, group: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        for suffix in ["imp", "jclk"] {
-            let (bootstrap, group, topic) = (
-                self.bootstrap.clone(),
-                format!("{}-{group}", self.prefix),
-                format!("{}.{suffix}", self.prefix),
-            );
-            loop {
-                let (b, g, t) = (bootstrap.clone(), group.clone(), topic.clone());
-                let done = tokio::task::spawn_blocking(move || {
-                    adpipe_testkit::committed_to_end(&b, &g, &t)
-                })
-                .await
-                .expect("check");
-                if done {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{topic} not committed to its end"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+        let topics: Vec<String> = ["imp", "jclk"]
+            .iter()
+            .map(|suffix| format!("{}.{suffix}", self.prefix))
+            .collect();
+        adpipe_testkit::wait_committed_to_end(
+            &self.bootstrap,
+            &format!("{}-{group}", self.prefix),
+            &topics,
+            timeout,
+        )
+        .await;
     }
 }
 

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use adpipe_codec::{Codec, Encoder, RegistryClient};
 use adpipe_events::{
@@ -205,30 +205,17 @@ batch-wait = "300ms"
     }
 
     pub async fn wait_committed_to_end(&self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        for suffix in INPUTS {
-            let (bootstrap, group, topic) = (
-                self.bootstrap.clone(),
-                format!("{}-group", self.prefix),
-                format!("{}.{suffix}", self.prefix),
-            );
-            loop {
-                let (b, g, t) = (bootstrap.clone(), group.clone(), topic.clone());
-                let done = tokio::task::spawn_blocking(move || {
-                    adpipe_testkit::committed_to_end(&b, &g, &t)
-                })
-                .await
-                .expect("check");
-                if done {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{topic} not committed to its end"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+        let topics: Vec<String> = INPUTS
+            .iter()
+            .map(|suffix| format!("{}.{suffix}", self.prefix))
+            .collect();
+        adpipe_testkit::wait_committed_to_end(
+            &self.bootstrap,
+            &format!("{}-group", self.prefix),
+            &topics,
+            Duration::from_secs(120),
+        )
+        .await;
     }
 
     /// Rewinds the Kafka group's commits to 0 (the service must not care).
