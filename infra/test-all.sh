@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The full test suite, against real parts. On a fresh machine with only the
 # toolchains it installs what it needs (Kafka jars, Elasticsearch and
-# avro-tools via mvn, Python packages in a venv under .adpipe/, PostgreSQL
+# avro-tools via mvn, Python packages (bqemulator too) in venvs, PostgreSQL
 # and Redis from Debian's packages), starts the local KRaft clusters,
-# MirrorMaker 2, PostgreSQL, Elasticsearch, Redis and adpipe's schema
-# registry, runs every check,
+# MirrorMaker 2, PostgreSQL, Elasticsearch, Redis, the BigQuery emulator
+# and adpipe's schema registry, runs every check,
 # and stops what it started.
 #
 #   infra/test-all.sh            everything
@@ -40,6 +40,9 @@ cleanup() {
   fi
   if [ "${redis_started:-0}" = 1 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
     "$INFRA_DIR/redis.sh" stop || true
+  fi
+  if [ "${bq_started:-0}" = 1 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
+    "$INFRA_DIR/bigquery.sh" stop || true
   fi
   log "finished with status $status after $(( $(date +%s) - started_at )) s"
   exit $status
@@ -105,6 +108,15 @@ ADPIPE_REDIS_URL="$("$INFRA_DIR/redis.sh" url)"
 export ADPIPE_REDIS_URL
 redis_started=1
 "$INFRA_DIR/redis.sh" start
+
+step "the BigQuery emulator of this run (own ports)"
+ADPIPE_BQ_PORT="$(free_port)"
+ADPIPE_BQ_GRPC_PORT="$(free_port)"
+export ADPIPE_BQ_PORT ADPIPE_BQ_GRPC_PORT
+ADPIPE_BQ_URL="$("$INFRA_DIR/bigquery.sh" url)/bigquery/v2"
+export ADPIPE_BQ_URL
+bq_started=1
+"$INFRA_DIR/bigquery.sh" start
 
 step "topology apply (twice: the second must change nothing)"
 target/debug/adpipe topology apply | tail -n 2

@@ -26,6 +26,33 @@ struct RawConfig {
     elasticsearch: RawElasticsearch,
     files: RawFiles,
     profiles: RawProfiles,
+    bigquery: RawBigQuery,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawBigQuery {
+    url: String,
+    project: String,
+    dataset: String,
+    table_prefix: String,
+    credentials: String,
+}
+
+/// `[bigquery]`, validated.
+#[derive(Debug, Clone)]
+pub struct BigQuerySettings {
+    /// The REST API's v2 base URL (the emulator's in tests).
+    pub url: String,
+    /// Project.
+    pub project: String,
+    /// Dataset (created if missing).
+    pub dataset: String,
+    /// Prefix of each input's table.
+    pub table_prefix: String,
+    /// `none` (an emulator), `application-default`, or the path of a
+    /// service-account key file.
+    pub credentials: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +134,8 @@ pub enum SinkKind {
     Files,
     /// Per-user recent events for bidders (Redis, Aerospike).
     Profiles,
+    /// BigQuery tables, one per topic, partitioned by day.
+    Bigquery,
 }
 
 /// The block codec of Avro container files.
@@ -171,6 +200,8 @@ pub struct LoaderSettings {
     pub files: FilesSettings,
     /// `[profiles]`.
     pub profiles: ProfilesSettings,
+    /// `[bigquery]`.
+    pub bigquery: BigQuerySettings,
 }
 
 impl LoaderSettings {
@@ -268,6 +299,13 @@ impl LoaderSettings {
                     std::env::var_os(adpipe_runtime::config::STATE_DIR_ENV).as_deref(),
                 ),
                 codec: raw.files.codec,
+            },
+            bigquery: BigQuerySettings {
+                url: raw.bigquery.url.trim_end_matches('/').to_owned(),
+                project: raw.bigquery.project,
+                dataset: raw.bigquery.dataset,
+                table_prefix: raw.bigquery.table_prefix,
+                credentials: raw.bigquery.credentials,
             },
             profiles: ProfilesSettings {
                 store: profiles.store,

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::config::{ElasticsearchSettings, Input};
-use crate::record::{Identity, civil};
+use crate::record::{Identity, civil, schema_fields};
 use crate::sink::{Pending, Refusal, Sink, SinkFactory};
 
 /// Attempts at the items Elasticsearch answered 429 or 5xx, within one write.
@@ -108,13 +108,13 @@ fn record_properties(schema: &Value) -> Map<String, Value> {
 /// `_source` without breaking the index; the loader's template at the next
 /// start maps it in new indices.
 pub fn mappings(kinds: &[EventKind]) -> Value {
-    let mut properties = Map::new();
-    for kind in kinds {
-        let schema: Value = serde_json::from_str(kind.schema()).unwrap_or(Value::Null);
-        for (name, mapping) in record_properties(&schema) {
-            properties.entry(name).or_insert(mapping);
-        }
-    }
+    let properties: Map<String, Value> = schema_fields(kinds)
+        .into_iter()
+        .map(|(name, schema)| {
+            let mapping = field_mapping(&name, &schema);
+            (name, mapping)
+        })
+        .collect();
     json!({"dynamic": false, "properties": properties})
 }
 

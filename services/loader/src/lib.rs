@@ -7,13 +7,15 @@
 //! [`elasticsearch`] (`_bulk`, `_id` = event id, a daily index, managed
 //! templates), [`files`] (Avro container files per topic/date/hour,
 //! named by offset range, put in place atomically) or [`profiles`] (per-user
-//! recent events for bidders, in Redis or Aerospike). A failing store fails
+//! recent events for bidders, in Redis or Aerospike) or [`bigquery`] (one
+//! table per topic, resuming after the offsets its rows carry). A failing store fails
 //! the write, which is tried again while the partition's queue fills and
 //! pauses it; records the store refuses for good go to `dlq.loader` with
 //! its reason.
 #![warn(missing_docs)]
 
 pub mod avro_file;
+pub mod bigquery;
 pub mod config;
 pub mod elasticsearch;
 pub mod factory;
@@ -42,6 +44,14 @@ pub fn start(settings: LoaderSettings) -> Result<WorkerHandle, WorkerError> {
                     settings.write_timeout,
                     &runtime,
                 )
+            })
+            .map_err(WorkerError::Setup)?;
+            adpipe_runtime::start(worker, LoaderFactory::new(sinks, settings))
+        }
+        SinkKind::Bigquery => {
+            let runtime = tokio::runtime::Handle::current();
+            let sinks = tokio::task::block_in_place(|| {
+                bigquery::BigQueryFactory::new(&settings.bigquery, &settings.inputs, &runtime)
             })
             .map_err(WorkerError::Setup)?;
             adpipe_runtime::start(worker, LoaderFactory::new(sinks, settings))

@@ -122,6 +122,34 @@ impl Identity {
     }
 }
 
+/// The fields of the Avro records of `kinds`, in schema order, each once
+/// (a topic of several kinds — the orphans — has the union of theirs):
+/// what the stores' mappings and table schemas are made from.
+pub fn schema_fields(kinds: &[adpipe_events::EventKind]) -> Vec<(String, serde_json::Value)> {
+    let mut fields: Vec<(String, serde_json::Value)> = Vec::new();
+    for kind in kinds {
+        let schema: serde_json::Value =
+            serde_json::from_str(kind.schema()).unwrap_or(serde_json::Value::Null);
+        for field in schema
+            .get("fields")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let (Some(name), Some(kind)) = (
+                field.get("name").and_then(serde_json::Value::as_str),
+                field.get("type"),
+            ) else {
+                continue;
+            };
+            if !fields.iter().any(|(seen, _)| seen == name) {
+                fields.push((name.to_owned(), kind.clone()));
+            }
+        }
+    }
+    fields
+}
+
 /// `(year, month, day, hour)` of `ms` since the epoch, UTC (proleptic
 /// Gregorian; Howard Hinnant's `civil_from_days`).
 pub fn civil(ms: i64) -> (i64, u32, u32, u32) {

@@ -1,0 +1,244 @@
+//! The BigQuery sink on the emulator (`infra/bigquery.sh`) and the real
+//! central cluster: one row per event, in a day-partitioned table per
+//! topic — across a restart whose Kafka commit was rewound to the start,
+//! and across kill -9 and SIGTERM of the real binary under load (the rows'
+//! offsets decide where each partition resumes; the emulator does not
+//! deduplicate insertIds, so nothing else could keep them single).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use adpipe_testkit::{ChildGuard, kill_9, terminate};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::{Value, json};
+use support::{PARTITIONS, Rig, load_truth};
+
+fn bq_url() -> String {
+    std::env::var("ADPIPE_BQ_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:19050/bigquery/v2".to_owned())
+}
+
+fn section(dataset: &str) -> String {
+    format!(
+        "[bigquery]\nurl = \"{}\"\nproject = \"adpipe\"\ndataset = \"{dataset}\"\ncredentials = \"none\"\n",
+        bq_url()
+    )
+}
+
+/// Runs `sql` on the emulator's REST API (not through the sink's client)
+/// and returns its rows' values.
+async fn query(sql: &str) -> Vec<Vec<Value>> {
+    let response: Value = reqwest::Client::new()
+        .post(format!("{}/projects/adpipe/queries", bq_url()))
+        .json(&json!({"query": sql, "useLegacySql": false, "maxResults": 10_000_000}))
+        .send()
+        .await
+        .expect("the emulator answers")
+        .json()
+        .await
+        .expect("JSON");
+    response["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{sql}: {response}"))
+        .iter()
+        .map(|row| {
+            row["f"]
+                .as_array()
+                .expect("cells")
+                .iter()
+                .map(|cell| cell["v"].clone())
+                .collect()
+        })
+        .collect()
+}
+
+/// Asserts `table` holds one row per id of `truth` (`id_column`) and no other.
+async fn assert_one_row_each(
+    dataset: &str,
+    table: &str,
+    id_column: &str,
+    truth: &BTreeSet<String>,
+) {
+    let rows = query(&format!(
+        "SELECT {id_column}, COUNT(*) FROM `adpipe.{dataset}.{table}` GROUP BY {id_column}"
+    ))
+    .await;
+    let counts: BTreeMap<String, i64> = rows
+        .iter()
+        .map(|row| {
+            (
+                row[0].as_str().expect("an id").to_owned(),
+                row[1]
+                    .as_str()
+                    .and_then(|n| n.parse().ok())
+                    .or(row[1].as_i64())
+                    .expect("a count"),
+            )
+        })
+        .collect();
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(
+        twice.is_empty(),
+        "{table}: events in more than one row, e.g. {twice:?}"
+    );
+    let ids: BTreeSet<String> = counts.into_keys().collect();
+    let missing: Vec<_> = truth.difference(&ids).take(5).collect();
+    let extra: Vec<_> = ids.difference(truth).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{table}: {} events in rows for {}; missing e.g. {missing:?}, extra e.g. {extra:?}",
+        ids.len(),
+        truth.len()
+    );
+}
+
+fn tables(rig: &Rig) -> (String, String) {
+    let clean = |suffix: &str| format!("{}.{suffix}", rig.prefix).replace(['.', '-'], "_");
+    (clean("imp"), clean("jclk"))
+}
+
+fn rewind_group(rig: &Rig, group: &str) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &rig.bootstrap)
+        .set("group.id", format!("{}-{group}", rig.prefix))
+        .create()
+        .expect("consumer");
+    let mut offsets = TopicPartitionList::new();
+    for suffix in ["imp", "jclk"] {
+        for partition in 0..PARTITIONS {
+            offsets
+                .add_partition_offset(
+                    &format!("{}.{suffix}", rig.prefix),
+                    partition,
+                    Offset::Offset(0),
+                )
+                .expect("offset");
+        }
+    }
+    consumer
+        .commit(&offsets, CommitMode::Sync)
+        .expect("rewound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_row_per_event_across_a_rewound_commit() {
+    let rig = Rig::new("loader-bq").await;
+    let dataset = rig.prefix.replace('-', "_");
+    let (imp_table, clk_table) = tables(&rig);
+    let (mut truth, mut click_truth) = rig.publish(0, 600).await;
+    let config = rig.config("bigquery", "bq", &section(&dataset));
+    let loader = adpipe_loader::start(rig.settings(&config)).expect("starts");
+    rig.wait_committed_to_end("bq", Duration::from_secs(120))
+        .await;
+    loader.stop().await.expect("clean stop");
+    assert_one_row_each(&dataset, &imp_table, "event_id", &truth).await;
+    assert_one_row_each(&dataset, &clk_table, "click.event_id", &click_truth).await;
+    // Partitioned by day on the event time.
+    let days = query(&format!(
+        "SELECT DATE(_event_ts), COUNT(*) FROM `adpipe.{dataset}.{imp_table}` GROUP BY 1"
+    ))
+    .await;
+    assert_eq!(days.len(), 1);
+    assert_eq!(days[0][0], "2025-11-21");
+
+    // The Kafka commit rewound to 0: the table's offsets decide.
+    rewind_group(&rig, "bq");
+    let (more, more_clicks) = rig.publish(600, 900).await;
+    truth.extend(more);
+    click_truth.extend(more_clicks);
+    let loader = adpipe_loader::start(rig.settings(&config)).expect("starts again");
+    rig.wait_committed_to_end("bq", Duration::from_secs(120))
+        .await;
+    loader.stop().await.expect("clean stop");
+    assert_one_row_each(&dataset, &imp_table, "event_id", &truth).await;
+    assert_one_row_each(&dataset, &clk_table, "click.event_id", &click_truth).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_row_per_event_across_kill_9_and_sigterm() {
+    let events: u64 = std::env::var("ADPIPE_BQ_CRASH_EVENTS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(100_000);
+    let rig = Rig::new("loader-bq-crash").await;
+    let dataset = rig.prefix.replace('-', "_");
+    let (imp_table, clk_table) = tables(&rig);
+    let config = rig.config("bigquery", "bq", &section(&dataset));
+    // Commits every 5 s: a kill mostly finds inserted batches not yet
+    // committed, which the restart reads again.
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("records = 200", "records = 2000")
+        .replace("commit-interval = \"200ms\"", "commit-interval = \"5s\"");
+    std::fs::write(&config, text).expect("config");
+    let listen = adpipe_testkit::free_loopback_address();
+    let spawn = || {
+        ChildGuard::new(
+            Command::new(env!("CARGO_BIN_EXE_adpipe-loader"))
+                .arg("--config")
+                .arg(&config)
+                .env("ADPIPE__HTTP__LISTEN", listen.to_string())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("loader starts"),
+        )
+    };
+    let load = rig.load().await;
+    let rounds = ["kill", "kill", "term", "kill", "kill"];
+    let rate = events as f64 / (rounds.len() as f64 * 8.0);
+    let publishing = std::thread::spawn(move || {
+        let mut pacer = adpipe_loadtest::pace::Pacer::new(Some(rate));
+        for n in 0..events {
+            pacer.wait_turn();
+            load.send(n);
+        }
+        load.flush();
+    });
+    let mut loader = spawn();
+    let (mut kills, mut terms) = (0, 0);
+    for (round, how) in rounds.iter().enumerate() {
+        adpipe_testkit::wait_assigned(
+            listen,
+            &format!("round {round}"),
+            6,
+            Duration::from_secs(120),
+        )
+        .await;
+        let before = rig.committed_records("bq");
+        tokio::task::block_in_place(|| {
+            adpipe_testkit::wait_for(
+                &format!("progress in round {round}"),
+                Duration::from_secs(120),
+                || rig.committed_records("bq") > before,
+            )
+        });
+        tokio::time::sleep(Duration::from_millis(800 + 700 * (round as u64 % 3))).await;
+        if *how == "term" {
+            terminate(loader.take());
+            terms += 1;
+        } else {
+            let mut victim = loader.take();
+            kill_9(&mut victim);
+            kills += 1;
+        }
+        loader = spawn();
+    }
+    tokio::task::block_in_place(|| publishing.join()).expect("publisher");
+    rig.wait_committed_to_end("bq", Duration::from_secs(600))
+        .await;
+    terminate(loader.take());
+    println!(
+        "BigQuery emulator: kill -9 x{kills}, SIGTERM x{terms} while publishing {events} impressions and {} clicks",
+        events / 10
+    );
+    let (truth, click_truth) = load_truth(events);
+    assert_one_row_each(&dataset, &imp_table, "event_id", &truth).await;
+    assert_one_row_each(&dataset, &clk_table, "click.event_id", &click_truth).await;
+    assert!(rig.dead_lettered().is_empty(), "nothing dead-lettered");
+}
