@@ -8,7 +8,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-cargo build --release -p adpipe-deduplicator -p adpipe-merger -p adpipe-joiner -p adpipe-loadtest --bins
+cargo build --release -p adpipe-deduplicator -p adpipe-merger -p adpipe-joiner -p adpipe-stats-counter -p adpipe-loader -p adpipe-loadtest --bins
 # The Kafka Streams peer (same jobs, same broker): jars by mvn, javac.
 kstreams_classpath="$(loadtest/kstreams/build.sh)"
 java="$(source infra/lib.sh && find_java 17)"

@@ -24,6 +24,7 @@
 const ROUNDS: usize = 2;
 
 mod latency;
+mod loader;
 mod peer;
 mod service;
 mod stats;
@@ -102,6 +103,11 @@ struct Args {
     /// url`); without it they are not run.
     #[arg(long, env = "ADPIPE_PG_URL")]
     postgres_url: Option<String>,
+    /// Elasticsearch for the loader's Elasticsearch contenders and the
+    /// plain `_bulk` ceiling (`infra/elasticsearch.sh url`); without it
+    /// they are not run.
+    #[arg(long, env = "ADPIPE_ES_URL")]
+    es_url: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -130,6 +136,11 @@ struct Report {
     /// (`stats::VARIANTS`): its runs, peak RSS, and the PostgreSQL rows the
     /// last round wrote to its minute table.
     stats: Vec<StatsRuns>,
+    /// The loader over the unique impressions, per variant
+    /// (`loader::VARIANTS`).
+    loader: Vec<LoaderRuns>,
+    /// Elasticsearch's own `_bulk` ceiling, measured with a plain client.
+    es_ceiling: Option<loader::Ceiling>,
     kstreams_passthrough: Vec<BacklogRun>,
     kstreams_passthrough_peak_rss_mib: f64,
     kstreams_dedup: Vec<BacklogRun>,
@@ -159,6 +170,18 @@ struct StatsRuns {
     runs: Vec<BacklogRun>,
     peak_rss_mib: f64,
     minute_rows: usize,
+}
+
+/// One loader variant's rounds.
+#[derive(Debug, Serialize)]
+struct LoaderRuns {
+    name: &'static str,
+    sink: &'static str,
+    batch_records: usize,
+    runs: Vec<BacklogRun>,
+    peak_rss_mib: f64,
+    /// Bytes on disk per record (files).
+    bytes_per_record: Option<f64>,
 }
 
 /// Allocations, latency and state: the phases after the backlog rounds.
@@ -340,6 +363,26 @@ async fn run(args: &Args) -> Result<Report, String> {
             "the stats-counter's contenders need --postgres-url (infra/postgres.sh url)".to_owned(),
         );
     }
+    let loader_selected = |variant: &loader::Variant| {
+        loader::selected(&args.only, variant) && (variant.sink == "files" || args.es_url.is_some())
+    };
+    if args.es_url.is_none()
+        && args
+            .only
+            .iter()
+            .any(|only| only == "es" || only.starts_with("es"))
+    {
+        return Err(
+            "the loader's Elasticsearch contenders need --es-url (infra/elasticsearch.sh url)"
+                .to_owned(),
+        );
+    }
+    let runs_loader = loader::VARIANTS.iter().any(&loader_selected);
+    let loader_binary = if runs_loader {
+        Some(sibling_binary("adpipe-loader")?)
+    } else {
+        None
+    };
     let stats_binary = match stats_url {
         Some(_) => Some(sibling_binary("adpipe-stats-counter")?),
         None => None,
@@ -426,7 +469,7 @@ async fn run(args: &Args) -> Result<Report, String> {
         publisher
             .publish(publication, &dc_input(publication))
             .map_err(|error| error.to_string())?;
-        if (runs_joiner || stats_url.is_some()) && !publication.duplicate {
+        if (runs_joiner || stats_url.is_some() || runs_loader) && !publication.duplicate {
             let kind = match publication.event.kind() {
                 adpipe_events::EventKind::Impression => 0,
                 adpipe_events::EventKind::Click => 1,
@@ -648,6 +691,35 @@ async fn run(args: &Args) -> Result<Report, String> {
     let stats_input_refs: Vec<&str> = std::iter::once(joiner_inputs[0].as_str())
         .chain(stats_empty.iter().map(String::as_str))
         .collect();
+    let loader_place = |round: usize, variant: &loader::Variant| match variant.sink {
+        "files" => loader::files_dir(&config_dir, &prefix, variant.key, round)
+            .display()
+            .to_string(),
+        _ => format!("{prefix}-{}{round}-", variant.key),
+    };
+    let loader_config = |round: usize, index: usize| -> Result<PathBuf, String> {
+        let variant = &loader::VARIANTS[index];
+        let path = config_dir.join(format!("{prefix}-{}{round}.toml", variant.key));
+        write_file(
+            &path,
+            &format!(
+                "{}{}",
+                worker_config(&format!("{}{round}", variant.key), ""),
+                loader::sections(
+                    variant,
+                    &registry.url(),
+                    &joiner_inputs[0],
+                    args.es_url.as_deref().unwrap_or_default(),
+                    &loader_place(round, variant),
+                ),
+            ),
+        )?;
+        Ok(path)
+    };
+    let mut loader_runs: Vec<Vec<BacklogRun>> =
+        loader::VARIANTS.iter().map(|_| Vec::new()).collect();
+    let mut loader_peaks: Vec<u64> = vec![0; loader::VARIANTS.len()];
+    let mut loader_bytes: Vec<Option<f64>> = vec![None; loader::VARIANTS.len()];
     let mut stats_runs: Vec<Vec<BacklogRun>> = stats::VARIANTS.iter().map(|_| Vec::new()).collect();
     let mut stats_peaks: Vec<u64> = vec![0; stats::VARIANTS.len()];
     let mut stats_rows: Vec<usize> = vec![0; stats::VARIANTS.len()];
@@ -678,6 +750,39 @@ async fn run(args: &Args) -> Result<Report, String> {
     let (mut bare_peak_rss_kb, mut merger_peak_rss_kb) = (0, 0);
     let (mut joiner, mut joiner_peak_rss_kb) = (Vec::new(), 0);
     let (mut ks_pass_peak_rss_kb, mut ks_dedup_peak_rss_kb) = (0, 0);
+    // Elasticsearch's own ceiling, before the rounds: the unique
+    // impressions, bulks as the loader's default batch, six requests in
+    // flight (as many as the loader's partitions).
+    let es_ceiling = match &args.es_url {
+        Some(es_url)
+            if loader::VARIANTS
+                .iter()
+                .any(|v| v.sink == "elasticsearch" && loader_selected(v)) =>
+        {
+            let impressions: Vec<Impression> = publications
+                .iter()
+                .filter(|publication| !publication.duplicate)
+                .filter_map(|publication| match &publication.event {
+                    SimEvent::Impression(impression) => Some(impression.clone()),
+                    _ => None,
+                })
+                .collect();
+            eprintln!(
+                "Elasticsearch's _bulk ceiling: {} documents",
+                impressions.len()
+            );
+            let ceiling = loader::ceiling(
+                es_url,
+                &format!("{prefix}-ceiling"),
+                &impressions,
+                5_000,
+                usize::try_from(partitions).unwrap_or(6),
+            )
+            .await?;
+            Some(ceiling)
+        }
+        _ => None,
+    };
     for round in 0..ROUNDS {
         let ks_pass_app = format!("{prefix}-kspass{round}");
         let ks_dedup_app = format!("{prefix}-ksdedup{round}");
@@ -809,6 +914,30 @@ async fn run(args: &Args) -> Result<Report, String> {
                 });
             }
         }
+        if let Some(binary) = &loader_binary {
+            for (index, (runs, peak)) in loader_runs
+                .iter_mut()
+                .zip(loader_peaks.iter_mut())
+                .enumerate()
+            {
+                let variant = &loader::VARIANTS[index];
+                if !loader_selected(variant) {
+                    continue;
+                }
+                contenders.push(Contender {
+                    key: variant.key,
+                    name: variant.name,
+                    launch: Launch::Binary(binary, loader_config(round, index)?),
+                    group: format!("{prefix}-{}{round}", variant.key),
+                    inputs: vec![joiner_inputs[0].as_str()],
+                    // Nothing dead-lettered; the store is checked below.
+                    output: &dlq,
+                    expected: 0,
+                    runs,
+                    peak_rss_kb: peak,
+                });
+            }
+        }
         for Contender {
             key,
             name,
@@ -821,7 +950,10 @@ async fn run(args: &Args) -> Result<Report, String> {
             peak_rss_kb: peak,
         } in contenders
         {
-            if !selected(key) {
+            let loader_variant = loader::VARIANTS
+                .iter()
+                .position(|variant| variant.key == key);
+            if !selected(key) && loader_variant.is_none() {
                 continue;
             }
             let mut service = match launch {
@@ -837,7 +969,7 @@ async fn run(args: &Args) -> Result<Report, String> {
                 records + poison_records + oversize_records
             } else if key == "joiner" {
                 unique_records
-            } else if key.starts_with("stats") {
+            } else if key.starts_with("stats") || loader_variant.is_some() {
                 truth.impressions.len() as i64
             } else {
                 records
@@ -860,7 +992,26 @@ async fn run(args: &Args) -> Result<Report, String> {
                     ));
                 }
                 stats_rows[index] = rows;
-            } else if run.output_records != expected {
+            }
+            if let Some(index) = loader_variant {
+                // Every impression once in the store.
+                let variant = &loader::VARIANTS[index];
+                let place = loader_place(round, variant);
+                let written = if variant.sink == "files" {
+                    let (records, bytes) = loader::files_written(Path::new(&place))?;
+                    loader_bytes[index] = Some(bytes as f64 / records.max(1) as f64);
+                    records
+                } else {
+                    loader::documents(args.es_url.as_deref().unwrap_or_default(), &place).await?
+                };
+                if written != truth.impressions.len() as u64 {
+                    return Err(format!(
+                        "{name} (round {round}) wrote {written} records, {} impressions were published",
+                        truth.impressions.len()
+                    ));
+                }
+            }
+            if run.output_records != expected && !key.starts_with("stats") {
                 return Err(format!(
                     "{name} (round {round}) wrote {} records to {output}, expected {expected}",
                     run.output_records
@@ -928,6 +1079,21 @@ async fn run(args: &Args) -> Result<Report, String> {
                 minute_rows: *rows,
             })
             .collect(),
+        loader: loader::VARIANTS
+            .iter()
+            .zip(loader_runs)
+            .zip(loader_peaks.iter().zip(&loader_bytes))
+            .filter(|((_, runs), _)| !runs.is_empty())
+            .map(|((variant, runs), (peak, bytes))| LoaderRuns {
+                name: variant.name,
+                sink: variant.sink,
+                batch_records: variant.batch_records,
+                runs,
+                peak_rss_mib: mib(*peak),
+                bytes_per_record: *bytes,
+            })
+            .collect(),
+        es_ceiling,
         kstreams_passthrough,
         kstreams_passthrough_peak_rss_mib: mib(ks_pass_peak_rss_kb),
         kstreams_dedup,
@@ -1397,6 +1563,38 @@ fn print_report(report: &Report) {
             rate / steady_rate(&report.passthrough).max(1.0),
             stats.peak_rss_mib,
             stats.minute_rows,
+        );
+    }
+    if let Some(ceiling) = &report.es_ceiling {
+        println!(
+            "Elasticsearch's own _bulk ceiling (plain client, bulks of {}, {} in flight): {:.0} docs/s",
+            ceiling.bulk, ceiling.concurrency, ceiling.docs_per_sec
+        );
+    }
+    for loader in &report.loader {
+        let rate = steady_rate(&loader.runs);
+        let overall = mean(&rates(&loader.runs));
+        let cpu = loader
+            .runs
+            .iter()
+            .map(|run| run.steady_cpu_seconds_per_million)
+            .sum::<f64>()
+            / loader.runs.len().max(1) as f64;
+        let against = match (loader.sink, &report.es_ceiling, loader.bytes_per_record) {
+            ("elasticsearch", Some(ceiling), _) => {
+                format!(
+                    "; {:.0}% of the _bulk ceiling",
+                    100.0 * overall / ceiling.docs_per_sec
+                )
+            }
+            (_, _, Some(bytes)) => format!("; {bytes:.1} bytes per record on disk"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<52} {overall:>9.0} records/s overall, steady {rate:>9.0} = {:.2}x pass-through, {cpu:.2} CPU-s/1M, peak RSS {:.0} MiB{against}; every record once in the store",
+            loader.name,
+            rate / steady_rate(&report.passthrough).max(1.0),
+            loader.peak_rss_mib,
         );
     }
     if !report.deduplicator_poisoned.is_empty() {

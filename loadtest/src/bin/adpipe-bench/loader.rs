@@ -1,0 +1,284 @@
+//! The loader's contenders: the unique impressions (what
+//! `deduplicated.impressions` holds) written by the real `adpipe-loader`
+//! into Avro files (deflate and uncompressed, two batch sizes) and into
+//! Elasticsearch (three batch sizes); a round counts only once the group
+//! committed the backlog — i.e. once the store acknowledged every batch —
+//! and is checked: every impression once in the files (read back here with
+//! serde_avro_fast), every impression one document in Elasticsearch.
+//!
+//! Elasticsearch's own `_bulk` ceiling is measured in the same run with a
+//! plain client: the same documents (ids, index mappings, bulk size), sent
+//! as fast as six concurrent requests go, no Kafka, no decoding.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use adpipe_events::{EventKind, Impression};
+use serde::Serialize;
+use serde_json::json;
+
+/// One configuration of the loader.
+pub struct Variant {
+    /// What `--only` calls it (`--only loader` selects them all, `files`
+    /// and `es` each family).
+    pub key: &'static str,
+    /// Its name in the report.
+    pub name: &'static str,
+    /// `loader.sink`.
+    pub sink: &'static str,
+    /// `loader.batch.records`.
+    pub batch_records: usize,
+    /// `files.codec` (files only).
+    pub codec: &'static str,
+}
+
+/// The variants, in report order.
+pub const VARIANTS: [Variant; 7] = [
+    Variant {
+        key: "files5000",
+        name: "loader: Avro files (deflate), batches of 5,000",
+        sink: "files",
+        batch_records: 5_000,
+        codec: "deflate",
+    },
+    Variant {
+        key: "files5000n",
+        name: "loader: Avro files (uncompressed), batches of 5,000",
+        sink: "files",
+        batch_records: 5_000,
+        codec: "null",
+    },
+    Variant {
+        key: "files50000",
+        name: "loader: Avro files (deflate), batches of 50,000",
+        sink: "files",
+        batch_records: 50_000,
+        codec: "deflate",
+    },
+    Variant {
+        key: "es500",
+        name: "loader: Elasticsearch, batches of 500",
+        sink: "elasticsearch",
+        batch_records: 500,
+        codec: "",
+    },
+    Variant {
+        key: "es2000",
+        name: "loader: Elasticsearch, batches of 2,000",
+        sink: "elasticsearch",
+        batch_records: 2_000,
+        codec: "",
+    },
+    Variant {
+        key: "es5000",
+        name: "loader: Elasticsearch, batches of 5,000",
+        sink: "elasticsearch",
+        batch_records: 5_000,
+        codec: "",
+    },
+    Variant {
+        key: "es10000",
+        name: "loader: Elasticsearch, batches of 10,000",
+        sink: "elasticsearch",
+        batch_records: 10_000,
+        codec: "",
+    },
+];
+
+/// Whether `--only` (empty: everything) selects `variant`.
+pub fn selected(only: &[String], variant: &Variant) -> bool {
+    only.is_empty()
+        || only.iter().any(|only| {
+            only == variant.key
+                || only == "loader"
+                || (only == "files" && variant.sink == "files")
+                || (only == "es" && variant.sink == "elasticsearch")
+        })
+}
+
+/// The `[registry]`, `[loader]` and sink sections of a contender's config
+/// (`place`: the files' directory, or the Elasticsearch index prefix).
+pub fn sections(
+    variant: &Variant,
+    registry_url: &str,
+    input: &str,
+    es_url: &str,
+    place: &str,
+) -> String {
+    let sink = match variant.sink {
+        "files" => format!(
+            "[files]\ndir = \"{place}\"\ncodec = \"{}\"\n",
+            variant.codec
+        ),
+        _ => format!(
+            "[elasticsearch]\nurl = \"{es_url}\"\nindex-prefix = \"{place}\"\nrefresh-interval = \"30s\"\n"
+        ),
+    };
+    format!(
+        "[registry]\nurl = \"{registry_url}\"\n\
+         [loader]\nsink = \"{}\"\ninputs = [\"{input}:impression\"]\n\
+         [loader.batch]\nrecords = {}\nbytes = 67108864\nwait = \"2s\"\nwrite-timeout = \"9s\"\n{sink}",
+        variant.sink, variant.batch_records,
+    )
+}
+
+/// What a files round left: records in its files and their bytes; the
+/// directory is removed afterwards (generated data is not kept).
+pub fn files_written(dir: &Path) -> Result<(u64, u64), String> {
+    let mut records = 0;
+    let mut bytes = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&dir).map_err(|error| format!("{}: {error}", dir.display()))?
+        {
+            let path = entry.map_err(|error| error.to_string())?.path();
+            if path.is_dir() {
+                if !path.ends_with("_adpipe") {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let data =
+                std::fs::read(&path).map_err(|error| format!("{}: {error}", path.display()))?;
+            bytes += data.len() as u64;
+            let mut reader =
+                serde_avro_fast::object_container_file_encoding::Reader::from_slice(&data)
+                    .map_err(|error| format!("{}: {error}", path.display()))?;
+            for impression in reader.deserialize::<Impression>() {
+                impression.map_err(|error| format!("{}: {error}", path.display()))?;
+                records += 1;
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    Ok((records, bytes))
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// Documents in the indices `<prefix>*`; deletes them afterwards.
+pub async fn documents(es_url: &str, prefix: &str) -> Result<u64, String> {
+    let client = client();
+    let refresh = client
+        .post(format!("{es_url}/{prefix}*/_refresh"))
+        .send()
+        .await
+        .map_err(|error| error.to_string())?;
+    if !refresh.status().is_success() {
+        return Err(format!("refresh {prefix}*: {}", refresh.status()));
+    }
+    let count: serde_json::Value = client
+        .get(format!("{es_url}/{prefix}*/_count"))
+        .send()
+        .await
+        .map_err(|error| error.to_string())?
+        .json()
+        .await
+        .map_err(|error| error.to_string())?;
+    let _ = client.delete(format!("{es_url}/{prefix}*")).send().await;
+    let _ = client
+        .delete(format!("{es_url}/_index_template/{prefix}*"))
+        .send()
+        .await;
+    count["count"]
+        .as_u64()
+        .ok_or_else(|| format!("no count: {count}"))
+}
+
+/// Elasticsearch's `_bulk` ceiling on this machine, in the same run.
+#[derive(Debug, Serialize)]
+pub struct Ceiling {
+    /// Documents per second.
+    pub docs_per_sec: f64,
+    /// Documents per request.
+    pub bulk: usize,
+    /// Requests in flight.
+    pub concurrency: usize,
+}
+
+/// Indexes `impressions` (as JSON, `_id` = event id) into a fresh index
+/// with the loader's mappings, `bulk` per request, `concurrency` requests
+/// in flight; the bodies are built before the clock starts.
+pub async fn ceiling(
+    es_url: &str,
+    index: &str,
+    impressions: &[Impression],
+    bulk: usize,
+    concurrency: usize,
+) -> Result<Ceiling, String> {
+    let client = client();
+    let created = client
+        .put(format!("{es_url}/{index}"))
+        .json(&json!({
+            "settings": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "30s"},
+            "mappings": adpipe_loader::elasticsearch::mappings(&[EventKind::Impression]),
+        }))
+        .send()
+        .await
+        .map_err(|error| error.to_string())?;
+    if !created.status().is_success() {
+        return Err(format!("creating {index}: {}", created.status()));
+    }
+    let bodies: Vec<Vec<u8>> = impressions
+        .chunks(bulk)
+        .map(|chunk| {
+            let mut body = Vec::new();
+            for impression in chunk {
+                body.extend_from_slice(
+                    format!(
+                        "{{\"index\":{{\"_index\":\"{index}\",\"_id\":\"{}\"}}}}\n",
+                        impression.event_id
+                    )
+                    .as_bytes(),
+                );
+                body.extend_from_slice(&serde_json::to_vec(impression).unwrap_or_default());
+                body.push(b'\n');
+            }
+            body
+        })
+        .collect();
+    let queue = std::sync::Arc::new(parking_lot::Mutex::new(bodies));
+    let started = Instant::now();
+    let mut senders = Vec::new();
+    for _ in 0..concurrency {
+        let (client, queue, url) = (client.clone(), queue.clone(), format!("{es_url}/_bulk"));
+        senders.push(tokio::spawn(async move {
+            loop {
+                let Some(body) = queue.lock().pop() else {
+                    return Ok::<_, String>(());
+                };
+                let answer: serde_json::Value = client
+                    .post(&url)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .json()
+                    .await
+                    .map_err(|error| error.to_string())?;
+                if answer["errors"] != json!(false) {
+                    return Err("the ceiling's bulk had item errors".to_owned());
+                }
+            }
+        }));
+    }
+    for sender in senders {
+        sender.await.map_err(|error| error.to_string())??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = client.delete(format!("{es_url}/{index}")).send().await;
+    Ok(Ceiling {
+        docs_per_sec: impressions.len() as f64 / seconds,
+        bulk,
+        concurrency,
+    })
+}
+
+/// The files directory of a contender's round.
+pub fn files_dir(config_dir: &Path, prefix: &str, key: &str, round: usize) -> PathBuf {
+    config_dir.join(format!("{prefix}-{key}{round}-files"))
+}
