@@ -162,11 +162,21 @@ impl PartitionPaths {
     /// moves the marker on) and returns where the partition resumes.
     pub fn recover(&self) -> Result<Option<i64>, StepError> {
         let marker = self.read_marker()?;
-        let Some(pending) = marker.pending else {
-            return Ok(marker.next);
+        let next = match marker.pending {
+            Some(pending) => {
+                self.put_in_place(&pending)?;
+                Some(pending.next)
+            }
+            None => marker.next,
         };
-        self.put_in_place(&pending)?;
-        Ok(Some(pending.next))
+        // What is still staged belongs to no batch (a crash or a full disk
+        // before its marker said pending): written again from Kafka.
+        let staging = self.staging();
+        for entry in fs::read_dir(&staging).into_iter().flatten().flatten() {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|error| io_error("removing", &path, &error))?;
+        }
+        Ok(next)
     }
 
     /// Renames a pending batch's staged files into place and records its

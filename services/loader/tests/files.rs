@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use adpipe_loader::files::{Marker, PartitionPaths};
@@ -131,4 +131,90 @@ async fn every_event_is_in_the_files_once_across_a_rewound_commit_and_a_crash_mi
     assert_files_hold_once(&dir, &imp_topic, &truth, impression_id);
     assert_files_hold_once(&dir, &clk_topic, &click_truth, click_id);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Mounts a tmpfs of `size` at `dir` (root only); `false` when it cannot.
+fn mount_tmpfs(dir: &Path, size: &str, remount: bool) -> bool {
+    let options = if remount {
+        format!("remount,size={size}")
+    } else {
+        format!("size={size}")
+    };
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_loader_with_nothing_committed_past_its_files() {
+    let rig = Rig::new("loader-full").await;
+    let dir = std::env::temp_dir().join(&rig.prefix);
+    std::fs::create_dir_all(&dir).expect("dir");
+    // 3,000 impressions uncompressed are ~800 KB: a 256 KiB disk fills.
+    if !mount_tmpfs(&dir, "256k", false) {
+        println!("SKIPPED: a small disk needs `mount -t tmpfs` (root); not run here");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    let (truth, click_truth) = rig.publish(0, 3000).await;
+    let config = rig.config(
+        "files",
+        "full",
+        &format!("[files]\ndir = \"{}\"\ncodec = \"null\"\n", dir.display()),
+    );
+    let loader = adpipe_loader::start(rig.settings(&config)).expect("starts");
+    let reason = tokio::time::timeout(Duration::from_secs(60), loader.stopped())
+        .await
+        .expect("the worker stops by itself");
+    assert!(
+        reason.contains("disk_full") || reason.contains("No space left"),
+        "{reason}"
+    );
+    let _ = loader.stop().await;
+    // Nothing committed past what the files hold: per partition, the
+    // group's commit is at most the marker's next offset.
+    for (suffix, topic) in [
+        ("imp", format!("{}.imp", rig.prefix)),
+        ("jclk", format!("{}.jclk", rig.prefix)),
+    ] {
+        let committed = adpipe_testkit::committed_offsets(
+            &rig.bootstrap,
+            &format!("{}-full", rig.prefix),
+            &topic,
+        );
+        for (partition, committed) in committed.iter().enumerate() {
+            let marker =
+                PartitionPaths::new(&dir, &topic, i32::try_from(partition).expect("small"))
+                    .read_marker()
+                    .expect("a marker or none");
+            let stored = marker.next.unwrap_or(0);
+            assert!(
+                committed.unwrap_or(0) <= stored,
+                "{suffix} partition {partition}: committed {committed:?} past the files ({stored})"
+            );
+        }
+    }
+    // An operator frees space (the disk grows); the loader starts again and
+    // everything is in the files once.
+    assert!(mount_tmpfs(&dir, "16m", true), "remount bigger");
+    let loader = adpipe_loader::start(rig.settings(&config)).expect("starts again");
+    rig.wait_committed_to_end("full", Duration::from_secs(120))
+        .await;
+    loader.stop().await.expect("clean stop");
+    assert_files_hold_once(&dir, &format!("{}.imp", rig.prefix), &truth, impression_id);
+    assert_files_hold_once(
+        &dir,
+        &format!("{}.jclk", rig.prefix),
+        &click_truth,
+        click_id,
+    );
 }
