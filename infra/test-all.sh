@@ -63,9 +63,10 @@ cargo build --workspace --all-targets --locked
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "the Aerospike state backend (feature aerospike): clippy, and its test, which runs only where AEROSPIKE_HOSTS names a server"
-cargo clippy -p adpipe-state -p adpipe-joiner --features adpipe-state/aerospike,adpipe-joiner/aerospike --all-targets --locked -- -D warnings
+step "the Aerospike backends (feature aerospike: the state store, the profile store): clippy, and their tests, which run only where AEROSPIKE_HOSTS names a server"
+cargo clippy -p adpipe-state -p adpipe-joiner -p adpipe-loader --features adpipe-state/aerospike,adpipe-joiner/aerospike,adpipe-loader/aerospike --all-targets --locked -- -D warnings
 cargo test -p adpipe-state --features aerospike --locked --test conformance aerospike -- --nocapture 2>&1 | grep -E "SKIPPED|test result"
+cargo test -p adpipe-loader --features aerospike --locked --test aerospike_profiles -- --nocapture 2>&1 | grep -E "SKIPPED|test result"
 
 step "prometheus rules (promtool check + unit tests)"
 "$INFRA_DIR/prometheus.sh" check

@@ -14,6 +14,8 @@
 //! its reason.
 #![warn(missing_docs)]
 
+#[cfg(feature = "aerospike")]
+pub mod aerospike_profiles;
 pub mod avro_file;
 pub mod bigquery;
 pub mod config;
