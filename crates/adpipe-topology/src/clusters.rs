@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::declared::TopologyError;
 
 /// What a cluster is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClusterRole {
     /// A datacenter cluster that bidders publish to.

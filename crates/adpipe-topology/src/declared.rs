@@ -127,7 +127,9 @@ impl Topology {
         let mut seen = std::collections::BTreeSet::new();
         let mut topics = Vec::new();
         for topic in raw.topic {
-            if !seen.insert(topic.name.clone()) {
+            // A name may be declared once per role (dlq.loader: on central
+            // and in every DC, where the profile loaders run).
+            if !seen.insert((topic.name.clone(), topic.on)) {
                 problems.push(format!("topic {} is declared twice", topic.name));
             }
             let partitions = match (topic.keyed, topic.partitions) {
@@ -329,7 +331,7 @@ doc = ""
 
 [[topic]]
 name = "a"
-on = "central"
+on = "dc"
 keyed = false
 cleanup_policy = "compact"
 retention = "1d"
