@@ -12,10 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use adpipe_testkit::{ChildGuard, kill_9, terminate};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{Value, json};
-use support::{PARTITIONS, Rig, load_truth};
+use support::{Rig, load_truth};
 
 fn bq_url() -> String {
     std::env::var("ADPIPE_BQ_URL")
@@ -101,29 +99,6 @@ fn tables(rig: &Rig) -> (String, String) {
     (clean("imp"), clean("jclk"))
 }
 
-fn rewind_group(rig: &Rig, group: &str) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &rig.bootstrap)
-        .set("group.id", format!("{}-{group}", rig.prefix))
-        .create()
-        .expect("consumer");
-    let mut offsets = TopicPartitionList::new();
-    for suffix in ["imp", "jclk"] {
-        for partition in 0..PARTITIONS {
-            offsets
-                .add_partition_offset(
-                    &format!("{}.{suffix}", rig.prefix),
-                    partition,
-                    Offset::Offset(0),
-                )
-                .expect("offset");
-        }
-    }
-    consumer
-        .commit(&offsets, CommitMode::Sync)
-        .expect("rewound");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_row_per_event_across_a_rewound_commit() {
     let rig = Rig::new("loader-bq").await;
@@ -146,7 +121,7 @@ async fn one_row_per_event_across_a_rewound_commit() {
     assert_eq!(days[0][0], "2025-11-21");
 
     // The Kafka commit rewound to 0: the table's offsets decide.
-    rewind_group(&rig, "bq");
+    rig.rewind_group("bq");
     let (more, more_clicks) = rig.publish(600, 900).await;
     truth.extend(more);
     click_truth.extend(more_clicks);

@@ -11,35 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use adpipe_loader::files::{Marker, PartitionPaths};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use support::{PARTITIONS, Rig, assert_files_hold_once, avro_files, click_id, impression_id};
+use support::{Rig, assert_files_hold_once, avro_files, click_id, impression_id};
 
 fn files_section(dir: &Path) -> String {
     format!("[files]\ndir = \"{}\"\n", dir.display())
-}
-
-fn rewind_group(rig: &Rig, group: &str) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &rig.bootstrap)
-        .set("group.id", format!("{}-{group}", rig.prefix))
-        .create()
-        .expect("consumer");
-    let mut offsets = TopicPartitionList::new();
-    for suffix in ["imp", "jclk"] {
-        for partition in 0..PARTITIONS {
-            offsets
-                .add_partition_offset(
-                    &format!("{}.{suffix}", rig.prefix),
-                    partition,
-                    Offset::Offset(0),
-                )
-                .expect("offset");
-        }
-    }
-    consumer
-        .commit(&offsets, CommitMode::Sync)
-        .expect("rewound");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +40,7 @@ async fn every_event_is_in_the_files_once_across_a_rewound_commit_and_a_crash_mi
 
     // Stopped: the Kafka group's commits are rewound to 0 — only the
     // markers may decide where each partition resumes.
-    rewind_group(&rig, "files");
+    rig.rewind_group("files");
     // And partition 0 crashed after its last batch's files were staged and
     // the marker said pending: the batch is finished at the next start.
     let paths = PartitionPaths::new(&dir, &imp_topic, 0);

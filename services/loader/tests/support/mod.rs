@@ -331,6 +331,32 @@ impl Rig {
             .expect("encoder")
     }
 
+    /// Rewinds `group`'s commits on both inputs to 0 (only a sink's own
+    /// offsets may then decide where it resumes).
+    pub fn rewind_group(&self, group: &str) {
+        use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", format!("{}-{group}", self.prefix))
+            .create()
+            .expect("consumer");
+        let mut offsets = rdkafka::TopicPartitionList::new();
+        for suffix in ["imp", "jclk"] {
+            for partition in 0..PARTITIONS {
+                offsets
+                    .add_partition_offset(
+                        &format!("{}.{suffix}", self.prefix),
+                        partition,
+                        rdkafka::Offset::Offset(0),
+                    )
+                    .expect("offset");
+            }
+        }
+        consumer
+            .commit(&offsets, CommitMode::Sync)
+            .expect("rewound");
+    }
+
     /// Records committed by `group` over both inputs.
     pub fn committed_records(&self, group: &str) -> i64 {
         ["imp", "jclk"]
