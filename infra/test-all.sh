@@ -23,7 +23,11 @@ source "$repo/infra/lib.sh"
 cd "$REPO_DIR"
 venv="$REPO_DIR/.adpipe/venv"
 
-step() { log "== $* ($(date +%T))"; }
+# Each step logs the free disk too: a CI machine's disk may be small, and a
+# full disk shows up as an odd failure (the linker dying with SIGBUS).
+step() { log "== $* ($(date +%T), $(df -h --output=avail . | tail -n 1 | tr -d ' ') free)"; }
+# A one-shot build gains nothing from incremental caches; they only take disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 started_at=$(date +%s)
 cleanup() {
   local status=$?
@@ -44,6 +48,7 @@ cleanup() {
   if [ "${bq_started:-0}" = 1 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
     "$INFRA_DIR/bigquery.sh" stop || true
   fi
+  log "disk: target/ $(du -sh target 2>/dev/null | cut -f1), $(df -h --output=avail . | tail -n 1 | tr -d ' ') free"
   log "finished with status $status after $(( $(date +%s) - started_at )) s"
   exit $status
 }
