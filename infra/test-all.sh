@@ -106,6 +106,7 @@ export ADPIPE_ES_URL
 es_started=1
 "$INFRA_DIR/elasticsearch.sh" start
 "$INFRA_DIR/avro-tools.sh" jar >/dev/null
+"$INFRA_DIR/pyarrow.sh" python >/dev/null
 
 step "redis of this run (own port): the profile store"
 ADPIPE_REDIS_PORT="$(free_port)"

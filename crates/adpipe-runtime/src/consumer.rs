@@ -339,6 +339,11 @@ impl<F: StepFactory> WorkerContext<F> {
             .collect();
         match self.factory.stored_offsets(&assigned) {
             Ok(stored) => {
+                // Stored offsets ahead of the group's commit: what the store
+                // holds is done, so the group learns it now — else a
+                // partition whose every record is already stored would show
+                // a lag forever (nothing left to process, nothing to commit).
+                let mut ahead = TopicPartitionList::new();
                 for (topic, partition, offset) in stored {
                     match partitions.set_partition_offset(&topic, partition, Offset::Offset(offset))
                     {
@@ -347,9 +352,23 @@ impl<F: StepFactory> WorkerContext<F> {
                             partition, offset, "starting at the offset the service stored"
                         ),
                         Err(error) => {
-                            warn!(topic, partition, %error, "cannot start at the stored offset")
+                            warn!(topic, partition, %error, "cannot start at the stored offset");
+                            continue;
                         }
                     }
+                    let behind = assigned
+                        .iter()
+                        .find(|a| a.topic == topic && a.partition == partition)
+                        .is_some_and(|a| a.committed.is_none_or(|committed| committed < offset));
+                    if behind {
+                        let _ =
+                            ahead.add_partition_offset(&topic, partition, Offset::Offset(offset));
+                    }
+                }
+                if ahead.count() > 0
+                    && let Err(error) = consumer.commit(&ahead, CommitMode::Sync)
+                {
+                    warn!(%error, "cannot commit the stored offsets now; the group stays behind them until later records are processed");
                 }
             }
             Err(error) => self.stopper.stop(format!(

@@ -121,6 +121,7 @@ struct RawElasticsearch {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawFiles {
     dir: PathBuf,
+    format: FileFormat,
     codec: FileCodec,
 }
 
@@ -138,14 +139,27 @@ pub enum SinkKind {
     Bigquery,
 }
 
-/// The block codec of Avro container files.
+/// The compression of files: Avro blocks, Parquet pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FileCodec {
     /// Uncompressed.
     Null,
-    /// Deflate (zlib's raw deflate), what every Avro reader supports.
+    /// Deflate: raw deflate in Avro (what every Avro reader supports),
+    /// GZIP in Parquet.
     Deflate,
+    /// Snappy: Parquet only (the usual Parquet codec).
+    Snappy,
+}
+
+/// The layout of files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileFormat {
+    /// Avro object container files (`.avro`): the datums as consumed.
+    Avro,
+    /// Parquet (`.parquet`): columns, for analysts' engines.
+    Parquet,
 }
 
 /// One input topic and the kinds of event it carries.
@@ -177,7 +191,9 @@ pub struct ElasticsearchSettings {
 pub struct FilesSettings {
     /// Root directory (relative: under `$ADPIPE_STATE_DIR`).
     pub dir: PathBuf,
-    /// Block codec.
+    /// Avro or Parquet.
+    pub format: FileFormat,
+    /// Block (Avro) or page (Parquet) codec.
     pub codec: FileCodec,
 }
 
@@ -273,6 +289,12 @@ impl LoaderSettings {
                 es.index_prefix
             ));
         }
+        if raw.files.format == FileFormat::Avro && raw.files.codec == FileCodec::Snappy {
+            problems.push(
+                "files.codec = \"snappy\" is for Parquet; Avro files take \"deflate\" or \"null\""
+                    .to_owned(),
+            );
+        }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -298,6 +320,7 @@ impl LoaderSettings {
                     &raw.files.dir,
                     std::env::var_os(adpipe_runtime::config::STATE_DIR_ENV).as_deref(),
                 ),
+                format: raw.files.format,
                 codec: raw.files.codec,
             },
             bigquery: BigQuerySettings {

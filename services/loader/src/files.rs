@@ -1,7 +1,11 @@
-//! The files sink: Avro container files partitioned
-//! `<dir>/<topic>/date=YYYY-MM-DD/hour=HH/` by event time (UTC), one file
-//! per batch and hour, named `<topic>-p<partition>-<first>-<last>.avro`
-//! from the batch's partition and offset range.
+//! The files sink: Avro container files or Parquet files (`files.format`)
+//! partitioned `<dir>/<topic>/date=YYYY-MM-DD/hour=HH/` by event time
+//! (UTC), one file per batch and hour, named
+//! `<topic>-p<partition>-<first>-<last>.avro|.parquet` from the batch's
+//! partition and offset range. A record that does not decode with its
+//! writer schema (Parquet needs its fields) goes to the dead-letter topic;
+//! a writer schema Parquet cannot lay out (arrays, maps) stops the worker
+//! with the field named.
 //!
 //! Contract — each record once in the files, whatever crashes:
 //! - a batch's files are written into a staging directory and fsynced;
@@ -34,7 +38,8 @@ use adpipe_runtime::{AssignedPartition, Bytes, InputRecord, StepError};
 use serde::{Deserialize, Serialize};
 
 use crate::avro_file::ContainerFile;
-use crate::config::{FileCodec, FilesSettings};
+use crate::config::{FileCodec, FileFormat, FilesSettings};
+use crate::parquet_file::{ParquetFile, ParquetLayout};
 use crate::record::{Identity, civil};
 use crate::sink::{Pending, Refusal, Sink, SinkFactory};
 
@@ -118,15 +123,22 @@ impl PartitionPaths {
 
     /// The final path of the file of hour `hour_ms` of a batch spanning
     /// `first..=last` (`suffix` tells files of one hour apart when the
-    /// batch holds several writer schemas).
-    pub fn file(&self, hour_ms: i64, first: i64, last: i64, suffix: &str) -> PathBuf {
+    /// batch holds several writer schemas; `extension` the format).
+    pub fn file(
+        &self,
+        hour_ms: i64,
+        first: i64,
+        last: i64,
+        suffix: &str,
+        extension: &str,
+    ) -> PathBuf {
         let (year, month, day, hour) = civil(hour_ms);
         self.root
             .join(&self.topic)
             .join(format!("date={year:04}-{month:02}-{day:02}"))
             .join(format!("hour={hour:02}"))
             .join(format!(
-                "{}-p{:04}-{first:020}-{last:020}{suffix}.avro",
+                "{}-p{:04}-{first:020}-{last:020}{suffix}.{extension}",
                 self.topic, self.partition
             ))
     }
@@ -240,7 +252,9 @@ impl SinkFactory for FilesFactory {
         let next = paths.recover()?;
         Ok(FilesSink {
             paths,
+            format: self.settings.format,
             codec: self.settings.codec,
+            layouts: std::collections::HashMap::new(),
             next,
         })
     }
@@ -265,13 +279,56 @@ impl SinkFactory for FilesFactory {
 #[derive(Debug)]
 pub struct Datum {
     schema: Arc<WriterSchema>,
+    /// Parquet: the schema's column layout.
+    layout: Option<Arc<ParquetLayout>>,
     datum: Bytes,
+}
+
+/// A file being built, in the configured format.
+enum FileBuilder {
+    Avro(ContainerFile),
+    Parquet(ParquetFile),
+}
+
+impl FileBuilder {
+    fn new(first: &Datum, format: FileFormat, codec: FileCodec) -> FileBuilder {
+        match (format, &first.layout) {
+            (FileFormat::Parquet, Some(layout)) => {
+                FileBuilder::Parquet(ParquetFile::new(Arc::clone(layout), codec))
+            }
+            _ => FileBuilder::Avro(ContainerFile::new(&first.schema.text, codec)),
+        }
+    }
+
+    fn extension(format: FileFormat) -> &'static str {
+        match format {
+            FileFormat::Avro => "avro",
+            FileFormat::Parquet => "parquet",
+        }
+    }
+
+    fn push(&mut self, datum: &Datum) -> std::io::Result<()> {
+        match self {
+            FileBuilder::Avro(file) => file.push(&datum.datum),
+            FileBuilder::Parquet(file) => file.push(&datum.datum),
+        }
+    }
+
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            FileBuilder::Avro(file) => file.finish(),
+            FileBuilder::Parquet(file) => file.finish(),
+        }
+    }
 }
 
 /// One task's files sink.
 pub struct FilesSink {
     paths: PartitionPaths,
+    format: FileFormat,
     codec: FileCodec,
+    /// Parquet layouts by writer schema id.
+    layouts: std::collections::HashMap<u32, Arc<ParquetLayout>>,
     /// The marker's next offset: records before it are in files already.
     next: Option<i64>,
 }
@@ -301,16 +358,21 @@ impl FilesSink {
             } else {
                 String::new()
             };
-            let target = self.paths.file(hour, span.first, span.last, &suffix);
+            let extension = FileBuilder::extension(self.format);
+            let target = self
+                .paths
+                .file(hour, span.first, span.last, &suffix, extension);
             let staged = staging.join(target.file_name().unwrap_or_default());
-            let mut file = ContainerFile::new(&batch[indices[0]].item.schema.text, self.codec);
+            let mut file = FileBuilder::new(&batch[indices[0]].item, self.format, self.codec);
+            // The datums were checked in `prepare`: an error here is not
+            // the record's fault, and stops the worker.
+            let encoding = |error: std::io::Error| {
+                StepError::fatal("file_encoding", format!("{}: {error}", staged.display()))
+            };
             for &index in indices {
-                file.push(&batch[index].item.datum)
-                    .map_err(|error| io_error("compressing", &staged, &error))?;
+                file.push(&batch[index].item).map_err(encoding)?;
             }
-            let bytes = file
-                .finish()
-                .map_err(|error| io_error("compressing", &staged, &error))?;
+            let bytes = file.finish().map_err(encoding)?;
             write_synced(&staged, &bytes)?;
             metrics::counter!("adpipe_loader_file_bytes_total").increment(bytes.len() as u64);
             placed.push((staged, target));
@@ -344,7 +406,39 @@ impl Sink for FilesSink {
         let value = record.value.unwrap_or_default();
         let (_, datum) = adpipe_codec::split_header(value)?;
         let datum = record.share(Some(datum)).unwrap_or_default();
-        Ok(Datum { schema, datum })
+        let layout = match self.format {
+            FileFormat::Avro => None,
+            FileFormat::Parquet => {
+                let layout = match self.layouts.get(&schema.id) {
+                    Some(layout) => Arc::clone(layout),
+                    None => {
+                        let layout =
+                            ParquetLayout::of(&schema.text)
+                                .map(Arc::new)
+                                .map_err(|reason| {
+                                    StepError::fatal(
+                                        "parquet_layout",
+                                        format!("writer schema {}: {reason}", schema.id),
+                                    )
+                                })?;
+                        self.layouts.insert(schema.id, Arc::clone(&layout));
+                        layout
+                    }
+                };
+                layout.check(&datum).map_err(|reason| {
+                    StepError::poison(
+                        "undecodable",
+                        format!("does not decode with writer schema {}: {reason}", schema.id),
+                    )
+                })?;
+                Some(layout)
+            }
+        };
+        Ok(Datum {
+            schema,
+            layout,
+            datum,
+        })
     }
 
     async fn write(

@@ -5,7 +5,7 @@
 //! One runtime task per input partition folds records into a batch
 //! ([`step`]), written through the configured [`sink`] when full or due:
 //! [`elasticsearch`] (`_bulk`, `_id` = event id, a daily index, managed
-//! templates), [`files`] (Avro container files per topic/date/hour,
+//! templates), [`files`] (Avro container files or Parquet per topic/date/hour,
 //! named by offset range, put in place atomically) or [`profiles`] (per-user
 //! recent events for bidders, in Redis or Aerospike) or [`bigquery`] (one
 //! table per topic, resuming after the offsets its rows carry). A failing store fails
@@ -22,6 +22,7 @@ pub mod config;
 pub mod elasticsearch;
 pub mod factory;
 pub mod files;
+pub mod parquet_file;
 pub mod profiles;
 pub mod record;
 pub mod sink;

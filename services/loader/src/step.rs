@@ -96,6 +96,7 @@ impl<S: Sink> BatchStep for LoaderStep<S> {
             Err(_) => {
                 metrics::counter!("adpipe_loader_write_failures_total", "sink" => sink_name, "kind" => "timeout")
                         .increment(1);
+                warn!(sink = sink_name, records = batch.len(), timeout = ?self.target.write_timeout, "a batch was not written in time; it is tried again");
                 return Err(StepError::transient(
                     "sink_timeout",
                     format!(
@@ -109,7 +110,7 @@ impl<S: Sink> BatchStep for LoaderStep<S> {
         metrics::histogram!("adpipe_loader_write_seconds", "sink" => sink_name)
             .record(started.elapsed().as_secs_f64());
         let written = batch.len() - refusals.len();
-        metrics::counter!("adpipe_loader_records_total", "sink" => sink_name)
+        metrics::counter!("adpipe_loader_records_total", "sink" => sink_name, "topic" => self.topic.to_string())
             .increment(written as u64);
         let mut outputs = Vec::with_capacity(refusals.len());
         for refusal in refusals {

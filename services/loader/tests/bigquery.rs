@@ -144,11 +144,19 @@ async fn one_row_per_event_across_kill_9_and_sigterm() {
     let (imp_table, clk_table) = tables(&rig);
     let config = rig.config("bigquery", "bq", &section(&dataset));
     // Commits every 5 s: a kill mostly finds inserted batches not yet
-    // committed, which the restart reads again.
+    // committed, which the restart reads again. The emulator (Python over
+    // DuckDB) is far slower than BigQuery, and slower as its tables grow:
+    // six partitions' inserts at once may take many seconds, and a short
+    // write timeout would only resend (and queue) the same rows again and
+    // again — a cold CI run once made no progress for ten minutes so.
     let text = std::fs::read_to_string(&config)
         .expect("config")
-        .replace("records = 200", "records = 2000")
-        .replace("commit-interval = \"200ms\"", "commit-interval = \"5s\"");
+        .replace("records = 200", "records = 1000")
+        .replace("write-timeout = \"5s\"", "write-timeout = \"50s\"")
+        .replace(
+            "commit-interval = \"200ms\"",
+            "commit-interval = \"5s\"\nprocessing-timeout = \"60s\"",
+        );
     std::fs::write(&config, text).expect("config");
     let listen = adpipe_testkit::free_loopback_address();
     let spawn = || {

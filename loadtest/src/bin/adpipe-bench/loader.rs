@@ -1,10 +1,12 @@
 //! The loader's contenders: the unique impressions (what
 //! `deduplicated.impressions` holds) written by the real `adpipe-loader`
-//! into Avro files (deflate and uncompressed, two batch sizes) and into
-//! Elasticsearch (three batch sizes); a round counts only once the group
-//! committed the backlog — i.e. once the store acknowledged every batch —
-//! and is checked: every impression once in the files (read back here with
-//! serde_avro_fast), every impression one document in Elasticsearch.
+//! into Avro files (deflate and uncompressed, two batch sizes), Parquet
+//! files (Snappy, GZIP, uncompressed) and into Elasticsearch (four batch
+//! sizes); a round counts only once the group committed the backlog — i.e.
+//! once the store acknowledged every batch — and is checked: every
+//! impression in the files (Avro read back here with serde_avro_fast,
+//! Parquet counted from its footers), every impression one document in
+//! Elasticsearch.
 //!
 //! Elasticsearch's own `_bulk` ceiling is measured in the same run with a
 //! plain client: the same documents (ids, index mappings, bulk size), sent
@@ -28,17 +30,20 @@ pub struct Variant {
     pub sink: &'static str,
     /// `loader.batch.records`.
     pub batch_records: usize,
+    /// `files.format` (files only).
+    pub format: &'static str,
     /// `files.codec` (files only).
     pub codec: &'static str,
 }
 
 /// The variants, in report order.
-pub const VARIANTS: [Variant; 7] = [
+pub const VARIANTS: [Variant; 10] = [
     Variant {
         key: "files5000",
         name: "loader: Avro files (deflate), batches of 5,000",
         sink: "files",
         batch_records: 5_000,
+        format: "avro",
         codec: "deflate",
     },
     Variant {
@@ -46,6 +51,7 @@ pub const VARIANTS: [Variant; 7] = [
         name: "loader: Avro files (uncompressed), batches of 5,000",
         sink: "files",
         batch_records: 5_000,
+        format: "avro",
         codec: "null",
     },
     Variant {
@@ -53,13 +59,39 @@ pub const VARIANTS: [Variant; 7] = [
         name: "loader: Avro files (deflate), batches of 50,000",
         sink: "files",
         batch_records: 50_000,
+        format: "avro",
         codec: "deflate",
+    },
+    Variant {
+        key: "parquet5000",
+        name: "loader: Parquet files (Snappy), batches of 5,000",
+        sink: "files",
+        batch_records: 5_000,
+        format: "parquet",
+        codec: "snappy",
+    },
+    Variant {
+        key: "parquet5000g",
+        name: "loader: Parquet files (GZIP), batches of 5,000",
+        sink: "files",
+        batch_records: 5_000,
+        format: "parquet",
+        codec: "deflate",
+    },
+    Variant {
+        key: "parquet5000n",
+        name: "loader: Parquet files (uncompressed), batches of 5,000",
+        sink: "files",
+        batch_records: 5_000,
+        format: "parquet",
+        codec: "null",
     },
     Variant {
         key: "es500",
         name: "loader: Elasticsearch, batches of 500",
         sink: "elasticsearch",
         batch_records: 500,
+        format: "",
         codec: "",
     },
     Variant {
@@ -67,6 +99,7 @@ pub const VARIANTS: [Variant; 7] = [
         name: "loader: Elasticsearch, batches of 2,000",
         sink: "elasticsearch",
         batch_records: 2_000,
+        format: "",
         codec: "",
     },
     Variant {
@@ -74,6 +107,7 @@ pub const VARIANTS: [Variant; 7] = [
         name: "loader: Elasticsearch, batches of 5,000",
         sink: "elasticsearch",
         batch_records: 5_000,
+        format: "",
         codec: "",
     },
     Variant {
@@ -81,6 +115,7 @@ pub const VARIANTS: [Variant; 7] = [
         name: "loader: Elasticsearch, batches of 10,000",
         sink: "elasticsearch",
         batch_records: 10_000,
+        format: "",
         codec: "",
     },
 ];
@@ -107,8 +142,8 @@ pub fn sections(
 ) -> String {
     let sink = match variant.sink {
         "files" => format!(
-            "[files]\ndir = \"{place}\"\ncodec = \"{}\"\n",
-            variant.codec
+            "[files]\ndir = \"{place}\"\nformat = \"{}\"\ncodec = \"{}\"\n",
+            variant.format, variant.codec
         ),
         _ => format!(
             "[elasticsearch]\nurl = \"{es_url}\"\nindex-prefix = \"{place}\"\nrefresh-interval = \"30s\"\n"
@@ -142,6 +177,16 @@ pub fn files_written(dir: &Path) -> Result<(u64, u64), String> {
             let data =
                 std::fs::read(&path).map_err(|error| format!("{}: {error}", path.display()))?;
             bytes += data.len() as u64;
+            if path.extension().is_some_and(|ext| ext == "parquet") {
+                let reader =
+                    parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(data))
+                        .map_err(|error| format!("{}: {error}", path.display()))?;
+                let rows = parquet::file::reader::FileReader::metadata(&reader)
+                    .file_metadata()
+                    .num_rows();
+                records += u64::try_from(rows).unwrap_or(0);
+                continue;
+            }
             let mut reader =
                 serde_avro_fast::object_container_file_encoding::Reader::from_slice(&data)
                     .map_err(|error| format!("{}: {error}", path.display()))?;

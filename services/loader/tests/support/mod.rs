@@ -424,7 +424,8 @@ impl Load {
 }
 
 /// Every `.avro` file under `dir`, sorted.
-pub fn avro_files(dir: &Path) -> Vec<PathBuf> {
+/// The event files (Avro, Parquet) under `dir`, sorted.
+pub fn event_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(dir) = stack.pop() {
@@ -434,7 +435,10 @@ pub fn avro_files(dir: &Path) -> Vec<PathBuf> {
                 if !path.ends_with("_adpipe") {
                     stack.push(path);
                 }
-            } else if path.extension().is_some_and(|ext| ext == "avro") {
+            } else if path
+                .extension()
+                .is_some_and(|ext| ext == "avro" || ext == "parquet")
+            {
                 files.push(path);
             }
         }
@@ -443,13 +447,52 @@ pub fn avro_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The records of `files`, each read by a reader nobody here wrote:
+/// Avro files by Apache avro-tools, Parquet files by pyarrow.
+pub fn read_files(files: &[PathBuf]) -> Vec<serde_json::Value> {
+    let (parquet, avro): (Vec<PathBuf>, Vec<PathBuf>) = files
+        .iter()
+        .cloned()
+        .partition(|file| file.extension().is_some_and(|ext| ext == "parquet"));
+    let mut records = read_with_avro_tools(&avro);
+    records.extend(read_with_pyarrow(&parquet));
+    records
+}
+
+/// The rows of Parquet `files` as pyarrow reads them (`infra/pyarrow.sh`).
+pub fn read_with_pyarrow(files: &[PathBuf]) -> Vec<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../infra/pyarrow.sh");
+    let mut records = Vec::new();
+    for chunk in files.chunks(500) {
+        let output = Command::new(&script)
+            .arg("tojson")
+            .args(chunk)
+            .output()
+            .expect("pyarrow runs");
+        assert!(
+            output.status.success(),
+            "pyarrow read every file: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for line in String::from_utf8(output.stdout).expect("UTF-8").lines() {
+            records.push(serde_json::from_str(line).expect("JSON"));
+        }
+    }
+    records
+}
+
 /// The records of `files` as avro-tools reads them (JSON, one per line).
 pub fn read_with_avro_tools(files: &[PathBuf]) -> Vec<serde_json::Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../infra/avro-tools.sh");
     let mut records = Vec::new();
     // avro-tools starts a JVM per command: a few hundred files at a time.
     for chunk in files.chunks(200) {
-        let joined = std::env::temp_dir().join(format!("loader-files-{}.avro", std::process::id()));
+        // Tests of one binary run concurrently: a name of this call's own.
+        let joined = std::env::temp_dir().join(format!(
+            "loader-files-{}-{}.avro",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
         let status = Command::new(&script)
             .arg("cat")
             .args(chunk)
@@ -481,7 +524,7 @@ pub fn assert_files_hold_once(
     truth: &BTreeSet<String>,
     id: impl Fn(&serde_json::Value) -> (String, i64),
 ) {
-    let files = avro_files(&dir.join(topic));
+    let files = event_files(&dir.join(topic));
     assert!(!files.is_empty(), "{topic}: no files");
     let mut by_hour = BTreeMap::<PathBuf, Vec<PathBuf>>::new();
     for file in files {
@@ -497,7 +540,7 @@ pub fn assert_files_hold_once(
     }
     let mut seen = BTreeMap::<String, usize>::new();
     for (hour_dir, files) in &by_hour {
-        for record in read_with_avro_tools(files) {
+        for record in read_files(files) {
             let (event_id, time) = id(&record);
             let (year, month, day, hour) = adpipe_loader::record::civil(time);
             assert!(

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# pyarrow, the independent reader the tests check Parquet files with.
+#
+#   infra/pyarrow.sh python         install if missing (venv), print its python
+#   infra/pyarrow.sh tojson FILES   each row of each file as a JSON line
+#                                   (timestamps as ms since the epoch)
+#
+# Pinned to pyarrow 26.0.1 from PyPI, in a venv under $ADPIPE_CACHE_DIR.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+VENV="$ADPIPE_CACHE_DIR/pyarrow-venv"
+REQUIREMENTS="pyarrow==26.0.1"
+
+install() {
+  if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/requirements" 2>/dev/null)" != "$REQUIREMENTS" ]; then
+    log "pyarrow: installing $REQUIREMENTS into $VENV"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    # shellcheck disable=SC2086
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check $REQUIREMENTS >&2 \
+      || die "pip could not install $REQUIREMENTS"
+    echo "$REQUIREMENTS" > "$VENV/requirements"
+  fi
+}
+
+case "${1:-}" in
+  python) install; echo "$VENV/bin/python" ;;
+  tojson)
+    shift
+    install
+    exec "$VENV/bin/python" - "$@" <<'PY'
+import datetime, json, sys
+import pyarrow.parquet as pq
+
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+def plain(value):
+    if isinstance(value, datetime.datetime):
+        return (value - EPOCH) // datetime.timedelta(milliseconds=1)
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
+
+out = sys.stdout
+for path in sys.argv[1:]:
+    for row in pq.read_table(path).to_pylist():
+        out.write(json.dumps(plain(row)) + "\n")
+PY
+    ;;
+  *) die "usage: $0 python | tojson FILES..." ;;
+esac
