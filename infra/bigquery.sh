@@ -26,15 +26,7 @@ VENV="$ADPIPE_CACHE_DIR/bqemulator-venv"
 REQUIREMENTS="bqemulator==1.4.0 numpy duckdb==1.5.5 duckdb-extension-spatial==1.5.5 duckdb-extension-avro==1.5.5"
 
 install() {
-  if [ ! -x "$VENV/bin/bqemulator" ] || [ "$(cat "$VENV/requirements" 2>/dev/null)" != "$REQUIREMENTS" ]; then
-    log "bigquery: installing bqemulator into $VENV"
-    rm -rf "$VENV"
-    python3 -m venv "$VENV"
-    # shellcheck disable=SC2086
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check $REQUIREMENTS >&2 \
-      || die "pip could not install $REQUIREMENTS"
-    echo "$REQUIREMENTS" > "$VENV/requirements"
-  fi
+  ensure_venv bigquery "$VENV" "$REQUIREMENTS"
   # DuckDB's INSTALL from the wheels' files: offline, once per $HOME.
   "$VENV/bin/python" - <<'PY' >&2 || die "installing DuckDB's spatial and avro extensions failed"
 import duckdb, importlib, pathlib

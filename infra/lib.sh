@@ -64,6 +64,22 @@ for cluster in config["cluster"]:
 PY
 }
 
+# ensure_venv NAME DIR REQUIREMENTS: a Python venv at DIR holding exactly
+# REQUIREMENTS (pip specifiers, space-separated); made again when they change.
+ensure_venv() {
+  local name="$1" venv="$2" requirements="$3"
+  if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/requirements" 2>/dev/null)" = "$requirements" ]; then
+    return 0
+  fi
+  log "$name: installing $requirements into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  # shellcheck disable=SC2086
+  "$venv/bin/pip" install --quiet --disable-pip-version-check $requirements >&2 \
+    || die "pip could not install $requirements"
+  echo "$requirements" > "$venv/requirements"
+}
+
 # free_port: prints a loopback TCP port nothing listens on right now.
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 

@@ -11,17 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 VENV="$ADPIPE_CACHE_DIR/pyarrow-venv"
 REQUIREMENTS="pyarrow==26.0.1"
 
-install() {
-  if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/requirements" 2>/dev/null)" != "$REQUIREMENTS" ]; then
-    log "pyarrow: installing $REQUIREMENTS into $VENV"
-    rm -rf "$VENV"
-    python3 -m venv "$VENV"
-    # shellcheck disable=SC2086
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check $REQUIREMENTS >&2 \
-      || die "pip could not install $REQUIREMENTS"
-    echo "$REQUIREMENTS" > "$VENV/requirements"
-  fi
-}
+install() { ensure_venv pyarrow "$VENV" "$REQUIREMENTS"; }
 
 case "${1:-}" in
   python) install; echo "$VENV/bin/python" ;;
