@@ -750,7 +750,7 @@ async fn run(args: &Args) -> Result<Report, String> {
     let (mut bare_peak_rss_kb, mut merger_peak_rss_kb) = (0, 0);
     let (mut joiner, mut joiner_peak_rss_kb) = (Vec::new(), 0);
     let (mut ks_pass_peak_rss_kb, mut ks_dedup_peak_rss_kb) = (0, 0);
-    // Elasticsearch's own ceiling, before the rounds: the unique
+    // Elasticsearch's own ceiling, before the rounds (after a warm-up pass): the unique
     // impressions, bulks as the loader's default batch, six requests in
     // flight (as many as the loader's partitions).
     let es_ceiling = match &args.es_url {
