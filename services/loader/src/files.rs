@@ -291,12 +291,12 @@ enum FileBuilder {
 }
 
 impl FileBuilder {
-    fn new(first: &Datum, format: FileFormat, codec: FileCodec) -> FileBuilder {
-        match (format, &first.layout) {
-            (FileFormat::Parquet, Some(layout)) => {
-                FileBuilder::Parquet(ParquetFile::new(Arc::clone(layout), codec))
-            }
-            _ => FileBuilder::Avro(ContainerFile::new(&first.schema.text, codec)),
+    /// A Parquet file when the datums come with a column layout (`prepare`
+    /// gives one to every datum when the format is Parquet), else Avro.
+    fn new(first: &Datum, codec: FileCodec) -> FileBuilder {
+        match &first.layout {
+            Some(layout) => FileBuilder::Parquet(ParquetFile::new(Arc::clone(layout), codec)),
+            None => FileBuilder::Avro(ContainerFile::new(&first.schema.text, codec)),
         }
     }
 
@@ -363,7 +363,7 @@ impl FilesSink {
                 .paths
                 .file(hour, span.first, span.last, &suffix, extension);
             let staged = staging.join(target.file_name().unwrap_or_default());
-            let mut file = FileBuilder::new(&batch[indices[0]].item, self.format, self.codec);
+            let mut file = FileBuilder::new(&batch[indices[0]].item, self.codec);
             // The datums were checked in `prepare`: an error here is not
             // the record's fault, and stops the worker.
             let encoding = |error: std::io::Error| {

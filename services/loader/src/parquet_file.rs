@@ -70,7 +70,8 @@ enum Node {
 #[derive(Debug)]
 pub struct ParquetLayout {
     root: Node,
-    message: String,
+    /// The Parquet schema, parsed once.
+    schema: parquet::schema::types::TypePtr,
     /// Per column: its type and its maximum definition level.
     columns: Vec<(Leaf, i16)>,
 }
@@ -99,6 +100,14 @@ fn full_name(schema: &Value, namespace: Option<&str>) -> (String, Option<String>
 }
 
 impl<'a> Builder<'a> {
+    /// Makes the named type `schema` known to later references by name;
+    /// returns its namespace (the default of its fields' names).
+    fn register(&mut self, schema: &'a Value, namespace: Option<&str>) -> Option<String> {
+        let (full, space) = full_name(schema, namespace);
+        self.names.insert(full, schema);
+        space
+    }
+
     /// Adds field `name` of type `schema` (optional when `optional`, at
     /// definition level `def` once present) to the message and the tree.
     fn field(
@@ -176,8 +185,7 @@ impl<'a> Builder<'a> {
                 let kind = object.get("type").unwrap_or(&Value::Null);
                 match kind.as_str() {
                     Some("record") => {
-                        let (full, space) = full_name(schema, namespace);
-                        self.names.insert(full, schema);
+                        let space = self.register(schema, namespace);
                         let fields = object
                             .get("fields")
                             .and_then(Value::as_array)
@@ -216,8 +224,7 @@ impl<'a> Builder<'a> {
                         Ok(Node::Record(children))
                     }
                     Some("enum") => {
-                        let (full, _) = full_name(schema, namespace);
-                        self.names.insert(full, schema);
+                        self.register(schema, namespace);
                         let symbols: Vec<Bytes> = object
                             .get("symbols")
                             .and_then(Value::as_array)
@@ -238,8 +245,7 @@ impl<'a> Builder<'a> {
                         })
                     }
                     Some("fixed") => {
-                        let (full, _) = full_name(schema, namespace);
-                        self.names.insert(full, schema);
+                        self.register(schema, namespace);
                         let size = object
                             .get("size")
                             .and_then(Value::as_u64)
@@ -284,11 +290,10 @@ impl ParquetLayout {
         };
         let root = builder.field("", "", &schema, None, false, 0)?;
         let message = format!("message event {{\n{}}}\n", builder.message);
-        // Fail now, not at the first file, if the message does not parse.
-        parse_message_type(&message).map_err(|error| format!("{error}: {message}"))?;
+        let schema = parse_message_type(&message).map_err(|error| format!("{error}: {message}"))?;
         Ok(ParquetLayout {
             root,
-            message,
+            schema: Arc::new(schema),
             columns: builder.columns,
         })
     }
@@ -509,7 +514,6 @@ pub struct ParquetFile {
     layout: Arc<ParquetLayout>,
     codec: FileCodec,
     columns: Vec<Column>,
-    rows: usize,
 }
 
 fn parquet_error(error: &parquet::errors::ParquetError) -> std::io::Error {
@@ -541,7 +545,6 @@ impl ParquetFile {
             layout,
             codec,
             columns,
-            rows: 0,
         }
     }
 
@@ -550,16 +553,12 @@ impl ParquetFile {
         let mut reader = Reader { datum, at: 0 };
         decode(&self.layout.root, &mut reader, Some(&mut self.columns), 0)
             .and_then(|()| reader.finished())
-            .map_err(std::io::Error::other)?;
-        self.rows += 1;
-        Ok(())
+            .map_err(std::io::Error::other)
     }
 
     /// The complete file.
     pub fn finish(self) -> std::io::Result<Vec<u8>> {
-        let schema = Arc::new(
-            parse_message_type(&self.layout.message).map_err(|error| parquet_error(&error))?,
-        );
+        let schema = Arc::clone(&self.layout.schema);
         let compression = match self.codec {
             FileCodec::Null => Compression::UNCOMPRESSED,
             FileCodec::Snappy => Compression::SNAPPY,
@@ -608,11 +607,6 @@ impl ParquetFile {
         group.close().map_err(|error| parquet_error(&error))?;
         writer.close().map_err(|error| parquet_error(&error))?;
         Ok(out)
-    }
-
-    /// Rows so far.
-    pub fn rows(&self) -> usize {
-        self.rows
     }
 }
 
