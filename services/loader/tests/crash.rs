@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use adpipe_loadtest::pace::FaultRounds;
 use adpipe_testkit::{ChildGuard, kill_9, rss_bytes, terminate, wait_for};
 use rand::Rng;
 use support::{Es, Rig, assert_files_hold_once, click_id, impression_id, load_truth};
@@ -108,7 +109,8 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         std::fs::write(&loader.config, text).expect("config");
     }
     let load = rig.load().await;
-    // Rounds alternate between the two loaders; publishing spans them all.
+    // Rounds alternate between the two loaders; publishing spans them all
+    // (the last share of the records is held back until the last fault).
     let rounds = [
         (0, "kill"),
         (1, "kill"),
@@ -119,15 +121,18 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         (0, "kill"),
         (1, "kill"),
     ];
-    let rate = events as f64 / (rounds.len() as f64 * 12.0);
-    let publishing = std::thread::spawn(move || {
-        let mut pacer = adpipe_loadtest::pace::Pacer::new(Some(rate));
-        for n in 0..events {
-            pacer.wait_turn();
-            load.send(n);
-        }
-        load.flush();
-    });
+    let pacing = FaultRounds::new(events, rounds.len() as u64, Duration::from_secs(12));
+    let publishing = {
+        let pacing = Arc::clone(&pacing);
+        std::thread::spawn(move || {
+            let mut turn = None;
+            for n in 0..events {
+                pacing.wait_turn(n, &mut turn);
+                load.send(n);
+            }
+            load.flush();
+        })
+    };
     for loader in &mut loaders {
         loader.spawn();
     }
@@ -151,14 +156,11 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
             )
         });
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..2_000))).await;
-        assert!(
-            !publishing.is_finished(),
-            "round {round}: publishing ended before the faults; slow it down"
-        );
         for loader in &mut loaders {
             loader.sample_rss();
         }
         let loader = &mut loaders[*which];
+        pacing.fault();
         if *how == "term" {
             terminate(loader.process.take());
             terms += 1;
@@ -177,8 +179,9 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         terminate(loader.process.take());
     }
     println!(
-        "kill -9 x{kills}, SIGTERM x{terms} while publishing {events} impressions and {} joined clicks; peak RSS: elasticsearch loader {} MiB, files loader {} MiB",
+        "kill -9 x{kills}, SIGTERM x{terms} while publishing {events} impressions and {} joined clicks (the publisher mid-share at {} of them); peak RSS: elasticsearch loader {} MiB, files loader {} MiB",
         events / 10,
+        pacing.in_flight_at_faults(),
         loaders[0].peak_rss >> 20,
         loaders[1].peak_rss >> 20
     );

@@ -423,7 +423,6 @@ impl Load {
     }
 }
 
-/// Every `.avro` file under `dir`, sorted.
 /// The event files (Avro, Parquet) under `dir`, sorted.
 pub fn event_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
