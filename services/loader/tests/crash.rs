@@ -1,15 +1,18 @@
 //! kill -9 and SIGTERM of real `adpipe-loader` binaries — one writing
-//! Elasticsearch, one writing Avro files — while events keep coming, on the
-//! real central cluster and Elasticsearch; then every store compared with
-//! the ground truth: exactly one document per event in Elasticsearch, each
-//! event exactly once in the files (read back by Apache avro-tools), and
-//! nothing dead-lettered. Peak RSS of each loader is measured.
+//! Elasticsearch, one Avro files, one Parquet files, one user profiles in
+//! Redis — while events keep coming, on the real central cluster,
+//! Elasticsearch and Redis; then every store compared with the ground
+//! truth: exactly one document per event in Elasticsearch, each event
+//! exactly once in the files (read back by Apache avro-tools and by
+//! pyarrow), each event exactly once in its user's profile, and nothing
+//! dead-lettered. Peak RSS of each loader is measured.
 //!
 //! `ADPIPE_LOADER_CRASH_EVENTS` sets the load (default 1,000,000
 //! impressions plus 100,000 joined clicks).
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,7 +22,10 @@ use std::time::Duration;
 use adpipe_loadtest::pace::FaultRounds;
 use adpipe_testkit::{ChildGuard, kill_9, rss_bytes, terminate, wait_for};
 use rand::Rng;
-use support::{Es, Rig, assert_files_hold_once, click_id, impression_id, load_truth};
+use support::{
+    Es, PARTITIONS, Rig, assert_files_hold_once, click_id, delete_profiles, dump_profiles,
+    impression_id, load_truth, redis_url,
+};
 
 /// One loader process: its config, group and metrics address.
 struct Loader {
@@ -74,6 +80,11 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
     let rig = Arc::new(Rig::new("loader-crash").await);
     let es = Es::new();
     let dir = std::env::temp_dir().join(&rig.prefix);
+    let (avro_dir, parquet_dir) = (dir.join("avro"), dir.join("parquet"));
+    let profile_prefix = format!("{}:", rig.prefix);
+    // Users are n % 1000: room for every event of each, so the profiles
+    // must hold each event exactly once (the cap is tested in profiles.rs).
+    let keep = events.div_ceil(1000).max(1);
     let mut loaders = [
         Loader::new(
             "elasticsearch",
@@ -91,7 +102,29 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
             config(
                 &rig,
                 "files",
-                &format!("[files]\ndir = \"{}\"\n", dir.display()),
+                &format!("[files]\ndir = \"{}\"\n", avro_dir.display()),
+            ),
+        ),
+        Loader::new(
+            "parquet",
+            rig.config(
+                "files",
+                "parquet",
+                &format!(
+                    "[files]\ndir = \"{}\"\nformat = \"parquet\"\n",
+                    parquet_dir.display()
+                ),
+            ),
+        ),
+        Loader::new(
+            "profiles",
+            config(
+                &rig,
+                "profiles",
+                &format!(
+                    "[profiles]\nurl = \"{}\"\nkey-prefix = \"{profile_prefix}\"\nkeep = {keep}\nttl = \"3650d\"\n",
+                    redis_url()
+                ),
             ),
         ),
     ];
@@ -101,7 +134,11 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         // a kill mostly finds batches written but not yet committed, which
         // the restart reads again — what the stores must not duplicate.
         let text = std::fs::read_to_string(&loader.config).expect("config");
-        let wait = if loader.name == "files" { "2s" } else { "1s" };
+        let wait = if matches!(loader.name, "files" | "parquet") {
+            "2s"
+        } else {
+            "1s"
+        };
         let text = text
             .replace("records = 200", "records = 5000")
             .replace("wait = \"300ms\"", &format!("wait = \"{wait}\""))
@@ -109,19 +146,24 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         std::fs::write(&loader.config, text).expect("config");
     }
     let load = rig.load().await;
-    // Rounds alternate between the two loaders; publishing spans them all
-    // (the last share of the records is held back until the last fault).
+    // Rounds go round the four loaders, each killed twice and stopped
+    // once; publishing spans them all (the last share of the records is
+    // held back until the last fault).
     let rounds = [
         (0, "kill"),
         (1, "kill"),
+        (2, "kill"),
+        (3, "kill"),
         (0, "term"),
         (1, "kill"),
+        (2, "term"),
+        (3, "kill"),
         (0, "kill"),
         (1, "term"),
-        (0, "kill"),
-        (1, "kill"),
+        (2, "kill"),
+        (3, "term"),
     ];
-    let pacing = FaultRounds::new(events, rounds.len() as u64, Duration::from_secs(12));
+    let pacing = FaultRounds::new(events, rounds.len() as u64, Duration::from_secs(10));
     let publishing = {
         let pacing = Arc::clone(&pacing);
         std::thread::spawn(move || {
@@ -143,7 +185,7 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         adpipe_testkit::wait_assigned(
             loader.listen,
             &format!("round {round}: {}", loader.name),
-            6,
+            2 * PARTITIONS as u64,
             Duration::from_secs(120),
         )
         .await;
@@ -178,12 +220,15 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         loader.sample_rss();
         terminate(loader.process.take());
     }
+    let rss: Vec<String> = loaders
+        .iter()
+        .map(|loader| format!("{} {} MiB", loader.name, loader.peak_rss >> 20))
+        .collect();
     println!(
-        "kill -9 x{kills}, SIGTERM x{terms} while publishing {events} impressions and {} joined clicks (the publisher mid-share at {} of them); peak RSS: elasticsearch loader {} MiB, files loader {} MiB",
+        "kill -9 x{kills}, SIGTERM x{terms} while publishing {events} impressions and {} joined clicks (the publisher mid-share at {} of them); peak RSS: {}",
         events / 10,
         pacing.in_flight_at_faults(),
-        loaders[0].peak_rss >> 20,
-        loaders[1].peak_rss >> 20
+        rss.join(", ")
     );
 
     let (truth, click_truth) = load_truth(events);
@@ -196,14 +241,13 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
     )
     .await;
     tokio::task::block_in_place(|| {
-        assert_files_hold_once(&dir, &format!("{}.imp", rig.prefix), &truth, impression_id);
-        assert_files_hold_once(
-            &dir,
-            &format!("{}.jclk", rig.prefix),
-            &click_truth,
-            click_id,
-        );
+        for dir in [&avro_dir, &parquet_dir] {
+            assert_files_hold_once(dir, &format!("{}.imp", rig.prefix), &truth, impression_id);
+            assert_files_hold_once(dir, &format!("{}.jclk", rig.prefix), &click_truth, click_id);
+        }
     });
+    assert_profiles_hold_once(&profile_prefix, "impression", &truth).await;
+    assert_profiles_hold_once(&profile_prefix, "click", &click_truth).await;
     assert!(rig.dead_lettered().is_empty(), "nothing dead-lettered");
     for loader in &loaders {
         assert!(
@@ -214,7 +258,40 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         );
     }
     es.delete_indices(&format!("t-{}-*", rig.prefix)).await;
+    delete_profiles(&profile_prefix).await;
     remove(&dir);
+}
+
+/// Every event of `truth` exactly once among the profile entries of `kind`
+/// under `prefix` (an entry is the event's JSON, its id in `id`).
+async fn assert_profiles_hold_once(prefix: &str, kind: &str, truth: &BTreeSet<String>) {
+    let profiles = dump_profiles(prefix).await;
+    let mut seen = BTreeMap::<String, usize>::new();
+    for (key, (entries, _expiry)) in &profiles {
+        if !key.ends_with(&format!(":{kind}")) {
+            continue;
+        }
+        for (entry, _score) in entries {
+            let entry: serde_json::Value = serde_json::from_str(entry).expect("JSON");
+            let id = entry["id"].as_str().expect("an id").to_owned();
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    let twice: Vec<&String> = seen
+        .iter()
+        .filter(|(_, count)| **count > 1)
+        .map(|(id, _)| id)
+        .take(5)
+        .collect();
+    let ids: BTreeSet<String> = seen.keys().cloned().collect();
+    let missing: Vec<&String> = truth.difference(&ids).take(5).collect();
+    let extra: Vec<&String> = ids.difference(truth).take(5).collect();
+    assert!(
+        twice.is_empty() && missing.is_empty() && extra.is_empty(),
+        "{kind} profiles: {} entries for {} events; twice e.g. {twice:?}, missing e.g. {missing:?}, extra e.g. {extra:?}",
+        seen.values().sum::<usize>(),
+        truth.len()
+    );
 }
 
 fn remove(dir: &Path) {

@@ -6,47 +6,10 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use adpipe_events::{EventKind, samples};
-use support::Rig;
-
-pub fn redis_url() -> String {
-    std::env::var("ADPIPE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".to_owned())
-}
-
-/// Every key under `prefix` with its entries (member, score) and expiry.
-async fn dump(prefix: &str) -> BTreeMap<String, (Vec<(String, f64)>, i64)> {
-    let client = redis::Client::open(redis_url()).expect("URL");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut connection)
-        .await
-        .expect("keys");
-    let mut dump = BTreeMap::new();
-    for key in keys {
-        let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(&mut connection)
-            .await
-            .expect("entries");
-        let expires: i64 = redis::cmd("PEXPIRETIME")
-            .arg(&key)
-            .query_async(&mut connection)
-            .await
-            .expect("expiry");
-        dump.insert(key, (entries, expires));
-    }
-    dump
-}
+use support::{Rig, dump_profiles, redis_url};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_keep_the_newest_events_and_a_replay_changes_nothing() {
@@ -73,7 +36,7 @@ async fn profiles_keep_the_newest_events_and_a_replay_changes_nothing() {
     loader.stop().await.expect("clean stop");
     assert_eq!(expired, Some(1.0), "the ancient impression is not written");
 
-    let first = dump(&prefix).await;
+    let first = dump_profiles(&prefix).await;
     // 1000 users with impressions; clicks every fourth n: users ≡ 0 mod 4.
     let impression_keys = first
         .keys()
@@ -123,6 +86,6 @@ async fn profiles_keep_the_newest_events_and_a_replay_changes_nothing() {
     rig.wait_committed_to_end("replay", Duration::from_secs(120))
         .await;
     loader.stop().await.expect("clean stop");
-    let again = dump(&prefix).await;
+    let again = dump_profiles(&prefix).await;
     assert!(again == first, "a replay changed the profiles");
 }

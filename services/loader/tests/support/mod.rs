@@ -3,7 +3,8 @@
 //! events with their ground truth, and readers of what the stores hold
 //! (Elasticsearch's own search API; files by Apache avro-tools in
 //! `files.rs`). Needs `infra/kafka.sh start central` and, for the
-//! Elasticsearch tests, `infra/elasticsearch.sh start` (`ADPIPE_ES_URL`).
+//! Elasticsearch tests, `infra/elasticsearch.sh start` (`ADPIPE_ES_URL`);
+//! for the profile tests, `infra/redis.sh start` (`ADPIPE_REDIS_URL`).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +25,63 @@ pub const PARTITIONS: i32 = 3;
 
 pub fn es_url() -> String {
     std::env::var("ADPIPE_ES_URL").unwrap_or_else(|_| "http://127.0.0.1:19200".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("ADPIPE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".to_owned())
+}
+
+/// Every key under `prefix` with its entries (member, score) and expiry.
+pub async fn dump_profiles(prefix: &str) -> BTreeMap<String, (Vec<(String, f64)>, i64)> {
+    let client = redis::Client::open(redis_url()).expect("URL");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut connection)
+        .await
+        .expect("keys");
+    let mut dump = BTreeMap::new();
+    for key in keys {
+        let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut connection)
+            .await
+            .expect("entries");
+        let expires: i64 = redis::cmd("PEXPIRETIME")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .expect("expiry");
+        dump.insert(key, (entries, expires));
+    }
+    dump
+}
+
+/// Deletes every key under `prefix` (what a test wrote into Redis).
+pub async fn delete_profiles(prefix: &str) {
+    let client = redis::Client::open(redis_url()).expect("URL");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut connection)
+        .await
+        .expect("keys");
+    for chunk in keys.chunks(1000) {
+        let _: () = redis::cmd("DEL")
+            .arg(chunk)
+            .query_async(&mut connection)
+            .await
+            .expect("deleted");
+    }
 }
 
 pub struct Rig {
