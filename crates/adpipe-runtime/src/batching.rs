@@ -22,11 +22,18 @@
 //!   must be fenced by the service (the stats-counter's compare-and-set
 //!   offsets): a write cut off after it committed is tried again and has
 //!   to be refused, not applied twice;
+//! - a write that fails for good (any error but a transient one) stops the
+//!   worker, naming the error: a batch is not the fault of the record that
+//!   happened to make it full, which must not be dead-lettered for it. A
+//!   store refusing single records returns them as the write's outputs
+//!   (dead letters), not as its error;
 //! - a written batch's outputs are acknowledged before its first record
 //!   counts as done: the group's committed offset never passes a batch
 //!   whose outputs might be lost.
 
 use std::time::Duration;
+
+use adpipe_codec::Disposition;
 
 use crate::ack::Held;
 use crate::event_time::now_ms;
@@ -125,7 +132,21 @@ impl<S: BatchStep> Batching<S> {
     /// Writes the open batch; on success releases its records with the
     /// outputs and starts a new one. State changes only after the write.
     async fn write(&mut self, out: &mut Emitter) -> Result<(), StepError> {
-        let outputs = self.step.write(&self.open, &self.spans).await?;
+        let outputs =
+            self.step
+                .write(&self.open, &self.spans)
+                .await
+                .map_err(|error| match error.disposition {
+                    Disposition::Transient => error,
+                    _ => StepError::fatal(
+                        error.kind,
+                        format!(
+                            "a batch of {} records was not written ({}): {error}",
+                            self.held.len(),
+                            error.kind
+                        ),
+                    ),
+                })?;
         let held = std::mem::take(&mut self.held);
         // Outputs share the *first* record's acknowledgement: the group's
         // commit stays before the whole batch until they are acknowledged,

@@ -25,6 +25,8 @@ struct Sink {
     failures_left: Arc<AtomicUsize>,
     /// While false, a write waits (what the test sees while a batch is open).
     gate: Arc<AtomicBool>,
+    /// While true, every write fails for good (not transiently).
+    broken: Arc<AtomicBool>,
 }
 
 impl BatchStep for Sink {
@@ -46,6 +48,12 @@ impl BatchStep for Sink {
     ) -> Result<Vec<OutputRecord>, StepError> {
         while !self.gate.load(Ordering::Acquire) {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.broken.load(Ordering::Acquire) {
+            return Err(StepError::poison(
+                "store_broken",
+                "the store refuses every batch",
+            ));
         }
         if self
             .failures_left
@@ -78,6 +86,7 @@ struct SinkFactory {
     written: Written,
     failures_left: Arc<AtomicUsize>,
     gate: Arc<AtomicBool>,
+    broken: Arc<AtomicBool>,
     limits: BatchLimits,
 }
 
@@ -88,6 +97,7 @@ impl SinkFactory {
             written: Written::default(),
             failures_left: Arc::new(AtomicUsize::new(failures)),
             gate: Arc::new(AtomicBool::new(true)),
+            broken: Arc::new(AtomicBool::new(false)),
             limits,
         }
     }
@@ -103,6 +113,7 @@ impl StepFactory for SinkFactory {
                 written: Arc::clone(&self.written),
                 failures_left: Arc::clone(&self.failures_left),
                 gate: Arc::clone(&self.gate),
+                broken: Arc::clone(&self.broken),
             },
             self.limits,
         ))
@@ -232,4 +243,44 @@ async fn a_batch_written_ahead_of_a_poison_record_still_sends_its_outputs() {
         1,
         "the poison record alone"
     );
+}
+
+/// A write that fails for good — here on the full-batch path, where the
+/// record that made the batch full is at hand — stops the worker naming
+/// the error: that record is not dead-lettered for the batch, nothing is
+/// committed past the unwritten batch, and a restart writes it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_failing_for_good_stops_the_worker_and_blames_no_record() {
+    let topics = Topics::create("rt-batch-broken", 1).await;
+    topics.produce(&records(25, &[])).await;
+    // Full at 10 records, never due by time: the write comes with record 10.
+    let factory = SinkFactory::new(&topics, 0, limits(10, 600_000));
+    factory.broken.store(true, Ordering::Release);
+    let worker = adpipe_runtime::start(topics.settings(""), factory).expect("starts");
+    let reason = tokio::time::timeout(Duration::from_secs(60), worker.stopped())
+        .await
+        .expect("the worker stops by itself");
+    assert!(
+        reason.contains("store_broken") && reason.contains("batch of 10"),
+        "{reason}"
+    );
+    let _ = worker.stop().await;
+    assert!(
+        topics.values("dlq").await.is_empty(),
+        "no record dead-lettered for a batch's failure"
+    );
+    assert!(
+        topics
+            .committed()
+            .iter()
+            .all(|offset| offset.unwrap_or(0) == 0),
+        "nothing committed past the unwritten batch: {:?}",
+        topics.committed()
+    );
+    let factory = SinkFactory::new(&topics, 0, limits(10, 200));
+    let written = Arc::clone(&factory.written);
+    let worker = adpipe_runtime::start(topics.settings(""), factory).expect("starts again");
+    topics.wait_committed_to_end(Duration::from_secs(60)).await;
+    worker.stop().await.expect("clean stop");
+    assert_eq!(written.lock().concat(), values(25));
 }
