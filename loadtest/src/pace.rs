@@ -160,6 +160,24 @@ impl FaultRounds {
         self.published.store(n + 1, Ordering::Release);
     }
 
+    /// Publishes records `0..total` on a thread of its own, record `n` by
+    /// `publish(n)` when its turn comes, then calls `finish` (a flush).
+    pub fn spawn_publisher(
+        self: &Arc<Self>,
+        mut publish: impl FnMut(u64) + Send + 'static,
+        finish: impl FnOnce() + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        let rounds = Arc::clone(self);
+        std::thread::spawn(move || {
+            let mut turn = None;
+            for n in 0..rounds.total {
+                rounds.wait_turn(n, &mut turn);
+                publish(n);
+            }
+            finish();
+        })
+    }
+
     /// Called at the moment of a fault: notes whether records were still
     /// being published, and releases the next share.
     pub fn fault(&self) {

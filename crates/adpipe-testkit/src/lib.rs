@@ -6,6 +6,8 @@
 //! a missing broker fails the test, it never skips it.
 #![warn(missing_docs)]
 
+pub mod profiles;
+
 use std::time::Duration;
 
 use adpipe_topology::ClusterMap;

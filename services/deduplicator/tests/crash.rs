@@ -195,27 +195,28 @@ async fn no_event_is_lost_across_repeated_kill_9() {
         restarts.len() as u64,
         Duration::from_secs(5),
     );
-    let publishing = {
-        let (setup, pacing) = (
-            std::sync::Arc::clone(&setup),
-            std::sync::Arc::clone(&pacing),
-        );
-        std::thread::spawn(move || {
-            let mut turn = None;
-            let topic = format!("{}.in", setup.prefix);
-            for (n, publication) in (0..).zip(&setup.publications) {
-                pacing.wait_turn(n, &mut turn);
+    let topic = format!("{}.in", setup.prefix);
+    let publishing = pacing.spawn_publisher(
+        {
+            let setup = std::sync::Arc::clone(&setup);
+            move |n| {
+                let publication = &setup.publications[usize::try_from(n).expect("small")];
                 setup
                     .publisher
                     .publish(publication, &topic)
                     .expect("published");
             }
-            setup
-                .publisher
-                .flush(Duration::from_secs(120))
-                .expect("flushed");
-        })
-    };
+        },
+        {
+            let setup = std::sync::Arc::clone(&setup);
+            move || {
+                setup
+                    .publisher
+                    .flush(Duration::from_secs(120))
+                    .expect("flushed");
+            }
+        },
+    );
     let mut rng = rand::rng();
     let mut child = setup.spawn(&instance);
     let wait = Duration::from_secs(120);

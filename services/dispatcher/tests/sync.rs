@@ -16,40 +16,6 @@ use adpipe_schema_registry::RegistrySettings;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-fn redis_url() -> String {
-    std::env::var("ADPIPE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".to_owned())
-}
-
-/// Event ids in the profiles under `prefix`, with how often each appears.
-async fn profile_ids(prefix: &str) -> BTreeMap<String, usize> {
-    let client = redis::Client::open(redis_url()).expect("URL");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut connection)
-        .await
-        .expect("keys");
-    let mut ids = BTreeMap::new();
-    for key in keys {
-        let entries: Vec<String> = redis::cmd("ZRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut connection)
-            .await
-            .expect("entries");
-        for entry in entries {
-            let entry: serde_json::Value = serde_json::from_str(&entry).expect("JSON");
-            *ids.entry(entry["id"].as_str().expect("an id").to_owned())
-                .or_default() += 1;
-        }
-    }
-    ids
-}
-
 fn write_config(name: &str, text: String) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("config written");
@@ -240,7 +206,7 @@ keep = 10
 ttl = "3650d"
 "#,
                 url = registry.url(),
-                redis = redis_url()
+                redis = adpipe_testkit::profiles::redis_url()
             ),
         );
         let settings =
@@ -252,7 +218,7 @@ ttl = "3650d"
         async move {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                let ids = profile_ids(&prefix).await;
+                let ids = adpipe_testkit::profiles::event_ids(&prefix, "").await;
                 if ids.len() >= want || Instant::now() > deadline {
                     return ids;
                 }
@@ -316,12 +282,12 @@ ttl = "3650d"
         loader.stop().await.expect("clean stop");
     }
     assert_eq!(
-        profile_ids(&format!("{prefix}:dc2:")).await,
+        adpipe_testkit::profiles::event_ids(&format!("{prefix}:dc2:"), "").await,
         in_dc2,
         "dc2 unchanged"
     );
     assert_eq!(
-        profile_ids(&format!("{prefix}:dc1:")).await,
+        adpipe_testkit::profiles::event_ids(&format!("{prefix}:dc1:"), "").await,
         in_dc1,
         "dc1 unchanged"
     );

@@ -105,17 +105,16 @@ async fn no_join_is_lost_or_changed_across_repeated_kill_9() {
         restarts.len() as u64,
         Duration::from_secs(14),
     );
-    let publishing = {
-        let (rig, events, pacing) = (Arc::clone(&rig), Arc::clone(&events), Arc::clone(&pacing));
-        std::thread::spawn(move || {
-            let mut turn = None;
-            for (n, event) in (0..).zip(events.iter()) {
-                pacing.wait_turn(n, &mut turn);
-                rig.send(event);
-            }
-            rig.flush();
-        })
-    };
+    let publishing = pacing.spawn_publisher(
+        {
+            let (rig, events) = (Arc::clone(&rig), Arc::clone(&events));
+            move |n| rig.send(&events[usize::try_from(n).expect("small")])
+        },
+        {
+            let rig = Arc::clone(&rig);
+            move || rig.flush()
+        },
+    );
     let mut rng = rand::rng();
     let mut child = instance.spawn(&rig);
     let wait = Duration::from_secs(120);

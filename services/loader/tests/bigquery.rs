@@ -4,6 +4,9 @@
 //! and across kill -9 and SIGTERM of the real binary under load (the rows'
 //! offsets decide where each partition resumes; the emulator does not
 //! deduplicate insertIds, so nothing else could keep them single).
+//!
+//! `ADPIPE_BQ_CRASH_EVENTS` sets the kill test's load (default 1,000,000
+//! impressions plus 100,000 joined clicks).
 
 mod support;
 
@@ -11,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use adpipe_loadtest::pace::FaultRounds;
 use adpipe_testkit::{ChildGuard, kill_9, terminate};
 use serde_json::{Value, json};
 use support::{Rig, load_truth};
@@ -138,7 +142,8 @@ async fn one_row_per_event_across_kill_9_and_sigterm() {
     let events: u64 = std::env::var("ADPIPE_BQ_CRASH_EVENTS")
         .ok()
         .and_then(|text| text.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(1_000_000);
+    let started = std::time::Instant::now();
     let rig = Rig::new("loader-bq-crash").await;
     let dataset = rig.prefix.replace('-', "_");
     let (imp_table, clk_table) = tables(&rig);
@@ -174,15 +179,17 @@ async fn one_row_per_event_across_kill_9_and_sigterm() {
     };
     let load = rig.load().await;
     let rounds = ["kill", "kill", "term", "kill", "kill"];
-    let rate = events as f64 / (rounds.len() as f64 * 8.0);
-    let publishing = std::thread::spawn(move || {
-        let mut pacer = adpipe_loadtest::pace::Pacer::new(Some(rate));
-        for n in 0..events {
-            pacer.wait_turn();
-            load.send(n);
-        }
-        load.flush();
-    });
+    // Publishing spans every fault (the last share is held back until the
+    // last one).
+    let pacing = FaultRounds::new(events, rounds.len() as u64, Duration::from_secs(8));
+    let load = std::sync::Arc::new(load);
+    let publishing = pacing.spawn_publisher(
+        {
+            let load = std::sync::Arc::clone(&load);
+            move |n| load.send(n)
+        },
+        move || load.flush(),
+    );
     let mut loader = spawn();
     let (mut kills, mut terms) = (0, 0);
     for (round, how) in rounds.iter().enumerate() {
@@ -202,6 +209,7 @@ async fn one_row_per_event_across_kill_9_and_sigterm() {
             )
         });
         tokio::time::sleep(Duration::from_millis(800 + 700 * (round as u64 % 3))).await;
+        pacing.fault();
         if *how == "term" {
             terminate(loader.take());
             terms += 1;
@@ -213,12 +221,15 @@ async fn one_row_per_event_across_kill_9_and_sigterm() {
         loader = spawn();
     }
     tokio::task::block_in_place(|| publishing.join()).expect("publisher");
-    rig.wait_committed_to_end("bq", Duration::from_secs(600))
+    // The emulator inserts a few thousand rows a second at best.
+    rig.wait_committed_to_end("bq", Duration::from_secs(600 + events / 500))
         .await;
     terminate(loader.take());
     println!(
-        "BigQuery emulator: kill -9 x{kills}, SIGTERM x{terms} while publishing {events} impressions and {} clicks",
-        events / 10
+        "BigQuery emulator: kill -9 x{kills}, SIGTERM x{terms} while publishing {events} impressions and {} clicks (the publisher mid-share at {} of them), {:.0} s",
+        events / 10,
+        pacing.in_flight_at_faults(),
+        started.elapsed().as_secs_f64()
     );
     let (truth, click_truth) = load_truth(events);
     assert_one_row_each(&dataset, &imp_table, "event_id", &truth).await;

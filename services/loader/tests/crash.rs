@@ -12,7 +12,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,10 +22,7 @@ use std::time::Duration;
 use adpipe_loadtest::pace::FaultRounds;
 use adpipe_testkit::{ChildGuard, kill_9, rss_bytes, terminate, wait_for};
 use rand::Rng;
-use support::{
-    Es, PARTITIONS, Rig, assert_files_hold_once, click_id, delete_profiles, dump_profiles,
-    impression_id, load_truth, redis_url,
-};
+use support::{Es, PARTITIONS, Rig, assert_files_hold_once, click_id, impression_id, load_truth};
 
 /// One loader process: its config, group and metrics address.
 struct Loader {
@@ -123,7 +120,7 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
                 "profiles",
                 &format!(
                     "[profiles]\nurl = \"{}\"\nkey-prefix = \"{profile_prefix}\"\nkeep = {keep}\nttl = \"3650d\"\n",
-                    redis_url()
+                    adpipe_testkit::profiles::redis_url()
                 ),
             ),
         ),
@@ -164,17 +161,14 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         (3, "term"),
     ];
     let pacing = FaultRounds::new(events, rounds.len() as u64, Duration::from_secs(10));
-    let publishing = {
-        let pacing = Arc::clone(&pacing);
-        std::thread::spawn(move || {
-            let mut turn = None;
-            for n in 0..events {
-                pacing.wait_turn(n, &mut turn);
-                load.send(n);
-            }
-            load.flush();
-        })
-    };
+    let load = std::sync::Arc::new(load);
+    let publishing = pacing.spawn_publisher(
+        {
+            let load = std::sync::Arc::clone(&load);
+            move |n| load.send(n)
+        },
+        move || load.flush(),
+    );
     for loader in &mut loaders {
         loader.spawn();
     }
@@ -258,25 +252,14 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         );
     }
     es.delete_indices(&format!("t-{}-*", rig.prefix)).await;
-    delete_profiles(&profile_prefix).await;
+    adpipe_testkit::profiles::delete(&profile_prefix).await;
     remove(&dir);
 }
 
 /// Every event of `truth` exactly once among the profile entries of `kind`
 /// under `prefix` (an entry is the event's JSON, its id in `id`).
 async fn assert_profiles_hold_once(prefix: &str, kind: &str, truth: &BTreeSet<String>) {
-    let profiles = dump_profiles(prefix).await;
-    let mut seen = BTreeMap::<String, usize>::new();
-    for (key, (entries, _expiry)) in &profiles {
-        if !key.ends_with(&format!(":{kind}")) {
-            continue;
-        }
-        for (entry, _score) in entries {
-            let entry: serde_json::Value = serde_json::from_str(entry).expect("JSON");
-            let id = entry["id"].as_str().expect("an id").to_owned();
-            *seen.entry(id).or_default() += 1;
-        }
-    }
+    let seen = adpipe_testkit::profiles::event_ids(prefix, &format!(":{kind}")).await;
     let twice: Vec<&String> = seen
         .iter()
         .filter(|(_, count)| **count > 1)

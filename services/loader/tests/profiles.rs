@@ -9,7 +9,8 @@ mod support;
 use std::time::Duration;
 
 use adpipe_events::{EventKind, samples};
-use support::{Rig, dump_profiles, redis_url};
+use adpipe_testkit::profiles::{self, redis_url};
+use support::Rig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_keep_the_newest_events_and_a_replay_changes_nothing() {
@@ -36,7 +37,7 @@ async fn profiles_keep_the_newest_events_and_a_replay_changes_nothing() {
     loader.stop().await.expect("clean stop");
     assert_eq!(expired, Some(1.0), "the ancient impression is not written");
 
-    let first = dump_profiles(&prefix).await;
+    let first = profiles::dump(&prefix).await;
     // 1000 users with impressions; clicks every fourth n: users ≡ 0 mod 4.
     let impression_keys = first
         .keys()
@@ -86,6 +87,6 @@ async fn profiles_keep_the_newest_events_and_a_replay_changes_nothing() {
     rig.wait_committed_to_end("replay", Duration::from_secs(120))
         .await;
     loader.stop().await.expect("clean stop");
-    let again = dump_profiles(&prefix).await;
+    let again = profiles::dump(&prefix).await;
     assert!(again == first, "a replay changed the profiles");
 }

@@ -190,17 +190,14 @@ async fn totals_stay_exact_across_kill_9_sigterm_and_a_rebalance() {
         "kill", "kill", "term", "join", "kill", "leave", "kill", "term", "kill",
     ];
     let pacing = FaultRounds::new(events, rounds.len() as u64, Duration::from_secs(12));
-    let publishing = {
-        let pacing = Arc::clone(&pacing);
-        std::thread::spawn(move || {
-            let mut turn = None;
-            for n in 0..events {
-                pacing.wait_turn(n, &mut turn);
-                load.send(n);
-            }
-            load.flush();
-        })
-    };
+    let load = std::sync::Arc::new(load);
+    let publishing = pacing.spawn_publisher(
+        {
+            let load = std::sync::Arc::clone(&load);
+            move |n| load.send(n)
+        },
+        move || load.flush(),
+    );
 
     let (first, second) = (Instance::new(), Instance::new());
     let mut child = ChildGuard::new(first.spawn(&rig));

@@ -27,65 +27,6 @@ pub fn es_url() -> String {
     std::env::var("ADPIPE_ES_URL").unwrap_or_else(|_| "http://127.0.0.1:19200".to_owned())
 }
 
-pub fn redis_url() -> String {
-    std::env::var("ADPIPE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379".to_owned())
-}
-
-/// Every key under `prefix` with its entries (member, score) and expiry.
-pub async fn dump_profiles(prefix: &str) -> BTreeMap<String, (Vec<(String, f64)>, i64)> {
-    let client = redis::Client::open(redis_url()).expect("URL");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut connection)
-        .await
-        .expect("keys");
-    let mut dump = BTreeMap::new();
-    for key in keys {
-        let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(&mut connection)
-            .await
-            .expect("entries");
-        let expires: i64 = redis::cmd("PEXPIRETIME")
-            .arg(&key)
-            .query_async(&mut connection)
-            .await
-            .expect("expiry");
-        dump.insert(key, (entries, expires));
-    }
-    dump
-}
-
-/// Deletes every key under `prefix` (what a test wrote into Redis).
-pub async fn delete_profiles(prefix: &str) {
-    let client = redis::Client::open(redis_url()).expect("URL");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut connection)
-        .await
-        .expect("keys");
-    // UNLINK frees in the background: DEL of a million entries outlasts
-    // the client's response timeout.
-    for chunk in keys.chunks(100) {
-        let _: () = redis::cmd("UNLINK")
-            .arg(chunk)
-            .query_async(&mut connection)
-            .await
-            .expect("deleted");
-    }
-}
-
 pub struct Rig {
     pub bootstrap: String,
     pub prefix: String,
