@@ -1,12 +1,13 @@
 //! The loader's contenders: the unique impressions (what
 //! `deduplicated.impressions` holds) written by the real `adpipe-loader`
 //! into Avro files (deflate and uncompressed, two batch sizes), Parquet
-//! files (Snappy, GZIP, uncompressed) and into Elasticsearch (four batch
-//! sizes); a round counts only once the group committed the backlog — i.e.
-//! once the store acknowledged every batch — and is checked: every
-//! impression in the files (Avro read back here with serde_avro_fast,
-//! Parquet counted from its footers), every impression one document in
-//! Elasticsearch.
+//! files (Snappy, GZIP, uncompressed), Elasticsearch (four batch sizes),
+//! user profiles in Redis and BigQuery (the emulator); a round counts only
+//! once the group committed the backlog — i.e. once the store acknowledged
+//! every batch — and is checked: every impression in the files (Avro read
+//! back here with serde_avro_fast, Parquet counted from its footers), every
+//! impression one document in Elasticsearch, one profile entry in Redis,
+//! one row in BigQuery.
 //!
 //! Elasticsearch's own `_bulk` ceiling is measured in the same run with a
 //! plain client: the same documents (ids, index mappings, bulk size), sent
@@ -36,8 +37,31 @@ pub struct Variant {
     pub codec: &'static str,
 }
 
+/// Where the stores of the contenders are (each family runs only when its
+/// store is given).
+pub struct Stores<'a> {
+    /// Elasticsearch (`--es-url`).
+    pub es_url: Option<&'a str>,
+    /// Redis for the profiles (`--redis-url`).
+    pub redis_url: Option<&'a str>,
+    /// BigQuery's REST base (`--bq-url`, the emulator's `/bigquery/v2`).
+    pub bq_url: Option<&'a str>,
+}
+
+impl Stores<'_> {
+    /// Whether `sink`'s store is given (files need none).
+    pub fn has(&self, sink: &str) -> bool {
+        match sink {
+            "elasticsearch" => self.es_url.is_some(),
+            "profiles" => self.redis_url.is_some(),
+            "bigquery" => self.bq_url.is_some(),
+            _ => true,
+        }
+    }
+}
+
 /// The variants, in report order.
-pub const VARIANTS: [Variant; 10] = [
+pub const VARIANTS: [Variant; 12] = [
     Variant {
         key: "files5000",
         name: "loader: Avro files (deflate), batches of 5,000",
@@ -118,6 +142,22 @@ pub const VARIANTS: [Variant; 10] = [
         format: "",
         codec: "",
     },
+    Variant {
+        key: "profiles5000",
+        name: "loader: profiles in Redis, batches of 5,000",
+        sink: "profiles",
+        batch_records: 5_000,
+        format: "",
+        codec: "",
+    },
+    Variant {
+        key: "bigquery5000",
+        name: "loader: BigQuery (the emulator), batches of 5,000",
+        sink: "bigquery",
+        batch_records: 5_000,
+        format: "",
+        codec: "",
+    },
 ];
 
 /// Whether `--only` (empty: everything) selects `variant`.
@@ -128,16 +168,18 @@ pub fn selected(only: &[String], variant: &Variant) -> bool {
                 || only == "loader"
                 || (only == "files" && variant.sink == "files")
                 || (only == "es" && variant.sink == "elasticsearch")
+                || (only == variant.sink)
         })
 }
 
 /// The `[registry]`, `[loader]` and sink sections of a contender's config
-/// (`place`: the files' directory, or the Elasticsearch index prefix).
+/// (`place`: the files' directory, the Elasticsearch index prefix, the
+/// profiles' key prefix or the BigQuery dataset).
 pub fn sections(
     variant: &Variant,
     registry_url: &str,
     input: &str,
-    es_url: &str,
+    stores: &Stores<'_>,
     place: &str,
 ) -> String {
     let sink = match variant.sink {
@@ -145,8 +187,18 @@ pub fn sections(
             "[files]\ndir = \"{place}\"\nformat = \"{}\"\ncodec = \"{}\"\n",
             variant.format, variant.codec
         ),
+        // Room for every impression of a user: each is one entry.
+        "profiles" => format!(
+            "[profiles]\nurl = \"{}\"\nkey-prefix = \"{place}\"\nkeep = 100000\nttl = \"3650d\"\n",
+            stores.redis_url.unwrap_or_default()
+        ),
+        "bigquery" => format!(
+            "[bigquery]\nurl = \"{}\"\nproject = \"adpipe\"\ndataset = \"{place}\"\ncredentials = \"none\"\n",
+            stores.bq_url.unwrap_or_default()
+        ),
         _ => format!(
-            "[elasticsearch]\nurl = \"{es_url}\"\nindex-prefix = \"{place}\"\nrefresh-interval = \"30s\"\n"
+            "[elasticsearch]\nurl = \"{}\"\nindex-prefix = \"{place}\"\nrefresh-interval = \"30s\"\n",
+            stores.es_url.unwrap_or_default()
         ),
     };
     format!(
@@ -198,6 +250,63 @@ pub fn files_written(dir: &Path) -> Result<(u64, u64), String> {
     }
     let _ = std::fs::remove_dir_all(dir);
     Ok((records, bytes))
+}
+
+/// Profile entries under the key prefix `prefix` (each impression is one);
+/// deletes them afterwards.
+pub async fn profile_entries(redis_url: &str, prefix: &str) -> Result<u64, String> {
+    let mut connection = redis::Client::open(redis_url)
+        .map_err(|error| error.to_string())?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|error| format!("Redis at {redis_url}: {error}"))?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut connection)
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut entries = 0;
+    for key in &keys {
+        let count: u64 = redis::cmd("ZCARD")
+            .arg(key)
+            .query_async(&mut connection)
+            .await
+            .map_err(|error| error.to_string())?;
+        entries += count;
+    }
+    for chunk in keys.chunks(100) {
+        let () = redis::cmd("UNLINK")
+            .arg(chunk)
+            .query_async(&mut connection)
+            .await
+            .map_err(|error| error.to_string())?;
+    }
+    Ok(entries)
+}
+
+/// Rows in the table the loader made for `topic` in `dataset`, and
+/// how many distinct event ids they hold.
+pub async fn bigquery_rows(bq_url: &str, dataset: &str, topic: &str) -> Result<(u64, u64), String> {
+    let table = adpipe_loader::bigquery::table_id("", topic);
+    let sql = format!("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM `adpipe.{dataset}.{table}`");
+    let response: serde_json::Value = client()
+        .post(format!("{bq_url}/projects/adpipe/queries"))
+        .json(&json!({"query": sql, "useLegacySql": false}))
+        .send()
+        .await
+        .map_err(|error| error.to_string())?
+        .json()
+        .await
+        .map_err(|error| error.to_string())?;
+    let cell = |index: usize| {
+        let value = &response["rows"][0]["f"][index]["v"];
+        value
+            .as_str()
+            .and_then(|text| text.parse().ok())
+            .or(value.as_u64())
+            .ok_or_else(|| format!("{sql}: {response}"))
+    };
+    Ok((cell(0)?, cell(1)?))
 }
 
 fn client() -> reqwest::Client {

@@ -90,7 +90,9 @@ struct Args {
     producer_properties: Vec<String>,
     /// Run only these contenders of the backlog rounds (bare, pass,
     /// kspass, dedup, ksdedup, poison, merger, joiner, stats (or one of
-    /// stats100, stats1000, stats10000, stats10000u); comma-separated); the
+    /// stats100, stats1000, stats10000, stats10000u), loader (or files, es,
+    /// profiles, bigquery, or one variant's key, e.g. parquet5000);
+    /// comma-separated); the
     /// allocation count and the latency and state phases run only when
     /// `alloc` and `latency` are listed.
     #[arg(long, value_delimiter = ',')]
@@ -108,6 +110,15 @@ struct Args {
     /// they are not run.
     #[arg(long, env = "ADPIPE_ES_URL")]
     es_url: Option<String>,
+    /// Redis for the loader's profile contender (`infra/redis.sh url`);
+    /// without it, it is not run.
+    #[arg(long, env = "ADPIPE_REDIS_URL")]
+    redis_url: Option<String>,
+    /// BigQuery's REST base for the loader's BigQuery contender (the
+    /// emulator: `$(infra/bigquery.sh url)/bigquery/v2`); without it, it
+    /// is not run.
+    #[arg(long, env = "ADPIPE_BQ_URL")]
+    bq_url: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -363,8 +374,13 @@ async fn run(args: &Args) -> Result<Report, String> {
             "the stats-counter's contenders need --postgres-url (infra/postgres.sh url)".to_owned(),
         );
     }
+    let stores = loader::Stores {
+        es_url: args.es_url.as_deref(),
+        redis_url: args.redis_url.as_deref(),
+        bq_url: args.bq_url.as_deref(),
+    };
     let loader_selected = |variant: &loader::Variant| {
-        loader::selected(&args.only, variant) && (variant.sink == "files" || args.es_url.is_some())
+        loader::selected(&args.only, variant) && stores.has(variant.sink)
     };
     if args.es_url.is_none()
         && args
@@ -695,6 +711,8 @@ async fn run(args: &Args) -> Result<Report, String> {
         "files" => loader::files_dir(&config_dir, &prefix, variant.key, round)
             .display()
             .to_string(),
+        "profiles" => format!("{prefix}-{}{round}:", variant.key),
+        "bigquery" => format!("{prefix}_{}{round}", variant.key).replace('-', "_"),
         _ => format!("{prefix}-{}{round}-", variant.key),
     };
     let loader_config = |round: usize, index: usize| -> Result<PathBuf, String> {
@@ -709,7 +727,7 @@ async fn run(args: &Args) -> Result<Report, String> {
                     variant,
                     &registry.url(),
                     &joiner_inputs[0],
-                    args.es_url.as_deref().unwrap_or_default(),
+                    &stores,
                     &loader_place(round, variant),
                 ),
             ),
@@ -997,12 +1015,31 @@ async fn run(args: &Args) -> Result<Report, String> {
                 // Every impression once in the store.
                 let variant = &loader::VARIANTS[index];
                 let place = loader_place(round, variant);
-                let written = if variant.sink == "files" {
-                    let (records, bytes) = loader::files_written(Path::new(&place))?;
-                    loader_bytes[index] = Some(bytes as f64 / records.max(1) as f64);
-                    records
-                } else {
-                    loader::documents(args.es_url.as_deref().unwrap_or_default(), &place).await?
+                let written = match variant.sink {
+                    "files" => {
+                        let (records, bytes) = loader::files_written(Path::new(&place))?;
+                        loader_bytes[index] = Some(bytes as f64 / records.max(1) as f64);
+                        records
+                    }
+                    "profiles" => {
+                        loader::profile_entries(stores.redis_url.unwrap_or_default(), &place)
+                            .await?
+                    }
+                    "bigquery" => {
+                        let (rows, distinct) = loader::bigquery_rows(
+                            stores.bq_url.unwrap_or_default(),
+                            &place,
+                            &joiner_inputs[0],
+                        )
+                        .await?;
+                        if rows != distinct {
+                            return Err(format!(
+                                "{name} (round {round}): {rows} rows for {distinct} events"
+                            ));
+                        }
+                        rows
+                    }
+                    _ => loader::documents(stores.es_url.unwrap_or_default(), &place).await?,
                 };
                 if written != truth.impressions.len() as u64 {
                     return Err(format!(
