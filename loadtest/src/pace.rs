@@ -63,8 +63,9 @@ impl Pacer {
 /// share is paced over 1.5× the mean round seen so far (the first over a
 /// guess), so it is usually still going when its fault comes.
 ///
-/// Shared (`Arc`) between the publishing thread ([`FaultRounds::wait_turn`])
-/// and the test driving the faults ([`FaultRounds::fault`]).
+/// Shared (`Arc`) between the publishing thread
+/// ([`FaultRounds::spawn_publisher`]) and the test driving the faults
+/// ([`FaultRounds::fault`]).
 #[derive(Debug)]
 pub struct FaultRounds {
     total: u64,
@@ -86,7 +87,7 @@ struct RoundsState {
 /// The pace of the share being published (kept by the publisher between
 /// calls of [`FaultRounds::wait_turn`]).
 #[derive(Debug)]
-pub struct ShareTurn {
+struct ShareTurn {
     share: u64,
     started: Instant,
     span: Duration,
@@ -122,7 +123,7 @@ impl FaultRounds {
 
     /// Blocks until record `n` (counted from 0, in order) may be published;
     /// `turn` carries the pace between calls (start with `None`).
-    pub fn wait_turn(&self, n: u64, turn: &mut Option<ShareTurn>) {
+    fn wait_turn(&self, n: u64, turn: &mut Option<ShareTurn>) {
         let share = self.share_of(n);
         if turn.as_ref().is_none_or(|turn| turn.share != share) {
             let mut state = self.state.lock().expect("fault rounds");

@@ -289,15 +289,12 @@ pub async fn profile_entries(redis_url: &str, prefix: &str) -> Result<u64, Strin
 pub async fn bigquery_rows(bq_url: &str, dataset: &str, topic: &str) -> Result<(u64, u64), String> {
     let table = adpipe_loader::bigquery::table_id("", topic);
     let sql = format!("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM `adpipe.{dataset}.{table}`");
-    let response: serde_json::Value = client()
-        .post(format!("{bq_url}/projects/adpipe/queries"))
-        .json(&json!({"query": sql, "useLegacySql": false}))
-        .send()
-        .await
-        .map_err(|error| error.to_string())?
-        .json()
-        .await
-        .map_err(|error| error.to_string())?;
+    let response = json_answer(
+        client()
+            .post(format!("{bq_url}/projects/adpipe/queries"))
+            .json(&json!({"query": sql, "useLegacySql": false})),
+    )
+    .await?;
     let cell = |index: usize| {
         let value = &response["rows"][0]["f"][index]["v"];
         value
@@ -313,6 +310,17 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Sends `request` and reads its answer as JSON.
+async fn json_answer(request: reqwest::RequestBuilder) -> Result<serde_json::Value, String> {
+    request
+        .send()
+        .await
+        .map_err(|error| error.to_string())?
+        .json()
+        .await
+        .map_err(|error| error.to_string())
+}
+
 /// Documents in the indices `<prefix>*`; deletes them afterwards.
 pub async fn documents(es_url: &str, prefix: &str) -> Result<u64, String> {
     let client = client();
@@ -324,14 +332,7 @@ pub async fn documents(es_url: &str, prefix: &str) -> Result<u64, String> {
     if !refresh.status().is_success() {
         return Err(format!("refresh {prefix}*: {}", refresh.status()));
     }
-    let count: serde_json::Value = client
-        .get(format!("{es_url}/{prefix}*/_count"))
-        .send()
-        .await
-        .map_err(|error| error.to_string())?
-        .json()
-        .await
-        .map_err(|error| error.to_string())?;
+    let count = json_answer(client.get(format!("{es_url}/{prefix}*/_count"))).await?;
     let _ = client.delete(format!("{es_url}/{prefix}*")).send().await;
     let _ = client
         .delete(format!("{es_url}/_index_template/{prefix}*"))
