@@ -148,9 +148,9 @@ step "the loader's Elasticsearch sink against OpenSearch (the same _bulk API)"
 )
 
 step "demo on the embedded default (in-process Kafka, no server), and on the real central cluster with the stats-counter in PostgreSQL"
-env -u ADPIPE_PG_URL target/debug/adpipe demo --events 5000 | tail -n 6
+env -u ADPIPE_PG_URL target/debug/adpipe demo --events 5000 | tail -n 34
 target/debug/adpipe demo --events 5000 --brokers "$(clusters name port | awk '$1 == "central" {print "127.0.0.1:" $2}')" \
-  --postgres-url "$ADPIPE_PG_URL" | tail -n 9
+  --postgres-url "$ADPIPE_PG_URL" | tail -n 42
 
 step "python interoperability (Confluent's client)"
 if [ ! -x "$venv/bin/pytest" ] || ! cmp -s tests/interop/requirements.txt "$venv/requirements.txt"; then

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod groups;
 pub mod heartbeat;
 pub mod lag;
+pub mod metrics_text;
 pub mod produce;
 mod progress;
 pub mod replay;

@@ -22,8 +22,10 @@ pub mod config;
 pub mod elasticsearch;
 pub mod factory;
 pub mod files;
+pub mod memory_profiles;
 pub mod parquet_file;
 pub mod profiles;
+pub mod read_back;
 pub mod record;
 pub mod sink;
 pub mod step;
@@ -72,8 +74,7 @@ pub fn start(settings: LoaderSettings) -> Result<WorkerHandle, WorkerError> {
                     let runtime = tokio::runtime::Handle::current();
                     tokio::task::block_in_place(|| runtime.block_on(store.ping()))
                         .map_err(WorkerError::Setup)?;
-                    let sinks = profiles::ProfilesFactory::new(store, profiles.keep, profiles.ttl);
-                    adpipe_runtime::start(worker, LoaderFactory::new(sinks, settings))
+                    start_profiles(settings, store)
                 }
                 config::ProfileBackend::Aerospike => Err(WorkerError::Setup(
                     "profiles.store = \"aerospike\" needs a build with the aerospike feature"
@@ -82,4 +83,17 @@ pub fn start(settings: LoaderSettings) -> Result<WorkerHandle, WorkerError> {
             }
         }
     }
+}
+
+/// Starts a profile loader writing into `store` whatever
+/// `settings.profiles.store` says: the demo's embedded
+/// [`MemoryProfiles`](memory_profiles::MemoryProfiles), or a backend a
+/// caller built itself.
+pub fn start_profiles<P: profiles::ProfileStore>(
+    settings: LoaderSettings,
+    store: P,
+) -> Result<WorkerHandle, WorkerError> {
+    let sinks =
+        profiles::ProfilesFactory::new(store, settings.profiles.keep, settings.profiles.ttl);
+    adpipe_runtime::start(settings.worker.clone(), LoaderFactory::new(sinks, settings))
 }

@@ -65,7 +65,7 @@ struct Inner {
 
 /// The fields identities are made of; the decoder skips every other one.
 #[derive(Deserialize)]
-struct IdentityFields {
+pub(crate) struct IdentityFields {
     #[serde(default)]
     event_id: Option<String>,
     #[serde(default)]
@@ -85,7 +85,15 @@ impl Identity {
     /// A record without an id and time is poison: it cannot be written
     /// idempotently.
     pub fn of(record: &InputRecord<'_>) -> Result<Identity, StepError> {
-        let fields: IdentityFields = record.decode()?;
+        Identity::from_fields(record.decode()?, record.key)
+    }
+
+    /// The identity of a record whose identifying fields are `fields` and
+    /// whose key is `key`.
+    pub(crate) fn from_fields(
+        fields: IdentityFields,
+        key: Option<&[u8]>,
+    ) -> Result<Identity, StepError> {
         let nested = fields.conversion.or(fields.click).unwrap_or_default();
         let time_ms = fields
             .event_time
@@ -104,8 +112,7 @@ impl Identity {
                 version: None,
             });
         }
-        let key = record
-            .key
+        let key = key
             .filter(|key| !key.is_empty())
             .and_then(|key| std::str::from_utf8(key).ok())
             .ok_or_else(|| {

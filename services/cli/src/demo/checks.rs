@@ -1,0 +1,380 @@
+//! What the demo reads back from every stage, compared with what the
+//! simulator's ground truth and the join rules make it: the merged count,
+//! the deduplicated events, the joins and orphans, the stats totals, the
+//! dispatched copies, the files and the profiles. Each reader waits until
+//! what it expects arrived or nothing new came for a while, so a loss
+//! shows as a shortfall, not a hang.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use adpipe_codec::Codec;
+use adpipe_events::EventKind;
+use anyhow::Context;
+use indicatif::ProgressBar;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::names::{Names, PARTITIONS};
+use super::{JoinReport, StatsReport};
+
+/// Expected identities against the ones found at one place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// What was counted (a topic, a DC's profiles, …).
+    pub what: String,
+    /// Distinct ids expected.
+    pub expected: u64,
+    /// Expected ids found (at least once).
+    pub found: u64,
+    /// Expected ids found more than once.
+    pub twice: u64,
+    /// Ids found that nothing expects there.
+    pub unexpected: u64,
+}
+
+impl Tally {
+    /// Counts `found` (one item per record) against `expected`.
+    pub fn of<'a>(
+        what: &str,
+        expected: &HashSet<String>,
+        found: impl IntoIterator<Item = &'a str>,
+    ) -> Tally {
+        let mut copies: HashMap<&str, u64> = HashMap::new();
+        for id in found {
+            *copies.entry(id).or_default() += 1;
+        }
+        Tally {
+            what: what.to_owned(),
+            expected: expected.len() as u64,
+            found: copies.keys().filter(|id| expected.contains(**id)).count() as u64,
+            twice: copies
+                .iter()
+                .filter(|(id, copies)| **copies > 1 && expected.contains(**id))
+                .count() as u64,
+            unexpected: copies.keys().filter(|id| !expected.contains(**id)).count() as u64,
+        }
+    }
+
+    /// Missing expected ids.
+    pub fn missing(&self) -> u64 {
+        self.expected - self.found
+    }
+
+    /// Each expected id exactly once, nothing else.
+    pub fn exact(&self) -> bool {
+        self.missing() == 0 && self.twice == 0 && self.unexpected == 0
+    }
+}
+
+/// The id a record is known by: its own `event_id`, or the joined
+/// conversion's or click's.
+#[derive(serde::Deserialize)]
+struct IdFields {
+    #[serde(default)]
+    event_id: Option<String>,
+    #[serde(default)]
+    conversion: Option<Nested>,
+    #[serde(default)]
+    click: Option<Nested>,
+}
+
+#[derive(serde::Deserialize)]
+struct Nested {
+    event_id: String,
+}
+
+impl IdFields {
+    fn id(self) -> Option<String> {
+        self.event_id
+            .or(self.conversion.map(|nested| nested.event_id))
+            .or(self.click.map(|nested| nested.event_id))
+    }
+}
+
+/// A record read back: its topic, id and origin DC header.
+pub struct ReadRecord {
+    /// Topic.
+    pub topic: String,
+    /// Event id.
+    pub id: String,
+}
+
+/// A client reading `topics` from their beginning, outside any group.
+fn reader(bootstrap: &str, names: &Names, topics: &[String]) -> anyhow::Result<BaseConsumer> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{}adpipe-demo-checker", names.prefix))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for topic in topics {
+        for partition in 0..PARTITIONS {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+/// Reads the ids of `topics` until `want` records came (then 3 s more, for
+/// copies) or nothing came for 30 s.
+pub async fn read_ids(
+    codec: &Codec,
+    bootstrap: &str,
+    names: &Names,
+    topics: &[String],
+    want: u64,
+    bar: &ProgressBar,
+) -> anyhow::Result<Vec<ReadRecord>> {
+    let consumer = reader(bootstrap, names, topics)?;
+    bar.set_length(want);
+    let mut records = Vec::new();
+    let mut last_progress = Instant::now();
+    while last_progress.elapsed()
+        < Duration::from_secs(if records.len() as u64 >= want { 3 } else { 30 })
+    {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message?;
+        let fields: IdFields = codec.decode(message.payload().unwrap_or_default()).await?;
+        let id = fields
+            .id()
+            .with_context(|| format!("a record of {} without an event id", message.topic()))?;
+        records.push(ReadRecord {
+            topic: message.topic().to_owned(),
+            id,
+        });
+        bar.inc(1);
+        last_progress = Instant::now();
+    }
+    bar.finish();
+    Ok(records)
+}
+
+/// The records in the merged topics (every publication, copies included).
+pub fn count_merged(bootstrap: &str, names: &Names) -> anyhow::Result<u64> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let mut total = 0;
+    for kind in EventKind::PUBLISHED {
+        for partition in 0..PARTITIONS {
+            let topic = names.merged(kind);
+            let (low, high) = client
+                .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                .with_context(|| format!("reading the end of {topic}-{partition}"))?;
+            total += u64::try_from(high - low).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+/// Waits until `count()` reaches `want` or stops growing for `idle`; returns the last count.
+pub async fn wait_for_count(
+    want: u64,
+    idle: Duration,
+    bar: &ProgressBar,
+    mut count: impl FnMut() -> anyhow::Result<u64>,
+) -> anyhow::Result<u64> {
+    bar.set_length(want);
+    let mut last = 0;
+    let mut last_change = Instant::now();
+    loop {
+        let now = count()?;
+        bar.set_position(now);
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
+        if now >= want || last_change.elapsed() > idle {
+            bar.finish();
+            return Ok(now);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The entry ids in one DC's embedded profile store (one per entry).
+pub fn profile_ids(store: &adpipe_loader::memory_profiles::MemoryProfiles) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        id: String,
+    }
+    store
+        .snapshot(adpipe_runtime::event_time::now_ms())
+        .into_values()
+        .flat_map(|profile| profile.entries.into_iter())
+        .filter_map(|(_, entry)| serde_json::from_str::<Entry>(&entry).ok())
+        .map(|entry| entry.id)
+        .collect()
+}
+
+/// The ids in the Avro files under `dir`, per topic.
+pub fn file_ids(dir: &std::path::Path) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    Ok(adpipe_loader::read_back::avro_identities(dir)
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .map(|(topic, identities)| {
+            (
+                topic,
+                identities.into_iter().map(|identity| identity.id).collect(),
+            )
+        })
+        .collect())
+}
+
+/// Reads the joiner's three outputs until every expected join and orphan
+/// came or nothing new came for a while, and compares them with the rules.
+pub async fn collect_joins(
+    codec: &Codec,
+    bootstrap: &str,
+    names: &Names,
+    expected: &adpipe_loadtest::joins::ExpectedJoins,
+    bar: ProgressBar,
+) -> anyhow::Result<JoinReport> {
+    use adpipe_events::{Click, Conversion, JoinedClick, JoinedConversion};
+    use std::collections::{HashMap, HashSet};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("{}adpipe-demo-join-checker", names.prefix),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let topics = ["clicks", "conversions", "orphans"].map(|what| names.joined(what));
+    let mut assignment = TopicPartitionList::new();
+    for topic in &topics {
+        for partition in 0..PARTITIONS {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let wanted =
+        (expected.clicks.len() + expected.conversions.len() + expected.orphans.len()) as u64;
+    bar.set_length(wanted);
+    let mut report = JoinReport::default();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut orphan_reasons: HashMap<String, String> = HashMap::new();
+    let mut last_progress = Instant::now();
+    while last_progress.elapsed()
+        < Duration::from_secs(if seen.len() as u64 >= wanted { 3 } else { 30 })
+    {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message?;
+        let value = message.payload().unwrap_or_default();
+        let (id, right) = if message.topic() == topics[0] {
+            let joined: JoinedClick = codec.decode(value).await?;
+            let right = expected.clicks.get(&joined.click.event_id) == Some(&joined);
+            (joined.click.event_id, right)
+        } else if message.topic() == topics[1] {
+            let joined: JoinedConversion = codec.decode(value).await?;
+            let right = expected.conversions.get(&joined.conversion.event_id) == Some(&joined);
+            (joined.conversion.event_id, right)
+        } else {
+            let header = |name: &str| {
+                message
+                    .headers()
+                    .and_then(|headers| {
+                        use rdkafka::message::Headers as _;
+                        headers.iter().find(|h| h.key == name).and_then(|h| h.value)
+                    })
+                    .map(|value| String::from_utf8_lossy(value).into_owned())
+                    .unwrap_or_default()
+            };
+            let id = match header(adpipe_joiner::HEADER_ORPHAN_KIND).as_str() {
+                "click" => codec.decode::<Click>(value).await?.event_id,
+                _ => codec.decode::<Conversion>(value).await?.event_id,
+            };
+            orphan_reasons.insert(id.clone(), header(adpipe_joiner::HEADER_ORPHAN_REASON));
+            (id, true)
+        };
+        if message.topic() == topics[0] && !right {
+            report.clicks.2 += 1;
+        }
+        if message.topic() == topics[1] && !right {
+            report.conversions.2 += 1;
+        }
+        if seen.insert(id) {
+            bar.inc(1);
+            last_progress = Instant::now();
+        }
+    }
+    bar.finish();
+    report.clicks.0 = expected.clicks.len() as u64;
+    report.clicks.1 = expected
+        .clicks
+        .keys()
+        .filter(|id| seen.contains(*id))
+        .count() as u64;
+    report.conversions.0 = expected.conversions.len() as u64;
+    report.conversions.1 = expected
+        .conversions
+        .keys()
+        .filter(|id| seen.contains(*id))
+        .count() as u64;
+    for (id, reason) in &expected.orphans {
+        let entry = report.orphans.entry((*reason).to_owned()).or_default();
+        entry.0 += 1;
+        entry.1 += u64::from(orphan_reasons.get(id).map(String::as_str) == Some(*reason));
+    }
+    report.unexpected = seen
+        .iter()
+        .filter(|id| {
+            !expected.clicks.contains_key(*id)
+                && !expected.conversions.contains_key(*id)
+                && !expected.orphans.contains_key(*id)
+        })
+        .count() as u64;
+    Ok(report)
+}
+
+/// Waits (up to 60 s) until the stats-counter's totals in `schema` reach
+/// `want` — (measure, expected) over every minute row — and reports them.
+pub async fn count_stats(
+    url: &str,
+    schema: &str,
+    want: Vec<(&'static str, i64)>,
+) -> anyhow::Result<StatsReport> {
+    use adpipe_stats_counter::{BucketSize, PgStore};
+    let store = PgStore::connect(url, schema)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {url}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = store.totals(BucketSize::Minute).await?;
+        let orphans: i64 = store
+            .orphan_totals(BucketSize::Minute)
+            .await?
+            .values()
+            .sum();
+        let sum = |measure: fn(&adpipe_stats_counter::Counts) -> i64| -> i64 {
+            rows.values().map(measure).sum()
+        };
+        let counted = [
+            sum(|counts| counts.impressions),
+            sum(|counts| counts.cost_micros),
+            sum(|counts| counts.clicks),
+            sum(|counts| counts.conversions),
+            orphans,
+        ];
+        let measures: Vec<(&'static str, i64, i64)> = want
+            .iter()
+            .zip(counted)
+            .map(|((what, expected), counted)| (*what, *expected, counted))
+            .collect();
+        let report = StatsReport {
+            schema: schema.to_owned(),
+            measures,
+        };
+        if report.exact() || Instant::now() > deadline {
+            return Ok(report);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

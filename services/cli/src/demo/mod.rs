@@ -1,0 +1,516 @@
+//! `adpipe demo`: the project's main job on its embedded default — the
+//! whole chain in one process.
+//!
+//! With no servers at all it starts librdkafka's in-process mock cluster and
+//! adpipe's schema registry (storing its schemas in that cluster), starts
+//! every service on the shared runtime ([`chain`]: merger, deduplicator,
+//! joiner, stats-counter with `--postgres-url`, dispatcher, the Avro files
+//! loader and a profile loader per DC with its embedded store), has the
+//! bidders of two DCs publish impressions, clicks and conversions — with
+//! retries, cross-DC copies and late copies mixed in — while a live view
+//! ([`live`]) shows each stage's rates, lag, late records, orphans and dead
+//! letters, then reads every stage's output back ([`checks`]) and prints one
+//! table per stage against the simulator's ground truth and the join rules
+//! ([`table`]); it fails on any difference. `--brokers` runs the same
+//! against a real cluster (topics get a unique prefix there).
+//!
+//! One cluster stands in for the DCs and central: the bidders write each
+//! DC's events straight into `<dc>.<kind>`, the name under which
+//! MirrorMaker 2 replicates a DC's topic to central (the tests in
+//! `services/merger` and `services/dispatcher` run the real multi-cluster
+//! paths).
+
+mod chain;
+mod checks;
+pub mod live;
+mod names;
+mod table;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use adpipe_codec::{Codec, RegistryClient, value_subject};
+use adpipe_events::EventKind;
+use adpipe_loadtest::publish::SimPublisher;
+use adpipe_loadtest::{CheckReport, Simulation};
+use adpipe_schema_registry::RegistrySettings;
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::ProgressBar;
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+
+pub use checks::Tally;
+use names::Names;
+
+/// Arguments of `adpipe demo`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Impressions to simulate (clicks and conversions follow RTB House's ratios).
+    #[arg(long, default_value_t = 50_000)]
+    pub events: u64,
+    /// Fraction of events the bidders publish twice.
+    #[arg(long, default_value_t = 0.05)]
+    pub duplicate_rate: f64,
+    /// Simulation seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Real Kafka bootstrap servers instead of the in-process mock cluster.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// PostgreSQL for the stats-counter (`infra/postgres.sh url`); without
+    /// it the stats stage is skipped (no embedded store keeps its SQL and
+    /// transactions: see the README).
+    #[arg(long, env = "ADPIPE_PG_URL")]
+    pub postgres_url: Option<String>,
+    /// Where the files loader writes (default `$ADPIPE_STATE_DIR/demo/files`,
+    /// else `.adpipe/demo/files`); emptied at the start of each run.
+    #[arg(long)]
+    pub files_dir: Option<PathBuf>,
+}
+
+/// The demo's outcome.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    /// Records published by the simulator.
+    pub published: u64,
+    /// Duplicate copies among them.
+    pub duplicates_injected: u64,
+    /// Records the deduplicator emitted.
+    pub delivered: u64,
+    /// The check against the ground truth.
+    pub check: CheckReport,
+    /// The joins against the rules.
+    pub joins: JoinReport,
+    /// The stats-counter's totals against the expectation (when it ran).
+    pub stats: Option<StatsReport>,
+    /// Records in the merged topics (every publication, copies included).
+    pub merged: u64,
+    /// The dispatched copies: each processed event once, to a DC other
+    /// than its origin.
+    pub dispatched: Vec<Tally>,
+    /// The Avro files, per topic: each event once.
+    pub files: Vec<Tally>,
+    /// Each DC's profiles: each event dispatched to it once.
+    pub profiles: Vec<Tally>,
+    /// Where the outputs are: (what, where).
+    pub outputs: Vec<(String, String)>,
+}
+
+impl DemoReport {
+    /// Whether every stage's output is what the ground truth makes it.
+    pub fn matches(&self) -> bool {
+        self.check.complete()
+            && self.check.extra_copies == 0
+            && self.merged == self.published
+            && self.joins.complete()
+            && self.stats.as_ref().is_none_or(StatsReport::exact)
+            && [&self.dispatched, &self.files, &self.profiles]
+                .into_iter()
+                .flatten()
+                .all(Tally::exact)
+    }
+}
+
+/// The stats-counter's totals in PostgreSQL against what the ground truth
+/// and the join rules make them.
+#[derive(Debug, Clone)]
+pub struct StatsReport {
+    /// Where they are: the schema (views `minute`, `hour`).
+    pub schema: String,
+    /// (measure, expected, counted), over every minute row.
+    pub measures: Vec<(&'static str, i64, i64)>,
+}
+
+impl StatsReport {
+    /// Whether every measure is exact.
+    pub fn exact(&self) -> bool {
+        self.measures
+            .iter()
+            .all(|(_, expected, counted)| expected == counted)
+    }
+}
+
+/// The joiner's outputs against the expected joins (`adpipe_loadtest::joins`).
+#[derive(Debug, Clone, Default)]
+pub struct JoinReport {
+    /// Joined clicks expected, produced (distinct), and produced with other contents.
+    pub clicks: (u64, u64, u64),
+    /// Joined conversions expected, produced (distinct), produced with other contents.
+    pub conversions: (u64, u64, u64),
+    /// Orphans by reason: expected, produced (distinct) with that reason.
+    pub orphans: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Outputs for events no rule expects there.
+    pub unexpected: u64,
+}
+
+impl JoinReport {
+    /// Whether every expected output came as expected, and nothing else.
+    pub fn complete(&self) -> bool {
+        let exact =
+            |(expected, produced, wrong): (u64, u64, u64)| expected == produced && wrong == 0;
+        exact(self.clicks)
+            && exact(self.conversions)
+            && self
+                .orphans
+                .values()
+                .all(|(expected, produced)| expected == produced)
+            && self.unexpected == 0
+    }
+}
+
+/// Runs the demo, printing progress and the result tables to `out`.
+pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoReport> {
+    let mut simulation = Simulation {
+        seed: args.seed,
+        impressions: args.events,
+        duplicate_rate: args.duplicate_rate,
+        ..Simulation::default()
+    };
+    // Recent event times, the last one a moment ago: as if replayed from
+    // the DCs' topics after a short outage.
+    let span_ms = (args.events as f64 * simulation.publications_per_impression()) as i64;
+    simulation.follow_wall_clock(adpipe_runtime::event_time::now_ms() - span_ms - 1_000, 0.0);
+    let names = Names {
+        prefix: if args.brokers.is_some() {
+            format!("demo-{}.", unique_suffix())
+        } else {
+            String::new()
+        },
+        dcs: simulation.dcs.clone(),
+    };
+    // The mock cluster must outlive every client that talks to it.
+    let (_mock, bootstrap) = match &args.brokers {
+        Some(brokers) => {
+            create_topics(brokers, &names.all()).await?;
+            (None, brokers.clone())
+        }
+        None => {
+            let mock = MockCluster::new(1).context("starting the in-process Kafka mock cluster")?;
+            for (topic, partitions) in names.all() {
+                mock.create_topic(&topic, partitions, 1)?;
+            }
+            let bootstrap = mock.bootstrap_servers();
+            (Some(mock), bootstrap)
+        }
+    };
+    writeln!(
+        out,
+        "kafka: {}",
+        args.brokers.as_deref().unwrap_or("in-process mock cluster")
+    )?;
+    let registry = adpipe_schema_registry::start(RegistrySettings::local(
+        &bootstrap,
+        &format!("{}_schemas", names.prefix),
+    ))
+    .await
+    .context("starting the schema registry")?;
+    writeln!(out, "schema registry: {}", registry.url())?;
+    let started = Instant::now();
+
+    let files_dir = std::path::absolute(args.files_dir.clone().unwrap_or_else(|| {
+        adpipe_runtime::config::resolve_state_dir(
+            std::path::Path::new("demo/files"),
+            std::env::var_os(adpipe_runtime::config::STATE_DIR_ENV).as_deref(),
+        )
+    }))
+    .context("the files directory")?;
+    // A previous run's files and markers would stand for this run's offsets.
+    match std::fs::remove_dir_all(&files_dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(error).with_context(|| format!("emptying {}", files_dir.display()));
+        }
+        _ => {}
+    }
+    let state_dir = std::env::temp_dir().join(format!("adpipe-demo-{}-state", std::process::id()));
+    let stats_schema = format!("demo_{}", unique_suffix());
+    let plan = chain::ChainPlan {
+        names: &names,
+        bootstrap: &bootstrap,
+        registry_url: registry.url(),
+        state_dir: state_dir.clone(),
+        files_dir: files_dir.clone(),
+        postgres: args
+            .postgres_url
+            .clone()
+            .map(|url| (url, stats_schema.clone())),
+    };
+    let chain = plan.start(out)?;
+    let view = live::LiveView::start(chain.probes.clone(), &bootstrap);
+
+    let (publications, truth) = simulation.generate();
+    let codec = Codec::new(RegistryClient::new(&registry.url())?);
+    publish(
+        &codec,
+        &bootstrap,
+        &names,
+        &publications,
+        view.bar(0, "published"),
+    )
+    .await?;
+
+    // The deduplicated events against the ground truth.
+    let deduplicated_topics = EventKind::PUBLISHED.map(|kind| names.deduplicated(kind));
+    let delivered = checks::read_ids(
+        &codec,
+        &bootstrap,
+        &names,
+        &deduplicated_topics,
+        truth.uniques(),
+        &view.bar(0, "deduplicated"),
+    )
+    .await?;
+    let delivered: Vec<String> = delivered.into_iter().map(|record| record.id).collect();
+    let uniques: Vec<adpipe_loadtest::SimEvent> = publications
+        .iter()
+        .filter(|publication| !publication.duplicate)
+        .map(|publication| publication.event.clone())
+        .collect();
+    let expected = adpipe_loadtest::joins::expected(&uniques);
+    let joins =
+        checks::collect_joins(&codec, &bootstrap, &names, &expected, view.bar(0, "joined")).await?;
+    let impressions: Vec<&adpipe_events::Impression> = uniques
+        .iter()
+        .filter_map(|event| match event {
+            adpipe_loadtest::SimEvent::Impression(impression) => Some(impression),
+            _ => None,
+        })
+        .collect();
+    let stats = match &args.postgres_url {
+        Some(url) => {
+            let want = vec![
+                ("impressions", impressions.len() as i64),
+                (
+                    "cost (micros)",
+                    impressions
+                        .iter()
+                        .map(|impression| impression.cost_micros)
+                        .sum(),
+                ),
+                ("joined clicks", expected.clicks.len() as i64),
+                ("joined conversions", expected.conversions.len() as i64),
+                ("orphans", expected.orphans.len() as i64),
+            ];
+            Some(checks::count_stats(url, &stats_schema, want).await?)
+        }
+        None => None,
+    };
+
+    // What each later stage should hold: the ids of the processed events.
+    let ids =
+        |items: &mut dyn Iterator<Item = &String>| -> HashSet<String> { items.cloned().collect() };
+    let impression_ids = ids(&mut impressions.iter().map(|impression| &impression.event_id));
+    let click_ids = ids(&mut expected.clicks.keys());
+    let conversion_ids = ids(&mut expected.conversions.keys());
+    let orphan_ids = ids(&mut expected.orphans.keys());
+    let processed: HashSet<String> = impression_ids
+        .iter()
+        .chain(&click_ids)
+        .chain(&conversion_ids)
+        .cloned()
+        .collect();
+
+    // The dispatcher: each processed event once, to the DC(s) it was not seen in.
+    let dispatched_topics: Vec<String> = names.dcs.iter().map(|dc| names.events_for(dc)).collect();
+    let dispatched_records = checks::read_ids(
+        &codec,
+        &bootstrap,
+        &names,
+        &dispatched_topics,
+        processed.len() as u64 * (names.dcs.len() as u64 - 1),
+        &view.bar(0, "dispatched"),
+    )
+    .await?;
+    let mut dispatched = vec![Tally::of(
+        "each event, over every DC",
+        &processed,
+        dispatched_records.iter().map(|record| record.id.as_str()),
+    )];
+    let per_dc: Vec<(String, HashSet<String>)> = names
+        .dcs
+        .iter()
+        .map(|dc| {
+            let topic = names.events_for(dc);
+            let ids: HashSet<String> = dispatched_records
+                .iter()
+                .filter(|record| record.topic == topic)
+                .map(|record| record.id.clone())
+                .collect();
+            (dc.clone(), ids)
+        })
+        .collect();
+    for (dc, ids) in &per_dc {
+        dispatched.push(Tally {
+            what: format!("to {dc}"),
+            expected: ids.len() as u64,
+            found: ids.len() as u64,
+            ..Tally::default()
+        });
+    }
+
+    // The files: every processed event and orphan once, in its topic's files.
+    let file_expectations = [
+        (names.deduplicated(EventKind::Impression), &impression_ids),
+        (names.joined("clicks"), &click_ids),
+        (names.joined("conversions"), &conversion_ids),
+        (names.joined("orphans"), &orphan_ids),
+    ];
+    let files_want: u64 = file_expectations
+        .iter()
+        .map(|(_, ids)| ids.len() as u64)
+        .sum();
+    let files_bar = view.bar(0, "in files");
+    checks::wait_for_count(files_want, Duration::from_secs(30), &files_bar, || {
+        Ok(checks::file_ids(&files_dir)?
+            .values()
+            .map(|ids| ids.len() as u64)
+            .sum())
+    })
+    .await?;
+    let in_files = checks::file_ids(&files_dir)?;
+    let files: Vec<Tally> = file_expectations
+        .iter()
+        .map(|(topic, expected)| {
+            let found = in_files
+                .get(topic)
+                .into_iter()
+                .flatten()
+                .map(String::as_str);
+            Tally::of(topic, expected, found)
+        })
+        .collect();
+
+    // The profiles: each DC holds every event dispatched to it, once.
+    let mut profiles = Vec::new();
+    for ((dc, store), (_, expected)) in chain.profiles.iter().zip(&per_dc) {
+        let bar = view.bar(0, &format!("{dc} profiles"));
+        checks::wait_for_count(expected.len() as u64, Duration::from_secs(30), &bar, || {
+            Ok(checks::profile_ids(store).len() as u64)
+        })
+        .await?;
+        let found = checks::profile_ids(store);
+        profiles.push(Tally::of(
+            &format!("{dc}: entries"),
+            expected,
+            found.iter().map(String::as_str),
+        ));
+    }
+    let merged = checks::count_merged(&bootstrap, &names)?;
+    view.stop();
+    for name in chain.stop().await {
+        writeln!(out, "(the {name} took over 20 s to stop)")?;
+    }
+    registry.stop().await;
+
+    let mut outputs = vec![
+        ("Avro files".to_owned(), files_dir.display().to_string()),
+        (
+            "processed events (Kafka)".to_owned(),
+            format!(
+                "{}, {}, {}, {} on {}",
+                names.deduplicated(EventKind::Impression),
+                names.joined("clicks"),
+                names.joined("conversions"),
+                names.joined("orphans"),
+                args.brokers
+                    .as_deref()
+                    .unwrap_or("the in-process cluster (gone)")
+            ),
+        ),
+        (
+            "profiles".to_owned(),
+            "one embedded store per DC (in memory, gone with the demo)".to_owned(),
+        ),
+    ];
+    if let Some(url) = &args.postgres_url {
+        outputs.push((
+            "stats (PostgreSQL)".to_owned(),
+            format!(
+                "schema {stats_schema} (views minute, hour) at {}",
+                redact(url)
+            ),
+        ));
+    }
+    let check = truth.check(delivered.iter().map(String::as_str));
+    let report = DemoReport {
+        published: truth.published,
+        duplicates_injected: truth.duplicates,
+        delivered: delivered.len() as u64,
+        check,
+        joins,
+        stats,
+        merged,
+        dispatched,
+        files,
+        profiles,
+        outputs,
+    };
+    table::print_table(out, &report, &truth, started.elapsed())?;
+    let _ = std::fs::remove_dir_all(state_dir);
+    if !report.matches() {
+        bail!("the output does not match the ground truth (see the tables above)");
+    }
+    Ok(report)
+}
+
+/// `url` without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn publish(
+    codec: &Codec,
+    bootstrap: &str,
+    names: &Names,
+    publications: &[adpipe_loadtest::Publication],
+    bar: ProgressBar,
+) -> anyhow::Result<()> {
+    let publisher =
+        SimPublisher::new(codec, bootstrap, |kind| value_subject(&names.merged(kind))).await?;
+    bar.set_length(publications.len() as u64);
+    // Publishing blocks while librdkafka's queue is full.
+    tokio::task::block_in_place(|| {
+        for publication in publications {
+            let topic = names.replica(&publication.dc, publication.event.kind());
+            publisher.publish(publication, &topic)?;
+            bar.inc(1);
+        }
+        publisher.flush(Duration::from_secs(30))
+    })?;
+    bar.finish();
+    Ok(())
+}
+
+async fn create_topics(brokers: &str, topics: &[(String, i32)]) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let new_topics: Vec<_> = topics
+        .iter()
+        .map(|(topic, partitions)| NewTopic::new(topic, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&new_topics, &AdminOptions::new())
+        .await?
+    {
+        result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
+    }
+    Ok(())
+}
+
+fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    format!("{:x}", nanos % 0xffff_ffff)
+}
