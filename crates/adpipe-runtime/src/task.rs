@@ -321,23 +321,54 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl<S: Step> Task<S> {
+    /// Creates the task's step. A transient failure (a broker's leader
+    /// moving, a store restarting) is tried again with backoff until it
+    /// succeeds or the partition is revoked — a worker must not stop
+    /// because its first metadata request met an election; a poison or
+    /// fatal one stops the worker.
     async fn create_step<F: StepFactory<Step = S>>(&mut self, factory: Arc<F>) {
-        let assignment = self.assignment.clone();
-        let creating = tokio::task::spawn_blocking(move || factory.create(&assignment));
         let label = format!(
             "{:?} partition {}",
             self.assignment.inputs, self.assignment.partition
         );
-        tokio::select! {
-            created = creating => match created {
-                Ok(Ok(step)) => self.step = Some(step),
-                Ok(Err(error)) => self.link.stopper.stop(format!("creating the step for {label}: {error}")),
-                Err(join_error) => self.link.stopper.stop(format!("the step factory panicked for {label}: {join_error}")),
-            },
-            () = revoked(&mut self.link.revoked) => {
-                // The restore goes on in the background; its result is dropped.
-                warn!(task = %label, "revoked while restoring state: giving the partition up");
+        let mut backoff = self.env.settings.retry_initial_backoff;
+        loop {
+            let assignment = self.assignment.clone();
+            let factory = Arc::clone(&factory);
+            let creating = tokio::task::spawn_blocking(move || factory.create(&assignment));
+            tokio::select! {
+                created = creating => match created {
+                    Ok(Ok(step)) => {
+                        self.step = Some(step);
+                        return;
+                    }
+                    Ok(Err(error)) if error.disposition == Disposition::Transient => {
+                        warn!(task = %label, kind = error.kind, error = %error.message, ?backoff, "creating the step failed; trying again");
+                        metrics::counter!(Metric::Retries.name(), "service" => self.env.settings.service.clone(), "reason" => error.kind).increment(1);
+                    }
+                    Ok(Err(error)) => {
+                        self.link.stopper.stop(format!("creating the step for {label}: {error}"));
+                        return;
+                    }
+                    Err(join_error) => {
+                        self.link.stopper.stop(format!("the step factory panicked for {label}: {join_error}"));
+                        return;
+                    }
+                },
+                () = revoked(&mut self.link.revoked) => {
+                    // The restore goes on in the background; its result is dropped.
+                    warn!(task = %label, "revoked while restoring state: giving the partition up");
+                    return;
+                }
             }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = revoked(&mut self.link.revoked) => {
+                    warn!(task = %label, "revoked while waiting to create the step again");
+                    return;
+                }
+            }
+            backoff = (backoff * 2).min(self.env.settings.retry_max_backoff);
         }
     }
 

@@ -15,7 +15,7 @@ use adpipe_runtime::dead_letter::{
     HEADER_OFFSET, HEADER_OUTPUT_TOPIC, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC,
     HEADER_VALUE_OMITTED, REASON_OUTPUT_REJECTED,
 };
-use adpipe_runtime::{WorkerError, heartbeat};
+use adpipe_runtime::{StepError, WorkerError, heartbeat};
 use rdkafka::message::Message;
 use support::{HOLD, Produced, TestFactory, Topics, header, records, text};
 
@@ -183,6 +183,46 @@ async fn a_panicking_step_stops_the_worker_and_its_record_is_read_again() {
     for (_, _, value) in &input {
         assert!(out.contains(value), "{value} missing");
     }
+}
+
+/// A step whose creation fails transiently (a leader election under the
+/// restore's metadata request) is created again, and the partition goes on;
+/// one that fails for good stops the worker with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_creation_failing_transiently_is_tried_again_and_for_good_stops_the_worker() {
+    let topics = Topics::create("rt-create", 1).await;
+    let input = records(20, &[]);
+    topics.produce(&input).await;
+    let factory = TestFactory::new(&topics);
+    let failures = std::sync::Arc::clone(&factory.create_failures);
+    failures.lock().extend([
+        StepError::transient("metadata", "Not leader for partition"),
+        StepError::transient("metadata", "Not leader for partition"),
+    ]);
+    topics.run_to_end(topics.settings(""), factory).await;
+    assert!(failures.lock().is_empty(), "created on the third try");
+    let out = topics.values("out").await;
+    for (_, _, value) in &input {
+        assert!(out.contains(value), "{value} missing");
+    }
+
+    let topics = Topics::create("rt-create-fatal", 1).await;
+    topics.produce(&records(5, &[])).await;
+    let factory = TestFactory::new(&topics);
+    factory.create_failures.lock().push(StepError::fatal(
+        "corrupt_state",
+        "the snapshot does not match",
+    ));
+    let worker = adpipe_runtime::start(topics.settings(""), factory).expect("starts");
+    let reason = tokio::time::timeout(Duration::from_secs(60), worker.stopped())
+        .await
+        .expect("the worker stops by itself");
+    assert!(
+        reason.contains("creating the step") && reason.contains("snapshot"),
+        "{reason}"
+    );
+    let _ = worker.stop().await;
+    assert_eq!(topics.committed(), [None], "nothing committed");
 }
 
 /// Outputs the broker (or librdkafka's size check) will never take go to

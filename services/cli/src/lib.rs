@@ -12,6 +12,7 @@ pub mod lag;
 pub mod metrics_text;
 pub mod produce;
 mod progress;
+pub mod reconcile;
 pub mod replay;
 pub mod simulate;
 pub mod target;

@@ -3,7 +3,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::ExitCode;
 
-use adpipe_cli::{check, consume, demo, heartbeat, lag, produce, replay, simulate, topology};
+use adpipe_cli::{
+    check, consume, demo, heartbeat, lag, produce, reconcile, replay, simulate, topology,
+};
 use clap::{Parser, Subcommand};
 
 /// mimalloc, as every service (see `adpipe_runtime::Allocator`).
@@ -39,6 +41,9 @@ enum Command {
     Lag(lag::LagArgs),
     /// Move a stopped group back to a time, an age or an offset (plan first).
     Replay(replay::ReplayArgs),
+    /// Per hour and kind, what every stage and store holds; every difference
+    /// named and explained; exit 1 on an unexplained one.
+    Reconcile(Box<reconcile::ReconcileArgs>),
 }
 
 #[tokio::main]
@@ -98,6 +103,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay(args) => {
             replay::run(&args, &mut stdout).await?;
+        }
+        Command::Reconcile(args) => {
+            if !reconcile::run(&args, &mut stdout).await? {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Consume(args) => {
             let report = consume::run(&args, &mut stdout, &mut stderr).await?;

@@ -393,6 +393,8 @@ pub struct TestFactory {
     pub revokes: Arc<Mutex<Vec<bool>>>,
     /// Set: a slow restore (`create_delay`) ends at once.
     pub end_restores: Arc<AtomicBool>,
+    /// Errors the next creations return, first first.
+    pub create_failures: Arc<Mutex<Vec<StepError>>>,
 }
 
 impl TestFactory {
@@ -406,6 +408,7 @@ impl TestFactory {
             calm: Arc::default(),
             revokes: Arc::default(),
             end_restores: Arc::default(),
+            create_failures: Arc::default(),
         }
     }
 }
@@ -418,6 +421,12 @@ impl StepFactory for TestFactory {
         let started = Instant::now();
         while started.elapsed() < self.create_delay && !self.end_restores.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(20));
+        }
+        {
+            let mut failures = self.create_failures.lock();
+            if !failures.is_empty() {
+                return Err(failures.remove(0));
+            }
         }
         Ok(TestStep {
             prefix: self.prefix.clone(),

@@ -5,9 +5,10 @@
 //! adpipe's schema registry (storing its schemas in that cluster), starts
 //! every service on the shared runtime ([`chain`]: merger, deduplicator,
 //! joiner, stats-counter with `--postgres-url`, dispatcher, the Avro files
-//! loader and a profile loader per DC with its embedded store), has the
-//! bidders of two DCs publish impressions, clicks and conversions — with
-//! retries, cross-DC copies and late copies mixed in — while a live view
+//! loader and a profile loader per DC with its embedded store) once the
+//! bidders of two DCs published impressions, clicks and conversions — with
+//! retries, cross-DC copies and late copies mixed in — and while they
+//! work through them a live view
 //! ([`live`]) shows each stage's rates, lag, late records, orphans and dead
 //! letters, then reads every stage's output back ([`checks`]) and prints one
 //! table per stage against the simulator's ground truth and the join rules
@@ -35,6 +36,7 @@ use adpipe_codec::{Codec, RegistryClient, value_subject};
 use adpipe_events::EventKind;
 use adpipe_loadtest::publish::SimPublisher;
 use adpipe_loadtest::{CheckReport, Simulation};
+use adpipe_reconciler::Span;
 use adpipe_schema_registry::RegistrySettings;
 use anyhow::{Context, bail};
 use clap::Args;
@@ -97,6 +99,8 @@ pub struct DemoReport {
     pub profiles: Vec<Tally>,
     /// Where the outputs are: (what, where).
     pub outputs: Vec<(String, String)>,
+    /// Differences `adpipe reconcile` could not explain.
+    pub unexplained: usize,
 }
 
 impl DemoReport {
@@ -107,6 +111,7 @@ impl DemoReport {
             && self.merged == self.published
             && self.joins.complete()
             && self.stats.as_ref().is_none_or(StatsReport::exact)
+            && self.unexplained == 0
             && [&self.dispatched, &self.files, &self.profiles]
                 .into_iter()
                 .flatten()
@@ -237,9 +242,9 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
             .clone()
             .map(|url| (url, stats_schema.clone())),
     };
-    let chain = plan.start(out)?;
-    let view = live::LiveView::start(chain.probes.clone(), &bootstrap);
-
+    // The bidders publish first, then the chain replays it (as after an
+    // outage): with every input already there, the joiner's short wait
+    // decides each join exactly as the ground truth expects.
     let (publications, truth) = simulation.generate();
     let codec = Codec::new(RegistryClient::new(&registry.url())?);
     publish(
@@ -247,9 +252,11 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         &bootstrap,
         &names,
         &publications,
-        view.bar(0, "published"),
+        crate::progress::bar(0, "published"),
     )
     .await?;
+    let chain = plan.start(out)?;
+    let view = live::LiveView::start(chain.probes.clone(), &bootstrap);
 
     // The deduplicated events against the ground truth.
     let deduplicated_topics = EventKind::PUBLISHED.map(|kind| names.deduplicated(kind));
@@ -402,6 +409,16 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
     for name in chain.stop().await {
         writeln!(out, "(the {name} took over 20 s to stop)")?;
     }
+    // What `adpipe reconcile` says of the same run (before the registry
+    // it decodes with stops).
+    let first_event_ms = publications
+        .iter()
+        .map(|publication| publication.event.event_time())
+        .min()
+        .unwrap_or_default();
+    let reconciliation = reconcile(&plan, first_event_ms).await?;
+    writeln!(out)?;
+    reconciliation.print(out)?;
     registry.stop().await;
 
     let mut outputs = vec![
@@ -446,6 +463,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         files,
         profiles,
         outputs,
+        unexplained: reconciliation.unexplained().count(),
     };
     table::print_table(out, &report, &truth, started.elapsed())?;
     let _ = std::fs::remove_dir_all(state_dir);
@@ -453,6 +471,54 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         bail!("the output does not match the ground truth (see the tables above)");
     }
     Ok(report)
+}
+
+/// Reconciles the demo's run: every hour since its first event.
+async fn reconcile(
+    plan: &chain::ChainPlan<'_>,
+    first_event_ms: i64,
+) -> anyhow::Result<adpipe_reconciler::Reconciliation> {
+    let names = plan.names;
+    let group = |name: &str| format!("{:?}", format!("{}adpipe-{name}", names.prefix));
+    let quoted: Vec<String> = names.dcs.iter().map(|dc| format!("{dc:?}")).collect();
+    let mut env = vec![
+        ("KAFKA__BOOTSTRAP_SERVERS", format!("{:?}", plan.bootstrap)),
+        ("REGISTRY__URL", format!("{:?}", plan.registry_url)),
+        ("RECONCILE__DCS", format!("[{}]", quoted.join(", "))),
+        ("RECONCILE__TOPIC_PREFIX", format!("{:?}", names.prefix)),
+        // The demo's bidders write straight into the replicas' names.
+        ("RECONCILE__REPLICA", "\"{prefix}{dc}.{kind}\"".to_owned()),
+        ("RECONCILE__GROUPS__MERGER", group("merger")),
+        ("RECONCILE__GROUPS__DEDUPLICATOR", group("deduplicator")),
+        ("RECONCILE__GROUPS__JOINER", group("joiner")),
+        ("RECONCILE__GROUPS__STATS_COUNTER", group("stats-counter")),
+        ("RECONCILE__GROUPS__FILES", group("loader-files")),
+        ("RECONCILE__GROUPS__ELASTICSEARCH", "\"\"".to_owned()),
+        (
+            "FILES__DIR",
+            format!("{:?}", plan.files_dir.display().to_string()),
+        ),
+    ];
+    if let Some((url, schema)) = &plan.postgres {
+        env.push(("STATS__POSTGRES_URL", format!("{url:?}")));
+        env.push(("STATS__SCHEMA", format!("{schema:?}")));
+    }
+    let settings = adpipe_reconciler::ReconcileSettings::load(
+        None,
+        env.into_iter()
+            .map(|(key, value)| (format!("ADPIPE__{key}"), value)),
+    )?;
+    let hour = adpipe_reconciler::ledger::HOUR_MS;
+    let now = adpipe_runtime::event_time::now_ms();
+    let from = first_event_ms - first_event_ms.rem_euclid(hour);
+    let span = Span {
+        from,
+        to: now - now.rem_euclid(hour) + hour,
+        // Whole topics: they hold this run only, and the mock cluster
+        // cannot look offsets up by time.
+        slack_ms: from,
+    };
+    adpipe_reconciler::reconcile(&settings, span).await
 }
 
 /// `url` without its password.

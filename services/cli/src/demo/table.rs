@@ -103,13 +103,13 @@ pub fn print_table(
     ] {
         writeln!(
             out,
-            "\n{title:<34} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "\n{title:<44} {:>10} {:>10} {:>10} {:>10} {:>10}",
             "expected", "found", "missing", "twice", "unexpected"
         )?;
         for tally in tallies {
             writeln!(
                 out,
-                "{:<34} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                "{:<44} {:>10} {:>10} {:>10} {:>10} {:>10}",
                 tally.what,
                 tally.expected,
                 tally.found,

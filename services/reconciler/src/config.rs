@@ -1,0 +1,320 @@
+//! What the reconciler reads: central and the DC clusters, the topic
+//! names, the chain's consumer groups, the stores — from the embedded
+//! defaults, a file and `ADPIPE__…` variables (like every service), and
+//! for `adpipe reconcile` its flags on top.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use adpipe_runtime::ConfigError;
+use adpipe_runtime::config::{duration, load_layers};
+use serde::Deserialize;
+
+use crate::ledger::Kind;
+
+/// The embedded defaults.
+pub const DEFAULTS: &str = include_str!("../defaults.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    kafka: RawKafka,
+    registry: RawUrl,
+    http: RawHttp,
+    reconcile: RawReconcile,
+    stats: RawStats,
+    files: RawFiles,
+    elasticsearch: RawElasticsearch,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawKafka {
+    bootstrap_servers: String,
+    properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawUrl {
+    url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHttp {
+    listen: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawReconcile {
+    dcs: Vec<String>,
+    dc_clusters: Vec<String>,
+    topic_prefix: String,
+    source: String,
+    replica: String,
+    slack: String,
+    samples: usize,
+    groups: Groups,
+    serve: RawServe,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawServe {
+    interval: String,
+    lookback: String,
+    close_after: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawStats {
+    postgres_url: String,
+    schema: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawFiles {
+    dir: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawElasticsearch {
+    url: String,
+    index_prefix: String,
+}
+
+/// The chain's consumer groups (empty: that stage is not reconciled).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Groups {
+    /// The merger's.
+    pub merger: String,
+    /// The deduplicator's.
+    pub deduplicator: String,
+    /// The joiner's.
+    pub joiner: String,
+    /// The stats-counter's (its offsets stored in PostgreSQL count).
+    pub stats_counter: String,
+    /// The files loader's.
+    pub files: String,
+    /// The Elasticsearch loader's.
+    pub elasticsearch: String,
+}
+
+/// One DC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dc {
+    /// Its name.
+    pub name: String,
+    /// Its own cluster, when its own topics are read too.
+    pub bootstrap: Option<String>,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct ReconcileSettings {
+    /// Central.
+    pub bootstrap: String,
+    /// Extra librdkafka properties for every client.
+    pub kafka_properties: BTreeMap<String, String>,
+    /// The schema registry.
+    pub registry_url: String,
+    /// The continuous reconciler's admin address.
+    pub listen: SocketAddr,
+    /// The DCs.
+    pub dcs: Vec<Dc>,
+    /// Topic names.
+    pub topics: TopicNames,
+    /// How long before the first hour reading starts.
+    pub slack: Duration,
+    /// Sample ids per difference.
+    pub samples: usize,
+    /// The chain's groups.
+    pub groups: Groups,
+    /// PostgreSQL URL and schema of the stats, when reconciled.
+    pub stats: Option<(String, String)>,
+    /// The files loader's root, when reconciled.
+    pub files_dir: Option<PathBuf>,
+    /// Elasticsearch URL and index prefix, when reconciled.
+    pub elasticsearch: Option<(String, String)>,
+    /// Continuous mode: how often.
+    pub interval: Duration,
+    /// Continuous mode: how far back.
+    pub lookback: Duration,
+    /// Continuous mode: how long after its end an hour is closed.
+    pub close_after: Duration,
+}
+
+/// The pipeline's topic names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicNames {
+    /// `{prefix}` in templates and before every central topic.
+    pub prefix: String,
+    /// A DC's own topic: `{prefix}`, `{kind}` (plural).
+    pub source: String,
+    /// Its replica on central: `{dc}`, `{prefix}`, `{kind}`.
+    pub replica: String,
+}
+
+impl TopicNames {
+    /// A DC's own topic of `kind`.
+    pub fn source(&self, kind: Kind) -> String {
+        self.source
+            .replace("{prefix}", &self.prefix)
+            .replace("{kind}", kind.plural())
+    }
+    /// Its replica on central.
+    pub fn replica(&self, dc: &str, kind: Kind) -> String {
+        self.replica
+            .replace("{dc}", dc)
+            .replace("{prefix}", &self.prefix)
+            .replace("{kind}", kind.plural())
+    }
+    /// `merged.<kind>`.
+    pub fn merged(&self, kind: Kind) -> String {
+        format!("{}merged.{}", self.prefix, kind.plural())
+    }
+    /// `deduplicated.<kind>`.
+    pub fn deduplicated(&self, kind: Kind) -> String {
+        format!("{}deduplicated.{}", self.prefix, kind.plural())
+    }
+    /// `joined.clicks`, `joined.conversions`, `joined.orphans`.
+    pub fn joined(&self, what: &str) -> String {
+        format!("{}joined.{what}", self.prefix)
+    }
+    /// `dlq.<service>`.
+    pub fn dlq(&self, service: &str) -> String {
+        format!("{}dlq.{service}", self.prefix)
+    }
+}
+
+impl ReconcileSettings {
+    /// Loads defaults, then `path`, then the environment, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut layers = load_layers(DEFAULTS, path, env)?;
+        // The layers start from the worker runtime's defaults; the
+        // reconciler is no worker (it reads, outside any group).
+        layers.remove("runtime");
+        if let Some(toml::Value::Table(kafka)) = layers.get_mut("kafka") {
+            kafka.remove("session-timeout");
+        }
+        let raw: RawConfig = toml::Value::Table(layers)
+            .try_into()
+            .map_err(|error: toml::de::Error| ConfigError::Load(error.to_string()))?;
+        let mut problems = Vec::new();
+        let reconcile = raw.reconcile;
+        let slack = duration("reconcile.slack", &reconcile.slack, &mut problems);
+        let interval = duration(
+            "reconcile.serve.interval",
+            &reconcile.serve.interval,
+            &mut problems,
+        );
+        let lookback = duration(
+            "reconcile.serve.lookback",
+            &reconcile.serve.lookback,
+            &mut problems,
+        );
+        let close_after = duration(
+            "reconcile.serve.close-after",
+            &reconcile.serve.close_after,
+            &mut problems,
+        );
+        if reconcile.dcs.is_empty() {
+            problems.push("reconcile.dcs names no DC".to_owned());
+        }
+        let mut clusters = BTreeMap::new();
+        for entry in &reconcile.dc_clusters {
+            match entry.split_once('=') {
+                Some((dc, bootstrap)) if reconcile.dcs.iter().any(|known| known == dc) => {
+                    clusters.insert(dc.to_owned(), bootstrap.to_owned());
+                }
+                Some((dc, _)) => problems.push(format!(
+                    "reconcile.dc-clusters: {dc:?} is not one of reconcile.dcs {:?}",
+                    reconcile.dcs
+                )),
+                None => problems.push(format!(
+                    "reconcile.dc-clusters: {entry:?} is not \"dc=host:port\""
+                )),
+            }
+        }
+        if !reconcile.replica.contains("{dc}") {
+            problems.push(format!(
+                "reconcile.replica = {:?} must contain {{dc}}",
+                reconcile.replica
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        let non_empty = |text: String| (!text.is_empty()).then_some(text);
+        Ok(ReconcileSettings {
+            bootstrap: raw.kafka.bootstrap_servers,
+            kafka_properties: raw.kafka.properties,
+            registry_url: raw.registry.url,
+            listen: raw.http.listen,
+            dcs: reconcile
+                .dcs
+                .into_iter()
+                .map(|name| Dc {
+                    bootstrap: clusters.get(&name).cloned(),
+                    name,
+                })
+                .collect(),
+            topics: TopicNames {
+                prefix: reconcile.topic_prefix,
+                source: reconcile.source,
+                replica: reconcile.replica,
+            },
+            slack,
+            samples: reconcile.samples,
+            groups: reconcile.groups,
+            stats: non_empty(raw.stats.postgres_url).map(|url| (url, raw.stats.schema)),
+            files_dir: non_empty(raw.files.dir).map(PathBuf::from),
+            elasticsearch: non_empty(raw.elasticsearch.url).map(|url| {
+                (
+                    url.trim_end_matches('/').to_owned(),
+                    raw.elasticsearch.index_prefix,
+                )
+            }),
+            interval,
+            lookback,
+            close_after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_bad_settings_are_named() {
+        let settings = ReconcileSettings::load(None, std::iter::empty()).expect("defaults");
+        assert_eq!(settings.topics.replica("dc1", Kind::Click), "dc1.clicks");
+        assert!(settings.stats.is_none() && settings.files_dir.is_none());
+        let env = [
+            ("ADPIPE__RECONCILE__TOPIC_PREFIX", "t."),
+            (
+                "ADPIPE__RECONCILE__DC_CLUSTERS",
+                "[\"dc1=h:1\", \"dc9=h:2\", \"nonsense\"]",
+            ),
+        ]
+        .map(|(key, value)| (key.to_owned(), value.to_owned()));
+        let Err(ConfigError::Invalid(problems)) = ReconcileSettings::load(None, env.into_iter())
+        else {
+            panic!("two bad entries");
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("dc9"), "{problems:?}");
+    }
+}

@@ -1,0 +1,363 @@
+//! Reading the chain's Kafka stages into the ledger: each topic from the
+//! first record written `slack` before the reconciled hours to its end as
+//! it was when reading began, decoding only the id and event time of each
+//! record (any schema the registry knows), the orphans' kind and reason
+//! from their headers, and the dead-letter topics whole — each dead letter
+//! by the id of the record it carries and by the coordinates it names.
+//!
+//! Contract: heartbeats (no value) are skipped; a record that does not
+//! decode is kept as [`Undecodable`](crate::ledger::Undecodable) when its
+//! record time is inside the hours; reading fails (never returns a short
+//! count) when a partition's end cannot be reached.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use adpipe_codec::Codec;
+use adpipe_runtime::dead_letter;
+use anyhow::Context;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::Deserialize;
+
+use crate::ledger::{Bucket, Kind, Ledger, Place, Stage, Undecodable, bucket_of};
+
+/// What decides a record's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KindOf {
+    /// Every record of the topic is this kind.
+    Fixed(Kind),
+    /// The orphans: the `adpipe.orphan.kind` header.
+    OrphanHeader,
+}
+
+/// One topic of one stage.
+#[derive(Debug, Clone)]
+pub struct StageTopic {
+    /// The stage.
+    pub stage: Stage,
+    /// Its cluster.
+    pub bootstrap: String,
+    /// The topic.
+    pub topic: String,
+    /// Its records' kind.
+    pub kind: KindOf,
+}
+
+/// The hours being reconciled, and how early reading starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    /// First hour's start (ms).
+    pub from: i64,
+    /// End (ms, exclusive).
+    pub to: i64,
+    /// Reading starts at `from − slack_ms` (at the topics' beginnings when
+    /// that is before the epoch).
+    pub slack_ms: i64,
+}
+
+#[derive(Deserialize, Default)]
+struct Nested {
+    #[serde(default)]
+    event_id: Option<String>,
+    #[serde(default)]
+    event_time: Option<i64>,
+}
+
+/// The fields an id and an event time are made of (a joined record's are
+/// its conversion's or click's).
+#[derive(Deserialize)]
+struct IdFields {
+    #[serde(default)]
+    event_id: Option<String>,
+    #[serde(default)]
+    event_time: Option<i64>,
+    #[serde(default)]
+    conversion: Option<Nested>,
+    #[serde(default)]
+    click: Option<Nested>,
+}
+
+impl IdFields {
+    fn id_and_time(self) -> Option<(String, i64)> {
+        let nested = self.conversion.or(self.click).unwrap_or_default();
+        Some((
+            self.event_id.or(nested.event_id)?,
+            self.event_time.or(nested.event_time)?,
+        ))
+    }
+}
+
+/// A Kafka client of the reconciler (never in a group: it commits nothing).
+pub fn client(
+    bootstrap: &str,
+    properties: &BTreeMap<String, String>,
+) -> anyhow::Result<StreamConsumer> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "adpipe-reconciler-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config
+        .create()
+        .with_context(|| format!("creating a Kafka client for {bootstrap}"))
+}
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Assigns `topic` from `start_ms` (None: its beginning) to the ends it
+/// has now; returns how many records that is per partition.
+fn assign_span(
+    consumer: &StreamConsumer,
+    topic: &str,
+    start_ms: Option<i64>,
+) -> anyhow::Result<HashMap<i32, i64>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|meta| meta.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        anyhow::bail!("topic {topic} does not exist");
+    }
+    let mut starts = TopicPartitionList::new();
+    for partition in &partitions {
+        starts.add_partition_offset(
+            topic,
+            *partition,
+            match start_ms {
+                Some(ms) => Offset::Offset(ms),
+                None => Offset::Beginning,
+            },
+        )?;
+    }
+    let starts = match start_ms {
+        Some(_) => consumer
+            .offsets_for_times(starts, TIMEOUT)
+            .with_context(|| format!("finding where {topic} starts"))?,
+        None => starts,
+    };
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for element in starts.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, element.partition(), TIMEOUT)
+            .with_context(|| format!("reading the end of {topic}-{}", element.partition()))?;
+        let start = match element.offset() {
+            Offset::Offset(offset) => offset.max(low),
+            // No record at or after the time: nothing to read.
+            Offset::End => high,
+            _ => low,
+        };
+        if start < high {
+            assignment.add_partition_offset(topic, element.partition(), Offset::Offset(start))?;
+            ends.insert(element.partition(), high);
+        }
+    }
+    consumer.assign(&assignment)?;
+    Ok(ends)
+}
+
+/// Reads every record of `ends`' partitions up to those ends, handing
+/// each to `each`.
+async fn read_to_ends<'c>(
+    consumer: &'c StreamConsumer,
+    topic: &str,
+    mut ends: HashMap<i32, i64>,
+    mut each: impl AsyncFnMut(&BorrowedMessage<'c>) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let mut read = 0;
+    while !ends.is_empty() {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .with_context(|| {
+                format!("{topic}: nothing arrived for 30 s before the ends {ends:?} were reached")
+            })?
+            .with_context(|| format!("reading {topic}"))?;
+        let partition = message.partition();
+        if let Some(end) = ends.get(&partition).copied() {
+            if message.offset() < end {
+                each(&message).await?;
+                read += 1;
+            }
+            if message.offset() + 1 >= end {
+                ends.remove(&partition);
+            }
+        }
+    }
+    Ok(read)
+}
+
+fn header_text(message: &BorrowedMessage<'_>, name: &str) -> Option<String> {
+    message
+        .headers()?
+        .iter()
+        .find(|header| header.key == name)
+        .and_then(|header| header.value)
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
+/// Reads one stage's topic into `ledger`; returns the records read.
+pub async fn read_stage(
+    ledger: &mut Ledger,
+    codec: &Codec,
+    source: &StageTopic,
+    span: Span,
+    properties: &BTreeMap<String, String>,
+) -> anyhow::Result<u64> {
+    let consumer = client(&source.bootstrap, properties)?;
+    // A slack reaching back to the epoch reads whole topics (a cluster
+    // that cannot look offsets up by time: librdkafka's mock).
+    let start_ms = Some(span.from - span.slack_ms).filter(|start| *start > 0);
+    let ends = assign_span(&consumer, &source.topic, start_ms)?;
+    let topic = ledger.topic(&source.topic);
+    read_to_ends(&consumer, &source.topic, ends, async |message| {
+        let Some(value) = message.payload() else {
+            return Ok(()); // a heartbeat
+        };
+        let record_ms = message.timestamp().to_millis();
+        let decoded = codec
+            .decode::<IdFields>(value)
+            .await
+            .map_err(|error| error.to_string())
+            .and_then(|fields| {
+                fields
+                    .id_and_time()
+                    .ok_or_else(|| "no event_id or event_time".to_owned())
+            });
+        let kind = match source.kind {
+            KindOf::Fixed(kind) => Some(kind),
+            KindOf::OrphanHeader => header_text(message, adpipe_events::HEADER_ORPHAN_KIND)
+                .as_deref()
+                .and_then(Kind::parse),
+        };
+        let (id, event_ms) = match (decoded, kind) {
+            (Ok(decoded), Some(_)) => decoded,
+            (error, _) => {
+                if record_ms.is_some_and(|ms| (span.from..span.to).contains(&ms)) {
+                    ledger.undecodable.push(Undecodable {
+                        topic: source.topic.clone(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        error: error
+                            .err()
+                            .unwrap_or_else(|| "no orphan kind header".to_owned()),
+                    });
+                }
+                return Ok(());
+            }
+        };
+        let Some(bucket) = bucket_of(event_ms, record_ms, span.from, span.to) else {
+            return Ok(());
+        };
+        let kind = kind.unwrap_or(Kind::Impression);
+        if source.kind == KindOf::OrphanHeader {
+            let reason = header_text(message, adpipe_events::HEADER_ORPHAN_REASON)
+                .unwrap_or_else(|| "?".to_owned());
+            ledger.orphan_reason(&id, kind, &reason);
+        }
+        let place = Place {
+            topic,
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        ledger.record(bucket, kind, source.stage.clone(), &id, Some(place));
+        Ok(())
+    })
+    .await
+}
+
+/// Reads a dead-letter topic whole into `ledger`.
+pub async fn read_dead_letters(
+    ledger: &mut Ledger,
+    codec: &Codec,
+    bootstrap: &str,
+    topic: &str,
+    properties: &BTreeMap<String, String>,
+) -> anyhow::Result<u64> {
+    let consumer = client(bootstrap, properties)?;
+    let ends = match assign_span(&consumer, topic, None) {
+        Ok(ends) => ends,
+        // A service that never dead-lettered may not have its topic yet.
+        Err(error) if error.to_string().contains("does not exist") => return Ok(0),
+        Err(error) => return Err(error),
+    };
+    read_to_ends(&consumer, topic, ends, async |message| {
+        let service = header_text(message, dead_letter::HEADER_SERVICE).unwrap_or_default();
+        let reason = header_text(message, dead_letter::HEADER_REASON).unwrap_or_default();
+        let coordinates = (
+            header_text(message, dead_letter::HEADER_TOPIC),
+            header_text(message, dead_letter::HEADER_PARTITION).and_then(|p| p.parse().ok()),
+            header_text(message, dead_letter::HEADER_OFFSET).and_then(|o| o.parse().ok()),
+        );
+        let letter = crate::ledger::DeadLetter { service, reason };
+        if let (Some(topic), Some(partition), Some(offset)) = coordinates {
+            ledger
+                .dead_by_place
+                .insert((topic, partition, offset), letter.clone());
+        }
+        if let Some(value) = message.payload()
+            && let Ok(fields) = codec.decode::<IdFields>(value).await
+            && let Some((id, _)) = fields.id_and_time()
+        {
+            ledger.dead_letter(&id, &letter.service, &letter.reason);
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The committed offsets of `group` on `topics` (none: an empty map).
+pub fn committed(
+    bootstrap: &str,
+    group: &str,
+    topics: &[String],
+    properties: &BTreeMap<String, String>,
+) -> anyhow::Result<HashMap<(String, i32), i64>> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    let consumer: rdkafka::consumer::BaseConsumer = config.create()?;
+    let mut list = TopicPartitionList::new();
+    for topic in topics {
+        let Ok(metadata) = consumer.fetch_metadata(Some(topic), TIMEOUT) else {
+            continue;
+        };
+        for meta in metadata.topics() {
+            for partition in meta.partitions() {
+                list.add_partition(topic, partition.id());
+            }
+        }
+    }
+    let committed = consumer
+        .committed_offsets(list, TIMEOUT)
+        .with_context(|| format!("reading the committed offsets of {group}"))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|element| match element.offset() {
+            Offset::Offset(offset) => {
+                Some(((element.topic().to_owned(), element.partition()), offset))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// The bucket a stage's record with no record time would land in (stores).
+pub fn store_bucket(event_ms: i64, span: Span) -> Option<Bucket> {
+    bucket_of(event_ms, None, span.from, span.to)
+}

@@ -1,0 +1,208 @@
+//! The continuous reconciler: every `interval`, the hours within
+//! `lookback` that are closed (their end `close-after` behind the wall
+//! clock) are reconciled again; the differences become metrics and the
+//! last result is served as JSON at `/reconcile`. An hour whose holdings
+//! changed since the previous check (late data arrived) counts as
+//! re-checked. So a loss shows as `adpipe_reconcile_unexplained > 0`
+//! within `close-after` + `interval` of its hour's end.
+//!
+//! Metrics: `adpipe_reconcile_unexplained{flow,what}` and
+//! `adpipe_reconcile_explained{flow,why}` (events, over the closed hours
+//! of the lookback), `adpipe_reconcile_closed_hours`,
+//! `adpipe_reconcile_rechecked_hours_total`, `adpipe_reconcile_runs_total{result}`,
+//! `adpipe_reconcile_last_success_timestamp_seconds`,
+//! `adpipe_reconcile_duration_seconds`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{HttpResponse, web};
+use adpipe_runtime::telemetry::{AdminRoutes, Health};
+
+use crate::ledger::{Bucket, HOUR_MS, Kind};
+use crate::report::{Holding, Reconciliation};
+use crate::{ReconcileSettings, Span, reconcile};
+
+/// The label values of an explanation: its first words.
+fn why(explanation: &str) -> &str {
+    if explanation.starts_with("dead-lettered") {
+        "dead-lettered"
+    } else if explanation.starts_with("in flight") {
+        "in flight"
+    } else if explanation.starts_with("copies") {
+        "copies"
+    } else {
+        "other"
+    }
+}
+
+/// The hours `[from, to)` closed at `now_ms`: within `lookback`, ended
+/// `close_after` ago. None when no hour is closed yet.
+pub fn closed_hours(now_ms: i64, lookback: Duration, close_after: Duration) -> Option<(i64, i64)> {
+    let floor = |ms: i64| ms - ms.rem_euclid(HOUR_MS);
+    let from = floor(now_ms - lookback.as_millis() as i64);
+    let to = floor(now_ms - close_after.as_millis() as i64);
+    (to > from).then_some((from, to))
+}
+
+/// What the metrics last said, so label sets that went quiet drop to 0.
+#[derive(Default)]
+struct Published {
+    unexplained: BTreeSet<(String, String)>,
+    explained: BTreeSet<(String, String)>,
+    holdings: BTreeMap<(Bucket, Kind), Vec<Holding>>,
+}
+
+impl Published {
+    fn publish(&mut self, result: &Reconciliation) {
+        let mut unexplained: BTreeMap<(String, String), i64> = BTreeMap::new();
+        let mut explained: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for difference in &result.differences {
+            let (map, label) = match &difference.explanation {
+                None => (&mut unexplained, difference.what.clone()),
+                Some(explanation) => (&mut explained, why(explanation).to_owned()),
+            };
+            *map.entry((difference.flow.clone(), label)).or_default() += difference.count.abs();
+        }
+        for key in std::mem::take(&mut self.unexplained) {
+            unexplained.entry(key).or_default();
+        }
+        for key in std::mem::take(&mut self.explained) {
+            explained.entry(key).or_default();
+        }
+        for ((flow, what), count) in unexplained {
+            metrics::gauge!("adpipe_reconcile_unexplained", "flow" => flow.clone(), "what" => what.clone())
+                .set(count as f64);
+            self.unexplained.insert((flow, what));
+        }
+        for ((flow, why), count) in explained {
+            metrics::gauge!("adpipe_reconcile_explained", "flow" => flow.clone(), "why" => why.clone())
+                .set(count as f64);
+            self.explained.insert((flow, why));
+        }
+        let hours: BTreeSet<Bucket> = result.rows.iter().map(|row| row.bucket).collect();
+        metrics::gauge!("adpipe_reconcile_closed_hours").set(hours.len() as f64);
+        // An hour checked before whose holdings changed: late data arrived.
+        let holdings: BTreeMap<(Bucket, Kind), Vec<Holding>> = result
+            .rows
+            .iter()
+            .map(|row| ((row.bucket, row.kind), row.holdings.clone()))
+            .collect();
+        let rechecked: BTreeSet<Bucket> = holdings
+            .iter()
+            .filter(|(key, now)| self.holdings.get(key).is_some_and(|before| before != *now))
+            .map(|((bucket, _), _)| *bucket)
+            .collect();
+        metrics::counter!("adpipe_reconcile_rechecked_hours_total")
+            .increment(rechecked.len() as u64);
+        self.holdings = holdings;
+    }
+}
+
+/// Serves the continuous reconciler until `stop` resolves.
+pub async fn serve(
+    settings: ReconcileSettings,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let last: Arc<Mutex<Option<Reconciliation>>> = Arc::new(Mutex::new(None));
+    let routes: AdminRoutes = {
+        let last = Arc::clone(&last);
+        Arc::new(move |config: &mut web::ServiceConfig| {
+            let last = Arc::clone(&last);
+            config.route(
+                "/reconcile",
+                web::get().to(move || {
+                    let body = last
+                        .lock()
+                        .map(|last| serde_json::to_string(&*last).unwrap_or_default())
+                        .unwrap_or_default();
+                    async move {
+                        HttpResponse::Ok()
+                            .content_type("application/json")
+                            .body(body)
+                    }
+                }),
+            );
+        })
+    };
+    let health = Arc::new(Health::default());
+    let (address, http) =
+        adpipe_runtime::telemetry::serve(settings.listen, Arc::clone(&health), Some(routes))
+            .map_err(|error| anyhow::anyhow!("http.listen {}: {error}", settings.listen))?;
+    tracing::info!(%address, "reconciler serving /metrics and /reconcile");
+    health
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut published = Published::default();
+    tokio::pin!(stop);
+    loop {
+        if let Some((from, to)) = closed_hours(
+            adpipe_runtime::event_time::now_ms(),
+            settings.lookback,
+            settings.close_after,
+        ) {
+            let started = Instant::now();
+            let span = Span {
+                from,
+                to,
+                slack_ms: settings.slack.as_millis() as i64,
+            };
+            match reconcile(&settings, span).await {
+                Ok(result) => {
+                    published.publish(&result);
+                    let unexplained = result.unexplained().count();
+                    if unexplained > 0 {
+                        tracing::warn!(unexplained, "unexplained differences: see /reconcile");
+                    }
+                    metrics::counter!("adpipe_reconcile_runs_total", "result" => "ok").increment(1);
+                    metrics::gauge!("adpipe_reconcile_last_success_timestamp_seconds")
+                        .set(adpipe_runtime::event_time::now_ms() as f64 / 1000.0);
+                    if let Ok(mut last) = last.lock() {
+                        *last = Some(result);
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "reconciliation failed");
+                    metrics::counter!("adpipe_reconcile_runs_total", "result" => "failed")
+                        .increment(1);
+                }
+            }
+            metrics::gauge!("adpipe_reconcile_duration_seconds")
+                .set(started.elapsed().as_secs_f64());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(settings.interval) => {}
+            () = &mut stop => break,
+        }
+    }
+    http.stop(true).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_hour_is_closed_once_its_end_is_close_after_behind() {
+        let lookback = Duration::from_secs(3 * 3600);
+        let close_after = Duration::from_secs(600);
+        // 10:05: 09:00–10:00 ended 5 min ago, not closed yet.
+        let now = 10 * HOUR_MS + 5 * 60_000;
+        assert_eq!(
+            closed_hours(now, lookback, close_after),
+            Some((7 * HOUR_MS, 9 * HOUR_MS))
+        );
+        // 10:10: now it is.
+        let now = 10 * HOUR_MS + 10 * 60_000;
+        assert_eq!(
+            closed_hours(now, lookback, close_after),
+            Some((7 * HOUR_MS, 10 * HOUR_MS))
+        );
+        assert_eq!(
+            closed_hours(now, Duration::from_secs(60), close_after),
+            None
+        );
+    }
+}

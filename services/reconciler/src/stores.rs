@@ -1,0 +1,221 @@
+//! Reading the stores into the ledger: the stats-counter's hourly totals
+//! and stored offsets (PostgreSQL), the files loader's Avro files, and the
+//! Elasticsearch loader's documents.
+//!
+//! Contract: a store's events land in the hour of their event time, by the
+//! kind of the topic they came from (the orphans' files and indices by each
+//! orphan's kind as read from `joined.orphans`); a store that cannot be
+//! read fails the reconciliation with the store named (never "0 found").
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use adpipe_stats_counter::{BucketSize, PgStore};
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::config::TopicNames;
+use crate::ledger::{Bucket, Kind, Ledger, Stage, id_hash};
+use crate::read::{Span, store_bucket};
+
+/// The loaders' inputs: (topic, its kind; None: the orphans, either kind).
+pub fn loader_inputs(topics: &TopicNames) -> Vec<(String, Option<Kind>)> {
+    vec![
+        (
+            topics.deduplicated(Kind::Impression),
+            Some(Kind::Impression),
+        ),
+        (topics.joined("clicks"), Some(Kind::Click)),
+        (topics.joined("conversions"), Some(Kind::Conversion)),
+        (topics.joined("orphans"), None),
+    ]
+}
+
+fn kind_of(ledger: &Ledger, fixed: Option<Kind>, id: &str) -> Option<Kind> {
+    fixed.or_else(|| ledger.orphan_kinds.get(&id_hash(id)).copied())
+}
+
+/// The stats' hourly totals into `ledger.counted`, and the offsets the
+/// stats-counter stored for `group`: (topic, partition) → next offset.
+pub async fn read_stats(
+    ledger: &mut Ledger,
+    url: &str,
+    schema: &str,
+    group: &str,
+    span: Span,
+) -> anyhow::Result<HashMap<(String, i32), i64>> {
+    let store = PgStore::connect(url, schema)
+        .await
+        .with_context(|| format!("connecting to the stats' PostgreSQL (schema {schema})"))?;
+    let in_span = |bucket_ms: i64| (span.from..span.to).contains(&bucket_ms);
+    for (key, counts) in store
+        .totals(BucketSize::Hour)
+        .await
+        .with_context(|| format!("reading the hourly stats in schema {schema}"))?
+    {
+        if !in_span(key.bucket_ms) {
+            continue;
+        }
+        for (kind, count) in [
+            (Kind::Impression, counts.impressions),
+            (Kind::Click, counts.clicks),
+            (Kind::Conversion, counts.conversions),
+        ] {
+            *ledger
+                .counted
+                .entry((Bucket::Hour(key.bucket_ms), kind, "stats".to_owned()))
+                .or_default() += count;
+        }
+    }
+    for (key, count) in store
+        .orphan_totals(BucketSize::Hour)
+        .await
+        .with_context(|| format!("reading the hourly orphan counts in schema {schema}"))?
+    {
+        let Some(kind) = Kind::parse(&key.kind) else {
+            continue;
+        };
+        if in_span(key.bucket_ms) {
+            *ledger
+                .counted
+                .entry((
+                    Bucket::Hour(key.bucket_ms),
+                    kind,
+                    format!("stats orphans {}", key.reason),
+                ))
+                .or_default() += count;
+        }
+    }
+    Ok(store
+        .group_offsets(group)
+        .await
+        .with_context(|| format!("reading the stats-counter's stored offsets of {group}"))?
+        .into_iter()
+        .map(|(topic, partition, offset)| ((topic, partition), offset))
+        .collect())
+}
+
+/// The records of the Avro files under `dir` into `ledger` as stage `files`.
+pub fn read_files(
+    ledger: &mut Ledger,
+    dir: &Path,
+    topics: &TopicNames,
+    span: Span,
+) -> anyhow::Result<u64> {
+    let found = adpipe_loader::read_back::avro_identities(dir)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("reading the files under {}", dir.display()))?;
+    let mut read = 0;
+    for (topic, fixed) in loader_inputs(topics) {
+        for identity in found.get(&topic).into_iter().flatten() {
+            let (Some(bucket), Some(kind)) = (
+                store_bucket(identity.time_ms, span),
+                kind_of(ledger, fixed, &identity.id),
+            ) else {
+                continue;
+            };
+            ledger.record(
+                bucket,
+                kind,
+                Stage::Store("files".to_owned()),
+                &identity.id,
+                None,
+            );
+            read += 1;
+        }
+    }
+    Ok(read)
+}
+
+/// The documents of the loader's daily indices covering the span into
+/// `ledger` as stage `elasticsearch` (a scroll over `_id` and event time).
+pub async fn read_elasticsearch(
+    ledger: &mut Ledger,
+    url: &str,
+    index_prefix: &str,
+    topics: &TopicNames,
+    span: Span,
+) -> anyhow::Result<u64> {
+    let http = reqwest::Client::new();
+    let mut read = 0;
+    let days: Vec<i64> = (span.from.div_euclid(86_400_000)..=(span.to - 1).div_euclid(86_400_000))
+        .map(|day| day * 86_400_000)
+        .collect();
+    for (topic, fixed) in loader_inputs(topics) {
+        let base = adpipe_loader::elasticsearch::index_base(index_prefix, &topic);
+        let indices: Vec<String> = days
+            .iter()
+            .map(|day| adpipe_loader::elasticsearch::daily_index(&base, *day))
+            .collect();
+        let mut page: Value = answer(
+            http.post(format!(
+                "{url}/{}/_search?scroll=1m&ignore_unavailable=true&allow_no_indices=true",
+                indices.join(",")
+            ))
+            .json(&json!({
+                "size": 5000,
+                "sort": ["_doc"],
+                "_source": ["event_time", "click.event_time", "conversion.event_time"],
+            })),
+        )
+        .await
+        .with_context(|| format!("searching Elasticsearch at {url} for {topic}"))?;
+        loop {
+            let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            if hits.is_empty() {
+                break;
+            }
+            for hit in &hits {
+                let (Some(id), Some(time)) = (hit["_id"].as_str(), event_time(&hit["_source"]))
+                else {
+                    continue;
+                };
+                let (Some(bucket), Some(kind)) =
+                    (store_bucket(time, span), kind_of(ledger, fixed, id))
+                else {
+                    continue;
+                };
+                ledger.record(
+                    bucket,
+                    kind,
+                    Stage::Store("elasticsearch".to_owned()),
+                    id,
+                    None,
+                );
+                read += 1;
+            }
+            let scroll_id = page["_scroll_id"].as_str().unwrap_or_default().to_owned();
+            page = answer(
+                http.post(format!("{url}/_search/scroll"))
+                    .json(&json!({"scroll": "1m", "scroll_id": scroll_id})),
+            )
+            .await
+            .with_context(|| format!("scrolling Elasticsearch at {url} for {topic}"))?;
+        }
+        if let Some(scroll_id) = page["_scroll_id"].as_str() {
+            let _ = http
+                .delete(format!("{url}/_search/scroll"))
+                .json(&json!({"scroll_id": scroll_id}))
+                .send()
+                .await;
+        }
+    }
+    Ok(read)
+}
+
+fn event_time(source: &Value) -> Option<i64> {
+    let time = |value: &Value| value.as_i64().or_else(|| value.as_f64().map(|f| f as i64));
+    time(&source["event_time"])
+        .or_else(|| time(&source["conversion"]["event_time"]))
+        .or_else(|| time(&source["click"]["event_time"]))
+}
+
+async fn answer(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    let response = request.send().await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    if !status.is_success() {
+        anyhow::bail!("{status}: {body}");
+    }
+    Ok(body)
+}

@@ -1,0 +1,361 @@
+//! `reconcile` against the real central cluster: a hand-made chain with
+//! one fault of each kind injected — an impression lost between merged
+//! and deduplicated, a click lost in the joiner, an impression dead-lettered
+//! by the deduplicator, a click the joiner's group has not committed yet,
+//! an orphan with its reason, copies, an undecodable record the merger
+//! dead-lettered and one nobody did — and the reconciliation names every
+//! one: the losses (and only they) unexplained, with their ids. Needs
+//! `infra/kafka.sh start central`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use adpipe_codec::{Codec, RegistryClient, value_subject};
+use adpipe_events::{EventKind, samples};
+use adpipe_reconciler::ledger::{Bucket, HOUR_MS, Kind};
+use adpipe_reconciler::{ReconcileSettings, Span};
+use adpipe_schema_registry::RegistrySettings;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// The hour every event of the test is in: two hours ago (recent, so the
+/// broker's time-based retention never deletes the records mid-test).
+static HOUR: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
+    let now = adpipe_runtime::event_time::now_ms();
+    now - now % HOUR_MS - 2 * HOUR_MS
+});
+
+struct Chain {
+    bootstrap: String,
+    prefix: String,
+    producer: FutureProducer,
+    codec: Codec,
+}
+
+impl Chain {
+    fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    async fn send(&self, topic: &str, value: Vec<u8>, headers: &[(&str, &str)]) {
+        let mut owned = OwnedHeaders::new();
+        for (key, value) in headers {
+            owned = owned.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        self.producer
+            .send(
+                FutureRecord::<str, [u8]>::to(topic)
+                    .key("user")
+                    .partition(0)
+                    // Written within the hour, as the bidders would.
+                    .timestamp(*HOUR + 1_800_000)
+                    .payload(&value)
+                    .headers(owned),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(error, _)| error)
+            .expect("sent");
+    }
+
+    async fn encode<T: serde::Serialize>(&self, kind: EventKind, value: &T) -> Vec<u8> {
+        self.codec
+            .encoder::<T>(
+                &value_subject(&format!("{}{}", self.prefix, kind.name())),
+                kind.schema(),
+            )
+            .await
+            .expect("registered")
+            .encode(value)
+            .expect("encoded")
+    }
+
+    /// Commits `group` at `offset` on partition 0 of `topic`.
+    fn commit(&self, group: &str, topic: &str, offset: i64) {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", group)
+            .create()
+            .expect("a client");
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(topic, 0, Offset::Offset(offset))
+            .expect("offset");
+        consumer
+            .commit(&list, rdkafka::consumer::CommitMode::Sync)
+            .expect("committed");
+    }
+}
+
+fn impression(n: u64) -> adpipe_events::Impression {
+    let mut impression = samples::impression(n);
+    impression.event_time = *HOUR + 1_000 * n as i64;
+    impression
+}
+
+fn click(n: u64) -> adpipe_events::Click {
+    let mut click = samples::click(n);
+    click.event_time = *HOUR + 1_000 * n as i64 + 500;
+    click.impression_id = impression(n).event_id;
+    click
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_injected_fault_is_named_and_only_the_losses_are_unexplained() {
+    let bootstrap = adpipe_testkit::kafka("central");
+    let prefix = format!("{}.", adpipe_testkit::unique("reconcile"));
+    let names: Vec<String> = [
+        "dc1.{p}impressions",
+        "dc1.{p}clicks",
+        "dc1.{p}conversions",
+        "{p}merged.impressions",
+        "{p}merged.clicks",
+        "{p}merged.conversions",
+        "{p}deduplicated.impressions",
+        "{p}deduplicated.clicks",
+        "{p}deduplicated.conversions",
+        "{p}joined.clicks",
+        "{p}joined.conversions",
+        "{p}joined.orphans",
+        "{p}dlq.merger",
+        "{p}dlq.deduplicator",
+        "{p}_schemas",
+    ]
+    .iter()
+    .map(|name| name.replace("{p}", &prefix))
+    .collect();
+    let specs: Vec<adpipe_testkit::TopicSpec<'_>> = names
+        .iter()
+        .map(|name| (name.as_str(), 1, &[][..]))
+        .collect();
+    adpipe_testkit::create_topics(&bootstrap, &specs).await;
+    let registry = adpipe_schema_registry::start(RegistrySettings::local(
+        &bootstrap,
+        &format!("{prefix}_schemas"),
+    ))
+    .await
+    .expect("registry");
+    let chain = Chain {
+        bootstrap: bootstrap.clone(),
+        prefix: prefix.clone(),
+        producer: ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("a producer"),
+        codec: Codec::new(RegistryClient::new(&registry.url()).expect("a client")),
+    };
+    let replica = |kind: &str| format!("dc1.{prefix}{kind}");
+
+    // 20 impressions from dc1; #3 published twice (a retry).
+    for n in (0..20).chain([3]) {
+        let value = chain.encode(EventKind::Impression, &impression(n)).await;
+        chain.send(&replica("impressions"), value, &[]).await;
+    }
+    // An undecodable record the merger dead-lettered, and one nobody did.
+    chain
+        .send(&replica("impressions"), b"not avro".to_vec(), &[])
+        .await;
+    chain
+        .send(&replica("impressions"), b"nor this".to_vec(), &[])
+        .await;
+    let letter = |topic: String, offset: i64, service: &'static str, reason: &'static str| {
+        (topic, offset, service, reason)
+    };
+    let (topic, offset, service, reason) =
+        letter(replica("impressions"), 21, "merger", "undecodable");
+    chain
+        .send(
+            &chain.topic("dlq.merger"),
+            b"not avro".to_vec(),
+            &[
+                ("adpipe.dlq.service", service),
+                ("adpipe.dlq.reason", reason),
+                ("adpipe.dlq.topic", &topic),
+                ("adpipe.dlq.partition", "0"),
+                ("adpipe.dlq.offset", &offset.to_string()),
+            ],
+        )
+        .await;
+    // merged: all 20, #3 twice.
+    for n in (0..20).chain([3]) {
+        let value = chain.encode(EventKind::Impression, &impression(n)).await;
+        chain
+            .send(&chain.topic("merged.impressions"), value, &[])
+            .await;
+    }
+    // deduplicated: all but #7 (LOST) and #8 (dead-lettered by the deduplicator).
+    for n in (0..20).filter(|n| *n != 7 && *n != 8) {
+        let value = chain.encode(EventKind::Impression, &impression(n)).await;
+        chain
+            .send(&chain.topic("deduplicated.impressions"), value, &[])
+            .await;
+    }
+    let value = chain.encode(EventKind::Impression, &impression(8)).await;
+    chain
+        .send(
+            &chain.topic("dlq.deduplicator"),
+            value,
+            &[
+                ("adpipe.dlq.service", "deduplicator"),
+                ("adpipe.dlq.reason", "far_future"),
+            ],
+        )
+        .await;
+    // 6 clicks through replica, merged and deduplicated.
+    for topic in [
+        replica("clicks"),
+        chain.topic("merged.clicks"),
+        chain.topic("deduplicated.clicks"),
+    ] {
+        for n in 0..6 {
+            let value = chain.encode(EventKind::Click, &click(n)).await;
+            chain.send(&topic, value, &[]).await;
+        }
+    }
+    // joined: 0..3; #3 an orphan; #4 LOST; #5 not yet committed by the joiner.
+    for n in 0..3 {
+        let mut joined = samples::joined_click(n);
+        joined.click = click(n);
+        let value = chain.encode(EventKind::JoinedClick, &joined).await;
+        chain.send(&chain.topic("joined.clicks"), value, &[]).await;
+    }
+    let value = chain.encode(EventKind::Click, &click(3)).await;
+    chain
+        .send(
+            &chain.topic("joined.orphans"),
+            value,
+            &[
+                (adpipe_events::HEADER_ORPHAN_KIND, "click"),
+                (adpipe_events::HEADER_ORPHAN_REASON, "impression_not_found"),
+            ],
+        )
+        .await;
+
+    // Every group committed to its inputs' ends, but the joiner only up
+    // to click #5 (offset 5 of deduplicated.clicks).
+    let group = |name: &str| format!("{prefix}{name}");
+    chain.commit(&group("merger"), &replica("impressions"), 23);
+    chain.commit(&group("merger"), &replica("clicks"), 6);
+    chain.commit(
+        &group("deduplicator"),
+        &chain.topic("merged.impressions"),
+        21,
+    );
+    chain.commit(&group("deduplicator"), &chain.topic("merged.clicks"), 6);
+    chain.commit(&group("joiner"), &chain.topic("deduplicated.clicks"), 5);
+
+    let env: BTreeMap<&str, String> = BTreeMap::from([
+        ("KAFKA__BOOTSTRAP_SERVERS", format!("{bootstrap:?}")),
+        ("REGISTRY__URL", format!("{:?}", registry.url())),
+        ("RECONCILE__DCS", "[\"dc1\"]".to_owned()),
+        ("RECONCILE__TOPIC_PREFIX", format!("{prefix:?}")),
+        (
+            "RECONCILE__GROUPS__MERGER",
+            format!("{:?}", group("merger")),
+        ),
+        (
+            "RECONCILE__GROUPS__DEDUPLICATOR",
+            format!("{:?}", group("deduplicator")),
+        ),
+        (
+            "RECONCILE__GROUPS__JOINER",
+            format!("{:?}", group("joiner")),
+        ),
+        ("RECONCILE__GROUPS__FILES", "\"\"".to_owned()),
+        ("RECONCILE__GROUPS__ELASTICSEARCH", "\"\"".to_owned()),
+    ]);
+    let settings = ReconcileSettings::load(
+        None,
+        env.into_iter()
+            .map(|(key, value)| (format!("ADPIPE__{key}"), value)),
+    )
+    .expect("settings");
+    let result = adpipe_reconciler::reconcile(
+        &settings,
+        Span {
+            from: *HOUR,
+            to: *HOUR + HOUR_MS,
+            slack_ms: 0,
+        },
+    )
+    .await
+    .expect("reconciled");
+    let mut printed = Vec::new();
+    result.print(&mut printed).expect("printed");
+    let printed = String::from_utf8_lossy(&printed);
+    println!("{printed}");
+    registry.stop().await;
+
+    // The losses, and nothing else, unexplained — with their ids.
+    let unexplained: Vec<(String, String, Vec<String>)> = result
+        .unexplained()
+        .map(|d| (d.flow.clone(), d.what.clone(), d.samples.clone()))
+        .collect();
+    assert_eq!(unexplained.len(), 3, "{printed}");
+    let has = |flow: &str, what: &str, sample: &str| {
+        unexplained.iter().any(|(f, w, samples)| {
+            f == flow && w == what && samples.len() == 1 && samples[0].starts_with(sample)
+        })
+    };
+    assert!(
+        has("merged → deduplicated", "missing", &impression(7).event_id),
+        "{printed}"
+    );
+    assert!(
+        has(
+            "deduplicated → joined + orphans",
+            "missing",
+            &click(4).event_id
+        ),
+        "{printed}"
+    );
+    assert!(
+        has(
+            "undecodable records",
+            "undecodable",
+            &format!("{}-0@22:", replica("impressions"))
+        ),
+        "{printed}"
+    );
+    let explained = |why: &str| {
+        result
+            .differences
+            .iter()
+            .find(|d| d.explanation.as_deref().is_some_and(|e| e.starts_with(why)))
+            .unwrap_or_else(|| panic!("no difference explained as {why:?}:\n{printed}"))
+    };
+    assert_eq!(
+        explained("dead-lettered by deduplicator: far_future").samples,
+        [impression(8).event_id]
+    );
+    assert_eq!(explained("in flight").samples, [click(5).event_id]);
+    assert!(explained("dead-lettered by merger: undecodable").samples[0].contains("@21"));
+    let copies = explained("copies");
+    assert_eq!(
+        (copies.count, copies.samples.clone()),
+        (1, vec![impression(3).event_id])
+    );
+    // The table holds the orphan with its stage.
+    let clicks = result
+        .rows
+        .iter()
+        .find(|row| row.bucket == Bucket::Hour(*HOUR) && row.kind == Kind::Click)
+        .expect("a click row");
+    let held = |stage: &str| {
+        clicks
+            .holdings
+            .iter()
+            .find(|holding| holding.stage == stage)
+            .map(|holding| holding.events)
+    };
+    assert_eq!(
+        (held("joined"), held("orphans")),
+        (Some(3), Some(1)),
+        "{printed}"
+    );
+}
