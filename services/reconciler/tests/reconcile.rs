@@ -105,8 +105,13 @@ fn click(n: u64) -> adpipe_events::Click {
     click
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_injected_fault_is_named_and_only_the_losses_are_unexplained() {
+/// The hand-made chain with its faults; returns it, its registry and the
+/// reconciler's settings for it (as `ADPIPE__…` pairs).
+async fn faulty_chain() -> (
+    Chain,
+    adpipe_schema_registry::RunningRegistry,
+    Vec<(String, String)>,
+) {
     let bootstrap = adpipe_testkit::kafka("central");
     let prefix = format!("{}.", adpipe_testkit::unique("reconcile"));
     let names: Vec<String> = [
@@ -269,12 +274,18 @@ async fn every_injected_fault_is_named_and_only_the_losses_are_unexplained() {
         ("RECONCILE__GROUPS__FILES", "\"\"".to_owned()),
         ("RECONCILE__GROUPS__ELASTICSEARCH", "\"\"".to_owned()),
     ]);
-    let settings = ReconcileSettings::load(
-        None,
-        env.into_iter()
-            .map(|(key, value)| (format!("ADPIPE__{key}"), value)),
-    )
-    .expect("settings");
+    let env = env
+        .into_iter()
+        .map(|(key, value)| (format!("ADPIPE__{key}"), value))
+        .collect();
+    (chain, registry, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_injected_fault_is_named_and_only_the_losses_are_unexplained() {
+    let (chain, registry, env) = faulty_chain().await;
+    let replica = |kind: &str| format!("dc1.{}{kind}", chain.prefix);
+    let settings = ReconcileSettings::load(None, env.into_iter()).expect("settings");
     let result = adpipe_reconciler::reconcile(
         &settings,
         Span {
@@ -358,4 +369,62 @@ async fn every_injected_fault_is_named_and_only_the_losses_are_unexplained() {
         (Some(3), Some(1)),
         "{printed}"
     );
+}
+
+/// The continuous reconciler (the real binary) reports the chain's losses
+/// as metrics once the hour is closed, and takes them back when the
+/// missing event arrives late (re-checking the hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_continuous_reconciler_exports_a_loss_and_rechecks_when_late_data_arrives() {
+    let (chain, registry, env) = faulty_chain().await;
+    let address = adpipe_testkit::free_loopback_address();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_adpipe-reconciler"))
+        .envs(env)
+        .env("ADPIPE__HTTP__LISTEN", address.to_string())
+        .env("ADPIPE__RECONCILE__SERVE__INTERVAL", "\"1s\"")
+        .env("ADPIPE__RECONCILE__SERVE__LOOKBACK", "\"3h\"")
+        .env("ADPIPE__RECONCILE__SERVE__CLOSE_AFTER", "\"0s\"")
+        .spawn()
+        .expect("adpipe-reconciler starts");
+    let mut child = adpipe_testkit::ChildGuard::new(child);
+    let lost = |labels: &'static str| async move {
+        adpipe_testkit::metric_value_where(address, "adpipe_reconcile_unexplained", labels).await
+    };
+    let dedup_loss = "flow=\"merged → deduplicated\",what=\"missing\"";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lost(dedup_loss).await != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "the loss never showed in the metrics");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        adpipe_testkit::metric_value_where(address, "adpipe_reconcile_explained", "why=\"dead-lettered\"").await,
+        Some(2.0),
+        "the deduplicator's far-future event and the merger's undecodable record"
+    );
+    let json: serde_json::Value = reqwest::get(format!("http://{address}/reconcile"))
+        .await
+        .expect("served")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(
+        json["differences"]
+            .as_array()
+            .is_some_and(|differences| differences.iter().any(|d| d["samples"][0] == impression(7).event_id.as_str())),
+        "{json}"
+    );
+
+    // The lost impression arrives after all (a stalled output delivered late).
+    let value = chain.encode(EventKind::Impression, &impression(7)).await;
+    chain.send(&chain.topic("deduplicated.impressions"), value, &[]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lost(dedup_loss).await != Some(0.0) {
+        assert!(std::time::Instant::now() < deadline, "the late event never cleared the loss");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let rechecked =
+        adpipe_testkit::metric_value(address, "adpipe_reconcile_rechecked_hours_total").await;
+    assert!(rechecked.is_some_and(|count| count >= 1.0), "{rechecked:?}");
+    adpipe_testkit::terminate(child.take());
+    registry.stop().await;
 }
