@@ -62,7 +62,7 @@ pub use event_time::EventTimePolicy;
 pub use headers::{HeaderEntries, Headers};
 pub use offsets::OffsetTracker;
 pub use producer::{PRODUCER_DEFAULTS, producer_config};
-pub use service_main::{ServiceArgs, init_logging, service_main};
+pub use service_main::{ServiceArgs, init_logging, load_settings, service_main};
 pub use step::{
     AssignedPartition, Emitter, InputRecord, OutputRecord, PROCESSING_TIMEOUT, Step, StepError,
     StepFactory, TaskAssignment, Timer, TimerClock,

@@ -43,6 +43,24 @@ pub fn init_logging() {
         .init();
 }
 
+/// Loads the settings with `load`; `Err` is the exit code to leave with:
+/// 2 after listing every problem, 0 after printing them for
+/// `--check-config` (every service binary, worker or not, the same way).
+pub fn load_settings<S: Debug>(
+    args: &ServiceArgs,
+    load: impl FnOnce(Option<&Path>) -> Result<S, ConfigError>,
+) -> Result<S, ExitCode> {
+    let settings = load(args.config.as_deref()).map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(2)
+    })?;
+    if args.check_config {
+        println!("{settings:#?}");
+        return Err(ExitCode::SUCCESS);
+    }
+    Ok(settings)
+}
+
 /// Loads the settings with `load` (exit 2 listing every problem), prints
 /// them for `--check-config`, else starts the worker with `start` and runs
 /// it until stopped (exit 0 on SIGTERM, 1 after a fatal error).
@@ -52,17 +70,10 @@ pub async fn service_main<S: Debug>(
     start: impl FnOnce(S) -> Result<WorkerHandle, WorkerError>,
 ) -> ExitCode {
     init_logging();
-    let settings = match load(args.config.as_deref()) {
+    let settings = match load_settings(args, load) {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if args.check_config {
-        println!("{settings:#?}");
-        return ExitCode::SUCCESS;
-    }
     match start(settings) {
         Ok(worker) => run_until_stopped(worker).await,
         Err(error) => {

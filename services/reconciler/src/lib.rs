@@ -33,8 +33,8 @@ use read::{KindOf, StageTopic};
 pub use report::Reconciliation;
 use verdict::{CountFlow, Flow, Positions};
 
-/// The services whose dead-letter topics are read.
-const SERVICES: [&str; 6] = [
+/// The services of the chain, each with its dead-letter topic `dlq.<service>`.
+pub const SERVICES: [&str; 6] = [
     "merger",
     "deduplicator",
     "joiner",

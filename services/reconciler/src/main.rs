@@ -13,17 +13,12 @@ async fn main() -> ExitCode {
         "Reconciles the chain every interval, per closed hour and kind, and exports the differences as metrics.",
     );
     adpipe_runtime::init_logging();
-    let settings = match ReconcileSettings::load(args.config.as_deref(), std::env::vars()) {
+    let settings = match adpipe_runtime::load_settings(&args, |path| {
+        ReconcileSettings::load(path, std::env::vars())
+    }) {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    if args.check_config {
-        println!("{settings:#?}");
-        return ExitCode::SUCCESS;
-    }
     let stop = async {
         // SIGTERM (a container stopping) or Ctrl-C.
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -178,10 +178,24 @@ fn check_flow(
         if downstream.contains_key(hash) {
             continue;
         }
+        // By its id, or (a dead letter whose value was omitted: too large
+        // to keep) by the coordinates of one of its copies.
         let letter = ledger
             .dead
             .get(hash)
-            .and_then(|letters| letters.iter().find(|letter| letter.service == flow.service));
+            .and_then(|letters| letters.iter().find(|letter| letter.service == flow.service))
+            .or_else(|| {
+                places.iter().find_map(|place| {
+                    ledger
+                        .dead_by_place
+                        .get(&(
+                            ledger.topic_name(place.topic).to_owned(),
+                            place.partition,
+                            place.offset,
+                        ))
+                        .filter(|letter| letter.service == flow.service)
+                })
+            });
         let explanation = if let Some(letter) = letter {
             Some(format!(
                 "dead-lettered by {}: {}",

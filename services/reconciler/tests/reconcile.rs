@@ -393,11 +393,19 @@ async fn the_continuous_reconciler_exports_a_loss_and_rechecks_when_late_data_ar
     let dedup_loss = "flow=\"merged → deduplicated\",what=\"missing\"";
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while lost(dedup_loss).await != Some(1.0) {
-        assert!(std::time::Instant::now() < deadline, "the loss never showed in the metrics");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loss never showed in the metrics"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(
-        adpipe_testkit::metric_value_where(address, "adpipe_reconcile_explained", "why=\"dead-lettered\"").await,
+        adpipe_testkit::metric_value_where(
+            address,
+            "adpipe_reconcile_explained",
+            "why=\"dead-lettered\""
+        )
+        .await,
         Some(2.0),
         "the deduplicator's far-future event and the merger's undecodable record"
     );
@@ -410,16 +418,23 @@ async fn the_continuous_reconciler_exports_a_loss_and_rechecks_when_late_data_ar
     assert!(
         json["differences"]
             .as_array()
-            .is_some_and(|differences| differences.iter().any(|d| d["samples"][0] == impression(7).event_id.as_str())),
+            .is_some_and(|differences| differences
+                .iter()
+                .any(|d| d["samples"][0] == impression(7).event_id.as_str())),
         "{json}"
     );
 
     // The lost impression arrives after all (a stalled output delivered late).
     let value = chain.encode(EventKind::Impression, &impression(7)).await;
-    chain.send(&chain.topic("deduplicated.impressions"), value, &[]).await;
+    chain
+        .send(&chain.topic("deduplicated.impressions"), value, &[])
+        .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while lost(dedup_loss).await != Some(0.0) {
-        assert!(std::time::Instant::now() < deadline, "the late event never cleared the loss");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late event never cleared the loss"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let rechecked =

@@ -148,6 +148,14 @@ impl ChainPlan<'_> {
             ),
             // Replayed events: no live heartbeats; a DC silent this long is done.
             ("ADPIPE__RUNTIME__MAX_IDLE", "1s".to_owned()),
+            // So the demo's oversize record is one (see bad_input.rs).
+            (
+                "ADPIPE__KAFKA__PRODUCER",
+                format!(
+                    "{{ \"message.max.bytes\" = \"{}\" }}",
+                    super::bad_input::MERGER_MAX_RECORD_BYTES
+                ),
+            ),
         ]));
         let mut merger = adpipe_merger::MergerSettings::load(None, merger_env.into_iter())?;
         merger.dcs = names.dcs.clone();

@@ -21,6 +21,7 @@
 //! `services/merger` and `services/dispatcher` run the real multi-cluster
 //! paths).
 
+mod bad_input;
 mod chain;
 mod checks;
 pub mod live;
@@ -101,6 +102,8 @@ pub struct DemoReport {
     pub outputs: Vec<(String, String)>,
     /// Differences `adpipe reconcile` could not explain.
     pub unexplained: usize,
+    /// The bad records injected, each with the dead letter found for it.
+    pub bad_input: Vec<bad_input::BadRecord>,
 }
 
 impl DemoReport {
@@ -112,6 +115,12 @@ impl DemoReport {
             && self.joins.complete()
             && self.stats.as_ref().is_none_or(StatsReport::exact)
             && self.unexplained == 0
+            && self.bad_input.iter().all(|record| {
+                record
+                    .dead_letter
+                    .as_ref()
+                    .is_some_and(|(service, _)| service == "merger")
+            })
             && [&self.dispatched, &self.files, &self.profiles]
                 .into_iter()
                 .flatten()
@@ -255,6 +264,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         crate::progress::bar(0, "published"),
     )
     .await?;
+    let mut bad_input = bad_input::publish(&codec, &bootstrap, &names).await?;
     let chain = plan.start(out)?;
     let view = live::LiveView::start(chain.probes.clone(), &bootstrap);
 
@@ -405,6 +415,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         ));
     }
     let merged = checks::count_merged(&bootstrap, &names)?;
+    bad_input::find_dead_letters(&bootstrap, &names, &mut bad_input)?;
     view.stop();
     for name in chain.stop().await {
         writeln!(out, "(the {name} took over 20 s to stop)")?;
@@ -464,6 +475,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         profiles,
         outputs,
         unexplained: reconciliation.unexplained().count(),
+        bad_input,
     };
     table::print_table(out, &report, &truth, started.elapsed())?;
     let _ = std::fs::remove_dir_all(state_dir);

@@ -78,14 +78,7 @@ impl Names {
             .chain([self.totals()])
             .map(|topic| (topic, PARTITIONS))
             .collect();
-        for service in [
-            "merger",
-            "deduplicator",
-            "joiner",
-            "stats-counter",
-            "dispatcher",
-            "loader",
-        ] {
+        for service in adpipe_reconciler::SERVICES {
             topics.push((self.dlq(service), 1));
         }
         topics.push((format!("{}_schemas", self.prefix), 1));

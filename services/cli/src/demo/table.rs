@@ -119,6 +119,23 @@ pub fn print_table(
             )?;
         }
     }
+    writeln!(
+        out,
+        "\n{:<44} {:<36} reason",
+        "bad input (into dc1's impressions)", "where it ended"
+    )?;
+    for record in &report.bad_input {
+        let (service, reason) = record
+            .dead_letter
+            .clone()
+            .unwrap_or_else(|| ("NOT dead-lettered".to_owned(), String::new()));
+        writeln!(
+            out,
+            "{:<44} {:<36} {reason}",
+            record.class,
+            format!("dlq.{service}")
+        )?;
+    }
     writeln!(out, "\noutputs:")?;
     for (what, place) in &report.outputs {
         writeln!(out, "  {what:<32} {place}")?;

@@ -1,0 +1,183 @@
+//! Bad input in the demo's chain: one record of each class the pipeline
+//! must survive — bytes that are not Avro, an unknown schema id, a record
+//! whose schema lacks `event_time`, an event time far in the future, one
+//! in seconds instead of milliseconds (before 2001), an impression too
+//! large for the merger's output — published into dc1's impressions with
+//! the bidders' traffic. Each must end in the merger's dead-letter topic
+//! with its reason (found by the coordinates in its headers), be explained
+//! by the reconciliation, and leave everything else untouched (the ground
+//! truth checks see none of them: they are not in the simulation).
+
+use std::time::Duration;
+
+use adpipe_codec::{Codec, value_subject};
+use adpipe_events::EventKind;
+use adpipe_runtime::dead_letter;
+use anyhow::Context;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::names::Names;
+
+/// The merger's producer refuses records larger than this (bytes), so an
+/// impression above it is the "oversize record".
+pub const MERGER_MAX_RECORD_BYTES: usize = 600_000;
+
+/// One injected record and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRecord {
+    /// Its class.
+    pub class: &'static str,
+    /// Where it was published: topic, partition, offset.
+    pub place: (String, i32, i64),
+    /// The dead letter found for it: (service, reason).
+    pub dead_letter: Option<(String, String)>,
+}
+
+/// A record whose schema has no `event_time` (a bidder on an old schema).
+#[derive(serde::Serialize)]
+struct NoEventTime {
+    event_id: String,
+    user_id: String,
+}
+
+const NO_EVENT_TIME_SCHEMA: &str = r#"{"type":"record","name":"Impression","namespace":"com.adpipe.demo.bad","fields":[{"name":"event_id","type":"string"},{"name":"user_id","type":"string"}]}"#;
+
+fn impression(id: &str, event_time: i64, url_bytes: usize) -> adpipe_events::Impression {
+    let mut impression = adpipe_events::samples::impression(7);
+    impression.event_id = id.to_owned();
+    impression.event_time = event_time;
+    impression.user_id = "user-bad-input".to_owned();
+    impression.url = "x".repeat(url_bytes.max(1));
+    impression
+}
+
+/// Publishes one record of each class into dc1's impressions.
+pub async fn publish(
+    codec: &Codec,
+    bootstrap: &str,
+    names: &Names,
+) -> anyhow::Result<Vec<BadRecord>> {
+    let now = adpipe_runtime::event_time::now_ms();
+    let encode = async |value: &adpipe_events::Impression| -> anyhow::Result<Vec<u8>> {
+        let encoder = codec
+            .encoder::<adpipe_events::Impression>(
+                &value_subject(&names.merged(EventKind::Impression)),
+                EventKind::Impression.schema(),
+            )
+            .await?;
+        Ok(encoder.encode(value)?)
+    };
+    let no_time = codec
+        .encoder::<NoEventTime>(
+            &value_subject(&format!("{}demo-bad-input", names.prefix)),
+            NO_EVENT_TIME_SCHEMA,
+        )
+        .await?
+        .encode(&NoEventTime {
+            event_id: "bad-no-event-time".to_owned(),
+            user_id: "user-bad-input".to_owned(),
+        })?;
+    let records: Vec<(&'static str, Vec<u8>)> = vec![
+        ("undecodable", b"not an Avro record at all".to_vec()),
+        // Magic byte 0, then a schema id no registry gave out.
+        ("unknown schema", vec![0, 0x7f, 0xff, 0xff, 0xf0, 2, 4, 6]),
+        ("missing field (event_time)", no_time),
+        (
+            "far-future event time",
+            encode(&impression("bad-far-future", now + 30 * 86_400_000, 40)).await?,
+        ),
+        (
+            "ancient event time (seconds)",
+            encode(&impression("bad-in-seconds", now / 1000, 40)).await?,
+        ),
+        (
+            "oversize record",
+            encode(&impression(
+                "bad-oversize",
+                now - 60_000,
+                MERGER_MAX_RECORD_BYTES + 50_000,
+            ))
+            .await?,
+        ),
+    ];
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("message.max.bytes", "2000000")
+        .create()?;
+    let topic = names.replica("dc1", EventKind::Impression);
+    let mut injected = Vec::new();
+    for (class, value) in records {
+        let delivery = producer
+            .send(
+                FutureRecord::<str, [u8]>::to(&topic)
+                    .key("user-bad-input")
+                    .payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(error, _)| error)
+            .with_context(|| format!("publishing the {class} record"))?;
+        injected.push(BadRecord {
+            class,
+            place: (topic.clone(), delivery.partition, delivery.offset),
+            dead_letter: None,
+        });
+    }
+    Ok(injected)
+}
+
+/// Finds each injected record's dead letter in the merger's DLQ (waiting
+/// up to 30 s for them all).
+pub fn find_dead_letters(
+    bootstrap: &str,
+    names: &Names,
+    injected: &mut [BadRecord],
+) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("{}adpipe-demo-dlq-checker", names.prefix),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(&names.dlq("merger"), 0, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while injected.iter().any(|record| record.dead_letter.is_none())
+        && std::time::Instant::now() < deadline
+    {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        let header = |name: &str| {
+            message
+                .headers()
+                .and_then(|headers| headers.iter().find(|header| header.key == name))
+                .and_then(|header| header.value)
+                .map(|value| String::from_utf8_lossy(value).into_owned())
+        };
+        let place = (
+            header(dead_letter::HEADER_TOPIC).unwrap_or_default(),
+            header(dead_letter::HEADER_PARTITION)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(-1),
+            header(dead_letter::HEADER_OFFSET)
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(-1),
+        );
+        for record in injected.iter_mut().filter(|record| record.place == place) {
+            record.dead_letter = Some((
+                header(dead_letter::HEADER_SERVICE).unwrap_or_default(),
+                header(dead_letter::HEADER_REASON).unwrap_or_default(),
+            ));
+        }
+    }
+    Ok(())
+}
