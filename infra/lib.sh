@@ -51,16 +51,29 @@ stop_pid() {
   rm -f "$pidfile"
 }
 
-# clusters [FIELD...]: prints one line per cluster in clusters.toml with the
-# requested fields (name role port controller_port), space separated.
+# clusters [--all] [FIELD...]: prints one line per cluster in clusters.toml
+# with the requested fields (name role port controller_port more_ports
+# more_controller_ports on_demand), space separated; a list field comes
+# comma-joined, a missing one as "-". Clusters marked on_demand (started
+# only when named) are left out unless --all.
 clusters() {
   python3 - "$CLUSTERS_FILE" "$@" <<'PY'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
     config = tomllib.load(f)
-fields = sys.argv[2:] or ["name", "role", "port", "controller_port"]
+args = sys.argv[2:]
+every = "--all" in args
+fields = [arg for arg in args if arg != "--all"] or ["name", "role", "port", "controller_port"]
+def text(value):
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value) or "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 for cluster in config["cluster"]:
-    print(" ".join(str(cluster[field]) for field in fields))
+    if cluster.get("on_demand", False) and not every:
+        continue
+    print(" ".join(text(cluster.get(field, "-")) for field in fields))
 PY
 }
 
@@ -98,6 +111,10 @@ def free_port():
 text = open(sys.argv[1]).read()
 text = re.sub(r"^(port|controller_port) = \d+$",
               lambda m: f"{m.group(1)} = {free_port()}", text, flags=re.M)
+text = re.sub(r"^(more_ports|more_controller_ports) = \[([\d, ]*)\]$",
+              lambda m: f"{m.group(1)} = [" + ", ".join(
+                  str(free_port()) for _ in re.findall(r"\d+", m.group(2))) + "]",
+              text, flags=re.M)
 print(text, end="")
 PY
 }

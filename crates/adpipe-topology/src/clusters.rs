@@ -31,8 +31,11 @@ pub struct Cluster {
 /// Every cluster of one environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterMap {
-    /// The clusters, in file order.
+    /// The clusters, in file order (not the on-demand ones).
     pub clusters: Vec<Cluster>,
+    /// Clusters started only when named (`on_demand = true`: the chaos
+    /// test's three-broker central); never planned or mirrored.
+    pub on_demand: Vec<Cluster>,
     /// Upper bound on replication (1 for single-broker local clusters).
     pub max_replication: Option<i32>,
 }
@@ -55,6 +58,16 @@ struct RawCluster {
     /// ... used by infra/kafka.sh only.
     #[allow(dead_code)]
     controller_port: Option<u16>,
+    /// A local cluster's further nodes' ports (in its bootstrap servers) ...
+    #[serde(default)]
+    more_ports: Vec<u16>,
+    /// ... and their controllers' (infra/kafka.sh only).
+    #[allow(dead_code)]
+    #[serde(default)]
+    more_controller_ports: Vec<u16>,
+    /// Started only when named.
+    #[serde(default)]
+    on_demand: bool,
     /// ... production ones their bootstrap servers.
     bootstrap_servers: Option<String>,
 }
@@ -78,11 +91,16 @@ impl ClusterMap {
         let raw: RawMap =
             toml::from_str(text).map_err(|error| TopologyError::Parse(error.to_string()))?;
         let mut clusters = Vec::new();
+        let mut on_demand = Vec::new();
         let mut problems = Vec::new();
         for cluster in raw.cluster {
             let bootstrap_servers = match (cluster.bootstrap_servers, cluster.port) {
                 (Some(servers), _) => servers,
-                (None, Some(port)) => format!("127.0.0.1:{port}"),
+                (None, Some(port)) => std::iter::once(port)
+                    .chain(cluster.more_ports.iter().copied())
+                    .map(|port| format!("127.0.0.1:{port}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 (None, None) => {
                     problems.push(format!(
                         "cluster {} has neither bootstrap_servers nor port",
@@ -91,11 +109,16 @@ impl ClusterMap {
                     continue;
                 }
             };
-            clusters.push(Cluster {
+            let entry = Cluster {
                 name: cluster.name,
                 role: cluster.role,
                 bootstrap_servers,
-            });
+            };
+            if cluster.on_demand {
+                on_demand.push(entry);
+            } else {
+                clusters.push(entry);
+            }
         }
         if !clusters
             .iter()
@@ -108,13 +131,17 @@ impl ClusterMap {
         }
         Ok(ClusterMap {
             clusters,
+            on_demand,
             max_replication: raw.settings.max_replication,
         })
     }
 
-    /// The cluster with this name.
+    /// The cluster with this name (an on-demand one too).
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
-        self.clusters.iter().find(|cluster| cluster.name == name)
+        self.clusters
+            .iter()
+            .chain(&self.on_demand)
+            .find(|cluster| cluster.name == name)
     }
 
     /// The central cluster.
@@ -146,6 +173,16 @@ mod tests {
             Some("127.0.0.1:39092")
         );
         assert_eq!(map.max_replication, Some(1));
+        assert_eq!(
+            map.clusters.len(),
+            3,
+            "the on-demand cluster is not planned"
+        );
+        assert_eq!(
+            map.cluster("chaos").map(|c| c.bootstrap_servers.as_str()),
+            Some("127.0.0.1:49092,127.0.0.1:49094,127.0.0.1:49096"),
+            "every node of a multi-node cluster bootstraps"
+        );
     }
 
     #[test]
