@@ -129,7 +129,8 @@ start_one() {
 }
 
 wait_one() {
-  local name="$1" node port controller_port i
+  local name="$1" node port controller_port i node_label=""
+  [ "$4" != "-" ] && node_label=1
   while read -r node port controller_port; do
     local dir
     dir="$(node_dir "$name" "$node")"
@@ -140,7 +141,7 @@ wait_one() {
       fi
       if port_open "$port" && run_tool org.apache.kafka.tools.BrokerApiVersionsCommand \
           --bootstrap-server "127.0.0.1:$port" >/dev/null 2>&1; then
-        log "$name node $node: ready on 127.0.0.1:$port"; continue 2
+        log "$name${node_label:+ node $node}: ready on 127.0.0.1:$port"; continue 2
       fi
       sleep 1
     done

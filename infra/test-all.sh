@@ -147,10 +147,12 @@ step "the loader's Elasticsearch sink against OpenSearch (the same _bulk API)"
   exit $status
 )
 
-step "demo on the embedded default (in-process Kafka, no server), and on the real central cluster with the stats-counter in PostgreSQL"
+step "demo on the embedded default (in-process Kafka, no server), and over the real DC clusters, MirrorMaker 2, central, PostgreSQL and Elasticsearch"
 env -u ADPIPE_PG_URL target/debug/adpipe demo --events 5000 | tail -n 34
-target/debug/adpipe demo --events 5000 --brokers "$(clusters name port | awk '$1 == "central" {print "127.0.0.1:" $2}')" \
-  --postgres-url "$ADPIPE_PG_URL" | tail -n 42
+port_of() { clusters name port | awk -v name="$1" '$1 == name {print "127.0.0.1:" $2}'; }
+target/debug/adpipe demo --events 5000 --brokers "$(port_of central)" \
+  --dc "dc1=$(port_of dc1)" --dc "dc2=$(port_of dc2)" \
+  --postgres-url "$ADPIPE_PG_URL" --es-url "$ADPIPE_ES_URL" | tail -n 48
 
 step "python interoperability (Confluent's client)"
 if [ ! -x "$venv/bin/pytest" ] || ! cmp -s tests/interop/requirements.txt "$venv/requirements.txt"; then

@@ -168,6 +168,8 @@ pub struct Undecodable {
     pub offset: i64,
     /// Why.
     pub error: String,
+    /// A hash of its bytes (the same record copied elsewhere has the same).
+    pub value_hash: u64,
 }
 
 /// What every stage holds.

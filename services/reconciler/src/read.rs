@@ -196,6 +196,13 @@ async fn read_to_ends<'c>(
     Ok(read)
 }
 
+fn value_hash(value: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
 fn header_text(message: &BorrowedMessage<'_>, name: &str) -> Option<String> {
     message
         .headers()?
@@ -250,6 +257,7 @@ pub async fn read_stage(
                         error: error
                             .err()
                             .unwrap_or_else(|| "no orphan kind header".to_owned()),
+                        value_hash: value_hash(value),
                     });
                 }
                 return Ok(());

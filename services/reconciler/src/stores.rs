@@ -128,7 +128,7 @@ pub fn read_files(
 }
 
 /// The documents of the loader's daily indices covering the span into
-/// `ledger` as stage `elasticsearch` (a scroll over `_id` and event time).
+/// `ledger` as stage `elasticsearch`.
 pub async fn read_elasticsearch(
     ledger: &mut Ledger,
     url: &str,
@@ -136,71 +136,82 @@ pub async fn read_elasticsearch(
     topics: &TopicNames,
     span: Span,
 ) -> anyhow::Result<u64> {
-    let http = reqwest::Client::new();
     let mut read = 0;
-    let days: Vec<i64> = (span.from.div_euclid(86_400_000)..=(span.to - 1).div_euclid(86_400_000))
-        .map(|day| day * 86_400_000)
-        .collect();
     for (topic, fixed) in loader_inputs(topics) {
-        let base = adpipe_loader::elasticsearch::index_base(index_prefix, &topic);
-        let indices: Vec<String> = days
-            .iter()
-            .map(|day| adpipe_loader::elasticsearch::daily_index(&base, *day))
-            .collect();
-        let mut page: Value = answer(
-            http.post(format!(
-                "{url}/{}/_search?scroll=1m&ignore_unavailable=true&allow_no_indices=true",
-                indices.join(",")
-            ))
-            .json(&json!({
-                "size": 5000,
-                "sort": ["_doc"],
-                "_source": ["event_time", "click.event_time", "conversion.event_time"],
-            })),
-        )
-        .await
-        .with_context(|| format!("searching Elasticsearch at {url} for {topic}"))?;
-        loop {
-            let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
-            if hits.is_empty() {
-                break;
-            }
-            for hit in &hits {
-                let (Some(id), Some(time)) = (hit["_id"].as_str(), event_time(&hit["_source"]))
-                else {
-                    continue;
-                };
-                let (Some(bucket), Some(kind)) =
-                    (store_bucket(time, span), kind_of(ledger, fixed, id))
-                else {
-                    continue;
-                };
-                ledger.record(
-                    bucket,
-                    kind,
-                    Stage::Store("elasticsearch".to_owned()),
-                    id,
-                    None,
-                );
-                read += 1;
-            }
-            let scroll_id = page["_scroll_id"].as_str().unwrap_or_default().to_owned();
-            page = answer(
-                http.post(format!("{url}/_search/scroll"))
-                    .json(&json!({"scroll": "1m", "scroll_id": scroll_id})),
-            )
-            .await
-            .with_context(|| format!("scrolling Elasticsearch at {url} for {topic}"))?;
-        }
-        if let Some(scroll_id) = page["_scroll_id"].as_str() {
-            let _ = http
-                .delete(format!("{url}/_search/scroll"))
-                .json(&json!({"scroll_id": scroll_id}))
-                .send()
-                .await;
+        for (id, time) in elasticsearch_documents(url, index_prefix, &topic, span).await? {
+            let (Some(bucket), Some(kind)) =
+                (store_bucket(time, span), kind_of(ledger, fixed, &id))
+            else {
+                continue;
+            };
+            ledger.record(
+                bucket,
+                kind,
+                Stage::Store("elasticsearch".to_owned()),
+                &id,
+                None,
+            );
+            read += 1;
         }
     }
     Ok(read)
+}
+
+/// (document id, event time) of every document the Elasticsearch loader
+/// wrote for `topic` in the daily indices covering the span (a scroll over
+/// `_id` and the event time; missing indices are no documents).
+pub async fn elasticsearch_documents(
+    url: &str,
+    index_prefix: &str,
+    topic: &str,
+    span: Span,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let http = reqwest::Client::new();
+    let base = adpipe_loader::elasticsearch::index_base(index_prefix, topic);
+    let indices: Vec<String> = (span.from.div_euclid(86_400_000)
+        ..=(span.to - 1).div_euclid(86_400_000))
+        .map(|day| adpipe_loader::elasticsearch::daily_index(&base, day * 86_400_000))
+        .collect();
+    let mut documents = Vec::new();
+    let mut page: Value = answer(
+        http.post(format!(
+            "{url}/{}/_search?scroll=1m&ignore_unavailable=true&allow_no_indices=true",
+            indices.join(",")
+        ))
+        .json(&json!({
+            "size": 5000,
+            "sort": ["_doc"],
+            "_source": ["event_time", "click.event_time", "conversion.event_time"],
+        })),
+    )
+    .await
+    .with_context(|| format!("searching Elasticsearch at {url} for {topic}"))?;
+    loop {
+        let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
+        if hits.is_empty() {
+            break;
+        }
+        for hit in &hits {
+            if let (Some(id), Some(time)) = (hit["_id"].as_str(), event_time(&hit["_source"])) {
+                documents.push((id.to_owned(), time));
+            }
+        }
+        let scroll_id = page["_scroll_id"].as_str().unwrap_or_default().to_owned();
+        page = answer(
+            http.post(format!("{url}/_search/scroll"))
+                .json(&json!({"scroll": "1m", "scroll_id": scroll_id})),
+        )
+        .await
+        .with_context(|| format!("scrolling Elasticsearch at {url} for {topic}"))?;
+    }
+    if let Some(scroll_id) = page["_scroll_id"].as_str() {
+        let _ = http
+            .delete(format!("{url}/_search/scroll"))
+            .json(&json!({"scroll_id": scroll_id}))
+            .send()
+            .await;
+    }
+    Ok(documents)
 }
 
 fn event_time(source: &Value) -> Option<i64> {

@@ -332,16 +332,35 @@ fn check_count(
 }
 
 /// Records that did not decode: each explained by a dead letter of the
-/// service that read it (matched by its coordinates), else unexplained.
+/// service that read it (matched by its coordinates), or — a DC's record
+/// MirrorMaker 2 copied to central — by the dead letter of its copy (the
+/// same bytes in another topic); else unexplained.
 pub fn undecodable(ledger: &Ledger) -> Vec<Difference> {
+    let letter_of = |record: &crate::ledger::Undecodable| {
+        ledger
+            .dead_by_place
+            .get(&(record.topic.clone(), record.partition, record.offset))
+    };
     let mut tallies: BTreeMap<Option<String>, Tally> = BTreeMap::new();
     for record in &ledger.undecodable {
-        let letter =
-            ledger
-                .dead_by_place
-                .get(&(record.topic.clone(), record.partition, record.offset));
-        let explanation =
-            letter.map(|letter| format!("dead-lettered by {}: {}", letter.service, letter.reason));
+        let explanation = match letter_of(record) {
+            Some(letter) => Some(format!(
+                "dead-lettered by {}: {}",
+                letter.service, letter.reason
+            )),
+            None => ledger
+                .undecodable
+                .iter()
+                .filter(|copy| copy.topic != record.topic && copy.value_hash == record.value_hash)
+                .find_map(|copy| {
+                    letter_of(copy).map(|letter| {
+                        format!(
+                            "copied to {}, dead-lettered there by {}: {}",
+                            copy.topic, letter.service, letter.reason
+                        )
+                    })
+                }),
+        };
         tallies.entry(explanation).or_default().add(1, || {
             format!(
                 "{}-{}@{}: {}",
@@ -447,6 +466,46 @@ mod tests {
             ["a"],
             "but not in a store"
         );
+    }
+
+    #[test]
+    fn an_undecodable_record_is_explained_by_its_own_dead_letter_or_its_copys() {
+        use crate::ledger::{DeadLetter, Undecodable};
+        let mut ledger = Ledger::new();
+        let record = |topic: &str, offset: i64, value_hash: u64| Undecodable {
+            topic: topic.to_owned(),
+            partition: 3,
+            offset,
+            error: "bad magic byte".to_owned(),
+            value_hash,
+        };
+        // dc1's record, its copy on central (dead-lettered there), and a
+        // record nobody dead-lettered.
+        ledger.undecodable.push(record("impressions", 7, 42));
+        ledger.undecodable.push(record("dc1.impressions", 9, 42));
+        ledger.undecodable.push(record("dc1.impressions", 10, 43));
+        ledger.dead_by_place.insert(
+            ("dc1.impressions".to_owned(), 3, 9),
+            DeadLetter {
+                service: "merger".to_owned(),
+                reason: "bad_magic_byte".to_owned(),
+            },
+        );
+        let found = undecodable(&ledger);
+        let count = |prefix: Option<&str>| -> i64 {
+            found
+                .iter()
+                .filter(|d| match (prefix, &d.explanation) {
+                    (None, None) => true,
+                    (Some(prefix), Some(explanation)) => explanation.starts_with(prefix),
+                    _ => false,
+                })
+                .map(|d| d.count)
+                .sum()
+        };
+        assert_eq!(count(Some("dead-lettered by merger")), 1, "{found:#?}");
+        assert_eq!(count(Some("copied to dc1.impressions")), 1, "{found:#?}");
+        assert_eq!(count(None), 1, "{found:#?}");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! in seconds instead of milliseconds (before 2001), an impression too
 //! large for the merger's output — published into dc1's impressions with
 //! the bidders' traffic. Each must end in the merger's dead-letter topic
-//! with its reason (found by the coordinates in its headers), be explained
+//! with its reason (found by its bytes, or by its size where the dead
+//! letter had to omit them: MirrorMaker 2 keeps neither offsets nor a
+//! trace of the DC's coordinates), be explained
 //! by the reconciliation, and leave everything else untouched (the ground
 //! truth checks see none of them: they are not in the simulation).
 
@@ -31,8 +33,8 @@ pub const MERGER_MAX_RECORD_BYTES: usize = 600_000;
 pub struct BadRecord {
     /// Its class.
     pub class: &'static str,
-    /// Where it was published: topic, partition, offset.
-    pub place: (String, i32, i64),
+    /// Its bytes.
+    pub value: Vec<u8>,
     /// The dead letter found for it: (service, reason).
     pub dead_letter: Option<(String, String)>,
 }
@@ -55,12 +57,15 @@ fn impression(id: &str, event_time: i64, url_bytes: usize) -> adpipe_events::Imp
     impression
 }
 
-/// Publishes one record of each class into dc1's impressions.
+/// Publishes one record of each class into dc1's impressions (on dc1's
+/// cluster, or into its replica on `central` when there is none).
 pub async fn publish(
     codec: &Codec,
-    bootstrap: &str,
+    central: &str,
     names: &Names,
 ) -> anyhow::Result<Vec<BadRecord>> {
+    let (cluster, topic) = names.publish_target("dc1", EventKind::Impression);
+    let bootstrap = cluster.unwrap_or(central);
     let now = adpipe_runtime::event_time::now_ms();
     let encode = async |value: &adpipe_events::Impression| -> anyhow::Result<Vec<u8>> {
         let encoder = codec
@@ -108,10 +113,9 @@ pub async fn publish(
         .set("bootstrap.servers", bootstrap)
         .set("message.max.bytes", "2000000")
         .create()?;
-    let topic = names.replica("dc1", EventKind::Impression);
     let mut injected = Vec::new();
     for (class, value) in records {
-        let delivery = producer
+        producer
             .send(
                 FutureRecord::<str, [u8]>::to(&topic)
                     .key("user-bad-input")
@@ -123,7 +127,7 @@ pub async fn publish(
             .with_context(|| format!("publishing the {class} record"))?;
         injected.push(BadRecord {
             class,
-            place: (topic.clone(), delivery.partition, delivery.offset),
+            value,
             dead_letter: None,
         });
     }
@@ -163,20 +167,20 @@ pub fn find_dead_letters(
                 .and_then(|header| header.value)
                 .map(|value| String::from_utf8_lossy(value).into_owned())
         };
-        let place = (
-            header(dead_letter::HEADER_TOPIC).unwrap_or_default(),
-            header(dead_letter::HEADER_PARTITION)
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(-1),
-            header(dead_letter::HEADER_OFFSET)
-                .and_then(|o| o.parse().ok())
-                .unwrap_or(-1),
-        );
-        for record in injected.iter_mut().filter(|record| record.place == place) {
-            record.dead_letter = Some((
-                header(dead_letter::HEADER_SERVICE).unwrap_or_default(),
-                header(dead_letter::HEADER_REASON).unwrap_or_default(),
-            ));
+        let omitted: Option<usize> =
+            header(dead_letter::HEADER_VALUE_OMITTED).and_then(|size| size.parse().ok());
+        let payload = message.payload().unwrap_or_default();
+        for record in injected.iter_mut() {
+            let same = match omitted {
+                Some(size) => size == record.value.len(),
+                None => payload == record.value.as_slice(),
+            };
+            if same {
+                record.dead_letter = Some((
+                    header(dead_letter::HEADER_SERVICE).unwrap_or_default(),
+                    header(dead_letter::HEADER_REASON).unwrap_or_default(),
+                ));
+            }
         }
     }
     Ok(())

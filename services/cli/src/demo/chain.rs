@@ -4,10 +4,9 @@
 //! deduplicator → joiner → stats-counter (with PostgreSQL) → dispatcher →
 //! loaders (Avro files; one embedded profile store per DC).
 //!
-//! One cluster stands in for the DCs and central: the dispatcher's
-//! `events-for-<dc>` is read by that DC's profile loader directly, where
-//! MirrorMaker 2 would carry it to the DC's cluster first (the dispatcher's
-//! `tests/sync.rs` runs that path on the real clusters).
+//! With DC clusters (`--dc`), each DC's profile loader runs against its own
+//! cluster and reads MirrorMaker 2's copy of the dispatcher's
+//! `events-for-<dc>`; on one cluster it reads central's topic directly.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +36,8 @@ pub struct ChainPlan<'a> {
     pub files_dir: PathBuf,
     /// PostgreSQL and the schema for the stats-counter, when it runs.
     pub postgres: Option<(String, String)>,
+    /// Elasticsearch and the index prefix, when a loader writes there.
+    pub elasticsearch: Option<(String, String)>,
 }
 
 /// The running services.
@@ -133,6 +134,7 @@ impl ChainPlan<'_> {
                     &[("service", service)],
                 )],
                 orphans: None,
+                bootstrap: None,
             };
 
         // merger
@@ -140,7 +142,7 @@ impl ChainPlan<'_> {
         merger_env.extend(env(&[
             (
                 "ADPIPE__MERGER__INPUT",
-                format!("{}{{dc}}.{{kind}}", names.prefix),
+                names.replica_template().replace("{prefix}", &names.prefix),
             ),
             (
                 "ADPIPE__MERGER__OUTPUT",
@@ -324,20 +326,18 @@ impl ChainPlan<'_> {
             ),
         )?;
 
-        // the files loader
+        // the files loader, and the Elasticsearch one
         let file_inputs = [
             (names.deduplicated(EventKind::Impression), "impression"),
             (names.joined("clicks"), "joined-click"),
             (names.joined("conversions"), "joined-conversion"),
             (names.joined("orphans"), "click|conversion"),
         ];
+        let inputs = toml_list(&file_inputs.map(|(topic, kinds)| format!("{topic}:{kinds}")));
         let mut files_env = self.common("loader-files", "loader");
         files_env.extend(env(&[
             ("ADPIPE__LOADER__SINK", "files".to_owned()),
-            (
-                "ADPIPE__LOADER__INPUTS",
-                toml_list(&file_inputs.map(|(topic, kinds)| format!("{topic}:{kinds}"))),
-            ),
+            ("ADPIPE__LOADER__INPUTS", inputs.clone()),
             ("ADPIPE__LOADER__BATCH__WAIT", "500ms".to_owned()),
             ("ADPIPE__FILES__DIR", self.files_dir.display().to_string()),
         ]));
@@ -350,41 +350,71 @@ impl ChainPlan<'_> {
             loader_probe(
                 "loader (files)",
                 self.group("loader-files"),
-                stats_inputs,
+                stats_inputs.clone(),
                 "files",
                 None,
             ),
         )?;
+        if let Some((url, prefix)) = &self.elasticsearch {
+            let mut es_env = self.common("loader-elasticsearch", "loader");
+            es_env.extend(env(&[
+                ("ADPIPE__LOADER__SINK", "elasticsearch".to_owned()),
+                ("ADPIPE__LOADER__INPUTS", inputs),
+                ("ADPIPE__LOADER__BATCH__WAIT", "500ms".to_owned()),
+                ("ADPIPE__ELASTICSEARCH__URL", url.clone()),
+                ("ADPIPE__ELASTICSEARCH__INDEX_PREFIX", prefix.clone()),
+            ]));
+            let settings = adpipe_loader::LoaderSettings::load(None, es_env.into_iter())?;
+            let handle =
+                adpipe_loader::start(settings).context("starting the Elasticsearch loader")?;
+            chain.add(
+                out,
+                "loader (es)",
+                handle,
+                loader_probe(
+                    "loader (es)",
+                    self.group("loader-elasticsearch"),
+                    stats_inputs,
+                    "elasticsearch",
+                    None,
+                ),
+            )?;
+        }
 
         // a profile loader per DC, each with its embedded store
         for dc in &names.dcs {
             let group = format!("loader-profiles-{dc}");
+            let (cluster, topic) = names.events_at(dc);
             let mut profiles_env = self.common(&group, "loader");
             profiles_env.extend(env(&[
                 ("ADPIPE__LOADER__SINK", "profiles".to_owned()),
                 (
                     "ADPIPE__LOADER__INPUTS",
-                    toml_list(&[format!(
-                        "{}:impression|joined-click|joined-conversion",
-                        names.events_for(dc)
-                    )]),
+                    toml_list(&[format!("{topic}:impression|joined-click|joined-conversion")]),
                 ),
                 ("ADPIPE__LOADER__BATCH__WAIT", "200ms".to_owned()),
                 // Every event stays in its profile, so the check sees each.
                 ("ADPIPE__PROFILES__KEEP", "1000000".to_owned()),
             ]));
+            if let Some(cluster) = cluster {
+                profiles_env.push((
+                    "ADPIPE__KAFKA__BOOTSTRAP_SERVERS".to_owned(),
+                    cluster.to_owned(),
+                ));
+            }
             let settings = adpipe_loader::LoaderSettings::load(None, profiles_env.into_iter())?;
             let store = MemoryProfiles::new();
             let handle = adpipe_loader::start_profiles(settings, store.clone())
                 .with_context(|| format!("starting {dc}'s profile loader"))?;
             let stage = format!("profiles ({dc})");
-            let probe = loader_probe(
+            let mut probe = loader_probe(
                 &stage,
                 self.group(&group),
-                vec![names.events_for(dc)],
+                vec![topic.clone()],
                 "profiles",
-                Some(names.events_for(dc)),
+                Some(topic),
             );
+            probe.bootstrap = cluster.map(str::to_owned);
             chain.add(out, &stage, handle, probe)?;
             chain.profiles.push((dc.clone(), store));
         }
@@ -418,6 +448,7 @@ fn loader_probe(
             &[("sink", sink)],
         )],
         orphans: None,
+        bootstrap: None,
     }
 }
 

@@ -38,6 +38,8 @@ pub struct StageProbe {
     pub dead_lettered: Vec<Selector>,
     /// Orphans (the joiner).
     pub orphans: Option<Selector>,
+    /// Its cluster, when not the one the view watches (a DC's).
+    pub bootstrap: Option<String>,
 }
 
 /// One stage's figures at one moment.
@@ -134,7 +136,13 @@ fn redraw(
     let recorder = adpipe_runtime::telemetry::install_recorder();
     let clients: Vec<Option<BaseConsumer>> = stages
         .iter()
-        .map(|stage| crate::groups::client(bootstrap, &stage.group).ok())
+        .map(|stage| {
+            crate::groups::client(
+                stage.bootstrap.as_deref().unwrap_or(bootstrap),
+                &stage.group,
+            )
+            .ok()
+        })
         .collect();
     let mut previous: Option<(Instant, Vec<StageFigures>)> = None;
     let mut last_printed = Instant::now();
@@ -256,6 +264,7 @@ mod tests {
                 &[("service", "joiner")],
             )],
             orphans: Some(Selector::new("adpipe_joiner_orphans_total", &[])),
+            bootstrap: None,
         };
         let samples = metrics_text::parse(
             "adpipe_records_consumed_total{service=\"joiner\",topic=\"a\"} 300\n\

@@ -43,6 +43,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::ProgressBar;
 use rdkafka::ClientConfig;
+use rdkafka::consumer::Consumer;
 use rdkafka::mocking::MockCluster;
 
 pub use checks::Tally;
@@ -68,6 +69,16 @@ pub struct DemoArgs {
     /// transactions: see the README).
     #[arg(long, env = "ADPIPE_PG_URL")]
     pub postgres_url: Option<String>,
+    /// A DC's own cluster, `NAME=host:port` (dc1 and dc2; with `--brokers`
+    /// as central): the bidders publish there and MirrorMaker 2
+    /// (`infra/mirrormaker.sh start`) carries their topics to central and
+    /// `events-for-<dc>` back to the DC's profile loader.
+    #[arg(long = "dc", requires = "brokers")]
+    pub dc_clusters: Vec<String>,
+    /// Elasticsearch or OpenSearch (`infra/elasticsearch.sh`): a loader
+    /// writes the processed events there too, checked one document each.
+    #[arg(long)]
+    pub es_url: Option<String>,
     /// Where the files loader writes (default `$ADPIPE_STATE_DIR/demo/files`,
     /// else `.adpipe/demo/files`); emptied at the start of each run.
     #[arg(long)]
@@ -96,6 +107,10 @@ pub struct DemoReport {
     pub dispatched: Vec<Tally>,
     /// The Avro files, per topic: each event once.
     pub files: Vec<Tally>,
+    /// Elasticsearch (with `--es-url`), per topic: one document per event.
+    pub elasticsearch: Vec<Tally>,
+    /// Records MirrorMaker 2 copied to central (with `--dc`).
+    pub replicated: Option<u64>,
     /// Each DC's profiles: each event dispatched to it once.
     pub profiles: Vec<Tally>,
     /// Where the outputs are: (what, where).
@@ -121,10 +136,15 @@ impl DemoReport {
                     .as_ref()
                     .is_some_and(|(service, _)| service == "merger")
             })
-            && [&self.dispatched, &self.files, &self.profiles]
-                .into_iter()
-                .flatten()
-                .all(Tally::exact)
+            && [
+                &self.dispatched,
+                &self.files,
+                &self.elasticsearch,
+                &self.profiles,
+            ]
+            .into_iter()
+            .flatten()
+            .all(Tally::exact)
     }
 }
 
@@ -194,11 +214,15 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
             String::new()
         },
         dcs: simulation.dcs.clone(),
+        dc_clusters: dc_clusters(&args.dc_clusters, &simulation.dcs)?,
     };
     // The mock cluster must outlive every client that talks to it.
     let (_mock, bootstrap) = match &args.brokers {
         Some(brokers) => {
             create_topics(brokers, &names.all()).await?;
+            for dc_bootstrap in names.dc_clusters.values() {
+                create_topics(dc_bootstrap, &names.dc_topics()).await?;
+            }
             (None, brokers.clone())
         }
         None => {
@@ -250,6 +274,10 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
             .postgres_url
             .clone()
             .map(|url| (url, stats_schema.clone())),
+        elasticsearch: args
+            .es_url
+            .clone()
+            .map(|url| (url, es_index_prefix(&names))),
     };
     // The bidders publish first, then the chain replays it (as after an
     // outage): with every input already there, the joiner's short wait
@@ -265,6 +293,23 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
     )
     .await?;
     let mut bad_input = bad_input::publish(&codec, &bootstrap, &names).await?;
+    let replicated = if names.mirrored() {
+        let replicated =
+            wait_replicated(&names, &bootstrap, crate::progress::bar(0, "replicated")).await?;
+        writeln!(
+            out,
+            "MirrorMaker 2 copied {replicated} records from the DCs to central"
+        )?;
+        // Its copies of events-for-<dc> (empty yet) for the profile loaders.
+        for dc in &names.dcs {
+            if let (Some(cluster), topic) = names.events_at(dc) {
+                wait_topic(cluster, &topic).await?;
+            }
+        }
+        Some(replicated)
+    } else {
+        None
+    };
     let chain = plan.start(out)?;
     let view = live::LiveView::start(chain.probes.clone(), &bootstrap);
 
@@ -399,6 +444,49 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         })
         .collect();
 
+    // Elasticsearch: one document per processed event and orphan.
+    let mut elasticsearch = Vec::new();
+    if let Some((url, prefix)) = &plan.elasticsearch {
+        // The days of the run's events.
+        let span = adpipe_reconciler::Span {
+            from: publications
+                .iter()
+                .map(|publication| publication.event.event_time())
+                .min()
+                .unwrap_or_default(),
+            to: adpipe_runtime::event_time::now_ms() + 1,
+            slack_ms: 0,
+        };
+        let documents = async || -> anyhow::Result<Vec<(String, Vec<String>)>> {
+            let mut found = Vec::new();
+            for (topic, _) in &file_expectations {
+                let ids =
+                    adpipe_reconciler::stores::elasticsearch_documents(url, prefix, topic, span)
+                        .await?
+                        .into_iter()
+                        .map(|(id, _)| id)
+                        .collect();
+                found.push((topic.clone(), ids));
+            }
+            Ok(found)
+        };
+        let bar = view.bar(0, "in Elasticsearch");
+        bar.set_length(files_want);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut found = documents().await?;
+        while found.iter().map(|(_, ids)| ids.len() as u64).sum::<u64>() < files_want
+            && Instant::now() < deadline
+        {
+            bar.set_position(found.iter().map(|(_, ids)| ids.len() as u64).sum());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            found = documents().await?;
+        }
+        bar.finish();
+        for ((topic, expected), (_, ids)) in file_expectations.iter().zip(&found) {
+            elasticsearch.push(Tally::of(topic, expected, ids.iter().map(String::as_str)));
+        }
+    }
+
     // The profiles: each DC holds every event dispatched to it, once.
     let mut profiles = Vec::new();
     for ((dc, store), (_, expected)) in chain.profiles.iter().zip(&per_dc) {
@@ -452,6 +540,12 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
             "one embedded store per DC (in memory, gone with the demo)".to_owned(),
         ),
     ];
+    if let Some((url, prefix)) = &plan.elasticsearch {
+        outputs.push((
+            "Elasticsearch".to_owned(),
+            format!("indices {prefix}*-YYYY.MM.DD at {url}"),
+        ));
+    }
     if let Some(url) = &args.postgres_url {
         outputs.push((
             "stats (PostgreSQL)".to_owned(),
@@ -472,6 +566,8 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         merged,
         dispatched,
         files,
+        elasticsearch,
+        replicated,
         profiles,
         outputs,
         unexplained: reconciliation.unexplained().count(),
@@ -498,19 +594,43 @@ async fn reconcile(
         ("REGISTRY__URL", format!("{:?}", plan.registry_url)),
         ("RECONCILE__DCS", format!("[{}]", quoted.join(", "))),
         ("RECONCILE__TOPIC_PREFIX", format!("{:?}", names.prefix)),
-        // The demo's bidders write straight into the replicas' names.
-        ("RECONCILE__REPLICA", "\"{prefix}{dc}.{kind}\"".to_owned()),
+        (
+            "RECONCILE__REPLICA",
+            format!("{:?}", names.replica_template()),
+        ),
+        (
+            "RECONCILE__DC_CLUSTERS",
+            format!(
+                "[{}]",
+                names
+                    .dc_clusters
+                    .iter()
+                    .map(|(dc, bootstrap)| format!("{:?}", format!("{dc}={bootstrap}")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
         ("RECONCILE__GROUPS__MERGER", group("merger")),
         ("RECONCILE__GROUPS__DEDUPLICATOR", group("deduplicator")),
         ("RECONCILE__GROUPS__JOINER", group("joiner")),
         ("RECONCILE__GROUPS__STATS_COUNTER", group("stats-counter")),
         ("RECONCILE__GROUPS__FILES", group("loader-files")),
-        ("RECONCILE__GROUPS__ELASTICSEARCH", "\"\"".to_owned()),
+        (
+            "RECONCILE__GROUPS__ELASTICSEARCH",
+            match &plan.elasticsearch {
+                Some(_) => group("loader-elasticsearch"),
+                None => "\"\"".to_owned(),
+            },
+        ),
         (
             "FILES__DIR",
             format!("{:?}", plan.files_dir.display().to_string()),
         ),
     ];
+    if let Some((url, prefix)) = &plan.elasticsearch {
+        env.push(("ELASTICSEARCH__URL", format!("{url:?}")));
+        env.push(("ELASTICSEARCH__INDEX_PREFIX", format!("{prefix:?}")));
+    }
     if let Some((url, schema)) = &plan.postgres {
         env.push(("STATS__POSTGRES_URL", format!("{url:?}")));
         env.push(("STATS__SCHEMA", format!("{schema:?}")));
@@ -533,6 +653,12 @@ async fn reconcile(
     adpipe_reconciler::reconcile(&settings, span).await
 }
 
+/// The Elasticsearch loader's index prefix: the run's topic prefix,
+/// lowercase, dots as dashes (`adpipe-demo-` on the mock cluster).
+fn es_index_prefix(names: &Names) -> String {
+    format!("adpipe-demo-{}", names.prefix.replace('.', "-")).to_ascii_lowercase()
+}
+
 /// `url` without its password.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -545,27 +671,149 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// `NAME=host:port` per DC of the simulation.
+fn dc_clusters(
+    entries: &[String],
+    dcs: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let clusters: std::collections::BTreeMap<String, String> = entries
+        .iter()
+        .map(|entry| {
+            entry
+                .split_once('=')
+                .map(|(dc, bootstrap)| (dc.to_owned(), bootstrap.to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("--dc {entry:?}: use NAME=host:port"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if !clusters.is_empty() && dcs.iter().any(|dc| !clusters.contains_key(dc)) {
+        bail!(
+            "--dc names {:?}; the simulation's DCs are {dcs:?}: name each",
+            clusters.keys()
+        );
+    }
+    Ok(clusters)
+}
+
+/// Publishes every publication to its DC: into its own cluster's topic
+/// (MirrorMaker 2 carries it), or on one cluster straight into the
+/// replica's name.
 async fn publish(
     codec: &Codec,
-    bootstrap: &str,
+    central: &str,
     names: &Names,
     publications: &[adpipe_loadtest::Publication],
     bar: ProgressBar,
 ) -> anyhow::Result<()> {
-    let publisher =
-        SimPublisher::new(codec, bootstrap, |kind| value_subject(&names.merged(kind))).await?;
     bar.set_length(publications.len() as u64);
+    let mut publishers = std::collections::BTreeMap::new();
+    for dc in &names.dcs {
+        let (cluster, _) = names.publish_target(dc, EventKind::Impression);
+        let publisher = SimPublisher::new(codec, cluster.unwrap_or(central), |kind| {
+            value_subject(&names.merged(kind))
+        })
+        .await?;
+        publishers.insert(dc.clone(), publisher);
+    }
     // Publishing blocks while librdkafka's queue is full.
     tokio::task::block_in_place(|| {
         for publication in publications {
-            let topic = names.replica(&publication.dc, publication.event.kind());
+            let (_, topic) = names.publish_target(&publication.dc, publication.event.kind());
+            let publisher = publishers
+                .get(&publication.dc)
+                .ok_or_else(|| anyhow::anyhow!("no publisher for {}", publication.dc))?;
             publisher.publish(publication, &topic)?;
             bar.inc(1);
         }
-        publisher.flush(Duration::from_secs(30))
+        for publisher in publishers.values() {
+            publisher.flush(Duration::from_secs(30))?;
+        }
+        anyhow::Ok(())
     })?;
     bar.finish();
     Ok(())
+}
+
+/// Waits (up to 1 min) until `topic` exists on `bootstrap` (made by
+/// MirrorMaker 2).
+async fn wait_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
+    let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let exists = tokio::task::block_in_place(|| {
+            client
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .is_ok_and(|metadata| {
+                    metadata
+                        .topics()
+                        .iter()
+                        .any(|meta| meta.error().is_none() && !meta.partitions().is_empty())
+                })
+        });
+        if exists {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("MirrorMaker 2 did not make {topic} on {bootstrap} within 1 min: is it running?");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits (up to 2 min) until MirrorMaker 2 copied every DC topic to central
+/// (as many records in each replica as in its source); returns the count.
+async fn wait_replicated(names: &Names, central: &str, bar: ProgressBar) -> anyhow::Result<u64> {
+    let count = |bootstrap: &str, topic: &str| -> u64 {
+        let Ok(client) = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create::<rdkafka::consumer::BaseConsumer>()
+        else {
+            return 0;
+        };
+        (0..names::PARTITIONS)
+            .filter_map(|partition| {
+                client
+                    .fetch_watermarks(topic, partition, Duration::from_secs(5))
+                    .ok()
+            })
+            .map(|(low, high)| u64::try_from(high - low).unwrap_or(0))
+            .sum()
+    };
+    let pairs: Vec<(String, String, String)> = names
+        .dc_clusters
+        .iter()
+        .flat_map(|(dc, bootstrap)| {
+            EventKind::PUBLISHED.into_iter().map(move |kind| {
+                (
+                    bootstrap.clone(),
+                    names.source(kind),
+                    names.replica(dc, kind),
+                )
+            })
+        })
+        .collect();
+    let want: u64 = tokio::task::block_in_place(|| {
+        pairs
+            .iter()
+            .map(|(bootstrap, source, _)| count(bootstrap, source))
+            .sum()
+    });
+    let replicated = checks::wait_for_count(want, Duration::from_secs(120), &bar, || {
+        Ok(tokio::task::block_in_place(|| {
+            pairs
+                .iter()
+                .map(|(_, _, replica)| count(central, replica))
+                .sum()
+        }))
+    })
+    .await?;
+    if replicated < want {
+        bail!(
+            "MirrorMaker 2 copied {replicated} of {want} records to central in 2 min: is it running (`infra/mirrormaker.sh start`)?"
+        );
+    }
+    Ok(replicated)
 }
 
 async fn create_topics(brokers: &str, topics: &[(String, i32)]) -> anyhow::Result<()> {

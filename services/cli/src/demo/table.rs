@@ -99,8 +99,15 @@ pub fn print_table(
     for (title, tallies) in [
         ("dispatcher (events-for-<dc>)", &report.dispatched),
         ("loader: Avro files", &report.files),
+        (
+            "loader: Elasticsearch (one document each)",
+            &report.elasticsearch,
+        ),
         ("loader: profiles (embedded store)", &report.profiles),
     ] {
+        if tallies.is_empty() {
+            continue;
+        }
         writeln!(
             out,
             "\n{title:<44} {:>10} {:>10} {:>10} {:>10} {:>10}",
