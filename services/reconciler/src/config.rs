@@ -67,7 +67,19 @@ struct RawReconcile {
 struct RawServe {
     interval: String,
     lookback: String,
+    close_by: CloseBy,
     close_after: String,
+    heartbeat_scan: i64,
+}
+
+/// What closes an hour for the continuous reconciler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloseBy {
+    /// Every DC's heartbeat watermark passed its end.
+    Heartbeats,
+    /// The wall clock passed its end.
+    WallClock,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,8 +160,13 @@ pub struct ReconcileSettings {
     pub interval: Duration,
     /// Continuous mode: how far back.
     pub lookback: Duration,
-    /// Continuous mode: how long after its end an hour is closed.
+    /// Continuous mode: what closes an hour.
+    pub close_by: CloseBy,
+    /// Continuous mode: how long after its end (by the watermarks or the
+    /// clock) an hour is closed.
     pub close_after: Duration,
+    /// Continuous mode: records read back per partition for its newest heartbeat.
+    pub heartbeat_scan: i64,
 }
 
 /// The pipeline's topic names.
@@ -288,7 +305,9 @@ impl ReconcileSettings {
             }),
             interval,
             lookback,
+            close_by: reconcile.serve.close_by,
             close_after,
+            heartbeat_scan: reconcile.serve.heartbeat_scan,
         })
     }
 }

@@ -20,6 +20,7 @@ pub mod report;
 pub mod serve;
 pub mod stores;
 pub mod verdict;
+pub mod watermarks;
 
 use std::collections::BTreeMap;
 

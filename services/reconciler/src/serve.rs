@@ -1,6 +1,7 @@
 //! The continuous reconciler: every `interval`, the hours within
-//! `lookback` that are closed (their end `close-after` behind the wall
-//! clock) are reconciled again; the differences become metrics and the
+//! `lookback` that are closed (their end `close-after` behind every DC's
+//! heartbeat watermark — [`crate::watermarks`] — or, configured so, behind
+//! the wall clock) are reconciled again; the differences become metrics and the
 //! last result is served as JSON at `/reconcile`. An hour whose holdings
 //! changed since the previous check (late data arrived) counts as
 //! re-checked. So a loss shows as `adpipe_reconcile_unexplained > 0`
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpResponse, web};
 use adpipe_runtime::telemetry::{AdminRoutes, Health};
 
+use crate::config::CloseBy;
 use crate::ledger::{Bucket, HOUR_MS, Kind};
 use crate::report::{Holding, Reconciliation};
 use crate::{ReconcileSettings, Span, reconcile};
@@ -37,13 +39,55 @@ fn why(explanation: &str) -> &str {
     }
 }
 
-/// The hours `[from, to)` closed at `now_ms`: within `lookback`, ended
-/// `close_after` ago. None when no hour is closed yet.
-pub fn closed_hours(now_ms: i64, lookback: Duration, close_after: Duration) -> Option<(i64, i64)> {
+/// The hours `[from, to)` closed when the clock says `now_ms` and the
+/// watermarks (or the clock) `until_ms`: within `lookback` of now, ended
+/// `close_after` before `until_ms`. None when no hour is closed yet.
+pub fn closed_hours(
+    now_ms: i64,
+    until_ms: i64,
+    lookback: Duration,
+    close_after: Duration,
+) -> Option<(i64, i64)> {
     let floor = |ms: i64| ms - ms.rem_euclid(HOUR_MS);
     let from = floor(now_ms - lookback.as_millis() as i64);
-    let to = floor(now_ms - close_after.as_millis() as i64);
+    let to = floor(until_ms - close_after.as_millis() as i64);
     (to > from).then_some((from, to))
+}
+
+/// Where the closed hours end now: the clock, or the slowest DC's
+/// heartbeat watermark (None while a DC has none); exports the
+/// watermarks.
+async fn closed_until(settings: &ReconcileSettings) -> Option<i64> {
+    let now = adpipe_runtime::event_time::now_ms();
+    if settings.close_by == CloseBy::WallClock {
+        return Some(now);
+    }
+    let reading = settings.clone();
+    let watermarks = tokio::task::spawn_blocking(move || {
+        crate::watermarks::dc_watermarks(&reading, reading.heartbeat_scan)
+    })
+    .await;
+    let watermarks = match watermarks {
+        Ok(Ok(watermarks)) => watermarks,
+        Ok(Err(error)) => {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "reading the DCs' heartbeats failed"
+            );
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let mut without = 0;
+    for (dc, watermark) in &watermarks {
+        match watermark {
+            Some(ms) => metrics::gauge!("adpipe_reconcile_watermark_seconds", "dc" => dc.clone())
+                .set(*ms as f64 / 1000.0),
+            None => without += 1,
+        }
+    }
+    metrics::gauge!("adpipe_reconcile_dcs_without_heartbeat").set(f64::from(without));
+    crate::watermarks::closed_until(&watermarks)
 }
 
 /// What the metrics last said, so label sets that went quiet drop to 0.
@@ -137,11 +181,15 @@ pub async fn serve(
     let mut published = Published::default();
     tokio::pin!(stop);
     loop {
-        if let Some((from, to)) = closed_hours(
-            adpipe_runtime::event_time::now_ms(),
-            settings.lookback,
-            settings.close_after,
-        ) {
+        let closed = closed_until(&settings).await.and_then(|until| {
+            closed_hours(
+                adpipe_runtime::event_time::now_ms(),
+                until,
+                settings.lookback,
+                settings.close_after,
+            )
+        });
+        if let Some((from, to)) = closed {
             let started = Instant::now();
             let span = Span {
                 from,
@@ -191,18 +239,24 @@ mod tests {
         // 10:05: 09:00–10:00 ended 5 min ago, not closed yet.
         let now = 10 * HOUR_MS + 5 * 60_000;
         assert_eq!(
-            closed_hours(now, lookback, close_after),
+            closed_hours(now, now, lookback, close_after),
             Some((7 * HOUR_MS, 9 * HOUR_MS))
         );
         // 10:10: now it is.
         let now = 10 * HOUR_MS + 10 * 60_000;
         assert_eq!(
-            closed_hours(now, lookback, close_after),
+            closed_hours(now, now, lookback, close_after),
             Some((7 * HOUR_MS, 10 * HOUR_MS))
         );
         assert_eq!(
-            closed_hours(now, Duration::from_secs(60), close_after),
+            closed_hours(now, now, Duration::from_secs(60), close_after),
             None
+        );
+        // The watermarks lag the clock: 08:00–09:00 is the last closed.
+        let watermark = 9 * HOUR_MS + 5 * 60_000;
+        assert_eq!(
+            closed_hours(now, watermark, lookback, close_after),
+            Some((7 * HOUR_MS, 8 * HOUR_MS))
         );
     }
 }

@@ -371,12 +371,34 @@ async fn every_injected_fault_is_named_and_only_the_losses_are_unexplained() {
     );
 }
 
-/// The continuous reconciler (the real binary) reports the chain's losses
-/// as metrics once the hour is closed, and takes them back when the
-/// missing event arrives late (re-checking the hour).
+/// The continuous reconciler (the real binary) leaves an hour alone until
+/// dc1's heartbeats say it is closed, then reports the chain's losses as
+/// metrics, and takes them back when the missing event arrives late
+/// (re-checking the hour).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_continuous_reconciler_exports_a_loss_and_rechecks_when_late_data_arrives() {
     let (chain, registry, env) = faulty_chain().await;
+    // dc1 published everything up to half past: the hour is still open.
+    let chain = &chain;
+    let heartbeat = move |watermark: i64| async move {
+        for kind in ["impressions", "clicks", "conversions"] {
+            chain
+                .producer
+                .send(
+                    FutureRecord::<str, [u8]>::to(&format!("dc1.{}{kind}", chain.prefix))
+                        .partition(0)
+                        .headers(OwnedHeaders::new().insert(Header {
+                            key: adpipe_runtime::heartbeat::HEADER,
+                            value: Some(watermark.to_string().as_bytes()),
+                        })),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(error, _)| error)
+                .expect("heartbeat sent");
+        }
+    };
+    heartbeat(*HOUR + 1_800_000).await;
     let address = adpipe_testkit::free_loopback_address();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_adpipe-reconciler"))
         .envs(env)
@@ -391,6 +413,34 @@ async fn the_continuous_reconciler_exports_a_loss_and_rechecks_when_late_data_ar
         adpipe_testkit::metric_value_where(address, "adpipe_reconcile_unexplained", labels).await
     };
     let dedup_loss = "flow=\"merged → deduplicated\",what=\"missing\"";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while adpipe_testkit::metric_value(address, "adpipe_reconcile_watermark_seconds").await
+        != Some((*HOUR + 1_800_000) as f64 / 1000.0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dc1's watermark never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Runs over the (empty) hours before it, not over it.
+    let runs = || adpipe_testkit::metric_value(address, "adpipe_reconcile_runs_total");
+    let seen = runs().await.unwrap_or(0.0);
+    while runs().await.unwrap_or(0.0) < seen + 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reconciler does not run"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        adpipe_testkit::metric_value(address, "adpipe_reconcile_closed_hours").await,
+        Some(0.0),
+        "no hour with events closed while dc1's watermark is inside it"
+    );
+    assert_eq!(lost(dedup_loss).await, None, "an open hour reports nothing");
+    // Now dc1 published everything of the hour.
+    heartbeat(*HOUR + HOUR_MS + 60_000).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while lost(dedup_loss).await != Some(1.0) {
         assert!(
