@@ -236,23 +236,8 @@ pub async fn collect_joins(
     bar: ProgressBar,
 ) -> anyhow::Result<JoinReport> {
     use adpipe_events::{Click, Conversion, JoinedClick, JoinedConversion};
-    use std::collections::{HashMap, HashSet};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set(
-            "group.id",
-            format!("{}adpipe-demo-join-checker", names.prefix),
-        )
-        .set("enable.auto.commit", "false")
-        .create()?;
     let topics = ["clicks", "conversions", "orphans"].map(|what| names.joined(what));
-    let mut assignment = TopicPartitionList::new();
-    for topic in &topics {
-        for partition in 0..PARTITIONS {
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&assignment)?;
+    let consumer = reader(bootstrap, names, &topics)?;
     let wanted =
         (expected.clicks.len() + expected.conversions.len() + expected.orphans.len()) as u64;
     bar.set_length(wanted);
