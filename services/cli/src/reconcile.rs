@@ -168,3 +168,72 @@ pub async fn run(args: &ReconcileArgs, out: &mut dyn Write) -> anyhow::Result<bo
     }
     Ok(result.unexplained().next().is_none())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ReconcileArgs,
+    }
+
+    #[test]
+    fn flags_land_in_the_reconcilers_settings_and_the_hours_round_outwards() {
+        let cli = Cli::try_parse_from([
+            "reconcile",
+            "--from",
+            "time:2026-12-03T10:20:00Z",
+            "--to",
+            "time:2026-12-03T12:05:00Z",
+            "--brokers",
+            "127.0.0.1:1",
+            "--dc",
+            "dc1=127.0.0.1:2",
+            "--topic-prefix",
+            "t.",
+            "--group",
+            "files=my-files",
+            "--group",
+            "elasticsearch=",
+            "--postgres-url",
+            "postgresql://u@h/db",
+            "--schema",
+            "s",
+        ])
+        .expect("parses");
+        let settings = cli.args.settings().expect("valid");
+        assert_eq!(settings.bootstrap, "127.0.0.1:1");
+        assert_eq!(settings.dcs[0].bootstrap.as_deref(), Some("127.0.0.1:2"));
+        assert_eq!(settings.dcs[1].bootstrap, None);
+        assert_eq!(
+            settings
+                .topics
+                .replica("dc2", adpipe_reconciler::ledger::Kind::Click),
+            "dc2.t.clicks"
+        );
+        assert_eq!(settings.groups.files, "my-files");
+        assert_eq!(settings.groups.elasticsearch, "");
+        assert_eq!(
+            settings.stats,
+            Some(("postgresql://u@h/db".to_owned(), "s".to_owned()))
+        );
+        let span = cli.args.span(&settings).expect("a span");
+        let hour = adpipe_reconciler::ledger::HOUR_MS;
+        assert_eq!(span.from % hour, 0);
+        assert_eq!(span.to - span.from, 3 * hour, "10:00 to 13:00");
+        let bad = Cli::try_parse_from([
+            "reconcile",
+            "--from",
+            "ago:1h",
+            "--brokers",
+            "b",
+            "--group",
+            "files",
+        ])
+        .expect("parses");
+        assert!(bad.args.settings().is_err(), "--group needs STAGE=GROUP");
+    }
+}
