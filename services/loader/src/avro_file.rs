@@ -16,7 +16,7 @@ use crate::config::FileCodec;
 /// Uncompressed bytes per block (readers hold a block in memory).
 const BLOCK_BYTES: usize = 64 * 1024;
 
-fn put_long(out: &mut Vec<u8>, value: i64) {
+pub(crate) fn put_long(out: &mut Vec<u8>, value: i64) {
     let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
     loop {
         let byte = (zigzag & 0x7f) as u8;
@@ -29,7 +29,7 @@ fn put_long(out: &mut Vec<u8>, value: i64) {
     }
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     put_long(out, i64::try_from(bytes.len()).unwrap_or(i64::MAX));
     out.extend_from_slice(bytes);
 }

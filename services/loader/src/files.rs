@@ -22,6 +22,15 @@
 //! - a full disk stops the worker with the file named (nothing committed
 //!   past the batch); other IO errors are retried.
 //!
+//! - one writer per partition at a time, whatever the rebalances: the
+//!   recovery and every batch's write hold an exclusive lock on
+//!   `_adpipe/<topic>/p<partition>.lock` (flock), and a write first reads
+//!   the marker again under it, skipping what another task already wrote.
+//!   So a task still finishing a write after its partition moved on (a
+//!   revoke that outlived its deadline, in this process or another on the
+//!   same host) neither has its staged files swept by the new owner's
+//!   recovery nor writes a record twice.
+//!
 //! All instances of the loader must share `<dir>` (one volume), as
 //! partitions move between them. To write a range again (`adpipe replay`),
 //! delete its files and the partition's marker first.
@@ -113,6 +122,26 @@ impl PartitionPaths {
             .join(format!("p{}.json", self.partition))
     }
 
+    /// Holds the partition's lock until the returned file is dropped
+    /// (blocking while another writer or recovery holds it).
+    pub fn lock(&self) -> Result<fs::File, StepError> {
+        let path = self
+            .root
+            .join("_adpipe")
+            .join(&self.topic)
+            .join(format!("p{}.lock", self.partition));
+        create_dir(path.parent().unwrap_or(&self.root))?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|error| io_error("opening", &path, &error))?;
+        file.lock()
+            .map_err(|error| io_error("locking", &path, &error))?;
+        Ok(file)
+    }
+
     fn staging(&self) -> PathBuf {
         self.root
             .join("_adpipe")
@@ -173,6 +202,12 @@ impl PartitionPaths {
     /// Finishes a pending batch (renames the files still staged, then
     /// moves the marker on) and returns where the partition resumes.
     pub fn recover(&self) -> Result<Option<i64>, StepError> {
+        let _lock = self.lock()?;
+        self.recover_locked()
+    }
+
+    /// [`recover`](Self::recover), the lock held by the caller.
+    fn recover_locked(&self) -> Result<Option<i64>, StepError> {
         let marker = self.read_marker()?;
         let next = match marker.pending {
             Some(pending) => {
@@ -336,6 +371,11 @@ pub struct FilesSink {
 impl FilesSink {
     /// Writes the batch's files, staged then in place (see the module).
     fn write_blocking(&mut self, batch: &[Pending<Datum>], span: &Span) -> Result<(), StepError> {
+        let _lock = self.paths.lock()?;
+        // Another task may have written this partition since this one
+        // recovered (it outlived a revoke): resume after what it wrote.
+        let stored = self.paths.recover_locked()?;
+        self.next = self.next.max(stored);
         // (hour, schema id) → indices, in offset order within each file.
         let mut files: BTreeMap<(i64, u32), Vec<usize>> = BTreeMap::new();
         for (index, pending) in batch.iter().enumerate() {
@@ -347,6 +387,11 @@ impl FilesSink {
                 .entry((hour, pending.item.schema.id))
                 .or_default()
                 .push(index);
+        }
+        if files.is_empty() {
+            // All of it is in files already: the marker stays where it is
+            // (it may be past this batch).
+            return Ok(());
         }
         let staging = self.paths.staging();
         create_dir(&staging)?;
@@ -379,7 +424,7 @@ impl FilesSink {
         }
         sync_dir(&staging)?;
         let pending = PendingBatch {
-            next: span.last + 1,
+            next: (span.last + 1).max(self.next.unwrap_or(0)),
             files: placed,
         };
         self.paths.write_marker(&Marker {
@@ -454,5 +499,129 @@ impl Sink for FilesSink {
         // (a crash half-way is what the marker recovers from).
         tokio::task::block_in_place(|| self.write_blocking(batch, span))?;
         Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::avro_file::{put_bytes, put_long};
+
+    const SCHEMA: &str = r#"{"type":"record","name":"Row","fields":[{"name":"event_id","type":"string"},{"name":"event_time","type":"long"}]}"#;
+
+    fn settings(dir: &Path) -> FilesSettings {
+        FilesSettings {
+            dir: dir.to_owned(),
+            format: FileFormat::Avro,
+            codec: FileCodec::Null,
+        }
+    }
+
+    /// Records `first..=last` of partition 0 of `topic`.
+    fn batch(topic: &str, first: i64, last: i64) -> (Vec<Pending<Datum>>, Span) {
+        let schema = Arc::new(WriterSchema {
+            id: 1,
+            text: SCHEMA.to_owned(),
+            parsed: SCHEMA.parse().expect("a schema"),
+        });
+        let time = 1_764_000_000_000;
+        let records = (first..=last)
+            .map(|offset| {
+                let mut datum = Vec::new();
+                put_bytes(&mut datum, format!("e{offset}").as_bytes());
+                put_long(&mut datum, time);
+                Pending {
+                    source: crate::record::Source {
+                        topic: Arc::from(topic),
+                        partition: 0,
+                        offset,
+                        key: None,
+                        value: None,
+                        headers: adpipe_runtime::Headers::default(),
+                    },
+                    identity: Identity {
+                        id: format!("e{offset}"),
+                        time_ms: time,
+                        version: None,
+                    },
+                    item: Datum {
+                        schema: Arc::clone(&schema),
+                        layout: None,
+                        datum: Bytes::from(datum),
+                    },
+                }
+            })
+            .collect();
+        let span = Span {
+            topic: topic.to_owned(),
+            partition: 0,
+            first,
+            last,
+        };
+        (records, span)
+    }
+
+    fn ids_in_files(dir: &Path, topic: &str) -> Vec<String> {
+        let mut ids: Vec<String> = crate::read_back::avro_identities(dir)
+            .expect("files read")
+            .remove(topic)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|identity| identity.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// A task still writing after its partition moved on (a zombie): the
+    /// new owner recovered before the zombie's write, then both write. Each
+    /// record is in the files once, and a stale batch moves no marker back.
+    #[test]
+    fn two_tasks_of_one_partition_write_each_record_once() {
+        let dir = std::env::temp_dir().join(format!("adpipe-files-fence-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let factory = FilesFactory::new(&settings(&dir)).expect("a factory");
+        let mut zombie = factory.sink("t", 0).expect("a sink");
+        let mut owner = factory.sink("t", 0).expect("a sink");
+        let (records, span) = batch("t", 0, 9);
+        zombie.write_blocking(&records, &span).expect("written");
+        let (records, span) = batch("t", 0, 19);
+        owner.write_blocking(&records, &span).expect("written");
+        let want: Vec<String> = {
+            let mut ids: Vec<String> = (0..20).map(|n| format!("e{n}")).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids_in_files(&dir, "t"), want, "each record once");
+        let (records, span) = batch("t", 0, 9);
+        zombie
+            .write_blocking(&records, &span)
+            .expect("a stale batch is skipped");
+        let paths = PartitionPaths::new(&dir, "t", 0);
+        assert_eq!(paths.read_marker().expect("a marker").next, Some(20));
+        assert_eq!(ids_in_files(&dir, "t"), want);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A recovery waits for a write in progress (it would sweep its staged
+    /// files).
+    #[test]
+    fn a_recovery_waits_for_the_partitions_lock() {
+        let dir = std::env::temp_dir().join(format!("adpipe-files-lock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let paths = PartitionPaths::new(&dir, "t", 3);
+        let held = paths.lock().expect("locked");
+        let recovering = {
+            let paths = paths.clone();
+            std::thread::spawn(move || paths.recover())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            !recovering.is_finished(),
+            "recovery blocked while the lock is held"
+        );
+        drop(held);
+        assert_eq!(recovering.join().expect("joined").expect("recovered"), None);
+        let _ = fs::remove_dir_all(&dir);
     }
 }
