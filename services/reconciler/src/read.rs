@@ -99,7 +99,10 @@ pub fn client(
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "adpipe-reconciler-reader")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // A start that retention deleted meanwhile: from what is left,
+        // never from the end (which would read nothing and count a loss).
+        .set("auto.offset.reset", "earliest");
     for (key, value) in properties {
         config.set(key, value);
     }
