@@ -119,6 +119,9 @@ impl RegistryClient {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
+            // Below the servers' keep-alive (actix-web's 5 s): a pooled
+            // connection the server is closing is not reused.
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .map_err(|error| RegistryError::Protocol(format!("http client: {error}")))?;
         Ok(RegistryClient {
@@ -188,11 +191,20 @@ impl RegistryClient {
             url: self.base_url.clone(),
             source,
         };
-        let response = request
-            .header("Accept", CONTENT_TYPE)
-            .send()
-            .await
-            .map_err(unreachable)?;
+        let request = request.header("Accept", CONTENT_TYPE);
+        // Every call is idempotent (a read, or registering a schema the
+        // registry keeps once): one more try when the request never got an
+        // answer (a pooled connection closed under it).
+        let retry = request.try_clone();
+        let response = match request.send().await {
+            Err(error) if (error.is_request() || error.is_connect()) && !error.is_timeout() => {
+                match retry {
+                    Some(retry) => retry.send().await.map_err(unreachable)?,
+                    None => return Err(unreachable(error)),
+                }
+            }
+            other => other.map_err(unreachable)?,
+        };
         let status = response.status();
         let bytes = response.bytes().await.map_err(unreachable)?;
         if status.is_success() {
