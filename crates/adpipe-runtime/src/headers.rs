@@ -16,6 +16,19 @@ use rdkafka::message::Header;
 
 const NULL_VALUE: u32 = u32::MAX;
 
+/// The value of header `name` of a record as read from Kafka, as text
+/// (lossy UTF-8); `None` when absent or null. For readers outside a step
+/// (checkers, the reconciler); a step has `InputRecord::header`.
+pub fn header_text<M: rdkafka::message::Message>(message: &M, name: &str) -> Option<String> {
+    use rdkafka::message::Headers as _;
+    message
+        .headers()?
+        .iter()
+        .find(|header| header.key == name)
+        .and_then(|header| header.value)
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
 /// An ordered, cheaply cloned list of record headers.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Headers {

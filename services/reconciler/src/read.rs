@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use adpipe_codec::Codec;
-use adpipe_runtime::dead_letter;
+use adpipe_runtime::{dead_letter, header_text};
 use anyhow::Context;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 
@@ -204,15 +204,6 @@ fn value_hash(value: &[u8]) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     value.hash(&mut hasher);
     hasher.finish()
-}
-
-fn header_text(message: &BorrowedMessage<'_>, name: &str) -> Option<String> {
-    message
-        .headers()?
-        .iter()
-        .find(|header| header.key == name)
-        .and_then(|header| header.value)
-        .map(|value| String::from_utf8_lossy(value).into_owned())
 }
 
 /// Reads one stage's topic into `ledger`; returns the records read.

@@ -18,7 +18,7 @@ use adpipe_runtime::dead_letter;
 use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -160,13 +160,7 @@ pub fn find_dead_letters(
             continue;
         };
         let message = message?;
-        let header = |name: &str| {
-            message
-                .headers()
-                .and_then(|headers| headers.iter().find(|header| header.key == name))
-                .and_then(|header| header.value)
-                .map(|value| String::from_utf8_lossy(value).into_owned())
-        };
+        let header = |name: &str| adpipe_runtime::header_text(&message, name);
         let omitted: Option<usize> =
             header(dead_letter::HEADER_VALUE_OMITTED).and_then(|size| size.parse().ok());
         let payload = message.payload().unwrap_or_default();

@@ -262,16 +262,8 @@ pub async fn collect_joins(
             let right = expected.conversions.get(&joined.conversion.event_id) == Some(&joined);
             (joined.conversion.event_id, right)
         } else {
-            let header = |name: &str| {
-                message
-                    .headers()
-                    .and_then(|headers| {
-                        use rdkafka::message::Headers as _;
-                        headers.iter().find(|h| h.key == name).and_then(|h| h.value)
-                    })
-                    .map(|value| String::from_utf8_lossy(value).into_owned())
-                    .unwrap_or_default()
-            };
+            let header =
+                |name: &str| adpipe_runtime::header_text(&message, name).unwrap_or_default();
             let id = match header(adpipe_joiner::HEADER_ORPHAN_KIND).as_str() {
                 "click" => codec.decode::<Click>(value).await?.event_id,
                 _ => codec.decode::<Conversion>(value).await?.event_id,
