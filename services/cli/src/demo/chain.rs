@@ -237,8 +237,11 @@ impl ChainPlan<'_> {
                 "ADPIPE__JOINER__STATE_DIR",
                 self.state_dir.join("joiner").display().to_string(),
             ),
-            // A replay: what finds no partner within 2 s never will.
-            ("ADPIPE__JOINER__WAIT", "2s".to_owned()),
+            // A replay: what finds no partner within 15 s never will — long
+            // enough for the impressions' deduplication to catch up on a
+            // loaded 2-core machine (at 2 s a fresh-clone run orphaned 3
+            // clicks whose impressions were still on their way).
+            ("ADPIPE__JOINER__WAIT", "15s".to_owned()),
             ("ADPIPE__RUNTIME__MAX_IDLE", "1s".to_owned()),
         ]));
         let joiner = adpipe_joiner::JoinerSettings::load(None, joiner_env.into_iter())?;
