@@ -176,7 +176,20 @@ case "$command" in
     mapfile -t targets < <(selected "$@")
     [ ${#targets[@]} -gt 0 ] || die "no cluster named $* in $CLUSTERS_FILE"
     for target in "${targets[@]}"; do start_one $target; done
-    for target in "${targets[@]}"; do wait_one $target; done ;;
+    for target in "${targets[@]}"; do
+      # A loopback port in the ephemeral range can be taken for a moment by
+      # some client's outgoing connection (a restart under load, the chaos
+      # test): a node that could not bind is started again, twice at most.
+      for attempt in 1 2 3; do
+        ( wait_one $target ) && continue 2
+        read -r name _ <<< "$target"
+        grep -q "Address already in use" "$(node_dir "$name" 1)/server.log" \
+          "$KAFKA_STATE/$name"-node*/server.log 2>/dev/null && [ "$attempt" -lt 3 ] || exit 1
+        log "$name: a port was in use; starting again"
+        sleep 3
+        start_one $target
+      done
+    done ;;
   stop)
     # Without names: every cluster that runs, on_demand ones too.
     if [ $# -eq 0 ]; then set -- $(clusters --all name); fi

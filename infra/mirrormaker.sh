@@ -59,6 +59,10 @@ write_config() {
     for dc in $dcs; do
       echo "$dc->$central.enabled = true"
       echo "$dc->$central.topics = $pattern.*(impressions|clicks|conversions)"
+      # Topics on central as safe as it allows; on a DC (one broker) one copy.
+      echo "$dc->$central.replication.factor = $replication"
+      echo "$dc->$central.checkpoints.topic.replication.factor = $replication"
+      echo "$dc->$central.heartbeats.topic.replication.factor = $replication"
       echo "$central->$dc.enabled = true"
       echo "$central->$dc.topics = $pattern.*events-for-$dc"
     done
@@ -72,13 +76,17 @@ emit.checkpoints.enabled = false
 emit.heartbeats.enabled = false
 refresh.topics.interval.seconds = $REFRESH_SECONDS
 refresh.groups.interval.seconds = 600
-replication.factor = $replication
-offset-syncs.topic.replication.factor = $replication
-checkpoints.topic.replication.factor = $replication
-heartbeats.topic.replication.factor = $replication
-config.storage.replication.factor = $replication
-offset.storage.replication.factor = $replication
-status.storage.replication.factor = $replication
+replication.factor = 1
+offset-syncs.topic.replication.factor = 1
+checkpoints.topic.replication.factor = 1
+heartbeats.topic.replication.factor = 1
+config.storage.replication.factor = 1
+offset.storage.replication.factor = 1
+status.storage.replication.factor = 1
+# The herder that writes into central keeps its state there.
+$central.config.storage.replication.factor = $replication
+$central.offset.storage.replication.factor = $replication
+$central.status.storage.replication.factor = $replication
 tasks.max = 2
 PROPS
   } > "$MM2_STATE/mm2.properties"

@@ -16,8 +16,11 @@
 //!   that record is added: a record whose processing is cut off and retried
 //!   is never added twice;
 //! - a write that fails transiently is tried again and nothing is
-//!   dead-lettered for it: the next record waits (its partition's queue
-//!   fills and is paused), a due timer fires again after the backoff. A
+//!   dead-lettered for it: the batch is sealed — the next record waits,
+//!   its processing trying the write first (its partition's queue fills
+//!   and is paused), a due timer fires again after the backoff — so the
+//!   retry writes exactly the records the failed attempt did (a failed
+//!   attempt may have committed after all; the fence then knows it). A
 //!   write must return within the processing timeout (bound its IO), and
 //!   must be fenced by the service (the stats-counter's compare-and-set
 //!   offsets): a write cut off after it committed is tried again and has
@@ -98,6 +101,8 @@ pub struct Batching<S: BatchStep> {
     /// The timer that writes the open batch by time.
     timer: Option<u64>,
     next_timer: u64,
+    /// A write of the open batch was tried: it takes no more records.
+    sealed: bool,
 }
 
 impl<S: BatchStep> Batching<S> {
@@ -112,6 +117,7 @@ impl<S: BatchStep> Batching<S> {
             spans: Vec::new(),
             timer: None,
             next_timer: 0,
+            sealed: false,
         }
     }
 
@@ -132,6 +138,7 @@ impl<S: BatchStep> Batching<S> {
     /// Writes the open batch; on success releases its records with the
     /// outputs and starts a new one. State changes only after the write.
     async fn write(&mut self, out: &mut Emitter) -> Result<(), StepError> {
+        self.sealed = true;
         let outputs =
             self.step
                 .write(&self.open, &self.spans)
@@ -164,6 +171,7 @@ impl<S: BatchStep> Batching<S> {
         self.bytes = 0;
         self.spans.clear();
         self.timer = None;
+        self.sealed = false;
         Ok(())
     }
 }
@@ -174,7 +182,7 @@ impl<S: BatchStep> Step for Batching<S> {
         record: &InputRecord<'_>,
         out: &mut Emitter,
     ) -> Result<(), StepError> {
-        if self.full() {
+        if self.full() || (self.sealed && !self.held.is_empty()) {
             self.write(out).await?;
         }
         self.step.add(&mut self.open, record)?;

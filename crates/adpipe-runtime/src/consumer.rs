@@ -18,6 +18,11 @@
 //!   within the revoke deadline, their done prefix — never past a failed or
 //!   abandoned offset — is committed, and their trackers are dropped so late
 //!   acknowledgements cannot commit (the fence);
+//! - a task that outlives its revoke (a sink write still running past the
+//!   deadline) lingers; when one of its partitions comes back to this
+//!   worker, the new task — and the offsets the service stored for it — wait
+//!   until the old one ended (up to [`LINGER_WAIT`], then it is aborted), so
+//!   one worker never runs two tasks of a partition at once;
 //! - a lost output anywhere stops the worker at the next commit tick;
 //! - librdkafka statistics give the lag gauge and tell aligned tasks which
 //!   inputs are at their end (for `max-idle`);
@@ -57,6 +62,9 @@ const RECORD_OVERHEAD_BYTES: usize = 128;
 const RESUME_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 /// Synchronous commits at revoke and stop are tried this often.
 const SYNC_COMMIT_ATTEMPTS: usize = 3;
+/// How long a partition coming back waits for its previous task, still
+/// finishing after its revoke, before that task is aborted.
+const LINGER_WAIT: Duration = Duration::from_secs(60);
 /// Extra time, beyond the revoke deadline, a drain may take to reply.
 const DRAIN_REPLY_GRACE: Duration = Duration::from_secs(5);
 /// How long a poll waits when nothing is ready.
@@ -113,6 +121,8 @@ impl Slot {
 struct TaskHandle {
     senders: Vec<mpsc::UnboundedSender<TaskMessage>>,
     revoke: watch::Sender<bool>,
+    /// One per sub-partition: done when its task has ended.
+    running: Vec<tokio::task::JoinHandle<()>>,
 }
 
 #[derive(Default)]
@@ -145,6 +155,8 @@ pub struct WorkerContext<F: StepFactory> {
     health: Arc<Health>,
     /// Held while a commit is in flight (see the module's contract).
     commit_lock: Mutex<()>,
+    /// Tasks revoked but still running (see the module's contract).
+    lingering: Mutex<HashMap<TaskKey, Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl<F: StepFactory> ClientContext for WorkerContext<F> {
@@ -301,7 +313,54 @@ impl<F: StepFactory> WorkerContext<F> {
             stopper,
             health,
             commit_lock: Mutex::new(()),
+            lingering: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Waits until no task revoked earlier still runs for any of
+    /// `partitions` (aborting one that takes over [`LINGER_WAIT`]).
+    fn wait_for_lingering<'a>(&self, partitions: impl IntoIterator<Item = (&'a str, i32)>) {
+        let keys: Vec<TaskKey> = partitions
+            .into_iter()
+            .filter_map(|(topic, partition)| {
+                self.routes.get(topic).map(|&(group, _)| (group, partition))
+            })
+            .collect();
+        let handles: Vec<(TaskKey, tokio::task::JoinHandle<()>)> = {
+            let mut lingering = self.lingering.lock();
+            lingering.retain(|_, handles| {
+                handles.retain(|handle| !handle.is_finished());
+                !handles.is_empty()
+            });
+            keys.iter()
+                .filter_map(|key| lingering.remove(key).map(|handles| (*key, handles)))
+                .flat_map(|(key, handles)| handles.into_iter().map(move |handle| (key, handle)))
+                .collect()
+        };
+        if handles.is_empty() {
+            return;
+        }
+        warn!(
+            tasks = handles.len(),
+            "partitions came back while their previous tasks still finish; waiting for those"
+        );
+        self.runtime.block_on(async {
+            for ((group, partition), mut handle) in handles {
+                if tokio::time::timeout(LINGER_WAIT, &mut handle)
+                    .await
+                    .is_err()
+                {
+                    error!(
+                        group,
+                        partition,
+                        ?LINGER_WAIT,
+                        "a revoked task did not end; aborting it"
+                    );
+                    handle.abort();
+                    let _ = handle.await;
+                }
+            }
+        });
     }
 
     /// Sets, in the list about to be assigned, the offsets the service
@@ -314,6 +373,14 @@ impl<F: StepFactory> WorkerContext<F> {
         if !F::STORES_OFFSETS {
             return;
         }
+        // What a previous task of these partitions still writes is stored
+        // before the offsets are read.
+        self.wait_for_lingering(
+            partitions
+                .elements()
+                .iter()
+                .map(|element| (element.topic(), element.partition())),
+        );
         let committed = match consumer.committed_offsets(partitions.clone(), COMMITTED_TIMEOUT) {
             Ok(committed) => committed,
             Err(error) => {
@@ -381,6 +448,11 @@ impl<F: StepFactory> WorkerContext<F> {
     /// Creates slots for newly assigned partitions and a task for every
     /// (group, partition) among them.
     fn assign(&self, partitions: &[(String, i32)]) {
+        self.wait_for_lingering(
+            partitions
+                .iter()
+                .map(|(topic, partition)| (topic.as_str(), *partition)),
+        );
         let settings = &self.env.settings;
         let sub_partitions = settings.sub_partitions.get();
         let mut by_task: HashMap<TaskKey, Vec<(usize, &str)>> = HashMap::new();
@@ -458,6 +530,7 @@ impl<F: StepFactory> WorkerContext<F> {
         let sub_partitions = settings.sub_partitions.get();
         let (revoke, revoked) = watch::channel(false);
         let mut senders = Vec::with_capacity(usize::from(sub_partitions));
+        let mut running = Vec::with_capacity(usize::from(sub_partitions));
         for sub_partition in 0..sub_partitions {
             let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
             let assignment = TaskAssignment {
@@ -480,16 +553,20 @@ impl<F: StepFactory> WorkerContext<F> {
                 revoked: revoked.clone(),
                 stopper: Arc::clone(&self.stopper),
             };
-            self.runtime.spawn(run_task(
+            running.push(self.runtime.spawn(run_task(
                 Arc::clone(&self.env),
                 Arc::clone(&self.factory),
                 assignment,
                 link,
                 inbox_rx,
-            ));
+            )));
             senders.push(inbox_tx);
         }
-        TaskHandle { senders, revoke }
+        TaskHandle {
+            senders,
+            revoke,
+            running,
+        }
     }
 
     /// Drains the tasks that own any of `partitions` (a task is drained
@@ -505,9 +582,9 @@ impl<F: StepFactory> WorkerContext<F> {
                 .collect();
             keys.sort_unstable();
             keys.dedup();
-            let tasks: Vec<TaskHandle> = keys
+            let tasks: Vec<(TaskKey, TaskHandle)> = keys
                 .iter()
-                .filter_map(|key| assignment.tasks.remove(key))
+                .filter_map(|key| assignment.tasks.remove(key).map(|task| (*key, task)))
                 .collect();
             let mut slots = Vec::new();
             for partitions in assignment.slots.values_mut() {
@@ -528,6 +605,7 @@ impl<F: StepFactory> WorkerContext<F> {
             (tasks, slots)
         };
         // Interrupt what the tasks wait on, then ask each to drain.
+        let (keys_of_tasks, tasks): (Vec<TaskKey>, Vec<TaskHandle>) = tasks.into_iter().unzip();
         let mut replies = Vec::new();
         for task in &tasks {
             let _ = task.revoke.send(true);
@@ -547,6 +625,19 @@ impl<F: StepFactory> WorkerContext<F> {
                 ?wait,
                 "tasks did not finish draining in time; committing what is done"
             );
+        }
+        {
+            let mut lingering = self.lingering.lock();
+            for (key, task) in keys_of_tasks.iter().zip(tasks) {
+                let still: Vec<_> = task
+                    .running
+                    .into_iter()
+                    .filter(|handle| !handle.is_finished())
+                    .collect();
+                if !still.is_empty() {
+                    lingering.entry(*key).or_default().extend(still);
+                }
+            }
         }
         let mut offsets = TopicPartitionList::new();
         for slot in &slots {

@@ -6,7 +6,9 @@
 //! owns partition i of each), and that every output that follows an input's
 //! partitioning has as many partitions as that input. It refuses to start
 //! with one message listing every problem, instead of failing record by
-//! record (or crash-looping) later.
+//! record (or crash-looping) later. A cluster that does not answer (down,
+//! or its leaders moving: a worker restarted during an outage) is asked
+//! again with backoff for up to [`CLUSTER_PATIENCE`], each failure logged.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -66,12 +68,27 @@ pub fn problems(settings: &WorkerSettings, partitions: &HashMap<String, usize>) 
     problems
 }
 
+/// How long a worker starting waits for its cluster to answer.
+pub const CLUSTER_PATIENCE: Duration = Duration::from_secs(300);
+
 /// Reads the cluster's topics and returns [`problems`].
 pub fn check(settings: &WorkerSettings) -> Result<Vec<String>, rdkafka::error::KafkaError> {
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
         .create()?;
-    let metadata = client.fetch_metadata(None, Duration::from_secs(30))?;
+    let deadline = std::time::Instant::now() + CLUSTER_PATIENCE;
+    let mut backoff = Duration::from_millis(500);
+    let metadata = loop {
+        match client.fetch_metadata(None, Duration::from_secs(30)) {
+            Ok(metadata) => break metadata,
+            Err(error) if std::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(%error, retry_in = ?backoff, bootstrap = %settings.kafka.bootstrap_servers, "Kafka does not answer; asking again");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(error) => return Err(error),
+        }
+    };
     let partitions: HashMap<String, usize> = metadata
         .topics()
         .iter()

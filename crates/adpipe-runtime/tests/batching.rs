@@ -16,6 +16,8 @@ use support::{Topics, records, text};
 
 /// What the sink received: each written batch's values.
 type Written = Arc<Mutex<Vec<Vec<String>>>>;
+/// Every write tried: (its values, whether it succeeded).
+type Attempts = Arc<Mutex<Vec<(Vec<String>, bool)>>>;
 
 /// Writes batches of values to `written` and emits one output per batch.
 struct Sink {
@@ -27,6 +29,7 @@ struct Sink {
     gate: Arc<AtomicBool>,
     /// While true, every write fails for good (not transiently).
     broken: Arc<AtomicBool>,
+    attempts: Attempts,
 }
 
 impl BatchStep for Sink {
@@ -62,8 +65,10 @@ impl BatchStep for Sink {
             })
             .is_ok()
         {
+            self.attempts.lock().push((batch.clone(), false));
             return Err(StepError::transient("sink_down", "the sink is down"));
         }
+        self.attempts.lock().push((batch.clone(), true));
         let covered: i64 = spans.iter().map(|span| span.last - span.first + 1).sum();
         assert_eq!(
             covered,
@@ -87,6 +92,7 @@ struct SinkFactory {
     failures_left: Arc<AtomicUsize>,
     gate: Arc<AtomicBool>,
     broken: Arc<AtomicBool>,
+    attempts: Attempts,
     limits: BatchLimits,
 }
 
@@ -98,6 +104,7 @@ impl SinkFactory {
             failures_left: Arc::new(AtomicUsize::new(failures)),
             gate: Arc::new(AtomicBool::new(true)),
             broken: Arc::new(AtomicBool::new(false)),
+            attempts: Attempts::default(),
             limits,
         }
     }
@@ -114,6 +121,7 @@ impl StepFactory for SinkFactory {
                 failures_left: Arc::clone(&self.failures_left),
                 gate: Arc::clone(&self.gate),
                 broken: Arc::clone(&self.broken),
+                attempts: Arc::clone(&self.attempts),
             },
             self.limits,
         ))
@@ -283,4 +291,47 @@ async fn a_write_failing_for_good_stops_the_worker_and_blames_no_record() {
     topics.wait_committed_to_end(Duration::from_secs(60)).await;
     worker.stop().await.expect("clean stop");
     assert_eq!(written.lock().concat(), values(25));
+}
+
+/// A write that failed may have reached the store after all (its answer
+/// lost): the retry must write exactly the same records, or the store's
+/// fence cannot tell its own earlier write from another writer's (the
+/// chaos test's stats-counter stopped on such a grown batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_write_failed_takes_no_more_records_until_written() {
+    let topics = Topics::create("rt-batch-sealed", 1).await;
+    let all = records(10, &[]);
+    topics.produce(&all[..5]).await;
+    // Never full; the first write (the timer's) fails and is tried again
+    // a second later, while the other five records arrive.
+    let factory = SinkFactory::new(&topics, 1, limits(100, 200));
+    let (written, attempts) = (Arc::clone(&factory.written), Arc::clone(&factory.attempts));
+    let worker = adpipe_runtime::start(
+        topics.settings("retry-initial-backoff = \"1s\"\nretry-max-backoff = \"1s\"\n"),
+        factory,
+    )
+    .expect("starts");
+    let failed = || attempts.lock().iter().any(|(_, ok)| !ok);
+    for _ in 0..300 {
+        if failed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(failed(), "the first write failed");
+    topics.produce(&all[5..]).await;
+    topics.wait_committed_to_end(Duration::from_secs(60)).await;
+    worker.stop().await.expect("clean stop");
+    let attempts = attempts.lock().clone();
+    let first_failure = attempts.iter().position(|(_, ok)| !ok).expect("a failure");
+    assert_eq!(
+        attempts[first_failure + 1].0,
+        attempts[first_failure].0,
+        "the retry writes what the failed attempt did, nothing added: {attempts:?}"
+    );
+    assert_eq!(
+        written.lock().concat(),
+        values(10),
+        "every record once, in order"
+    );
 }

@@ -16,11 +16,15 @@ pub fn redis_url() -> String {
 }
 
 async fn connection() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_url())
+    connection_at(&redis_url()).await
+}
+
+async fn connection_at(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
         .expect("a Redis URL")
         .get_multiplexed_async_connection()
         .await
-        .unwrap_or_else(|error| panic!("Redis at {}: {error} (infra/redis.sh start)", redis_url()))
+        .unwrap_or_else(|error| panic!("Redis at {url}: {error} (infra/redis.sh start)"))
 }
 
 async fn keys(connection: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<String> {
@@ -33,7 +37,12 @@ async fn keys(connection: &mut redis::aio::MultiplexedConnection, prefix: &str) 
 
 /// Every profile key under `prefix` with its entries and expiry.
 pub async fn dump(prefix: &str) -> BTreeMap<String, Profile> {
-    let mut connection = connection().await;
+    dump_at(&redis_url(), prefix).await
+}
+
+/// Every profile key under `prefix` in the Redis at `url`.
+pub async fn dump_at(url: &str, prefix: &str) -> BTreeMap<String, Profile> {
+    let mut connection = connection_at(url).await;
     let mut dump = BTreeMap::new();
     for key in keys(&mut connection, prefix).await {
         let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
@@ -57,8 +66,13 @@ pub async fn dump(prefix: &str) -> BTreeMap<String, Profile> {
 /// How often each event id appears among the entries of the keys under
 /// `prefix` whose name ends with `suffix` (e.g. `":click"`, or `""`).
 pub async fn event_ids(prefix: &str, suffix: &str) -> BTreeMap<String, usize> {
+    event_ids_at(&redis_url(), prefix, suffix).await
+}
+
+/// [`event_ids`] in the Redis at `url`.
+pub async fn event_ids_at(url: &str, prefix: &str, suffix: &str) -> BTreeMap<String, usize> {
     let mut ids = BTreeMap::new();
-    for (key, (entries, _)) in dump(prefix).await {
+    for (key, (entries, _)) in dump_at(url, prefix).await {
         if !key.ends_with(suffix) {
             continue;
         }

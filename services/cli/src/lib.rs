@@ -3,6 +3,7 @@
 //! demo runs the schema registry in-process), while services never depend on
 //! each other.
 
+pub mod chaos;
 pub mod check;
 pub mod consume;
 pub mod demo;

@@ -147,8 +147,9 @@ pub struct ElasticsearchFactory {
 impl ElasticsearchFactory {
     /// Connects and puts the index template of every input (blocking: call
     /// it outside the async runtime's worker threads or in
-    /// `block_in_place`). Fails with the server's words when it is
-    /// unreachable or refuses a template.
+    /// `block_in_place`). Waits for a server that is unreachable or
+    /// answers 5xx (up to [`SETUP_PATIENCE`](crate::setup::SETUP_PATIENCE));
+    /// fails with the server's words when it refuses a template.
     pub fn new(
         settings: &ElasticsearchSettings,
         inputs: &[Input],
@@ -156,12 +157,16 @@ impl ElasticsearchFactory {
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self, String> {
         let client = http_client(write_timeout)?;
-        runtime.block_on(async {
-            for input in inputs {
-                put_template(&client, settings, input).await?;
-            }
-            Ok::<_, String>(())
-        })?;
+        runtime.block_on(crate::setup::until_ready(
+            "elasticsearch",
+            crate::setup::SETUP_PATIENCE,
+            || async {
+                for input in inputs {
+                    put_template(&client, settings, input).await?;
+                }
+                Ok(())
+            },
+        ))?;
         Ok(ElasticsearchFactory {
             client,
             settings: settings.clone(),
@@ -173,7 +178,8 @@ async fn put_template(
     client: &reqwest::Client,
     settings: &ElasticsearchSettings,
     input: &Input,
-) -> Result<(), String> {
+) -> Result<(), crate::setup::SetupFailure> {
+    use crate::setup::SetupFailure;
     let base = index_base(&settings.index_prefix, &input.topic);
     let kinds: Vec<&str> = input.kinds.iter().map(|kind| kind.name()).collect();
     let body = json!({
@@ -190,16 +196,16 @@ async fn put_template(
         "_meta": {"managed_by": "adpipe-loader", "topic": input.topic, "kinds": kinds.join("|")},
     });
     let url = format!("{}/_index_template/{base}", settings.url);
-    let response = client
-        .put(&url)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|error| format!("Elasticsearch at {}: {error}", settings.url))?;
+    let response = client.put(&url).json(&body).send().await.map_err(|error| {
+        SetupFailure::transient(format!("Elasticsearch at {}: {error}", settings.url))
+    })?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
-        return Err(format!("putting index template {base}: {status}: {text}"));
+        return Err(SetupFailure::from_status(
+            status,
+            format!("putting index template {base}: {status}: {text}"),
+        ));
     }
     Ok(())
 }

@@ -27,6 +27,7 @@ pub mod parquet_file;
 pub mod profiles;
 pub mod read_back;
 pub mod record;
+pub mod setup;
 pub mod sink;
 pub mod step;
 
@@ -72,8 +73,14 @@ pub fn start(settings: LoaderSettings) -> Result<WorkerHandle, WorkerError> {
                     let store = profiles::RedisProfiles::new(&profiles.url, &profiles.key_prefix)
                         .map_err(WorkerError::Setup)?;
                     let runtime = tokio::runtime::Handle::current();
-                    tokio::task::block_in_place(|| runtime.block_on(store.ping()))
-                        .map_err(WorkerError::Setup)?;
+                    tokio::task::block_in_place(|| {
+                        runtime.block_on(setup::until_ready(
+                            "redis",
+                            setup::SETUP_PATIENCE,
+                            || async { store.ping().await.map_err(setup::SetupFailure::transient) },
+                        ))
+                    })
+                    .map_err(WorkerError::Setup)?;
                     start_profiles(settings, store)
                 }
                 config::ProfileBackend::Aerospike => Err(WorkerError::Setup(

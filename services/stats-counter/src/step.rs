@@ -10,8 +10,9 @@
 //! offset (`StatsFactory::stored_offsets`), so a record of a committed
 //! batch is never counted again, and one of an unwritten batch is read
 //! again. A write refused because the stored offset moved (`Fenced`: a
-//! zombie, or a write cut off after it committed) stops the worker: the
-//! restart resumes from PostgreSQL. Bad records (undecodable, absurd event
+//! zombie) stops the worker: the restart resumes from PostgreSQL. A
+//! retried batch finding the stored offset at exactly its own end knows
+//! its earlier attempt committed (its answer lost) and counts as written. Bad records (undecodable, absurd event
 //! time, negative money, no ISO currency, an orphan without its reason
 //! header) go to the dead-letter topic with the reason and add nothing.
 
@@ -184,6 +185,36 @@ impl StatsStep {
         }
     }
 
+    /// The current totals of every row `batch` touched (counted or to send
+    /// again), read without writing.
+    async fn current_totals(
+        &mut self,
+        batch: &StatsBatch,
+    ) -> Result<HashMap<RowKeyText, Total>, StepError> {
+        let Target { url, schema, .. } = &self.target;
+        let store = match self.store.take() {
+            Some(store) if !store.is_closed() => store,
+            _ => PgStore::connect(url, schema)
+                .await
+                .map_err(|error| StepError::transient("postgres", error.to_string()))?,
+        };
+        let mut totals = HashMap::new();
+        for increments in [&batch.counted, &batch.resend] {
+            if increments.is_empty() {
+                continue;
+            }
+            for total in store
+                .current(increments)
+                .await
+                .map_err(|error| StepError::transient("postgres", error.to_string()))?
+            {
+                totals.entry(RowKeyText::of(&total)).or_insert(total);
+            }
+        }
+        self.store = Some(store);
+        Ok(totals)
+    }
+
     /// The records of `totals` for the totals topic.
     fn total_records(
         &self,
@@ -341,6 +372,20 @@ impl BatchStep for StatsStep {
                     metrics::counter!("adpipe_stats_corrections_total", "bucket_size" => size.name())
                         .increment(*count);
                 }
+                self.total_records(totals)
+            }
+            // Our own earlier attempt of this very batch committed (its
+            // answer was lost: a timeout) — the batch is sealed, so the
+            // stored offset being exactly its end means it is written.
+            Ok(Err(StoreError::Fenced { found, .. }))
+                if offsets.len() == 1 && found == Some(offsets[0].next) =>
+            {
+                tracing::info!(
+                    next = offsets[0].next,
+                    "a batch whose write seemed to fail had committed; not counting it again"
+                );
+                self.stored = found;
+                let totals = self.current_totals(batch).await?;
                 self.total_records(totals)
             }
             Ok(Err(fenced @ StoreError::Fenced { .. })) => {

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use adpipe_deduplicator::DedupSettings;
-use adpipe_deduplicator::config::Stream;
 use adpipe_events::EventKind;
 use adpipe_loader::memory_profiles::MemoryProfiles;
 use adpipe_runtime::WorkerHandle;
@@ -38,6 +37,16 @@ pub struct ChainPlan<'a> {
     pub postgres: Option<(String, String)>,
     /// Elasticsearch and the index prefix, when a loader writes there.
     pub elasticsearch: Option<(String, String)>,
+    /// Where the profile loaders write.
+    pub profiles: ProfileStore,
+    /// How long the joiner waits for a partner (`15s`: a replay — what
+    /// finds none within it never will, and long enough for the
+    /// impressions' deduplication to catch up on a loaded 2-core machine;
+    /// at 2 s a fresh-clone run orphaned 3 clicks whose impressions were
+    /// still on their way).
+    pub joiner_wait: String,
+    /// How long a silent DC or input holds the merge and the joiner back.
+    pub max_idle: String,
 }
 
 /// The running services.
@@ -67,7 +76,8 @@ impl Chain {
     }
 }
 
-type Env = Vec<(String, String)>;
+/// `ADPIPE__…` settings, in order.
+pub type Env = Vec<(String, String)>;
 
 fn env(pairs: &[(&str, String)]) -> Env {
     pairs
@@ -80,6 +90,32 @@ fn env(pairs: &[(&str, String)]) -> Env {
 fn toml_list(items: &[String]) -> String {
     let quoted: Vec<String> = items.iter().map(|item| format!("{item:?}")).collect();
     format!("[{}]", quoted.join(", "))
+}
+
+/// Where each DC's profile loader writes.
+#[derive(Debug, Clone)]
+pub enum ProfileStore {
+    /// One embedded store per DC in this process (the demo).
+    Embedded,
+    /// Redis at this URL, each DC's entries under its own key prefix
+    /// (`<topic prefix>profile-<dc>:`): services run as processes.
+    Redis(String),
+}
+
+/// One service instance of the chain: which binary, configured how, and
+/// what the live view measures of it.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// The stage's name (`merger`, `loader (files)`, `profiles (dc1)` …).
+    pub stage: String,
+    /// Its binary (`adpipe-merger` …), whose library the demo runs in-process.
+    pub binary: &'static str,
+    /// Its settings as `ADPIPE__…` variables over its embedded defaults.
+    pub env: Env,
+    /// What the live view measures of it.
+    pub probe: StageProbe,
+    /// The DC of a profile loader.
+    pub dc: Option<String>,
 }
 
 impl ChainPlan<'_> {
@@ -106,18 +142,15 @@ impl ChainPlan<'_> {
         ])
     }
 
-    fn group(&self, group: &str) -> String {
+    /// The consumer group of `group` under the run's prefix.
+    pub fn group(&self, group: &str) -> String {
         format!("{}adpipe-{group}", self.names.prefix)
     }
 
-    /// Starts every service; `out` hears where each serves its metrics.
-    pub fn start(&self, out: &mut dyn std::io::Write) -> anyhow::Result<Chain> {
+    /// Every service of the chain, upstream first, with its settings.
+    pub fn services(&self) -> Vec<ServiceSpec> {
         let names = self.names;
-        let mut chain = Chain {
-            workers: Vec::new(),
-            probes: Vec::new(),
-            profiles: Vec::new(),
-        };
+        let mut services = Vec::new();
         let runtime_probe =
             |stage: &str, service: &str, group: String, inputs: Vec<String>| StageProbe {
                 name: stage.to_owned(),
@@ -136,10 +169,20 @@ impl ChainPlan<'_> {
                 orphans: None,
                 bootstrap: None,
             };
+        let mut add = |stage: &str, binary: &'static str, env: Env, probe: StageProbe| {
+            services.push(ServiceSpec {
+                stage: stage.to_owned(),
+                binary,
+                env,
+                probe,
+                dc: None,
+            });
+        };
 
         // merger
         let mut merger_env = self.common("merger", "merger");
         merger_env.extend(env(&[
+            ("ADPIPE__MERGER__DCS", toml_list(&names.dcs)),
             (
                 "ADPIPE__MERGER__INPUT",
                 names.replica_template().replace("{prefix}", &names.prefix),
@@ -148,8 +191,9 @@ impl ChainPlan<'_> {
                 "ADPIPE__MERGER__OUTPUT",
                 format!("{}merged.{{kind}}", names.prefix),
             ),
-            // Replayed events: no live heartbeats; a DC silent this long is done.
-            ("ADPIPE__RUNTIME__MAX_IDLE", "1s".to_owned()),
+            // No live heartbeats from the simulated bidders: a DC silent
+            // this long is idle (replayed: done).
+            ("ADPIPE__RUNTIME__MAX_IDLE", self.max_idle.clone()),
             // So the demo's oversize record is one (see bad_input.rs).
             (
                 "ADPIPE__KAFKA__PRODUCER",
@@ -159,50 +203,52 @@ impl ChainPlan<'_> {
                 ),
             ),
         ]));
-        let mut merger = adpipe_merger::MergerSettings::load(None, merger_env.into_iter())?;
-        merger.dcs = names.dcs.clone();
-        let handle = adpipe_merger::start(merger).context("starting the merger")?;
         let replicas: Vec<String> = EventKind::PUBLISHED
             .into_iter()
             .flat_map(|kind| names.dcs.iter().map(move |dc| names.replica(dc, kind)))
             .collect();
-        chain.add(
-            out,
+        add(
             "merger",
-            handle,
+            "adpipe-merger",
+            merger_env,
             runtime_probe("merger", "merger", self.group("merger"), replicas),
-        )?;
+        );
 
         // deduplicator
         let mut dedup_env = self.common("deduplicator", "deduplicator");
-        dedup_env.push((
-            "ADPIPE__DEDUPLICATOR__STATE_DIR".to_owned(),
-            self.state_dir.join("deduplicator").display().to_string(),
-        ));
-        let mut dedup = DedupSettings::load(None, dedup_env.into_iter())?;
-        dedup.set_streams(
-            EventKind::PUBLISHED
-                .into_iter()
-                .map(|kind| Stream {
-                    input: names.merged(kind),
-                    output: names.deduplicated(kind),
-                    changelog: names.changelog(kind),
-                })
-                .collect(),
-        );
-        let handle = adpipe_deduplicator::start(dedup).context("starting the deduplicator")?;
+        let streams: Vec<String> = EventKind::PUBLISHED
+            .into_iter()
+            .map(|kind| {
+                format!(
+                    "{{ input = {:?}, output = {:?}, changelog = {:?} }}",
+                    names.merged(kind),
+                    names.deduplicated(kind),
+                    names.changelog(kind)
+                )
+            })
+            .collect();
+        dedup_env.extend(env(&[
+            (
+                "ADPIPE__DEDUPLICATOR__STATE_DIR",
+                self.state_dir.join("deduplicator").display().to_string(),
+            ),
+            (
+                "ADPIPE__DEDUPLICATOR__STREAM",
+                format!("[{}]", streams.join(", ")),
+            ),
+        ]));
         let merged = EventKind::PUBLISHED.map(|kind| names.merged(kind)).to_vec();
-        chain.add(
-            out,
+        add(
             "deduplicator",
-            handle,
+            "adpipe-deduplicator",
+            dedup_env,
             runtime_probe(
                 "deduplicator",
                 "deduplicator",
                 self.group("deduplicator"),
                 merged,
             ),
-        )?;
+        );
 
         // joiner
         let mut joiner_env = self.common("joiner", "joiner");
@@ -237,21 +283,15 @@ impl ChainPlan<'_> {
                 "ADPIPE__JOINER__STATE_DIR",
                 self.state_dir.join("joiner").display().to_string(),
             ),
-            // A replay: what finds no partner within 15 s never will — long
-            // enough for the impressions' deduplication to catch up on a
-            // loaded 2-core machine (at 2 s a fresh-clone run orphaned 3
-            // clicks whose impressions were still on their way).
-            ("ADPIPE__JOINER__WAIT", "15s".to_owned()),
-            ("ADPIPE__RUNTIME__MAX_IDLE", "1s".to_owned()),
+            ("ADPIPE__JOINER__WAIT", self.joiner_wait.clone()),
+            ("ADPIPE__RUNTIME__MAX_IDLE", self.max_idle.clone()),
         ]));
-        let joiner = adpipe_joiner::JoinerSettings::load(None, joiner_env.into_iter())?;
-        let handle = adpipe_joiner::start(joiner).context("starting the joiner")?;
         let deduplicated = EventKind::PUBLISHED
             .map(|kind| names.deduplicated(kind))
             .to_vec();
         let mut probe = runtime_probe("joiner", "joiner", self.group("joiner"), deduplicated);
         probe.orphans = Some(Selector::new("adpipe_joiner_orphans_total", &[]));
-        chain.add(out, "joiner", handle, probe)?;
+        add("joiner", "adpipe-joiner", joiner_env, probe);
 
         let stats_inputs = vec![
             names.deduplicated(EventKind::Impression),
@@ -278,30 +318,17 @@ impl ChainPlan<'_> {
                 ("ADPIPE__STATS__SCHEMA", schema.clone()),
                 ("ADPIPE__STATS__BATCH_WAIT", "200ms".to_owned()),
             ]));
-            let stats = adpipe_stats_counter::StatsSettings::load(None, stats_env.into_iter())?;
-            let handle =
-                adpipe_stats_counter::start(stats).context("starting the stats-counter")?;
-            writeln!(
-                out,
-                "stats-counter: PostgreSQL schema {schema}, budget on http://{}/budget/today",
-                handle.http_address
-            )?;
-            chain.add(
-                out,
+            add(
                 "stats-counter",
-                handle,
+                "adpipe-stats-counter",
+                stats_env,
                 runtime_probe(
                     "stats-counter",
                     "stats-counter",
                     self.group("stats-counter"),
                     stats_inputs.clone(),
                 ),
-            )?;
-        } else {
-            writeln!(
-                out,
-                "stats-counter: skipped (no --postgres-url; `infra/postgres.sh start` runs one, `infra/postgres.sh url` names it)"
-            )?;
+            );
         }
 
         // dispatcher
@@ -314,20 +341,17 @@ impl ChainPlan<'_> {
                 format!("{}events-for-", names.prefix),
             ),
         ]));
-        let dispatcher =
-            adpipe_dispatcher::DispatcherSettings::load(None, dispatcher_env.into_iter())?;
-        let handle = adpipe_dispatcher::start(dispatcher).context("starting the dispatcher")?;
-        chain.add(
-            out,
+        add(
             "dispatcher",
-            handle,
+            "adpipe-dispatcher",
+            dispatcher_env,
             runtime_probe(
                 "dispatcher",
                 "dispatcher",
                 self.group("dispatcher"),
                 names.dispatched(),
             ),
-        )?;
+        );
 
         // the files loader, and the Elasticsearch one
         let file_inputs = [
@@ -344,12 +368,10 @@ impl ChainPlan<'_> {
             ("ADPIPE__LOADER__BATCH__WAIT", "500ms".to_owned()),
             ("ADPIPE__FILES__DIR", self.files_dir.display().to_string()),
         ]));
-        let files = adpipe_loader::LoaderSettings::load(None, files_env.into_iter())?;
-        let handle = adpipe_loader::start(files).context("starting the files loader")?;
-        chain.add(
-            out,
+        add(
             "loader (files)",
-            handle,
+            "adpipe-loader",
+            files_env,
             loader_probe(
                 "loader (files)",
                 self.group("loader-files"),
@@ -357,7 +379,7 @@ impl ChainPlan<'_> {
                 "files",
                 None,
             ),
-        )?;
+        );
         if let Some((url, prefix)) = &self.elasticsearch {
             let mut es_env = self.common("loader-elasticsearch", "loader");
             es_env.extend(env(&[
@@ -367,13 +389,10 @@ impl ChainPlan<'_> {
                 ("ADPIPE__ELASTICSEARCH__URL", url.clone()),
                 ("ADPIPE__ELASTICSEARCH__INDEX_PREFIX", prefix.clone()),
             ]));
-            let settings = adpipe_loader::LoaderSettings::load(None, es_env.into_iter())?;
-            let handle =
-                adpipe_loader::start(settings).context("starting the Elasticsearch loader")?;
-            chain.add(
-                out,
+            add(
                 "loader (es)",
-                handle,
+                "adpipe-loader",
+                es_env,
                 loader_probe(
                     "loader (es)",
                     self.group("loader-elasticsearch"),
@@ -381,10 +400,10 @@ impl ChainPlan<'_> {
                     "elasticsearch",
                     None,
                 ),
-            )?;
+            );
         }
 
-        // a profile loader per DC, each with its embedded store
+        // a profile loader per DC
         for dc in &names.dcs {
             let group = format!("loader-profiles-{dc}");
             let (cluster, topic) = names.events_at(dc);
@@ -399,16 +418,19 @@ impl ChainPlan<'_> {
                 // Every event stays in its profile, so the check sees each.
                 ("ADPIPE__PROFILES__KEEP", "1000000".to_owned()),
             ]));
+            if let ProfileStore::Redis(url) = &self.profiles {
+                profiles_env.extend(env(&[
+                    ("ADPIPE__PROFILES__STORE", "redis".to_owned()),
+                    ("ADPIPE__PROFILES__URL", url.clone()),
+                    ("ADPIPE__PROFILES__KEY_PREFIX", self.profile_prefix(dc)),
+                ]));
+            }
             if let Some(cluster) = cluster {
                 profiles_env.push((
                     "ADPIPE__KAFKA__BOOTSTRAP_SERVERS".to_owned(),
                     cluster.to_owned(),
                 ));
             }
-            let settings = adpipe_loader::LoaderSettings::load(None, profiles_env.into_iter())?;
-            let store = MemoryProfiles::new();
-            let handle = adpipe_loader::start_profiles(settings, store.clone())
-                .with_context(|| format!("starting {dc}'s profile loader"))?;
             let stage = format!("profiles ({dc})");
             let mut probe = loader_probe(
                 &stage,
@@ -418,8 +440,79 @@ impl ChainPlan<'_> {
                 Some(topic),
             );
             probe.bootstrap = cluster.map(str::to_owned);
-            chain.add(out, &stage, handle, probe)?;
-            chain.profiles.push((dc.clone(), store));
+            services.push(ServiceSpec {
+                stage,
+                binary: "adpipe-loader",
+                env: profiles_env,
+                probe,
+                dc: Some(dc.clone()),
+            });
+        }
+        services
+    }
+
+    /// The key prefix of `dc`'s profiles in a shared Redis.
+    pub fn profile_prefix(&self, dc: &str) -> String {
+        format!("{}profile-{dc}:", self.names.prefix)
+    }
+
+    /// Starts every service in this process, each from its library the way
+    /// its binary starts it; `out` hears where each serves its metrics.
+    pub fn start(&self, out: &mut dyn std::io::Write) -> anyhow::Result<Chain> {
+        let mut chain = Chain {
+            workers: Vec::new(),
+            probes: Vec::new(),
+            profiles: Vec::new(),
+        };
+        if self.postgres.is_none() {
+            writeln!(
+                out,
+                "stats-counter: skipped (no --postgres-url; `infra/postgres.sh start` runs one, `infra/postgres.sh url` names it)"
+            )?;
+        }
+        for spec in self.services() {
+            let vars = spec.env.clone().into_iter();
+            let handle: anyhow::Result<WorkerHandle> = match spec.binary {
+                "adpipe-merger" => Ok(adpipe_merger::start(adpipe_merger::MergerSettings::load(
+                    None, vars,
+                )?)?),
+                "adpipe-deduplicator" => Ok(adpipe_deduplicator::start(DedupSettings::load(
+                    None, vars,
+                )?)?),
+                "adpipe-joiner" => Ok(adpipe_joiner::start(adpipe_joiner::JoinerSettings::load(
+                    None, vars,
+                )?)?),
+                "adpipe-stats-counter" => {
+                    let handle = adpipe_stats_counter::start(
+                        adpipe_stats_counter::StatsSettings::load(None, vars)?,
+                    )?;
+                    if let Some((_, schema)) = &self.postgres {
+                        writeln!(
+                            out,
+                            "stats-counter: PostgreSQL schema {schema}, budget on http://{}/budget/today",
+                            handle.http_address
+                        )?;
+                    }
+                    Ok(handle)
+                }
+                "adpipe-dispatcher" => Ok(adpipe_dispatcher::start(
+                    adpipe_dispatcher::DispatcherSettings::load(None, vars)?,
+                )?),
+                "adpipe-loader" => {
+                    let settings = adpipe_loader::LoaderSettings::load(None, vars)?;
+                    match (&spec.dc, &self.profiles) {
+                        (Some(dc), ProfileStore::Embedded) => {
+                            let store = MemoryProfiles::new();
+                            chain.profiles.push((dc.clone(), store.clone()));
+                            Ok(adpipe_loader::start_profiles(settings, store)?)
+                        }
+                        _ => Ok(adpipe_loader::start(settings)?),
+                    }
+                }
+                other => Err(anyhow::anyhow!("no service {other} in the chain")),
+            };
+            let handle = handle.with_context(|| format!("starting the {}", spec.stage))?;
+            chain.add(out, &spec.stage, handle, spec.probe)?;
         }
         Ok(chain)
     }

@@ -156,16 +156,26 @@ pub async fn read_ids(
 
 /// The records in the merged topics (every publication, copies included).
 pub fn count_merged(bootstrap: &str, names: &Names) -> anyhow::Result<u64> {
+    count_records(
+        bootstrap,
+        &EventKind::PUBLISHED.map(|kind| names.merged(kind)),
+    )
+}
+
+/// The records in `topics` (every partition, start to end).
+pub fn count_records(bootstrap: &str, topics: &[String]) -> anyhow::Result<u64> {
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
     let mut total = 0;
-    for kind in EventKind::PUBLISHED {
-        for partition in 0..PARTITIONS {
-            let topic = names.merged(kind);
+    for topic in topics {
+        let metadata = client
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("reading the partitions of {topic}"))?;
+        for partition in metadata.topics().iter().flat_map(|meta| meta.partitions()) {
             let (low, high) = client
-                .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-                .with_context(|| format!("reading the end of {topic}-{partition}"))?;
+                .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+                .with_context(|| format!("reading the end of {topic}-{}", partition.id()))?;
             total += u64::try_from(high - low).unwrap_or(0);
         }
     }

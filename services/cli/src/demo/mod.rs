@@ -22,10 +22,10 @@
 //! paths).
 
 mod bad_input;
-mod chain;
-mod checks;
+pub(crate) mod chain;
+pub(crate) mod checks;
 pub mod live;
-mod names;
+pub(crate) mod names;
 mod table;
 
 use std::collections::HashSet;
@@ -215,13 +215,14 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         },
         dcs: simulation.dcs.clone(),
         dc_clusters: dc_clusters(&args.dc_clusters, &simulation.dcs)?,
+        central_alias: "central".to_owned(),
     };
     // The mock cluster must outlive every client that talks to it.
     let (_mock, bootstrap) = match &args.brokers {
         Some(brokers) => {
-            create_topics(brokers, &names.all()).await?;
+            create_topics(brokers, &names.all(), 1, None).await?;
             for dc_bootstrap in names.dc_clusters.values() {
-                create_topics(dc_bootstrap, &names.dc_topics()).await?;
+                create_topics(dc_bootstrap, &names.dc_topics(), 1, None).await?;
             }
             (None, brokers.clone())
         }
@@ -278,6 +279,9 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
             .es_url
             .clone()
             .map(|url| (url, es_index_prefix(&names))),
+        profiles: chain::ProfileStore::Embedded,
+        joiner_wait: "15s".to_owned(),
+        max_idle: "1s".to_owned(),
     };
     // The bidders publish first, then the chain replays it (as after an
     // outage): with every input already there, the joiner's short wait
@@ -303,7 +307,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         // Its copies of events-for-<dc> (empty yet) for the profile loaders.
         for dc in &names.dcs {
             if let (Some(cluster), topic) = names.events_at(dc) {
-                wait_topic(cluster, &topic).await?;
+                wait_topic(cluster, &topic, Duration::from_secs(60)).await?;
             }
         }
         Some(replicated)
@@ -582,7 +586,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
 }
 
 /// Reconciles the demo's run: every hour since its first event.
-async fn reconcile(
+pub(crate) async fn reconcile(
     plan: &chain::ChainPlan<'_>,
     first_event_ms: i64,
 ) -> anyhow::Result<adpipe_reconciler::Reconciliation> {
@@ -672,7 +676,7 @@ fn redact(url: &str) -> String {
 }
 
 /// `NAME=host:port` per DC of the simulation.
-fn dc_clusters(
+pub(crate) fn dc_clusters(
     entries: &[String],
     dcs: &[String],
 ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
@@ -733,13 +737,17 @@ async fn publish(
     Ok(())
 }
 
-/// Waits (up to 1 min) until `topic` exists on `bootstrap` (made by
+/// Waits (up to `timeout`) until `topic` exists on `bootstrap` (made by
 /// MirrorMaker 2).
-async fn wait_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_topic(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + timeout;
     loop {
         let exists = tokio::task::block_in_place(|| {
             client
@@ -755,7 +763,9 @@ async fn wait_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("MirrorMaker 2 did not make {topic} on {bootstrap} within 1 min: is it running?");
+            bail!(
+                "MirrorMaker 2 did not make {topic} on {bootstrap} within {timeout:?}: is it running?"
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -763,7 +773,11 @@ async fn wait_topic(bootstrap: &str, topic: &str) -> anyhow::Result<()> {
 
 /// Waits (up to 2 min) until MirrorMaker 2 copied every DC topic to central
 /// (as many records in each replica as in its source); returns the count.
-async fn wait_replicated(names: &Names, central: &str, bar: ProgressBar) -> anyhow::Result<u64> {
+pub(crate) async fn wait_replicated(
+    names: &Names,
+    central: &str,
+    bar: ProgressBar,
+) -> anyhow::Result<u64> {
     let count = |bootstrap: &str, topic: &str| -> u64 {
         let Ok(client) = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
@@ -816,14 +830,27 @@ async fn wait_replicated(names: &Names, central: &str, bar: ProgressBar) -> anyh
     Ok(replicated)
 }
 
-async fn create_topics(brokers: &str, topics: &[(String, i32)]) -> anyhow::Result<()> {
+/// Creates `topics` with `replication` copies (and `min_insync` replicas
+/// needed for a write, when given).
+pub(crate) async fn create_topics(
+    brokers: &str,
+    topics: &[(String, i32)],
+    replication: i32,
+    min_insync: Option<&str>,
+) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<_> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
     let new_topics: Vec<_> = topics
         .iter()
-        .map(|(topic, partitions)| NewTopic::new(topic, *partitions, TopicReplication::Fixed(1)))
+        .map(|(topic, partitions)| {
+            let topic = NewTopic::new(topic, *partitions, TopicReplication::Fixed(replication));
+            match min_insync {
+                Some(min) => topic.set("min.insync.replicas", min),
+                None => topic,
+            }
+        })
         .collect();
     for result in admin
         .create_topics(&new_topics, &AdminOptions::new())
@@ -834,7 +861,7 @@ async fn create_topics(brokers: &str, topics: &[(String, i32)]) -> anyhow::Resul
     Ok(())
 }
 
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos());

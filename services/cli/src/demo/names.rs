@@ -19,6 +19,9 @@ pub struct Names {
     pub dcs: Vec<String>,
     /// Each DC's own cluster, when MirrorMaker 2 carries its topics.
     pub dc_clusters: BTreeMap<String, String>,
+    /// Central's alias in MirrorMaker 2 (`central`; the chaos test's
+    /// `chaos`): its copies on a DC are named `<alias>.<topic>`.
+    pub central_alias: String,
 }
 
 impl Names {
@@ -81,7 +84,10 @@ impl Names {
     /// MirrorMaker 2's copy on the DC's cluster, or central's topic.
     pub fn events_at(&self, dc: &str) -> (Option<&str>, String) {
         match self.dc_clusters.get(dc) {
-            Some(bootstrap) => (Some(bootstrap), format!("central.{}", self.events_for(dc))),
+            Some(bootstrap) => (
+                Some(bootstrap),
+                format!("{}.{}", self.central_alias, self.events_for(dc)),
+            ),
             None => (None, self.events_for(dc)),
         }
     }

@@ -1,0 +1,282 @@
+//! The chain's services as processes: each instance its real binary
+//! (`target/<profile>/adpipe-<service>`), configured by the same
+//! `ADPIPE__…` settings the demo gives the in-process services, with its
+//! own metrics port and log file. The chaos harness kills them (SIGKILL),
+//! stops them (SIGTERM), restarts them and adds second instances; a sampler
+//! keeps each service's peak resident memory.
+//!
+//! Contract: an instance keeps its slot's state directory across restarts
+//! (what a restarted container keeps on its volume); two instances of one
+//! service never share one. Dropping the fleet kills what still runs.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use parking_lot::Mutex;
+
+use crate::demo::chain::ServiceSpec;
+
+/// One running (or last run) instance of a service.
+struct Instance {
+    child: Child,
+    metrics: SocketAddr,
+    started: Instant,
+}
+
+/// The processes of the chain.
+pub struct Fleet {
+    bin_dir: PathBuf,
+    work_dir: PathBuf,
+    specs: Vec<ServiceSpec>,
+    /// (service index, slot) → its instance.
+    running: Mutex<BTreeMap<(usize, u32), Instance>>,
+    /// Per service: the peak RSS seen, in bytes.
+    peak_rss: Mutex<Vec<u64>>,
+}
+
+impl Fleet {
+    /// A fleet of `specs` (none started yet); binaries from `bin_dir`,
+    /// state and logs under `work_dir`.
+    pub fn new(
+        bin_dir: &Path,
+        work_dir: &Path,
+        specs: Vec<ServiceSpec>,
+    ) -> anyhow::Result<Arc<Fleet>> {
+        for spec in &specs {
+            let binary = bin_dir.join(spec.binary);
+            anyhow::ensure!(
+                binary.is_file(),
+                "{} not found: build the services first (`cargo build --workspace --bins`, --release for the full run)",
+                binary.display()
+            );
+        }
+        std::fs::create_dir_all(work_dir.join("logs"))?;
+        let count = specs.len();
+        Ok(Arc::new(Fleet {
+            bin_dir: bin_dir.to_owned(),
+            work_dir: work_dir.to_owned(),
+            specs,
+            running: Mutex::new(BTreeMap::new()),
+            peak_rss: Mutex::new(vec![0; count]),
+        }))
+    }
+
+    /// The services, in chain order.
+    pub fn specs(&self) -> &[ServiceSpec] {
+        &self.specs
+    }
+
+    /// Starts (or restarts) instance `slot` of service `index`.
+    pub fn start(&self, index: usize, slot: u32) -> anyhow::Result<()> {
+        let spec = &self.specs[index];
+        let metrics = adpipe_testkit::free_loopback_address();
+        let slug = slug(&spec.stage);
+        let log_path = self
+            .work_dir
+            .join("logs")
+            .join(format!("{slug}-{slot}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let mut command = Command::new(self.bin_dir.join(spec.binary));
+        command
+            .envs(spec.env.iter().map(|(key, value)| (key, value)))
+            .env("ADPIPE__HTTP__LISTEN", metrics.to_string())
+            // The slot's own state (a restarted instance finds its stores).
+            .env(
+                "ADPIPE_STATE_DIR",
+                self.work_dir.join("state").join(format!("{slug}-{slot}")),
+            )
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // State directories given as settings are the slot's too.
+        for (key, value) in &spec.env {
+            if key.ends_with("__STATE_DIR") {
+                command.env(key, format!("{value}-{slot}"));
+            }
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", spec.binary))?;
+        self.running.lock().insert(
+            (index, slot),
+            Instance {
+                child,
+                metrics,
+                started: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts one instance of every service.
+    pub fn start_all(&self) -> anyhow::Result<()> {
+        for index in 0..self.specs.len() {
+            self.start(index, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Whether instance `slot` of `index` runs, owns partitions and has
+    /// taken records since it started (so a kill interrupts real work).
+    pub async fn working(&self, index: usize, slot: u32) -> bool {
+        let Some(address) = self.metrics_address(index, slot) else {
+            return false;
+        };
+        let assigned = adpipe_testkit::metric_value(address, "adpipe_assigned_partitions").await;
+        let consumed = adpipe_testkit::metric_value(address, "adpipe_records_consumed_total").await;
+        assigned.unwrap_or(0.0) > 0.0 && consumed.unwrap_or(0.0) > 0.0
+    }
+
+    fn metrics_address(&self, index: usize, slot: u32) -> Option<SocketAddr> {
+        let mut running = self.running.lock();
+        let instance = running.get_mut(&(index, slot))?;
+        match instance.child.try_wait() {
+            Ok(None) => Some(instance.metrics),
+            _ => None,
+        }
+    }
+
+    /// How long instance `slot` of `index` has run (None: not running).
+    pub fn uptime(&self, index: usize, slot: u32) -> Option<Duration> {
+        self.metrics_address(index, slot)?;
+        self.running
+            .lock()
+            .get(&(index, slot))
+            .map(|instance| instance.started.elapsed())
+    }
+
+    /// SIGKILL: the instance dies at once, mid-work.
+    pub fn kill(&self, index: usize, slot: u32) {
+        if let Some(mut instance) = self.running.lock().remove(&(index, slot)) {
+            let _ = instance.child.kill();
+            let _ = instance.child.wait();
+        }
+    }
+
+    /// SIGTERM, and waits up to `grace` for a clean exit (then SIGKILL);
+    /// returns whether it exited by itself, with status 0.
+    pub fn terminate(&self, index: usize, slot: u32, grace: Duration) -> bool {
+        let Some(mut instance) = self.running.lock().remove(&(index, slot)) else {
+            return true;
+        };
+        // std has no SIGTERM; kill(1) sends it (the child is not reaped yet,
+        // so its pid is still its own).
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(instance.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + grace;
+        loop {
+            match instance.child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                _ => {
+                    let _ = instance.child.kill();
+                    let _ = instance.child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Instances that exited by themselves (not by the harness), taken
+    /// out of the fleet: (service index, slot, stage, status). A service
+    /// that stops on its own is a failure.
+    pub fn exited(&self) -> Vec<(usize, u32, String, String)> {
+        let mut running = self.running.lock();
+        let mut exited = Vec::new();
+        for ((index, slot), instance) in running.iter_mut() {
+            if let Ok(Some(status)) = instance.child.try_wait() {
+                exited.push((
+                    *index,
+                    *slot,
+                    self.specs[*index].stage.clone(),
+                    status.to_string(),
+                ));
+            }
+        }
+        for (index, slot, _, _) in &exited {
+            running.remove(&(*index, *slot));
+        }
+        exited
+    }
+
+    /// Records the current RSS of every instance into the peaks.
+    pub fn sample_rss(&self) {
+        let running = self.running.lock();
+        let mut peaks = self.peak_rss.lock();
+        for ((index, _), instance) in running.iter() {
+            if let Some(rss) = adpipe_testkit::rss_bytes(instance.child.id()) {
+                peaks[*index] = peaks[*index].max(rss);
+            }
+        }
+    }
+
+    /// (stage, peak RSS bytes) per service.
+    pub fn peaks(&self) -> Vec<(String, u64)> {
+        let peaks = self.peak_rss.lock();
+        self.specs
+            .iter()
+            .zip(peaks.iter())
+            .map(|(spec, peak)| (spec.stage.clone(), *peak))
+            .collect()
+    }
+
+    /// Stops every instance, downstream first; returns those that did not
+    /// stop cleanly within 30 s.
+    pub fn stop_all(&self) -> Vec<String> {
+        let mut keys: Vec<(usize, u32)> = self.running.lock().keys().copied().collect();
+        keys.reverse();
+        keys.into_iter()
+            .filter(|(index, slot)| !self.terminate(*index, *slot, Duration::from_secs(30)))
+            .map(|(index, slot)| format!("{} #{slot}", self.specs[index].stage))
+            .collect()
+    }
+
+    /// Where instance logs are.
+    pub fn logs(&self) -> PathBuf {
+        self.work_dir.join("logs")
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for instance in self.running.get_mut().values_mut() {
+            let _ = instance.child.kill();
+            let _ = instance.child.wait();
+        }
+    }
+}
+
+/// A stage's name as a file name: `loader (files)` → `loader-files`.
+fn slug(stage: &str) -> String {
+    stage
+        .chars()
+        .filter_map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' => Some(c),
+            ' ' => Some('-'),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stage_names_become_file_names() {
+        assert_eq!(super::slug("loader (files)"), "loader-files");
+        assert_eq!(super::slug("profiles (dc1)"), "profiles-dc1");
+    }
+}
