@@ -795,12 +795,35 @@ impl Step for JoinStep {
                 }
             }
             Waiter::NamedClick(click_id) => {
-                if let Some(waiting) = take_waiting(&mut self.pending.named, &click_id, timer.id) {
-                    self.finish_conversion(
-                        waiting,
-                        ConversionOutcome::Orphan(OrphanReason::ClickNotFound),
-                        out,
-                    )?;
+                if let Some(mut waiting) =
+                    take_waiting(&mut self.pending.named, &click_id, timer.id)
+                {
+                    // Its click is here, itself waiting for its impression:
+                    // the click's decision decides the conversion
+                    // (`conversions_waiting_for`), whichever timer fires
+                    // first — after a restart both are read again at once
+                    // and their deadlines tie.
+                    let click_waits = self
+                        .pending
+                        .clicks
+                        .values()
+                        .flatten()
+                        .any(|click| click.event.event_id == click_id);
+                    if click_waits {
+                        let waiter = Waiter::NamedClick(click_id.clone());
+                        waiting.timer = self.new_timer(out, self.max_event_time, waiter);
+                        self.pending
+                            .named
+                            .entry(click_id)
+                            .or_default()
+                            .push(waiting);
+                    } else {
+                        self.finish_conversion(
+                            waiting,
+                            ConversionOutcome::Orphan(OrphanReason::ClickNotFound),
+                            out,
+                        )?;
+                    }
                 }
             }
             Waiter::LastClick(user, advertiser) => {

@@ -418,6 +418,57 @@ async fn what_never_finds_a_partner_becomes_an_orphan_with_its_reason() {
     );
 }
 
+/// After a restart a click and the conversion naming it are read again at
+/// once, so their timers can fire in either order: a conversion whose
+/// click is itself still waiting for its impression follows the click's
+/// decision, never `click_not_found` (the joiner's kill -9 test once got 7
+/// such conversions wrong).
+#[tokio::test]
+async fn a_conversion_whose_click_still_waits_follows_the_clicks_decision() {
+    let mut step = step();
+    let imp = impression(4); // never stored
+    let click = click_on(&imp, "clk-waiting", 1);
+    let click_timer = feed(&mut step, CLICKS, EventKind::Click, &click, &imp.user_id)
+        .await
+        .timers[0];
+    let named = conversion(&imp.user_id, 1, Some("clk-waiting"), click.event_time + 5);
+    let named_timer = feed(
+        &mut step,
+        CONVERSIONS,
+        EventKind::Conversion,
+        &named,
+        &imp.user_id,
+    )
+    .await
+    .timers[0];
+
+    let mut out = Emitter::default();
+    step.on_timer(named_timer, &mut out).await.expect("fires");
+    assert_eq!(
+        out.outputs().count(),
+        0,
+        "the conversion's timer first: it waits on for its click"
+    );
+    let out = fire(&mut step, click_timer).await;
+    let [orphan_click, orphan_conversion] = &out[..] else {
+        panic!("two orphans: {out:?}")
+    };
+    assert_eq!(
+        header(orphan_click, HEADER_ORPHAN_REASON).as_deref(),
+        Some("impression_not_found")
+    );
+    assert_eq!(
+        decode::<Conversion>(EventKind::Conversion, orphan_conversion),
+        named
+    );
+    assert_eq!(
+        header(orphan_conversion, HEADER_ORPHAN_REASON).as_deref(),
+        Some("impression_not_found"),
+        "the click's reason, not click_not_found"
+    );
+    assert_eq!(step.waiting(), 0, "nothing left waiting");
+}
+
 #[tokio::test]
 async fn a_named_click_too_old_or_of_another_user_is_an_orphan() {
     let mut step = step();
