@@ -494,7 +494,9 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
         &args.central,
         &names,
         &decided_topics,
-        0,
+        // Every record there (copies too): the reader stops 3 s after it
+        // has them all, not at the first pause of a loaded machine.
+        checks::count_records(&args.central, &decided_topics)?,
         &ProgressBar::hidden(),
     )
     .await?;
@@ -591,7 +593,7 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
         &args.central,
         &names,
         &dispatched_topics,
-        0,
+        checks::count_records(&args.central, &dispatched_topics)?,
         &ProgressBar::hidden(),
     )
     .await?;
