@@ -684,6 +684,16 @@ impl FaultContext {
             .push(format!("[{:>5.0?}] {line}", self.started.elapsed()));
     }
 
+    /// SIGTERM to instance `slot` of `service`, waiting (off the async
+    /// threads) up to 30 s for its clean exit; whether it exited cleanly.
+    async fn terminate(&self, service: usize, slot: u32) -> anyhow::Result<bool> {
+        let fleet = Arc::clone(&self.fleet);
+        Ok(tokio::task::spawn_blocking(move || {
+            fleet.terminate(service, slot, Duration::from_secs(30))
+        })
+        .await?)
+    }
+
     /// Runs `infra/<script> ARGS` (its output to the run's infra.log).
     async fn infra(&self, script: &str, args: &[&str]) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
@@ -738,11 +748,7 @@ impl FaultContext {
             }
             Fault::Restart { service } => {
                 let _turn = self.locks[service].lock().await;
-                let fleet = Arc::clone(&self.fleet);
-                let clean = tokio::task::spawn_blocking(move || {
-                    fleet.terminate(service, 1, Duration::from_secs(30))
-                })
-                .await?;
+                let clean = self.terminate(service, 1).await?;
                 self.note(format!("{what} (clean exit: {clean})"));
                 anyhow::ensure!(clean, "{what}: no clean exit within 30 s of SIGTERM");
                 self.fleet.start(service, 1)?;
@@ -755,11 +761,7 @@ impl FaultContext {
                 drop(turn);
                 tokio::time::sleep(stay).await;
                 let _turn = self.locks[service].lock().await;
-                let fleet = Arc::clone(&self.fleet);
-                let clean = tokio::task::spawn_blocking(move || {
-                    fleet.terminate(service, 2, Duration::from_secs(30))
-                })
-                .await?;
+                let clean = self.terminate(service, 2).await?;
                 self.note(format!("{what}: left (clean exit: {clean})"));
                 anyhow::ensure!(clean, "{what}: no clean exit within 30 s of SIGTERM");
                 Ok("second instance")
