@@ -94,6 +94,25 @@ impl Headers {
         }
     }
 
+    /// These headers with `name` set to `value`: any earlier header of that
+    /// name is dropped (a stage's own header replaces its upstream's).
+    #[must_use]
+    pub fn replaced(&self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        if self.value_of(name).is_none() {
+            return self.with(name, value);
+        }
+        let mut buffer = BytesMut::with_capacity(self.encoded.len() + 16);
+        for (key, old) in self.entries() {
+            if key != name {
+                encode(&mut buffer, key, old);
+            }
+        }
+        encode(&mut buffer, name, Some(value.as_ref()));
+        Headers {
+            encoded: buffer.freeze(),
+        }
+    }
+
     /// These headers with every pair of `more` appended.
     #[must_use]
     pub fn extended<'a, V: AsRef<[u8]> + 'a>(

@@ -40,6 +40,7 @@ pub mod batching;
 pub mod config;
 mod consumer;
 pub mod dead_letter;
+pub mod emitted;
 pub mod event_time;
 mod headers;
 pub mod heartbeat;

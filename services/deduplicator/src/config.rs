@@ -28,6 +28,7 @@ struct RawDedup {
     window: String,
     allowed_lateness: String,
     state_dir: std::path::PathBuf,
+    resume_scan: u64,
     stream: Vec<Stream>,
 }
 
@@ -56,6 +57,9 @@ pub struct DedupSettings {
     pub state_dir: std::path::PathBuf,
     /// Streams.
     pub streams: Vec<Stream>,
+    /// Records read at the tail of an output partition on restart to find
+    /// what was already emitted (0: off, re-emit after a crash).
+    pub resume_scan: u64,
 }
 
 impl DedupSettings {
@@ -112,6 +116,7 @@ impl DedupSettings {
                 state_root.as_deref(),
             ),
             streams: Vec::new(),
+            resume_scan: raw.deduplicator.resume_scan,
         };
         settings.set_streams(raw.deduplicator.stream);
         Ok(settings)

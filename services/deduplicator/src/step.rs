@@ -7,8 +7,11 @@
 //! acknowledged. So after a crash the restored state never holds an id whose
 //! output might be missing: replayed records are either dropped (their output
 //! and changelog entry both exist) or emitted again (the changelog entry was
-//! lost) — a duplicate downstream, which the idempotent sinks absorb, never
-//! a loss.
+//! lost) — never a loss. A re-emit is avoided too: every output carries its
+//! input offset (`adpipe.input`), and a restored step first reads its output
+//! partition's tail for what was already emitted at or after the group's
+//! commit (`adpipe_runtime::emitted`): such a record, read again, gets only
+//! its changelog entry.
 //!
 //! Restore and checkpoint are the shared mechanism of `adpipe_state`
 //! (`ChangelogReader`), over [`DedupStore`]: its snapshot when the mark it
@@ -17,6 +20,7 @@
 
 use std::sync::Arc;
 
+use adpipe_runtime::emitted::{self, AlreadyEmitted, FedBy, ScanBounds};
 use adpipe_runtime::telemetry::Metric;
 use adpipe_runtime::{
     Bytes, Emitter, InputRecord, OutputRecord, Step, StepError, StepFactory, TaskAssignment,
@@ -52,6 +56,10 @@ pub struct DedupStep {
     checkpoints: Option<ChangelogReader>,
     /// Events older than the window (passed on undeduplicated).
     outside_window: metrics::Counter,
+    /// Outputs already in the output topic for records read again.
+    already: AlreadyEmitted,
+    /// Records whose output was found there (not emitted again).
+    not_emitted_again: metrics::Counter,
 }
 
 impl DedupStep {
@@ -71,7 +79,16 @@ impl DedupStep {
             store,
             checkpoints: None,
             outside_window,
+            already: AlreadyEmitted::none(),
+            not_emitted_again: metrics::counter!(emitted::NOT_EMITTED_AGAIN, "service" => "deduplicator"),
         }
+    }
+
+    /// What the partition's outputs already hold for records that will be
+    /// read again.
+    pub fn with_already_emitted(mut self, already: AlreadyEmitted) -> Self {
+        self.already = already;
+        self
     }
 
     /// Checkpoints (saves the snapshot) on drained revokes.
@@ -118,6 +135,13 @@ impl Step for DedupStep {
             Some(Bytes::from(changelog_value(identity.event_time))),
         );
         changelog.partition = Some(self.partition);
+        if self.already.take(record.input, record.offset).is_some() {
+            // Emitted before a crash: its changelog entry may be what was
+            // lost, so it is written; the output is not.
+            self.not_emitted_again.increment(1);
+            out.emit(changelog);
+            return Ok(());
+        }
         let mut output = OutputRecord::sharing(
             &self.output_topic,
             record.share(record.key),
@@ -125,7 +149,7 @@ impl Step for DedupStep {
         );
         // Fixed partitioning: partition i stays partition i.
         output.partition = Some(self.partition);
-        output.headers = record.headers.clone();
+        output.headers = emitted::stamped(record.headers, record);
         output.then = Some(Box::new(changelog));
         out.emit(output);
         Ok(())
@@ -219,6 +243,33 @@ impl DedupFactory {
     }
 }
 
+impl DedupFactory {
+    /// The outputs already emitted for records that will be read again.
+    fn already_emitted(
+        &self,
+        stream: &Stream,
+        assignment: &TaskAssignment,
+    ) -> Result<AlreadyEmitted, StepError> {
+        let already = emitted::already_emitted(
+            &self.settings.worker,
+            &assignment.inputs,
+            assignment.partition,
+            &[FedBy {
+                topic: &stream.output,
+                inputs: &[0],
+            }],
+            ScanBounds {
+                limit: self.settings.resume_scan,
+                // Never holds a record: outputs follow input order.
+                hold_ms: Some(0),
+            },
+        )
+        .map_err(|error| StepError::transient("resume_scan", error.to_string()))?;
+        info!(output = %stream.output, partition = assignment.partition, already_emitted = already.len(), "deduplicator resumes");
+        Ok(already)
+    }
+}
+
 impl StepFactory for DedupFactory {
     type Step = DedupStep;
 
@@ -228,8 +279,10 @@ impl StepFactory for DedupFactory {
             StepError::fatal("unknown_stream", format!("no stream reads {input}"))
         })?;
         let restored = self.restore(&stream, assignment.partition)?;
+        let already = self.already_emitted(&stream, assignment)?;
         Ok(DedupStep::new(stream, assignment.partition, restored.store)
-            .with_checkpoints(self.reader.clone()))
+            .with_checkpoints(self.reader.clone())
+            .with_already_emitted(already))
     }
 }
 
@@ -289,7 +342,11 @@ mod tests {
             Some(value.as_slice()),
             "bytes forwarded untouched"
         );
-        assert_eq!(output.headers, headers);
+        assert_eq!(
+            output.headers,
+            headers.with(emitted::HEADER_INPUT, "in@0"),
+            "input headers kept, the input's coordinates added"
+        );
         let changelog = output.then.as_ref().expect("changelog after the output");
         assert_eq!(changelog.key.as_deref(), Some(event.event_id.as_bytes()));
         assert_eq!(changelog.partition, Some(4));

@@ -264,12 +264,10 @@ async fn no_event_is_lost_across_repeated_kill_9() {
     );
     assert_eq!(report.missing, 0, "no event may be lost");
     assert_eq!(report.unknown, 0);
-    // Re-emissions come only from records in flight at a kill whose changelog
-    // entry was not yet acknowledged: a window of one commit interval.
-    assert!(
-        report.extra_copies * 50 < report.expected_uniques,
-        "{report:?}"
-    );
+    // Records in flight at a kill are read again; their outputs already in
+    // the topic are found (`resume-scan`) and not emitted twice. With
+    // ADPIPE__DEDUPLICATOR__RESUME_SCAN=0 this fails (copies re-emitted).
+    assert_eq!(report.extra_copies, 0, "emitted twice: {report:?}");
     let _ = std::fs::remove_dir_all(&instance.state_dir);
     let Ok(setup) = std::sync::Arc::try_unwrap(setup) else {
         panic!("the publisher still holds the setup");

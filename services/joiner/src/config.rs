@@ -45,6 +45,7 @@ struct RawJoiner {
     aerospike_hosts: String,
     aerospike_namespace: String,
     checkpoint_interval: String,
+    resume_scan: u64,
 }
 
 /// Which backend holds the state.
@@ -77,6 +78,9 @@ pub struct JoinerSettings {
     pub aerospike: (String, String),
     /// Between two checkpoints of a partition's stores while it works.
     pub checkpoint_interval: std::time::Duration,
+    /// Records read at the tail of each output partition on restart to
+    /// find what was already emitted (0: off, re-emit after a crash).
+    pub resume_scan: u64,
 }
 
 fn millis(duration: std::time::Duration) -> i64 {
@@ -192,6 +196,7 @@ impl JoinerSettings {
             ),
             aerospike: (joiner.aerospike_hosts, joiner.aerospike_namespace),
             checkpoint_interval,
+            resume_scan: joiner.resume_scan,
         })
     }
 }

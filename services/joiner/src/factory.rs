@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use adpipe_codec::{Codec, RegistryClient, value_subject};
 use adpipe_events::EventKind;
-use adpipe_runtime::{StepError, StepFactory, TaskAssignment};
+use adpipe_runtime::emitted::{self, AlreadyEmitted, FedBy, ScanBounds};
+use adpipe_runtime::{StepError, StepFactory, TaskAssignment, TimerClock};
 use adpipe_state::changelog::ChangelogReader;
 use adpipe_state::{Buckets, DiskOptions, DiskStore, MemoryStore, Recovery, StateStore};
 use rdkafka::ClientConfig;
@@ -15,7 +16,7 @@ use tracing::info;
 
 use crate::config::{JoinerSettings, StoreKind};
 use crate::state::JoinState;
-use crate::step::{Checkpoints, Encoders, JoinStep};
+use crate::step::{CLICKS, CONVERSIONS, Checkpoints, Encoders, JoinStep};
 
 /// Builds join steps.
 pub struct JoinFactory {
@@ -71,6 +72,48 @@ impl JoinFactory {
             .map_err(|error| StepError::transient("state_store", error.to_string()))?;
         *slot = Some(Arc::clone(&client));
         Ok(client)
+    }
+
+    /// The outputs already emitted for clicks and conversions that will be
+    /// read again (`adpipe_runtime::emitted`).
+    fn already_emitted(&self, assignment: &TaskAssignment) -> Result<AlreadyEmitted, StepError> {
+        let topics = &self.settings.topics;
+        let windows = &self.settings.windows;
+        let already = emitted::already_emitted(
+            &self.settings.worker,
+            &assignment.inputs,
+            assignment.partition,
+            &[
+                FedBy {
+                    topic: &topics.joined_clicks,
+                    inputs: &[CLICKS],
+                },
+                FedBy {
+                    topic: &topics.joined_conversions,
+                    inputs: &[CONVERSIONS],
+                },
+                FedBy {
+                    topic: &topics.orphans,
+                    inputs: &[CLICKS, CONVERSIONS],
+                },
+            ],
+            ScanBounds {
+                limit: self.settings.resume_scan,
+                // A record waits at most `wait` on the wall clock, a
+                // conversion behind its waiting click about twice that.
+                hold_ms: match windows.wait_clock {
+                    TimerClock::Wall => Some(windows.wait_ms.saturating_mul(3)),
+                    TimerClock::Event => None,
+                },
+            },
+        )
+        .map_err(|error| StepError::transient("resume_scan", error.to_string()))?;
+        info!(
+            partition = assignment.partition,
+            already_emitted = already.len(),
+            "joiner resumes"
+        );
+        Ok(already)
     }
 
     /// The output encoders, registered with the registry on first use.
@@ -180,6 +223,7 @@ impl StepFactory for JoinFactory {
             settings.windows.attribution_ms,
             settings.caps.1,
         )?;
+        let already = self.already_emitted(assignment)?;
         Ok(JoinStep::new(
             partition,
             settings.topics.clone(),
@@ -191,6 +235,7 @@ impl StepFactory for JoinFactory {
         .with_checkpoints(Checkpoints {
             reader: self.reader.clone(),
             interval: settings.checkpoint_interval,
-        }))
+        })
+        .with_already_emitted(already))
     }
 }

@@ -15,6 +15,12 @@
 //!   again, never lost; its wait ends with the partner's arrival (join) or
 //!   the timer (orphan), and the held record is released with that output.
 //!
+//! - every output carries its input record's coordinates (`adpipe.input`);
+//!   a restored step is given the outputs already emitted for the clicks
+//!   and conversions it will read again (`adpipe_runtime::emitted`): such a
+//!   record keeps that first decision — a click's is stored again, from the
+//!   joined output itself or as an orphan — and is not emitted twice.
+//!
 //! The stores are written when a record is processed, before its output
 //! is acknowledged ([`adpipe_state::Recovery::LocalAhead`]): replaying the
 //! input over them writes the same values again, so a restore is local data
@@ -23,8 +29,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use adpipe_codec::Encoder;
-use adpipe_events::{Attribution, Click, Conversion, Impression, JoinedClick, JoinedConversion};
+use adpipe_codec::{Encoder, WriterSchema};
+use adpipe_events::{
+    Attribution, Click, Conversion, EventKind, Impression, JoinedClick, JoinedConversion,
+};
+use adpipe_runtime::emitted::{self, AlreadyEmitted, EarlierOutput};
 use adpipe_runtime::{
     Bytes, Emitter, Headers, Held, InputRecord, OutputRecord, Step, StepError, Timer, TimerClock,
 };
@@ -129,6 +138,7 @@ struct JoinMetrics {
     joined_by_last_click: metrics::Counter,
     orphans: HashMap<(&'static str, OrphanReason), metrics::Counter>,
     conflicts: metrics::Counter,
+    not_emitted_again: metrics::Counter,
     expired_impressions: metrics::Counter,
     waiting: metrics::Gauge,
     impressions_store: StoreMetrics,
@@ -153,6 +163,7 @@ impl JoinMetrics {
             joined_by_last_click: joins("conversion", "last_click"),
             orphans,
             conflicts: metrics::counter!("adpipe_joiner_conflicts_total", "kind" => "impression"),
+            not_emitted_again: metrics::counter!(emitted::NOT_EMITTED_AGAIN, "service" => "joiner"),
             expired_impressions: metrics::counter!("adpipe_late_records_total", "service" => "joiner", "topic" => "impressions", "reason" => "outside_window"),
             waiting: metrics::gauge!("adpipe_joiner_waiting", "partition" => partition.to_string()),
             impressions_store: StoreMetrics::new("joiner", "impressions", partition, caps.0),
@@ -191,6 +202,8 @@ pub struct JoinStep {
     metrics: JoinMetrics,
     checkpoints: Option<Checkpoints>,
     last_checkpoint: std::time::Instant,
+    /// Outputs already in the output topics for records read again.
+    already: AlreadyEmitted,
 }
 
 /// The fields every event has, for ordering the inputs.
@@ -250,7 +263,15 @@ impl JoinStep {
             metrics: JoinMetrics::new(partition, caps),
             checkpoints: None,
             last_checkpoint: std::time::Instant::now(),
+            already: AlreadyEmitted::none(),
         }
+    }
+
+    /// What the partition's outputs already hold for clicks and conversions
+    /// that will be read again.
+    pub fn with_already_emitted(mut self, already: AlreadyEmitted) -> Self {
+        self.already = already;
+        self
     }
 
     /// Checkpoints the stores on revoke.
@@ -477,6 +498,14 @@ impl JoinStep {
         let click: Click = record.decode()?;
         out.observe_event_time(click.event_time)?;
         let event_time = click.event_time;
+        if let Some(earlier) = self.already.take(record.input, record.offset)
+            && let Some(decision) = self.earlier_decision(&click, &earlier)
+        {
+            self.metrics.not_emitted_again.increment(1);
+            self.store_earlier_decision(decision, out)?;
+            return self.after_event(event_time);
+        }
+        let headers = emitted::stamped(record.headers, record);
         match self
             .state
             .impression(&click.impression_id)
@@ -485,7 +514,7 @@ impl JoinStep {
             Some(impression) => {
                 let key = record.share(record.key);
                 let (output, click) =
-                    self.joined_click_output(click, &impression, key, record.headers)?;
+                    self.joined_click_output(click, &impression, key, &headers)?;
                 out.emit(output);
                 self.conversions_waiting_for(&click, out)?;
             }
@@ -496,7 +525,7 @@ impl JoinStep {
                     event: click,
                     key: record.share(record.key),
                     value: record.share(record.value),
-                    headers: record.headers.clone(),
+                    headers,
                     held: out.hold(),
                     timer,
                 };
@@ -508,6 +537,52 @@ impl JoinStep {
             }
         }
         self.after_event(event_time)
+    }
+
+    /// A click read again whose decision was emitted before a crash: the
+    /// join as it was emitted, or an orphan. `None` (logged) if the joined
+    /// output cannot be read: the click is then decided and emitted again.
+    fn earlier_decision(&self, click: &Click, earlier: &EarlierOutput) -> Option<StoredClick> {
+        if earlier.topic != *self.topics.joined_clicks {
+            return Some(StoredClick::Orphan(click.clone()));
+        }
+        let read = || -> Result<JoinedClick, adpipe_codec::DecodeError> {
+            let schema = WriterSchema::parse(
+                self.encoders.joined_click.schema_id(),
+                EventKind::JoinedClick.schema().to_owned(),
+            )?;
+            let (_, datum) =
+                adpipe_codec::split_header(earlier.value.as_deref().unwrap_or_default())?;
+            schema.decode_datum(datum)
+        };
+        match read() {
+            Ok(joined) => Some(StoredClick::Joined(joined)),
+            Err(error) => {
+                warn!(%error, click_id = %click.event_id, "an earlier joined click cannot be read; the click is joined again");
+                None
+            }
+        }
+    }
+
+    /// Stores a decision emitted before a crash again (its changelog entry
+    /// may be what was lost); conversions waiting for the click follow it.
+    /// Nothing is emitted for the click itself.
+    fn store_earlier_decision(
+        &mut self,
+        decision: StoredClick,
+        out: &mut Emitter,
+    ) -> Result<(), StepError> {
+        let changelog = self.state.put_click(&decision).map_err(state_error)?;
+        if let Some(first) =
+            changelog_chain(&self.topics.clicks_changelog, self.partition, changelog)
+        {
+            out.emit(*first);
+        }
+        let click = match decision {
+            StoredClick::Joined(joined) => joined.click,
+            StoredClick::Orphan(click) => click,
+        };
+        self.conversions_waiting_for(&click, out)
     }
 
     /// A click was stored (joined or orphan): conversions waiting for it,
@@ -669,13 +744,16 @@ impl JoinStep {
         let conversion: Conversion = record.decode()?;
         out.observe_event_time(conversion.event_time)?;
         let event_time = conversion.event_time;
+        if self.already.take(record.input, record.offset).is_some() {
+            // Decided before a crash (a conversion changes no state).
+            self.metrics.not_emitted_again.increment(1);
+            return self.after_event(event_time);
+        }
+        let headers = emitted::stamped(record.headers, record);
         match self.decide(&conversion)? {
             ConversionOutcome::Join(joined) => {
-                let output = self.joined_conversion_output(
-                    *joined,
-                    record.share(record.key),
-                    record.headers,
-                )?;
+                let output =
+                    self.joined_conversion_output(*joined, record.share(record.key), &headers)?;
                 out.emit(output);
             }
             ConversionOutcome::Orphan(reason) => {
@@ -684,7 +762,7 @@ impl JoinStep {
                     reason,
                     record.share(record.key),
                     record.share(record.value),
-                    record.headers,
+                    &headers,
                 );
                 out.emit(output);
             }
@@ -698,7 +776,7 @@ impl JoinStep {
                     event: conversion,
                     key: record.share(record.key),
                     value: record.share(record.value),
-                    headers: record.headers.clone(),
+                    headers,
                     held: out.hold(),
                     timer,
                 };

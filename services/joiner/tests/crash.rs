@@ -180,6 +180,10 @@ async fn no_join_is_lost_or_changed_across_repeated_kill_9() {
         produced.copies()
     );
     assert_matches(&expected, &produced);
+    // Clicks and conversions read again after a kill keep their first
+    // decision and are not emitted twice (`resume-scan`; with
+    // ADPIPE__JOINER__RESUME_SCAN=0 this fails).
+    assert_eq!(produced.copies(), 0, "re-emitted after a restart");
     let dead = tokio::task::block_in_place(|| rig.read("dlq"));
     assert!(dead.is_empty(), "nothing dead-lettered: {}", dead.len());
     let _ = std::fs::remove_dir_all(&instance.state_dir);

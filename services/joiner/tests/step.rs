@@ -77,13 +77,26 @@ async fn feed<T: Serialize>(
     event: &T,
     user: &str,
 ) -> Fed {
+    feed_at(step, input, 0, kind, event, user).await
+}
+
+/// Feeds the record at `offset` of input `input` (topic `in-<input>`).
+async fn feed_at<T: Serialize>(
+    step: &mut JoinStep,
+    input: usize,
+    offset: i64,
+    kind: EventKind,
+    event: &T,
+    user: &str,
+) -> Fed {
     let (value, writer) = encoded(kind, event);
     let headers = Headers::from_pairs([("adpipe.origin.dc", "dc1")]);
+    let topic = format!("in-{input}");
     let record = InputRecord {
-        topic: "in",
+        topic: &topic,
         input,
         partition: 7,
-        offset: 0,
+        offset,
         timestamp_ms: None,
         key: Some(user.as_bytes()),
         value: Some(&value),
@@ -556,4 +569,177 @@ async fn an_impression_id_with_other_contents_keeps_the_first() {
     let fed = feed(&mut step, CLICKS, EventKind::Click, &click, &imp.user_id).await;
     let value: JoinedClick = decode(EventKind::JoinedClick, &fed.outputs[0]);
     assert_eq!(value.impression, imp, "joined with the first");
+}
+
+/// After a kill -9, the clicks and conversions read again since the commit
+/// may already have their output. A restored step told which (the scan of
+/// `adpipe_runtime::emitted`) keeps each first decision — even where the
+/// state now would decide otherwise — stores it again, and emits nothing
+/// twice.
+#[tokio::test]
+async fn a_record_read_again_keeps_its_earlier_decision_and_is_not_emitted_twice() {
+    use adpipe_runtime::emitted::{AlreadyEmitted, EarlierOutput, HEADER_INPUT};
+    let seen = impression(1);
+    let user = seen.user_id.clone();
+    let late = Impression {
+        user_id: user.clone(),
+        ..impression(2) // came after its click's wait ended
+    };
+    let joined_click = click_on(&seen, "clk-joined", 1_000);
+    let orphan_click = click_on(&late, "clk-orphan", 1_000);
+    let advertiser = seen.advertiser_id;
+
+    // Before the crash: the first click joined, the second orphaned (no
+    // impression yet), and a conversion naming the first joined.
+    let mut before = step();
+    feed(
+        &mut before,
+        IMPRESSIONS,
+        EventKind::Impression,
+        &seen,
+        &user,
+    )
+    .await;
+    let fed = feed_at(
+        &mut before,
+        CLICKS,
+        3,
+        EventKind::Click,
+        &joined_click,
+        &user,
+    )
+    .await;
+    let joined_output = fed
+        .outputs
+        .iter()
+        .find(|output| &*output.topic == "joined.clicks")
+        .expect("joined")
+        .clone();
+    assert_eq!(
+        header(&joined_output, HEADER_INPUT).as_deref(),
+        Some("in-1@3")
+    );
+    let already = AlreadyEmitted::none()
+        .with(
+            CLICKS,
+            3,
+            EarlierOutput {
+                topic: "joined.clicks".to_owned(),
+                value: joined_output.value.as_deref().map(<[u8]>::to_vec),
+            },
+        )
+        .with(
+            CLICKS,
+            4,
+            EarlierOutput {
+                topic: "joined.orphans".to_owned(),
+                value: None,
+            },
+        )
+        .with(
+            CONVERSIONS,
+            5,
+            EarlierOutput {
+                topic: "joined.conversions".to_owned(),
+                value: None,
+            },
+        );
+
+    // Restored on another host (state from nothing): everything read again,
+    // the late impression now before its click.
+    let mut after = step().with_already_emitted(already);
+    for impression in [&seen, &late] {
+        feed(
+            &mut after,
+            IMPRESSIONS,
+            EventKind::Impression,
+            impression,
+            &user,
+        )
+        .await;
+    }
+    let topics = |fed: &Fed| -> Vec<String> {
+        fed.outputs
+            .iter()
+            .map(|output| output.topic.to_string())
+            .collect()
+    };
+    let fed = feed_at(
+        &mut after,
+        CLICKS,
+        3,
+        EventKind::Click,
+        &joined_click,
+        &user,
+    )
+    .await;
+    assert_eq!(
+        topics(&fed),
+        ["clk.log"],
+        "its state again (a changelog chain), no join"
+    );
+    let fed = feed_at(
+        &mut after,
+        CLICKS,
+        4,
+        EventKind::Click,
+        &orphan_click,
+        &user,
+    )
+    .await;
+    assert_eq!(topics(&fed), ["clk.log"], "an orphan stays an orphan");
+    let named_joined = conversion(
+        &user,
+        advertiser,
+        Some("clk-joined"),
+        joined_click.event_time + 10,
+    );
+    let fed = feed_at(
+        &mut after,
+        CONVERSIONS,
+        5,
+        EventKind::Conversion,
+        &named_joined,
+        &user,
+    )
+    .await;
+    assert!(fed.outputs.is_empty(), "decided before: {:?}", topics(&fed));
+    // New records follow the decisions kept.
+    let named_orphan = conversion(
+        &user,
+        advertiser,
+        Some("clk-orphan"),
+        orphan_click.event_time + 10,
+    );
+    let fed = feed_at(
+        &mut after,
+        CONVERSIONS,
+        6,
+        EventKind::Conversion,
+        &named_orphan,
+        &user,
+    )
+    .await;
+    let [orphan] = &fed.outputs[..] else {
+        panic!("one orphan: {:?}", topics(&fed))
+    };
+    assert_eq!(
+        header(orphan, HEADER_ORPHAN_REASON).as_deref(),
+        Some("impression_not_found")
+    );
+    let fed = feed_at(
+        &mut after,
+        CONVERSIONS,
+        7,
+        EventKind::Conversion,
+        &named_joined,
+        &user,
+    )
+    .await;
+    let [joined] = &fed.outputs[..] else {
+        panic!("one join: {:?}", topics(&fed))
+    };
+    let joined: JoinedConversion = decode(EventKind::JoinedConversion, joined);
+    assert_eq!(joined.click.event_id, "clk-joined");
+    assert_eq!(joined.impression.event_id, seen.event_id);
 }

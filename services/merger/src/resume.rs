@@ -11,16 +11,14 @@
 //! the commit, as without this.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::ops::ControlFlow;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use adpipe_runtime::emitted::read_back;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::message::{Headers, Message, OwnedMessage};
 
 use crate::{HEADER_ORIGIN_DC, HEADER_SOURCE_OFFSET};
-
-/// Records read per step backwards from the tail.
-const CHUNK: i64 = 10_000;
 
 /// The last source offset of each DC in `output`'s `partition`, reading at
 /// most `limit` records from its end (blocking IO).
@@ -41,47 +39,27 @@ pub fn last_source_offsets(
         .set("group.id", "adpipe-merger-resume")
         .set("queued.max.messages.kbytes", "4096")
         .create()?;
-    let (low, high) = consumer.fetch_watermarks(output, partition, Duration::from_secs(30))?;
-    let floor = high
-        .saturating_sub(i64::try_from(limit).unwrap_or(i64::MAX))
-        .max(low);
-    let mut end = high;
-    while end > floor && found.len() < dcs.len() {
-        let start = end.saturating_sub(CHUNK).max(floor);
-        let mut chunk: HashMap<String, i64> = HashMap::new();
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(output, partition, Offset::Offset(start))?;
-        consumer.assign(&assignment)?;
-        loop {
-            let Some(result) = consumer.poll(Duration::from_secs(30)) else {
-                return Err(rdkafka::error::KafkaError::MessageConsumption(
-                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
-                ));
-            };
-            let message = result?;
-            if message.offset() >= end {
-                break;
-            }
-            if let Some((dc, offset)) = origin(&message)
-                && !found.contains_key(dc)
-            {
-                let entry = chunk.entry(dc.to_owned()).or_insert(offset);
+    read_back(&consumer, output, partition, limit, |chunk| {
+        // The newest chunk holding a DC has its last offset.
+        let mut in_chunk: HashMap<String, i64> = HashMap::new();
+        for (dc, offset) in chunk.iter().filter_map(origin) {
+            if !found.contains_key(dc) {
+                let entry = in_chunk.entry(dc.to_owned()).or_insert(offset);
                 *entry = (*entry).max(offset);
             }
-            if message.offset() + 1 >= end {
-                break;
-            }
         }
-        for (dc, offset) in chunk {
-            found.entry(dc).or_insert(offset);
+        found.extend(in_chunk);
+        if dcs.iter().all(|dc| found.contains_key(dc)) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
         }
-        end = start;
-    }
+    })?;
     found.retain(|dc, _| dcs.contains(dc));
     Ok(found)
 }
 
-fn origin<'a>(message: &'a rdkafka::message::BorrowedMessage<'_>) -> Option<(&'a str, i64)> {
+fn origin(message: &OwnedMessage) -> Option<(&str, i64)> {
     let headers = message.headers()?;
     let mut dc = None;
     let mut offset = None;
