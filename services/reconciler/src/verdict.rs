@@ -11,8 +11,9 @@
 //! letter of the consuming service naming that event, or by an offset its
 //! group has not committed; an event present downstream but not upstream,
 //! a copy in a store that must hold each event once, and a count in the
-//! stats that differs from the records its consumer committed are never
-//! explained.
+//! stats that differs from the distinct events its consumer committed (a
+//! copy in its input counted twice is a miscount: the totals must equal
+//! the ground truth) are never explained.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -63,8 +64,8 @@ pub struct Flow {
     pub copies_allowed: bool,
 }
 
-/// A count-only store checked against the records its consumer committed:
-/// the stats-counter's totals.
+/// A count-only store checked against the distinct events its consumer
+/// committed: the stats-counter's totals.
 #[derive(Debug, Clone)]
 pub struct CountFlow {
     /// Its name in the table.
@@ -266,8 +267,9 @@ fn check_count(
     kind: Kind,
     from: &[Stage],
 ) -> Vec<Difference> {
-    // measure → (records the group committed, records in flight)
-    let mut expected: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    // measure → (events the group committed, events in flight, records
+    // it committed: more than the events when its input held copies)
+    let mut expected: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
     for stage in from {
         let Some(book) = ledger.book(bucket, kind, stage) else {
             continue;
@@ -279,12 +281,19 @@ fn check_count(
                 .dead
                 .get(hash)
                 .is_some_and(|letters| letters.iter().any(|l| l.service == flow.service));
-            for place in &seen.places {
-                if !positions.consumed(ledger, flow.group.as_deref(), place) {
-                    slot.1 += 1;
-                } else if !dead {
-                    slot.0 += 1;
-                }
+            if dead {
+                continue;
+            }
+            let consumed = seen
+                .places
+                .iter()
+                .filter(|place| positions.consumed(ledger, flow.group.as_deref(), place))
+                .count() as i64;
+            if consumed > 0 {
+                slot.0 += 1;
+                slot.2 += consumed;
+            } else if !seen.places.is_empty() {
+                slot.1 += 1;
             }
         }
     }
@@ -294,7 +303,7 @@ fn check_count(
         }
     }
     let mut found = Vec::new();
-    for (measure, (committed, in_flight)) in expected {
+    for (measure, (committed, in_flight, records)) in expected {
         let counted = ledger
             .counted
             .get(&(bucket, kind, measure.clone()))
@@ -308,9 +317,14 @@ fn check_count(
                 what: "miscounted".to_owned(),
                 count: counted - committed,
                 explanation: None,
-                samples: vec![format!(
-                    "counted {counted}, the records it committed say {committed}"
-                )],
+                samples: vec![if records == committed {
+                    format!("counted {counted}, the events it committed say {committed}")
+                } else {
+                    format!(
+                        "counted {counted}, the events it committed say {committed} (its input held {} copies: {records} records)",
+                        records - committed
+                    )
+                }],
             });
         }
         if in_flight > 0 {
@@ -527,11 +541,29 @@ mod tests {
         ledger
             .counted
             .insert((Bucket::Hour(0), Kind::Click, "stats".to_owned()), 4);
-        let found = differences(&ledger, &positions, &[], &[counts]);
+        let found = differences(&ledger, &positions, &[], std::slice::from_ref(&counts));
         assert_eq!(
             find(&found, "miscounted", false).count,
             1,
             "one counted twice"
         );
+        // A copy of a in the counted input: the totals must still count a
+        // once (counting the copy is the over-count, not the truth).
+        let merged = ledger.topic("merged.clicks");
+        let copy = Place {
+            topic: merged,
+            partition: 0,
+            offset: 3,
+        };
+        ledger.record(Bucket::Hour(0), Kind::Click, Stage::Merged, "a", Some(copy));
+        let found = differences(&ledger, &positions, &[], std::slice::from_ref(&counts));
+        let over = find(&found, "miscounted", false);
+        assert_eq!(over.count, 1, "4 counted for 3 events: {found:#?}");
+        assert!(over.samples[0].contains("1 copies"), "{over:?}");
+        ledger
+            .counted
+            .insert((Bucket::Hour(0), Kind::Click, "stats".to_owned()), 3);
+        let found = differences(&ledger, &positions, &[], &[counts]);
+        assert!(found.iter().all(|d| d.what != "miscounted"), "{found:#?}");
     }
 }
