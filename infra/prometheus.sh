@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prometheus rules of adpipe: fetches promtool and checks them.
 #
-#   infra/prometheus.sh check     promtool check rules + promtool test rules
+#   infra/prometheus.sh check     promtool check config + check rules + test rules
 #   infra/prometheus.sh promtool  prints the path of promtool (fetching it)
 #
 # promtool comes from Debian's prometheus package, downloaded with
@@ -25,6 +25,7 @@ case "${1:-}" in
   promtool) promtool_path ;;
   check)
     promtool="$(promtool_path)"
+    "$promtool" check config "$INFRA_DIR"/prometheus/prometheus.yml
     "$promtool" check rules "$INFRA_DIR"/prometheus/rules/*.yml
     "$promtool" test rules "$INFRA_DIR"/prometheus/tests/*.yml
     ;;

@@ -11,7 +11,8 @@
 //! and collects the outputs whose input offset is at or after its input's
 //! commit; the step then [`takes`](AlreadyEmitted::take) each replayed
 //! record's earlier output instead of emitting it again (and still writes
-//! the state that output implies).
+//! the state that output implies), counting it in
+//! `adpipe_records_skipped_on_resume_total` (`Metric::RecordsSkippedOnResume`).
 //!
 //! Where the backwards read stops: outputs are emitted in input-offset order
 //! per input, except for records a step held (they come out up to the hold
@@ -38,10 +39,6 @@ use crate::step::InputRecord;
 /// The header naming the input record an output came from:
 /// `<input topic>@<offset>`.
 pub const HEADER_INPUT: &str = "adpipe.input";
-
-/// Counter (label `service`) of records read again after a restart whose
-/// output was found already emitted, so not emitted again.
-pub const NOT_EMITTED_AGAIN: &str = "adpipe_outputs_not_emitted_again_total";
 
 /// Records read per step backwards from the tail.
 const CHUNK: i64 = 10_000;

@@ -59,7 +59,7 @@ pub struct DedupStep {
     /// Outputs already in the output topic for records read again.
     already: AlreadyEmitted,
     /// Records whose output was found there (not emitted again).
-    not_emitted_again: metrics::Counter,
+    skipped_on_resume: metrics::Counter,
 }
 
 impl DedupStep {
@@ -71,6 +71,7 @@ impl DedupStep {
             "topic" => stream.input.clone(),
             "reason" => "outside_window"
         );
+        let skipped_on_resume = metrics::counter!(Metric::RecordsSkippedOnResume.name(), "service" => "deduplicator", "topic" => stream.output.clone());
         DedupStep {
             output_topic: Arc::from(stream.output.as_str()),
             changelog_topic: Arc::from(stream.changelog.as_str()),
@@ -80,7 +81,7 @@ impl DedupStep {
             checkpoints: None,
             outside_window,
             already: AlreadyEmitted::none(),
-            not_emitted_again: metrics::counter!(emitted::NOT_EMITTED_AGAIN, "service" => "deduplicator"),
+            skipped_on_resume,
         }
     }
 
@@ -138,7 +139,7 @@ impl Step for DedupStep {
         if self.already.take(record.input, record.offset).is_some() {
             // Emitted before a crash: its changelog entry may be what was
             // lost, so it is written; the output is not.
-            self.not_emitted_again.increment(1);
+            self.skipped_on_resume.increment(1);
             out.emit(changelog);
             return Ok(());
         }
