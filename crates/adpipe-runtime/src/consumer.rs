@@ -22,7 +22,11 @@
 //!   deadline) lingers; when one of its partitions comes back to this
 //!   worker, the new task — and the offsets the service stored for it — wait
 //!   until the old one ended (up to [`LINGER_WAIT`], then it is aborted), so
-//!   one worker never runs two tasks of a partition at once;
+//!   one worker never runs two tasks of a partition at once — and until the
+//!   outputs the old one handed to the (shared) producer are settled
+//!   (acknowledged or failed; up to [`LINGER_WAIT`]), so a new task that
+//!   reads its output's tail to learn what was already emitted
+//!   (`crate::emitted`) sees them;
 //! - a lost output anywhere stops the worker at the next commit tick;
 //! - librdkafka statistics give the lag gauge and tell aligned tasks which
 //!   inputs are at their end (for `max-idle`);
@@ -32,8 +36,8 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -157,6 +161,9 @@ pub struct WorkerContext<F: StepFactory> {
     commit_lock: Mutex<()>,
     /// Tasks revoked but still running (see the module's contract).
     lingering: Mutex<HashMap<TaskKey, Vec<tokio::task::JoinHandle<()>>>>,
+    /// Revoked partitions' sources, alive while an output of their records
+    /// is still in the producer (its acknowledgement token holds it).
+    settling: Mutex<HashMap<TaskKey, Vec<Weak<Source>>>>,
 }
 
 impl<F: StepFactory> ClientContext for WorkerContext<F> {
@@ -314,6 +321,7 @@ impl<F: StepFactory> WorkerContext<F> {
             health,
             commit_lock: Mutex::new(()),
             lingering: Mutex::new(HashMap::new()),
+            settling: Mutex::new(HashMap::new()),
         }
     }
 
@@ -338,6 +346,7 @@ impl<F: StepFactory> WorkerContext<F> {
                 .collect()
         };
         if handles.is_empty() {
+            self.wait_for_settling(&keys);
             return;
         }
         warn!(
@@ -361,6 +370,49 @@ impl<F: StepFactory> WorkerContext<F> {
                 }
             }
         });
+        self.wait_for_settling(&keys);
+    }
+
+    /// Waits until the outputs that tasks revoked earlier for `keys` handed
+    /// to the producer are settled (up to [`LINGER_WAIT`]; then a warning:
+    /// the new task may emit some of them again — never lose them).
+    fn wait_for_settling(&self, keys: &[TaskKey]) {
+        let sources: Vec<Weak<Source>> = {
+            let mut settling = self.settling.lock();
+            settling.retain(|_, sources| {
+                sources.retain(|source| source.strong_count() > 0);
+                !sources.is_empty()
+            });
+            keys.iter()
+                .filter_map(|key| settling.remove(key))
+                .flatten()
+                .collect()
+        };
+        if sources.is_empty() {
+            return;
+        }
+        let unsettled = || {
+            sources
+                .iter()
+                .filter(|source| source.strong_count() > 0)
+                .count()
+        };
+        info!(
+            partitions = sources.len(),
+            "partitions came back while outputs of their previous tasks are still in the producer; waiting for those"
+        );
+        let deadline = Instant::now() + LINGER_WAIT;
+        while unsettled() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = unsettled();
+        if left > 0 {
+            warn!(
+                partitions = left,
+                ?LINGER_WAIT,
+                "outputs of revoked tasks still unsettled; the new tasks may emit some of them again"
+            );
+        }
     }
 
     /// Sets, in the list about to be assigned, the offsets the service
@@ -625,6 +677,15 @@ impl<F: StepFactory> WorkerContext<F> {
                 ?wait,
                 "tasks did not finish draining in time; committing what is done"
             );
+        }
+        {
+            let mut settling = self.settling.lock();
+            for slot in &slots {
+                settling
+                    .entry(slot.task)
+                    .or_default()
+                    .push(Arc::downgrade(&slot.source));
+            }
         }
         {
             let mut lingering = self.lingering.lock();

@@ -344,6 +344,59 @@ async fn a_stop_while_an_output_waits_for_queue_space_is_not_drained() {
     );
 }
 
+/// A partition revoked while its task's outputs still wait in the shared
+/// producer (a long linger; a leader moving after a broker died did the
+/// same in the chaos run) and assigned back to the same worker: its new
+/// task is created only once those outputs are settled, so a step that
+/// reads its output's tail to learn what was already emitted (the
+/// deduplicator's and the joiner's resume scan) sees them. Without the
+/// wait the new task saw an empty output and emitted everything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_back_after_a_revoke_waits_for_its_old_outputs_to_settle() {
+    let topics = Topics::create("rt-settle", 2).await;
+    let per_partition = 5;
+    let produced: Vec<(i32, String, String)> = (0..2)
+        .flat_map(|partition| {
+            (0..per_partition).map(move |index| {
+                (
+                    partition,
+                    format!("user-{partition}-{index}"),
+                    format!("good-{partition}-{index}"),
+                )
+            })
+        })
+        .collect();
+    topics.produce(&produced).await;
+    let mut lingering = topics.settings("revoke-deadline = \"1s\"\n");
+    lingering
+        .kafka
+        .producer
+        .insert("linger.ms".to_owned(), "12000".to_owned());
+    let mut factory = TestFactory::new(&topics);
+    factory.watch_outputs = Some(topics.bootstrap.clone());
+    let outputs_at_create = std::sync::Arc::clone(&factory.outputs_at_create);
+    let first = adpipe_runtime::start(lingering, factory).expect("starts");
+    // Both partitions' records processed; their outputs linger.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(outputs_at_create.lock().len(), 2, "one task per partition");
+    // A second member: the eager rebalance revokes both partitions from the
+    // first worker and gives one back.
+    let second =
+        adpipe_runtime::start(topics.settings(""), TestFactory::new(&topics)).expect("starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while outputs_at_create.lock().len() < 3 {
+        assert!(Instant::now() < deadline, "no partition came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (partition, seen) = outputs_at_create.lock()[2];
+    assert!(
+        seen >= per_partition,
+        "partition {partition} came back while its {per_partition} outputs were still in the producer: its new task saw {seen} in the output"
+    );
+    let _ = second.stop().await;
+    let _ = first.stop().await;
+}
+
 /// A revoke (here a stop) never waits longer than the revoke deadline for
 /// a step that hangs, a retry sleeping out a long backoff, or a restore.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -395,6 +395,11 @@ pub struct TestFactory {
     pub end_restores: Arc<AtomicBool>,
     /// Errors the next creations return, first first.
     pub create_failures: Arc<Mutex<Vec<StepError>>>,
+    /// Set (the cluster's bootstrap): each creation records its partition
+    /// and how many records `out` holds there at that moment.
+    pub watch_outputs: Option<String>,
+    /// What each creation saw of `out` (with `watch_outputs`).
+    pub outputs_at_create: Arc<Mutex<Vec<(i32, i64)>>>,
 }
 
 impl TestFactory {
@@ -409,13 +414,32 @@ impl TestFactory {
             revokes: Arc::default(),
             end_restores: Arc::default(),
             create_failures: Arc::default(),
+            watch_outputs: None,
+            outputs_at_create: Arc::default(),
         }
     }
 }
 
 impl StepFactory for TestFactory {
     type Step = TestStep;
-    fn create(&self, _: &TaskAssignment) -> Result<TestStep, StepError> {
+    fn create(&self, assignment: &TaskAssignment) -> Result<TestStep, StepError> {
+        if let Some(bootstrap) = &self.watch_outputs {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                .create()
+                .expect("client");
+            let (low, high) = consumer
+                .fetch_watermarks(
+                    &format!("{}.out", self.prefix),
+                    assignment.partition,
+                    Duration::from_secs(10),
+                )
+                .expect("watermarks");
+            self.outputs_at_create
+                .lock()
+                .push((assignment.partition, high - low));
+        }
         // A slow restore that the test can end (a blocking thread would
         // otherwise keep the test's runtime from shutting down).
         let started = Instant::now();
