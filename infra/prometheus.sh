@@ -25,6 +25,12 @@ case "${1:-}" in
   promtool) promtool_path ;;
   check)
     promtool="$(promtool_path)"
+    # Every metric a rule names is one a service exports (its name appears
+    # quoted in the Rust sources: telemetry.rs's enum or a service's own).
+    for name in $(grep -ohE 'adpipe_[a-z_]+' "$INFRA_DIR"/prometheus/rules/*.yml | sed -E 's/_(bucket|count|sum)$//' | sort -u); do
+      grep -rqF --include='*.rs' "\"$name\"" "$REPO_DIR/crates" "$REPO_DIR/services" \
+        || die "a rule names $name, which no service exports"
+    done
     "$promtool" check config "$INFRA_DIR"/prometheus/prometheus.yml
     "$promtool" check rules "$INFRA_DIR"/prometheus/rules/*.yml
     "$promtool" test rules "$INFRA_DIR"/prometheus/tests/*.yml

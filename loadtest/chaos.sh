@@ -28,6 +28,9 @@ cleanup() {
 }
 trap cleanup EXIT
 dcs="$(clusters name role | awk '$2 == "dc" {print $1}')"
+# A fresh chaos cluster per run: the partitions earlier runs left made a
+# killed broker's restart outlast kafka.sh's wait (~2,500 logs to load).
+"$INFRA_DIR/kafka.sh" reset chaos
 # shellcheck disable=SC2086 # one argument per DC
 "$INFRA_DIR/kafka.sh" start chaos $dcs
 "$INFRA_DIR/postgres.sh" start
