@@ -73,8 +73,9 @@ cargo clippy -p adpipe-state -p adpipe-joiner -p adpipe-loader --features adpipe
 cargo test -p adpipe-state --features aerospike --locked --test conformance aerospike -- --nocapture 2>&1 | grep -E "SKIPPED|test result"
 cargo test -p adpipe-loader --features aerospike --locked --test aerospike_profiles -- --nocapture 2>&1 | grep -E "SKIPPED|test result"
 
-step "prometheus rules (promtool check + unit tests)"
+step "prometheus rules (promtool check + unit tests) and grafana dashboards (static checks)"
 "$INFRA_DIR/prometheus.sh" check
+"$INFRA_DIR/grafana.sh" check
 
 step "kafka clusters of this run (own ports, own data: $ADPIPE_STATE_DIR)"
 # A previous run that was killed may have left its servers running there.
