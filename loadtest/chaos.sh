@@ -28,11 +28,17 @@ cleanup() {
 }
 trap cleanup EXIT
 dcs="$(clusters name role | awk '$2 == "dc" {print $1}')"
-# A fresh chaos cluster per run: the partitions earlier runs left made a
-# killed broker's restart outlast kafka.sh's wait (~2,500 logs to load).
-"$INFRA_DIR/kafka.sh" reset chaos
 # shellcheck disable=SC2086 # one argument per DC
 "$INFRA_DIR/kafka.sh" start chaos $dcs
+# Earlier runs' topics (each run has its own `chaos-<id>.` prefix) are
+# deleted: thousands of partitions left behind made a killed broker's
+# restart outlast kafka.sh's wait. (Wiping the whole chaos cluster instead
+# broke MirrorMaker 2's replication to it: its state on the DCs remained.)
+for port in $(clusters --all name port | awk '$1 == "chaos" {print $2}') \
+            $(clusters name role port | awk '$2 == "dc" {print $3}'); do
+  "$INFRA_DIR/kafka.sh" tool org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$port" \
+    --delete --if-exists --topic '(dc[0-9]+\.|chaos\.)?chaos[-.][0-9a-f]{8}\..*' >/dev/null 2>&1 || true
+done
 "$INFRA_DIR/postgres.sh" start
 "$INFRA_DIR/elasticsearch.sh" start
 "$INFRA_DIR/redis.sh" start
