@@ -204,6 +204,9 @@ pub struct JoinStep {
     last_checkpoint: std::time::Instant,
     /// Outputs already in the output topics for records read again.
     already: AlreadyEmitted,
+    /// Reads earlier `joined.clicks` records (parsed on first use: only a
+    /// restored step that finds some needs it).
+    joined_click_reader: std::sync::OnceLock<WriterSchema>,
 }
 
 /// The fields every event has, for ordering the inputs.
@@ -264,6 +267,7 @@ impl JoinStep {
             checkpoints: None,
             last_checkpoint: std::time::Instant::now(),
             already: AlreadyEmitted::none(),
+            joined_click_reader: std::sync::OnceLock::new(),
         }
     }
 
@@ -547,10 +551,16 @@ impl JoinStep {
             return Some(StoredClick::Orphan(click.clone()));
         }
         let read = || -> Result<JoinedClick, adpipe_codec::DecodeError> {
-            let schema = WriterSchema::parse(
-                self.encoders.joined_click.schema_id(),
-                EventKind::JoinedClick.schema().to_owned(),
-            )?;
+            let schema = match self.joined_click_reader.get() {
+                Some(schema) => schema,
+                None => {
+                    let parsed = WriterSchema::parse(
+                        self.encoders.joined_click.schema_id(),
+                        EventKind::JoinedClick.schema().to_owned(),
+                    )?;
+                    self.joined_click_reader.get_or_init(|| parsed)
+                }
+            };
             let (_, datum) =
                 adpipe_codec::split_header(earlier.value.as_deref().unwrap_or_default())?;
             schema.decode_datum(datum)
