@@ -114,6 +114,33 @@ async fn feed_at<T: Serialize>(
     }
 }
 
+/// Feeds click `click` at `offset` of the clicks input.
+async fn click_at(step: &mut JoinStep, offset: i64, click: &Click) -> Fed {
+    feed_at(
+        step,
+        CLICKS,
+        offset,
+        EventKind::Click,
+        click,
+        &click.user_id,
+    )
+    .await
+}
+
+/// Feeds conversion `conversion` at `offset` of the conversions input.
+async fn conversion_at(step: &mut JoinStep, offset: i64, conversion: &Conversion) -> Fed {
+    let user = conversion.user_id.clone();
+    feed_at(
+        step,
+        CONVERSIONS,
+        offset,
+        EventKind::Conversion,
+        conversion,
+        &user,
+    )
+    .await
+}
+
 async fn fire(step: &mut JoinStep, timer: Timer) -> Vec<OutputRecord> {
     let mut out = Emitter::default();
     step.on_timer(timer, &mut out).await.expect("fires");
@@ -600,15 +627,7 @@ async fn a_record_read_again_keeps_its_earlier_decision_and_is_not_emitted_twice
         &user,
     )
     .await;
-    let fed = feed_at(
-        &mut before,
-        CLICKS,
-        3,
-        EventKind::Click,
-        &joined_click,
-        &user,
-    )
-    .await;
+    let fed = click_at(&mut before, 3, &joined_click).await;
     let joined_output = fed
         .outputs
         .iter()
@@ -664,29 +683,13 @@ async fn a_record_read_again_keeps_its_earlier_decision_and_is_not_emitted_twice
             .map(|output| output.topic.to_string())
             .collect()
     };
-    let fed = feed_at(
-        &mut after,
-        CLICKS,
-        3,
-        EventKind::Click,
-        &joined_click,
-        &user,
-    )
-    .await;
+    let fed = click_at(&mut after, 3, &joined_click).await;
     assert_eq!(
         topics(&fed),
         ["clk.log"],
         "its state again (a changelog chain), no join"
     );
-    let fed = feed_at(
-        &mut after,
-        CLICKS,
-        4,
-        EventKind::Click,
-        &orphan_click,
-        &user,
-    )
-    .await;
+    let fed = click_at(&mut after, 4, &orphan_click).await;
     assert_eq!(topics(&fed), ["clk.log"], "an orphan stays an orphan");
     let named_joined = conversion(
         &user,
@@ -694,15 +697,7 @@ async fn a_record_read_again_keeps_its_earlier_decision_and_is_not_emitted_twice
         Some("clk-joined"),
         joined_click.event_time + 10,
     );
-    let fed = feed_at(
-        &mut after,
-        CONVERSIONS,
-        5,
-        EventKind::Conversion,
-        &named_joined,
-        &user,
-    )
-    .await;
+    let fed = conversion_at(&mut after, 5, &named_joined).await;
     assert!(fed.outputs.is_empty(), "decided before: {:?}", topics(&fed));
     // New records follow the decisions kept.
     let named_orphan = conversion(
@@ -711,15 +706,7 @@ async fn a_record_read_again_keeps_its_earlier_decision_and_is_not_emitted_twice
         Some("clk-orphan"),
         orphan_click.event_time + 10,
     );
-    let fed = feed_at(
-        &mut after,
-        CONVERSIONS,
-        6,
-        EventKind::Conversion,
-        &named_orphan,
-        &user,
-    )
-    .await;
+    let fed = conversion_at(&mut after, 6, &named_orphan).await;
     let [orphan] = &fed.outputs[..] else {
         panic!("one orphan: {:?}", topics(&fed))
     };
@@ -727,15 +714,7 @@ async fn a_record_read_again_keeps_its_earlier_decision_and_is_not_emitted_twice
         header(orphan, HEADER_ORPHAN_REASON).as_deref(),
         Some("impression_not_found")
     );
-    let fed = feed_at(
-        &mut after,
-        CONVERSIONS,
-        7,
-        EventKind::Conversion,
-        &named_joined,
-        &user,
-    )
-    .await;
+    let fed = conversion_at(&mut after, 7, &named_joined).await;
     let [joined] = &fed.outputs[..] else {
         panic!("one join: {:?}", topics(&fed))
     };
