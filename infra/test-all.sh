@@ -77,6 +77,9 @@ step "prometheus rules (promtool check + unit tests) and grafana dashboards (sta
 "$INFRA_DIR/prometheus.sh" check
 "$INFRA_DIR/grafana.sh" check
 
+step "docker: the compose files as Docker Compose loads them, against the binaries; the Dockerfile (hadolint); a self-test"
+"$INFRA_DIR/docker.sh" check
+
 step "kafka clusters of this run (own ports, own data: $ADPIPE_STATE_DIR)"
 # A previous run that was killed may have left its servers running there.
 if [ -f "$ADPIPE_CLUSTERS_FILE" ]; then

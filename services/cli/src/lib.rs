@@ -8,6 +8,7 @@ pub mod check;
 pub mod consume;
 pub mod demo;
 pub mod groups;
+pub mod health;
 pub mod heartbeat;
 pub mod lag;
 pub mod metrics_text;

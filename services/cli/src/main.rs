@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::ExitCode;
 
 use adpipe_cli::{
-    check, consume, demo, heartbeat, lag, produce, reconcile, replay, simulate, topology,
+    check, consume, demo, health, heartbeat, lag, produce, reconcile, replay, simulate, topology,
 };
 use clap::{Parser, Subcommand};
 
@@ -44,6 +44,8 @@ enum Command {
     /// Per hour and kind, what every stage and store holds; every difference
     /// named and explained; exit 1 on an unexplained one.
     Reconcile(Box<reconcile::ReconcileArgs>),
+    /// Ask a service's /livez (the container health check); exit 1 unless 2xx.
+    Health(health::HealthArgs),
 }
 
 #[tokio::main]
@@ -109,6 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Health(args) => health::run(&args).await?,
         Command::Consume(args) => {
             let report = consume::run(&args, &mut stdout, &mut stderr).await?;
             eprintln!(
