@@ -94,8 +94,10 @@ mod tests {
     /// A one-shot HTTP server answering every request with `status`.
     async fn serve(status: &'static str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
                 let mut request = [0u8; 1024];
@@ -116,39 +118,45 @@ mod tests {
 
     #[tokio::test]
     async fn healthy_on_2xx_and_unhealthy_on_an_error_status_or_no_answer() {
-        run(&asking(serve("200 OK").await)).await.unwrap();
+        run(&asking(serve("200 OK").await))
+            .await
+            .expect("a 200 is healthy");
         let error = run(&asking(serve("503 Service Unavailable").await))
             .await
-            .unwrap_err();
+            .expect_err("unhealthy");
         assert!(error.to_string().contains("503"), "{error}");
         let closed = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap()
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("address")
         };
         let error = run(&asking(format!("http://{closed}/livez")))
             .await
-            .unwrap_err();
+            .expect_err("unhealthy");
         assert!(error.to_string().contains("no answer"), "{error}");
     }
 
     #[test]
     fn a_worker_is_asked_on_loopback_at_its_admin_port() {
-        let url = default_url(lookup(&[("ADPIPE__HTTP__LISTEN", "0.0.0.0:9102")])).unwrap();
+        let url =
+            default_url(lookup(&[("ADPIPE__HTTP__LISTEN", "0.0.0.0:9102")])).expect("an address");
         assert_eq!(url, "http://127.0.0.1:9102/livez");
     }
 
     #[test]
     fn the_registry_is_asked_at_its_own_listen_address() {
-        let url = default_url(lookup(&[("ADPIPE_REGISTRY_LISTEN", "[::]:8081")])).unwrap();
+        let url =
+            default_url(lookup(&[("ADPIPE_REGISTRY_LISTEN", "[::]:8081")])).expect("an address");
         assert_eq!(url, "http://[::1]:8081/livez");
     }
 
     #[test]
     fn without_an_address_or_with_port_zero_it_says_what_is_missing() {
-        let error = default_url(lookup(&[])).unwrap_err().to_string();
+        let error = default_url(lookup(&[]))
+            .expect_err("nothing set")
+            .to_string();
         assert!(error.contains("ADPIPE__HTTP__LISTEN"), "{error}");
         let error = default_url(lookup(&[("ADPIPE__HTTP__LISTEN", "127.0.0.1:0")]))
-            .unwrap_err()
+            .expect_err("refused")
             .to_string();
         assert!(error.contains("free port"), "{error}");
     }
