@@ -158,6 +158,13 @@ target/debug/adpipe demo --events 5000 --brokers "$(port_of central)" \
   --dc "dc1=$(port_of dc1)" --dc "dc2=$(port_of dc2)" \
   --postgres-url "$ADPIPE_PG_URL" --es-url "$ADPIPE_ES_URL" | tail -n 48
 
+step "the console in a real browser: headless Chromium (Debian) driven by Playwright (PyPI) over a demo run"
+"$INFRA_DIR/chromium.sh" install
+env -u ADPIPE_PG_URL ADPIPE_BIN="$REPO_DIR/target/debug/adpipe" \
+  ADPIPE_CONSOLE_SCREENSHOT="$ADPIPE_STATE_DIR/console.png" \
+  "$("$INFRA_DIR/chromium.sh" python)" -m pytest -q -s tests/console
+log "console screenshots (CI artefacts): $ADPIPE_STATE_DIR/console-live.png, $ADPIPE_STATE_DIR/console.png"
+
 step "python interoperability (Confluent's client)"
 if [ ! -x "$venv/bin/pytest" ] || ! cmp -s tests/interop/requirements.txt "$venv/requirements.txt"; then
   python3 -m venv "$venv"

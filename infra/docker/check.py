@@ -132,6 +132,7 @@ class Checker:
             found = re.search(r"\b(?:http_)?listen: (\S+),", output)
             listen = found.group(1) if found else None
             self.check_state_on_volumes(where, service, output)
+            service["x-worker"] = True
             help_text = self.help_text(binary, ())
         else:
             subcommands = tuple(a for a in args if not a.startswith("-"))
@@ -150,6 +151,8 @@ class Checker:
                     self.problem(where, f"{binary} {' '.join(path)} takes no flag {flag}")
             if "ADPIPE_REGISTRY_LISTEN" in environment:
                 listen = environment["ADPIPE_REGISTRY_LISTEN"]
+            if "--listen" in args[:-1]:
+                listen = args[args.index("--listen") + 1]
         for variable in environment:
             if variable.startswith("ADPIPE__") and self.is_worker(binary):
                 continue  # checked by --check-config
@@ -205,7 +208,7 @@ class Checker:
             elif f"adpipe-{job_name.removeprefix('adpipe-')}" != service["command"][0]:
                 self.problem(where, f"target {target} is in job {job_name}, but runs {service['command'][0]}")
         for name, service in services.items():
-            if service.get("x-listen-port") and name != "registry":
+            if service.get("x-worker"):
                 if f"{name}:{service['x-listen-port']}" not in targets:
                     self.problem(where, f"service {name} is not scraped")
         for target_file in (HERE / "prometheus-targets").glob("*.yml"):

@@ -5,6 +5,7 @@
 
 pub mod chaos;
 pub mod check;
+pub mod console;
 pub mod consume;
 pub mod demo;
 pub mod groups;

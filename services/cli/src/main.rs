@@ -4,7 +4,8 @@ use std::io::{BufRead, BufReader};
 use std::process::ExitCode;
 
 use adpipe_cli::{
-    check, consume, demo, health, heartbeat, lag, produce, reconcile, replay, simulate, topology,
+    check, console, consume, demo, health, heartbeat, lag, produce, reconcile, replay, simulate,
+    topology,
 };
 use clap::{Parser, Subcommand};
 
@@ -44,6 +45,8 @@ enum Command {
     /// Per hour and kind, what every stage and store holds; every difference
     /// named and explained; exit 1 on an unexplained one.
     Reconcile(Box<reconcile::ReconcileArgs>),
+    /// Serve the pipeline's live console (a page) from the services' metrics.
+    Console(console::ConsoleArgs),
     /// Ask a service's /livez (the container health check); exit 1 unless 2xx.
     Health(health::HealthArgs),
 }
@@ -112,6 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Health(args) => health::run(&args).await?,
+        Command::Console(args) => console::run(&args, &mut stdout).await?,
         Command::Consume(args) => {
             let report = consume::run(&args, &mut stdout, &mut stderr).await?;
             eprintln!(

@@ -168,6 +168,7 @@ impl ChainPlan<'_> {
                 )],
                 orphans: None,
                 bootstrap: None,
+                outputs: Vec::new(),
             };
         let mut add = |stage: &str, binary: &'static str, env: Env, probe: StageProbe| {
             services.push(ServiceSpec {
@@ -207,12 +208,9 @@ impl ChainPlan<'_> {
             .into_iter()
             .flat_map(|kind| names.dcs.iter().map(move |dc| names.replica(dc, kind)))
             .collect();
-        add(
-            "merger",
-            "adpipe-merger",
-            merger_env,
-            runtime_probe("merger", "merger", self.group("merger"), replicas),
-        );
+        let mut probe = runtime_probe("merger", "merger", self.group("merger"), replicas);
+        probe.outputs = EventKind::PUBLISHED.map(|kind| names.merged(kind)).to_vec();
+        add("merger", "adpipe-merger", merger_env, probe);
 
         // deduplicator
         let mut dedup_env = self.common("deduplicator", "deduplicator");
@@ -238,17 +236,16 @@ impl ChainPlan<'_> {
             ),
         ]));
         let merged = EventKind::PUBLISHED.map(|kind| names.merged(kind)).to_vec();
-        add(
+        let mut probe = runtime_probe(
             "deduplicator",
-            "adpipe-deduplicator",
-            dedup_env,
-            runtime_probe(
-                "deduplicator",
-                "deduplicator",
-                self.group("deduplicator"),
-                merged,
-            ),
+            "deduplicator",
+            self.group("deduplicator"),
+            merged,
         );
+        probe.outputs = EventKind::PUBLISHED
+            .map(|kind| names.deduplicated(kind))
+            .to_vec();
+        add("deduplicator", "adpipe-deduplicator", dedup_env, probe);
 
         // joiner
         let mut joiner_env = self.common("joiner", "joiner");
@@ -291,6 +288,9 @@ impl ChainPlan<'_> {
             .to_vec();
         let mut probe = runtime_probe("joiner", "joiner", self.group("joiner"), deduplicated);
         probe.orphans = Some(Selector::new("adpipe_joiner_orphans_total", &[]));
+        probe.outputs = ["clicks", "conversions", "orphans"]
+            .map(|what| names.joined(what))
+            .to_vec();
         add("joiner", "adpipe-joiner", joiner_env, probe);
 
         let stats_inputs = vec![
@@ -341,17 +341,19 @@ impl ChainPlan<'_> {
                 format!("{}events-for-", names.prefix),
             ),
         ]));
-        add(
+        let mut probe = runtime_probe(
             "dispatcher",
-            "adpipe-dispatcher",
-            dispatcher_env,
-            runtime_probe(
-                "dispatcher",
-                "dispatcher",
-                self.group("dispatcher"),
-                names.dispatched(),
-            ),
+            "dispatcher",
+            self.group("dispatcher"),
+            names.dispatched(),
         );
+        // central's events-for-<dc>, and the DCs' copies MirrorMaker 2 makes
+        probe.outputs = names
+            .dcs
+            .iter()
+            .flat_map(|dc| [names.events_for(dc), names.events_at(dc).1])
+            .collect();
+        add("dispatcher", "adpipe-dispatcher", dispatcher_env, probe);
 
         // the files loader, and the Elasticsearch one
         let file_inputs = [
@@ -545,6 +547,7 @@ fn loader_probe(
         )],
         orphans: None,
         bootstrap: None,
+        outputs: Vec::new(),
     }
 }
 

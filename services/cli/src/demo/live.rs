@@ -40,6 +40,9 @@ pub struct StageProbe {
     pub orphans: Option<Selector>,
     /// Its cluster, when not the one the view watches (a DC's).
     pub bootstrap: Option<String>,
+    /// The topics it writes that other stages read (the console draws an
+    /// edge from it to each stage with one of them among its inputs).
+    pub outputs: Vec<String>,
 }
 
 /// One stage's figures at one moment.
@@ -134,45 +137,19 @@ fn redraw(
     terminal: bool,
 ) {
     let recorder = adpipe_runtime::telemetry::install_recorder();
-    let clients: Vec<Option<BaseConsumer>> = stages
-        .iter()
-        .map(|stage| {
-            crate::groups::client(
-                stage.bootstrap.as_deref().unwrap_or(bootstrap),
-                &stage.group,
-            )
-            .ok()
-        })
-        .collect();
-    let mut previous: Option<(Instant, Vec<StageFigures>)> = None;
+    let mut meter = Meter::new(stages.to_vec(), bootstrap);
     let mut last_printed = Instant::now();
-    let mut tick = 0_u64;
     while !stop.load(Ordering::Relaxed) {
         let samples = recorder
             .as_ref()
             .map(|handle| metrics_text::parse(&handle.render()))
             .unwrap_or_default();
         let now = Instant::now();
-        let mut figures: Vec<StageFigures> = stages.iter().map(|s| s.figures(&samples)).collect();
-        // Lag takes a round trip per partition: every other second.
-        for (index, (figures, client)) in figures.iter_mut().zip(&clients).enumerate() {
-            figures.lag = match &previous {
-                Some((_, before)) if tick % 2 == 1 => before[index].lag,
-                _ => client
-                    .as_ref()
-                    .and_then(|client| group_lag(client, &stages[index].inputs)),
-            };
-        }
-        let seconds = previous.as_ref().map_or(1.0, |(at, _)| {
-            now.duration_since(*at).as_secs_f64().max(0.001)
-        });
+        let readings = meter.read(&samples);
         let texts: Vec<String> = stages
             .iter()
-            .enumerate()
-            .map(|(index, stage)| {
-                let before = previous.as_ref().map(|(_, before)| &before[index]);
-                line(stage, &figures[index], before, seconds)
-            })
+            .zip(&readings)
+            .map(|(stage, reading)| line(stage, reading))
             .collect();
         if terminal {
             for (bar, text) in lines.iter().zip(&texts) {
@@ -183,10 +160,146 @@ fn redraw(
             eprintln!("{}", texts.join("\n"));
             last_printed = Instant::now();
         }
-        previous = Some((now, figures));
-        tick += 1;
         // Sleep in small steps so stop is prompt.
         let until = now + Duration::from_secs(1);
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One stage at one reading: its figures and its rates since the previous.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageReading {
+    /// Totals and lag.
+    pub figures: StageFigures,
+    /// Records in per second.
+    pub consumed_rate: f64,
+    /// Records out per second.
+    pub produced_rate: f64,
+}
+
+impl StageReading {
+    /// `now`, with its rates against `before`, `seconds` earlier.
+    pub fn between(now: StageFigures, before: Option<&StageFigures>, seconds: f64) -> StageReading {
+        let rate = |total: f64, earlier: Option<f64>| {
+            earlier.map_or(0.0, |earlier| ((total - earlier) / seconds).max(0.0))
+        };
+        StageReading {
+            consumed_rate: rate(now.consumed, before.map(|b| b.consumed)),
+            produced_rate: rate(now.produced, before.map(|b| b.produced)),
+            figures: now,
+        }
+    }
+}
+
+/// Measures stages reading after reading — the live view's and the
+/// console's one way: their metrics from the samples given, their groups'
+/// lag, their rates since the previous reading. The lag takes round trips
+/// to the brokers (a few per partition), so a thread of its own measures it
+/// over and over and a reading takes its latest figure: a slow or
+/// unreachable cluster leaves the lag unmeasured (`-`), never the rates
+/// stale.
+pub struct Meter {
+    stages: Vec<StageProbe>,
+    lags: Arc<parking_lot::Mutex<Vec<Option<i64>>>>,
+    stop: Arc<AtomicBool>,
+    previous: Option<(Instant, Vec<StageFigures>)>,
+}
+
+impl Meter {
+    /// Measures `stages`, their groups on the cluster at `bootstrap` (or
+    /// each stage's own).
+    pub fn new(stages: Vec<StageProbe>, bootstrap: &str) -> Meter {
+        let lags = Arc::new(parking_lot::Mutex::new(vec![None; stages.len()]));
+        let stop = Arc::new(AtomicBool::new(false));
+        let measured: Vec<(Option<String>, String, Vec<String>)> = stages
+            .iter()
+            .map(|stage| {
+                (
+                    stage.bootstrap.clone(),
+                    stage.group.clone(),
+                    stage.inputs.clone(),
+                )
+            })
+            .collect();
+        let bootstrap = bootstrap.to_owned();
+        let (thread_lags, thread_stop) = (Arc::clone(&lags), Arc::clone(&stop));
+        let _ = std::thread::Builder::new()
+            .name("stage-lag".to_owned())
+            .spawn(move || measure_lags(&measured, &bootstrap, &thread_lags, &thread_stop));
+        Meter {
+            stages,
+            lags,
+            stop,
+            previous: None,
+        }
+    }
+
+    /// The stages measured.
+    pub fn stages(&self) -> &[StageProbe] {
+        &self.stages
+    }
+
+    /// Every stage's reading now, given the metrics' `samples`.
+    pub fn read(&mut self, samples: &[Sample]) -> Vec<StageReading> {
+        let now = Instant::now();
+        let lags = self.lags.lock().clone();
+        let figures: Vec<StageFigures> = self
+            .stages
+            .iter()
+            .zip(lags)
+            .map(|(stage, lag)| StageFigures {
+                lag,
+                ..stage.figures(samples)
+            })
+            .collect();
+        let seconds = self.previous.as_ref().map_or(1.0, |(at, _)| {
+            now.duration_since(*at).as_secs_f64().max(0.001)
+        });
+        let readings = figures
+            .iter()
+            .enumerate()
+            .map(|(index, now)| {
+                let before = self.previous.as_ref().map(|(_, before)| &before[index]);
+                StageReading::between(now.clone(), before, seconds)
+            })
+            .collect();
+        self.previous = Some((now, figures));
+        readings
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The lag thread: each stage's group lag, about every two seconds, into
+/// `lags`, until `stop`.
+fn measure_lags(
+    stages: &[(Option<String>, String, Vec<String>)],
+    bootstrap: &str,
+    lags: &parking_lot::Mutex<Vec<Option<i64>>>,
+    stop: &AtomicBool,
+) {
+    let clients: Vec<Option<BaseConsumer>> = stages
+        .iter()
+        .map(|(own, group, _)| {
+            crate::groups::client(own.as_deref().unwrap_or(bootstrap), group).ok()
+        })
+        .collect();
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        for (index, ((_, _, inputs), client)) in stages.iter().zip(&clients).enumerate() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let lag = client.as_ref().and_then(|client| group_lag(client, inputs));
+            lags.lock()[index] = lag;
+        }
+        let until = started + Duration::from_secs(2);
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -196,6 +309,9 @@ fn redraw(
 /// The records `client`'s group has not committed on `inputs` (a partition
 /// without a commit counts from its start).
 fn group_lag(client: &BaseConsumer, inputs: &[String]) -> Option<i64> {
+    if inputs.is_empty() {
+        return None;
+    }
     let partitions = crate::groups::partitions(client, inputs).ok()?;
     let committed: BTreeMap<_, _> = crate::groups::committed(client, &partitions).ok()?;
     let mut lag = 0;
@@ -209,18 +325,9 @@ fn group_lag(client: &BaseConsumer, inputs: &[String]) -> Option<i64> {
     Some(lag)
 }
 
-/// One stage's line: totals, rates since the last redraw, lag and trouble.
-pub fn line(
-    stage: &StageProbe,
-    now: &StageFigures,
-    before: Option<&StageFigures>,
-    seconds: f64,
-) -> String {
-    let rate = |total: f64, earlier: Option<f64>| {
-        earlier.map_or(0.0, |earlier| ((total - earlier) / seconds).max(0.0))
-    };
-    let consumed_rate = rate(now.consumed, before.map(|b| b.consumed));
-    let produced_rate = rate(now.produced, before.map(|b| b.produced));
+/// One stage's line: totals, rates, lag and trouble.
+pub fn line(stage: &StageProbe, reading: &StageReading) -> String {
+    let now = &reading.figures;
     let lag = now
         .lag
         .map_or_else(|| "-".to_owned(), |lag| lag.to_string());
@@ -230,9 +337,9 @@ pub fn line(
         "{:<18} in {:>9} {:>8}/s  out {:>9} {:>8}/s  lag {:>7}  late {:>5}  dlq {:>4}",
         stage.name,
         count(now.consumed),
-        count(consumed_rate),
+        count(reading.consumed_rate),
         count(now.produced),
-        count(produced_rate),
+        count(reading.produced_rate),
         lag,
         count(now.late),
         count(now.dead_lettered)
@@ -265,6 +372,7 @@ mod tests {
             )],
             orphans: Some(Selector::new("adpipe_joiner_orphans_total", &[])),
             bootstrap: None,
+            outputs: vec![],
         };
         let samples = metrics_text::parse(
             "adpipe_records_consumed_total{service=\"joiner\",topic=\"a\"} 300\n\
@@ -280,7 +388,7 @@ mod tests {
             produced: 100.0,
             ..StageFigures::default()
         };
-        let text = line(&stage, &now, Some(&before), 2.0);
+        let text = line(&stage, &StageReading::between(now, Some(&before), 2.0));
         assert!(text.starts_with("joiner"), "{text}");
         assert!(text.contains("in       300      100/s"), "{text}");
         assert!(text.contains("out       200       50/s"), "{text}");

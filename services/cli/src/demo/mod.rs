@@ -83,6 +83,15 @@ pub struct DemoArgs {
     /// else `.adpipe/demo/files`); emptied at the start of each run.
     #[arg(long)]
     pub files_dir: Option<PathBuf>,
+    /// Where the live console (a page: the chain as a graph with its rates
+    /// and lags, the reconciliation) is served while the demo runs;
+    /// loopback and any free port unless said otherwise.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub console: std::net::SocketAddr,
+    /// Keep the console up this long after the run, to look at the final
+    /// reconciliation.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub console_linger: Duration,
 }
 
 /// The demo's outcome.
@@ -283,6 +292,21 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         joiner_wait: "15s".to_owned(),
         max_idle: "1s".to_owned(),
     };
+    let console = crate::console::Console::start(
+        crate::console::collect::Reading {
+            title: "adpipe demo".to_owned(),
+            source: crate::console::collect::Source::Recorder,
+            probes: plan
+                .services()
+                .into_iter()
+                .map(|service| service.probe)
+                .collect(),
+            bootstrap: bootstrap.clone(),
+            reconciler: None,
+        },
+        args.console,
+    )?;
+    writeln!(out, "console: {}", console.url())?;
     // The bidders publish first, then the chain replays it (as after an
     // outage): with every input already there, the joiner's short wait
     // decides each join exactly as the ground truth expects.
@@ -520,6 +544,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         .min()
         .unwrap_or_default();
     let reconciliation = reconcile(&plan, first_event_ms).await?;
+    console.set_reconciliation(serde_json::to_value(&reconciliation)?);
     writeln!(out)?;
     reconciliation.print(out)?;
     registry.stop().await;
@@ -579,6 +604,17 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
     };
     table::print_table(out, &report, &truth, started.elapsed())?;
     let _ = std::fs::remove_dir_all(state_dir);
+    if !args.console_linger.is_zero() {
+        writeln!(
+            out,
+            "console: {} stays up for {}",
+            console.url(),
+            humantime::format_duration(args.console_linger)
+        )?;
+        out.flush()?;
+        tokio::time::sleep(args.console_linger).await;
+    }
+    console.stop().await;
     if !report.matches() {
         bail!("the output does not match the ground truth (see the tables above)");
     }
