@@ -13,6 +13,8 @@
 #   infra/kafka.sh reset [NAME...]  stop and delete the clusters' data
 #   infra/kafka.sh tool CLASS ARGS  run a Kafka tool class (e.g. org.apache.kafka.tools.ProducerPerformance)
 #   infra/kafka.sh libs             fetch, then print the directory of the jars (MirrorMaker 2 uses them)
+#   infra/kafka.sh secure-env NAME  a client's ADPIPE__KAFKA__SECURITY__… settings for a
+#                                   cluster with `security = "sasl_ssl"` (SCRAM-SHA-512)
 #
 # Starting a cluster that already runs is harmless. Logs: .adpipe/kafka/<name>/server.log
 # (node 1), .adpipe/kafka/<name>-node<N>/server.log (node N).
@@ -45,8 +47,36 @@ run_tool() {
 # node_dir NAME NODE: where a node keeps its config, data, log and pid.
 node_dir() { if [ "$2" = 1 ]; then echo "$KAFKA_STATE/$1"; else echo "$KAFKA_STATE/$1-node$2"; fi; }
 
+# tls_dir NAME / password_file NAME: a secured cluster's certificates and
+# its user's password (made at its first start, kept with its data).
+tls_dir() { echo "$KAFKA_STATE/$1-tls"; }
+password_file() { echo "$KAFKA_STATE/$1.password"; }
+
+# make_secrets NAME: a CA of the cluster's own, the broker's key and
+# certificate (signed by it, naming 127.0.0.1 and localhost, PEM as Kafka
+# reads it: key and chain in one file) and a random password for "adpipe".
+make_secrets() {
+  local tls; tls="$(tls_dir "$1")"
+  [ -f "$tls/broker.pem" ] && [ -f "$(password_file "$1")" ] && return 0
+  command -v openssl >/dev/null || die "openssl not found: it makes the test certificates"
+  rm -rf "$tls"; mkdir -p "$tls"
+  (
+    cd "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 30 \
+      -subj "/CN=adpipe test CA ($1)" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -keyout broker.key -out broker.csr -subj "/CN=127.0.0.1" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > san.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out broker.crt \
+      -days 30 -extfile san.ext 2>/dev/null
+    cat broker.key broker.crt > broker.pem
+    chmod 600 ca.key broker.key broker.pem
+  ) || die "$1: making the test certificates failed"
+  (umask 077; openssl rand -hex 16 > "$(password_file "$1")")
+}
+
 write_config() {
   local name="$1" node="$2" port="$3" controller_port="$4" voters="$5" nodes="$6" dir="$7"
+  local security="${8:--}" internal_port="${9:--}"
   # Internal topics replicated over up to three nodes.
   local replication=$(( nodes < 3 ? nodes : 3 ))
   local min_isr=$(( replication > 1 ? 2 : 1 ))
@@ -55,11 +85,8 @@ write_config() {
 process.roles=broker,controller
 node.id=$node
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+$(listeners "$name" "$port" "$controller_port" "$security" "$internal_port")
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
 log.dirs=$dir/data
 num.partitions=1
 offsets.topic.replication.factor=$replication
@@ -85,6 +112,37 @@ PROPS
   fi
 }
 
+# listeners NAME PORT CONTROLLER_PORT SECURITY INTERNAL_PORT: the listener
+# lines of a node: PLAINTEXT on PORT; or, for `security = "sasl_ssl"`,
+# SASL_SSL on PORT (SCRAM-SHA-512 and PLAIN) and PLAINTEXT on INTERNAL_PORT
+# for the broker's own traffic.
+listeners() {
+  local name="$1" port="$2" controller_port="$3" security="$4" internal_port="$5"
+  if [ "$security" = "-" ]; then
+    cat <<PROPS
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+PROPS
+    return
+  fi
+  [ "$security" = sasl_ssl ] || die "$name: security = \"$security\" is not supported (sasl_ssl)"
+  [ "$internal_port" != "-" ] || die "$name: security = sasl_ssl needs internal_port"
+  local tls password; tls="$(tls_dir "$name")"; password="$(cat "$(password_file "$name")")"
+  cat <<PROPS
+listeners=SASL_SSL://127.0.0.1:$port,INTERNAL://127.0.0.1:$internal_port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=SASL_SSL://127.0.0.1:$port,INTERNAL://127.0.0.1:$internal_port
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL
+inter.broker.listener.name=INTERNAL
+sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_adpipe="$password";
+ssl.keystore.type=PEM
+ssl.keystore.location=$tls/broker.pem
+PROPS
+}
+
 # node_ports PORT CONTROLLER_PORT MORE_PORTS MORE_CONTROLLER_PORTS: prints
 # "node port controller_port" per node.
 node_ports() {
@@ -96,7 +154,7 @@ node_ports() {
 }
 
 start_one() {
-  local name="$1" nodes_spec voters="" nodes node port controller_port
+  local name="$1" security="${6:--}" internal_port="${7:--}" nodes_spec voters="" nodes node port controller_port
   nodes_spec="$(node_ports "$2" "$3" "$4" "$5")"
   nodes="$(wc -l <<< "$nodes_spec")"
   while read -r node port controller_port; do
@@ -115,10 +173,16 @@ start_one() {
     mkdir -p "$dir"
     if pid_alive "$pidfile"; then log "$label: already running on 127.0.0.1:$port"; continue; fi
     if port_open "$port"; then die "$label: port $port is taken by another process; change infra/clusters.toml"; fi
-    write_config "$name" "$node" "$port" "$controller_port" "$voters" "$nodes" "$dir"
+    local scram=()
+    if [ "$security" != "-" ]; then
+      make_secrets "$name"
+      # The user's SCRAM credentials, stored in the metadata at format time.
+      scram=(--add-scram "SCRAM-SHA-512=[name=adpipe,password=$(cat "$(password_file "$name")")]")
+    fi
+    write_config "$name" "$node" "$port" "$controller_port" "$voters" "$nodes" "$dir" "$security" "$internal_port"
     if [ ! -f "$dir/data/meta.properties" ]; then
       run_tool kafka.tools.StorageTool format --cluster-id "$(cat "$cluster_id_file")" --config "$dir/server.properties" \
-        > "$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "$label: formatting the KRaft storage failed"; }
+        "${scram[@]}" > "$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "$label: formatting the KRaft storage failed"; }
     fi
     log "$label: starting Kafka $KAFKA_VERSION on 127.0.0.1:$port (log: $dir/server.log)"
     nohup "$(java_bin)" -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true \
@@ -129,7 +193,8 @@ start_one() {
 }
 
 wait_one() {
-  local name="$1" node port controller_port i node_label=""
+  local name="$1" node port controller_port i node_label="" ask_port
+  local internal_port="${7:--}"
   [ "$4" != "-" ] && node_label=1
   while read -r node port controller_port; do
     local dir
@@ -139,8 +204,10 @@ wait_one() {
         tail -n 40 "$dir/server.log" >&2
         die "$name node $node: the broker exited during start-up (last lines of $dir/server.log above)"
       fi
+      # A secured cluster is asked on its plaintext internal listener.
+      ask_port="$port"; [ "$internal_port" != "-" ] && ask_port="$internal_port"
       if port_open "$port" && run_tool org.apache.kafka.tools.BrokerApiVersionsCommand \
-          --bootstrap-server "127.0.0.1:$port" >/dev/null 2>&1; then
+          --bootstrap-server "127.0.0.1:$ask_port" >/dev/null 2>&1; then
         log "$name${node_label:+ node $node}: ready on 127.0.0.1:$port"; continue 2
       fi
       sleep 1
@@ -160,10 +227,10 @@ node_dirs() {
 # of the named clusters, or of every cluster but the on_demand ones.
 selected() {
   local wanted=("$@")
-  clusters --all name port controller_port more_ports more_controller_ports on_demand |
-    while read -r name port controller_port more_ports more_controller_ports on_demand; do
+  clusters --all name port controller_port more_ports more_controller_ports on_demand security internal_port |
+    while read -r name port controller_port more_ports more_controller_ports on_demand security internal_port; do
       if { [ ${#wanted[@]} -eq 0 ] && [ "$on_demand" != true ]; } || [[ " ${wanted[*]} " == *" $name "* ]]; then
-        echo "$name $port $controller_port $more_ports $more_controller_ports"
+        echo "$name $port $controller_port $more_ports $more_controller_ports $security $internal_port"
       fi
     done
 }
@@ -227,5 +294,13 @@ case "$command" in
     done < <(selected "$@") ;;
   tool) run_tool "$@" ;;
   libs) fetch; echo "$KAFKA_LIBS" ;;
+  secure-env)
+    [ $# -eq 1 ] || die "usage: kafka.sh secure-env NAME"
+    [ -f "$(password_file "$1")" ] || die "$1 is not a secured cluster that has started"
+    echo "ADPIPE__KAFKA__SECURITY__PROTOCOL=sasl_ssl"
+    echo "ADPIPE__KAFKA__SECURITY__SASL_MECHANISM=SCRAM-SHA-512"
+    echo "ADPIPE__KAFKA__SECURITY__SASL_USERNAME=adpipe"
+    echo "ADPIPE__KAFKA__SECURITY__SASL_PASSWORD_FILE=$(password_file "$1")"
+    echo "ADPIPE__KAFKA__SECURITY__SSL_CA_LOCATION=$(tls_dir "$1")/ca.pem" ;;
   *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

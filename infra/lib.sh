@@ -109,7 +109,7 @@ def free_port():
     sockets.append(s)  # held until all are chosen, so no two are the same
     return s.getsockname()[1]
 text = open(sys.argv[1]).read()
-text = re.sub(r"^(port|controller_port) = \d+$",
+text = re.sub(r"^(port|controller_port|internal_port) = \d+$",
               lambda m: f"{m.group(1)} = {free_port()}", text, flags=re.M)
 text = re.sub(r"^(more_ports|more_controller_ports) = \[([\d, ]*)\]$",
               lambda m: f"{m.group(1)} = [" + ", ".join(

@@ -90,6 +90,9 @@ rm -rf "$ADPIPE_STATE_DIR"; mkdir -p "$ADPIPE_STATE_DIR"
 write_free_port_cluster_map "$INFRA_DIR/clusters.toml" > "$ADPIPE_CLUSTERS_FILE"
 clusters_started=1
 "$INFRA_DIR/kafka.sh" start
+# The cluster that takes clients over SASL_SSL only (certificates and a
+# password made now, for this run): the TLS/SASL tests.
+"$INFRA_DIR/kafka.sh" start secure
 
 step "postgresql of this run (own port, own data)"
 ADPIPE_PG_PORT="$(free_port)"

@@ -149,6 +149,17 @@ pub struct KafkaConfig {
     /// Extra librdkafka producer properties, passed through.
     #[serde(default)]
     pub producer: BTreeMap<String, String>,
+    /// TLS and SASL (`[kafka.security]`), for every client of the worker.
+    #[serde(default)]
+    pub security: adpipe_kafka_client::KafkaSecurity,
+}
+
+impl KafkaConfig {
+    /// A client configuration for this cluster, secured as configured
+    /// (every client a worker creates starts from it).
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        adpipe_kafka_client::client_config(&self.bootstrap_servers, &self.security)
+    }
 }
 
 /// `[runtime]`: how the worker runtime behaves.
@@ -296,6 +307,11 @@ impl WorkerSettings {
         problems: &mut Vec<String>,
     ) -> WorkerSettings {
         let session_timeout = duration("kafka.session-timeout", &kafka.session_timeout, problems);
+        let mut kafka = kafka;
+        match kafka.security.clone().resolve() {
+            Ok(security) => kafka.security = security,
+            Err(security_problems) => problems.extend(security_problems),
+        }
         let revoke_deadline = duration(
             "runtime.revoke-deadline",
             &runtime.revoke_deadline,

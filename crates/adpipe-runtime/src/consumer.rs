@@ -48,7 +48,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
@@ -893,12 +893,11 @@ pub fn create_consumer<F: StepFactory>(
 ) -> Result<BaseConsumer<WorkerContext<F>>, rdkafka::error::KafkaError> {
     let settings = &context.env.settings;
     let aligned = settings.input_groups.iter().any(|group| group.len() > 1);
-    let mut config = ClientConfig::new();
+    let mut config = settings.kafka.client_config();
     for (key, value) in CONSUMER_DEFAULTS {
         config.set(key, value);
     }
     config
-        .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
         .set("group.id", &settings.kafka.group_id)
         .set("client.id", format!("adpipe-{}", settings.service))
         .set(

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::WorkerSettings;
 use crate::headers::Headers;
@@ -211,8 +211,9 @@ pub fn already_emitted(
     if bounds.limit == 0 {
         return Ok(emitted);
     }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
+    let consumer: BaseConsumer = settings
+        .kafka
+        .client_config()
         // Never subscribes (so never joins the group): reads its commits.
         .set("group.id", &settings.kafka.group_id)
         .set("enable.auto.commit", "false")

@@ -51,10 +51,23 @@ pub const PRODUCER_DEFAULTS: [(&str, &str); 5] = [
     ("batch.size", "262144"),
 ];
 
-/// A client config for `bootstrap_servers` with [`PRODUCER_DEFAULTS`].
+/// A client config for `bootstrap_servers` with [`PRODUCER_DEFAULTS`],
+/// secured as this process's environment says (the CLI's and tools' way;
+/// a worker's producer takes its `[kafka.security]`).
 pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap_servers);
+    secured_producer_config(
+        bootstrap_servers,
+        &adpipe_kafka_client::KafkaSecurity::from_env().unwrap_or_default(),
+    )
+}
+
+/// A client config for `bootstrap_servers` with [`PRODUCER_DEFAULTS`],
+/// secured by `security`.
+pub fn secured_producer_config(
+    bootstrap_servers: &str,
+    security: &adpipe_kafka_client::KafkaSecurity,
+) -> ClientConfig {
+    let mut config = adpipe_kafka_client::client_config(bootstrap_servers, security);
     for (key, value) in PRODUCER_DEFAULTS {
         config.set(key, value);
     }
@@ -233,6 +246,8 @@ pub struct ProducerSetup<'a> {
     pub service: &'a str,
     /// Bootstrap servers.
     pub bootstrap_servers: &'a str,
+    /// TLS and SASL.
+    pub security: &'a adpipe_kafka_client::KafkaSecurity,
     /// Where rejected outputs go.
     pub dead_letter_topic: &'a str,
     /// librdkafka overrides.
@@ -245,7 +260,7 @@ impl OutputProducer {
         setup: &ProducerSetup<'_>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<FollowUp>), KafkaError> {
         let (followups, followup_rx) = mpsc::unbounded_channel();
-        let mut config = producer_config(setup.bootstrap_servers);
+        let mut config = secured_producer_config(setup.bootstrap_servers, setup.security);
         config
             .set("client.id", format!("adpipe-{}", setup.service))
             // A broker restart must not lose outputs: keep retrying for 10 min.

@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::config::WorkerSettings;
@@ -71,22 +70,34 @@ pub fn problems(settings: &WorkerSettings, partitions: &HashMap<String, usize>) 
 /// How long a worker starting waits for its cluster to answer.
 pub const CLUSTER_PATIENCE: Duration = Duration::from_secs(300);
 
+pub use adpipe_kafka_client::refused;
+
 /// Reads the cluster's topics and returns [`problems`].
 pub fn check(settings: &WorkerSettings) -> Result<Vec<String>, rdkafka::error::KafkaError> {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.bootstrap_servers)
-        .create()?;
+    // The watch: a refused password shows only in the error callback.
+    let client: BaseConsumer<adpipe_kafka_client::RefusalWatch> = settings
+        .kafka
+        .client_config()
+        .create_with_context(adpipe_kafka_client::RefusalWatch::default())?;
     let deadline = std::time::Instant::now() + CLUSTER_PATIENCE;
     let mut backoff = Duration::from_millis(500);
     let metadata = loop {
-        match client.fetch_metadata(None, Duration::from_secs(30)) {
+        // Short attempts: a refusal is known within one of them.
+        match client.fetch_metadata(None, Duration::from_secs(10)) {
             Ok(metadata) => break metadata,
-            Err(error) if std::time::Instant::now() + backoff < deadline => {
+            Err(error) => {
+                // Serves the error events (on the consumer's queue) to the watch.
+                let _ = client.poll(Duration::from_millis(200));
+                if let Some(refusal) = client.context().refusal() {
+                    return Err(refusal);
+                }
+                if refused(&error) || std::time::Instant::now() + backoff >= deadline {
+                    return Err(error);
+                }
                 tracing::warn!(%error, retry_in = ?backoff, bootstrap = %settings.kafka.bootstrap_servers, "Kafka does not answer; asking again");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
-            Err(error) => return Err(error),
         }
     };
     let partitions: HashMap<String, usize> = metadata

@@ -23,6 +23,12 @@ pub enum WorkerError {
     /// Kafka client setup failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The cluster refused this client: its TLS or SASL settings
+    /// (`[kafka.security]`) are wrong. Never retried: waiting cannot help.
+    #[error(
+        "Kafka refused the connection, check [kafka.security] (protocol, mechanism, user, password, CA): {0}"
+    )]
+    Refused(rdkafka::error::KafkaError),
     /// The HTTP endpoints could not bind.
     #[error("http endpoints on {0}: {1}")]
     Http(SocketAddr, std::io::Error),
@@ -69,13 +75,20 @@ pub fn start_with_routes<F: StepFactory>(
     factory: F,
     routes: Option<AdminRoutes>,
 ) -> Result<WorkerHandle, WorkerError> {
-    let problems = crate::topics::check(&settings)?;
+    let problems = crate::topics::check(&settings).map_err(|error| {
+        if crate::topics::refused(&error) {
+            WorkerError::Refused(error)
+        } else {
+            WorkerError::Kafka(error)
+        }
+    })?;
     if !problems.is_empty() {
         return Err(WorkerError::Topics(problems));
     }
     let (producer, followups) = OutputProducer::new(&ProducerSetup {
         service: &settings.service,
         bootstrap_servers: &settings.kafka.bootstrap_servers,
+        security: &settings.kafka.security,
         dead_letter_topic: &settings.dead_letter_topic,
         overrides: &settings.kafka.producer,
     })?;

@@ -565,3 +565,79 @@ pub async fn wait_committed_to_end(
         }
     }
 }
+
+/// A cluster that takes clients over SASL_SSL (`security = "sasl_ssl"` in
+/// the cluster map; `infra/kafka.sh start secure`): where its listeners are
+/// and what a client needs to connect.
+#[derive(Debug, Clone)]
+pub struct SecuredCluster {
+    /// The SASL_SSL listener.
+    pub bootstrap: String,
+    /// The plaintext listener of the broker's own traffic (a test sets up
+    /// and checks through it, never the code under test).
+    pub internal: String,
+    /// Its user (`adpipe`; SCRAM-SHA-512 and PLAIN).
+    pub username: String,
+    /// The file holding the user's password.
+    pub password_file: std::path::PathBuf,
+    /// The CA that signed the broker's certificate.
+    pub ca: std::path::PathBuf,
+}
+
+impl SecuredCluster {
+    /// The user's password.
+    pub fn password(&self) -> String {
+        std::fs::read_to_string(&self.password_file)
+            .expect("the password file")
+            .trim()
+            .to_owned()
+    }
+}
+
+/// The secured local cluster `name`, after checking that its plaintext
+/// listener answers (panics saying how to start it otherwise).
+pub fn secured_kafka(name: &str) -> SecuredCluster {
+    let path = clusters_file();
+    let text = std::fs::read_to_string(&path).expect("the cluster map");
+    let map: toml::Table = toml::from_str(&text).expect("the cluster map parses");
+    let entry = map
+        .get("cluster")
+        .and_then(toml::Value::as_array)
+        .and_then(|clusters| {
+            clusters
+                .iter()
+                .find(|cluster| cluster.get("name").and_then(toml::Value::as_str) == Some(name))
+        })
+        .unwrap_or_else(|| panic!("no cluster {name} in {}", path.display()));
+    let port = |field: &str| {
+        entry
+            .get(field)
+            .and_then(toml::Value::as_integer)
+            .unwrap_or_else(|| panic!("cluster {name} has no {field}"))
+    };
+    let state = std::env::var_os("ADPIPE_STATE_DIR").map_or_else(
+        || std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.adpipe")),
+        std::path::PathBuf::from,
+    );
+    let internal = format!("127.0.0.1:{}", port("internal_port"));
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &internal)
+        .create()
+        .expect("kafka client");
+    if let Err(error) = consumer.fetch_metadata(None, Duration::from_secs(10)) {
+        panic!(
+            "the secured Kafka cluster {name} does not answer on {internal} ({error}). \
+             Start it with `infra/kafka.sh start {name}` (the full test command does)."
+        );
+    }
+    SecuredCluster {
+        bootstrap: format!("127.0.0.1:{}", port("port")),
+        internal,
+        username: "adpipe".to_owned(),
+        password_file: state.join("kafka").join(format!("{name}.password")),
+        ca: state
+            .join("kafka")
+            .join(format!("{name}-tls"))
+            .join("ca.pem"),
+    }
+}

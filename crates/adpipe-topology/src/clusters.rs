@@ -68,6 +68,12 @@ struct RawCluster {
     /// Started only when named.
     #[serde(default)]
     on_demand: bool,
+    /// A secured cluster's plaintext listener for its own traffic ...
+    #[allow(dead_code)]
+    internal_port: Option<u16>,
+    /// ... and how it takes clients (`sasl_ssl`); infra/kafka.sh only.
+    #[allow(dead_code)]
+    security: Option<String>,
     /// ... production ones their bootstrap servers.
     bootstrap_servers: Option<String>,
 }

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
     ResourceSpecifier, TopicReplication,
@@ -67,8 +66,8 @@ pub struct LiveCluster {
 impl LiveCluster {
     /// Connects (lazily, as librdkafka does) to a cluster.
     pub fn connect(name: &str, bootstrap_servers: &str) -> Result<Self, LiveError> {
-        let admin = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap_servers)
+        // The CLI's clients: secured as the environment says.
+        let admin = adpipe_kafka_client::env_client_config(bootstrap_servers)
             .create()
             .map_err(|source| LiveError::Kafka {
                 cluster: name.to_owned(),

@@ -16,7 +16,7 @@ use base64::Engine;
 use clap::Args;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 use crate::target::{KafkaTarget, RegistryTarget};
@@ -118,15 +118,15 @@ pub async fn run(
     out: &mut dyn Write,
     errors: &mut dyn Write,
 ) -> anyhow::Result<ConsumeReport> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", args.kafka.bootstrap_servers()?)
-        // Assigned partitions, nothing committed: looking never moves a group.
-        .set("group.id", "adpipe-cli-consume")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .create()
-        .context("creating the Kafka consumer")?;
+    let consumer: StreamConsumer =
+        adpipe_kafka_client::env_client_config(&args.kafka.bootstrap_servers()?)
+            // Assigned partitions, nothing committed: looking never moves a group.
+            .set("group.id", "adpipe-cli-consume")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .create()
+            .context("creating the Kafka consumer")?;
     let metadata = consumer
         .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
         .context("reading topic metadata")?;

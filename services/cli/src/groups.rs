@@ -12,7 +12,7 @@ use std::time::Duration;
 use adpipe_stats_counter::PgStore;
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -30,14 +30,33 @@ pub struct GroupInfo {
     pub members: Vec<String>,
 }
 
+/// A client of the CLI that knows when the cluster refused it.
+pub type GroupClient = BaseConsumer<adpipe_kafka_client::RefusalWatch>;
+
 /// A client for `group` (never subscribes: reads and commits offsets only).
-pub fn client(bootstrap: &str, group: &str) -> anyhow::Result<BaseConsumer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+pub fn client(bootstrap: &str, group: &str) -> anyhow::Result<GroupClient> {
+    adpipe_kafka_client::env_client_config(bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .create()
+        .create_with_context(adpipe_kafka_client::RefusalWatch::default())
         .context("creating a Kafka client")
+}
+
+/// `error` of a request by `client`, named as the cluster's refusal when
+/// it refused the client (a wrong password times requests out; librdkafka
+/// says why only in an error event, served by a poll).
+pub fn explain(
+    client: &GroupClient,
+    error: rdkafka::error::KafkaError,
+    doing: &str,
+) -> anyhow::Error {
+    let _ = client.poll(std::time::Duration::from_millis(200));
+    match client.context().refusal() {
+        Some(refusal) => anyhow::anyhow!(
+            "{doing}: Kafka refused the connection, check ADPIPE__KAFKA__SECURITY__… (protocol, mechanism, user, password, CA): {refusal}"
+        ),
+        None => anyhow::Error::new(error).context(doing.to_owned()),
+    }
 }
 
 /// Every group on the cluster (or just `only`), with members.
@@ -45,7 +64,7 @@ pub fn groups(bootstrap: &str, only: Option<&str>) -> anyhow::Result<Vec<GroupIn
     let client = client(bootstrap, "adpipe-cli")?;
     let list = client
         .fetch_group_list(only, TIMEOUT)
-        .context("listing consumer groups")?;
+        .map_err(|error| explain(&client, error, "listing consumer groups"))?;
     let mut groups: Vec<GroupInfo> = list
         .groups()
         .iter()
@@ -65,10 +84,10 @@ pub fn groups(bootstrap: &str, only: Option<&str>) -> anyhow::Result<Vec<GroupIn
 }
 
 /// Every partition of every topic (internal ones left out), or of `topics`.
-pub fn partitions(client: &BaseConsumer, topics: &[String]) -> anyhow::Result<Vec<Partition>> {
+pub fn partitions(client: &GroupClient, topics: &[String]) -> anyhow::Result<Vec<Partition>> {
     let metadata = client
         .fetch_metadata(None, TIMEOUT)
-        .context("reading the cluster's topics")?;
+        .map_err(|error| explain(client, error, "reading the cluster's topics"))?;
     let mut partitions = Vec::new();
     for topic in metadata.topics() {
         let name = topic.name();
@@ -99,7 +118,7 @@ pub fn partitions(client: &BaseConsumer, topics: &[String]) -> anyhow::Result<Ve
 /// The committed offset of `client`'s group on each of `partitions` that
 /// has one.
 pub fn committed(
-    client: &BaseConsumer,
+    client: &GroupClient,
     partitions: &[Partition],
 ) -> anyhow::Result<BTreeMap<Partition, i64>> {
     let mut list = TopicPartitionList::new();
@@ -123,7 +142,7 @@ pub fn committed(
 
 /// The (low, high) watermarks of a partition.
 pub fn watermarks(
-    client: &BaseConsumer,
+    client: &GroupClient,
     (topic, partition): &Partition,
 ) -> anyhow::Result<(i64, i64)> {
     client

@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Args;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::groups::{self, Partition, StoredOffsets};
 use crate::target::KafkaTarget;
@@ -144,8 +144,7 @@ fn lag_seconds(bootstrap: &str, rows: &mut [LagRow]) -> anyhow::Result<()> {
     if lagging.is_empty() {
         return Ok(());
     }
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let reader: BaseConsumer = adpipe_kafka_client::env_client_config(bootstrap)
         .set("group.id", "adpipe-cli-lag")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")

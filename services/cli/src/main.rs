@@ -59,7 +59,14 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    // Every Kafka client of the CLI is secured by ADPIPE__KAFKA__SECURITY__…:
+    // settings that cannot work stop it here, each problem named.
+    if let Err(problems) = adpipe_kafka_client::KafkaSecurity::from_env() {
+        eprintln!("invalid configuration:\n  - {}", problems.join("\n  - "));
+        return ExitCode::from(2);
+    }
+    match run(cli).await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -15,7 +15,6 @@ use adpipe_loadtest::pace::Pacer;
 use adpipe_loadtest::{GroundTruth, Simulation};
 use anyhow::{Context, bail};
 use clap::Args;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::target::{ClusterMapFile, RegistryTarget};
@@ -179,9 +178,7 @@ pub async fn run(args: &SimulateArgs, out: &mut dyn Write) -> anyhow::Result<Sim
 /// not auto-create topics, and a record for a missing topic is only reported
 /// as undelivered after the delivery timeout).
 fn require_topics(bootstrap: &str, topics: &[String]) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let consumer: BaseConsumer = adpipe_kafka_client::env_client_config(bootstrap).create()?;
     // One metadata request for the whole cluster.
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(10))

@@ -27,7 +27,6 @@ use adpipe_runtime::{
 };
 use adpipe_state::StateError;
 use adpipe_state::changelog::ChangelogReader;
-use rdkafka::ClientConfig;
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -215,11 +214,7 @@ pub struct DedupFactory {
 impl DedupFactory {
     /// A factory for these settings; asks the cluster for its id.
     pub fn new(settings: DedupSettings) -> Result<Self, StateError> {
-        let mut config = ClientConfig::new();
-        config.set(
-            "bootstrap.servers",
-            &settings.worker.kafka.bootstrap_servers,
-        );
+        let config = settings.worker.kafka.client_config();
         let reader = ChangelogReader::new(config, &settings.worker.kafka.group_id)?;
         Ok(DedupFactory {
             settings: Arc::new(settings),

@@ -11,7 +11,6 @@ use adpipe_runtime::emitted::{self, AlreadyEmitted, FedBy, ScanBounds};
 use adpipe_runtime::{StepError, StepFactory, TaskAssignment, TimerClock};
 use adpipe_state::changelog::ChangelogReader;
 use adpipe_state::{Buckets, DiskOptions, DiskStore, MemoryStore, Recovery, StateStore};
-use rdkafka::ClientConfig;
 use tracing::info;
 
 use crate::config::{JoinerSettings, StoreKind};
@@ -33,11 +32,7 @@ pub struct JoinFactory {
 impl JoinFactory {
     /// A factory for these settings (asks the cluster for its id: blocking).
     pub fn new(settings: JoinerSettings) -> Result<Self, String> {
-        let mut config = ClientConfig::new();
-        config.set(
-            "bootstrap.servers",
-            &settings.worker.kafka.bootstrap_servers,
-        );
+        let config = settings.worker.kafka.client_config();
         let reader = ChangelogReader::new(config, &settings.worker.kafka.group_id)
             .map_err(|error| error.to_string())?;
         let codec = match &settings.worker.registry_url {

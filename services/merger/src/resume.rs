@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 
 use adpipe_runtime::emitted::read_back;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 
@@ -23,7 +22,7 @@ use crate::{HEADER_ORIGIN_DC, HEADER_SOURCE_OFFSET};
 /// The last source offset of each DC in `output`'s `partition`, reading at
 /// most `limit` records from its end (blocking IO).
 pub fn last_source_offsets(
-    bootstrap: &str,
+    kafka: &adpipe_runtime::config::KafkaConfig,
     output: &str,
     partition: i32,
     dcs: &[String],
@@ -33,8 +32,8 @@ pub fn last_source_offsets(
     if limit == 0 {
         return Ok(found);
     }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = kafka
+        .client_config()
         .set("enable.auto.commit", "false")
         .set("group.id", "adpipe-merger-resume")
         .set("queued.max.messages.kbytes", "4096")

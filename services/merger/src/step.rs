@@ -147,7 +147,7 @@ impl StepFactory for MergeFactory {
         let stream = self.stream(assignment)?;
         let dcs = self.settings.dcs.clone();
         let last = crate::resume::last_source_offsets(
-            &self.settings.worker.kafka.bootstrap_servers,
+            &self.settings.worker.kafka,
             &stream.output,
             assignment.partition,
             &dcs,

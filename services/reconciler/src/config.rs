@@ -34,6 +34,8 @@ struct RawConfig {
 struct RawKafka {
     bootstrap_servers: String,
     properties: BTreeMap<String, String>,
+    #[serde(default)]
+    security: adpipe_kafka_client::KafkaSecurity,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,8 +136,8 @@ pub struct Dc {
 pub struct ReconcileSettings {
     /// Central.
     pub bootstrap: String,
-    /// Extra librdkafka properties for every client.
-    pub kafka_properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties and TLS/SASL, for every client.
+    pub kafka_client: adpipe_kafka_client::ClientSettings,
     /// The schema registry.
     pub registry_url: String,
     /// The continuous reconciler's admin address.
@@ -270,13 +272,23 @@ impl ReconcileSettings {
                 reconcile.replica
             ));
         }
+        let security = match raw.kafka.security.resolve() {
+            Ok(security) => security,
+            Err(security_problems) => {
+                problems.extend(security_problems);
+                adpipe_kafka_client::KafkaSecurity::default()
+            }
+        };
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
         let non_empty = |text: String| (!text.is_empty()).then_some(text);
         Ok(ReconcileSettings {
             bootstrap: raw.kafka.bootstrap_servers,
-            kafka_properties: raw.kafka.properties,
+            kafka_client: adpipe_kafka_client::ClientSettings {
+                properties: raw.kafka.properties,
+                security,
+            },
             registry_url: raw.registry.url,
             listen: raw.http.listen,
             dcs: reconcile

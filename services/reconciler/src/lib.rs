@@ -52,7 +52,7 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
     );
     let mut ledger = Ledger::new();
     let topics = &settings.topics;
-    let properties = &settings.kafka_properties;
+    let properties = &settings.kafka_client;
     let central = |stage: Stage, topic: String, kind: KindOf| StageTopic {
         stage,
         bootstrap: settings.bootstrap.clone(),

@@ -10,7 +10,7 @@
 //! record time is inside the hours; reading fails (never returns a short
 //! count) when a partition's end cannot be reached.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use adpipe_codec::Codec;
@@ -18,7 +18,7 @@ use adpipe_runtime::{dead_letter, header_text};
 use anyhow::Context;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
 use crate::ledger::{Bucket, Kind, Ledger, Place, Stage, Undecodable, bucket_of};
@@ -92,20 +92,16 @@ impl IdFields {
 /// A Kafka client of the reconciler (never in a group: it commits nothing).
 pub fn client(
     bootstrap: &str,
-    properties: &BTreeMap<String, String>,
+    properties: &adpipe_kafka_client::ClientSettings,
 ) -> anyhow::Result<StreamConsumer> {
-    let mut config = ClientConfig::new();
+    let mut config = properties.client_config(bootstrap);
     config
-        .set("bootstrap.servers", bootstrap)
         .set("group.id", "adpipe-reconciler-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         // A start that retention deleted meanwhile: from what is left,
         // never from the end (which would read nothing and count a loss).
         .set("auto.offset.reset", "earliest");
-    for (key, value) in properties {
-        config.set(key, value);
-    }
     config
         .create()
         .with_context(|| format!("creating a Kafka client for {bootstrap}"))
@@ -212,7 +208,7 @@ pub async fn read_stage(
     codec: &Codec,
     source: &StageTopic,
     span: Span,
-    properties: &BTreeMap<String, String>,
+    properties: &adpipe_kafka_client::ClientSettings,
 ) -> anyhow::Result<u64> {
     let consumer = client(&source.bootstrap, properties)?;
     // A slack reaching back to the epoch reads whole topics (a cluster
@@ -283,7 +279,7 @@ pub async fn read_dead_letters(
     codec: &Codec,
     bootstrap: &str,
     topic: &str,
-    properties: &BTreeMap<String, String>,
+    properties: &adpipe_kafka_client::ClientSettings,
 ) -> anyhow::Result<u64> {
     let consumer = client(bootstrap, properties)?;
     let ends = match assign_span(&consumer, topic, None) {
@@ -322,16 +318,12 @@ pub fn committed(
     bootstrap: &str,
     group: &str,
     topics: &[String],
-    properties: &BTreeMap<String, String>,
+    properties: &adpipe_kafka_client::ClientSettings,
 ) -> anyhow::Result<HashMap<(String, i32), i64>> {
-    let mut config = ClientConfig::new();
+    let mut config = properties.client_config(bootstrap);
     config
-        .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false");
-    for (key, value) in properties {
-        config.set(key, value);
-    }
     let consumer: rdkafka::consumer::BaseConsumer = config.create()?;
     let mut list = TopicPartitionList::new();
     for topic in topics {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::ReconcileSettings;
 use crate::ledger::Kind;
@@ -60,14 +60,10 @@ pub fn dc_watermarks(
     settings: &ReconcileSettings,
     scan: i64,
 ) -> anyhow::Result<BTreeMap<String, Option<i64>>> {
-    let mut config = ClientConfig::new();
+    let mut config = settings.kafka_client.client_config(&settings.bootstrap);
     config
-        .set("bootstrap.servers", &settings.bootstrap)
         .set("group.id", "adpipe-reconciler-watermarks")
         .set("enable.auto.commit", "false");
-    for (key, value) in &settings.kafka_properties {
-        config.set(key, value);
-    }
     let consumer: BaseConsumer = config.create()?;
     let mut watermarks = BTreeMap::new();
     for dc in &settings.dcs {

@@ -39,6 +39,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    // Its Kafka client is secured by ADPIPE__KAFKA__SECURITY__… (as the CLI's).
+    if let Err(problems) = adpipe_kafka_client::KafkaSecurity::from_env() {
+        anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
+    }
     let settings = RegistrySettings {
         listen: args.listen,
         workers: args.workers,

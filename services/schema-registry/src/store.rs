@@ -12,7 +12,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
@@ -55,27 +54,27 @@ impl LogStore {
     /// Creates the topic if needed, reads it to its end and starts tailing.
     pub async fn open(settings: &StoreSettings) -> Result<Self, ApiError> {
         ensure_topic(settings).await?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.bootstrap_servers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "0")
-            .create()
-            .map_err(ApiError::store)?;
+        let producer: FutureProducer =
+            adpipe_kafka_client::env_client_config(&settings.bootstrap_servers)
+                .set("acks", "all")
+                .set("enable.idempotence", "true")
+                .set("linger.ms", "0")
+                .create()
+                .map_err(ApiError::store)?;
 
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.bootstrap_servers)
-            // Assigned, not subscribed: every instance reads the whole log and
-            // commits nothing. librdkafka still wants a group id.
-            .set(
-                "group.id",
-                format!("adpipe-schema-registry-{}", uuid::Uuid::new_v4()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("isolation.level", "read_committed")
-            .create()
-            .map_err(ApiError::store)?;
+        let consumer: BaseConsumer =
+            adpipe_kafka_client::env_client_config(&settings.bootstrap_servers)
+                // Assigned, not subscribed: every instance reads the whole log and
+                // commits nothing. librdkafka still wants a group id.
+                .set(
+                    "group.id",
+                    format!("adpipe-schema-registry-{}", uuid::Uuid::new_v4()),
+                )
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "true")
+                .set("isolation.level", "read_committed")
+                .create()
+                .map_err(ApiError::store)?;
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(&settings.topic, 0, Offset::Beginning)
@@ -214,8 +213,7 @@ fn position(consumer: &BaseConsumer) -> Option<i64> {
 }
 
 async fn ensure_topic(settings: &StoreSettings) -> Result<(), ApiError> {
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", &settings.bootstrap_servers)
+    let admin: AdminClient<_> = adpipe_kafka_client::env_client_config(&settings.bootstrap_servers)
         .create()
         .map_err(ApiError::store)?;
     // Usually `adpipe topology apply` created it already; checking first also

@@ -16,7 +16,6 @@ use adpipe_codec::{Codec, value_subject};
 use adpipe_events::EventKind;
 use adpipe_runtime::dead_letter;
 use anyhow::Context;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -109,8 +108,7 @@ pub async fn publish(
             .await?,
         ),
     ];
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let producer: FutureProducer = adpipe_kafka_client::env_client_config(bootstrap)
         .set("message.max.bytes", "2000000")
         .create()?;
     let mut injected = Vec::new();
@@ -141,8 +139,7 @@ pub fn find_dead_letters(
     names: &Names,
     injected: &mut [BadRecord],
 ) -> anyhow::Result<()> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = adpipe_kafka_client::env_client_config(bootstrap)
         .set(
             "group.id",
             format!("{}adpipe-demo-dlq-checker", names.prefix),

@@ -14,7 +14,7 @@ use anyhow::Context;
 use indicatif::ProgressBar;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::names::{Names, PARTITIONS};
 use super::{JoinReport, StatsReport};
@@ -103,8 +103,7 @@ pub struct ReadRecord {
 
 /// A client reading `topics` from their beginning, outside any group.
 fn reader(bootstrap: &str, names: &Names, topics: &[String]) -> anyhow::Result<BaseConsumer> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let consumer: BaseConsumer = adpipe_kafka_client::env_client_config(bootstrap)
         .set("group.id", format!("{}adpipe-demo-checker", names.prefix))
         .set("enable.auto.commit", "false")
         .create()?;
@@ -164,9 +163,7 @@ pub fn count_merged(bootstrap: &str, names: &Names) -> anyhow::Result<u64> {
 
 /// The records in `topics` (every partition, start to end).
 pub fn count_records(bootstrap: &str, topics: &[String]) -> anyhow::Result<u64> {
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let client: BaseConsumer = adpipe_kafka_client::env_client_config(bootstrap).create()?;
     let mut total = 0;
     for topic in topics {
         let metadata = client

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 
 use crate::metrics_text::{self, Sample, Selector};
 
@@ -284,7 +284,7 @@ fn measure_lags(
     lags: &parking_lot::Mutex<Vec<Option<i64>>>,
     stop: &AtomicBool,
 ) {
-    let clients: Vec<Option<BaseConsumer>> = stages
+    let clients: Vec<Option<crate::groups::GroupClient>> = stages
         .iter()
         .map(|(own, group, _)| {
             crate::groups::client(own.as_deref().unwrap_or(bootstrap), group).ok()
@@ -308,7 +308,7 @@ fn measure_lags(
 
 /// The records `client`'s group has not committed on `inputs` (a partition
 /// without a commit counts from its start).
-fn group_lag(client: &BaseConsumer, inputs: &[String]) -> Option<i64> {
+fn group_lag(client: &crate::groups::GroupClient, inputs: &[String]) -> Option<i64> {
     if inputs.is_empty() {
         return None;
     }

@@ -42,7 +42,6 @@ use adpipe_schema_registry::RegistrySettings;
 use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::ProgressBar;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::Consumer;
 use rdkafka::mocking::MockCluster;
 
@@ -780,9 +779,8 @@ pub(crate) async fn wait_topic(
     topic: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let client: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let client: rdkafka::consumer::BaseConsumer =
+        adpipe_kafka_client::env_client_config(bootstrap).create()?;
     let deadline = Instant::now() + timeout;
     loop {
         let exists = tokio::task::block_in_place(|| {
@@ -815,8 +813,7 @@ pub(crate) async fn wait_replicated(
     bar: ProgressBar,
 ) -> anyhow::Result<u64> {
     let count = |bootstrap: &str, topic: &str| -> u64 {
-        let Ok(client) = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let Ok(client) = adpipe_kafka_client::env_client_config(bootstrap)
             .create::<rdkafka::consumer::BaseConsumer>()
         else {
             return 0;
@@ -875,9 +872,7 @@ pub(crate) async fn create_topics(
     min_insync: Option<&str>,
 ) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    let admin: AdminClient<_> = adpipe_kafka_client::env_client_config(brokers).create()?;
     let new_topics: Vec<_> = topics
         .iter()
         .map(|(topic, partitions)| {
