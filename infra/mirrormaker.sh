@@ -99,7 +99,10 @@ start() {
   libs="$("$INFRA_DIR/kafka.sh" libs)"
   write_config
   log "mirrormaker: starting (log: $LOG)"
-  nohup "$(find_java 17)" -Xms128m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+  # 1 GiB: at 512 MiB it ran out of heap in a cold CI run (2026-12-04,
+  # the merger's kill test pushing a million records through it while the
+  # test suite's many mirrored topics were refreshed), and stalled.
+  nohup "$(find_java 17)" -Xms128m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$INFRA_DIR/kafka/log4j2-mm2.xml" \
     -cp "$libs/*" org.apache.kafka.connect.mirror.MirrorMaker "$MM2_STATE/mm2.properties" \
     > "$LOG" 2>&1 &
