@@ -356,6 +356,17 @@ impl rdkafka::ClientContext for RefusalWatch {
 
 impl rdkafka::consumer::ConsumerContext for RefusalWatch {}
 
+/// After a request of `client` failed: the cluster's refusal of it, if
+/// that is why. Serves the client's pending error events to its watch
+/// first (a refusal arrives only as one; `poll` delivers them).
+pub fn refusal_after(
+    client: &rdkafka::consumer::BaseConsumer<RefusalWatch>,
+) -> Option<rdkafka::error::KafkaError> {
+    use rdkafka::consumer::Consumer;
+    let _ = client.poll(std::time::Duration::from_millis(200));
+    client.context().refusal()
+}
+
 /// Extra librdkafka properties and the security settings together, for a
 /// service that makes several kinds of clients itself (the reconciler).
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -70,8 +70,6 @@ pub fn problems(settings: &WorkerSettings, partitions: &HashMap<String, usize>) 
 /// How long a worker starting waits for its cluster to answer.
 pub const CLUSTER_PATIENCE: Duration = Duration::from_secs(300);
 
-pub use adpipe_kafka_client::refused;
-
 /// Reads the cluster's topics and returns [`problems`].
 pub fn check(settings: &WorkerSettings) -> Result<Vec<String>, rdkafka::error::KafkaError> {
     // The watch: a refused password shows only in the error callback.
@@ -86,12 +84,12 @@ pub fn check(settings: &WorkerSettings) -> Result<Vec<String>, rdkafka::error::K
         match client.fetch_metadata(None, Duration::from_secs(10)) {
             Ok(metadata) => break metadata,
             Err(error) => {
-                // Serves the error events (on the consumer's queue) to the watch.
-                let _ = client.poll(Duration::from_millis(200));
-                if let Some(refusal) = client.context().refusal() {
+                if let Some(refusal) = adpipe_kafka_client::refusal_after(&client) {
                     return Err(refusal);
                 }
-                if refused(&error) || std::time::Instant::now() + backoff >= deadline {
+                if adpipe_kafka_client::refused(&error)
+                    || std::time::Instant::now() + backoff >= deadline
+                {
                     return Err(error);
                 }
                 tracing::warn!(%error, retry_in = ?backoff, bootstrap = %settings.kafka.bootstrap_servers, "Kafka does not answer; asking again");

@@ -76,7 +76,7 @@ pub fn start_with_routes<F: StepFactory>(
     routes: Option<AdminRoutes>,
 ) -> Result<WorkerHandle, WorkerError> {
     let problems = crate::topics::check(&settings).map_err(|error| {
-        if crate::topics::refused(&error) {
+        if adpipe_kafka_client::refused(&error) {
             WorkerError::Refused(error)
         } else {
             WorkerError::Kafka(error)

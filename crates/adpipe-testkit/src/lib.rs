@@ -44,18 +44,24 @@ pub fn kafka(cluster: &str) -> String {
         .unwrap_or_else(|| panic!("no cluster {cluster} in infra/clusters.toml"))
         .bootstrap_servers
         .clone();
+    expect_answer(&bootstrap, &format!("Kafka cluster {cluster}"), cluster);
+    bootstrap
+}
+
+/// Panics, saying how to start `cluster`, unless `bootstrap` answers a
+/// metadata request.
+fn expect_answer(bootstrap: &str, what: &str, cluster: &str) {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
+        .set("bootstrap.servers", bootstrap)
         .create()
         .expect("kafka client");
     if let Err(error) = consumer.fetch_metadata(None, Duration::from_secs(10)) {
         panic!(
-            "Kafka cluster {cluster} at {bootstrap} does not answer ({error}). \
-             Start the real clusters with `infra/kafka.sh start` (or run the full \
-             test command from the README, which does it)."
+            "{what} at {bootstrap} does not answer ({error}). Start it with \
+             `infra/kafka.sh start {cluster}` (or run the full test command from \
+             the README, which does it)."
         );
     }
-    bootstrap
 }
 
 /// A name no other test run uses, for topics, groups and subjects.
@@ -597,41 +603,25 @@ impl SecuredCluster {
 /// The secured local cluster `name`, after checking that its plaintext
 /// listener answers (panics saying how to start it otherwise).
 pub fn secured_kafka(name: &str) -> SecuredCluster {
-    let path = clusters_file();
-    let text = std::fs::read_to_string(&path).expect("the cluster map");
-    let map: toml::Table = toml::from_str(&text).expect("the cluster map parses");
-    let entry = map
-        .get("cluster")
-        .and_then(toml::Value::as_array)
-        .and_then(|clusters| {
-            clusters
-                .iter()
-                .find(|cluster| cluster.get("name").and_then(toml::Value::as_str) == Some(name))
-        })
-        .unwrap_or_else(|| panic!("no cluster {name} in {}", path.display()));
-    let port = |field: &str| {
-        entry
-            .get(field)
-            .and_then(toml::Value::as_integer)
-            .unwrap_or_else(|| panic!("cluster {name} has no {field}"))
-    };
+    let map = clusters();
+    let cluster = map
+        .cluster(name)
+        .unwrap_or_else(|| panic!("no cluster {name} in infra/clusters.toml"));
+    let internal = cluster
+        .internal_servers
+        .clone()
+        .unwrap_or_else(|| panic!("cluster {name} has no internal_port: not a secured cluster"));
+    expect_answer(
+        &internal,
+        &format!("the secured Kafka cluster {name}'s plaintext listener"),
+        name,
+    );
     let state = std::env::var_os("ADPIPE_STATE_DIR").map_or_else(
         || std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.adpipe")),
         std::path::PathBuf::from,
     );
-    let internal = format!("127.0.0.1:{}", port("internal_port"));
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &internal)
-        .create()
-        .expect("kafka client");
-    if let Err(error) = consumer.fetch_metadata(None, Duration::from_secs(10)) {
-        panic!(
-            "the secured Kafka cluster {name} does not answer on {internal} ({error}). \
-             Start it with `infra/kafka.sh start {name}` (the full test command does)."
-        );
-    }
     SecuredCluster {
-        bootstrap: format!("127.0.0.1:{}", port("port")),
+        bootstrap: cluster.bootstrap_servers.clone(),
         internal,
         username: "adpipe".to_owned(),
         password_file: state.join("kafka").join(format!("{name}.password")),

@@ -26,6 +26,9 @@ pub struct Cluster {
     pub role: ClusterRole,
     /// Bootstrap servers.
     pub bootstrap_servers: String,
+    /// A secured local cluster's plaintext listener for its own traffic
+    /// (`internal_port`; tests set up through it, never the code under test).
+    pub internal_servers: Option<String>,
 }
 
 /// Every cluster of one environment.
@@ -69,7 +72,6 @@ struct RawCluster {
     #[serde(default)]
     on_demand: bool,
     /// A secured cluster's plaintext listener for its own traffic ...
-    #[allow(dead_code)]
     internal_port: Option<u16>,
     /// ... and how it takes clients (`sasl_ssl`); infra/kafka.sh only.
     #[allow(dead_code)]
@@ -119,6 +121,9 @@ impl ClusterMap {
                 name: cluster.name,
                 role: cluster.role,
                 bootstrap_servers,
+                internal_servers: cluster
+                    .internal_port
+                    .map(|port| format!("127.0.0.1:{port}")),
             };
             if cluster.on_demand {
                 on_demand.push(entry);

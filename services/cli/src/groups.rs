@@ -50,8 +50,7 @@ pub fn explain(
     error: rdkafka::error::KafkaError,
     doing: &str,
 ) -> anyhow::Error {
-    let _ = client.poll(std::time::Duration::from_millis(200));
-    match client.context().refusal() {
+    match adpipe_kafka_client::refusal_after(client) {
         Some(refusal) => anyhow::anyhow!(
             "{doing}: Kafka refused the connection, check ADPIPE__KAFKA__SECURITY__… (protocol, mechanism, user, password, CA): {refusal}"
         ),
