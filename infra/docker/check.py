@@ -132,7 +132,8 @@ class Checker:
             found = re.search(r"\b(?:http_)?listen: (\S+),", output)
             listen = found.group(1) if found else None
             self.check_state_on_volumes(where, service, output)
-            service["x-worker"] = True
+            # scraped by Prometheus; the registry serves no /metrics
+            service["x-worker"] = binary != "adpipe-schema-registry"
             help_text = self.help_text(binary, ())
         else:
             subcommands = tuple(a for a in args if not a.startswith("-"))
@@ -156,7 +157,8 @@ class Checker:
         for variable in environment:
             if variable.startswith("ADPIPE__") and self.is_worker(binary):
                 continue  # checked by --check-config
-            if variable in RUNTIME_VARIABLES or f"[env: {variable}=" in help_text:
+            # `[env: NAME]` alone where the binary hides a secret's value
+            if variable in RUNTIME_VARIABLES or re.search(rf"\[env: {re.escape(variable)}[=\]]", help_text):
                 continue
             self.problem(where, f"{binary} reads no variable {variable}")
         if service.get("restart") == "on-failure":
@@ -310,6 +312,7 @@ def self_test(bin_dir: Path, projects: dict) -> list[str]:
         "a binary the image lacks": lambda p: dedup(p).__setitem__("command", ["adpipe-dedup"]),
         "a flag the CLI lacks": lambda p: p["compose.dc.yml"]["services"]["topics"]["command"].append("--force"),
         "a registry variable it lacks": lambda p: p["compose.central.yml"]["services"]["registry"]["environment"].__setitem__("ADPIPE_REGISTRY_PORT", "8081"),
+        "a registry beyond loopback without its write token": lambda p: p["compose.central.yml"]["services"]["registry"]["environment"].pop("ADPIPE_REGISTRY_TOKEN"),
         "a published port it does not listen on": lambda p: p["compose.dc.yml"]["services"]["profile-loader"]["ports"][0].__setitem__("target", 9107),
         "an unscraped worker": lambda p: p["compose.central.yml"]["services"].__setitem__(
             "merger-2", copy.deepcopy(p["compose.central.yml"]["services"]["merger"])),

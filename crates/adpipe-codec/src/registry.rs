@@ -111,6 +111,8 @@ struct ErrorBody {
 pub struct RegistryClient {
     base_url: String,
     http: reqwest::Client,
+    /// `Bearer <token>`, marked sensitive (its `Debug` hides it).
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 impl RegistryClient {
@@ -127,7 +129,25 @@ impl RegistryClient {
         Ok(RegistryClient {
             base_url: base_url.trim_end_matches('/').to_owned(),
             http,
+            authorization: None,
         })
+    }
+
+    /// Sends the registry's write token (`Authorization: Bearer`) with
+    /// every request: a registry that has one refuses changes (registering
+    /// a schema) without it. `None` leaves the client as it is.
+    pub fn with_token(mut self, token: Option<&str>) -> Result<Self, RegistryError> {
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| {
+                    RegistryError::Protocol(
+                        "the registry token holds characters a header cannot".to_owned(),
+                    )
+                })?;
+            value.set_sensitive(true);
+            self.authorization = Some(value);
+        }
+        Ok(self)
     }
 
     /// The base URL this client talks to.
@@ -191,7 +211,10 @@ impl RegistryClient {
             url: self.base_url.clone(),
             source,
         };
-        let request = request.header("Accept", CONTENT_TYPE);
+        let mut request = request.header("Accept", CONTENT_TYPE);
+        if let Some(authorization) = &self.authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization.clone());
+        }
         // Every call is idempotent (a read, or registering a schema the
         // registry keeps once): one more try when the request never got an
         // answer (a pooled connection closed under it).

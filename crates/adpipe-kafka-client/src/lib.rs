@@ -21,6 +21,26 @@ use std::path::PathBuf;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 
+/// A secret given inline (`value`, usually from the environment) or in a
+/// file, not both: the file's text without its final line break. `field`
+/// names the setting in the problem (`<field>-file` for the file).
+pub fn secret_from(
+    field: &str,
+    value: Option<Secret>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<Secret>, String> {
+    let Some(path) = file else {
+        return Ok(value);
+    };
+    if value.is_some() {
+        return Err(format!("{field} and {field}-file are both set"));
+    }
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(Secret::new(text.trim_end_matches(['\n', '\r'])))),
+        Err(error) => Err(format!("{field}-file {}: {error}", path.display())),
+    }
+}
+
 /// A secret: its `Debug` shows only that it is set.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -165,28 +185,22 @@ impl KafkaSecurity {
     /// every problem is named (`kafka.security.…`), no secret in any.
     pub fn resolve(mut self) -> Result<KafkaSecurity, Vec<String>> {
         let mut problems = Vec::new();
-        let read = |field: &str, path: &PathBuf, problems: &mut Vec<String>| {
-            match std::fs::read_to_string(path) {
-                Ok(text) => Some(Secret::new(text.trim_end_matches(['\n', '\r']))),
-                Err(error) => {
-                    problems.push(format!(
-                        "kafka.security.{field} {}: {error}",
-                        path.display()
-                    ));
-                    None
-                }
+        for (field, secret, file) in [
+            (
+                "kafka.security.sasl-password",
+                &mut self.sasl_password,
+                &self.sasl_password_file,
+            ),
+            (
+                "kafka.security.ssl-key-password",
+                &mut self.ssl_key_password,
+                &self.ssl_key_password_file,
+            ),
+        ] {
+            match secret_from(field, secret.take(), file.as_deref()) {
+                Ok(found) => *secret = found,
+                Err(problem) => problems.push(problem),
             }
-        };
-        if let Some(path) = &self.sasl_password_file {
-            if self.sasl_password.is_some() {
-                problems.push(
-                    "kafka.security: sasl-password and sasl-password-file are both set".to_owned(),
-                );
-            }
-            self.sasl_password = read("sasl-password-file", path, &mut problems);
-        }
-        if let Some(path) = &self.ssl_key_password_file {
-            self.ssl_key_password = read("ssl-key-password-file", path, &mut problems);
         }
         let protocol = self.protocol.name();
         if self.protocol.sasl() {

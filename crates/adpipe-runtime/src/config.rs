@@ -234,6 +234,13 @@ pub struct HttpConfig {
 pub struct RegistryConfig {
     /// Base URL.
     pub url: String,
+    /// The registry's write token (`ADPIPE__REGISTRY__TOKEN`), when it has
+    /// one: registering this service's output schemas needs it.
+    #[serde(default)]
+    pub token: Option<adpipe_kafka_client::Secret>,
+    /// A file holding the token instead.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// A topic a worker writes to, checked at start-up.
@@ -293,6 +300,8 @@ pub struct WorkerSettings {
     pub http_listen: SocketAddr,
     /// Registry URL when values are decoded, `None` to pass bytes through.
     pub registry_url: Option<String>,
+    /// The registry's write token, if it has one.
+    pub registry_token: Option<adpipe_kafka_client::Secret>,
 }
 
 impl WorkerSettings {
@@ -405,6 +414,16 @@ impl WorkerSettings {
             on_poison: runtime.on_poison,
             on_error_kind: runtime.on_error_kind,
             http_listen: http.listen,
+            registry_token: registry.as_ref().and_then(|registry| {
+                adpipe_kafka_client::secret_from(
+                    "registry.token",
+                    registry.token.clone(),
+                    registry.token_file.as_deref(),
+                )
+                .map_err(|problem| problems.push(problem))
+                .ok()
+                .flatten()
+            }),
             registry_url: registry.map(|registry| registry.url),
             kafka,
         }
@@ -412,6 +431,21 @@ impl WorkerSettings {
 }
 
 impl WorkerSettings {
+    /// A client of the schema registry, with its write token; `None` when
+    /// the worker passes bytes through.
+    pub fn registry_client(
+        &self,
+    ) -> Option<Result<adpipe_codec::RegistryClient, adpipe_codec::RegistryError>> {
+        let url = self.registry_url.as_deref()?;
+        Some(adpipe_codec::RegistryClient::new(url).and_then(|client| {
+            client.with_token(
+                self.registry_token
+                    .as_ref()
+                    .map(adpipe_kafka_client::Secret::expose),
+            )
+        }))
+    }
+
     /// Every input topic, in group order.
     pub fn input_topics(&self) -> Vec<String> {
         self.input_groups.iter().flatten().cloned().collect()

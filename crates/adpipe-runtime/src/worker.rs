@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use adpipe_codec::{Codec, RegistryClient};
+use adpipe_codec::Codec;
 use rdkafka::consumer::Consumer;
 use tracing::info;
 
@@ -94,8 +94,8 @@ pub fn start_with_routes<F: StepFactory>(
     })?;
     let producer = Arc::new(producer);
     tokio::spawn(run_followups(Arc::clone(&producer), followups));
-    let codec = match &settings.registry_url {
-        Some(url) => Some(Arc::new(Codec::new(RegistryClient::new(url)?))),
+    let codec = match settings.registry_client() {
+        Some(client) => Some(Arc::new(Codec::new(client?))),
         None => None,
     };
     let health = Arc::new(Health::default());

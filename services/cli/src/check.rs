@@ -7,7 +7,7 @@ use std::io::{BufReader, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use adpipe_codec::{Codec, RegistryClient};
+use adpipe_codec::Codec;
 use adpipe_loadtest::output::OutputIds;
 use adpipe_loadtest::{CheckReport, GroundTruth};
 use anyhow::{Context, bail};
@@ -68,7 +68,7 @@ pub async fn run(args: &CheckArgs, out: &mut dyn Write) -> anyhow::Result<CheckO
     }
     if !args.topics.is_empty() {
         let bootstrap = args.kafka.bootstrap_servers()?;
-        let codec = Arc::new(Codec::new(RegistryClient::new(&args.registry.registry)?));
+        let codec = Arc::new(Codec::new(args.registry.client()?));
         let topics = args.topics.clone();
         let runtime = tokio::runtime::Handle::current();
         // The reader blocks; it fetches unknown writer schemas on `runtime`.

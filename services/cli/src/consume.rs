@@ -10,7 +10,7 @@ use std::io::Write;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use adpipe_codec::{Codec, RegistryClient};
+use adpipe_codec::Codec;
 use anyhow::{Context, bail};
 use base64::Engine;
 use clap::Args;
@@ -151,7 +151,7 @@ pub async fn run(
         args.from,
     )?)?;
 
-    let codec = Codec::new(RegistryClient::new(&args.registry.registry)?);
+    let codec = Codec::new(args.registry.client()?);
     let mut report = ConsumeReport::default();
     let mut at_end: BTreeSet<i32> = BTreeSet::new();
     loop {

@@ -7,7 +7,7 @@
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
-use adpipe_codec::{Codec, Encoder, RegistryClient, value_subject};
+use adpipe_codec::{Codec, Encoder, value_subject};
 use adpipe_events::{
     Click, Conversion, Event, EventKind, Impression, JoinedClick, JoinedConversion,
 };
@@ -62,7 +62,7 @@ pub async fn run(
         adpipe_runtime::producer_config(&args.kafka.bootstrap_servers()?)
             .create()
             .context("creating the Kafka producer")?;
-    let codec = Codec::new(RegistryClient::new(&args.registry.registry)?);
+    let codec = Codec::new(args.registry.client()?);
     match args.kind {
         EventKind::Impression => {
             produce_lines::<Impression>(args, &codec, &producer, input, errors).await

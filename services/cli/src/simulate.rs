@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use adpipe_codec::{Codec, RegistryClient, value_subject};
+use adpipe_codec::{Codec, value_subject};
 use adpipe_events::EventKind;
 use adpipe_loadtest::bidders::{Bidders, DcCluster};
 use adpipe_loadtest::pace::Pacer;
@@ -118,7 +118,7 @@ pub async fn run(args: &SimulateArgs, out: &mut dyn Write) -> anyhow::Result<Sim
     // advancing with the wall clock when paced.
     simulation.follow_wall_clock(now_ms, args.rate);
     let (publications, truth) = simulation.generate();
-    let codec = Codec::new(RegistryClient::new(&args.registry.registry)?);
+    let codec = Codec::new(args.registry.client()?);
     let bidders = Bidders::new(&codec, &clusters, |kind| value_subject(&args.topic(kind)))
         .await
         .context("registering the event schemas")?;

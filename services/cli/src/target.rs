@@ -87,4 +87,36 @@ pub struct RegistryTarget {
         default_value = "http://127.0.0.1:8081"
     )]
     pub registry: String,
+    /// The registry's write token, when it has one (registering schemas
+    /// needs it). Prefer the environment or --registry-token-file.
+    #[arg(long, env = "ADPIPE_REGISTRY_TOKEN", hide_env_values = true)]
+    pub registry_token: Option<String>,
+    /// A file holding the registry's write token.
+    #[arg(long, env = "ADPIPE_REGISTRY_TOKEN_FILE")]
+    pub registry_token_file: Option<std::path::PathBuf>,
+}
+
+impl RegistryTarget {
+    /// The registry at `url`, without a token.
+    pub fn at(url: String) -> Self {
+        RegistryTarget {
+            registry: url,
+            registry_token: None,
+            registry_token_file: None,
+        }
+    }
+
+    /// A client of the registry, sending its token if one is given.
+    pub fn client(&self) -> anyhow::Result<adpipe_codec::RegistryClient> {
+        let token = adpipe_kafka_client::secret_from(
+            "registry token",
+            self.registry_token
+                .clone()
+                .map(adpipe_kafka_client::Secret::new),
+            self.registry_token_file.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(adpipe_codec::RegistryClient::new(&self.registry)?
+            .with_token(token.as_ref().map(adpipe_kafka_client::Secret::expose))?)
+    }
 }

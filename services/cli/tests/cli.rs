@@ -204,9 +204,7 @@ async fn produce_and_consume_round_trip_from_a_point_in_time() {
         brokers: Some(bootstrap.clone()),
         clusters: ClusterMapFile::new(clusters_file()),
     };
-    let registry_target = RegistryTarget {
-        registry: registry.url(),
-    };
+    let registry_target = RegistryTarget::at(registry.url());
     let produce_args = |_: ()| ProduceArgs {
         kafka: kafka.clone(),
         registry: registry_target.clone(),

@@ -47,9 +47,7 @@ async fn bidders_publish_to_their_dc_at_the_rate_and_the_checker_judges_outputs(
     ))
     .await
     .expect("registry");
-    let registry_target = RegistryTarget {
-        registry: registry.url(),
-    };
+    let registry_target = RegistryTarget::at(registry.url());
     let dir = std::env::temp_dir().join(&prefix);
     std::fs::create_dir_all(&dir).expect("dir");
     let truth_path = dir.join("truth.json");

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use adpipe_codec::{Codec, RegistryClient, value_subject};
+use adpipe_codec::{Codec, value_subject};
 use adpipe_events::EventKind;
 use adpipe_runtime::emitted::{self, AlreadyEmitted, FedBy, ScanBounds};
 use adpipe_runtime::{StepError, StepFactory, TaskAssignment, TimerClock};
@@ -35,10 +35,8 @@ impl JoinFactory {
         let config = settings.worker.kafka.client_config();
         let reader = ChangelogReader::new(config, &settings.worker.kafka.group_id)
             .map_err(|error| error.to_string())?;
-        let codec = match &settings.worker.registry_url {
-            Some(url) => Some(Codec::new(
-                RegistryClient::new(url).map_err(|error| error.to_string())?,
-            )),
+        let codec = match settings.worker.registry_client() {
+            Some(client) => Some(Codec::new(client.map_err(|error| error.to_string())?)),
             None => None,
         };
         Ok(JoinFactory {

@@ -128,6 +128,36 @@ impl ApiError {
     pub fn unprocessable(reason: impl std::fmt::Display) -> Self {
         Self::new(422, 422, format!("Unprocessable entity: {reason}"))
     }
+    /// 401, as Confluent's registry answers a request without valid
+    /// credentials: a change asked for without the registry's write token.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            401,
+            401,
+            "Unauthorized: changing the registry needs its write token \
+             (Authorization: Bearer <token>, or Basic with the token as password)",
+        )
+    }
+    /// 413 for a body over the registry's limit (actix-web alone would
+    /// answer in plain text, which Confluent's clients cannot read).
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            413,
+            format!(
+                "Request body larger than the registry's limit of {limit} bytes \
+                 (--max-request-bytes, ADPIPE_REGISTRY_MAX_REQUEST_BYTES)"
+            ),
+        )
+    }
+    /// 400 for a body that could not be read at all.
+    pub fn unreadable_body(reason: impl std::fmt::Display) -> Self {
+        Self::new(
+            400,
+            400,
+            format!("Could not read the request body: {reason}"),
+        )
+    }
     /// 50001
     pub fn store(reason: impl std::fmt::Display) -> Self {
         Self::new(

@@ -1,11 +1,13 @@
 //! Confluent's REST API over actix-web. Handlers translate JSON to
-//! [`Registry`] calls and back; no rules live here.
+//! [`Registry`] calls and back; no rules live here. A handler that
+//! changes something takes [`MayWrite`] (the write token, access.rs).
 
 use actix_web::web::{self, Bytes, Data, Path, Query};
 use actix_web::{HttpResponse, Responder};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::access::{Body, MayWrite};
 use crate::compat::Compatibility;
 use crate::error::{ApiError, CONTENT_TYPE};
 use crate::service::{Registry, VersionSelector};
@@ -182,7 +184,12 @@ async fn list_versions(
     ok(json!(registry.versions(&subject, flag.deleted)?))
 }
 
-async fn register(registry: Data<Registry>, subject: Path<String>, body: Bytes) -> Reply {
+async fn register(
+    _: MayWrite,
+    registry: Data<Registry>,
+    subject: Path<String>,
+    Body(body): Body,
+) -> Reply {
     let request = SchemaRequest::parse(&body)?;
     let id = registry.register(&subject, &request.schema).await?;
     ok(json!({"id": id}))
@@ -192,7 +199,7 @@ async fn lookup(
     registry: Data<Registry>,
     subject: Path<String>,
     flag: Query<DeletedFlag>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Reply {
     let request = SchemaRequest::parse(&body)?;
     let view = registry.lookup(&subject, &request.schema, flag.deleted)?;
@@ -222,6 +229,7 @@ async fn get_raw_version(
 }
 
 async fn delete_version(
+    _: MayWrite,
     registry: Data<Registry>,
     path: Path<(String, String)>,
     flag: Query<PermanentFlag>,
@@ -234,6 +242,7 @@ async fn delete_version(
 }
 
 async fn delete_subject(
+    _: MayWrite,
     registry: Data<Registry>,
     subject: Path<String>,
     flag: Query<PermanentFlag>,
@@ -255,7 +264,7 @@ async fn check_all(
     registry: Data<Registry>,
     subject: Path<String>,
     flag: Query<VerboseFlag>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Reply {
     let request = SchemaRequest::parse(&body)?;
     compatibility_reply(
@@ -268,7 +277,7 @@ async fn check_version(
     registry: Data<Registry>,
     path: Path<(String, String)>,
     flag: Query<VerboseFlag>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Reply {
     let (subject, version) = path.into_inner();
     let request = SchemaRequest::parse(&body)?;
@@ -291,13 +300,13 @@ async fn get_global_config(registry: Data<Registry>) -> Reply {
     ok(json!({"compatibilityLevel": registry.compatibility(None, true)?}))
 }
 
-async fn put_global_config(registry: Data<Registry>, body: Bytes) -> Reply {
+async fn put_global_config(_: MayWrite, registry: Data<Registry>, Body(body): Body) -> Reply {
     let level = parse_level(&body)?;
     registry.set_compatibility(None, level).await?;
     ok(json!({"compatibility": level}))
 }
 
-async fn delete_global_config(registry: Data<Registry>) -> Reply {
+async fn delete_global_config(_: MayWrite, registry: Data<Registry>) -> Reply {
     ok(json!({"compatibilityLevel": registry.delete_compatibility(None).await?}))
 }
 
@@ -311,12 +320,21 @@ async fn get_subject_config(
     )
 }
 
-async fn put_subject_config(registry: Data<Registry>, subject: Path<String>, body: Bytes) -> Reply {
+async fn put_subject_config(
+    _: MayWrite,
+    registry: Data<Registry>,
+    subject: Path<String>,
+    Body(body): Body,
+) -> Reply {
     let level = parse_level(&body)?;
     registry.set_compatibility(Some(&subject), level).await?;
     ok(json!({"compatibility": level}))
 }
 
-async fn delete_subject_config(registry: Data<Registry>, subject: Path<String>) -> Reply {
+async fn delete_subject_config(
+    _: MayWrite,
+    registry: Data<Registry>,
+    subject: Path<String>,
+) -> Reply {
     ok(json!({"compatibilityLevel": registry.delete_compatibility(Some(&subject)).await?}))
 }

@@ -9,8 +9,11 @@
 //!   content type, so Confluent's own clients (and schema_registry_converter)
 //!   work against it unchanged (http.rs).
 //! - Only AVRO schemas, without references: that is all adpipe uses.
+//! - With a write token, changes need it; without one, only loopback
+//!   (access.rs). Bodies over the limit get a Confluent-shaped 413.
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod compat;
 pub mod error;
 mod http;
@@ -23,6 +26,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 
+pub use access::WriteAccess;
 pub use compat::Compatibility;
 pub use error::ApiError;
 pub use service::Registry;
@@ -37,6 +41,10 @@ pub struct RegistrySettings {
     pub workers: usize,
     /// Where schemas are stored.
     pub store: StoreSettings,
+    /// Who may change it.
+    pub access: WriteAccess,
+    /// Longest request body taken, bytes.
+    pub max_request_bytes: usize,
 }
 
 impl RegistrySettings {
@@ -51,6 +59,8 @@ impl RegistrySettings {
                 replication: 1,
                 startup_timeout: Duration::from_secs(30),
             },
+            access: WriteAccess::default(),
+            max_request_bytes: access::DEFAULT_BODY_LIMIT,
         }
     }
 }
@@ -86,9 +96,14 @@ impl RunningRegistry {
 pub async fn start(settings: RegistrySettings) -> Result<RunningRegistry, ApiError> {
     let store = LogStore::open(&settings.store).await?;
     let registry = web::Data::new(Registry::new(store));
+    let access = settings.access.clone();
+    let limit = settings.max_request_bytes;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(registry.clone())
+            .app_data(access.clone())
+            .app_data(access::BodyLimit(limit))
+            .app_data(web::PayloadConfig::new(limit))
             .configure(http::routes)
     })
     .workers(settings.workers.max(1))

@@ -3,11 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use adpipe_schema_registry::{RegistrySettings, StoreSettings};
+use adpipe_kafka_client::Secret;
+use adpipe_schema_registry::{RegistrySettings, StoreSettings, WriteAccess};
 use clap::Parser;
 
 /// A Confluent-compatible schema registry backed by a compacted Kafka topic.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(version)]
 struct Args {
     /// Address to listen on. Loopback by default; use 0.0.0.0 in a container.
@@ -29,6 +30,25 @@ struct Args {
     /// HTTP worker threads.
     #[arg(long, env = "ADPIPE_REGISTRY_WORKERS", default_value_t = 2)]
     workers: usize,
+    /// The write token: registering, deleting and setting compatibility
+    /// need it (Bearer, or Basic with it as password). Prefer the
+    /// environment or --token-file to the command line.
+    #[arg(long, env = "ADPIPE_REGISTRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the write token.
+    #[arg(long, env = "ADPIPE_REGISTRY_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// Serve changes without a token on an address other than loopback
+    /// (only where the network alone guards the registry).
+    #[arg(long, env = "ADPIPE_REGISTRY_OPEN_WRITES")]
+    open_writes: bool,
+    /// Longest request body taken, bytes (larger: 413 in Confluent's shape).
+    #[arg(long, env = "ADPIPE_REGISTRY_MAX_REQUEST_BYTES", default_value_t = adpipe_schema_registry::access::DEFAULT_BODY_LIMIT)]
+    max_request_bytes: usize,
+    /// Print the settings (secrets redacted) and exit: 0 when they can be
+    /// served, 2 naming every problem otherwise. Connects to nothing.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -39,20 +59,21 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    // Its Kafka client is secured by ADPIPE__KAFKA__SECURITY__… (as the CLI's).
-    if let Err(problems) = adpipe_kafka_client::KafkaSecurity::from_env() {
-        anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
-    }
-    let settings = RegistrySettings {
-        listen: args.listen,
-        workers: args.workers,
-        store: StoreSettings {
-            bootstrap_servers: args.bootstrap_servers,
-            topic: args.topic,
-            replication: args.replication,
-            startup_timeout: Duration::from_secs(60),
-        },
+    let settings = match settings(args.clone()) {
+        Ok(settings) => settings,
+        Err(problems) => {
+            eprintln!(
+                "adpipe-schema-registry: invalid configuration:\n  - {}",
+                problems.join("\n  - ")
+            );
+            // As every adpipe binary: exit 2, nothing started.
+            std::process::exit(2);
+        }
     };
+    if args.check_config {
+        println!("{settings:#?}");
+        return Ok(());
+    }
     let running = adpipe_schema_registry::start(settings).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -62,4 +83,45 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("stopping: finishing requests in flight");
     running.stop().await;
     Ok(())
+}
+
+/// The settings `args` ask for, or every problem with them (no secret in
+/// any). Its Kafka client is secured by ADPIPE__KAFKA__SECURITY__… (as
+/// the CLI's).
+fn settings(args: Args) -> Result<RegistrySettings, Vec<String>> {
+    let mut problems = Vec::new();
+    if let Err(security) = adpipe_kafka_client::KafkaSecurity::from_env() {
+        problems.extend(security);
+    }
+    let token = adpipe_kafka_client::secret_from(
+        "registry token",
+        args.token.map(Secret::new),
+        args.token_file.as_deref(),
+    )
+    .unwrap_or_else(|problem| {
+        problems.push(problem);
+        None
+    });
+    let access = WriteAccess {
+        token: token.filter(|token| !token.expose().is_empty()),
+        open_writes: args.open_writes,
+    };
+    if let Err(problem) = access.check_listen(args.listen) {
+        problems.push(problem);
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(RegistrySettings {
+        listen: args.listen,
+        workers: args.workers,
+        store: StoreSettings {
+            bootstrap_servers: args.bootstrap_servers,
+            topic: args.topic,
+            replication: args.replication,
+            startup_timeout: Duration::from_secs(60),
+        },
+        access,
+        max_request_bytes: args.max_request_bytes,
+    })
 }

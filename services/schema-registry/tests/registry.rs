@@ -28,6 +28,8 @@ async fn start(topic: &str) -> RunningRegistry {
 struct Http {
     base: String,
     client: reqwest::Client,
+    /// An `Authorization` header sent with every request.
+    authorization: Option<String>,
 }
 
 impl Http {
@@ -35,6 +37,14 @@ impl Http {
         Http {
             base: registry.url(),
             client: reqwest::Client::new(),
+            authorization: None,
+        }
+    }
+
+    fn authorized(registry: &RunningRegistry, authorization: &str) -> Self {
+        Http {
+            authorization: Some(authorization.to_owned()),
+            ..Http::new(registry)
         }
     }
 
@@ -45,6 +55,9 @@ impl Http {
             .header("Content-Type", "application/vnd.schemaregistry.v1+json");
         if let Some(body) = body {
             request = request.body(body.to_string());
+        }
+        if let Some(authorization) = &self.authorization {
+            request = request.header("Authorization", authorization);
         }
         let response = request.send().await.expect("registry answers");
         let status = response.status().as_u16();
@@ -235,6 +248,177 @@ async fn serves_confluents_api_with_its_error_codes() {
     assert_eq!(subjects, json!([subject]));
 
     registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_token_every_change_needs_it_and_reads_stay_open() {
+    let topic = adpipe_testkit::unique("_schemas-token");
+    let mut settings = RegistrySettings::local(&adpipe_testkit::kafka("central"), &topic);
+    settings.access = adpipe_schema_registry::WriteAccess {
+        token: Some(adpipe_kafka_client::Secret::new("t0ken-of-the-test")),
+        open_writes: false,
+    };
+    let registry = adpipe_schema_registry::start(settings)
+        .await
+        .expect("registry starts");
+    let anyone = Http::new(&registry);
+    let wrong = Http::authorized(&registry, "Bearer t0ken-of-the-tesT");
+    let bearer = Http::authorized(&registry, "Bearer t0ken-of-the-test");
+    // Basic with the token as password, as Confluent's clients send it.
+    let basic = Http::authorized(&registry, "Basic YW55b25lOnQwa2VuLW9mLXRoZS10ZXN0");
+    let unauthorized = |(status, body): (u16, Value)| {
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error_code"], 401, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("write token")),
+            "{body}"
+        );
+    };
+    let schema = json!({"schema": V1});
+    // Every change without the token, or with a wrong one: 401, nothing done.
+    for http in [&anyone, &wrong] {
+        unauthorized(
+            http.post("/subjects/s-value/versions", schema.clone())
+                .await,
+        );
+        unauthorized(http.put("/config", json!({"compatibility": "NONE"})).await);
+        unauthorized(
+            http.put("/config/s-value", json!({"compatibility": "NONE"}))
+                .await,
+        );
+        unauthorized(http.delete("/config").await);
+        unauthorized(http.delete("/config/s-value").await);
+    }
+    assert_eq!(anyone.get("/subjects").await, (200, json!([])));
+    // With it: done.
+    let (status, body) = bearer
+        .post("/subjects/s-value/versions", schema.clone())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = basic
+        .put("/config/s-value", json!({"compatibility": "NONE"}))
+        .await;
+    assert_eq!((status, body), (200, json!({"compatibility": "NONE"})));
+    // Reads, lookups and compatibility checks need no token.
+    assert_eq!(anyone.get("/subjects").await, (200, json!(["s-value"])));
+    assert_eq!(
+        anyone.post("/subjects/s-value", schema.clone()).await.0,
+        200
+    );
+    assert_eq!(
+        anyone
+            .post(
+                "/compatibility/subjects/s-value/versions/latest",
+                json!({"schema": V2_WITH_DEFAULT})
+            )
+            .await,
+        (200, json!({"is_compatible": true}))
+    );
+    // Deleting needs it too.
+    for http in [&anyone, &wrong] {
+        unauthorized(http.delete("/subjects/s-value/versions/1").await);
+        unauthorized(http.delete("/subjects/s-value").await);
+    }
+    assert_eq!(anyone.get("/subjects").await, (200, json!(["s-value"])));
+    assert_eq!(bearer.delete("/subjects/s-value").await, (200, json!([1])));
+    // adpipe's own client sends it when given, and is refused without.
+    let without = RegistryClient::new(&registry.url()).expect("client");
+    let refused = without
+        .register("other-value", V1)
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.error_code(), Some(401), "{refused}");
+    let with = RegistryClient::new(&registry.url())
+        .and_then(|client| client.with_token(Some("t0ken-of-the-test")))
+        .expect("client");
+    assert!(
+        !format!("{with:?}").contains("t0ken"),
+        "the token in {with:?}"
+    );
+    with.register("other-value", V1)
+        .await
+        .expect("registered with the token");
+    registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversize_request_is_refused_in_confluents_shape() {
+    let topic = adpipe_testkit::unique("_schemas-limit");
+    let mut settings = RegistrySettings::local(&adpipe_testkit::kafka("central"), &topic);
+    settings.max_request_bytes = 4096;
+    let registry = adpipe_schema_registry::start(settings)
+        .await
+        .expect("registry starts");
+    let http = Http::new(&registry);
+    // A record with enough documented fields to pass the limit.
+    let fields: Vec<Value> = (0..100)
+        .map(|i| json!({"name": format!("field_{i}"), "type": "string", "doc": "x".repeat(40)}))
+        .collect();
+    let large = json!({"type": "record", "name": "Large", "fields": fields}).to_string();
+    assert!(large.len() > 4096);
+    for path in ["/subjects/l-value/versions", "/subjects/l-value"] {
+        let (status, body) = http.post(path, json!({"schema": large})).await;
+        assert_eq!(status, 413, "{path}: {body}");
+        assert_eq!(body["error_code"], 413, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("4096 bytes")),
+            "{body}"
+        );
+    }
+    // Under the limit: served, and the registry goes on.
+    let (status, body) = http
+        .post("/subjects/l-value/versions", json!({"schema": V1}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    registry.stop().await;
+}
+
+#[test]
+fn the_binary_refuses_to_serve_open_writes_beyond_loopback() {
+    let registry = env!("CARGO_BIN_EXE_adpipe-schema-registry");
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        let output = std::process::Command::new(registry)
+            .args(args)
+            .env_remove("ADPIPE_REGISTRY_TOKEN")
+            .env_remove("ADPIPE_REGISTRY_TOKEN_FILE")
+            .envs(envs.iter().copied())
+            // Nowhere to connect: the refusal must come before any client.
+            .env("ADPIPE_REGISTRY_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+            .output()
+            .expect("the registry binary runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&["--listen", "0.0.0.0:0"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no write token"), "{stderr}");
+    let (code, stderr) = run(
+        &["--listen", "0.0.0.0:0"],
+        &[
+            ("ADPIPE_REGISTRY_TOKEN", "a"),
+            ("ADPIPE_REGISTRY_TOKEN_FILE", "/nonexistent"),
+        ],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("are both set"), "{stderr}");
+    assert!(!stderr.contains("=a"), "{stderr}");
+    let (code, stderr) = run(
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--token-file",
+            "/nonexistent/token",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("/nonexistent/token"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use adpipe_codec::{Codec, RegistryClient, value_subject};
+use adpipe_codec::{Codec, value_subject};
 use adpipe_events::EventKind;
 use adpipe_runtime::batching::Batching;
 use adpipe_runtime::{AssignedPartition, StepError, StepFactory, TaskAssignment};
@@ -52,9 +52,9 @@ impl StatsFactory {
                 .map_err(|error| format!("migrating {}: {error}", settings.schema))?;
             Ok::<_, String>(())
         })?;
-        let codec = match &settings.worker.registry_url {
-            Some(url) => Some(Codec::new(
-                RegistryClient::new(url).map_err(|error| format!("registry {url}: {error}"))?,
+        let codec = match settings.worker.registry_client() {
+            Some(client) => Some(Codec::new(
+                client.map_err(|error| format!("the schema registry: {error}"))?,
             )),
             None => None,
         };

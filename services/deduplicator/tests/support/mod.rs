@@ -30,7 +30,17 @@ pub struct Tuning<'a> {
 impl Pipeline {
     /// Creates the topics (the input, output and changelog with `partitions`).
     pub async fn create(name: &str, partitions: i32) -> Pipeline {
-        let bootstrap = adpipe_testkit::kafka("central");
+        Pipeline::create_on(adpipe_testkit::kafka("central"), name, partitions, None).await
+    }
+
+    /// As [`Pipeline::create`], on the cluster at `bootstrap`, the
+    /// registry guarded by `token` when given.
+    pub async fn create_on(
+        bootstrap: String,
+        name: &str,
+        partitions: i32,
+        token: Option<&str>,
+    ) -> Pipeline {
         let prefix = adpipe_testkit::unique(name);
         let names = ["in", "out", "log", "dlq"].map(|suffix| format!("{prefix}.{suffix}"));
         adpipe_testkit::create_topics(
@@ -43,12 +53,11 @@ impl Pipeline {
             ],
         )
         .await;
-        let registry = adpipe_schema_registry::start(RegistrySettings::local(
-            &bootstrap,
-            &format!("{prefix}._schemas"),
-        ))
-        .await
-        .expect("registry");
+        let mut settings = RegistrySettings::local(&bootstrap, &format!("{prefix}._schemas"));
+        settings.access.token = token.map(adpipe_kafka_client::Secret::new);
+        let registry = adpipe_schema_registry::start(settings)
+            .await
+            .expect("registry");
         Pipeline {
             bootstrap,
             prefix,
