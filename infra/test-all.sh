@@ -34,6 +34,7 @@ cleanup() {
   [ -n "${registry_pid:-}" ] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
   if [ "${clusters_started:-0}" = 1 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
     "$INFRA_DIR/mirrormaker.sh" stop || true
+    ADPIPE_MM2_CENTRAL=secure "$INFRA_DIR/mirrormaker.sh" stop || true
     "$INFRA_DIR/kafka.sh" stop || true
   fi
   if [ "${pg_started:-0}" = 1 ] && [ "${ADPIPE_KEEP_RUNNING:-0}" != 1 ]; then
@@ -84,6 +85,7 @@ step "kafka clusters of this run (own ports, own data: $ADPIPE_STATE_DIR)"
 # A previous run that was killed may have left its servers running there.
 if [ -f "$ADPIPE_CLUSTERS_FILE" ]; then
   "$INFRA_DIR/mirrormaker.sh" stop || true
+  ADPIPE_MM2_CENTRAL=secure "$INFRA_DIR/mirrormaker.sh" stop || true
   "$INFRA_DIR/kafka.sh" stop || true
 fi
 rm -rf "$ADPIPE_STATE_DIR"; mkdir -p "$ADPIPE_STATE_DIR"
@@ -138,6 +140,9 @@ target/debug/adpipe topology apply | tail -n 1 | grep -q "applied 0 change(s)" |
 
 step "MirrorMaker 2 between the DC clusters and central"
 "$INFRA_DIR/mirrormaker.sh" start
+# A second instance between the DCs and the SASL_SSL cluster (topics under
+# mm2-secured- only): the CLI's secured test mirrors through it.
+ADPIPE_MM2_CENTRAL=secure ADPIPE_MM2_TOPIC_PREFIX=mm2-secured- "$INFRA_DIR/mirrormaker.sh" start
 
 step "rust tests"
 cargo test --workspace --locked
