@@ -370,6 +370,24 @@ impl rdkafka::ClientContext for RefusalWatch {
 
 impl rdkafka::consumer::ConsumerContext for RefusalWatch {}
 
+/// The context of a reader that sets `enable.partition.eof`: rdkafka
+/// hands every end of a partition to the context's error callback as well
+/// as returning it from `poll`, and the default callback logs it as an
+/// error ("Global error: PartitionEOF") — at every catch-up of every
+/// restore. This one drops those and passes every other error on.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EofReader;
+
+impl rdkafka::ClientContext for EofReader {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            rdkafka::ClientContext::error(&rdkafka::client::DefaultClientContext, error, reason);
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EofReader {}
+
 /// After a request of `client` failed: the cluster's refusal of it, if
 /// that is why. Serves the client's pending error events to its watch
 /// first (a refusal arrives only as one; `poll` delivers them).

@@ -20,7 +20,11 @@
 
 use std::time::{Duration, Instant};
 
+use adpipe_kafka_client::EofReader;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+
+/// A changelog reader's consumer (it reads to each partition's end).
+type Reader = BaseConsumer<EofReader>;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tracing::{info, warn};
@@ -150,11 +154,14 @@ impl ChangelogReader {
             // Partitions restore in parallel; librdkafka's default prefetch
             // (64 MiB each) made a restart's memory peak twice the state's.
             .set("queued.max.messages.kbytes", "4096");
-        let client: BaseConsumer = config.create().map_err(|error| StateError::Kafka {
-            topic: String::new(),
-            partition: -1,
-            message: error.to_string(),
-        })?;
+        let client: Reader =
+            config
+                .create_with_context(EofReader)
+                .map_err(|error| StateError::Kafka {
+                    topic: String::new(),
+                    partition: -1,
+                    message: error.to_string(),
+                })?;
         let cluster_id = client.client().fetch_cluster_id(Duration::from_secs(30));
         if cluster_id.is_none() {
             warn!(
@@ -169,9 +176,9 @@ impl ChangelogReader {
         self.cluster_id.as_deref()
     }
 
-    fn consumer(&self, topic: &str, partition: i32) -> Result<BaseConsumer, StateError> {
+    fn consumer(&self, topic: &str, partition: i32) -> Result<Reader, StateError> {
         self.config
-            .create()
+            .create_with_context(EofReader)
             .map_err(|error| kafka(topic, partition, error))
     }
 
@@ -298,7 +305,7 @@ impl ChangelogReader {
     /// Why `mark` does not describe this changelog partition (`None`: it does).
     fn why_not_usable(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &Reader,
         mark: &Mark,
         topic: &str,
         partition: i32,
@@ -363,7 +370,7 @@ fn kafka(topic: &str, partition: i32, error: rdkafka::error::KafkaError) -> Stat
 /// `[from, to)` (`value` `None` for a tombstone). Records that compaction
 /// or retention removed are skipped.
 fn read_range(
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     topic: &str,
     partition: i32,
     from: i64,

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use adpipe_codec::Codec;
+use adpipe_kafka_client::EofReader;
 use anyhow::{Context, bail};
 use base64::Engine;
 use clap::Args;
@@ -118,14 +119,14 @@ pub async fn run(
     out: &mut dyn Write,
     errors: &mut dyn Write,
 ) -> anyhow::Result<ConsumeReport> {
-    let consumer: StreamConsumer =
+    let consumer: StreamConsumer<EofReader> =
         adpipe_kafka_client::env_client_config(&args.kafka.bootstrap_servers()?)
             // Assigned partitions, nothing committed: looking never moves a group.
             .set("group.id", "adpipe-cli-consume")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
-            .create()
+            .create_with_context(EofReader)
             .context("creating the Kafka consumer")?;
     let metadata = consumer
         .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
@@ -235,7 +236,7 @@ pub async fn run(
 }
 
 fn start_positions(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<EofReader>,
     topic: &str,
     partitions: &[i32],
     from: StartAt,

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use adpipe_kafka_client::EofReader;
 use parking_lot::RwLock;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -62,7 +63,7 @@ impl LogStore {
                 .create()
                 .map_err(ApiError::store)?;
 
-        let consumer: BaseConsumer =
+        let consumer: BaseConsumer<EofReader> =
             adpipe_kafka_client::env_client_config(&settings.bootstrap_servers)
                 // Assigned, not subscribed: every instance reads the whole log and
                 // commits nothing. librdkafka still wants a group id.
@@ -73,7 +74,7 @@ impl LogStore {
                 .set("enable.auto.commit", "false")
                 .set("enable.partition.eof", "true")
                 .set("isolation.level", "read_committed")
-                .create()
+                .create_with_context(EofReader)
                 .map_err(ApiError::store)?;
         let mut assignment = TopicPartitionList::new();
         assignment
@@ -161,7 +162,7 @@ impl Drop for LogStore {
 }
 
 fn tail(
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<EofReader>,
     state: Arc<RwLock<RegistryState>>,
     applied_tx: watch::Sender<i64>,
     stop: Arc<AtomicBool>,
@@ -203,7 +204,7 @@ fn tail(
     }
 }
 
-fn position(consumer: &BaseConsumer) -> Option<i64> {
+fn position(consumer: &BaseConsumer<EofReader>) -> Option<i64> {
     let positions = consumer.position().ok()?;
     let element = positions.elements().into_iter().next()?;
     match element.offset() {

@@ -359,8 +359,14 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
     let mut progress = tokio::time::interval(Duration::from_secs(10));
     let mut pending = schedule.clone().into_iter().peekable();
     let mut carried_out = Vec::new();
+    // Interrupted (Ctrl-C, or SIGTERM from a CI's timeout): the run ends
+    // with an error, and dropping the fleet kills every service it
+    // started (a killed harness used to leave them running).
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
+            _ = terminate.recv() => bail!("stopped by SIGTERM: the services it started are stopped too"),
+            _ = tokio::signal::ctrl_c() => bail!("interrupted: the services it started are stopped too"),
             _ = progress.tick() => {
                 writeln!(
                     out,
@@ -714,6 +720,27 @@ impl FaultContext {
         Ok(())
     }
 
+    /// Starts a stopped server again (`kafka.sh start`, `elasticsearch.sh
+    /// start`), as its orchestrator would: a start that does not answer in
+    /// its script's time (a broker recovering its logs on a loaded
+    /// machine) is asked again, three times in all. Each start is
+    /// idempotent.
+    async fn bring_back(&self, script: &str, args: &[&str]) -> anyhow::Result<()> {
+        let mut tries = 1;
+        loop {
+            match self.infra(script, args).await {
+                Ok(()) => return Ok(()),
+                Err(error) if tries < 3 => {
+                    self.note(format!(
+                        "{script} {args:?} not back yet ({error:#}): asking again"
+                    ));
+                    tries += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
     /// The slot of a running instance of `service` that owns partitions and
     /// has made progress, waiting up to 5 min for one (a store down and
     /// slow to come back holds its loader that long).
@@ -771,7 +798,7 @@ impl FaultContext {
                     .await?;
                 self.note(format!("{what}: killed"));
                 tokio::time::sleep(down).await;
-                self.infra("kafka.sh", &["start", &self.central_name])
+                self.bring_back("kafka.sh", &["start", &self.central_name])
                     .await?;
                 self.note(format!("{what}: back"));
                 Ok("broker")
@@ -780,7 +807,7 @@ impl FaultContext {
                 self.infra("kafka.sh", &["stop", &dc]).await?;
                 self.note(format!("{what}: stopped"));
                 tokio::time::sleep(down).await;
-                self.infra("kafka.sh", &["start", &dc]).await?;
+                self.bring_back("kafka.sh", &["start", &dc]).await?;
                 self.note(format!("{what}: back"));
                 Ok("dc")
             }
@@ -788,7 +815,7 @@ impl FaultContext {
                 self.infra("elasticsearch.sh", &["stop"]).await?;
                 self.note(format!("{what}: stopped"));
                 tokio::time::sleep(down).await;
-                self.infra("elasticsearch.sh", &["start"]).await?;
+                self.bring_back("elasticsearch.sh", &["start"]).await?;
                 self.note(format!("{what}: back"));
                 Ok("search")
             }
