@@ -82,6 +82,12 @@ impl SimPublisher {
         let failures = Arc::clone(&context.0);
         let producer = adpipe_runtime::producer_config(bootstrap)
             .set("queue.buffering.max.messages", "1000000")
+            // A bidder waits out its DC's cluster, however long it is down
+            // (the chaos run's DC outage outlasted the 5-minute default and
+            // 244,520 records timed out): the ground truth is what was
+            // published, so nothing may be given up. A full queue makes
+            // `publish` wait instead.
+            .set("message.timeout.ms", "0")
             // Java clients' partitioner, so every client puts a user in the same partition.
             .set("partitioner", "murmur2_random")
             .create_with_context(context)?;
