@@ -50,14 +50,7 @@ impl Setup {
         })
         .await
         .expect("publisher");
-        let config_path = pipeline.write_config(&Tuning {
-            session_timeout: "6s",
-            commit_interval: "200ms",
-            revoke_deadline: "3s",
-            window: "24h",
-            allowed_lateness: "1h",
-            queue_high_bytes: 8 << 20,
-        });
+        let config_path = pipeline.write_config(&Tuning::fault_tests());
         Setup {
             group: pipeline.group(),
             bootstrap: pipeline.bootstrap,

@@ -54,14 +54,7 @@ async fn a_service_run_with_secrets_never_shows_them() {
     assert!(password.len() >= 16, "a password worth hiding");
     let pipeline =
         Pipeline::create_on(secured.internal.clone(), "dedup-secrets", 3, Some(TOKEN)).await;
-    let config = pipeline.write_config(&Tuning {
-        session_timeout: "6s",
-        commit_interval: "200ms",
-        revoke_deadline: "3s",
-        window: "24h",
-        allowed_lateness: "1h",
-        queue_high_bytes: 8 << 20,
-    });
+    let config = pipeline.write_config(&Tuning::fault_tests());
     let environment = secret_environment(&secured);
     let workdir = std::env::temp_dir().join(format!("{}-run", pipeline.prefix));
     std::fs::create_dir_all(&workdir).expect("work dir");

@@ -27,6 +27,20 @@ pub struct Tuning<'a> {
     pub queue_high_bytes: usize,
 }
 
+impl Tuning<'static> {
+    /// The fault tests' tuning: short sessions and commits, a day's window.
+    pub fn fault_tests() -> Self {
+        Tuning {
+            session_timeout: "6s",
+            commit_interval: "200ms",
+            revoke_deadline: "3s",
+            window: "24h",
+            allowed_lateness: "1h",
+            queue_high_bytes: 8 << 20,
+        }
+    }
+}
+
 impl Pipeline {
     /// Creates the topics (the input, output and changelog with `partitions`).
     pub async fn create(name: &str, partitions: i32) -> Pipeline {
