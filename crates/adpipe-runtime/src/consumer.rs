@@ -175,16 +175,19 @@ impl<F: StepFactory> ClientContext for WorkerContext<F> {
                 if *partition < 0 {
                     continue;
                 }
-                if stats.consumer_lag >= 0 {
-                    metrics::gauge!(Metric::ConsumerLag.name(), "topic" => topic_name.clone(), "partition" => partition.to_string())
-                        .set(stats.consumer_lag as f64);
-                }
+                // Only partitions this instance owns: librdkafka keeps
+                // reporting a revoked one, and its lag belongs to its new
+                // owner (set to 0 here on revoke).
                 let Some(slot) = slots
                     .get_mut(topic_name.as_str())
                     .and_then(|partitions| partitions.get_mut(partition))
                 else {
                     continue;
                 };
+                if stats.consumer_lag >= 0 {
+                    metrics::gauge!(Metric::ConsumerLag.name(), "topic" => topic_name.clone(), "partition" => partition.to_string())
+                        .set(stats.consumer_lag as f64);
+                }
                 // read_committed: the end a consumer can reach is the last
                 // stable offset.
                 let end = stats.ls_offset;
@@ -713,8 +716,13 @@ impl<F: StepFactory> WorkerContext<F> {
             }
         }
         self.commit_sync(consumer, &offsets);
+        // Series stay (no idle timeout: a gauge set only on change would
+        // vanish); a revoked partition's read 0 here, its owner's count.
         for slot in &slots {
-            partition_assigned(&slot.source.topic, slot.source.partition).set(0.0);
+            let (topic, partition) = (&slot.source.topic, slot.source.partition);
+            partition_assigned(topic, partition).set(0.0);
+            metrics::gauge!(Metric::ConsumerLag.name(), "topic" => topic.to_string(), "partition" => partition.to_string()).set(0.0);
+            metrics::gauge!(Metric::QueueBytes.name(), "topic" => topic.to_string(), "partition" => partition.to_string()).set(0.0);
         }
         let assigned = self.assignment.lock().slot_count();
         metrics::gauge!(Metric::AssignedPartitions.name()).set(assigned as f64);

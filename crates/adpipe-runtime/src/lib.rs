@@ -69,7 +69,8 @@ pub use step::{
     StepFactory, TaskAssignment, Timer, TimerClock,
 };
 pub use worker::{
-    WorkerError, WorkerHandle, run_until_stopped, shutdown_signal, start, start_with_routes,
+    StopRequest, WorkerError, WorkerHandle, run_until_stopped, shutdown_signal, start,
+    start_with_routes,
 };
 
 /// The global allocator of every service binary:

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::config::ConfigError;
-use crate::worker::{WorkerError, WorkerHandle, run_until_stopped};
+use crate::worker::{StopRequest, WorkerError, WorkerHandle, run_until_stopped};
 
 /// The flags every service binary takes (flatten it into the binary's own).
 #[derive(Debug, clap::Args)]
@@ -63,7 +63,8 @@ pub fn load_settings<S: Debug>(
 
 /// Loads the settings with `load` (exit 2 listing every problem), prints
 /// them for `--check-config`, else starts the worker with `start` and runs
-/// it until stopped (exit 0 on SIGTERM, 1 after a fatal error).
+/// it until stopped (exit 0 on SIGTERM — during set-up too — 1 after a
+/// fatal error).
 pub async fn service_main<S: Debug>(
     args: &ServiceArgs,
     load: impl FnOnce(Option<&Path>) -> Result<S, ConfigError>,
@@ -74,8 +75,9 @@ pub async fn service_main<S: Debug>(
         Ok(settings) => settings,
         Err(code) => return code,
     };
+    let stop = StopRequest::listen();
     match start(settings) {
-        Ok(worker) => run_until_stopped(worker).await,
+        Ok(worker) => run_until_stopped(worker, stop).await,
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::FAILURE

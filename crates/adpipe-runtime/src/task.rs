@@ -139,6 +139,15 @@ struct TaskMetrics {
     sample: u32,
 }
 
+impl Drop for TaskMetrics {
+    /// The task's partition went (revoked, or the worker stopped): its
+    /// state is no longer held here; the series stay, at 0.
+    fn drop(&mut self) {
+        self.state_entries.set(0.0);
+        self.state_bytes.set(0.0);
+    }
+}
+
 /// One processed record in this many feeds the processing-time and
 /// event-lag histograms and the state gauges: their distributions and
 /// levels stay right, and the hot path does not read the clock per record.

@@ -97,7 +97,7 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder (once; later calls return
 /// the same handle). Histograms get buckets so they aggregate across
-/// instances; idle series (revoked partitions) disappear after 5 minutes.
+/// instances. Series never time out (see below).
 pub fn install_recorder() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
@@ -125,12 +125,11 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
                         &lag,
                     )
                 })
-                .map(|builder| {
-                    builder.idle_timeout(
-                        metrics_util::MetricKindMask::ALL,
-                        Some(Duration::from_secs(300)),
-                    )
-                })
+                // No idle timeout: it dropped every series not updated for
+                // 5 min — a stable instance's `adpipe_assigned_partitions`,
+                // the state's cap, an idle service's counters — so panels
+                // emptied and alerts on them went blind. Per-partition
+                // series are set to 0 when their partition or task goes.
                 .and_then(|builder| builder.install_recorder())
                 .map_err(|error| tracing::warn!(%error, "metrics recorder not installed"))
                 .ok()

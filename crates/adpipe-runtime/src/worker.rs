@@ -153,6 +153,14 @@ impl WorkerHandle {
         }
     }
 
+    /// How long a graceful stop may take: the tasks' drain (revoke
+    /// deadline and the reply grace), the final commit and the producer's
+    /// flush — within an orchestrator's usual 30 s at the default 15 s
+    /// deadline.
+    pub fn stop_limit(&self) -> Duration {
+        self.revoke_deadline + Duration::from_secs(10)
+    }
+
     /// Graceful stop (SIGTERM): drain partitions, commit what is done, flush.
     pub async fn stop(mut self) -> Result<(), WorkerError> {
         self.stop.store(true, Ordering::Release);
@@ -170,23 +178,77 @@ impl WorkerHandle {
     }
 }
 
+/// SIGTERM or Ctrl-C, listened for from before the worker starts. One that
+/// comes while the service is still setting up (a loader waiting for its
+/// store, a worker waiting for Kafka) ends the process at once with status
+/// 0: nothing taken from Kafka has been acknowledged to anyone, so nothing
+/// is lost and the next instance starts from the last commit. Without it
+/// the signal's default action killed the process — not a clean exit, as
+/// an orchestrator or the chaos harness sees it.
+pub struct StopRequest {
+    requested: tokio::sync::watch::Receiver<bool>,
+    worker_started: Arc<AtomicBool>,
+}
+
+impl StopRequest {
+    /// Starts listening (call it first thing, inside the tokio runtime).
+    pub fn listen() -> StopRequest {
+        let (tell, requested) = tokio::sync::watch::channel(false);
+        let worker_started = Arc::new(AtomicBool::new(false));
+        let started = Arc::clone(&worker_started);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            if !started.load(Ordering::Acquire) {
+                info!("stop requested while setting up: exiting (nothing to commit)");
+                std::process::exit(0);
+            }
+            let _ = tell.send(true);
+        });
+        StopRequest {
+            requested,
+            worker_started,
+        }
+    }
+
+    /// From now on a stop request stops the worker gracefully.
+    fn worker_started(&self) {
+        self.worker_started.store(true, Ordering::Release);
+    }
+
+    async fn requested(mut self) {
+        let _ = self.requested.wait_for(|requested| *requested).await;
+    }
+}
+
 /// What a service binary does once its worker started: run until SIGTERM
 /// (graceful stop: exit 0) or until a fatal error stops the worker (exit 1,
 /// so the supervisor restarts it from the last commit).
-pub async fn run_until_stopped(worker: WorkerHandle) -> std::process::ExitCode {
+pub async fn run_until_stopped(worker: WorkerHandle, stop: StopRequest) -> std::process::ExitCode {
+    stop.worker_started();
     let stopped_by_itself = tokio::select! {
-        () = shutdown_signal() => None,
+        () = stop.requested() => None,
         reason = worker.stopped() => Some(reason),
     };
     if let Some(reason) = &stopped_by_itself {
         tracing::error!(%reason, "stopping after a fatal error");
     }
-    match worker.stop().await {
-        Ok(()) if stopped_by_itself.is_none() => std::process::ExitCode::SUCCESS,
-        Ok(()) => std::process::ExitCode::FAILURE,
-        Err(error) => {
+    let limit = worker.stop_limit();
+    match tokio::time::timeout(limit, worker.stop()).await {
+        Ok(Ok(())) if stopped_by_itself.is_none() => std::process::ExitCode::SUCCESS,
+        Ok(Ok(())) => std::process::ExitCode::FAILURE,
+        Ok(Err(error)) => {
             eprintln!("error: {error}");
             std::process::ExitCode::FAILURE
+        }
+        Err(_) => {
+            // A commit or group leave blocked on a lost coordinator: end
+            // now, before the orchestrator's SIGKILL, saying so. What was
+            // not committed is read again by the next owner (at least once).
+            tracing::error!(
+                ?limit,
+                "the graceful stop did not finish in time; exiting, what was not committed is read again"
+            );
+            std::process::exit(1)
         }
     }
 }

@@ -20,7 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-use adpipe_kafka_client::EofReader;
+use adpipe_kafka_client::{EofReader, RefusalWatch, refusal_after};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 /// A changelog reader's consumer (it reads to each partition's end).
@@ -142,6 +142,30 @@ pub struct Restored {
     pub replayed: u64,
 }
 
+/// The cluster's id, asked for up to 30 s. A cluster that refuses this
+/// client (a wrong password or CA) ends the question at once: no wait
+/// mends a setting, and the worker's own start-up check would only say
+/// so 30 s later.
+fn ask_cluster_id(config: &ClientConfig) -> Result<Option<String>, StateError> {
+    let client: BaseConsumer<RefusalWatch> = config
+        .create_with_context(RefusalWatch::default())
+        .map_err(|error| StateError::Kafka {
+            topic: String::new(),
+            partition: -1,
+            message: error.to_string(),
+        })?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some(id) = client.client().fetch_cluster_id(Duration::from_secs(2)) {
+            return Ok(Some(id));
+        }
+        if let Some(refusal) = refusal_after(&client) {
+            return Err(StateError::Refused(refusal.to_string()));
+        }
+    }
+    Ok(None)
+}
+
 impl ChangelogReader {
     /// A reader with the service's Kafka client settings (bootstrap servers,
     /// security); asks the cluster for its id, which marks are bound to.
@@ -154,15 +178,7 @@ impl ChangelogReader {
             // Partitions restore in parallel; librdkafka's default prefetch
             // (64 MiB each) made a restart's memory peak twice the state's.
             .set("queued.max.messages.kbytes", "4096");
-        let client: Reader =
-            config
-                .create_with_context(EofReader)
-                .map_err(|error| StateError::Kafka {
-                    topic: String::new(),
-                    partition: -1,
-                    message: error.to_string(),
-                })?;
-        let cluster_id = client.client().fetch_cluster_id(Duration::from_secs(30));
+        let cluster_id = ask_cluster_id(&config)?;
         if cluster_id.is_none() {
             warn!(
                 "the cluster did not tell its id: state marks are off, restores replay the changelog"

@@ -114,6 +114,12 @@ pub enum StateError {
     /// A changelog record or a mark could not be read.
     #[error("state changelog: {0}")]
     Changelog(String),
+    /// The changelog's cluster refused this client: its TLS or SASL
+    /// settings are wrong (never retried).
+    #[error(
+        "Kafka refused the connection, check [kafka.security] (protocol, mechanism, user, password, CA): {0}"
+    )]
+    Refused(String),
     /// Kafka failed while restoring or checkpointing.
     #[error("state changelog {topic}-{partition}: {message}")]
     Kafka {

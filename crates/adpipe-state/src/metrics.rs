@@ -49,3 +49,11 @@ impl StoreMetrics {
         self.buckets.set(stats.buckets as f64);
     }
 }
+
+impl Drop for StoreMetrics {
+    /// The store closed (its partition went): its sizes read 0 here.
+    fn drop(&mut self) {
+        self.disk_bytes.set(0.0);
+        self.buckets.set(0.0);
+    }
+}

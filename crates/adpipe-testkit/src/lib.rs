@@ -434,6 +434,29 @@ pub fn terminate(mut child: std::process::Child) {
     assert!(status.success(), "graceful stop exits cleanly: {status}");
 }
 
+/// Sends SIGTERM and waits up to `grace` for the process to exit; its
+/// status, or `None` if it was still running then (it is killed, so a
+/// failing test leaves nothing behind).
+pub fn terminate_within(
+    mut child: std::process::Child,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 /// Kills a service process with SIGKILL (std's `kill` on Unix): no drain,
 /// no commit, no checkpoint.
 pub fn kill_9(child: &mut std::process::Child) {

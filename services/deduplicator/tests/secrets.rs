@@ -168,3 +168,63 @@ async fn a_service_run_with_secrets_never_shows_them() {
     );
     let _ = std::fs::remove_dir_all(&workdir);
 }
+
+/// A wrong password ends the real binary at once with a clear error: its
+/// changelog reader's question for the cluster id, made before the worker's
+/// own start-up check, stops at the refusal instead of waiting its 30 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_ends_the_service_at_once_with_a_clear_error() {
+    let secured = adpipe_testkit::secured_kafka("secure");
+    let pipeline =
+        Pipeline::create_on(secured.internal.clone(), "dedup-refused", 3, Some(TOKEN)).await;
+    let config = pipeline.write_config(&Tuning::fault_tests());
+    let workdir = std::env::temp_dir().join(format!("{}-run", pipeline.prefix));
+    let mut environment = secret_environment(&secured);
+    for (name, value) in &mut environment {
+        if name == "ADPIPE__KAFKA__SECURITY__SASL_PASSWORD" {
+            *value = "not-the-password".to_owned();
+        }
+    }
+    let started = std::time::Instant::now();
+    let ran = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_adpipe-deduplicator"))
+            .arg("--config")
+            .arg(&config)
+            .envs(environment.iter().map(|(k, v)| (k, v)))
+            .env("ADPIPE__DEDUPLICATOR__STATE_DIR", workdir.join("state"))
+            .env("ADPIPE__HTTP__LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .expect("the deduplicator runs")
+    });
+    let took = started.elapsed();
+    println!(
+        "a wrong password: the deduplicator exited {} after {took:?}",
+        ran.status
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ran.stdout),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(
+        !ran.status.success(),
+        "it ran with a wrong password: {said}"
+    );
+    assert!(
+        said.contains("Kafka refused the connection, check [kafka.security]"),
+        "not a clear error: {said}"
+    );
+    assert!(
+        !said.contains("not-the-password"),
+        "the password shows: {said}"
+    );
+    // At once: the worker's check alone answers in seconds; the changelog
+    // reader's 30 s question made it ~40 s.
+    assert!(
+        took < Duration::from_secs(25),
+        "it took {took:?} to give up: {said}"
+    );
+    let _ = std::fs::remove_dir_all(&workdir);
+}

@@ -145,6 +145,13 @@ struct JoinMetrics {
     clicks_store: StoreMetrics,
 }
 
+impl Drop for JoinMetrics {
+    /// The partition went: nothing waits here any more (the series stay).
+    fn drop(&mut self) {
+        self.waiting.set(0.0);
+    }
+}
+
 impl JoinMetrics {
     fn new(partition: i32, caps: (u64, u64)) -> Self {
         let joins = |kind: &str, attribution: &str| metrics::counter!("adpipe_joiner_joins_total", "kind" => kind.to_owned(), "attribution" => attribution.to_owned());

@@ -3,7 +3,9 @@
 //! down nothing is committed past what it acknowledged, the partitions are
 //! paused and the loader's memory stays bounded — far below the backlog
 //! piling up in Kafka — and once it is back every event arrives, exactly
-//! one document each. Stops and starts the shared Elasticsearch: its own
+//! one document each. A SIGTERM while it is down, and one while a loader
+//! started meanwhile waits in its set-up, each end the loader cleanly; a
+//! loader left waiting gets going once the store is back. Stops and starts the shared Elasticsearch: its own
 //! test binary, so no other test runs meanwhile.
 
 mod support;
@@ -12,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use adpipe_testkit::{ChildGuard, rss_bytes, terminate};
+use adpipe_testkit::{ChildGuard, rss_bytes, terminate, terminate_within};
 use support::{Es, Rig, load_truth};
 
 fn elasticsearch(action: &str) {
@@ -22,6 +24,19 @@ fn elasticsearch(action: &str) {
         .status()
         .expect("the script runs");
     assert!(status.success(), "infra/elasticsearch.sh {action}");
+}
+
+/// The real loader binary with `config`, serving its metrics on `listen`.
+fn spawn_loader(config: &Path, listen: std::net::SocketAddr) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_adpipe-loader"))
+        .arg("--config")
+        .arg(config)
+        .env("ADPIPE__HTTP__LISTEN", listen.to_string())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("loader starts")
 }
 
 /// Starts Elasticsearch again however the test ends (the next tests need it).
@@ -58,17 +73,7 @@ async fn a_store_down_pauses_the_loader_in_bounded_memory_and_loses_nothing() {
         );
     std::fs::write(&config, text).expect("config");
     let listen = adpipe_testkit::free_loopback_address();
-    let mut loader = ChildGuard::new(
-        Command::new(env!("CARGO_BIN_EXE_adpipe-loader"))
-            .arg("--config")
-            .arg(&config)
-            .env("ADPIPE__HTTP__LISTEN", listen.to_string())
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("loader starts"),
-    );
+    let mut loader = ChildGuard::new(spawn_loader(&config, listen));
     let pid = loader.id().expect("running");
     let load = rig.load().await;
     let (up, down) = (20_000, 620_000);
@@ -140,6 +145,39 @@ async fn a_store_down_pauses_the_loader_in_bounded_memory_and_loses_nothing() {
         half_bytes >> 20
     );
 
+    // SIGTERM while the store is down: a clean exit within the revoke
+    // deadline (3 s) and a little, committing nothing it did not write.
+    let stopped = terminate_within(loader.take(), Duration::from_secs(20));
+    assert!(
+        stopped.is_some_and(|status| status.success()),
+        "SIGTERM with the store down ends the loader cleanly: {stopped:?}"
+    );
+    let committed_stopped = rig.committed_records("down");
+    assert!(
+        committed_stopped - committed < 6 * 5_000,
+        "a graceful stop commits nothing the store did not acknowledge: {committed} -> {committed_stopped}"
+    );
+
+    // Started while the store is down, a loader waits in its set-up (no
+    // endpoint yet); SIGTERM there is a clean exit too (it used to be the
+    // signal's default action: killed, status 143).
+    let waiting = spawn_loader(&config, listen);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        adpipe_testkit::metric_value(listen, "adpipe_assigned_partitions").await,
+        None,
+        "still setting up while the store is down"
+    );
+    let stopped = terminate_within(waiting, Duration::from_secs(10));
+    assert!(
+        stopped.is_some_and(|status| status.success()),
+        "SIGTERM during set-up ends the loader cleanly: {stopped:?}"
+    );
+
+    // Started while the store is down and left waiting: the store comes
+    // back, the set-up completes and every event arrives, once.
+    let mut loader = ChildGuard::new(spawn_loader(&config, listen));
+    tokio::time::sleep(Duration::from_secs(4)).await;
     elasticsearch("start");
     rig.wait_committed_to_end("down", Duration::from_secs(600))
         .await;

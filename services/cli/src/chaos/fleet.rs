@@ -164,10 +164,10 @@ impl Fleet {
     }
 
     /// SIGTERM, and waits up to `grace` for a clean exit (then SIGKILL);
-    /// returns whether it exited by itself, with status 0.
-    pub fn terminate(&self, index: usize, slot: u32, grace: Duration) -> bool {
+    /// how it ended.
+    pub fn terminate(&self, index: usize, slot: u32, grace: Duration) -> Stopped {
         let Some(mut instance) = self.running.lock().remove(&(index, slot)) else {
-            return true;
+            return Stopped::NotRunning;
         };
         // std has no SIGTERM; kill(1) sends it (the child is not reaped yet,
         // so its pid is still its own).
@@ -178,14 +178,14 @@ impl Fleet {
         let deadline = Instant::now() + grace;
         loop {
             match instance.child.try_wait() {
-                Ok(Some(status)) => return status.success(),
+                Ok(Some(status)) => return Stopped::Exited(status),
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 _ => {
                     let _ = instance.child.kill();
                     let _ = instance.child.wait();
-                    return false;
+                    return Stopped::Killed(grace);
                 }
             }
         }
@@ -240,7 +240,11 @@ impl Fleet {
         let mut keys: Vec<(usize, u32)> = self.running.lock().keys().copied().collect();
         keys.reverse();
         keys.into_iter()
-            .filter(|(index, slot)| !self.terminate(*index, *slot, Duration::from_secs(30)))
+            .filter(|(index, slot)| {
+                !self
+                    .terminate(*index, *slot, Duration::from_secs(30))
+                    .clean()
+            })
             .map(|(index, slot)| format!("{} #{slot}", self.specs[index].stage))
             .collect()
     }
@@ -278,5 +282,38 @@ mod tests {
     fn stage_names_become_file_names() {
         assert_eq!(super::slug("loader (files)"), "loader-files");
         assert_eq!(super::slug("profiles (dc1)"), "profiles-dc1");
+    }
+}
+
+/// How an instance ended after SIGTERM.
+#[derive(Debug, Clone, Copy)]
+pub enum Stopped {
+    /// It was not running (nothing to stop).
+    NotRunning,
+    /// It exited by itself, with this status.
+    Exited(std::process::ExitStatus),
+    /// Still running after the grace: killed (SIGKILL).
+    Killed(Duration),
+}
+
+impl Stopped {
+    /// A clean stop: exited by itself with status 0 (or nothing ran).
+    pub fn clean(self) -> bool {
+        match self {
+            Stopped::NotRunning => true,
+            Stopped::Exited(status) => status.success(),
+            Stopped::Killed(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stopped::NotRunning => write!(f, "was not running"),
+            Stopped::Exited(status) if status.success() => write!(f, "clean exit"),
+            Stopped::Exited(status) => write!(f, "exited unclean: {status}"),
+            Stopped::Killed(grace) => write!(f, "no exit within {grace:?}: killed"),
+        }
     }
 }
