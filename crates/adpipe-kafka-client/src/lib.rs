@@ -334,6 +334,10 @@ impl RefusalWatch {
     }
 }
 
+/// What a service says when the cluster refused it (before the refusal
+/// itself): the settings to look at.
+pub const REFUSED_HINT: &str = "Kafka refused the connection, check [kafka.security] (protocol, mechanism, user, password, CA)";
+
 /// Whether `error` is the cluster refusing this client (authentication,
 /// TLS, authorization): a wrong setting that no retry mends.
 pub fn refused(error: &rdkafka::error::KafkaError) -> bool {

@@ -185,7 +185,7 @@ impl<F: StepFactory> ClientContext for WorkerContext<F> {
                     continue;
                 };
                 if stats.consumer_lag >= 0 {
-                    metrics::gauge!(Metric::ConsumerLag.name(), "topic" => topic_name.clone(), "partition" => partition.to_string())
+                    partition_gauge(Metric::ConsumerLag, topic_name, *partition)
                         .set(stats.consumer_lag as f64);
                 }
                 // read_committed: the end a consumer can reach is the last
@@ -532,7 +532,7 @@ impl<F: StepFactory> WorkerContext<F> {
                     tracker: Arc::new(Mutex::new(OffsetTracker::new())),
                 });
                 let queued_bytes = Arc::new(AtomicUsize::new(0));
-                partition_assigned(topic, partition).set(1.0);
+                partition_gauge(Metric::PartitionAssigned, topic, partition).set(1.0);
                 assignment.slots.entry(topic.into()).or_default().insert(
                     partition,
                     Slot {
@@ -720,9 +720,13 @@ impl<F: StepFactory> WorkerContext<F> {
         // vanish); a revoked partition's read 0 here, its owner's count.
         for slot in &slots {
             let (topic, partition) = (&slot.source.topic, slot.source.partition);
-            partition_assigned(topic, partition).set(0.0);
-            metrics::gauge!(Metric::ConsumerLag.name(), "topic" => topic.to_string(), "partition" => partition.to_string()).set(0.0);
-            metrics::gauge!(Metric::QueueBytes.name(), "topic" => topic.to_string(), "partition" => partition.to_string()).set(0.0);
+            for metric in [
+                Metric::PartitionAssigned,
+                Metric::ConsumerLag,
+                Metric::QueueBytes,
+            ] {
+                partition_gauge(metric, topic, partition).set(0.0);
+            }
         }
         let assigned = self.assignment.lock().slot_count();
         metrics::gauge!(Metric::AssignedPartitions.name()).set(assigned as f64);
@@ -843,7 +847,7 @@ impl<F: StepFactory> WorkerContext<F> {
         for (topic, partitions) in assignment.slots.iter_mut() {
             for (partition, slot) in partitions.iter_mut() {
                 let queued = slot.queued_bytes.load(Ordering::Acquire);
-                metrics::gauge!(Metric::QueueBytes.name(), "topic" => topic.to_string(), "partition" => partition.to_string()).set(queued as f64);
+                partition_gauge(Metric::QueueBytes, topic, *partition).set(queued as f64);
                 if slot.paused && queued < self.env.settings.queue_low_bytes {
                     let mut list = TopicPartitionList::new();
                     list.add_partition(topic, *partition);
@@ -889,10 +893,10 @@ impl<F: StepFactory> WorkerContext<F> {
     }
 }
 
-/// The gauge telling whether this instance owns a partition (set on
-/// assignment and revoke only: not on the hot path).
-fn partition_assigned(topic: &str, partition: i32) -> metrics::Gauge {
-    metrics::gauge!(Metric::PartitionAssigned.name(), "topic" => topic.to_owned(), "partition" => partition.to_string())
+/// A per-partition gauge (`topic`, `partition`) of this instance: whether
+/// it owns the partition, its lag, its queued bytes.
+fn partition_gauge(metric: Metric, topic: &str, partition: i32) -> metrics::Gauge {
+    metrics::gauge!(metric.name(), "topic" => topic.to_owned(), "partition" => partition.to_string())
 }
 
 /// Creates the consumer for a worker.

@@ -25,9 +25,7 @@ pub enum WorkerError {
     Kafka(#[from] rdkafka::error::KafkaError),
     /// The cluster refused this client: its TLS or SASL settings
     /// (`[kafka.security]`) are wrong. Never retried: waiting cannot help.
-    #[error(
-        "Kafka refused the connection, check [kafka.security] (protocol, mechanism, user, password, CA): {0}"
-    )]
+    #[error("{hint}: {0}", hint = adpipe_kafka_client::REFUSED_HINT)]
     Refused(rdkafka::error::KafkaError),
     /// The HTTP endpoints could not bind.
     #[error("http endpoints on {0}: {1}")]

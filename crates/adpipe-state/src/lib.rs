@@ -116,9 +116,7 @@ pub enum StateError {
     Changelog(String),
     /// The changelog's cluster refused this client: its TLS or SASL
     /// settings are wrong (never retried).
-    #[error(
-        "Kafka refused the connection, check [kafka.security] (protocol, mechanism, user, password, CA): {0}"
-    )]
+    #[error("{hint}: {0}", hint = adpipe_kafka_client::REFUSED_HINT)]
     Refused(String),
     /// Kafka failed while restoring or checkpointing.
     #[error("state changelog {topic}-{partition}: {message}")]

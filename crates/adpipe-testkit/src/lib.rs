@@ -423,28 +423,31 @@ pub fn free_loopback_address() -> std::net::SocketAddr {
         .expect("free port")
 }
 
-/// Stops a service process with SIGTERM and asserts it exits cleanly (a
-/// graceful stop: drain, commit, checkpoint).
-pub fn terminate(mut child: std::process::Child) {
+/// Sends SIGTERM to `child` (std has no SIGTERM; kill(1) sends it — the
+/// child is not reaped yet, so its pid is still its own).
+pub fn sigterm(child: &std::process::Child) {
     let _ = std::process::Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
+}
+
+/// Stops a service process with SIGTERM and asserts it exits cleanly (a
+/// graceful stop: drain, commit, checkpoint).
+pub fn terminate(mut child: std::process::Child) {
+    sigterm(&child);
     let status = child.wait().expect("exits");
     assert!(status.success(), "graceful stop exits cleanly: {status}");
 }
 
 /// Sends SIGTERM and waits up to `grace` for the process to exit; its
-/// status, or `None` if it was still running then (it is killed, so a
-/// failing test leaves nothing behind).
+/// status, or `None` if it was still running then (it is killed, so
+/// nothing is left behind).
 pub fn terminate_within(
     mut child: std::process::Child,
     grace: Duration,
 ) -> Option<std::process::ExitStatus> {
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+    sigterm(&child);
     let deadline = std::time::Instant::now() + grace;
     while std::time::Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {

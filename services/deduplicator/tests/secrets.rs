@@ -47,6 +47,23 @@ fn secret_environment(secured: &adpipe_testkit::SecuredCluster) -> Vec<(String, 
     .collect()
 }
 
+/// The real deduplicator with `config` and `environment`, its state under
+/// `workdir`, its endpoints on a free port.
+fn deduplicator(
+    config: &std::path::Path,
+    environment: &[(String, String)],
+    workdir: &std::path::Path,
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_adpipe-deduplicator"));
+    command
+        .arg("--config")
+        .arg(config)
+        .envs(environment.iter().map(|(k, v)| (k, v)))
+        .env("ADPIPE__DEDUPLICATOR__STATE_DIR", workdir.join("state"))
+        .env("ADPIPE__HTTP__LISTEN", "127.0.0.1:0");
+    command
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_run_with_secrets_never_shows_them() {
     let secured = adpipe_testkit::secured_kafka("secure");
@@ -113,12 +130,7 @@ async fn a_service_run_with_secrets_never_shows_them() {
     // The service run, every log level on, its output kept.
     let log_path = workdir.join("deduplicator.log");
     let log = std::fs::File::create(&log_path).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_adpipe-deduplicator"))
-        .arg("--config")
-        .arg(&config)
-        .envs(environment.iter().map(|(k, v)| (k, v)))
-        .env("ADPIPE__DEDUPLICATOR__STATE_DIR", workdir.join("state"))
-        .env("ADPIPE__HTTP__LISTEN", "127.0.0.1:0")
+    let child = deduplicator(&config, &environment, &workdir)
         .env("RUST_LOG", "trace")
         // librdkafka's own debug lines too (they reach the log through
         // tracing), where a client's configuration would show first.
@@ -139,10 +151,7 @@ async fn a_service_run_with_secrets_never_shows_them() {
         );
     });
     let mut child = guard.take();
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+    adpipe_testkit::sigterm(&child);
     let status = child.wait().expect("the run ends");
     let written = std::fs::read_to_string(&log_path).expect("the run's log");
     assert!(status.success(), "the run ended with {status}:\n{written}");
@@ -187,12 +196,7 @@ async fn a_wrong_password_ends_the_service_at_once_with_a_clear_error() {
     }
     let started = std::time::Instant::now();
     let ran = tokio::task::block_in_place(|| {
-        Command::new(env!("CARGO_BIN_EXE_adpipe-deduplicator"))
-            .arg("--config")
-            .arg(&config)
-            .envs(environment.iter().map(|(k, v)| (k, v)))
-            .env("ADPIPE__DEDUPLICATOR__STATE_DIR", workdir.join("state"))
-            .env("ADPIPE__HTTP__LISTEN", "127.0.0.1:0")
+        deduplicator(&config, &environment, &workdir)
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .output()

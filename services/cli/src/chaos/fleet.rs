@@ -166,28 +166,12 @@ impl Fleet {
     /// SIGTERM, and waits up to `grace` for a clean exit (then SIGKILL);
     /// how it ended.
     pub fn terminate(&self, index: usize, slot: u32, grace: Duration) -> Stopped {
-        let Some(mut instance) = self.running.lock().remove(&(index, slot)) else {
+        let Some(instance) = self.running.lock().remove(&(index, slot)) else {
             return Stopped::NotRunning;
         };
-        // std has no SIGTERM; kill(1) sends it (the child is not reaped yet,
-        // so its pid is still its own).
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(instance.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + grace;
-        loop {
-            match instance.child.try_wait() {
-                Ok(Some(status)) => return Stopped::Exited(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                _ => {
-                    let _ = instance.child.kill();
-                    let _ = instance.child.wait();
-                    return Stopped::Killed(grace);
-                }
-            }
+        match adpipe_testkit::terminate_within(instance.child, grace) {
+            Some(status) => Stopped::Exited(status),
+            None => Stopped::Killed(grace),
         }
     }
 
@@ -276,15 +260,6 @@ fn slug(stage: &str) -> String {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn stage_names_become_file_names() {
-        assert_eq!(super::slug("loader (files)"), "loader-files");
-        assert_eq!(super::slug("profiles (dc1)"), "profiles-dc1");
-    }
-}
-
 /// How an instance ended after SIGTERM.
 #[derive(Debug, Clone, Copy)]
 pub enum Stopped {
@@ -315,5 +290,14 @@ impl std::fmt::Display for Stopped {
             Stopped::Exited(status) => write!(f, "exited unclean: {status}"),
             Stopped::Killed(grace) => write!(f, "no exit within {grace:?}: killed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stage_names_become_file_names() {
+        assert_eq!(super::slug("loader (files)"), "loader-files");
+        assert_eq!(super::slug("profiles (dc1)"), "profiles-dc1");
     }
 }

@@ -43,7 +43,7 @@ use adpipe_loadtest::Simulation;
 use adpipe_loadtest::bidders::{Bidders, DcCluster};
 use adpipe_loadtest::pace::Pacer;
 use adpipe_schema_registry::RegistrySettings;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use indicatif::ProgressBar;
 
@@ -366,7 +366,6 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
     let mut carried_out = Vec::new();
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => bail!("interrupted: the services it started are stopped too"),
             _ = progress.tick() => {
                 writeln!(
                     out,
@@ -855,9 +854,6 @@ impl FaultContext {
     }
 }
 
-/// Waits until every service's group has committed each of its inputs to
-/// the end, twice in a row 5 s apart (so nothing upstream was still on its
-/// way); prints who is behind every 30 s. False after `timeout`.
 /// What a kill that found nothing to interrupt counts as.
 const SKIPPED_KILL: &str = "kill skipped";
 
@@ -888,6 +884,9 @@ fn restart_exited(
     Ok(())
 }
 
+/// Waits until every service's group has committed each of its inputs to
+/// the end, twice in a row 5 s apart (so nothing upstream was still on its
+/// way); prints who is behind every 30 s. False after `timeout`.
 async fn wait_drained(
     fleet: &Fleet,
     central: &str,
