@@ -4,6 +4,12 @@
 #   infra/prometheus.sh check     promtool check config + check rules + test rules
 #   infra/prometheus.sh promtool  prints the path of promtool (fetching it)
 #   infra/prometheus.sh names F…  checks that the metrics F… name are exported
+#                                 (their names are in the Rust sources)
+#   infra/prometheus.sh served M F…
+#                                 checks that every metric F… name is in M, the
+#                                 text of running services' /metrics (a sample
+#                                 or the HELP/TYPE every service declares at
+#                                 its start)
 #
 # promtool comes from Debian's prometheus package, downloaded with
 # `apt-get download` (no root) and unpacked under $ADPIPE_CACHE_DIR: nothing
@@ -37,9 +43,28 @@ names() {
   done
 }
 
+# Every metric FILES name (adpipe_*, process_*) is in SERVED, the text of
+# running services' /metrics.
+served() {
+  local served_text="$1" name missing=0 known
+  shift
+  [ -s "$served_text" ] || die "$served_text is empty: no /metrics was read"
+  known="$(sed -nE 's/^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) .*/\1/p; s/^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ].*/\1/p' "$served_text" \
+    | sed -E 's/_(bucket|count|sum)$//' | sort -u)"
+  for name in $(grep -ohE '\b(adpipe|process)_[a-z_]+' "$@" | sed -E 's/_(bucket|count|sum)$//' | sort -u); do
+    if ! grep -qxF "$name" <<<"$known"; then
+      echo "$name (named in $(grep -lE "\b$name" "$@" | xargs -n1 basename | tr '\n' ' ')) is not in the services' /metrics" >&2
+      missing=$((missing + 1))
+    fi
+  done
+  [ "$missing" -eq 0 ] || die "$missing metric(s) named by dashboards or rules are not served"
+  log "every metric named in $# file(s) is served ($(wc -l <<<"$known") names in $served_text)"
+}
+
 case "${1:-}" in
   promtool) promtool_path ;;
   names) shift; names "$@" ;;
+  served) shift; served "$@" ;;
   check)
     promtool="$(promtool_path)"
     names "$INFRA_DIR"/prometheus/rules/*.yml

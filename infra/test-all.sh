@@ -159,12 +159,28 @@ step "the loader's Elasticsearch sink against OpenSearch (the same _bulk API)"
   exit $status
 )
 
-step "demo on the embedded default (in-process Kafka, no server), and over the real DC clusters, MirrorMaker 2, central, PostgreSQL and Elasticsearch"
+step "demo on the embedded default (in-process Kafka, no server), and over the real DC clusters, MirrorMaker 2, central, PostgreSQL and Elasticsearch; the dashboards' and rules' metrics against its /metrics"
 env -u ADPIPE_PG_URL target/debug/adpipe demo --events 5000 | tail -n 34
 port_of() { clusters name port | awk -v name="$1" '$1 == name {print "127.0.0.1:" $2}'; }
+# Its console serves the process's /metrics — every in-process service's,
+# the reconciler's too — while it lingers: the dashboards and rules may
+# name only metrics found there (a sample, or the HELP/TYPE each service
+# declares at its start).
+console_port="$(free_port)"
 target/debug/adpipe demo --events 5000 --brokers "$(port_of central)" \
   --dc "dc1=$(port_of dc1)" --dc "dc2=$(port_of dc2)" \
-  --postgres-url "$ADPIPE_PG_URL" --es-url "$ADPIPE_ES_URL" | tail -n 48
+  --postgres-url "$ADPIPE_PG_URL" --es-url "$ADPIPE_ES_URL" \
+  --console "127.0.0.1:$console_port" --console-linger 20s > "$ADPIPE_STATE_DIR/demo-real.log" 2> "$ADPIPE_STATE_DIR/demo-real.err" &
+demo_pid=$!
+while kill -0 "$demo_pid" 2>/dev/null && ! grep -q "stays up" "$ADPIPE_STATE_DIR/demo-real.log"; do sleep 1; done
+python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+  "http://127.0.0.1:$console_port/metrics" > "$ADPIPE_STATE_DIR/demo-metrics.txt" || true
+demo_status=0
+wait "$demo_pid" || demo_status=$?
+tail -n 48 "$ADPIPE_STATE_DIR/demo-real.log"
+[ "$demo_status" -eq 0 ] || { tail -n 40 "$ADPIPE_STATE_DIR/demo-real.err" >&2; die "the demo over the real clusters failed (exit $demo_status)"; }
+"$INFRA_DIR/prometheus.sh" served "$ADPIPE_STATE_DIR/demo-metrics.txt" \
+  infra/grafana/dashboards/*.json infra/prometheus/rules/*.yml
 
 step "the console in a real browser: headless Chromium (Debian) driven by Playwright (PyPI) over a demo run"
 "$INFRA_DIR/chromium.sh" install

@@ -71,7 +71,7 @@ def pipeline():
     return dashboard(
         "adpipe-pipeline",
         "adpipe: the pipeline",
-        "Every stage of the chain: rates, lags, latency, late records, orphans, dead letters, state, commits, reconciliation.",
+        "Every stage of the chain: rates, lags, latency, late records, orphans, dead letters, state, commits, reconciliation, memory and CPU.",
         [
             panel("Records consumed per second, by stage",
                   [('sum by (job) (rate(adpipe_records_consumed_total[1m]))', "{{job}}")], "rps"),
@@ -104,6 +104,10 @@ def pipeline():
                    ('sum by (why) (adpipe_reconcile_explained)', "explained {{why}}")]),
             panel("Instances up",
                   [('sum by (job) (up{job=~"adpipe-.*"})', "{{job}}")]),
+            panel("Resident memory (RSS), by stage",
+                  [('sum by (job) (process_resident_memory_bytes{job=~"adpipe-.*"})', "{{job}}")], "bytes"),
+            panel("CPU cores busy, by stage",
+                  [('sum by (job) (rate(process_cpu_seconds_total{job=~"adpipe-.*"}[1m]))', "{{job}}")]),
         ],
     )
 
@@ -134,6 +138,10 @@ def runtime_panels(job):
         panel("Commits per second and failures",
               [(f'sum (rate(adpipe_commits_total{{{sel}}}[5m]))', "commits"),
                (f'sum (rate(adpipe_commit_failures_total{{{sel}}}[5m]))', "failures")], "ops"),
+        panel("Resident memory (RSS), by instance",
+              [(f'sum by (instance) (process_resident_memory_bytes{{{sel}}})', "{{instance}}")], "bytes"),
+        panel("CPU cores busy, by instance",
+              [(f'sum by (instance) (rate(process_cpu_seconds_total{{{sel}}}[1m]))', "{{instance}}")]),
     ]
 
 

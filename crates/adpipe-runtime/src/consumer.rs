@@ -314,6 +314,13 @@ impl<F: StepFactory> WorkerContext<F> {
                     .map(move |(input, topic)| (topic.clone(), (group, input)))
             })
             .collect();
+        // Counters of faults start at 0, so a panel shows 0 rather than no
+        // data and `increase()` sees the first one (a series born at 1
+        // has no increase).
+        let service = env.settings.service.clone();
+        for fault in [Metric::CommitFailures, Metric::StepPanics] {
+            metrics::counter!(fault.name(), "service" => service.clone()).increment(0);
+        }
         WorkerContext {
             env,
             factory,

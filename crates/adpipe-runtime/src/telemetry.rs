@@ -1,10 +1,12 @@
 //! Metric names (one enum, so names live in one place), the Prometheus
-//! recorder, and the /metrics, /livez, /readyz endpoints.
+//! recorder, the process's own metrics (resident memory, CPU seconds,
+//! threads, open files: `process_*`, as Prometheus' own clients name them),
+//! and the /metrics, /livez, /readyz endpoints.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -93,7 +95,162 @@ impl Metric {
     }
 }
 
+impl Metric {
+    /// Every runtime metric.
+    pub const ALL: [Metric; 22] = [
+        Metric::RecordsConsumed,
+        Metric::RecordsProduced,
+        Metric::DeadLettered,
+        Metric::Retries,
+        Metric::ProcessingSeconds,
+        Metric::EventLagSeconds,
+        Metric::ConsumerLag,
+        Metric::QueueBytes,
+        Metric::PausedPartitions,
+        Metric::StateEntries,
+        Metric::StateBytes,
+        Metric::Commits,
+        Metric::Rebalances,
+        Metric::AssignedPartitions,
+        Metric::PartitionAssigned,
+        Metric::OutputsRejected,
+        Metric::LateRecords,
+        Metric::LatenessSeconds,
+        Metric::CommitFailures,
+        Metric::StepPanics,
+        Metric::IncompleteTasks,
+        Metric::RecordsSkippedOnResume,
+    ];
+
+    /// Its `# HELP` and `# TYPE`.
+    pub fn described(self) -> Described {
+        use MetricKind::{Counter, Gauge, Histogram};
+        let (kind, help) = match self {
+            Metric::RecordsConsumed => (Counter, "Records consumed."),
+            Metric::RecordsProduced => {
+                (Counter, "Records produced and acknowledged by the broker.")
+            }
+            Metric::DeadLettered => (Counter, "Records sent to the dead-letter topic, by reason."),
+            Metric::Retries => (Counter, "Transient failures retried, by reason."),
+            Metric::ProcessingSeconds => (Histogram, "Time to process one record, seconds."),
+            Metric::EventLagSeconds => (
+                Histogram,
+                "Now minus the record's event time when it is processed, seconds.",
+            ),
+            Metric::ConsumerLag => (
+                Gauge,
+                "Records not yet consumed, per partition (librdkafka statistics).",
+            ),
+            Metric::QueueBytes => (Gauge, "Bytes queued for a partition's actors."),
+            Metric::PausedPartitions => (Gauge, "Partitions paused for backpressure."),
+            Metric::StateEntries => (Gauge, "Entries held in a task's state."),
+            Metric::StateBytes => (Gauge, "Heap bytes held in a task's state."),
+            Metric::Commits => (Counter, "Offset commits."),
+            Metric::Rebalances => (Counter, "Rebalances seen, by kind (assign, revoke)."),
+            Metric::AssignedPartitions => (Gauge, "Partitions assigned to this instance."),
+            Metric::PartitionAssigned => (
+                Gauge,
+                "1 while this instance owns the partition, 0 once revoked.",
+            ),
+            Metric::OutputsRejected => (
+                Counter,
+                "Outputs the broker rejected for good, dead-lettered instead.",
+            ),
+            Metric::LateRecords => (Counter, "Late records, by reason."),
+            Metric::LatenessSeconds => (
+                Histogram,
+                "How late late records were, seconds of event time.",
+            ),
+            Metric::CommitFailures => (Counter, "Offset commits refused or timed out (retried)."),
+            Metric::StepPanics => (Counter, "Steps that panicked (the worker stops after one)."),
+            Metric::IncompleteTasks => (
+                Gauge,
+                "Time-aligned tasks waiting for an input they were not assigned.",
+            ),
+            Metric::RecordsSkippedOnResume => (
+                Counter,
+                "Records a restarted task found already in its output and did not emit again.",
+            ),
+        };
+        Described {
+            name: self.name(),
+            kind,
+            help,
+        }
+    }
+}
+
+/// A metric's type, for its `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up (`_total`).
+    Counter,
+    /// Any value.
+    Gauge,
+    /// Observations in buckets.
+    Histogram,
+}
+
+impl MetricKind {
+    fn text(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        }
+    }
+}
+
+/// A metric as /metrics declares it before its first sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Described {
+    /// The Prometheus name.
+    pub name: &'static str,
+    /// Its type.
+    pub kind: MetricKind,
+    /// Its `# HELP` text.
+    pub help: &'static str,
+}
+
+/// Declares `metrics` for this process: /metrics shows each one's `# HELP`
+/// and `# TYPE` from now on, with no sample until the first is recorded.
+/// So a fault counter (commit failures, a store's refusals) is visible — to
+/// an operator reading /metrics, to the dashboards' name check — before the
+/// fault. Each service declares its own where it creates them; again is a
+/// no-op.
+pub fn describe(metrics: &[Described]) {
+    let added = register(metrics);
+    // Before the recorder is installed, its installation announces them.
+    if HANDLE.get().is_some_and(Option::is_some) {
+        added.iter().for_each(announce);
+    }
+}
+
+/// Adds `metrics` to the declared ones; returns those not declared before.
+fn register(metrics: &[Described]) -> Vec<Described> {
+    let mut described = DESCRIBED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    metrics
+        .iter()
+        .filter(|metric| described.insert(metric.name, **metric).is_none())
+        .copied()
+        .collect()
+}
+
+/// Gives the recorder a metric's help text (the HELP of its samples).
+fn announce(metric: &Described) {
+    match metric.kind {
+        MetricKind::Counter => metrics::describe_counter!(metric.name, metric.help),
+        MetricKind::Gauge => metrics::describe_gauge!(metric.name, metric.help),
+        MetricKind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
+    }
+}
+
+static DESCRIBED: Mutex<BTreeMap<&'static str, Described>> = Mutex::new(BTreeMap::new());
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder (once; later calls return
 /// the same handle). Histograms get buckets so they aggregate across
@@ -133,8 +290,49 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
                 .and_then(|builder| builder.install_recorder())
                 .map_err(|error| tracing::warn!(%error, "metrics recorder not installed"))
                 .ok()
+                .inspect(|_| {
+                    process_metrics().describe();
+                    register(&Metric::ALL.map(Metric::described));
+                    // Those declared before the recorder was there too.
+                    let described = DESCRIBED
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    described.values().for_each(announce);
+                })
         })
         .clone()
+}
+
+fn process_metrics() -> &'static metrics_process::Collector {
+    PROCESS.get_or_init(metrics_process::Collector::default)
+}
+
+/// Every metric of this process in Prometheus' text format, its `process_*`
+/// series read from /proc just now (they are sampled at each scrape rather
+/// than on a timer, so a scrape never shows a stale RSS). None without a
+/// recorder.
+pub fn render() -> Option<String> {
+    let handle = install_recorder()?;
+    process_metrics().collect();
+    let mut text = handle.render();
+    // The exporter writes a family only once it has a sample; the metrics
+    // declared without one yet get their HELP and TYPE lines (valid in the
+    // text format: a family with no samples).
+    let described = DESCRIBED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for metric in described.values() {
+        if !text.contains(&format!("# TYPE {} ", metric.name)) {
+            text.push_str(&format!(
+                "# HELP {} {}\n# TYPE {} {}\n",
+                metric.name,
+                metric.help,
+                metric.name,
+                metric.kind.text()
+            ));
+        }
+    }
+    Some(text)
 }
 
 /// Liveness and readiness flags the endpoints report.
@@ -160,8 +358,7 @@ pub fn serve(
     health: Arc<Health>,
     routes: Option<AdminRoutes>,
 ) -> std::io::Result<(SocketAddr, actix_web::dev::ServerHandle)> {
-    let handle = install_recorder();
-    if let Some(handle) = handle.clone() {
+    if let Some(handle) = install_recorder() {
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
             loop {
@@ -171,7 +368,6 @@ pub fn serve(
         });
     }
     let server = HttpServer::new(move || {
-        let metrics = handle.clone();
         let health = Arc::clone(&health);
         let routes = routes.clone();
         App::new()
@@ -183,7 +379,7 @@ pub fn serve(
             .route(
                 "/metrics",
                 web::get().to(move || {
-                    let body = metrics.as_ref().map(PrometheusHandle::render);
+                    let body = render();
                     async move {
                         HttpResponse::Ok()
                             .content_type("text/plain; version=0.0.4")
@@ -219,4 +415,54 @@ pub fn serve(
     let handle = server.handle();
     tokio::spawn(server);
     Ok((address, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_declared_metric_is_named_before_its_first_sample_and_once_after() {
+        let name = "adpipe_telemetry_test_declared_total";
+        // Declared before the recorder exists, as a step may be made first.
+        describe(&[Described {
+            name,
+            kind: MetricKind::Counter,
+            help: "A counter of this test.",
+        }]);
+        let before = render().expect("a recorder");
+        assert!(
+            before.contains(&format!(
+                "# HELP {name} A counter of this test.\n# TYPE {name} counter\n"
+            )),
+            "{before}"
+        );
+        assert!(
+            !before
+                .lines()
+                .any(|line| line.starts_with(&format!("{name} "))),
+            "no sample yet"
+        );
+        // Runtime metrics and the process's own are declared too.
+        assert!(before.contains("# TYPE adpipe_commit_failures_total counter"));
+        assert!(
+            before
+                .lines()
+                .any(|line| line.starts_with("process_resident_memory_bytes ")),
+            "RSS sampled at render"
+        );
+
+        metrics::counter!(name).increment(2);
+        let after = render().expect("a recorder");
+        assert_eq!(
+            after.matches(&format!("# TYPE {name} ")).count(),
+            1,
+            "{after}"
+        );
+        assert!(after.contains(&format!("{name} 2")), "{after}");
+        assert!(
+            after.contains(&format!("# HELP {name} A counter of this test.")),
+            "the sample has its help: {after}"
+        );
+    }
 }

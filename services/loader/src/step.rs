@@ -13,8 +13,49 @@ use std::time::{Duration, Instant};
 
 use adpipe_runtime::batching::{BatchStep, Span};
 use adpipe_runtime::dead_letter::{Coordinates, Refused, refused_record};
+use adpipe_runtime::telemetry::{Described, MetricKind};
 use adpipe_runtime::{InputRecord, OutputRecord, StepError};
 use tracing::warn;
+
+/// Every loader's metrics (some only its sink records), declared when a
+/// step is made so /metrics names them before the first fault.
+const METRICS: [Described; 7] = [
+    Described {
+        name: "adpipe_loader_records_total",
+        kind: MetricKind::Counter,
+        help: "Records the store acknowledged, by sink and topic.",
+    },
+    Described {
+        name: "adpipe_loader_write_seconds",
+        kind: MetricKind::Histogram,
+        help: "Time to write one batch, seconds.",
+    },
+    Described {
+        name: "adpipe_loader_write_failures_total",
+        kind: MetricKind::Counter,
+        help: "Batches not written (tried again), by sink and kind.",
+    },
+    Described {
+        name: "adpipe_loader_refused_total",
+        kind: MetricKind::Counter,
+        help: "Records the store refused for good (dead-lettered), by sink and reason.",
+    },
+    Described {
+        name: "adpipe_loader_item_retries_total",
+        kind: MetricKind::Counter,
+        help: "Bulk items Elasticsearch asked to retry (429), tried again.",
+    },
+    Described {
+        name: "adpipe_loader_file_bytes_total",
+        kind: MetricKind::Counter,
+        help: "Bytes of finished files.",
+    },
+    Described {
+        name: "adpipe_loader_profile_expired_total",
+        kind: MetricKind::Counter,
+        help: "Profile entries already past their TTL, not written.",
+    },
+];
 
 use crate::record::{Identity, Source};
 use crate::sink::{Pending, Sink};
@@ -42,6 +83,7 @@ pub struct LoaderStep<S: Sink> {
 impl<S: Sink> LoaderStep<S> {
     /// A step writing `topic`'s records through `sink`.
     pub fn new(sink: S, topic: &str, target: StepTarget) -> Self {
+        adpipe_runtime::telemetry::describe(&METRICS);
         LoaderStep {
             sink,
             topic: Arc::from(topic),

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, web};
-use adpipe_runtime::telemetry::{AdminRoutes, Health};
+use adpipe_runtime::telemetry::{AdminRoutes, Described, Health, MetricKind};
 
 use crate::config::CloseBy;
 use crate::ledger::{Bucket, HOUR_MS, Kind};
@@ -90,15 +90,93 @@ async fn closed_until(settings: &ReconcileSettings) -> Option<i64> {
     crate::watermarks::closed_until(&watermarks)
 }
 
-/// What the metrics last said, so label sets that went quiet drop to 0.
-#[derive(Default)]
-struct Published {
+/// The reconciler's metrics, declared at the start so /metrics names them
+/// before the first run (and before the first difference).
+const METRICS: [Described; 9] = [
+    Described {
+        name: "adpipe_reconcile_unexplained",
+        kind: MetricKind::Gauge,
+        help: "Events of an unexplained difference over the closed hours, by flow and what.",
+    },
+    Described {
+        name: "adpipe_reconcile_explained",
+        kind: MetricKind::Gauge,
+        help: "Events of an explained difference over the closed hours, by flow and why.",
+    },
+    Described {
+        name: "adpipe_reconcile_closed_hours",
+        kind: MetricKind::Gauge,
+        help: "Closed hours reconciled in the last run.",
+    },
+    Described {
+        name: "adpipe_reconcile_rechecked_hours_total",
+        kind: MetricKind::Counter,
+        help: "Hours checked again because late data changed them.",
+    },
+    Described {
+        name: "adpipe_reconcile_runs_total",
+        kind: MetricKind::Counter,
+        help: "Reconciliation runs, by result (ok, failed).",
+    },
+    Described {
+        name: "adpipe_reconcile_last_success_timestamp_seconds",
+        kind: MetricKind::Gauge,
+        help: "When the last run succeeded, Unix seconds.",
+    },
+    Described {
+        name: "adpipe_reconcile_duration_seconds",
+        kind: MetricKind::Gauge,
+        help: "How long the last run took, seconds.",
+    },
+    Described {
+        name: "adpipe_reconcile_watermark_seconds",
+        kind: MetricKind::Gauge,
+        help: "Each DC's heartbeat watermark, Unix seconds.",
+    },
+    Described {
+        name: "adpipe_reconcile_dcs_without_heartbeat",
+        kind: MetricKind::Gauge,
+        help: "DCs with no heartbeat read yet.",
+    },
+];
+
+/// A reconciler's metrics across its runs: what they last said, so label
+/// sets that went quiet drop to 0. The demo records its one run with it
+/// too, so its /metrics is a deployment's.
+pub struct RunMetrics {
     unexplained: BTreeSet<(String, String)>,
     explained: BTreeSet<(String, String)>,
     holdings: BTreeMap<(Bucket, Kind), Vec<Holding>>,
 }
 
-impl Published {
+impl Default for RunMetrics {
+    fn default() -> Self {
+        adpipe_runtime::telemetry::describe(&METRICS);
+        RunMetrics {
+            unexplained: BTreeSet::new(),
+            explained: BTreeSet::new(),
+            holdings: BTreeMap::new(),
+        }
+    }
+}
+
+impl RunMetrics {
+    /// Records one run: its result (None: it failed) and how long it took.
+    pub fn record(&mut self, result: Option<&Reconciliation>, took: Duration) {
+        match result {
+            Some(result) => {
+                self.publish(result);
+                metrics::counter!("adpipe_reconcile_runs_total", "result" => "ok").increment(1);
+                metrics::gauge!("adpipe_reconcile_last_success_timestamp_seconds")
+                    .set(adpipe_runtime::event_time::now_ms() as f64 / 1000.0);
+            }
+            None => {
+                metrics::counter!("adpipe_reconcile_runs_total", "result" => "failed").increment(1)
+            }
+        }
+        metrics::gauge!("adpipe_reconcile_duration_seconds").set(took.as_secs_f64());
+    }
+
     fn publish(&mut self, result: &Reconciliation) {
         let mut unexplained: BTreeMap<(String, String), i64> = BTreeMap::new();
         let mut explained: BTreeMap<(String, String), i64> = BTreeMap::new();
@@ -178,7 +256,7 @@ pub async fn serve(
     health
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut published = Published::default();
+    let mut run_metrics = RunMetrics::default();
     tokio::pin!(stop);
     loop {
         let closed = closed_until(&settings).await.and_then(|until| {
@@ -198,26 +276,20 @@ pub async fn serve(
             };
             match reconcile(&settings, span).await {
                 Ok(result) => {
-                    published.publish(&result);
+                    run_metrics.record(Some(&result), started.elapsed());
                     let unexplained = result.unexplained().count();
                     if unexplained > 0 {
                         tracing::warn!(unexplained, "unexplained differences: see /reconcile");
                     }
-                    metrics::counter!("adpipe_reconcile_runs_total", "result" => "ok").increment(1);
-                    metrics::gauge!("adpipe_reconcile_last_success_timestamp_seconds")
-                        .set(adpipe_runtime::event_time::now_ms() as f64 / 1000.0);
                     if let Ok(mut last) = last.lock() {
                         *last = Some(result);
                     }
                 }
                 Err(error) => {
+                    run_metrics.record(None, started.elapsed());
                     tracing::error!(error = format!("{error:#}"), "reconciliation failed");
-                    metrics::counter!("adpipe_reconcile_runs_total", "result" => "failed")
-                        .increment(1);
                 }
             }
-            metrics::gauge!("adpipe_reconcile_duration_seconds")
-                .set(started.elapsed().as_secs_f64());
         }
         tokio::select! {
             () = tokio::time::sleep(settings.interval) => {}

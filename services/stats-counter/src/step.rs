@@ -30,7 +30,7 @@ use adpipe_runtime::{EventTimePolicy, InputRecord, OutputRecord, StepError};
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::aggregate::{Closing, Increments, Rejected, RowKey};
+use crate::aggregate::{BucketSize, Closing, Increments, Rejected, RowKey};
 use crate::config::InputKind;
 use crate::store::{OffsetAdvance, PgStore, StoreError, Total, UpsertMethod};
 
@@ -92,6 +92,10 @@ pub struct StatsStep {
     closing: Closing,
 }
 
+/// Events counted into a bucket already closed (`closed_after` past its
+/// end): the bucket's row was corrected, never dropped.
+const CORRECTIONS: &str = "adpipe_stats_corrections_total";
+
 fn rejected(error: Rejected) -> StepError {
     StepError::poison(error.kind, error.message)
 }
@@ -105,6 +109,10 @@ impl StatsStep {
         store: Option<PgStore>,
         stored: Option<i64>,
     ) -> Self {
+        // From 0, so the first correction shows as an increase.
+        for size in BucketSize::ALL {
+            metrics::counter!(CORRECTIONS, "bucket_size" => size.name()).increment(0);
+        }
         StatsStep {
             closing: Closing::new(
                 i64::try_from(target.closed_after.as_millis()).unwrap_or(i64::MAX),
@@ -369,8 +377,7 @@ impl BatchStep for StatsStep {
                 }
                 // Counted once written: an abandoned batch is read again.
                 for (size, count) in &batch.counted.corrections {
-                    metrics::counter!("adpipe_stats_corrections_total", "bucket_size" => size.name())
-                        .increment(*count);
+                    metrics::counter!(CORRECTIONS, "bucket_size" => size.name()).increment(*count);
                 }
                 self.total_records(totals)
             }

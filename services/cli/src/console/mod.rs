@@ -4,7 +4,8 @@
 //! each edge with its live rate and lag, each stage with its instances,
 //! partitions owned, dead letters and orphans; the reconciliation per hour
 //! with its differences; charts of the last five minutes — and its data as
-//! JSON at `/api/state`. Plain HTML and JavaScript embedded in the binary:
+//! JSON at `/api/state`; its process's own `/metrics` (the demo's: every
+//! in-process service's). Plain HTML and JavaScript embedded in the binary:
 //! no front-end build, nothing fetched from elsewhere.
 //!
 //! `adpipe demo` starts one over its in-process services and prints its
@@ -84,6 +85,16 @@ impl Console {
                 .route(
                     "/livez",
                     web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+                )
+                // This process's metrics, as every service serves them: in
+                // the demo, those of all its in-process services.
+                .route(
+                    "/metrics",
+                    web::get().to(|| async {
+                        HttpResponse::Ok()
+                            .content_type("text/plain; version=0.0.4")
+                            .body(adpipe_runtime::telemetry::render().unwrap_or_default())
+                    }),
                 )
                 .route(
                     "/api/state",

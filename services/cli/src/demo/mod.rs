@@ -620,7 +620,8 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
     Ok(report)
 }
 
-/// Reconciles the demo's run: every hour since its first event.
+/// Reconciles the demo's run: every hour since its first event; records
+/// the run in the reconciler's metrics.
 pub(crate) async fn reconcile(
     plan: &chain::ChainPlan<'_>,
     first_event_ms: i64,
@@ -689,7 +690,12 @@ pub(crate) async fn reconcile(
         // cannot look offsets up by time.
         slack_ms: from,
     };
-    adpipe_reconciler::reconcile(&settings, span).await
+    let started = std::time::Instant::now();
+    let result = adpipe_reconciler::reconcile(&settings, span).await;
+    // As the continuous reconciler would: the console's /metrics is a
+    // deployment's, `adpipe_reconcile_*` included.
+    adpipe_reconciler::serve::RunMetrics::default().record(result.as_ref().ok(), started.elapsed());
+    result
 }
 
 /// The Elasticsearch loader's index prefix: the run's topic prefix,
