@@ -14,6 +14,12 @@ env files; this checks the result against what adpipe's binaries accept:
 - published ports and scrape targets are the ports the services listen on;
   Prometheus's jobs are the ones the rules and dashboards know;
 - the cluster maps and MirrorMaker 2's configuration agree with the topology;
+- Kafka security: each file is loaded twice, with its example env file and
+  with the example's secured settings (SASL_SSL, SCRAM, a password file and a
+  CA as secrets): a variable that names /run/secrets/NAME needs the service
+  to mount NAME (its --check-config then reads the host's file), and
+  MirrorMaker 2 reads central's password from its mounted secret, never
+  from its properties;
 - the Dockerfile: hadolint, every service binary copied in, a non-root
   numeric user, a HEALTHCHECK, every shared library the binaries link present
   in the runtime base image.
@@ -33,6 +39,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -44,6 +51,20 @@ COMPOSE_FILES = {
     "compose.central.yml": "central.env.example",
     "compose.dc.yml": "dc.env.example",
 }
+# The secured variant of each: these over the example env file (FILES are
+# files the check writes; their contents must never reach a config).
+SECURED = {
+    "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+    "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "KAFKA_SASL_USERNAME": "adpipe",
+    "KAFKA_SASL_PASSWORD_FILE": "FILES/kafka-password",
+    "KAFKA_SSL_CA_FILE": "FILES/kafka-ca.pem",
+    "CENTRAL_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "CENTRAL_KAFKA_SASL_USERNAME": "mirrormaker-dc1",
+    "CENTRAL_KAFKA_SASL_PASSWORD_FILE": "FILES/central-kafka-password",
+    "CENTRAL_KAFKA_CA_FILE": "FILES/central-kafka-ca.pem",
+}
+SECRET_VALUE = "not-a-real-password-7f3a"
 # Variables the binaries read besides ADPIPE__… settings and clap's [env: …].
 RUNTIME_VARIABLES = {"RUST_LOG", "ADPIPE_STATE_DIR"}
 # Shared libraries the runtime image (debian:bookworm-slim + ca-certificates,
@@ -94,6 +115,7 @@ class Checker:
     # --- compose ------------------------------------------------------------
 
     def check_project(self, name: str, project: dict):
+        self.secret_files = {key: value.get("file") for key, value in (project.get("secrets") or {}).items()}
         binaries = self.image_binaries()
         volumes = set(project.get("volumes") or {})
         for service_name, service in sorted(project["services"].items()):
@@ -121,6 +143,17 @@ class Checker:
             return
         binary, args = command[0], command[1:]
         environment = {k: str(v) for k, v in (service.get("environment") or {}).items()}
+        # A secret's path in the container: the service must mount it; its
+        # settings are checked with the host's file in its place.
+        mounted = {s.get("source"): s.get("target") or f"/run/secrets/{s.get('source')}"
+                   for s in service.get("secrets") or []}
+        for variable, value in list(environment.items()):
+            if value.startswith("/run/secrets/"):
+                secret = next((source for source, target in mounted.items() if target == value), None)
+                if secret is None:
+                    self.problem(where, f"{variable} = {value}: no secret of this service is mounted there")
+                else:
+                    environment[variable] = self.secret_files.get(secret) or value
         listen = None
         if self.is_worker(binary):
             status, output = self.check_config(binary, args, environment)
@@ -157,8 +190,12 @@ class Checker:
         for variable in environment:
             if variable.startswith("ADPIPE__") and self.is_worker(binary):
                 continue  # checked by --check-config
-            # `[env: NAME]` alone where the binary hides a secret's value
+            # `[env: NAME]` alone where the binary hides a secret's value;
+            # the CLI lists the Kafka security variables in its own --help
             if variable in RUNTIME_VARIABLES or re.search(rf"\[env: {re.escape(variable)}[=\]]", help_text):
+                continue
+            if variable.startswith("ADPIPE__KAFKA__SECURITY__") and re.search(
+                    rf"(^|\s){re.escape(variable)}\s", self.help_text(binary, ())):
                 continue
             self.problem(where, f"{binary} reads no variable {variable}")
         if service.get("restart") == "on-failure":
@@ -247,6 +284,31 @@ class Checker:
                     self.problem(name, f"MirrorMaker 2: no {alias}.bootstrap.servers")
             if sorted(aliases) != sorted(roles):
                 self.problem(name, f"MirrorMaker 2's clusters {aliases} are not the map's {sorted(roles)}")
+            self.check_mm2_security(name, project, configs["mm2"]["content"], mm2)
+
+    def check_mm2_security(self, name: str, project: dict, content: str, mm2: dict):
+        """A secured cluster's password comes from a mounted secret file."""
+        service = next((s for s in project["services"].values()
+                        if any(c.get("source") == "mm2" for c in s.get("configs") or [])), None)
+        if service is None:
+            self.problem(name, "no service mounts MirrorMaker 2's configuration")
+            return
+        mounted = {s.get("target") or f"/run/secrets/{s.get('source')}" for s in service.get("secrets") or []}
+        if SECRET_VALUE in content:
+            self.problem(name, "MirrorMaker 2's properties hold a password's value")
+        for key, value in mm2.items():
+            alias = key.split(".", 1)[0]
+            if key.endswith(".security.protocol") and value.upper().startswith("SASL"):
+                jaas = mm2.get(f"{alias}.sasl.jaas.config", "")
+                found = re.search(r'password="\$\{dir:([^:}]+):([^}]+)\}"', jaas)
+                if not found:
+                    self.problem(name, f"MirrorMaker 2: {alias}'s password is not read from a secret file (${{dir:...}})")
+                elif f"{found.group(1)}/{found.group(2)}" not in mounted:
+                    self.problem(name, f"MirrorMaker 2: {alias}'s password file {found.group(1)}/{found.group(2)} is not a mounted secret")
+                if "${dir:" in jaas and "DirectoryConfigProvider" not in mm2.get("config.providers.dir.class", ""):
+                    self.problem(name, "MirrorMaker 2: ${dir:...} without the DirectoryConfigProvider")
+            if key.endswith(".ssl.truststore.location") and value not in mounted:
+                self.problem(name, f"MirrorMaker 2: {key} = {value} is not a mounted secret")
 
     # --- the Dockerfile ---------------------------------------------------------
 
@@ -282,8 +344,8 @@ class Checker:
                 self.problem(where, "hadolint:\n    " + run.stdout.strip().replace("\n", "\n    "))
 
 
-def load(composecheck: str, compose_file: str, env_file: str) -> dict:
-    run = subprocess.run([composecheck, "-all-profiles", "-env-file", str(HERE / env_file),
+def load(composecheck: str, compose_file: str, env_file: Path) -> dict:
+    run = subprocess.run([composecheck, "-all-profiles", "-env-file", str(env_file),
                           str(HERE / compose_file)], capture_output=True, text=True)
     if run.returncode != 0:
         sys.exit(f"{compose_file}: {run.stderr.strip()}")
@@ -300,6 +362,8 @@ def check_all(checker: Checker, projects: dict, promtool):
 def self_test(bin_dir: Path, projects: dict) -> list[str]:
     """Each breakage must be reported; returns the ones that were not."""
     def dedup(p): return p["compose.central.yml"]["services"]["deduplicator"]
+    def secured_dedup(p): return p["compose.central.yml (secured)"]["services"]["deduplicator"]
+    def secured_mm2(p): return p["compose.dc.yml (secured)"]["configs"]["mm2"]
     breakages = {
         "an unknown setting": lambda p: dedup(p)["environment"].__setitem__("ADPIPE__DEDUPLICATOR__WINDOWS", "1h"),
         "a bad value": lambda p: dedup(p)["environment"].__setitem__("ADPIPE__DEDUPLICATOR__WINDOW", "soon"),
@@ -318,6 +382,13 @@ def self_test(bin_dir: Path, projects: dict) -> list[str]:
             "merger-2", copy.deepcopy(p["compose.central.yml"]["services"]["merger"])),
         "MirrorMaker 2 without a cluster's servers": lambda p: p["compose.dc.yml"]["configs"]["mm2"].__setitem__(
             "content", p["compose.dc.yml"]["configs"]["mm2"]["content"].replace("central.bootstrap.servers", "central.bootstrap")),
+        "a Kafka secret a service names but does not mount": lambda p: secured_dedup(p).pop("secrets"),
+        "SASL without a user": lambda p: secured_dedup(p)["environment"].pop("ADPIPE__KAFKA__SECURITY__SASL_USERNAME"),
+        "a CLI security variable that does not exist": lambda p: p["compose.central.yml (secured)"]["services"]["topics"]["environment"].__setitem__(
+            "ADPIPE__KAFKA__SECURITY__SASL_USER", "adpipe"),
+        "MirrorMaker 2 with central's password in its properties": lambda p: secured_mm2(p).__setitem__(
+            "content", secured_mm2(p)["content"].replace("${dir:/run/secrets:central-kafka-password}", SECRET_VALUE)),
+        "MirrorMaker 2 without central's password file": lambda p: p["compose.dc.yml (secured)"]["services"]["mirrormaker"].pop("secrets"),
     }
     silent = []
     for what, breakage in breakages.items():
@@ -340,7 +411,21 @@ def main():
     parser.add_argument("--promtool")
     parser.add_argument("--self-test", action="store_true")
     args = parser.parse_args()
-    projects = {f: load(args.composecheck, f, env) for f, env in COMPOSE_FILES.items()}
+    projects = {f: load(args.composecheck, f, HERE / env) for f, env in COMPOSE_FILES.items()}
+    with tempfile.TemporaryDirectory() as files:
+        for name in ("kafka-password", "central-kafka-password"):
+            Path(files, name).write_text(SECRET_VALUE)
+        for name in ("kafka-ca.pem", "central-kafka-ca.pem"):
+            Path(files, name).write_text("-----BEGIN CERTIFICATE-----\n")
+        for compose_file, env in COMPOSE_FILES.items():
+            secured = Path(files, env)
+            secured.write_text((HERE / env).read_text() + "\n" + "".join(
+                f"{key}={value.replace('FILES', files)}\n" for key, value in SECURED.items()))
+            projects[f"{compose_file} (secured)"] = load(args.composecheck, compose_file, secured)
+        return check_and_report(args, projects)
+
+
+def check_and_report(args, projects: dict):
     checker = Checker(args.bin_dir)
     check_all(checker, copy.deepcopy(projects), args.promtool)
     checker.check_dockerfile(args.hadolint)

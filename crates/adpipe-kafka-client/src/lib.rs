@@ -149,6 +149,22 @@ impl Mechanism {
     }
 }
 
+/// The security variables, as a command's `--help` lists them (the CLI's
+/// and the registry's only way to set them; a service's file may too).
+pub const ENV_HELP: &str = "\
+Kafka security, from the environment (an empty variable is unset):
+  ADPIPE__KAFKA__SECURITY__PROTOCOL               plaintext (default), ssl, sasl_plaintext, sasl_ssl
+  ADPIPE__KAFKA__SECURITY__SASL_MECHANISM         PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+  ADPIPE__KAFKA__SECURITY__SASL_USERNAME          the SASL user
+  ADPIPE__KAFKA__SECURITY__SASL_PASSWORD          its password (or:)
+  ADPIPE__KAFKA__SECURITY__SASL_PASSWORD_FILE     a file holding it
+  ADPIPE__KAFKA__SECURITY__SSL_CA_LOCATION        CA certificates (PEM); the system's when unset
+  ADPIPE__KAFKA__SECURITY__SSL_CERTIFICATE_LOCATION  a client certificate (PEM)
+  ADPIPE__KAFKA__SECURITY__SSL_KEY_LOCATION       its private key (PEM)
+  ADPIPE__KAFKA__SECURITY__SSL_KEY_PASSWORD       the key's password (or:)
+  ADPIPE__KAFKA__SECURITY__SSL_KEY_PASSWORD_FILE  a file holding it
+  ADPIPE__KAFKA__SECURITY__SSL_VERIFY_HOSTNAME    true (default); false only for certificates without the broker's name";
+
 /// `[kafka.security]`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -252,16 +268,27 @@ impl KafkaSecurity {
         }
     }
 
+    /// Whether the variable `ADPIPE__<path>` = `value` counts as unset: an
+    /// empty `KAFKA__SECURITY__<KEY>`. So a compose file can pass every
+    /// security variable as `${VAR:-}` and a deployment set only those it
+    /// needs (SASL settings beside a plaintext protocol are refused).
+    pub fn unset_when_empty(path: &str, value: &str) -> bool {
+        value.is_empty() && path.starts_with("KAFKA__SECURITY__")
+    }
+
     /// The settings in `ADPIPE__KAFKA__SECURITY__<KEY>` variables of
     /// `env` (the CLI's and the registry's way; `_` in a key stands for
     /// `-`; a value is read as TOML when it parses, else as a string — the
-    /// services' rule), resolved.
+    /// services' rule; an empty one is unset), resolved.
     pub fn from_vars(
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<KafkaSecurity, Vec<String>> {
         let mut table = toml::Table::new();
         for (name, value) in env {
             if let Some(key) = name.strip_prefix("ADPIPE__KAFKA__SECURITY__") {
+                if value.is_empty() {
+                    continue;
+                }
                 let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
                     .ok()
                     .and_then(|mut table| table.remove("v"))
@@ -454,6 +481,73 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<Vec<_>>()
             .into_iter()
+    }
+
+    #[test]
+    fn the_help_names_every_setting_and_only_settings() {
+        let named: Vec<&str> = ENV_HELP
+            .split_whitespace()
+            .filter(|word| word.starts_with("ADPIPE__KAFKA__SECURITY__"))
+            .collect();
+        assert_eq!(named.len(), 11, "every field of KafkaSecurity");
+        for variable in named {
+            // An unknown key would be refused (deny_unknown_fields), a known
+            // one only for its value ("x" is no protocol, no path, ...).
+            let problems = KafkaSecurity::from_vars(vars(&[(variable, "x")]))
+                .err()
+                .unwrap_or_default();
+            assert!(
+                !problems
+                    .iter()
+                    .any(|problem| problem.contains("unknown field")),
+                "{variable}: {problems:?}"
+            );
+        }
+        let problems =
+            KafkaSecurity::from_vars(vars(&[("ADPIPE__KAFKA__SECURITY__SASL_USER", "x")]))
+                .expect_err("a misspelt key");
+        assert!(
+            problems
+                .iter()
+                .any(|problem| problem.contains("unknown field")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn empty_variables_are_unset_so_a_compose_file_may_pass_them_all() {
+        // As compose.central.yml passes them when the deployment is plaintext.
+        let empty = KafkaSecurity::from_vars(vars(&[
+            ("ADPIPE__KAFKA__SECURITY__PROTOCOL", "plaintext"),
+            ("ADPIPE__KAFKA__SECURITY__SASL_MECHANISM", ""),
+            ("ADPIPE__KAFKA__SECURITY__SASL_USERNAME", ""),
+            ("ADPIPE__KAFKA__SECURITY__SASL_PASSWORD_FILE", ""),
+            ("ADPIPE__KAFKA__SECURITY__SSL_CA_LOCATION", ""),
+        ]))
+        .expect("empty means unset: plaintext with nothing else");
+        assert_eq!(empty, KafkaSecurity::default());
+        assert!(KafkaSecurity::unset_when_empty(
+            "KAFKA__SECURITY__SASL_USERNAME",
+            ""
+        ));
+        assert!(!KafkaSecurity::unset_when_empty(
+            "KAFKA__SECURITY__SASL_USERNAME",
+            "adpipe"
+        ));
+        assert!(
+            !KafkaSecurity::unset_when_empty("STATS__TOPIC", ""),
+            "other settings keep their empty value"
+        );
+        // A value set beside a plaintext protocol is still refused.
+        let problems = KafkaSecurity::from_vars(vars(&[
+            ("ADPIPE__KAFKA__SECURITY__PROTOCOL", "plaintext"),
+            ("ADPIPE__KAFKA__SECURITY__SASL_USERNAME", "adpipe"),
+        ]))
+        .expect_err("SASL settings with plaintext");
+        assert!(
+            problems.iter().any(|problem| problem.contains("sasl")),
+            "{problems:?}"
+        );
     }
 
     #[test]

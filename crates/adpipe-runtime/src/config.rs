@@ -29,7 +29,7 @@ pub const RUNTIME_DEFAULTS: &str = include_str!("../defaults.toml");
 /// Reads [`RUNTIME_DEFAULTS`], overlays `defaults` (the service's embedded
 /// TOML), then the file at `path` if given, then environment variables `ADPIPE__A__B=value` (which set
 /// `a.b`; `-` may be written `_`). Values are parsed as TOML when they parse,
-/// else taken as strings.
+/// else taken as strings. An empty `ADPIPE__KAFKA__SECURITY__…` is unset.
 pub fn load_layers(
     defaults: &str,
     path: Option<&Path>,
@@ -51,6 +51,9 @@ pub fn load_layers(
         let Some(path) = name.strip_prefix("ADPIPE__") else {
             continue;
         };
+        if adpipe_kafka_client::KafkaSecurity::unset_when_empty(path, &value) {
+            continue;
+        }
         let keys: Vec<String> = path
             .split("__")
             .map(|key| key.to_ascii_lowercase().replace('_', "-"))

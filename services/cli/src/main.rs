@@ -15,7 +15,7 @@ static ALLOCATOR: adpipe_runtime::Allocator = adpipe_runtime::Allocator;
 
 /// adpipe: a real-time ad-event pipeline on Kafka.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, after_help = adpipe_kafka_client::ENV_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
