@@ -165,8 +165,8 @@ class Checker:
             found = re.search(r"\b(?:http_)?listen: (\S+),", output)
             listen = found.group(1) if found else None
             self.check_state_on_volumes(where, service, output)
-            # scraped by Prometheus; the registry serves no /metrics
-            service["x-worker"] = binary != "adpipe-schema-registry"
+            # scraped by Prometheus (every service serves /metrics)
+            service["x-worker"] = True
             help_text = self.help_text(binary, ())
         else:
             subcommands = tuple(a for a in args if not a.startswith("-"))

@@ -215,8 +215,29 @@ SERVICES = [
 ]
 
 
+def registry():
+    sel = 'job="adpipe-schema-registry"'
+    return dashboard(
+        "adpipe-schema-registry",
+        "adpipe: schema registry",
+        "The schema registry: requests by access and status, latency, memory and CPU.",
+        [
+            panel("Requests per second, by access and status",
+                  [(f'sum by (access, status) (rate(adpipe_registry_requests_total{{{sel}}}[5m]))', "{{access}} {{status}}")], "rps"),
+            panel("Request time p99, by access",
+                  [(f'max by (access) (adpipe_registry_request_seconds{{{sel},quantile="0.99"}})', "{{access}}")], "s"),
+            panel("Instances up",
+                  [(f'sum (up{{{sel}}})', "up")]),
+            panel("Resident memory (RSS) and CPU cores busy, by instance",
+                  [(f'sum by (instance) (process_resident_memory_bytes{{{sel}}})', "RSS {{instance}}"),
+                   (f'sum by (instance) (rate(process_cpu_seconds_total{{{sel}}}[1m]))', "cores {{instance}}")]),
+        ],
+    )
+
+
 def dashboards():
     yield "pipeline.json", pipeline()
+    yield "schema-registry.json", registry()
     for name, title, own in SERVICES:
         job = f"adpipe-{name}"
         panels = own + runtime_panels(job)

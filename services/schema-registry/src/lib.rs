@@ -11,12 +11,15 @@
 //! - Only AVRO schemas, without references: that is all adpipe uses.
 //! - With a write token, changes need it; without one, only loopback
 //!   (access.rs). Bodies over the limit get a Confluent-shaped 413.
+//! - `/metrics` as every service's: its requests by access and status,
+//!   their time, the process's memory and CPU (metered.rs).
 #![warn(missing_docs)]
 
 pub mod access;
 pub mod compat;
 pub mod error;
 mod http;
+mod metered;
 pub mod model;
 pub mod service;
 pub mod store;
@@ -98,8 +101,13 @@ pub async fn start(settings: RegistrySettings) -> Result<RunningRegistry, ApiErr
     let registry = web::Data::new(Registry::new(store));
     let access = settings.access.clone();
     let limit = settings.max_request_bytes;
+    // Installed now: a request before the first scrape counts too.
+    adpipe_runtime::telemetry::install_recorder();
+    adpipe_runtime::telemetry::describe(&metered::METRICS);
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::from_fn(metered::count))
+            .route("/metrics", web::get().to(metered::metrics))
             .app_data(registry.clone())
             .app_data(access.clone())
             .app_data(access::BodyLimit(limit))

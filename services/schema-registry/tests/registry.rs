@@ -343,6 +343,62 @@ async fn with_a_token_every_change_needs_it_and_reads_stay_open() {
     registry.stop().await;
 }
 
+/// The value of the sample `series` (name and labels as rendered) in
+/// Prometheus' text, 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn its_metrics_count_reads_and_writes_by_status() {
+    let registry = start(&adpipe_testkit::unique("_schemas-metrics")).await;
+    let http = Http::new(&registry);
+    let scrape = || async {
+        reqwest::get(format!("{}/metrics", registry.url()))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("a body")
+    };
+    // Declared before any request of this test: named, HELP and TYPE.
+    let before = scrape().await;
+    assert!(
+        before.contains("# TYPE adpipe_registry_requests_total counter"),
+        "{before}"
+    );
+    assert!(
+        before
+            .lines()
+            .any(|line| line.starts_with("process_resident_memory_bytes ")),
+        "{before}"
+    );
+    let (status, _) = http
+        .post("/subjects/m-value/versions", json!({"schema": V1}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = http.get("/subjects/no-such-subject/versions").await;
+    assert_eq!(status, 404);
+    let after = scrape().await;
+    // Other tests of this binary share the process's recorder: at least ours.
+    for series in [
+        r#"adpipe_registry_requests_total{access="write",status="200"}"#,
+        r#"adpipe_registry_requests_total{access="read",status="404"}"#,
+    ] {
+        assert!(
+            sample(&after, series) >= sample(&before, series) + 1.0,
+            "{series}: {after}"
+        );
+    }
+    assert!(
+        !after.contains(r#"status="200",path"#) && !after.contains("no-such-subject"),
+        "no path labels"
+    );
+    registry.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oversize_request_is_refused_in_confluents_shape() {
     let topic = adpipe_testkit::unique("_schemas-limit");
