@@ -78,6 +78,12 @@ pub async fn service_main<S: Debug>(
     let stop = StopRequest::listen();
     match start(settings) {
         Ok(worker) => run_until_stopped(worker, stop).await,
+        // A port in use is a setting that cannot work: exit 2, as for the
+        // others, and nothing was started.
+        Err(error @ WorkerError::Http(..)) => {
+            eprintln!("invalid configuration:\n  - {error}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::FAILURE

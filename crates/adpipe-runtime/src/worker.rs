@@ -27,8 +27,8 @@ pub enum WorkerError {
     /// (`[kafka.security]`) are wrong. Never retried: waiting cannot help.
     #[error("{hint}: {0}", hint = adpipe_kafka_client::REFUSED_HINT)]
     Refused(rdkafka::error::KafkaError),
-    /// The HTTP endpoints could not bind.
-    #[error("http endpoints on {0}: {1}")]
+    /// The HTTP endpoints could not bind (exit 2: a setting that cannot work).
+    #[error("http.listen {0}: {1}")]
     Http(SocketAddr, std::io::Error),
     /// The registry client could not be built.
     #[error("schema registry: {0}")]
@@ -73,6 +73,24 @@ pub fn start_with_routes<F: StepFactory>(
     factory: F,
     routes: Option<AdminRoutes>,
 ) -> Result<WorkerHandle, WorkerError> {
+    // The admin port first: in use, nothing else is started (no client, no
+    // producer), and the error names the address.
+    let health = Arc::new(Health::default());
+    let (http_address, http) = serve(settings.http_listen, Arc::clone(&health), routes)
+        .map_err(|error| WorkerError::Http(settings.http_listen, error))?;
+    start_serving(settings, factory, health, http_address, http.clone()).inspect_err(|_| {
+        tokio::spawn(http.stop(false));
+    })
+}
+
+/// The rest of [`start_with_routes`], its admin server already up.
+fn start_serving<F: StepFactory>(
+    settings: WorkerSettings,
+    factory: F,
+    health: Arc<Health>,
+    http_address: SocketAddr,
+    http: actix_web::dev::ServerHandle,
+) -> Result<WorkerHandle, WorkerError> {
     let problems = crate::topics::check(&settings).map_err(|error| {
         if adpipe_kafka_client::refused(&error) {
             WorkerError::Refused(error)
@@ -96,9 +114,6 @@ pub fn start_with_routes<F: StepFactory>(
         Some(client) => Some(Arc::new(Codec::new(client?))),
         None => None,
     };
-    let health = Arc::new(Health::default());
-    let (http_address, http) = serve(settings.http_listen, Arc::clone(&health), routes)
-        .map_err(|error| WorkerError::Http(settings.http_listen, error))?;
     let stopper = Arc::new(Stopper::default());
     let revoke_deadline = settings.revoke_deadline;
     let topics = settings.input_topics();

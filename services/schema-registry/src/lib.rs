@@ -94,9 +94,21 @@ impl RunningRegistry {
     }
 }
 
-/// Loads the state from Kafka and starts serving. Must run inside a tokio
-/// runtime.
+/// Binds `settings.listen`, loads the state from Kafka and starts serving.
+/// Must run inside a tokio runtime.
 pub async fn start(settings: RegistrySettings) -> Result<RunningRegistry, ApiError> {
+    let listener = std::net::TcpListener::bind(settings.listen).map_err(|error| {
+        ApiError::store(format!("cannot listen on {}: {error}", settings.listen))
+    })?;
+    start_on(listener, settings).await
+}
+
+/// [`start`] on a `listener` already bound (the binary binds first, so a
+/// port in use stops it before it reads anything).
+pub async fn start_on(
+    listener: std::net::TcpListener,
+    settings: RegistrySettings,
+) -> Result<RunningRegistry, ApiError> {
     let store = LogStore::open(&settings.store).await?;
     let registry = web::Data::new(Registry::new(store));
     let access = settings.access.clone();
@@ -117,7 +129,7 @@ pub async fn start(settings: RegistrySettings) -> Result<RunningRegistry, ApiErr
     .workers(settings.workers.max(1))
     .disable_signals()
     .shutdown_timeout(5)
-    .bind(settings.listen)
+    .listen(listener)
     .map_err(|error| ApiError::store(format!("cannot listen on {}: {error}", settings.listen)))?;
     let address = server
         .addrs()

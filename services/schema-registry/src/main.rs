@@ -74,7 +74,25 @@ async fn main() -> anyhow::Result<()> {
         println!("{settings:#?}");
         return Ok(());
     }
-    let running = adpipe_schema_registry::start(settings).await?;
+    // The port first: in use, the registry stops here (exit 2, as any
+    // setting that cannot work), before it reads anything from Kafka.
+    let listener = match std::net::TcpListener::bind(settings.listen) {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!(
+                "adpipe-schema-registry: --listen {}: {error}",
+                settings.listen
+            );
+            std::process::exit(2);
+        }
+    };
+    let running = match adpipe_schema_registry::start_on(listener, settings).await {
+        Ok(running) => running,
+        Err(error) => {
+            eprintln!("adpipe-schema-registry: {}", error.message);
+            std::process::exit(1);
+        }
+    };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         result = tokio::signal::ctrl_c() => result?,

@@ -475,6 +475,17 @@ fn the_binary_refuses_to_serve_open_writes_beyond_loopback() {
     );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("/nonexistent/token"), "{stderr}");
+    // A port in use: exit 2 naming it, before any Kafka client (there is
+    // none to reach at 127.0.0.1:1: a client first would wait, then fail
+    // with exit 1).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let address = taken.local_addr().expect("its address").to_string();
+    let (code, stderr) = run(&["--listen", &address], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--listen {address}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
