@@ -80,6 +80,15 @@ write_config() {
         servers="$servers,$(tr ',' '\n' <<< "$more_ports" | sed 's/^/127.0.0.1:/' | paste -sd,)"
       fi
       echo "$name.bootstrap.servers = $servers"
+      # Writing into it: bigger batches, 20 ms to fill them, lz4 — with the
+      # defaults MirrorMaker 2 fell behind bidders publishing 8,000
+      # records/s in the chaos run (~2,500/s) — and 30 s, not 5, to flush
+      # its offsets to a cluster under load (its flush timed out after a
+      # DC's outage and copying crawled).
+      echo "$name.producer.linger.ms = 20"
+      echo "$name.producer.batch.size = 262144"
+      echo "$name.producer.compression.type = lz4"
+      echo "$name.offset.flush.timeout.ms = 30000"
       case "$security" in
         -) ;;
         sasl_ssl)

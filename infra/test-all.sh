@@ -167,6 +167,7 @@ port_of() { clusters name port | awk -v name="$1" '$1 == name {print "127.0.0.1:
 # name only metrics found there (a sample, or the HELP/TYPE each service
 # declares at its start).
 console_port="$(free_port)"
+rm -f "$ADPIPE_STATE_DIR/demo-real.log"   # its "stays up" is the signal below
 target/debug/adpipe demo --events 5000 --brokers "$(port_of central)" \
   --dc "dc1=$(port_of dc1)" --dc "dc2=$(port_of dc2)" \
   --postgres-url "$ADPIPE_PG_URL" --es-url "$ADPIPE_ES_URL" \
