@@ -51,7 +51,7 @@ served() {
   [ -s "$served_text" ] || die "$served_text is empty: no /metrics was read"
   known="$(sed -nE 's/^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) .*/\1/p; s/^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ].*/\1/p' "$served_text" \
     | sed -E 's/_(bucket|count|sum)$//' | sort -u)"
-  for name in $(grep -ohE '\b(adpipe|process)_[a-z_]+' "$@" | sed -E 's/_(bucket|count|sum)$//' | sort -u); do
+  for name in $(grep -ohE '\b(adpipe|process)_[a-z0-9_]+' "$@" | sed -E 's/_(bucket|count|sum)$//' | sort -u); do
     if ! grep -qxF "$name" <<<"$known"; then
       echo "$name (named in $(grep -lE "\b$name" "$@" | xargs -n1 basename | tr '\n' ' ')) is not in the services' /metrics" >&2
       missing=$((missing + 1))

@@ -107,7 +107,7 @@ def pipeline():
             panel("Resident memory (RSS), by stage",
                   [('sum by (job) (process_resident_memory_bytes{job=~"adpipe-.*"})', "{{job}}")], "bytes"),
             panel("CPU cores busy, by stage",
-                  [('sum by (job) (rate(process_cpu_seconds_total{job=~"adpipe-.*"}[1m]))', "{{job}}")]),
+                  [('sum by (job) (rate(process_cpu_seconds_total{job=~"adpipe-.*"}[5m]))', "{{job}}")]),
         ],
     )
 
@@ -141,7 +141,7 @@ def runtime_panels(job):
         panel("Resident memory (RSS), by instance",
               [(f'sum by (instance) (process_resident_memory_bytes{{{sel}}})', "{{instance}}")], "bytes"),
         panel("CPU cores busy, by instance",
-              [(f'sum by (instance) (rate(process_cpu_seconds_total{{{sel}}}[1m]))', "{{instance}}")]),
+              [(f'sum by (instance) (rate(process_cpu_seconds_total{{{sel}}}[5m]))', "{{instance}}")]),
     ]
 
 
@@ -230,7 +230,7 @@ def registry():
                   [(f'sum (up{{{sel}}})', "up")]),
             panel("Resident memory (RSS) and CPU cores busy, by instance",
                   [(f'sum by (instance) (process_resident_memory_bytes{{{sel}}})', "RSS {{instance}}"),
-                   (f'sum by (instance) (rate(process_cpu_seconds_total{{{sel}}}[1m]))', "cores {{instance}}")]),
+                   (f'sum by (instance) (rate(process_cpu_seconds_total{{{sel}}}[5m]))', "cores {{instance}}")]),
         ],
     )
 

@@ -187,8 +187,12 @@ pub enum MetricKind {
     Counter,
     /// Any value.
     Gauge,
-    /// Observations in buckets.
+    /// Observations in buckets (the runtime's latency histograms, which
+    /// have buckets configured).
     Histogram,
+    /// Observations as quantiles: what the exporter makes of any other
+    /// `metrics::histogram!`.
+    Summary,
 }
 
 impl MetricKind {
@@ -197,6 +201,7 @@ impl MetricKind {
             MetricKind::Counter => "counter",
             MetricKind::Gauge => "gauge",
             MetricKind::Histogram => "histogram",
+            MetricKind::Summary => "summary",
         }
     }
 }
@@ -219,11 +224,10 @@ pub struct Described {
 /// fault. Each service declares its own where it creates them; again is a
 /// no-op.
 pub fn describe(metrics: &[Described]) {
-    let added = register(metrics);
-    // Before the recorder is installed, its installation announces them.
-    if HANDLE.get().is_some_and(Option::is_some) {
-        added.iter().for_each(announce);
-    }
+    // Announced now (a no-op before the recorder is installed, whose
+    // installation announces every one declared so far; twice is harmless):
+    // so none is missed by a declaration racing the installation.
+    register(metrics).iter().for_each(announce);
 }
 
 /// Adds `metrics` to the declared ones; returns those not declared before.
@@ -243,7 +247,9 @@ fn announce(metric: &Described) {
     match metric.kind {
         MetricKind::Counter => metrics::describe_counter!(metric.name, metric.help),
         MetricKind::Gauge => metrics::describe_gauge!(metric.name, metric.help),
-        MetricKind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
+        MetricKind::Histogram | MetricKind::Summary => {
+            metrics::describe_histogram!(metric.name, metric.help)
+        }
     }
 }
 
@@ -290,17 +296,39 @@ pub fn install_recorder() -> Option<PrometheusHandle> {
                 .and_then(|builder| builder.install_recorder())
                 .map_err(|error| tracing::warn!(%error, "metrics recorder not installed"))
                 .ok()
-                .inspect(|_| {
+                .inspect(|handle| {
                     process_metrics().describe();
                     register(&Metric::ALL.map(Metric::described));
                     // Those declared before the recorder was there too.
-                    let described = DESCRIBED
+                    let described: Vec<Described> = DESCRIBED
                         .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    described.values().for_each(announce);
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .values()
+                        .copied()
+                        .collect();
+                    described.iter().for_each(announce);
+                    spawn_upkeep(handle.clone());
                 })
         })
         .clone()
+}
+
+/// Compacts the histograms every [`UPKEEP_INTERVAL`], so their memory
+/// stays flat when nobody scrapes (the exporter only does it on render):
+/// one thread per process, whatever serves its /metrics (a worker, the
+/// registry, the demo's console).
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "no metrics upkeep thread: histograms compact only when scraped");
+    }
 }
 
 fn process_metrics() -> &'static metrics_process::Collector {
@@ -352,21 +380,14 @@ pub type AdminRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Serves /metrics, /livez, /readyz and the service's own `routes` until
-/// the returned handle is stopped, and runs the recorder's upkeep on a timer.
+/// the returned handle is stopped (the recorder, with its upkeep, is
+/// installed on the way).
 pub fn serve(
     listen: SocketAddr,
     health: Arc<Health>,
     routes: Option<AdminRoutes>,
 ) -> std::io::Result<(SocketAddr, actix_web::dev::ServerHandle)> {
-    if let Some(handle) = install_recorder() {
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
-            loop {
-                ticks.tick().await;
-                handle.run_upkeep();
-            }
-        });
-    }
+    install_recorder();
     let server = HttpServer::new(move || {
         let health = Arc::clone(&health);
         let routes = routes.clone();

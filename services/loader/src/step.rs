@@ -27,7 +27,7 @@ const METRICS: [Described; 7] = [
     },
     Described {
         name: "adpipe_loader_write_seconds",
-        kind: MetricKind::Histogram,
+        kind: MetricKind::Summary,
         help: "Time to write one batch, seconds.",
     },
     Described {

@@ -35,6 +35,11 @@ async fn main() -> ExitCode {
     };
     match adpipe_reconciler::serve::serve(settings, stop).await {
         Ok(()) => ExitCode::SUCCESS,
+        // A port in use: exit 2, as every setting that cannot work.
+        Err(error) if error.is::<adpipe_reconciler::serve::ListenError>() => {
+            eprintln!("invalid configuration:\n  - {error:#}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("{error:#}");
             ExitCode::from(1)

@@ -222,6 +222,12 @@ impl RunMetrics {
     }
 }
 
+/// Its admin address could not be bound (a port in use): a setting that
+/// cannot work, so the binary exits 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ListenError(String);
+
 /// Serves the continuous reconciler until `stop` resolves.
 pub async fn serve(
     settings: ReconcileSettings,
@@ -251,7 +257,7 @@ pub async fn serve(
     let health = Arc::new(Health::default());
     let (address, http) =
         adpipe_runtime::telemetry::serve(settings.listen, Arc::clone(&health), Some(routes))
-            .map_err(|error| anyhow::anyhow!("http.listen {}: {error}", settings.listen))?;
+            .map_err(|error| ListenError(format!("http.listen {}: {error}", settings.listen)))?;
     tracing::info!(%address, "reconciler serving /metrics and /reconcile");
     health
         .ready

@@ -401,7 +401,7 @@ async fn the_continuous_reconciler_exports_a_loss_and_rechecks_when_late_data_ar
     heartbeat(*HOUR + 1_800_000).await;
     let address = adpipe_testkit::free_loopback_address();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_adpipe-reconciler"))
-        .envs(env)
+        .envs(env.clone())
         .env("ADPIPE__HTTP__LISTEN", address.to_string())
         .env("ADPIPE__RECONCILE__SERVE__INTERVAL", "\"1s\"")
         .env("ADPIPE__RECONCILE__SERVE__LOOKBACK", "\"3h\"")
@@ -409,6 +409,27 @@ async fn the_continuous_reconciler_exports_a_loss_and_rechecks_when_late_data_ar
         .spawn()
         .expect("adpipe-reconciler starts");
     let mut child = adpipe_testkit::ChildGuard::new(child);
+    let listening = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        assert!(
+            listening.elapsed() < Duration::from_secs(60),
+            "the reconciler never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A second one on the same admin address: a port in use is a setting
+    // that cannot work (exit 2, the address named).
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_adpipe-reconciler"))
+        .envs(env)
+        .env("ADPIPE__HTTP__LISTEN", address.to_string())
+        .output()
+        .expect("a second adpipe-reconciler runs");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("http.listen {address}")),
+        "{stderr}"
+    );
     let lost = |labels: &'static str| async move {
         adpipe_testkit::metric_value_where(address, "adpipe_reconcile_unexplained", labels).await
     };

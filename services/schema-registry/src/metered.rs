@@ -11,16 +11,21 @@ use actix_web::middleware::Next;
 use actix_web::{HttpResponse, http::Method};
 use adpipe_runtime::telemetry::{Described, MetricKind};
 
+/// Requests answered.
+const REQUESTS: &str = "adpipe_registry_requests_total";
+/// Their time (a summary: quantiles per instance).
+const REQUEST_SECONDS: &str = "adpipe_registry_request_seconds";
+
 /// Declared at the start, so /metrics names them before the first request.
 pub const METRICS: [Described; 2] = [
     Described {
-        name: "adpipe_registry_requests_total",
+        name: REQUESTS,
         kind: MetricKind::Counter,
         help: "Requests answered, by access (read, write) and status.",
     },
     Described {
-        name: "adpipe_registry_request_seconds",
-        kind: MetricKind::Histogram,
+        name: REQUEST_SECONDS,
+        kind: MetricKind::Summary,
         help: "Time to answer a request, seconds, by access.",
     },
 ];
@@ -39,8 +44,8 @@ pub async fn count(
     let response = next.call(request).await?;
     if !scrape {
         let status = response.status().as_u16().to_string();
-        metrics::counter!(METRICS[0].name, "access" => access, "status" => status).increment(1);
-        metrics::histogram!(METRICS[1].name, "access" => access)
+        metrics::counter!(REQUESTS, "access" => access, "status" => status).increment(1);
+        metrics::histogram!(REQUEST_SECONDS, "access" => access)
             .record(started.elapsed().as_secs_f64());
     }
     Ok(response)
