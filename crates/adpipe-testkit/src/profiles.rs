@@ -27,12 +27,32 @@ async fn connection_at(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap_or_else(|error| panic!("Redis at {url}: {error} (infra/redis.sh start)"))
 }
 
+/// The keys under `prefix`, by SCAN: one KEYS over the chaos run's two
+/// million profile keys outlasted the connection's response timeout (the
+/// 2M-record run's check panicked "keys: timed out").
 async fn keys(connection: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<String> {
-    redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(connection)
-        .await
-        .expect("keys")
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(connection)
+            .await
+            .expect("keys");
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    // SCAN may return a key twice (a rehash between calls).
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// Every profile key under `prefix` with its entries and expiry.
