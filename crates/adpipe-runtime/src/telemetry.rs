@@ -346,21 +346,30 @@ pub fn render() -> Option<String> {
     // The exporter writes a family only once it has a sample; the metrics
     // declared without one yet get their HELP and TYPE lines (valid in the
     // text format: a family with no samples).
-    let described = DESCRIBED
+    let rendered: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let missing: String = DESCRIBED
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for metric in described.values() {
-        if !text.contains(&format!("# TYPE {} ", metric.name)) {
-            text.push_str(&format!(
-                "# HELP {} {}\n# TYPE {} {}\n",
-                metric.name,
-                metric.help,
-                metric.name,
-                metric.kind.text()
-            ));
-        }
-    }
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .values()
+        .filter(|metric| !rendered.contains(metric.name))
+        .map(|metric| {
+            let (name, help, kind) = (metric.name, metric.help, metric.kind.text());
+            format!("# HELP {name} {help}\n# TYPE {name} {kind}\n")
+        })
+        .collect();
+    text.push_str(&missing);
     Some(text)
+}
+
+/// `GET /metrics`: [`render`] in Prometheus' text format — the handler of
+/// every admin server (a worker's, the registry's, the console's).
+pub async fn metrics_endpoint() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(render().unwrap_or_default())
 }
 
 /// Liveness and readiness flags the endpoints report.
@@ -397,17 +406,7 @@ pub fn serve(
                     routes(config);
                 }
             })
-            .route(
-                "/metrics",
-                web::get().to(move || {
-                    let body = render();
-                    async move {
-                        HttpResponse::Ok()
-                            .content_type("text/plain; version=0.0.4")
-                            .body(body.unwrap_or_default())
-                    }
-                }),
-            )
+            .route("/metrics", web::get().to(metrics_endpoint))
             // Liveness checks only the process: failing it restarts the
             // container and triggers a rebalance, so it must not depend on Kafka.
             .route(

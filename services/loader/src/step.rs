@@ -17,6 +17,9 @@ use adpipe_runtime::telemetry::{Described, MetricKind};
 use adpipe_runtime::{InputRecord, OutputRecord, StepError};
 use tracing::warn;
 
+use crate::record::{Identity, Source};
+use crate::sink::{Pending, Sink};
+
 /// Every loader's metrics (some only its sink records), declared when a
 /// step is made so /metrics names them before the first fault.
 const METRICS: [Described; 7] = [
@@ -56,9 +59,6 @@ const METRICS: [Described; 7] = [
         help: "Profile entries already past their TTL, not written.",
     },
 ];
-
-use crate::record::{Identity, Source};
-use crate::sink::{Pending, Sink};
 
 /// Where a step sends what the store refused, and its labels.
 #[derive(Debug, Clone)]

@@ -119,7 +119,10 @@ pub async fn start_on(
     let server = HttpServer::new(move || {
         App::new()
             .wrap(actix_web::middleware::from_fn(metered::count))
-            .route("/metrics", web::get().to(metered::metrics))
+            .route(
+                "/metrics",
+                web::get().to(adpipe_runtime::telemetry::metrics_endpoint),
+            )
             .app_data(registry.clone())
             .app_data(access.clone())
             .app_data(access::BodyLimit(limit))

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
-use actix_web::{HttpResponse, http::Method};
 use adpipe_runtime::telemetry::{Described, MetricKind};
 
 /// Requests answered.
@@ -49,11 +49,4 @@ pub async fn count(
             .record(started.elapsed().as_secs_f64());
     }
     Ok(response)
-}
-
-/// `GET /metrics`.
-pub async fn metrics() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(adpipe_runtime::telemetry::render().unwrap_or_default())
 }

@@ -90,11 +90,7 @@ impl Console {
                 // the demo, those of all its in-process services.
                 .route(
                     "/metrics",
-                    web::get().to(|| async {
-                        HttpResponse::Ok()
-                            .content_type("text/plain; version=0.0.4")
-                            .body(adpipe_runtime::telemetry::render().unwrap_or_default())
-                    }),
+                    web::get().to(adpipe_runtime::telemetry::metrics_endpoint),
                 )
                 .route(
                     "/api/state",
