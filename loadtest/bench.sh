@@ -5,6 +5,10 @@
 # in Kafka Streams, and Kafka's perf tools, in one run). Arguments go to
 # adpipe-bench (see --help), e.g.
 #   loadtest/bench.sh --impressions 200000 --json /tmp/bench.json
+# The whole chain (merger → deduplicator → joiner → stats-counter, and the
+# same chain in Kafka Streams; README, "The whole chain against Kafka
+# Streams"):
+#   loadtest/bench.sh --only chain --postgres-url "$(infra/postgres.sh url)"
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"

@@ -9,7 +9,7 @@
 #   loadtest/chaos.sh                     CI's run: the debug binaries, 1M records,
 #                                         10 kill -9 and 6 other faults
 #   cargo build --release --workspace --bins &&
-#   ADPIPE_CHAOS_PROFILE=release loadtest/chaos.sh --events 10000000 --rate 15000 --kills 50 --outage 3m
+#   ADPIPE_CHAOS_PROFILE=release loadtest/chaos.sh --events 10000000 --rate 4000 --kills 50 --outage 3m
 #                                         the full run (README, "Chaos over the chain")
 #
 # Output: the fault schedule, progress every 10 s, the checks; logs of every

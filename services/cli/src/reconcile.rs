@@ -44,7 +44,8 @@ pub struct ReconcileArgs {
     #[arg(long)]
     pub replica: Option<String>,
     /// A consumer group of the chain, `STAGE=GROUP` (merger, deduplicator,
-    /// joiner, stats-counter, files, elasticsearch; an empty GROUP skips it).
+    /// joiner, stats-counter, files, elasticsearch, bigquery; an empty
+    /// GROUP skips it).
     #[arg(long = "group")]
     pub groups: Vec<String>,
     /// The stats-counter's PostgreSQL.
@@ -62,6 +63,17 @@ pub struct ReconcileArgs {
     /// The Elasticsearch loader's index prefix.
     #[arg(long)]
     pub es_index_prefix: Option<String>,
+    /// BigQuery's REST base (`$(infra/bigquery.sh url)/bigquery/v2` for
+    /// the emulator).
+    #[arg(long)]
+    pub bq_url: Option<String>,
+    /// The BigQuery loader's dataset.
+    #[arg(long)]
+    pub bq_dataset: Option<String>,
+    /// BigQuery credentials: `none` (an emulator), `application-default`
+    /// or a service-account key file.
+    #[arg(long)]
+    pub bq_credentials: Option<String>,
     /// Also write the result as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -132,6 +144,15 @@ impl ReconcileArgs {
         }
         if let Some(prefix) = &self.es_index_prefix {
             set("ELASTICSEARCH__INDEX_PREFIX", text(prefix));
+        }
+        if let Some(url) = &self.bq_url {
+            set("BIGQUERY__URL", text(url));
+        }
+        if let Some(dataset) = &self.bq_dataset {
+            set("BIGQUERY__DATASET", text(dataset));
+        }
+        if let Some(credentials) = &self.bq_credentials {
+            set("BIGQUERY__CREDENTIALS", text(credentials));
         }
         Ok(ReconcileSettings::load(
             self.config.as_deref(),

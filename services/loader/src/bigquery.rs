@@ -205,6 +205,86 @@ impl Target {
     }
 }
 
+/// A client of `settings.url` with the configured credentials (`none` for
+/// the emulator).
+pub async fn client(settings: &BigQuerySettings) -> Result<Client, String> {
+    let mut builder = gcp_bigquery_client::client_builder::ClientBuilder::new();
+    builder.with_v2_base_url(settings.url.clone());
+    match settings.credentials.as_str() {
+        "none" => builder.build_from_authenticator(Arc::new(NoToken)).await,
+        "application-default" => builder.build_from_application_default_credentials().await,
+        key_file => builder.build_from_service_account_key_file(key_file).await,
+    }
+    .map_err(|error| format!("BigQuery client ({}): {error}", settings.credentials))
+}
+
+/// The columns of a row's identity (its event id, which is its insertId,
+/// and its event time in ms) in a table of `kinds`.
+pub fn identity_columns(kinds: &[EventKind]) -> (&'static str, &'static str) {
+    match kinds {
+        [EventKind::JoinedClick] => ("click.event_id", "click.event_time"),
+        [EventKind::JoinedConversion] => ("conversion.event_id", "conversion.event_time"),
+        _ => ("event_id", "event_time"),
+    }
+}
+
+/// (event id, event time) of every row of `topic`'s table whose event time
+/// lies in `from_ms..to_ms`, page by page (what reconciliation counts).
+pub async fn row_identities(
+    client: &Client,
+    settings: &BigQuerySettings,
+    topic: &str,
+    kinds: &[EventKind],
+    (from_ms, to_ms): (i64, i64),
+) -> Result<Vec<(String, i64)>, String> {
+    let (id, time) = identity_columns(kinds);
+    let table = table_id(&settings.table_prefix, topic);
+    let sql = format!(
+        "SELECT {id}, {time} FROM `{}.{}.{table}` WHERE {time} >= {from_ms} AND {time} < {to_ms}",
+        settings.project, settings.dataset
+    );
+    let mut request = QueryRequest::new(sql.clone());
+    request.max_results = Some(100_000);
+    let query_failed = |error: BQError| format!("{sql}: {error}");
+    let mut response = client
+        .job()
+        .query(&settings.project, request)
+        .await
+        .map_err(query_failed)?;
+    let mut identities = Vec::new();
+    loop {
+        let page_token = response.page_token.clone();
+        let job_id = response
+            .job_reference
+            .as_ref()
+            .and_then(|job| job.job_id.clone());
+        let mut rows = ResultSet::new_from_query_response(response);
+        while rows.next_row() {
+            if let (Some(id), Some(time)) = (
+                rows.get_string(0).map_err(query_failed)?,
+                rows.get_i64(1).map_err(query_failed)?,
+            ) {
+                identities.push((id, time));
+            }
+        }
+        let (Some(page_token), Some(job_id)) = (page_token, job_id) else {
+            return Ok(identities);
+        };
+        let parameters =
+            gcp_bigquery_client::model::get_query_results_parameters::GetQueryResultsParameters {
+                page_token: Some(page_token),
+                max_results: Some(100_000),
+                ..Default::default()
+            };
+        response = client
+            .job()
+            .get_query_results(&settings.project, &job_id, parameters)
+            .await
+            .map_err(query_failed)?
+            .into();
+    }
+}
+
 /// Sets BigQuery up (client, dataset, tables) and makes each task's sink.
 pub struct BigQueryFactory {
     target: Target,
@@ -224,14 +304,7 @@ impl BigQueryFactory {
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self, String> {
         runtime.block_on(async {
-            let mut builder = gcp_bigquery_client::client_builder::ClientBuilder::new();
-            builder.with_v2_base_url(settings.url.clone());
-            let client = match settings.credentials.as_str() {
-                "none" => builder.build_from_authenticator(Arc::new(NoToken)).await,
-                "application-default" => builder.build_from_application_default_credentials().await,
-                key_file => builder.build_from_service_account_key_file(key_file).await,
-            }
-            .map_err(|error| format!("BigQuery client ({}): {error}", settings.credentials))?;
+            let client = client(settings).await?;
             let target = Target {
                 client: Arc::new(client),
                 project: settings.project.clone(),

@@ -407,7 +407,14 @@ impl FilesSink {
             let target = self
                 .paths
                 .file(hour, span.first, span.last, &suffix, extension);
-            let staged = staging.join(target.file_name().unwrap_or_default());
+            // A batch across an hour's end has a file of the same name in
+            // each hour's directory: staged apart, or the second would
+            // overwrite the first (found by the chaos run: one hour's
+            // records lost, the other's file missing).
+            let staged = staging.join(format!(
+                "{hour}-{}",
+                target.file_name().unwrap_or_default().to_string_lossy()
+            ));
             let mut file = FileBuilder::new(&batch[indices[0]].item, self.codec);
             // The datums were checked in `prepare`: an error here is not
             // the record's fault, and stops the worker.
@@ -600,6 +607,33 @@ mod tests {
         let paths = PartitionPaths::new(&dir, "t", 0);
         assert_eq!(paths.read_marker().expect("a marker").next, Some(20));
         assert_eq!(ids_in_files(&dir, "t"), want);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A batch across an hour's end: a file in each hour's directory, both
+    /// named from the batch's offsets, each with its own records (staged
+    /// under one name, the second overwrote the first: the first hour's
+    /// records lost, its file put in place with the second's, and the
+    /// second's "neither staged nor in place" stopped the loader).
+    #[test]
+    fn a_batch_across_an_hours_end_writes_each_hours_file() {
+        let dir = std::env::temp_dir().join(format!("adpipe-files-hours-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let factory = FilesFactory::new(&settings(&dir)).expect("a factory");
+        let mut sink = factory.sink("t", 0).expect("a sink");
+        let (mut records, span) = batch("t", 0, 9);
+        for record in &mut records[5..] {
+            record.identity.time_ms += 3_600_000;
+        }
+        sink.write_blocking(&records, &span).expect("written");
+        let want: Vec<String> = {
+            let mut ids: Vec<String> = (0..10).map(|n| format!("e{n}")).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids_in_files(&dir, "t"), want, "each record once");
+        let paths = PartitionPaths::new(&dir, "t", 0);
+        assert_eq!(paths.read_marker().expect("a marker").next, Some(10));
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -27,6 +27,7 @@ struct RawConfig {
     stats: RawStats,
     files: RawFiles,
     elasticsearch: RawElasticsearch,
+    bigquery: RawBigQuery,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +105,16 @@ struct RawElasticsearch {
     index_prefix: String,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawBigQuery {
+    url: String,
+    project: String,
+    dataset: String,
+    table_prefix: String,
+    credentials: String,
+}
+
 /// The chain's consumer groups (empty: that stage is not reconciled).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -120,6 +131,8 @@ pub struct Groups {
     pub files: String,
     /// The Elasticsearch loader's.
     pub elasticsearch: String,
+    /// The BigQuery loader's.
+    pub bigquery: String,
 }
 
 /// One DC.
@@ -158,6 +171,8 @@ pub struct ReconcileSettings {
     pub files_dir: Option<PathBuf>,
     /// Elasticsearch URL and index prefix, when reconciled.
     pub elasticsearch: Option<(String, String)>,
+    /// The BigQuery loader's tables, when reconciled.
+    pub bigquery: Option<adpipe_loader::config::BigQuerySettings>,
     /// Continuous mode: how often.
     pub interval: Duration,
     /// Continuous mode: how far back.
@@ -315,6 +330,15 @@ impl ReconcileSettings {
                     raw.elasticsearch.index_prefix,
                 )
             }),
+            bigquery: non_empty(raw.bigquery.url).map(|url| {
+                adpipe_loader::config::BigQuerySettings {
+                    url: url.trim_end_matches('/').to_owned(),
+                    project: raw.bigquery.project,
+                    dataset: raw.bigquery.dataset,
+                    table_prefix: raw.bigquery.table_prefix,
+                    credentials: raw.bigquery.credentials,
+                }
+            }),
             interval,
             lookback,
             close_by: reconcile.serve.close_by,
@@ -333,6 +357,7 @@ mod tests {
         let settings = ReconcileSettings::load(None, std::iter::empty()).expect("defaults");
         assert_eq!(settings.topics.replica("dc1", Kind::Click), "dc1.clicks");
         assert!(settings.stats.is_none() && settings.files_dir.is_none());
+        assert!(settings.bigquery.is_none());
         let env = [
             ("ADPIPE__RECONCILE__TOPIC_PREFIX", "t."),
             (

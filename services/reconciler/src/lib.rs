@@ -1,7 +1,7 @@
 //! The reconciler: per event-time hour and kind of event, what every stage
 //! of the chain and every store holds — each DC's source topics and their
 //! replicas on central, merged, deduplicated, joined and orphaned (by
-//! reason), the stats in PostgreSQL, the files, Elasticsearch — and every
+//! reason), the stats in PostgreSQL, the files, Elasticsearch, BigQuery — and every
 //! difference between them named (stage, hour, kind, how many, sample ids)
 //! and explained where the chain explains it (dead letters with their
 //! reasons, records still in flight, at-least-once copies). What nothing
@@ -150,6 +150,7 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
         (&groups.joiner, topics_of(&Stage::Deduplicated)),
         (&groups.files, loader_topics.clone()),
         (&groups.elasticsearch, loader_topics.clone()),
+        (&groups.bigquery, loader_topics.clone()),
     ] {
         if !group.is_empty() {
             note(
@@ -178,6 +179,10 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
     if let Some((url, prefix)) = &settings.elasticsearch {
         stores::read_elasticsearch(&mut ledger, url, prefix, topics, span).await?;
         flows.push(store_flow("elasticsearch", &groups.elasticsearch));
+    }
+    if let Some(bigquery) = &settings.bigquery {
+        stores::read_bigquery(&mut ledger, bigquery, topics, span).await?;
+        flows.push(store_flow("bigquery", &groups.bigquery));
     }
     let mut differences = verdict::differences(&ledger, &positions, &flows, &count_flows);
     differences.extend(verdict::undecodable(&ledger));

@@ -1,6 +1,6 @@
 //! Reading the stores into the ledger: the stats-counter's hourly totals
-//! and stored offsets (PostgreSQL), the files loader's Avro files, and the
-//! Elasticsearch loader's documents.
+//! and stored offsets (PostgreSQL), the files loader's Avro files, the
+//! Elasticsearch loader's documents and the BigQuery loader's rows.
 //!
 //! Contract: a store's events land in the hour of their event time, by the
 //! kind of the topic they came from (the orphans' files and indices by each
@@ -151,6 +151,50 @@ pub async fn read_elasticsearch(
                 &id,
                 None,
             );
+            read += 1;
+        }
+    }
+    Ok(read)
+}
+
+/// The rows of the BigQuery loader's tables (one per loader input) whose
+/// event time is in the span into `ledger` as stage `bigquery`.
+pub async fn read_bigquery(
+    ledger: &mut Ledger,
+    settings: &adpipe_loader::config::BigQuerySettings,
+    topics: &TopicNames,
+    span: Span,
+) -> anyhow::Result<u64> {
+    use adpipe_events::EventKind;
+    let client = adpipe_loader::bigquery::client(settings)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let mut read = 0;
+    for (topic, fixed) in loader_inputs(topics) {
+        // What the loader's table of that topic holds.
+        let kinds: &[EventKind] = match fixed {
+            Some(Kind::Impression) => &[EventKind::Impression],
+            Some(Kind::Click) => &[EventKind::JoinedClick],
+            Some(Kind::Conversion) => &[EventKind::JoinedConversion],
+            None => &[EventKind::Click, EventKind::Conversion],
+        };
+        let rows = adpipe_loader::bigquery::row_identities(
+            &client,
+            settings,
+            &topic,
+            kinds,
+            (span.from, span.to),
+        )
+        .await
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("reading BigQuery at {} for {topic}", settings.url))?;
+        for (id, time) in rows {
+            let (Some(bucket), Some(kind)) =
+                (store_bucket(time, span), kind_of(ledger, fixed, &id))
+            else {
+                continue;
+            };
+            ledger.record(bucket, kind, Stage::Store("bigquery".to_owned()), &id, None);
             read += 1;
         }
     }

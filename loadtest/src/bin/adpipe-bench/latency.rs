@@ -31,14 +31,14 @@ pub struct Percentiles {
     pub max_ms: i64,
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as i64)
 }
 
 impl Percentiles {
-    fn of(mut samples: Vec<i64>) -> Percentiles {
+    pub fn of(mut samples: Vec<i64>) -> Percentiles {
         samples.sort_unstable();
         let at = |quantile: f64| {
             let index =
@@ -235,4 +235,93 @@ pub fn run(
         input: Percentiles::of(input_samples),
         output: Percentiles::of(output_samples),
     })
+}
+
+/// The event time of every record of `topic` from the offsets `from`
+/// (partition, offset) to the partitions' ends now, as (partition, offset,
+/// event time): an event's own, a joined conversion's conversion's, a
+/// joined click's click's.
+pub async fn event_times(
+    bootstrap: &str,
+    topic: &str,
+    from: &[(i32, i64)],
+    codec: &Codec,
+) -> Result<Vec<(i32, i64, i64)>, String> {
+    #[derive(serde::Deserialize)]
+    struct Stamp {
+        #[serde(default)]
+        event_time: Option<i64>,
+        #[serde(default)]
+        conversion: Option<Inner>,
+        #[serde(default)]
+        click: Option<Inner>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        event_time: i64,
+    }
+    let ends = crate::service::topic_ends(bootstrap, topic)?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", reader_group(topic))
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|error| error.to_string())?;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = 0;
+    for &(partition, offset) in from {
+        let end = ends
+            .iter()
+            .find(|(p, _)| *p == partition)
+            .map_or(offset, |(_, end)| *end);
+        if end > offset {
+            remaining += end - offset;
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(offset))
+                .map_err(|error| error.to_string())?;
+        }
+    }
+    if remaining == 0 {
+        return Ok(Vec::new());
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|error| error.to_string())?;
+    let mut times = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while remaining > 0 {
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "{topic}: {remaining} records not read in 2 minutes"
+            ));
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message.map_err(|error| format!("reading {topic}: {error}"))?;
+        let end = ends
+            .iter()
+            .find(|(p, _)| *p == message.partition())
+            .map_or(0, |(_, end)| *end);
+        if message.offset() >= end {
+            continue;
+        }
+        remaining -= 1;
+        let (schema_id, datum) = adpipe_codec::split_header(message.payload().unwrap_or_default())
+            .map_err(|error| format!("{topic}: {error}"))?;
+        let writer = codec
+            .writer_schema(schema_id)
+            .await
+            .map_err(|error| error.to_string())?;
+        let stamp: Stamp = writer
+            .decode_datum(datum)
+            .map_err(|error| error.to_string())?;
+        let event_time = stamp
+            .event_time
+            .or(stamp.conversion.map(|inner| inner.event_time))
+            .or(stamp.click.map(|inner| inner.event_time))
+            .ok_or_else(|| format!("{topic}: a record without an event time"))?;
+        times.push((message.partition(), message.offset(), event_time));
+    }
+    Ok(times)
 }

@@ -23,6 +23,7 @@
 /// Backlog runs per service, alternating, so neither always runs first.
 const ROUNDS: usize = 2;
 
+mod chain;
 mod latency;
 mod loader;
 mod peer;
@@ -94,7 +95,9 @@ struct Args {
     /// profiles, bigquery, or one variant's key, e.g. parquet5000);
     /// comma-separated); the
     /// allocation count and the latency and state phases run only when
-    /// `alloc` and `latency` are listed.
+    /// `alloc` and `latency` are listed. `chain` runs the whole chain
+    /// instead (adpipe's and Kafka Streams', then its latency; chain.rs)
+    /// and nothing else.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The joiner's state backend (`disk` or `memory`): the memory store
@@ -119,6 +122,12 @@ struct Args {
     /// is not run.
     #[arg(long, env = "ADPIPE_BQ_URL")]
     bq_url: Option<String>,
+}
+
+/// What a run measured: every service on its own, or the whole chain.
+enum Outcome {
+    Services(Box<Report>),
+    Chain(chain::ChainReport),
 }
 
 #[derive(Debug, Serialize)]
@@ -257,6 +266,97 @@ fn poison_value(index: i64, mut good: Vec<u8>) -> Vec<u8> {
     good
 }
 
+/// What every service's config shares: broker, group, DLQ, commits, HTTP
+/// (and `--consumer-property`/`--producer-property`).
+fn worker_sections(args: &Args, group: &str, dlq: &str, runtime_extra: &str) -> String {
+    let toml_table = |properties: &[String]| -> String {
+        properties
+            .iter()
+            .filter_map(|property| property.split_once('='))
+            .map(|(key, value)| format!("{key:?} = {value:?}\n"))
+            .collect()
+    };
+    format!(
+        "[kafka]\nbootstrap-servers = \"{}\"\ngroup-id = \"{group}\"\n\
+         [kafka.consumer]\n{}\
+         [kafka.producer]\n{}\
+         [runtime]\ndead-letter-topic = \"{dlq}\"\ncommit-interval = \"100ms\"\n{runtime_extra}\
+         [http]\nlisten = \"127.0.0.1:0\"\n",
+        args.bootstrap,
+        toml_table(&args.consumer_properties),
+        toml_table(&args.producer_properties),
+    )
+}
+
+/// The Kafka Streams peer, when `--kstreams-classpath` is given.
+fn kstreams_peer(args: &Args, prefix: &str) -> Option<peer::KafkaStreamsPeer> {
+    let peer = args
+        .kstreams_classpath
+        .as_ref()
+        .map(|classpath| peer::KafkaStreamsPeer {
+            java: args.java.clone(),
+            classpath: classpath.clone(),
+            threads: args.kstreams_threads,
+            // Not under /tmp: Kafka Streams warns that the OS may clear it.
+            state_dir: repo_root().join(format!(".adpipe/bench/{prefix}-kstreams")),
+        });
+    if peer.is_none() {
+        eprintln!(
+            "no --kstreams-classpath: the Kafka Streams peer is not run (loadtest/bench.sh builds it)"
+        );
+    }
+    peer
+}
+
+/// `--only chain`: the whole chain, adpipe's and Kafka Streams' (chain.rs).
+async fn run_chain(args: &Args, prefix: &str) -> Result<chain::ChainReport, String> {
+    let postgres_url = args
+        .postgres_url
+        .as_deref()
+        .ok_or("the chain's stats-counter needs --postgres-url (infra/postgres.sh url)")?;
+    let registry = adpipe_schema_registry::start(adpipe_schema_registry::RegistrySettings::local(
+        &args.bootstrap,
+        &format!("{prefix}._schemas"),
+    ))
+    .await
+    .map_err(|error| format!("registry: {error}"))?;
+    let codec = Arc::new(Codec::new(
+        RegistryClient::new(&registry.url()).map_err(|error| error.to_string())?,
+    ));
+    let publisher = SimPublisher::new(&codec, &args.bootstrap, |kind| {
+        format!("{prefix}.in-{kind}")
+    })
+    .await
+    .map_err(|error| error.to_string())?;
+    let dlq = format!("{prefix}.chain-dlq");
+    let worker =
+        |group: &str, runtime_extra: &str| worker_sections(args, group, &dlq, runtime_extra);
+    let peer = kstreams_peer(args, prefix);
+    let bin_dir = sibling_binary("adpipe-merger")?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let report = chain::run(&chain::ChainBench {
+        bootstrap: &args.bootstrap,
+        prefix,
+        partitions: args.partitions,
+        registry_url: registry.url(),
+        postgres_url,
+        worker_sections: &worker,
+        bin_dir,
+        peer: peer.as_ref(),
+        schemas_dir: repo_root().join("schemas"),
+        config_dir: std::env::temp_dir(),
+        codec,
+        publisher: &publisher,
+        impressions: args.impressions,
+        latency_duration: args.latency_duration,
+    })
+    .await;
+    registry.stop().await;
+    report
+}
+
 fn repo_root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
@@ -282,10 +382,19 @@ fn write_file(path: &Path, text: &str) -> Result<(), String> {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     match tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(run(&args))) {
-        Ok(report) => {
-            print_report(&report);
+        Ok(outcome) => {
+            let json = match &outcome {
+                Outcome::Services(report) => {
+                    print_report(report);
+                    serde_json::to_string_pretty(report)
+                }
+                Outcome::Chain(report) => {
+                    chain::print_report(report);
+                    serde_json::to_string_pretty(report)
+                }
+            };
             if let Some(path) = &args.json {
-                let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+                let json = json.unwrap_or_default();
                 if let Err(error) = write_file(path, &json) {
                     eprintln!("{error}");
                 }
@@ -299,7 +408,7 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: &Args) -> Result<Report, String> {
+async fn run(args: &Args) -> Result<Outcome, String> {
     let bootstrap = &args.bootstrap;
     let kafka_sh = repo_root().join("infra/kafka.sh");
     let dedup_binary = sibling_binary("adpipe-deduplicator")?;
@@ -312,6 +421,9 @@ async fn run(args: &Args) -> Result<Report, String> {
     let topic = |suffix: &str| format!("{prefix}.{suffix}");
     let partitions = args.partitions;
     eprintln!("topics {prefix}.* on {bootstrap}");
+    if args.only.iter().any(|only| only == "chain") {
+        return run_chain(args, &prefix).await.map(Outcome::Chain);
+    }
     let (input, pass_out, dlq, raw) = (topic("in"), topic("in.pass"), topic("dlq"), topic("raw"));
     let bare_out = topic("in.bare");
     // The backlog again with one poison record per 99 good ones (1%), for
@@ -573,24 +685,8 @@ async fn run(args: &Args) -> Result<Report, String> {
 
     // 3. Each service over the whole backlog, alternating, ROUNDS times.
     let config_dir = std::env::temp_dir();
-    // What both services' configs share: broker, group, DLQ, commits, HTTP.
-    let toml_table = |properties: &[String]| -> String {
-        properties
-            .iter()
-            .filter_map(|property| property.split_once('='))
-            .map(|(key, value)| format!("{key:?} = {value:?}\n"))
-            .collect()
-    };
-    let consumer_properties = toml_table(&args.consumer_properties);
-    let producer_properties = toml_table(&args.producer_properties);
     let worker_config_to = |group: &str, dlq: &str, runtime_extra: &str| {
-        format!(
-            "[kafka]\nbootstrap-servers = \"{bootstrap}\"\ngroup-id = \"{prefix}-{group}\"\n\
-             [kafka.consumer]\n{consumer_properties}\
-             [kafka.producer]\n{producer_properties}\
-             [runtime]\ndead-letter-topic = \"{dlq}\"\ncommit-interval = \"100ms\"\n{runtime_extra}\
-             [http]\nlisten = \"127.0.0.1:0\"\n"
-        )
+        worker_sections(args, &format!("{prefix}-{group}"), dlq, runtime_extra)
     };
     let worker_config =
         |group: &str, runtime_extra: &str| worker_config_to(group, &dlq, runtime_extra);
@@ -744,21 +840,7 @@ async fn run(args: &Args) -> Result<Report, String> {
     let joiner_input_refs: Vec<&str> = joiner_inputs.iter().map(String::as_str).collect();
     let dc_input_refs: Vec<&str> = dc_inputs.iter().map(String::as_str).collect();
     let unique_records = truth.uniques() as i64;
-    let peer = args
-        .kstreams_classpath
-        .as_ref()
-        .map(|classpath| peer::KafkaStreamsPeer {
-            java: args.java.clone(),
-            classpath: classpath.clone(),
-            threads: args.kstreams_threads,
-            // Not under /tmp: Kafka Streams warns that the OS may clear it.
-            state_dir: repo_root().join(format!(".adpipe/bench/{prefix}-kstreams")),
-        });
-    if peer.is_none() {
-        eprintln!(
-            "no --kstreams-classpath: the Kafka Streams peer is not run (loadtest/bench.sh builds it)"
-        );
-    }
+    let peer = kstreams_peer(args, &prefix);
     let (mut deduplicator, mut passthrough, mut bare_loop, mut merger) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut kstreams_passthrough, mut kstreams_dedup) = (Vec::new(), Vec::new());
@@ -841,6 +923,7 @@ async fn run(args: &Args) -> Result<Report, String> {
                     application_id: &ks_pass_app,
                     input: &input,
                     output: &ks_pass_out,
+                    option: "",
                 }),
                 group: ks_pass_app.clone(),
                 inputs: vec![input.as_str()],
@@ -879,6 +962,7 @@ async fn run(args: &Args) -> Result<Report, String> {
                     application_id: &ks_dedup_app,
                     input: &input,
                     output: &ks_dedup_outs[round],
+                    option: "24",
                 }),
                 group: ks_dedup_app.clone(),
                 inputs: vec![input.as_str()],
@@ -1173,7 +1257,7 @@ async fn run(args: &Args) -> Result<Report, String> {
     let runs_latency = args.only.is_empty() || args.only.iter().any(|only| only == "latency");
     if !runs_latency {
         registry.stop().await;
-        return Ok(report);
+        return Ok(Outcome::Services(Box::new(report)));
     }
     let mean_rate = |runs: &[BacklogRun]| {
         runs.iter().map(|run| run.records_per_sec).sum::<f64>() / runs.len().max(1) as f64
@@ -1339,7 +1423,7 @@ async fn run(args: &Args) -> Result<Report, String> {
         state_keys_measured,
         changelog_bytes_per_key_on_disk,
     });
-    Ok(report)
+    Ok(Outcome::Services(Box::new(report)))
 }
 
 /// CPU per record at steady state (50% to 99% of the backlog) and over

@@ -1,5 +1,5 @@
-//! The Kafka Streams peer (`loadtest/kstreams`): adpipe's pass-through and
-//! deduplicator written as a Kafka Streams user would, run as a JVM on the
+//! The Kafka Streams peer (`loadtest/kstreams`): adpipe's pass-through,
+//! deduplicator and whole chain written as a Kafka Streams user would, run as a JVM on the
 //! same broker and backlog, so the figures compare as ratios.
 
 use std::path::PathBuf;
@@ -17,12 +17,15 @@ pub struct KafkaStreamsPeer {
 
 /// One job of the peer and where it reads and writes.
 pub struct PeerJob<'a> {
-    /// `passthrough` or `dedup`.
+    /// `passthrough`, `dedup`, `merge`, `join` or `count`.
     pub job: &'static str,
     /// The application id, which is also its consumer group.
     pub application_id: &'a str,
     pub input: &'a str,
     pub output: &'a str,
+    /// Its last argument: the dedup's window in hours, the join's and the
+    /// count's schemas directory (ignored by the others).
+    pub option: &'a str,
 }
 
 impl KafkaStreamsPeer {
@@ -51,7 +54,7 @@ impl KafkaStreamsPeer {
             ])
             .arg(&self.state_dir)
             .arg(self.threads.to_string())
-            .args([registry_url, "24"]);
+            .args([registry_url, job.option]);
         Service::spawn_command(name, command)
     }
 }

@@ -91,6 +91,11 @@ impl Service {
         })
     }
 
+    /// How the process ended, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// CPU seconds the process used so far (user + system, all threads).
     pub fn cpu_seconds(&self) -> f64 {
         proc_cpu_seconds(self.child.id()).unwrap_or(0.0)
@@ -271,35 +276,60 @@ impl CommitWatcher {
         Ok(CommitWatcher { consumer, wanted })
     }
 
+    /// Partitions watched.
+    pub fn partitions(&self) -> usize {
+        self.wanted.count()
+    }
+
     /// Sum of committed offsets (0 for partitions without a commit).
     pub fn committed(&self) -> i64 {
+        self.committed_by_partition()
+            .iter()
+            .map(|(_, _, offset)| offset)
+            .sum()
+    }
+
+    /// Each partition's committed offset (0 without a commit; none when
+    /// the group coordinator did not answer).
+    pub fn committed_by_partition(&self) -> Vec<(String, i32, i64)> {
         self.consumer
             .committed_offsets(self.wanted.clone(), Duration::from_secs(10))
             .map(|list| {
                 list.elements()
                     .iter()
-                    .map(|element| match element.offset() {
-                        Offset::Offset(offset) => offset,
-                        _ => 0,
+                    .map(|element| {
+                        let offset = match element.offset() {
+                            Offset::Offset(offset) => offset,
+                            _ => 0,
+                        };
+                        (element.topic().to_owned(), element.partition(), offset)
                     })
-                    .sum()
+                    .collect()
             })
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 }
 
 /// Sum of the high watermarks of `topic`.
 pub fn topic_end(bootstrap: &str, topic: &str) -> Result<i64, String> {
+    Ok(topic_ends(bootstrap, topic)?
+        .iter()
+        .map(|(_, end)| end)
+        .sum())
+}
+
+/// Each partition's high watermark: (partition, offset).
+pub fn topic_ends(bootstrap: &str, topic: &str) -> Result<Vec<(i32, i64)>, String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .map_err(|error| error.to_string())?;
-    let mut total = 0;
+    let mut ends = Vec::new();
     for partition in 0..adpipe_testkit::partition_count(&consumer, topic) {
-        total += consumer
+        let (_, high) = consumer
             .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .map_err(|error| error.to_string())?
-            .1;
+            .map_err(|error| error.to_string())?;
+        ends.push((partition, high));
     }
-    Ok(total)
+    Ok(ends)
 }

@@ -210,6 +210,7 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
             // The index names carry the topic's, prefix included.
             "adpipe-".to_owned(),
         )),
+        bigquery: None,
         profiles: ProfileStore::Redis(args.redis_url.clone()),
         // Live: a partner late by more than this (a DC down) makes an orphan.
         joiner_wait: "30s".to_owned(),

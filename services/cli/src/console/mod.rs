@@ -166,6 +166,7 @@ pub fn deployment_stages(dcs: &[String], dc_clusters: BTreeMap<String, String>) 
         // Present, so that their stages are drawn (their settings unused).
         postgres: Some((String::new(), String::new())),
         elasticsearch: Some((String::new(), String::new())),
+        bigquery: None,
         profiles: ProfileStore::Redis(String::new()),
         joiner_wait: String::new(),
         max_idle: String::new(),

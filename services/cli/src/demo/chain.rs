@@ -21,6 +21,19 @@ use super::live::StageProbe;
 use super::names::Names;
 use crate::metrics_text::Selector;
 
+/// What a loader input holds (its files' and tables' kinds), by topic.
+pub fn loader_kinds(names: &Names, topic: &str) -> Vec<EventKind> {
+    if topic == names.joined("clicks") {
+        vec![EventKind::JoinedClick]
+    } else if topic == names.joined("conversions") {
+        vec![EventKind::JoinedConversion]
+    } else if topic == names.joined("orphans") {
+        vec![EventKind::Click, EventKind::Conversion]
+    } else {
+        vec![EventKind::Impression]
+    }
+}
+
 /// Where the chain runs and writes.
 pub struct ChainPlan<'a> {
     /// Topic names.
@@ -37,6 +50,8 @@ pub struct ChainPlan<'a> {
     pub postgres: Option<(String, String)>,
     /// Elasticsearch and the index prefix, when a loader writes there.
     pub elasticsearch: Option<(String, String)>,
+    /// BigQuery and the run's dataset, when a loader writes there.
+    pub bigquery: Option<adpipe_loader::config::BigQuerySettings>,
     /// Where the profile loaders write.
     pub profiles: ProfileStore,
     /// How long the joiner waits for a partner (`15s`: a replay — what
@@ -386,7 +401,7 @@ impl ChainPlan<'_> {
             let mut es_env = self.common("loader-elasticsearch", "loader");
             es_env.extend(env(&[
                 ("ADPIPE__LOADER__SINK", "elasticsearch".to_owned()),
-                ("ADPIPE__LOADER__INPUTS", inputs),
+                ("ADPIPE__LOADER__INPUTS", inputs.clone()),
                 ("ADPIPE__LOADER__BATCH__WAIT", "500ms".to_owned()),
                 ("ADPIPE__ELASTICSEARCH__URL", url.clone()),
                 ("ADPIPE__ELASTICSEARCH__INDEX_PREFIX", prefix.clone()),
@@ -398,8 +413,35 @@ impl ChainPlan<'_> {
                 loader_probe(
                     "loader (es)",
                     self.group("loader-elasticsearch"),
-                    stats_inputs,
+                    stats_inputs.clone(),
                     "elasticsearch",
+                    None,
+                ),
+            );
+        }
+        if let Some(bigquery) = &self.bigquery {
+            let mut bq_env = self.common("loader-bigquery", "loader");
+            bq_env.extend(env(&[
+                ("ADPIPE__LOADER__SINK", "bigquery".to_owned()),
+                ("ADPIPE__LOADER__INPUTS", inputs.clone()),
+                ("ADPIPE__LOADER__BATCH__WAIT", "500ms".to_owned()),
+                ("ADPIPE__BIGQUERY__URL", bigquery.url.clone()),
+                ("ADPIPE__BIGQUERY__PROJECT", bigquery.project.clone()),
+                ("ADPIPE__BIGQUERY__DATASET", bigquery.dataset.clone()),
+                (
+                    "ADPIPE__BIGQUERY__CREDENTIALS",
+                    bigquery.credentials.clone(),
+                ),
+            ]));
+            add(
+                "loader (bigquery)",
+                "adpipe-loader",
+                bq_env,
+                loader_probe(
+                    "loader (bigquery)",
+                    self.group("loader-bigquery"),
+                    stats_inputs,
+                    "bigquery",
                     None,
                 ),
             );

@@ -204,6 +204,38 @@ pub async fn wait_for_count(
     }
 }
 
+/// Waits (up to 60 s) until a store holds as many ids as `expectations`
+/// (topic, the ids expected) want in all, read with `list` (a topic's ids
+/// in the store), then tallies each topic against its expectation.
+pub async fn store_tallies(
+    bar: ProgressBar,
+    expectations: &[(String, &HashSet<String>)],
+    list: impl AsyncFn(&str) -> anyhow::Result<Vec<String>>,
+) -> anyhow::Result<Vec<Tally>> {
+    let want: u64 = expectations.iter().map(|(_, ids)| ids.len() as u64).sum();
+    bar.set_length(want);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut found = Vec::new();
+        for (topic, _) in expectations {
+            found.push(list(topic).await?);
+        }
+        let total: u64 = found.iter().map(|ids| ids.len() as u64).sum();
+        bar.set_position(total);
+        if total >= want || Instant::now() >= deadline {
+            bar.finish();
+            return Ok(expectations
+                .iter()
+                .zip(&found)
+                .map(|((topic, expected), ids)| {
+                    Tally::of(topic, expected, ids.iter().map(String::as_str))
+                })
+                .collect());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The entry ids in one DC's embedded profile store (one per entry).
 pub fn profile_ids(store: &adpipe_loader::memory_profiles::MemoryProfiles) -> Vec<String> {
     #[derive(serde::Deserialize)]

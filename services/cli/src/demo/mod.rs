@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use adpipe_codec::{Codec, RegistryClient, value_subject};
 use adpipe_events::EventKind;
+use adpipe_loader::config::BigQuerySettings;
 use adpipe_loadtest::publish::SimPublisher;
 use adpipe_loadtest::{CheckReport, Simulation};
 use adpipe_reconciler::Span;
@@ -78,6 +79,15 @@ pub struct DemoArgs {
     /// writes the processed events there too, checked one document each.
     #[arg(long)]
     pub es_url: Option<String>,
+    /// BigQuery's REST base (the emulator: `$(infra/bigquery.sh
+    /// url)/bigquery/v2`): a loader streams the processed events there too
+    /// (a dataset of this run), checked one row each.
+    #[arg(long)]
+    pub bq_url: Option<String>,
+    /// BigQuery credentials: `none` (an emulator), `application-default`
+    /// or a service-account key file.
+    #[arg(long, default_value = "none")]
+    pub bq_credentials: String,
     /// Where the files loader writes (default `$ADPIPE_STATE_DIR/demo/files`,
     /// else `.adpipe/demo/files`); emptied at the start of each run.
     #[arg(long)]
@@ -117,6 +127,8 @@ pub struct DemoReport {
     pub files: Vec<Tally>,
     /// Elasticsearch (with `--es-url`), per topic: one document per event.
     pub elasticsearch: Vec<Tally>,
+    /// BigQuery (with `--bq-url`), per topic: one row per event.
+    pub bigquery: Vec<Tally>,
     /// Records MirrorMaker 2 copied to central (with `--dc`).
     pub replicated: Option<u64>,
     /// Each DC's profiles: each event dispatched to it once.
@@ -148,6 +160,7 @@ impl DemoReport {
                 &self.dispatched,
                 &self.files,
                 &self.elasticsearch,
+                &self.bigquery,
                 &self.profiles,
             ]
             .into_iter()
@@ -287,6 +300,13 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
             .es_url
             .clone()
             .map(|url| (url, es_index_prefix(&names))),
+        bigquery: args.bq_url.as_ref().map(|url| BigQuerySettings {
+            url: url.trim_end_matches('/').to_owned(),
+            project: "adpipe".to_owned(),
+            dataset: stats_schema.clone(),
+            table_prefix: String::new(),
+            credentials: args.bq_credentials.clone(),
+        }),
         profiles: chain::ProfileStore::Embedded,
         joiner_wait: "15s".to_owned(),
         max_idle: "1s".to_owned(),
@@ -471,47 +491,59 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         })
         .collect();
 
-    // Elasticsearch: one document per processed event and orphan.
+    // Elasticsearch and BigQuery: one document / row per processed event
+    // and orphan, in the days of the run's events.
+    let span = adpipe_reconciler::Span {
+        from: publications
+            .iter()
+            .map(|publication| publication.event.event_time())
+            .min()
+            .unwrap_or_default(),
+        to: adpipe_runtime::event_time::now_ms() + 1,
+        slack_ms: 0,
+    };
     let mut elasticsearch = Vec::new();
     if let Some((url, prefix)) = &plan.elasticsearch {
-        // The days of the run's events.
-        let span = adpipe_reconciler::Span {
-            from: publications
-                .iter()
-                .map(|publication| publication.event.event_time())
-                .min()
-                .unwrap_or_default(),
-            to: adpipe_runtime::event_time::now_ms() + 1,
-            slack_ms: 0,
-        };
-        let documents = async || -> anyhow::Result<Vec<(String, Vec<String>)>> {
-            let mut found = Vec::new();
-            for (topic, _) in &file_expectations {
-                let ids =
+        elasticsearch = checks::store_tallies(
+            view.bar(0, "in Elasticsearch"),
+            &file_expectations,
+            async |topic: &str| {
+                Ok(
                     adpipe_reconciler::stores::elasticsearch_documents(url, prefix, topic, span)
                         .await?
                         .into_iter()
                         .map(|(id, _)| id)
-                        .collect();
-                found.push((topic.clone(), ids));
-            }
-            Ok(found)
-        };
-        let bar = view.bar(0, "in Elasticsearch");
-        bar.set_length(files_want);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut found = documents().await?;
-        while found.iter().map(|(_, ids)| ids.len() as u64).sum::<u64>() < files_want
-            && Instant::now() < deadline
-        {
-            bar.set_position(found.iter().map(|(_, ids)| ids.len() as u64).sum());
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            found = documents().await?;
-        }
-        bar.finish();
-        for ((topic, expected), (_, ids)) in file_expectations.iter().zip(&found) {
-            elasticsearch.push(Tally::of(topic, expected, ids.iter().map(String::as_str)));
-        }
+                        .collect(),
+                )
+            },
+        )
+        .await?;
+    }
+    let mut bigquery = Vec::new();
+    if let Some(settings) = &plan.bigquery {
+        let client = adpipe_loader::bigquery::client(settings)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        bigquery = checks::store_tallies(
+            view.bar(0, "in BigQuery"),
+            &file_expectations,
+            async |topic: &str| {
+                let kinds = chain::loader_kinds(&names, topic);
+                Ok(adpipe_loader::bigquery::row_identities(
+                    &client,
+                    settings,
+                    topic,
+                    &kinds,
+                    (span.from, span.to),
+                )
+                .await
+                .map_err(anyhow::Error::msg)?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect())
+            },
+        )
+        .await?;
     }
 
     // The profiles: each DC holds every event dispatched to it, once.
@@ -574,6 +606,15 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
             format!("indices {prefix}*-YYYY.MM.DD at {url}"),
         ));
     }
+    if let Some(settings) = &plan.bigquery {
+        outputs.push((
+            "BigQuery".to_owned(),
+            format!(
+                "dataset {}.{} (a table per topic) at {}",
+                settings.project, settings.dataset, settings.url
+            ),
+        ));
+    }
     if let Some(url) = &args.postgres_url {
         outputs.push((
             "stats (PostgreSQL)".to_owned(),
@@ -595,6 +636,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         dispatched,
         files,
         elasticsearch,
+        bigquery,
         replicated,
         profiles,
         outputs,
@@ -663,6 +705,13 @@ pub(crate) async fn reconcile(
             },
         ),
         (
+            "RECONCILE__GROUPS__BIGQUERY",
+            match &plan.bigquery {
+                Some(_) => group("loader-bigquery"),
+                None => "\"\"".to_owned(),
+            },
+        ),
+        (
             "FILES__DIR",
             format!("{:?}", plan.files_dir.display().to_string()),
         ),
@@ -670,6 +719,15 @@ pub(crate) async fn reconcile(
     if let Some((url, prefix)) = &plan.elasticsearch {
         env.push(("ELASTICSEARCH__URL", format!("{url:?}")));
         env.push(("ELASTICSEARCH__INDEX_PREFIX", format!("{prefix:?}")));
+    }
+    if let Some(settings) = &plan.bigquery {
+        env.push(("BIGQUERY__URL", format!("{:?}", settings.url)));
+        env.push(("BIGQUERY__PROJECT", format!("{:?}", settings.project)));
+        env.push(("BIGQUERY__DATASET", format!("{:?}", settings.dataset)));
+        env.push((
+            "BIGQUERY__CREDENTIALS",
+            format!("{:?}", settings.credentials),
+        ));
     }
     if let Some((url, schema)) = &plan.postgres {
         env.push(("STATS__POSTGRES_URL", format!("{url:?}")));

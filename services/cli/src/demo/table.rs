@@ -103,6 +103,7 @@ pub fn print_table(
             "loader: Elasticsearch (one document each)",
             &report.elasticsearch,
         ),
+        ("loader: BigQuery (one row each)", &report.bigquery),
         ("loader: profiles (embedded store)", &report.profiles),
     ] {
         if tallies.is_empty() {
