@@ -26,21 +26,12 @@ struct RawConfig {
     elasticsearch: RawElasticsearch,
     files: RawFiles,
     profiles: RawProfiles,
-    bigquery: RawBigQuery,
+    bigquery: BigQuerySettings,
 }
 
-#[derive(Debug, Deserialize)]
+/// `[bigquery]` (the loader's, and the reconciler's reading of its tables).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawBigQuery {
-    url: String,
-    project: String,
-    dataset: String,
-    table_prefix: String,
-    credentials: String,
-}
-
-/// `[bigquery]`, validated.
-#[derive(Debug, Clone)]
 pub struct BigQuerySettings {
     /// The REST API's v2 base URL (the emulator's in tests).
     pub url: String,
@@ -53,6 +44,14 @@ pub struct BigQuerySettings {
     /// `none` (an emulator), `application-default`, or the path of a
     /// service-account key file.
     pub credentials: String,
+}
+
+impl BigQuerySettings {
+    /// The same with the URL's trailing `/` removed (paths are appended).
+    pub fn trimmed(mut self) -> Self {
+        self.url = self.url.trim_end_matches('/').to_owned();
+        self
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -323,13 +322,7 @@ impl LoaderSettings {
                 format: raw.files.format,
                 codec: raw.files.codec,
             },
-            bigquery: BigQuerySettings {
-                url: raw.bigquery.url.trim_end_matches('/').to_owned(),
-                project: raw.bigquery.project,
-                dataset: raw.bigquery.dataset,
-                table_prefix: raw.bigquery.table_prefix,
-                credentials: raw.bigquery.credentials,
-            },
+            bigquery: raw.bigquery.trimmed(),
             profiles: ProfilesSettings {
                 store: profiles.store,
                 url: profiles.url,

@@ -27,7 +27,7 @@ struct RawConfig {
     stats: RawStats,
     files: RawFiles,
     elasticsearch: RawElasticsearch,
-    bigquery: RawBigQuery,
+    bigquery: adpipe_loader::config::BigQuerySettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,16 +103,6 @@ struct RawFiles {
 struct RawElasticsearch {
     url: String,
     index_prefix: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawBigQuery {
-    url: String,
-    project: String,
-    dataset: String,
-    table_prefix: String,
-    credentials: String,
 }
 
 /// The chain's consumer groups (empty: that stage is not reconciled).
@@ -330,15 +320,7 @@ impl ReconcileSettings {
                     raw.elasticsearch.index_prefix,
                 )
             }),
-            bigquery: non_empty(raw.bigquery.url).map(|url| {
-                adpipe_loader::config::BigQuerySettings {
-                    url: url.trim_end_matches('/').to_owned(),
-                    project: raw.bigquery.project,
-                    dataset: raw.bigquery.dataset,
-                    table_prefix: raw.bigquery.table_prefix,
-                    credentials: raw.bigquery.credentials,
-                }
-            }),
+            bigquery: (!raw.bigquery.url.is_empty()).then(|| raw.bigquery.trimmed()),
             interval,
             lookback,
             close_by: reconcile.serve.close_by,

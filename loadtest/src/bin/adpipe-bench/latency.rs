@@ -55,6 +55,31 @@ impl Percentiles {
     }
 }
 
+/// The time of a record: an event's own, a joined conversion's
+/// conversion's, a joined click's click's.
+#[derive(serde::Deserialize)]
+struct Stamp {
+    #[serde(default)]
+    event_time: Option<i64>,
+    #[serde(default)]
+    conversion: Option<InnerStamp>,
+    #[serde(default)]
+    click: Option<InnerStamp>,
+}
+
+#[derive(serde::Deserialize)]
+struct InnerStamp {
+    event_time: i64,
+}
+
+impl Stamp {
+    fn event_time(&self) -> Option<i64> {
+        self.event_time
+            .or(self.conversion.as_ref().map(|inner| inner.event_time))
+            .or(self.click.as_ref().map(|inner| inner.event_time))
+    }
+}
+
 /// Reads `topic` from its end until `stop`, measuring records whose event
 /// time is at or after `measure_from_ms` (the warm-up is left out).
 fn read_latencies(
@@ -66,18 +91,6 @@ fn read_latencies(
     ready: &AtomicBool,
     stop: &AtomicBool,
 ) -> Result<Vec<i64>, String> {
-    /// An event's time, or a joined record's click's.
-    #[derive(serde::Deserialize)]
-    struct Stamp {
-        #[serde(default)]
-        event_time: Option<i64>,
-        #[serde(default)]
-        click: Option<ClickStamp>,
-    }
-    #[derive(serde::Deserialize)]
-    struct ClickStamp {
-        event_time: i64,
-    }
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", reader_group(topic))
@@ -120,10 +133,7 @@ fn read_latencies(
         let stamp: Stamp = writer
             .decode_datum(datum)
             .map_err(|error| error.to_string())?;
-        let Some(event_time) = stamp
-            .event_time
-            .or(stamp.click.map(|click| click.event_time))
-        else {
+        let Some(event_time) = stamp.event_time() else {
             return Err(format!("{topic}: a record without an event time"));
         };
         if event_time >= measure_from_ms {
@@ -247,19 +257,6 @@ pub async fn event_times(
     from: &[(i32, i64)],
     codec: &Codec,
 ) -> Result<Vec<(i32, i64, i64)>, String> {
-    #[derive(serde::Deserialize)]
-    struct Stamp {
-        #[serde(default)]
-        event_time: Option<i64>,
-        #[serde(default)]
-        conversion: Option<Inner>,
-        #[serde(default)]
-        click: Option<Inner>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Inner {
-        event_time: i64,
-    }
     let ends = crate::service::topic_ends(bootstrap, topic)?;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -317,9 +314,7 @@ pub async fn event_times(
             .decode_datum(datum)
             .map_err(|error| error.to_string())?;
         let event_time = stamp
-            .event_time
-            .or(stamp.conversion.map(|inner| inner.event_time))
-            .or(stamp.click.map(|inner| inner.event_time))
+            .event_time()
             .ok_or_else(|| format!("{topic}: a record without an event time"))?;
         times.push((message.partition(), message.offset(), event_time));
     }
