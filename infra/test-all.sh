@@ -159,7 +159,7 @@ step "the loader's Elasticsearch sink against OpenSearch (the same _bulk API)"
   exit $status
 )
 
-step "demo on the embedded default (in-process Kafka, no server), and over the real DC clusters, MirrorMaker 2, central, PostgreSQL and Elasticsearch; the dashboards' and rules' metrics against its /metrics"
+step "demo on the embedded default (in-process Kafka, no server), and over the real DC clusters, MirrorMaker 2, central, PostgreSQL, Elasticsearch, the BigQuery emulator and Redis; the dashboards' and rules' metrics against its /metrics"
 env -u ADPIPE_PG_URL target/debug/adpipe demo --events 5000 | tail -n 34
 port_of() { clusters name port | awk -v name="$1" '$1 == name {print "127.0.0.1:" $2}'; }
 # Its console serves the process's /metrics — every in-process service's,
@@ -171,6 +171,7 @@ rm -f "$ADPIPE_STATE_DIR/demo-real.log"   # its "stays up" is the signal below
 target/debug/adpipe demo --events 5000 --brokers "$(port_of central)" \
   --dc "dc1=$(port_of dc1)" --dc "dc2=$(port_of dc2)" \
   --postgres-url "$ADPIPE_PG_URL" --es-url "$ADPIPE_ES_URL" \
+  --bq-url "$ADPIPE_BQ_URL" --redis-url "$ADPIPE_REDIS_URL" \
   --console "127.0.0.1:$console_port" --console-linger 20s > "$ADPIPE_STATE_DIR/demo-real.log" 2> "$ADPIPE_STATE_DIR/demo-real.err" &
 demo_pid=$!
 while kill -0 "$demo_pid" 2>/dev/null && ! grep -q "stays up" "$ADPIPE_STATE_DIR/demo-real.log"; do sleep 1; done

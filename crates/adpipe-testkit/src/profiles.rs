@@ -16,43 +16,11 @@ pub fn redis_url() -> String {
 }
 
 async fn connection() -> redis::aio::MultiplexedConnection {
-    connection_at(&redis_url()).await
-}
-
-async fn connection_at(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
+    redis::Client::open(redis_url())
         .expect("a Redis URL")
         .get_multiplexed_async_connection()
         .await
-        .unwrap_or_else(|error| panic!("Redis at {url}: {error} (infra/redis.sh start)"))
-}
-
-/// The keys under `prefix`, by SCAN: one KEYS over the chaos run's two
-/// million profile keys outlasted the connection's response timeout (the
-/// 2M-record run's check panicked "keys: timed out").
-async fn keys(connection: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(connection)
-            .await
-            .expect("keys");
-        keys.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    // SCAN may return a key twice (a rehash between calls).
-    keys.sort_unstable();
-    keys.dedup();
-    keys
+        .unwrap_or_else(|error| panic!("Redis at {}: {error} (infra/redis.sh start)", redis_url()))
 }
 
 /// Every profile key under `prefix` with its entries and expiry.
@@ -60,27 +28,17 @@ pub async fn dump(prefix: &str) -> BTreeMap<String, Profile> {
     dump_at(&redis_url(), prefix).await
 }
 
-/// Every profile key under `prefix` in the Redis at `url`.
+/// Every profile key under `prefix` in the Redis at `url`, read as the
+/// reconciler reads them (`RedisProfiles::stored`).
 pub async fn dump_at(url: &str, prefix: &str) -> BTreeMap<String, Profile> {
-    let mut connection = connection_at(url).await;
-    let mut dump = BTreeMap::new();
-    for key in keys(&mut connection, prefix).await {
-        let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(&key)
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(&mut connection)
-            .await
-            .expect("entries");
-        let expires: i64 = redis::cmd("PEXPIRETIME")
-            .arg(&key)
-            .query_async(&mut connection)
-            .await
-            .expect("expiry");
-        dump.insert(key, (entries, expires));
-    }
-    dump
+    adpipe_loader::profiles::RedisProfiles::new(url, prefix)
+        .expect("a Redis URL")
+        .stored()
+        .await
+        .unwrap_or_else(|error| panic!("{error} (infra/redis.sh start)"))
+        .into_iter()
+        .map(|stored| (stored.key, (stored.entries, stored.expires_ms)))
+        .collect()
 }
 
 /// How often each event id appears among the entries of the keys under
@@ -110,8 +68,8 @@ pub async fn event_ids_at(url: &str, prefix: &str, suffix: &str) -> BTreeMap<Str
 
 /// Deletes every key under `prefix` (what a test wrote).
 pub async fn delete(prefix: &str) {
+    let keys: Vec<String> = dump(prefix).await.into_keys().collect();
     let mut connection = connection().await;
-    let keys = keys(&mut connection, prefix).await;
     // UNLINK frees in the background: DEL of a million entries outlasts
     // the client's response timeout.
     for chunk in keys.chunks(100) {

@@ -74,6 +74,17 @@ pub struct ReconcileArgs {
     /// or a service-account key file.
     #[arg(long)]
     pub bq_credentials: Option<String>,
+    /// The Redis of the DCs' profile loaders (each DC's dispatched events
+    /// against its user profiles).
+    #[arg(long)]
+    pub profiles_url: Option<String>,
+    /// A DC's profile key prefix, with {dc} (default `profile-{dc}:`).
+    #[arg(long)]
+    pub profiles_key_prefix: Option<String>,
+    /// A DC's profile loader's consumer group, with {dc} (default
+    /// `adpipe-loader-profiles-{dc}`).
+    #[arg(long)]
+    pub profiles_group: Option<String>,
     /// Also write the result as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -153,6 +164,15 @@ impl ReconcileArgs {
         }
         if let Some(credentials) = &self.bq_credentials {
             set("BIGQUERY__CREDENTIALS", text(credentials));
+        }
+        if let Some(url) = &self.profiles_url {
+            set("PROFILES__URL", text(url));
+        }
+        if let Some(prefix) = &self.profiles_key_prefix {
+            set("PROFILES__KEY_PREFIX", text(prefix));
+        }
+        if let Some(group) = &self.profiles_group {
+            set("PROFILES__GROUP", text(group));
         }
         Ok(ReconcileSettings::load(
             self.config.as_deref(),

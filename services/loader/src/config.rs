@@ -104,6 +104,7 @@ struct RawBatch {
     bytes: usize,
     wait: String,
     write_timeout: String,
+    writes_in_flight: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,8 +208,10 @@ pub struct LoaderSettings {
     pub inputs: Vec<Input>,
     /// When a partition's batch is written.
     pub limits: BatchLimits,
-    /// Bound of one write.
+    /// Bound of one write (its wait for a turn included).
     pub write_timeout: Duration,
+    /// How many partitions' writes run at once in this process.
+    pub writes_in_flight: usize,
     /// `[elasticsearch]`.
     pub elasticsearch: ElasticsearchSettings,
     /// `[files]`.
@@ -234,6 +237,9 @@ impl LoaderSettings {
             &loader.batch.write_timeout,
             &mut problems,
         );
+        if loader.batch.writes_in_flight == 0 {
+            problems.push("loader.batch.writes-in-flight must be at least 1".to_owned());
+        }
         if loader.batch.records == 0 {
             problems.push("loader.batch.records must be at least 1".to_owned());
         }
@@ -307,6 +313,7 @@ impl LoaderSettings {
                 max_wait: wait,
             },
             write_timeout,
+            writes_in_flight: loader.batch.writes_in_flight,
             elasticsearch: ElasticsearchSettings {
                 url: es.url.trim_end_matches('/').to_owned(),
                 index_prefix: es.index_prefix,

@@ -15,6 +15,7 @@ use crate::step::{LoaderStep, StepTarget};
 pub struct LoaderFactory<F: SinkFactory> {
     sinks: F,
     settings: Arc<LoaderSettings>,
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl<F: SinkFactory> LoaderFactory<F> {
@@ -22,6 +23,7 @@ impl<F: SinkFactory> LoaderFactory<F> {
     pub fn new(sinks: F, settings: LoaderSettings) -> Self {
         LoaderFactory {
             sinks,
+            turns: Arc::new(tokio::sync::Semaphore::new(settings.writes_in_flight)),
             settings: Arc::new(settings),
         }
     }
@@ -46,6 +48,7 @@ impl<F: SinkFactory> StepFactory for LoaderFactory<F> {
                     dead_letter_topic: Arc::from(settings.worker.dead_letter_topic.as_str()),
                     service: settings.worker.service.clone(),
                     write_timeout: settings.write_timeout,
+                    turns: Arc::clone(&self.turns),
                 },
             ),
             settings.limits,

@@ -142,6 +142,97 @@ impl RedisProfiles {
     }
 }
 
+/// One profile key as stored: its entries (entry, score) oldest first and
+/// its expiry (Unix ms; -1 without one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredProfile {
+    /// The key (`<prefix><user>:<kind>`).
+    pub key: String,
+    /// Its entries with their scores (event times), oldest first.
+    pub entries: Vec<(String, f64)>,
+    /// When it expires (Unix ms), -1 without an expiry.
+    pub expires_ms: i64,
+}
+
+impl StoredProfile {
+    /// The kind the key files (`impression`, `click`, `conversion`).
+    pub fn kind(&self) -> &str {
+        self.key.rsplit_once(':').map_or("", |(_, kind)| kind)
+    }
+
+    /// The event id of each entry (an entry that is no JSON object with an
+    /// `id` is named as an error).
+    pub fn event_ids(&self) -> Result<Vec<String>, String> {
+        self.entries
+            .iter()
+            .map(|(entry, _)| {
+                serde_json::from_str::<Value>(entry)
+                    .ok()
+                    .and_then(|entry| entry.get("id")?.as_str().map(str::to_owned))
+                    .ok_or_else(|| format!("{}: an entry without an id: {entry}", self.key))
+            })
+            .collect()
+    }
+}
+
+impl RedisProfiles {
+    /// Every key under the store's prefix, read back (reconciliation and
+    /// tests): SCAN (one KEYS over millions of keys outlasts the response
+    /// timeout), then each batch of keys' entries and expiries in one
+    /// pipeline (one round trip per key took minutes over millions).
+    pub async fn stored(&self) -> Result<Vec<StoredProfile>, String> {
+        let failed = |error: redis::RedisError| format!("Redis, reading {}*: {error}", self.prefix);
+        let mut connection = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(failed)?;
+        let mut keys = std::collections::BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.prefix))
+                .arg("COUNT")
+                .arg(10_000)
+                .query_async(&mut connection)
+                .await
+                .map_err(failed)?;
+            // SCAN may return a key twice (a rehash between calls): a set.
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let keys: Vec<String> = keys.into_iter().collect();
+        let mut stored = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(1_000) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES");
+                pipe.cmd("PEXPIRETIME").arg(key);
+            }
+            let answers: Vec<redis::Value> =
+                pipe.query_async(&mut connection).await.map_err(failed)?;
+            for (key, pair) in chunk.iter().zip(answers.chunks(2)) {
+                let [entries, expires] = pair else {
+                    return Err(format!("Redis: no answer for {key}"));
+                };
+                let unreadable =
+                    |error: redis::ParsingError| format!("Redis, reading {key}: {error}");
+                stored.push(StoredProfile {
+                    key: key.clone(),
+                    entries: redis::from_redis_value_ref(entries).map_err(unreadable)?,
+                    expires_ms: redis::from_redis_value_ref(expires).map_err(unreadable)?,
+                });
+            }
+        }
+        Ok(stored)
+    }
+}
+
 fn unreachable(error: &redis::RedisError) -> StepError {
     StepError::transient("redis", error.to_string())
 }

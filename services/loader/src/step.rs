@@ -69,8 +69,14 @@ pub struct StepTarget {
     pub dead_letter_topic: Arc<str>,
     /// The service name in dead-letter headers.
     pub service: String,
-    /// Bound of one write.
+    /// Bound of one write, its wait for a turn included.
     pub write_timeout: Duration,
+    /// The process's turns at writing: every partition's step shares them,
+    /// so a backlog over many partitions sends the store a few writes at
+    /// a time instead of one per partition at once (Elasticsearch answered
+    /// a backlog of 48 partitions' batches with 429s, and kept indexing the
+    /// batches the loader had given up on: the 10M chaos run).
+    pub turns: Arc<tokio::sync::Semaphore>,
 }
 
 /// The loading step of one input partition.
@@ -122,12 +128,17 @@ impl<S: Sink> BatchStep for LoaderStep<S> {
     ) -> Result<Vec<OutputRecord>, StepError> {
         let sink_name = self.target.sink;
         let started = Instant::now();
-        let refusals = match tokio::time::timeout(
-            self.target.write_timeout,
-            self.sink.write(batch, spans),
-        )
-        .await
-        {
+        // The wait for a turn is inside the bound: the whole write must end
+        // below the runtime's processing timeout, and an abandoned wait
+        // costs the store nothing.
+        let write = async {
+            let _turn =
+                self.target.turns.acquire().await.map_err(|_| {
+                    StepError::fatal("loader_stopped", "the write turns were closed")
+                })?;
+            self.sink.write(batch, spans).await
+        };
+        let refusals = match tokio::time::timeout(self.target.write_timeout, write).await {
             Ok(Ok(refusals)) => refusals,
             Ok(Err(error)) => {
                 metrics::counter!("adpipe_loader_write_failures_total", "sink" => sink_name, "kind" => error.kind)
@@ -138,11 +149,11 @@ impl<S: Sink> BatchStep for LoaderStep<S> {
             Err(_) => {
                 metrics::counter!("adpipe_loader_write_failures_total", "sink" => sink_name, "kind" => "timeout")
                         .increment(1);
-                warn!(sink = sink_name, records = batch.len(), timeout = ?self.target.write_timeout, "a batch was not written in time; it is tried again");
+                warn!(sink = sink_name, records = batch.len(), timeout = ?self.target.write_timeout, "a batch was not written in time (its turn included); it is tried again");
                 return Err(StepError::transient(
                     "sink_timeout",
                     format!(
-                        "writing {} records took longer than {:?}",
+                        "writing {} records (waiting for a turn included) took longer than {:?}",
                         batch.len(),
                         self.target.write_timeout
                     ),
@@ -187,5 +198,126 @@ impl<S: Sink> BatchStep for LoaderStep<S> {
             ));
         }
         Ok(outputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A store that takes 50 ms per write and notes how many writes it
+    /// had at once.
+    struct CountingSink {
+        now: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+    }
+
+    impl Sink for CountingSink {
+        type Item = ();
+
+        fn prepare(&mut self, _: &InputRecord<'_>, _: &Identity) -> Result<(), StepError> {
+            Ok(())
+        }
+
+        async fn write(
+            &mut self,
+            _: &[Pending<()>],
+            _: &[Span],
+        ) -> Result<Vec<crate::sink::Refusal>, StepError> {
+            /// Ends the write's count also when the timeout cuts it off.
+            struct Writing(Arc<AtomicUsize>);
+            impl Drop for Writing {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            let _writing = Writing(Arc::clone(&self.now));
+            self.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(Vec::new())
+        }
+    }
+
+    fn pending(partition: i32) -> Vec<Pending<()>> {
+        vec![Pending {
+            source: Source {
+                topic: Arc::from("t"),
+                partition,
+                offset: 0,
+                key: None,
+                value: None,
+                headers: adpipe_runtime::Headers::default(),
+            },
+            identity: Identity {
+                id: format!("e{partition}"),
+                time_ms: 0,
+                version: None,
+            },
+            item: (),
+        }]
+    }
+
+    /// Eight partitions' steps write at once over `turns` turns with a
+    /// write timeout of `timeout`; returns (the most writes the store had
+    /// at once, the error kinds of the writes that failed).
+    async fn eight_partitions(turns: usize, timeout: Duration) -> (usize, Vec<&'static str>) {
+        let most = Arc::new(AtomicUsize::new(0));
+        let now = Arc::new(AtomicUsize::new(0));
+        let target = StepTarget {
+            sink: "counting",
+            dead_letter_topic: Arc::from("dlq.loader"),
+            service: "loader".to_owned(),
+            write_timeout: timeout,
+            turns: Arc::new(tokio::sync::Semaphore::new(turns)),
+        };
+        let writes = (0..8).map(|partition| {
+            let mut step = LoaderStep::new(
+                CountingSink {
+                    now: Arc::clone(&now),
+                    most: Arc::clone(&most),
+                },
+                "t",
+                target.clone(),
+            );
+            tokio::spawn(async move {
+                BatchStep::write(&mut step, &pending(partition), &[])
+                    .await
+                    .err()
+                    .map(|error| error.kind)
+            })
+        });
+        let mut failed = Vec::new();
+        for write in writes.collect::<Vec<_>>() {
+            failed.extend(write.await.expect("joined"));
+        }
+        (most.load(Ordering::SeqCst), failed)
+    }
+
+    #[tokio::test]
+    async fn the_partitions_of_a_process_take_turns_at_the_store() {
+        let (most, failed) = eight_partitions(2, Duration::from_secs(5)).await;
+        assert_eq!(most, 2, "two turns: two writes at a time");
+        assert!(failed.is_empty(), "{failed:?}");
+        // Switched off (a turn per partition): all eight at once, as the
+        // Elasticsearch loader sent its backlog before.
+        let (most, _) = eight_partitions(8, Duration::from_secs(5)).await;
+        assert_eq!(most, 8);
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_a_turn_beyond_the_write_timeout_is_a_transient_timeout() {
+        // One turn, 50 ms a write, 120 ms allowed: the first ones are
+        // written, the rest time out waiting — tried again later, never
+        // dead-lettered.
+        let (most, failed) = eight_partitions(1, Duration::from_millis(120)).await;
+        assert_eq!(most, 1);
+        assert!((1..8).contains(&failed.len()), "{failed:?}");
+        assert!(
+            failed.iter().all(|kind| *kind == "sink_timeout"),
+            "{failed:?}"
+        );
     }
 }

@@ -28,6 +28,43 @@ struct RawConfig {
     files: RawFiles,
     elasticsearch: RawElasticsearch,
     bigquery: adpipe_loader::config::BigQuerySettings,
+    profiles: RawProfiles,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawProfiles {
+    url: String,
+    key_prefix: String,
+    group: String,
+    keep: usize,
+    ttl: String,
+}
+
+/// The DCs' user profiles in Redis, as their profile loaders write them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfilesSettings {
+    /// The Redis (`redis://host:port[/db]`).
+    pub url: String,
+    /// A DC's key prefix (`{dc}`).
+    pub key_prefix: String,
+    /// A DC's profile loader's consumer group (`{dc}`; empty: unknown).
+    pub group: String,
+    /// The newest entries the loaders keep per user and kind.
+    pub keep: usize,
+    /// How long after the newest event's time a profile expires.
+    pub ttl: Duration,
+}
+
+impl ProfilesSettings {
+    /// `dc`'s key prefix.
+    pub fn key_prefix(&self, dc: &str) -> String {
+        self.key_prefix.replace("{dc}", dc)
+    }
+    /// `dc`'s profile loader's group.
+    pub fn group(&self, dc: &str) -> String {
+        self.group.replace("{dc}", dc)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +96,8 @@ struct RawReconcile {
     topic_prefix: String,
     source: String,
     replica: String,
+    dispatched: String,
+    dispatched_at_dc: String,
     slack: String,
     samples: usize,
     groups: Groups,
@@ -163,6 +202,8 @@ pub struct ReconcileSettings {
     pub elasticsearch: Option<(String, String)>,
     /// The BigQuery loader's tables, when reconciled.
     pub bigquery: Option<adpipe_loader::config::BigQuerySettings>,
+    /// The DCs' profiles, when reconciled.
+    pub profiles: Option<ProfilesSettings>,
     /// Continuous mode: how often.
     pub interval: Duration,
     /// Continuous mode: how far back.
@@ -185,6 +226,10 @@ pub struct TopicNames {
     pub source: String,
     /// Its replica on central: `{dc}`, `{prefix}`, `{kind}`.
     pub replica: String,
+    /// The dispatcher's topic for a DC on central: `{prefix}`, `{dc}`.
+    pub dispatched: String,
+    /// Its copy on the DC's own cluster: `{prefix}`, `{dc}`.
+    pub dispatched_at_dc: String,
 }
 
 impl TopicNames {
@@ -212,6 +257,18 @@ impl TopicNames {
     /// `joined.clicks`, `joined.conversions`, `joined.orphans`.
     pub fn joined(&self, what: &str) -> String {
         format!("{}joined.{what}", self.prefix)
+    }
+    /// The dispatcher's topic for `dc` on central.
+    pub fn dispatched(&self, dc: &str) -> String {
+        self.dispatched
+            .replace("{prefix}", &self.prefix)
+            .replace("{dc}", dc)
+    }
+    /// Its copy on `dc`'s own cluster.
+    pub fn dispatched_at_dc(&self, dc: &str) -> String {
+        self.dispatched_at_dc
+            .replace("{prefix}", &self.prefix)
+            .replace("{dc}", dc)
     }
     /// `dlq.<service>`.
     pub fn dlq(&self, service: &str) -> String {
@@ -253,6 +310,10 @@ impl ReconcileSettings {
             &reconcile.serve.close_after,
             &mut problems,
         );
+        let profiles_ttl = duration("profiles.ttl", &raw.profiles.ttl, &mut problems);
+        if raw.profiles.keep == 0 {
+            problems.push("profiles.keep must be at least 1".to_owned());
+        }
         if reconcile.dcs.is_empty() {
             problems.push("reconcile.dcs names no DC".to_owned());
         }
@@ -308,6 +369,8 @@ impl ReconcileSettings {
                 prefix: reconcile.topic_prefix,
                 source: reconcile.source,
                 replica: reconcile.replica,
+                dispatched: reconcile.dispatched,
+                dispatched_at_dc: reconcile.dispatched_at_dc,
             },
             slack,
             samples: reconcile.samples,
@@ -321,6 +384,13 @@ impl ReconcileSettings {
                 )
             }),
             bigquery: (!raw.bigquery.url.is_empty()).then(|| raw.bigquery.trimmed()),
+            profiles: non_empty(raw.profiles.url).map(|url| ProfilesSettings {
+                url,
+                key_prefix: raw.profiles.key_prefix,
+                group: raw.profiles.group,
+                keep: raw.profiles.keep,
+                ttl: profiles_ttl,
+            }),
             interval,
             lookback,
             close_by: reconcile.serve.close_by,
@@ -339,7 +409,12 @@ mod tests {
         let settings = ReconcileSettings::load(None, std::iter::empty()).expect("defaults");
         assert_eq!(settings.topics.replica("dc1", Kind::Click), "dc1.clicks");
         assert!(settings.stats.is_none() && settings.files_dir.is_none());
-        assert!(settings.bigquery.is_none());
+        assert!(settings.bigquery.is_none() && settings.profiles.is_none());
+        assert_eq!(settings.topics.dispatched("dc2"), "events-for-dc2");
+        assert_eq!(
+            settings.topics.dispatched_at_dc("dc2"),
+            "central.events-for-dc2"
+        );
         let env = [
             ("ADPIPE__RECONCILE__TOPIC_PREFIX", "t."),
             (

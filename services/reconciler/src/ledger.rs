@@ -96,7 +96,10 @@ pub enum Stage {
     Joined,
     /// `joined.orphans`.
     Orphaned,
-    /// A store a loader writes (`files`, `elasticsearch`).
+    /// `events-for-<dc>`: the dispatcher's output for a DC, read where
+    /// that DC's profile loader reads it.
+    Dispatched(String),
+    /// A store a loader writes (`files`, `elasticsearch`, `profiles dc1`).
     Store(String),
 }
 
@@ -109,6 +112,7 @@ impl std::fmt::Display for Stage {
             Stage::Deduplicated => write!(f, "deduplicated"),
             Stage::Joined => write!(f, "joined"),
             Stage::Orphaned => write!(f, "orphans"),
+            Stage::Dispatched(dc) => write!(f, "dispatched {dc}"),
             Stage::Store(store) => write!(f, "{store}"),
         }
     }
@@ -195,6 +199,22 @@ pub struct Ledger {
     /// Count-only stores: (bucket, kind, measure) → count (the stats:
     /// `stats`, `stats orphans <reason>`).
     pub counted: BTreeMap<(Bucket, Kind, String), i64>,
+    /// Whose profile each dispatched event goes into, by id hash.
+    pub profile_owners: HashMap<u64, ProfileOwner>,
+    /// Why a store rightly lacks an event: (store, id hash) → reason (a
+    /// profile's cap or expiry).
+    pub store_explained: HashMap<(String, u64), String>,
+}
+
+/// The profile a dispatched event is filed under, and its event time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileOwner {
+    /// The user.
+    pub user: String,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its event time (ms).
+    pub time_ms: i64,
 }
 
 /// The hash an id is kept by.

@@ -1,7 +1,8 @@
 //! The reconciler: per event-time hour and kind of event, what every stage
 //! of the chain and every store holds — each DC's source topics and their
 //! replicas on central, merged, deduplicated, joined and orphaned (by
-//! reason), the stats in PostgreSQL, the files, Elasticsearch, BigQuery — and every
+//! reason), the stats in PostgreSQL, the files, Elasticsearch, BigQuery,
+//! each DC's dispatched events and its user profiles — and every
 //! difference between them named (stage, hour, kind, how many, sample ids)
 //! and explained where the chain explains it (dead letters with their
 //! reasons, records still in flight, at-least-once copies). What nothing
@@ -102,6 +103,24 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
         topics.joined("orphans"),
         KindOf::OrphanHeader,
     ));
+    // Each DC's dispatched events, read where its profile loader reads
+    // them (its own cluster's copy when known: the loader's commits are
+    // offsets of that copy).
+    let dispatched = |dc: &config::Dc| match &dc.bootstrap {
+        Some(bootstrap) => (bootstrap.clone(), topics.dispatched_at_dc(&dc.name)),
+        None => (settings.bootstrap.clone(), topics.dispatched(&dc.name)),
+    };
+    if settings.profiles.is_some() {
+        for dc in &settings.dcs {
+            let (bootstrap, topic) = dispatched(dc);
+            stage_topics.push(StageTopic {
+                stage: Stage::Dispatched(dc.name.clone()),
+                bootstrap,
+                topic,
+                kind: KindOf::ByValue,
+            });
+        }
+    }
     for stage_topic in &stage_topics {
         read::read_stage(&mut ledger, &codec, stage_topic, span, properties)
             .await
@@ -159,6 +178,29 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
             );
         }
     }
+    if let Some(profiles) = &settings.profiles {
+        for dc in &settings.dcs {
+            let (bootstrap, topic) = dispatched(dc);
+            let group = profiles.group(&dc.name);
+            if !group.is_empty() {
+                note(
+                    &group,
+                    read::committed(&bootstrap, &group, &[topic], properties)?,
+                );
+            }
+            // A DC's profile loader dead-letters into its own cluster.
+            if bootstrap != settings.bootstrap {
+                read::read_dead_letters(
+                    &mut ledger,
+                    &codec,
+                    &bootstrap,
+                    &topics.dlq("loader"),
+                    properties,
+                )
+                .await?;
+            }
+        }
+    }
     let mut count_flows = Vec::new();
     if let Some((url, schema)) = &settings.stats {
         let stored =
@@ -183,6 +225,15 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
     if let Some(bigquery) = &settings.bigquery {
         stores::read_bigquery(&mut ledger, bigquery, topics, span).await?;
         flows.push(store_flow("bigquery", &groups.bigquery));
+    }
+    if let Some(profiles) = &settings.profiles {
+        for dc in &settings.dcs {
+            stores::read_profiles(&mut ledger, profiles, &dc.name, span).await?;
+            let mut flow = store_flow(&stores::profiles_store(&dc.name), &profiles.group(&dc.name));
+            flow.name = format!("dispatched {dc} → profiles {dc}", dc = dc.name);
+            flow.from = every_kind(vec![Stage::Dispatched(dc.name.clone())]);
+            flows.push(flow);
+        }
     }
     let mut differences = verdict::differences(&ledger, &positions, &flows, &count_flows);
     differences.extend(verdict::undecodable(&ledger));

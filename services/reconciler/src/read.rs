@@ -30,6 +30,9 @@ pub enum KindOf {
     Fixed(Kind),
     /// The orphans: the `adpipe.orphan.kind` header.
     OrphanHeader,
+    /// Processed events of every kind (the dispatcher's output): a joined
+    /// conversion, a joined click, else an impression — by its fields.
+    ByValue,
 }
 
 /// One topic of one stage.
@@ -63,6 +66,8 @@ struct Nested {
     event_id: Option<String>,
     #[serde(default)]
     event_time: Option<i64>,
+    #[serde(default)]
+    user_id: Option<String>,
 }
 
 /// The fields an id and an event time are made of (a joined record's are
@@ -77,15 +82,39 @@ struct IdFields {
     conversion: Option<Nested>,
     #[serde(default)]
     click: Option<Nested>,
+    #[serde(default)]
+    user_id: Option<String>,
+}
+
+/// What a record is: its id, event time, user and (by its fields) kind.
+struct Identified {
+    id: String,
+    time_ms: i64,
+    user: Option<String>,
+    kind: Kind,
 }
 
 impl IdFields {
     fn id_and_time(self) -> Option<(String, i64)> {
+        self.identified()
+            .map(|identified| (identified.id, identified.time_ms))
+    }
+
+    fn identified(self) -> Option<Identified> {
+        let kind = if self.conversion.is_some() {
+            Kind::Conversion
+        } else if self.click.is_some() {
+            Kind::Click
+        } else {
+            Kind::Impression
+        };
         let nested = self.conversion.or(self.click).unwrap_or_default();
-        Some((
-            self.event_id.or(nested.event_id)?,
-            self.event_time.or(nested.event_time)?,
-        ))
+        Some(Identified {
+            id: self.event_id.or(nested.event_id)?,
+            time_ms: self.event_time.or(nested.event_time)?,
+            user: self.user_id.or(nested.user_id),
+            kind,
+        })
     }
 }
 
@@ -227,16 +256,18 @@ pub async fn read_stage(
             .map_err(|error| error.to_string())
             .and_then(|fields| {
                 fields
-                    .id_and_time()
+                    .identified()
                     .ok_or_else(|| "no event_id or event_time".to_owned())
             });
-        let kind = match source.kind {
-            KindOf::Fixed(kind) => Some(kind),
-            KindOf::OrphanHeader => header_text(message, adpipe_events::HEADER_ORPHAN_KIND)
+        let kind = match (source.kind, &decoded) {
+            (KindOf::Fixed(kind), _) => Some(kind),
+            (KindOf::OrphanHeader, _) => header_text(message, adpipe_events::HEADER_ORPHAN_KIND)
                 .as_deref()
                 .and_then(Kind::parse),
+            (KindOf::ByValue, Ok(identified)) => Some(identified.kind),
+            (KindOf::ByValue, Err(_)) => None,
         };
-        let (id, event_ms) = match (decoded, kind) {
+        let identified = match (decoded, kind) {
             (Ok(decoded), Some(_)) => decoded,
             (error, _) => {
                 if record_ms.is_some_and(|ms| (span.from..span.to).contains(&ms)) {
@@ -253,10 +284,21 @@ pub async fn read_stage(
                 return Ok(());
             }
         };
+        let (id, event_ms) = (identified.id, identified.time_ms);
         let Some(bucket) = bucket_of(event_ms, record_ms, span.from, span.to) else {
             return Ok(());
         };
         let kind = kind.unwrap_or(Kind::Impression);
+        if let (Stage::Dispatched(_), Some(user)) = (&source.stage, identified.user) {
+            ledger.profile_owners.insert(
+                crate::ledger::id_hash(&id),
+                crate::ledger::ProfileOwner {
+                    user,
+                    kind,
+                    time_ms: event_ms,
+                },
+            );
+        }
         if source.kind == KindOf::OrphanHeader {
             let reason = header_text(message, adpipe_events::HEADER_ORPHAN_REASON)
                 .unwrap_or_else(|| "?".to_owned());

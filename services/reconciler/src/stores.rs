@@ -1,11 +1,16 @@
 //! Reading the stores into the ledger: the stats-counter's hourly totals
 //! and stored offsets (PostgreSQL), the files loader's Avro files, the
-//! Elasticsearch loader's documents and the BigQuery loader's rows.
+//! Elasticsearch loader's documents, the BigQuery loader's rows and each
+//! DC's user profiles (Redis).
 //!
 //! Contract: a store's events land in the hour of their event time, by the
 //! kind of the topic they came from (the orphans' files and indices by each
-//! orphan's kind as read from `joined.orphans`); a store that cannot be
-//! read fails the reconciliation with the store named (never "0 found").
+//! orphan's kind as read from `joined.orphans`; a profile entry by its
+//! key's kind); a store that cannot be read fails the reconciliation with
+//! the store named (never "0 found"). A dispatched event a profile rightly
+//! lacks is explained in `ledger.store_explained`: its user's profile of
+//! its kind holds `keep` newer entries (the cap dropped it), or it is
+//! older than the TTL (expired, or never written).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -198,6 +203,80 @@ pub async fn read_bigquery(
             read += 1;
         }
     }
+    Ok(read)
+}
+
+/// The store name of `dc`'s profiles (`profiles dc1`).
+pub fn profiles_store(dc: &str) -> String {
+    format!("profiles {dc}")
+}
+
+/// The entries of `dc`'s profiles whose event time is in the span into
+/// `ledger` as stage `profiles <dc>`, and the cap's and the TTL's
+/// explanations for the dispatched events they lack (read the dispatched
+/// stage first: its events name their users).
+pub async fn read_profiles(
+    ledger: &mut Ledger,
+    settings: &crate::config::ProfilesSettings,
+    dc: &str,
+    span: Span,
+) -> anyhow::Result<u64> {
+    let prefix = settings.key_prefix(dc);
+    let store_name = profiles_store(dc);
+    let stored = adpipe_loader::profiles::RedisProfiles::new(&settings.url, &prefix)
+        .map_err(anyhow::Error::msg)?
+        .stored()
+        .await
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("reading {dc}'s profiles"))?;
+    let mut read = 0;
+    // Per key: how many entries, and the oldest one's event time.
+    let mut fullness: HashMap<&str, (usize, f64)> = HashMap::new();
+    for profile in &stored {
+        let Some(kind) = Kind::parse(profile.kind()) else {
+            anyhow::bail!("{dc}'s profiles: key {} names no kind", profile.key);
+        };
+        let ids = profile.event_ids().map_err(anyhow::Error::msg)?;
+        for ((_, score), id) in profile.entries.iter().zip(ids) {
+            if let Some(bucket) = store_bucket(*score as i64, span) {
+                ledger.record(bucket, kind, Stage::Store(store_name.clone()), &id, None);
+                read += 1;
+            }
+        }
+        let oldest = profile
+            .entries
+            .first()
+            .map_or(f64::MAX, |(_, score)| *score);
+        fullness.insert(&profile.key, (profile.entries.len(), oldest));
+    }
+    let now = adpipe_runtime::event_time::now_ms();
+    let ttl_ms = i64::try_from(settings.ttl.as_millis()).unwrap_or(i64::MAX);
+    let mut explained = Vec::new();
+    for (hash, owner) in &ledger.profile_owners {
+        let key = format!("{prefix}{}:{}", owner.user, owner.kind.name());
+        let reason = match fullness.get(key.as_str()) {
+            // Not newer than the oldest of a full profile: the cap's (an
+            // equal time is decided by the entries' bytes; taken as the
+            // cap's).
+            Some((entries, oldest))
+                if *entries >= settings.keep && owner.time_ms as f64 <= *oldest =>
+            {
+                format!(
+                    "beyond the profile cap: {key} keeps the newest {}",
+                    settings.keep
+                )
+            }
+            _ if owner.time_ms.saturating_add(ttl_ms) <= now => {
+                format!(
+                    "expired: older than the profiles' TTL ({})",
+                    humantime::format_duration(settings.ttl)
+                )
+            }
+            _ => continue,
+        };
+        explained.push(((store_name.clone(), *hash), reason));
+    }
+    ledger.store_explained.extend(explained);
     Ok(read)
 }
 

@@ -8,8 +8,9 @@
 //! miscount) and fails the reconciliation.
 //!
 //! Contract: an event missing downstream is explained only by a dead
-//! letter of the consuming service naming that event, or by an offset its
-//! group has not committed; an event present downstream but not upstream,
+//! letter of the consuming service naming that event, by the store's own
+//! rule (a profile's cap or TTL, as read from the store), or by an offset
+//! its group has not committed; an event present downstream but not upstream,
 //! a copy in a store that must hold each event once, and a count in the
 //! stats that differs from the distinct events its consumer committed (a
 //! copy in its input counted twice is a miscount: the totals must equal
@@ -197,11 +198,18 @@ fn check_flow(
                         .filter(|letter| letter.service == flow.service)
                 })
             });
+        // A store that rightly lacks it (a profile's cap or expiry).
+        let store_reason = to.iter().find_map(|stage| match stage {
+            Stage::Store(store) => ledger.store_explained.get(&(store.clone(), *hash)),
+            _ => None,
+        });
         let explanation = if let Some(letter) = letter {
             Some(format!(
                 "dead-lettered by {}: {}",
                 flow.service, letter.reason
             ))
+        } else if let Some(reason) = store_reason {
+            Some(reason.clone())
         } else if places
             .iter()
             .any(|place| !positions.consumed(ledger, flow.group.as_deref(), place))

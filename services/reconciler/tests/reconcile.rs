@@ -106,6 +106,25 @@ fn click(n: u64) -> adpipe_events::Click {
     click
 }
 
+/// Reconciles the test's hour with the settings `env` (`ADPIPE__…`
+/// pairs); returns the result and its table (printed too).
+async fn reconcile_hour(env: Vec<(String, String)>) -> (adpipe_reconciler::Reconciliation, String) {
+    let settings = ReconcileSettings::load(None, env.into_iter()).expect("settings");
+    let span = Span {
+        from: *HOUR,
+        to: *HOUR + HOUR_MS,
+        slack_ms: 0,
+    };
+    let result = adpipe_reconciler::reconcile(&settings, span)
+        .await
+        .expect("reconciled");
+    let mut printed = Vec::new();
+    result.print(&mut printed).expect("printed");
+    let printed = String::from_utf8_lossy(&printed).into_owned();
+    println!("{printed}");
+    (result, printed)
+}
+
 /// The hand-made chain with its faults; returns it, its registry and the
 /// reconciler's settings for it (as `ADPIPE__…` pairs).
 async fn faulty_chain() -> (
@@ -286,21 +305,7 @@ async fn faulty_chain() -> (
 async fn every_injected_fault_is_named_and_only_the_losses_are_unexplained() {
     let (chain, registry, env) = faulty_chain().await;
     let replica = |kind: &str| format!("dc1.{}{kind}", chain.prefix);
-    let settings = ReconcileSettings::load(None, env.into_iter()).expect("settings");
-    let result = adpipe_reconciler::reconcile(
-        &settings,
-        Span {
-            from: *HOUR,
-            to: *HOUR + HOUR_MS,
-            slack_ms: 0,
-        },
-    )
-    .await
-    .expect("reconciled");
-    let mut printed = Vec::new();
-    result.print(&mut printed).expect("printed");
-    let printed = String::from_utf8_lossy(&printed);
-    println!("{printed}");
+    let (result, printed) = reconcile_hour(env).await;
     registry.stop().await;
 
     // The losses, and nothing else, unexplained — with their ids.
@@ -645,14 +650,7 @@ async fn a_missing_and_a_doubled_bigquery_row_are_unexplained() {
         "ADPIPE__BIGQUERY__CREDENTIALS".to_owned(),
         "\"none\"".to_owned(),
     ));
-    let settings = ReconcileSettings::load(None, env.into_iter()).expect("settings");
-    let result = adpipe_reconciler::reconcile(&settings, span)
-        .await
-        .expect("reconciled");
-    let mut printed = Vec::new();
-    result.print(&mut printed).expect("printed");
-    let printed = String::from_utf8_lossy(&printed);
-    println!("{printed}");
+    let (result, printed) = reconcile_hour(env).await;
     registry.stop().await;
     let mut in_bigquery: Vec<(String, Vec<String>)> = result
         .unexplained()
@@ -670,4 +668,176 @@ async fn a_missing_and_a_doubled_bigquery_row_are_unexplained() {
     );
     // The chain's own three losses, as without BigQuery.
     assert_eq!(result.unexplained().count(), 5, "{printed}");
+}
+
+/// Each DC's profiles against what was dispatched to it: an event the
+/// loader never wrote (and committed past) is a loss, an entry nobody
+/// dispatched a stranger; an event the cap dropped, or one the loader has
+/// not committed yet, is explained. Needs central and Redis
+/// (`infra/redis.sh start`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_and_a_stray_profile_entry_are_unexplained() {
+    use adpipe_loader::profiles::{ProfileStore, RedisProfiles, entry_of};
+    let (chain, registry, mut env) = faulty_chain().await;
+    let dispatched = chain.topic("events-for-dc1");
+    adpipe_testkit::create_topics(&chain.bootstrap, &[(dispatched.as_str(), 1, &[][..])]).await;
+    // Impressions #0–#2 of one user (the loader keeps 2: #0 is dropped),
+    // #3–#6 of their own users, joined click #0.
+    let dispatched_impression = |n: u64| {
+        let mut impression = impression(n);
+        if n < 3 {
+            impression.user_id = "capped-user".to_owned();
+        }
+        impression
+    };
+    let mut joined = samples::joined_click(0);
+    joined.click = click(0);
+    for n in 0..6 {
+        let value = chain
+            .encode(EventKind::Impression, &dispatched_impression(n))
+            .await;
+        chain.send(&dispatched, value, &[]).await;
+    }
+    let value = chain.encode(EventKind::JoinedClick, &joined).await;
+    chain.send(&dispatched, value, &[]).await;
+    let value = chain
+        .encode(EventKind::Impression, &dispatched_impression(6))
+        .await;
+    chain.send(&dispatched, value, &[]).await;
+
+    // What the loader wrote: all but #5 (LOST) and #6 (not yet: offset 7
+    // is past its commit), plus #15, which nobody dispatched (a stranger).
+    let prefix = format!("{}profile-dc1:", chain.prefix);
+    let store = RedisProfiles::new(&adpipe_testkit::profiles::redis_url(), &prefix).expect("a URL");
+    let entry = |event: serde_json::Value, id: String, time_ms: i64| {
+        entry_of(
+            &event,
+            &adpipe_loader::record::Identity {
+                id,
+                time_ms,
+                version: None,
+            },
+        )
+        .expect("a user")
+    };
+    let mut entries: Vec<_> = [0, 1, 2, 3, 4, 15]
+        .into_iter()
+        .map(|n| {
+            let impression = dispatched_impression(n);
+            entry(
+                serde_json::to_value(&impression).expect("JSON"),
+                impression.event_id.clone(),
+                impression.event_time,
+            )
+        })
+        .collect();
+    entries.push(entry(
+        serde_json::to_value(&joined).expect("JSON"),
+        joined.click.event_id.clone(),
+        joined.click.event_time,
+    ));
+    let keep = 2;
+    store
+        .upsert(
+            &entries.iter().collect::<Vec<_>>(),
+            keep,
+            Duration::from_secs(86_400),
+        )
+        .await
+        .expect("written");
+    let loader = format!("{}adpipe-loader-profiles-dc1", chain.prefix);
+    chain.commit(&loader, &dispatched, 7);
+
+    let span = Span {
+        from: *HOUR,
+        to: *HOUR + HOUR_MS,
+        slack_ms: 0,
+    };
+    let flow = "dispatched dc1 → profiles dc1";
+    let without = ReconcileSettings::load(None, env.clone().into_iter()).expect("settings");
+    let without = adpipe_reconciler::reconcile(&without, span)
+        .await
+        .expect("reconciled");
+    assert!(
+        !without.differences.iter().any(|d| d.flow == flow),
+        "no profiles configured, none read"
+    );
+    env.extend(
+        [
+            (
+                "PROFILES__URL",
+                format!("{:?}", adpipe_testkit::profiles::redis_url()),
+            ),
+            (
+                "PROFILES__KEY_PREFIX",
+                format!("{:?}", format!("{}profile-{{dc}}:", chain.prefix)),
+            ),
+            (
+                "PROFILES__GROUP",
+                format!(
+                    "{:?}",
+                    format!("{}adpipe-loader-profiles-{{dc}}", chain.prefix)
+                ),
+            ),
+        ]
+        .map(|(key, value)| (format!("ADPIPE__{key}"), value)),
+    );
+    let reconcile_keeping = async |kept: usize| {
+        let mut env = env.clone();
+        env.push(("ADPIPE__PROFILES__KEEP".to_owned(), kept.to_string()));
+        let (result, printed) = reconcile_hour(env).await;
+        let mut found: Vec<(String, Option<String>, Vec<String>)> = result
+            .differences
+            .iter()
+            .filter(|d| d.flow == flow)
+            .map(|d| (d.what.clone(), d.explanation.clone(), d.samples.clone()))
+            .collect();
+        found.sort();
+        (found, result.unexplained().count(), printed)
+    };
+    let (found, unexplained, printed) = reconcile_keeping(keep).await;
+    let id = |n: u64| dispatched_impression(n).event_id;
+    let explained = |what: &str, samples: Vec<String>| {
+        found
+            .iter()
+            .find(|(found_what, explanation, found_samples)| {
+                found_what == what && explanation.is_some() && *found_samples == samples
+            })
+            .map(|(_, explanation, _)| explanation.clone().unwrap_or_default())
+    };
+    let cap = explained("missing", vec![id(0)]).expect(&printed);
+    assert!(cap.contains("beyond the profile cap"), "{cap}");
+    let in_flight = explained("missing", vec![id(6)]).expect(&printed);
+    assert!(in_flight.contains("in flight"), "{in_flight}");
+    let unexplained_here: Vec<_> = found
+        .iter()
+        .filter(|(_, explanation, _)| explanation.is_none())
+        .map(|(what, _, samples)| (what.clone(), samples.clone()))
+        .collect();
+    assert_eq!(
+        unexplained_here,
+        [
+            ("missing".to_owned(), vec![id(5)]),
+            ("unexpected".to_owned(), vec![id(15)]),
+        ],
+        "{printed}"
+    );
+    // The chain's own three losses, and these two.
+    assert_eq!(unexplained, 5, "{printed}");
+
+    // Switched off: a reconciler that believes the loaders keep 50
+    // entries cannot explain #0, which the cap dropped.
+    let (found, unexplained, printed) = reconcile_keeping(50).await;
+    let mut lost: Vec<String> = found
+        .iter()
+        .filter(|(what, explanation, _)| what == "missing" && explanation.is_none())
+        .flat_map(|(_, _, samples)| samples.clone())
+        .collect();
+    lost.sort();
+    let mut expected = vec![id(0), id(5)];
+    expected.sort();
+    assert_eq!(lost, expected, "{printed}");
+    assert_eq!(unexplained, 5, "#0 joins #5's difference: {printed}");
+    registry.stop().await;
+    adpipe_testkit::profiles::delete(&prefix).await;
 }

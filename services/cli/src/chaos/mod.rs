@@ -635,12 +635,8 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
             .filter(|record| record.topic == topic)
             .map(|record| record.id.clone())
             .collect();
-        let entries =
-            adpipe_testkit::profiles::event_ids_at(&args.redis_url, &plan.profile_prefix(dc), "")
-                .await;
-        let found = entries
-            .iter()
-            .flat_map(|(id, count)| std::iter::repeat_n(id.as_str(), *count));
+        let found = checks::redis_profile_ids(&args.redis_url, &plan.profile_prefix(dc)).await?;
+        let found = found.iter().map(String::as_str);
         report.tally(&Tally::of(&format!("{dc}'s profiles"), &expected, found));
     }
 

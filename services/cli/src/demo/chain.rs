@@ -2,7 +2,7 @@
 //! library on the shared runtime, configured the way its binary is (the
 //! embedded defaults overlaid with `ADPIPE__…` settings): merger →
 //! deduplicator → joiner → stats-counter (with PostgreSQL) → dispatcher →
-//! loaders (Avro files; one embedded profile store per DC).
+//! loaders (Avro files; a profile store per DC: embedded, or Redis).
 //!
 //! With DC clusters (`--dc`), each DC's profile loader runs against its own
 //! cluster and reads MirrorMaker 2's copy of the dispatcher's
@@ -106,6 +106,10 @@ fn toml_list(items: &[String]) -> String {
     let quoted: Vec<String> = items.iter().map(|item| format!("{item:?}")).collect();
     format!("[{}]", quoted.join(", "))
 }
+
+/// The profile loaders' cap per user and kind: above any user's events in
+/// a run, so the checks see every event in its profile.
+pub const PROFILE_KEEP: usize = 1_000_000;
 
 /// Where each DC's profile loader writes.
 #[derive(Debug, Clone)]
@@ -460,7 +464,7 @@ impl ChainPlan<'_> {
                 ),
                 ("ADPIPE__LOADER__BATCH__WAIT", "200ms".to_owned()),
                 // Every event stays in its profile, so the check sees each.
-                ("ADPIPE__PROFILES__KEEP", "1000000".to_owned()),
+                ("ADPIPE__PROFILES__KEEP", PROFILE_KEEP.to_string()),
             ]));
             if let ProfileStore::Redis(url) = &self.profiles {
                 profiles_env.extend(env(&[

@@ -184,13 +184,13 @@ pub async fn wait_for_count(
     want: u64,
     idle: Duration,
     bar: &ProgressBar,
-    mut count: impl FnMut() -> anyhow::Result<u64>,
+    mut count: impl AsyncFnMut() -> anyhow::Result<u64>,
 ) -> anyhow::Result<u64> {
     bar.set_length(want);
     let mut last = 0;
     let mut last_change = Instant::now();
     loop {
-        let now = count()?;
+        let now = count().await?;
         bar.set_position(now);
         if now != last {
             last = now;
@@ -249,6 +249,20 @@ pub fn profile_ids(store: &adpipe_loader::memory_profiles::MemoryProfiles) -> Ve
         .filter_map(|(_, entry)| serde_json::from_str::<Entry>(&entry).ok())
         .map(|entry| entry.id)
         .collect()
+}
+
+/// The entry ids in one DC's profiles in Redis (keys under `prefix`).
+pub async fn redis_profile_ids(url: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for profile in adpipe_loader::profiles::RedisProfiles::new(url, prefix)
+        .map_err(anyhow::Error::msg)?
+        .stored()
+        .await
+        .map_err(anyhow::Error::msg)?
+    {
+        ids.extend(profile.event_ids().map_err(anyhow::Error::msg)?);
+    }
+    Ok(ids)
 }
 
 /// The ids in the Avro files under `dir`, per topic.

@@ -88,6 +88,11 @@ pub struct DemoArgs {
     /// or a service-account key file.
     #[arg(long, default_value = "none")]
     pub bq_credentials: String,
+    /// Redis (`infra/redis.sh url`) for the DCs' profile loaders instead
+    /// of their embedded stores: each DC's entries under the run's key
+    /// prefix, checked one entry per dispatched event and reconciled.
+    #[arg(long)]
+    pub redis_url: Option<String>,
     /// Where the files loader writes (default `$ADPIPE_STATE_DIR/demo/files`,
     /// else `.adpipe/demo/files`); emptied at the start of each run.
     #[arg(long)]
@@ -307,7 +312,10 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
             table_prefix: String::new(),
             credentials: args.bq_credentials.clone(),
         }),
-        profiles: chain::ProfileStore::Embedded,
+        profiles: match &args.redis_url {
+            Some(url) => chain::ProfileStore::Redis(url.clone()),
+            None => chain::ProfileStore::Embedded,
+        },
         joiner_wait: "15s".to_owned(),
         max_idle: "1s".to_owned(),
     };
@@ -471,12 +479,17 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         .map(|(_, ids)| ids.len() as u64)
         .sum();
     let files_bar = view.bar(0, "in files");
-    checks::wait_for_count(files_want, Duration::from_secs(30), &files_bar, || {
-        Ok(checks::file_ids(&files_dir)?
-            .values()
-            .map(|ids| ids.len() as u64)
-            .sum())
-    })
+    checks::wait_for_count(
+        files_want,
+        Duration::from_secs(30),
+        &files_bar,
+        async || {
+            Ok(checks::file_ids(&files_dir)?
+                .values()
+                .map(|ids| ids.len() as u64)
+                .sum())
+        },
+    )
     .await?;
     let in_files = checks::file_ids(&files_dir)?;
     let files: Vec<Tally> = file_expectations
@@ -548,13 +561,27 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
 
     // The profiles: each DC holds every event dispatched to it, once.
     let mut profiles = Vec::new();
-    for ((dc, store), (_, expected)) in chain.profiles.iter().zip(&per_dc) {
+    for (dc, expected) in &per_dc {
         let bar = view.bar(0, &format!("{dc} profiles"));
-        checks::wait_for_count(expected.len() as u64, Duration::from_secs(30), &bar, || {
-            Ok(checks::profile_ids(store).len() as u64)
-        })
+        let read = async || match &plan.profiles {
+            chain::ProfileStore::Redis(url) => {
+                checks::redis_profile_ids(url, &plan.profile_prefix(dc)).await
+            }
+            chain::ProfileStore::Embedded => Ok(chain
+                .profiles
+                .iter()
+                .filter(|(store_dc, _)| store_dc == dc)
+                .flat_map(|(_, store)| checks::profile_ids(store))
+                .collect()),
+        };
+        checks::wait_for_count(
+            expected.len() as u64,
+            Duration::from_secs(30),
+            &bar,
+            async || Ok(read().await?.len() as u64),
+        )
         .await?;
-        let found = checks::profile_ids(store);
+        let found = read().await?;
         profiles.push(Tally::of(
             &format!("{dc}: entries"),
             expected,
@@ -597,7 +624,16 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         ),
         (
             "profiles".to_owned(),
-            "one embedded store per DC (in memory, gone with the demo)".to_owned(),
+            match &plan.profiles {
+                chain::ProfileStore::Redis(url) => format!(
+                    "keys {}<user>:<kind> at {}",
+                    plan.profile_prefix("<dc>"),
+                    redact(url)
+                ),
+                chain::ProfileStore::Embedded => {
+                    "one embedded store per DC (in memory, gone with the demo)".to_owned()
+                }
+            },
         ),
     ];
     if let Some((url, prefix)) = &plan.elasticsearch {
@@ -727,6 +763,23 @@ pub(crate) async fn reconcile(
         env.push((
             "BIGQUERY__CREDENTIALS",
             format!("{:?}", settings.credentials),
+        ));
+    }
+    if let chain::ProfileStore::Redis(url) = &plan.profiles {
+        env.push(("PROFILES__URL", format!("{url:?}")));
+        env.push((
+            "PROFILES__KEY_PREFIX",
+            format!("{:?}", plan.profile_prefix("{dc}")),
+        ));
+        env.push(("PROFILES__GROUP", group("loader-profiles-{dc}")));
+        env.push(("PROFILES__KEEP", chain::PROFILE_KEEP.to_string()));
+        env.push((
+            "RECONCILE__DISPATCHED",
+            format!("{:?}", names.events_for("{dc}")),
+        ));
+        env.push((
+            "RECONCILE__DISPATCHED_AT_DC",
+            format!("{:?}", names.events_at_dc("{dc}")),
         ));
     }
     if let Some((url, schema)) = &plan.postgres {
@@ -910,7 +963,7 @@ pub(crate) async fn wait_replicated(
             .map(|(bootstrap, source, _)| count(bootstrap, source))
             .sum()
     });
-    let replicated = checks::wait_for_count(want, Duration::from_secs(120), &bar, || {
+    let replicated = checks::wait_for_count(want, Duration::from_secs(120), &bar, async || {
         Ok(tokio::task::block_in_place(|| {
             pairs
                 .iter()

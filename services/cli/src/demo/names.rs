@@ -84,12 +84,14 @@ impl Names {
     /// MirrorMaker 2's copy on the DC's cluster, or central's topic.
     pub fn events_at(&self, dc: &str) -> (Option<&str>, String) {
         match self.dc_clusters.get(dc) {
-            Some(bootstrap) => (
-                Some(bootstrap),
-                format!("{}.{}", self.central_alias, self.events_for(dc)),
-            ),
+            Some(bootstrap) => (Some(bootstrap), self.events_at_dc(dc)),
             None => (None, self.events_for(dc)),
         }
+    }
+    /// MirrorMaker 2's copy of `events-for-<dc>` on `dc`'s own cluster
+    /// (`{dc}` gives the reconciler's template).
+    pub fn events_at_dc(&self, dc: &str) -> String {
+        format!("{}.{}", self.central_alias, self.events_for(dc))
     }
     /// The topics a DC's own cluster needs: its bidders' and its profile
     /// loader's dead-letter topic (MirrorMaker 2 makes the rest).

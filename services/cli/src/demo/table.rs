@@ -104,7 +104,7 @@ pub fn print_table(
             &report.elasticsearch,
         ),
         ("loader: BigQuery (one row each)", &report.bigquery),
-        ("loader: profiles (embedded store)", &report.profiles),
+        ("loader: profiles (one entry each)", &report.profiles),
     ] {
         if tallies.is_empty() {
             continue;
