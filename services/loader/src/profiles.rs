@@ -142,6 +142,9 @@ impl RedisProfiles {
     }
 }
 
+/// How long reading back waits for one answer (a SCAN page, a pipeline).
+const READ_BACK_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// One profile key as stored: its entries (entry, score) oldest first and
 /// its expiry (Unix ms; -1 without one).
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +190,10 @@ impl RedisProfiles {
             .get_multiplexed_async_connection()
             .await
             .map_err(failed)?;
+        // A pipeline over a batch of keys on a loaded machine outlasts the
+        // client's default 500 ms per answer (the loader's crash test, a
+        // million keys, timed out in a cold CI run).
+        connection.set_response_timeout(READ_BACK_TIMEOUT);
         let mut keys = std::collections::BTreeSet::new();
         let mut cursor: u64 = 0;
         loop {
@@ -208,7 +215,7 @@ impl RedisProfiles {
         }
         let keys: Vec<String> = keys.into_iter().collect();
         let mut stored = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(1_000) {
+        for chunk in keys.chunks(500) {
             let mut pipe = redis::pipe();
             for key in chunk {
                 pipe.cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES");
