@@ -179,21 +179,31 @@ impl StoredProfile {
 }
 
 impl RedisProfiles {
-    /// Every key under the store's prefix, read back (reconciliation and
-    /// tests): SCAN (one KEYS over millions of keys outlasts the response
-    /// timeout), then each batch of keys' entries and expiries in one
-    /// pipeline (one round trip per key took minutes over millions).
-    pub async fn stored(&self) -> Result<Vec<StoredProfile>, String> {
-        let failed = |error: redis::RedisError| format!("Redis, reading {}*: {error}", self.prefix);
+    /// A connection for reading back: a pipeline over a batch of keys on a
+    /// loaded machine outlasts the client's default 500 ms per answer (the
+    /// loader's crash test, a million keys, timed out in a cold CI run).
+    async fn read_back_connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
         let mut connection = self
             .client
             .get_multiplexed_async_connection()
             .await
-            .map_err(failed)?;
-        // A pipeline over a batch of keys on a loaded machine outlasts the
-        // client's default 500 ms per answer (the loader's crash test, a
-        // million keys, timed out in a cold CI run).
+            .map_err(|error| format!("Redis, reading {}*: {error}", self.prefix))?;
         connection.set_response_timeout(READ_BACK_TIMEOUT);
+        Ok(connection)
+    }
+
+    /// Every key under the store's prefix, sorted, by SCAN (one KEYS over
+    /// millions of keys outlasts the response timeout).
+    pub async fn keys(&self) -> Result<Vec<String>, String> {
+        let mut connection = self.read_back_connection().await?;
+        self.scan(&mut connection).await
+    }
+
+    async fn scan(
+        &self,
+        connection: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<Vec<String>, String> {
+        let failed = |error: redis::RedisError| format!("Redis, reading {}*: {error}", self.prefix);
         let mut keys = std::collections::BTreeSet::new();
         let mut cursor: u64 = 0;
         loop {
@@ -203,17 +213,25 @@ impl RedisProfiles {
                 .arg(format!("{}*", self.prefix))
                 .arg("COUNT")
                 .arg(10_000)
-                .query_async(&mut connection)
+                .query_async(connection)
                 .await
                 .map_err(failed)?;
             // SCAN may return a key twice (a rehash between calls): a set.
             keys.extend(batch);
             if next == 0 {
-                break;
+                return Ok(keys.into_iter().collect());
             }
             cursor = next;
         }
-        let keys: Vec<String> = keys.into_iter().collect();
+    }
+
+    /// Every key under the store's prefix, read back (reconciliation and
+    /// tests): its keys, then each batch of keys' entries and expiries in
+    /// one pipeline (one round trip per key took minutes over millions).
+    pub async fn stored(&self) -> Result<Vec<StoredProfile>, String> {
+        let failed = |error: redis::RedisError| format!("Redis, reading {}*: {error}", self.prefix);
+        let mut connection = self.read_back_connection().await?;
+        let keys = self.scan(&mut connection).await?;
         let mut stored = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
             let mut pipe = redis::pipe();
