@@ -40,12 +40,26 @@ REFRESH_SECONDS="${ADPIPE_MM2_REFRESH_SECONDS:-5}"
 # cluster's password for MirrorMaker 2.
 password_variable() { echo "ADPIPE_MM2_PASSWORD_$(tr 'a-z-' 'A-Z_' <<< "$1")"; }
 
-# export_passwords: each secured cluster's password (infra/kafka.sh made it
-# at its first start) into MirrorMaker 2's environment.
+# central_cluster: the cluster this instance copies into.
+central_cluster() {
+  if [ -n "$CENTRAL_OVERRIDE" ]; then
+    clusters --all name | grep -qx "$CENTRAL_OVERRIDE" || die "no cluster $CENTRAL_OVERRIDE in $CLUSTERS_FILE"
+    echo "$CENTRAL_OVERRIDE"
+  else
+    clusters name role | awk '$2 == "central" {print $1; exit}'
+  fi
+}
+
+# export_passwords: the password of each secured cluster this instance
+# connects (infra/kafka.sh made it at its first start) into MirrorMaker 2's
+# environment. Only those: a secured cluster never started (the chaos
+# run's instance on a fresh machine) is none of its business.
 export_passwords() {
-  local name security file
+  local name security file involved
+  involved=" $(clusters name role | awk '$2 == "dc" {print $1}' | tr '\n' ' ') $(central_cluster) "
   while read -r name security; do
     [ "$security" = "-" ] && continue
+    [[ "$involved" == *" $name "* ]] || continue
     file="$ADPIPE_STATE_DIR/kafka/$name.password"
     [ -f "$file" ] || die "cluster $name is secured but has no password yet: infra/kafka.sh start $name"
     export "$(password_variable "$name")=$(tr -d '\n' < "$file")"
@@ -54,12 +68,7 @@ export_passwords() {
 
 write_config() {
   local central dcs replication nodes pattern
-  if [ -n "$CENTRAL_OVERRIDE" ]; then
-    central="$CENTRAL_OVERRIDE"
-    clusters --all name | grep -qx "$central" || die "no cluster $central in $CLUSTERS_FILE"
-  else
-    central="$(clusters name role | awk '$2 == "central" {print $1; exit}')"
-  fi
+  central="$(central_cluster)"
   dcs="$(clusters name role | awk '$2 == "dc" {print $1}' | tr '\n' ' ')"
   # Replicas as safe as the central cluster allows (up to three copies).
   nodes="$(clusters --all name more_ports | awk -v name="$central" '$1 == name {print ($2 == "-" ? 1 : split($2, more, ",") + 1)}')"

@@ -42,6 +42,15 @@ done
 "$INFRA_DIR/postgres.sh" start
 "$INFRA_DIR/elasticsearch.sh" start
 "$INFRA_DIR/redis.sh" start
+# Likewise earlier runs' profiles and documents: a 10M run leaves ~5 GB
+# in Redis, and many large indices slowed Elasticsearch's restart (the
+# outage) to ten minutes. Indices go by name, a batch at a time
+# (Elasticsearch refuses wildcard deletes).
+redis-cli -u "$("$INFRA_DIR/redis.sh" url)" --scan --pattern 'chaos-*' \
+  | xargs -r -n 1000 redis-cli -u "$("$INFRA_DIR/redis.sh" url)" unlink >/dev/null
+es="$("$INFRA_DIR/elasticsearch.sh" url)"
+curl -fsS "$es/_cat/indices/adpipe-chaos-*?h=index" | xargs -r -n 50 | tr ' ' ',' \
+  | while read -r indices; do curl -fsS -X DELETE "$es/$indices" >/dev/null; done
 ADPIPE_MM2_CENTRAL=chaos ADPIPE_MM2_TOPIC_PREFIX=chaos- "$INFRA_DIR/mirrormaker.sh" start
 
 central="$(clusters --all name port more_ports | awk '$1 == "chaos" {

@@ -166,10 +166,29 @@ impl GroundTruth {
 
     /// Compares delivered event ids (with repetitions) against the truth.
     pub fn check<'a>(&self, delivered: impl IntoIterator<Item = &'a str>) -> CheckReport {
-        let mut counts: HashMap<&str, u64> = HashMap::new();
+        self.check_ids(delivered, str::to_owned)
+    }
+
+    /// [`GroundTruth::check`] over ids as the caller keeps them: `key` turns
+    /// an id of the truth into the delivered ids' form (a hash, where the
+    /// text of millions of ids outgrows the memory).
+    pub fn check_ids<K: Eq + std::hash::Hash>(
+        &self,
+        delivered: impl IntoIterator<Item = impl Into<K>>,
+        key: impl Fn(&str) -> K,
+    ) -> CheckReport {
+        let known: HashSet<K> = self
+            .impressions
+            .iter()
+            .chain(self.clicks.keys())
+            .chain(self.conversions.keys())
+            .map(|id| key(id))
+            .collect();
+        let mut counts: HashMap<K, u64> = HashMap::new();
         let mut unknown = 0;
         for event_id in delivered {
-            if self.knows(event_id) {
+            let event_id = event_id.into();
+            if known.contains(&event_id) {
                 *counts.entry(event_id).or_default() += 1;
             } else {
                 unknown += 1;

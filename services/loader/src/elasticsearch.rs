@@ -16,7 +16,10 @@
 //!   is already there — done; any other refusal (a mapping conflict, a
 //!   document too large) goes to the dead-letter topic with the store's
 //!   reason. A failed request (connection refused, timeout, 5xx) fails the
-//!   batch, transiently: the partition pauses until the store is back.
+//!   batch, transiently: the partition pauses until the store is back;
+//! - an event id longer than Elasticsearch's `_id` limit (512 bytes) goes
+//!   to the dead-letter topic before the write: Elasticsearch refuses the
+//!   whole `_bulk` request for it (400), which would stall the partition.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -36,6 +39,8 @@ use crate::sink::{Pending, Refusal, Sink, SinkFactory};
 const ITEM_ATTEMPTS: u32 = 5;
 /// Backoff before the first retry of such items (doubles).
 const ITEM_BACKOFF: Duration = Duration::from_millis(100);
+/// Elasticsearch's longest `_id`, bytes.
+pub const MAX_ID_BYTES: usize = 512;
 
 /// A field's mapping for analysts: ids, names and codes are `keyword`
 /// (exact filters and terms aggregations); URLs are `text` for full-text
@@ -369,6 +374,15 @@ impl Sink for ElasticsearchSink {
         record: &InputRecord<'_>,
         identity: &Identity,
     ) -> Result<Document, StepError> {
+        if identity.id.len() > MAX_ID_BYTES {
+            return Err(StepError::poison(
+                "elasticsearch_id_too_long",
+                format!(
+                    "event id of {} bytes: Elasticsearch takes at most {MAX_ID_BYTES} as a document's _id",
+                    identity.id.len()
+                ),
+            ));
+        }
         let value: Value = record.decode()?;
         let source = serde_json::to_vec(&value)
             .map_err(|error| StepError::poison("not_json", error.to_string()))?;

@@ -225,14 +225,30 @@ impl RedisProfiles {
         }
     }
 
-    /// Every key under the store's prefix, read back (reconciliation and
-    /// tests): its keys, then each batch of keys' entries and expiries in
-    /// one pipeline (one round trip per key took minutes over millions).
+    /// Every key under the store's prefix, read back (tests): see
+    /// [`RedisProfiles::visit_stored`].
     pub async fn stored(&self) -> Result<Vec<StoredProfile>, String> {
+        let mut stored = Vec::new();
+        self.visit_stored(|profile| {
+            stored.push(profile);
+            Ok(())
+        })
+        .await?;
+        Ok(stored)
+    }
+
+    /// Hands every key under the store's prefix to `visit`, read back
+    /// (reconciliation and checks): its keys, then each batch of keys'
+    /// entries and expiries in one pipeline (one round trip per key took
+    /// minutes over millions). Only a batch is held at a time: a 10M-event
+    /// run's profiles take gigabytes as text. `visit`'s error ends it.
+    pub async fn visit_stored(
+        &self,
+        mut visit: impl FnMut(StoredProfile) -> Result<(), String>,
+    ) -> Result<(), String> {
         let failed = |error: redis::RedisError| format!("Redis, reading {}*: {error}", self.prefix);
         let mut connection = self.read_back_connection().await?;
         let keys = self.scan(&mut connection).await?;
-        let mut stored = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
             let mut pipe = redis::pipe();
             for key in chunk {
@@ -247,14 +263,14 @@ impl RedisProfiles {
                 };
                 let unreadable =
                     |error: redis::ParsingError| format!("Redis, reading {key}: {error}");
-                stored.push(StoredProfile {
+                visit(StoredProfile {
                     key: key.clone(),
                     entries: redis::from_redis_value_ref(entries).map_err(unreadable)?,
                     expires_ms: redis::from_redis_value_ref(expires).map_err(unreadable)?,
-                });
+                })?;
             }
         }
-        Ok(stored)
+        Ok(())
     }
 }
 

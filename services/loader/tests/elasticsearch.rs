@@ -40,6 +40,12 @@ async fn every_event_is_one_document_across_a_replay_and_refusals_are_dead_lette
     let value = rig.encode("imp", EventKind::Impression, &conflicting).await;
     rig.send("imp", 1, &value).await;
     rig.send("imp", 2, b"not avro").await;
+    // An id Elasticsearch refuses as an `_id` (it refuses the whole
+    // `_bulk` request for it): dead-lettered, its partition goes on.
+    let mut long_id = samples::impression(10_001);
+    long_id.event_id = "i".repeat(adpipe_loader::elasticsearch::MAX_ID_BYTES + 1);
+    let long_id_value = rig.encode("imp", EventKind::Impression, &long_id).await;
+    rig.send("imp", 0, &long_id_value).await;
 
     let config = rig.config("elasticsearch", "first", &es_section(&rig.prefix));
     let loader = adpipe_loader::start(rig.settings(&config)).expect("starts");
@@ -72,7 +78,20 @@ async fn every_event_is_one_document_across_a_replay_and_refusals_are_dead_lette
     assert_eq!(properties["url"]["type"], "text");
 
     let dead = rig.dead_lettered();
-    assert_eq!(dead.len(), 2, "the refused document and the bad bytes");
+    assert_eq!(
+        dead.len(),
+        3,
+        "the refused document, the bad bytes and the long id"
+    );
+    let too_long = dead
+        .iter()
+        .find(|record| {
+            adpipe_testkit::header_text(*record, HEADER_REASON).as_deref()
+                == Some("elasticsearch_id_too_long")
+        })
+        .expect("the long id, dead-lettered");
+    use rdkafka::message::Message;
+    assert_eq!(too_long.payload(), Some(&long_id_value[..]));
     let refused = dead
         .iter()
         .find(|record| {
@@ -90,7 +109,6 @@ async fn every_event_is_one_document_across_a_replay_and_refusals_are_dead_lette
         adpipe_testkit::header_text(refused, HEADER_OFFSET).as_deref(),
         Some("200")
     );
-    use rdkafka::message::Message;
     assert_eq!(
         refused.payload(),
         Some(&value[..]),

@@ -96,6 +96,10 @@ pub enum Stage {
     Joined,
     /// `joined.orphans`.
     Orphaned,
+    /// `events-for-<dc>` on central, where the dispatcher writes it (read
+    /// when the DC's profile loader reads MirrorMaker 2's copy on the DC's
+    /// own cluster: the copying is then a flow of its own).
+    DispatchedCentral(String),
     /// `events-for-<dc>`: the dispatcher's output for a DC, read where
     /// that DC's profile loader reads it.
     Dispatched(String),
@@ -112,6 +116,7 @@ impl std::fmt::Display for Stage {
             Stage::Deduplicated => write!(f, "deduplicated"),
             Stage::Joined => write!(f, "joined"),
             Stage::Orphaned => write!(f, "orphans"),
+            Stage::DispatchedCentral(dc) => write!(f, "dispatched {dc} (central)"),
             Stage::Dispatched(dc) => write!(f, "dispatched {dc}"),
             Stage::Store(store) => write!(f, "{store}"),
         }
@@ -129,23 +134,99 @@ pub struct Place {
     pub offset: i64,
 }
 
-/// One event at one stage.
-#[derive(Debug, Clone, Default)]
-pub struct Seen {
-    /// Records of it (more than one: copies).
-    pub copies: u32,
-    /// Where each copy sits (Kafka stages; empty for stores).
-    pub places: Vec<Place>,
+impl Place {
+    /// No place: a store's record.
+    const NOWHERE: Place = Place {
+        topic: u32::MAX,
+        partition: -1,
+        offset: -1,
+    };
 }
 
-/// Everything one stage holds of one hour and kind.
+/// One event at one stage, 24 bytes: a 10M-event run's ledger holds ~80M
+/// (every stage's every event), and a `Vec` of places each came to ~14 GB.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// Records of it (more than one: copies).
+    copies: u32,
+    /// Where its first copy sits ([`Place::NOWHERE`] for a store).
+    first: Place,
+}
+
+/// Everything one stage holds of one hour and kind: each event (by id
+/// hash), its copies and where they sit.
 #[derive(Debug, Clone, Default)]
 pub struct Book {
-    /// By id hash.
-    pub seen: HashMap<u64, Seen>,
+    seen: HashMap<u64, Seen>,
+    /// Where the second and later copies sit (copies are few).
+    more_places: HashMap<u64, Vec<Place>>,
 }
 
 impl Book {
+    /// Adds one copy of event `hash`, at `place` (Kafka stages).
+    pub fn add(&mut self, hash: u64, place: Option<Place>) {
+        let place = place.unwrap_or(Place::NOWHERE);
+        let seen = self.seen.entry(hash).or_insert(Seen {
+            copies: 0,
+            first: place,
+        });
+        seen.copies += 1;
+        if seen.copies > 1 && place != Place::NOWHERE {
+            self.more_places.entry(hash).or_default().push(place);
+        }
+    }
+
+    /// Every copy of `other` added to this one.
+    pub fn absorb(&mut self, other: &Book) {
+        for (hash, copies) in other.events() {
+            for place in other.places(hash) {
+                self.add(hash, Some(place));
+            }
+            // A store's copies have no places.
+            let placed = other.places(hash).count() as u32;
+            for _ in placed..copies {
+                self.add(hash, None);
+            }
+        }
+    }
+
+    /// Each event: (id hash, copies).
+    pub fn events(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.seen.iter().map(|(hash, seen)| (*hash, seen.copies))
+    }
+
+    /// The copies of event `hash` (0: not here).
+    pub fn copies(&self, hash: u64) -> u32 {
+        self.seen.get(&hash).map_or(0, |seen| seen.copies)
+    }
+
+    /// Whether event `hash` is here.
+    pub fn contains(&self, hash: u64) -> bool {
+        self.seen.contains_key(&hash)
+    }
+
+    /// Where the copies of event `hash` sit (none for a store's).
+    pub fn places(&self, hash: u64) -> impl Iterator<Item = Place> + '_ {
+        let first = self
+            .seen
+            .get(&hash)
+            .map(|seen| seen.first)
+            .filter(|place| *place != Place::NOWHERE);
+        first
+            .into_iter()
+            .chain(self.more_places.get(&hash).into_iter().flatten().copied())
+    }
+
+    /// Distinct events.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// No events.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
     /// Records, copies included.
     pub fn records(&self) -> u64 {
         self.seen.values().map(|seen| u64::from(seen.copies)).sum()
@@ -176,12 +257,35 @@ pub struct Undecodable {
     pub value_hash: u64,
 }
 
+/// Names kept once each, known by their index (topics, users).
+#[derive(Debug, Default)]
+struct Interned {
+    names: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl Interned {
+    fn index(&mut self, name: &str) -> u32 {
+        if let Some(index) = self.index.get(name) {
+            return *index;
+        }
+        let index = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push(name.to_owned());
+        self.index.insert(name.to_owned(), index);
+        index
+    }
+
+    fn name(&self, index: u32) -> &str {
+        self.names.get(index as usize).map_or("?", String::as_str)
+    }
+}
+
 /// What every stage holds.
 #[derive(Debug, Default)]
 pub struct Ledger {
     names: HashMap<u64, Box<str>>,
-    topics: Vec<String>,
-    topic_index: HashMap<String, u32>,
+    topics: Interned,
+    users: Interned,
     /// (bucket, kind, stage) → its events.
     pub books: BTreeMap<(Bucket, Kind, Stage), Book>,
     /// Dead letters by id hash.
@@ -200,7 +304,7 @@ pub struct Ledger {
     /// `stats`, `stats orphans <reason>`).
     pub counted: BTreeMap<(Bucket, Kind, String), i64>,
     /// Whose profile each dispatched event goes into, by id hash.
-    pub profile_owners: HashMap<u64, ProfileOwner>,
+    profile_owners: HashMap<u64, ProfileOwner>,
     /// Why a store rightly lacks an event: (store, id hash) → reason (a
     /// profile's cap or expiry).
     pub store_explained: HashMap<(String, u64), String>,
@@ -209,8 +313,9 @@ pub struct Ledger {
 /// The profile a dispatched event is filed under, and its event time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileOwner {
-    /// The user.
-    pub user: String,
+    /// The user: an index for [`Ledger::user_name`] (10M dispatched
+    /// events name ~2M users).
+    pub user: u32,
     /// Its kind.
     pub kind: Kind,
     /// Its event time (ms).
@@ -233,18 +338,38 @@ impl Ledger {
 
     /// The index of `topic` (for [`Place`]).
     pub fn topic(&mut self, topic: &str) -> u32 {
-        if let Some(index) = self.topic_index.get(topic) {
-            return *index;
-        }
-        let index = u32::try_from(self.topics.len()).unwrap_or(u32::MAX);
-        self.topics.push(topic.to_owned());
-        self.topic_index.insert(topic.to_owned(), index);
-        index
+        self.topics.index(topic)
     }
 
     /// The name of topic `index`.
     pub fn topic_name(&self, index: u32) -> &str {
-        self.topics.get(index as usize).map_or("?", String::as_str)
+        self.topics.name(index)
+    }
+
+    /// Records that dispatched event `id` goes into `user`'s profile of
+    /// its `kind`, at event time `time_ms`.
+    pub fn profile_owner(&mut self, id: &str, user: &str, kind: Kind, time_ms: i64) {
+        let user = self.users.index(user);
+        self.profile_owners.insert(
+            id_hash(id),
+            ProfileOwner {
+                user,
+                kind,
+                time_ms,
+            },
+        );
+    }
+
+    /// Every dispatched event's profile owner, by id hash.
+    pub fn profile_owners(&self) -> impl Iterator<Item = (u64, &ProfileOwner)> {
+        self.profile_owners
+            .iter()
+            .map(|(hash, owner)| (*hash, owner))
+    }
+
+    /// The name of user `index` ([`ProfileOwner::user`]).
+    pub fn user_name(&self, index: u32) -> &str {
+        self.users.name(index)
     }
 
     /// The text of an id seen before.
@@ -268,17 +393,10 @@ impl Ledger {
         place: Option<Place>,
     ) {
         let hash = self.remember(id);
-        let seen = self
-            .books
+        self.books
             .entry((bucket, kind, stage))
             .or_default()
-            .seen
-            .entry(hash)
-            .or_default();
-        seen.copies += 1;
-        if let Some(place) = place {
-            seen.places.push(place);
-        }
+            .add(hash, place);
     }
 
     /// Records that `service` dead-lettered event `id` for `reason`.
@@ -371,6 +489,40 @@ mod tests {
     }
 
     #[test]
+    fn an_event_at_a_stage_takes_24_bytes_beside_its_hash() {
+        // 80M of them in a 10M-event run: each byte is 80 MB.
+        assert_eq!(std::mem::size_of::<Seen>(), 24);
+    }
+
+    #[test]
+    fn a_merged_book_keeps_every_copy_and_place() {
+        let topic = 3;
+        let place = |offset| Place {
+            topic,
+            partition: 0,
+            offset,
+        };
+        let mut left = Book::default();
+        left.add(1, Some(place(1)));
+        left.add(2, Some(place(2)));
+        let mut right = Book::default();
+        right.add(1, Some(place(7)));
+        right.add(1, Some(place(8)));
+        left.absorb(&right);
+        assert_eq!(left.copies(1), 3);
+        assert_eq!(left.copies(2), 1);
+        assert_eq!(
+            left.places(1).map(|place| place.offset).collect::<Vec<_>>(),
+            [1, 7, 8]
+        );
+        let mut store = Book::default();
+        store.add(9, None);
+        store.add(9, None);
+        left.absorb(&store);
+        assert_eq!((left.copies(9), left.places(9).count()), (2, 0));
+    }
+
+    #[test]
     fn copies_and_places_add_up_per_stage() {
         let mut ledger = Ledger::new();
         let topic = ledger.topic("merged.clicks");
@@ -389,8 +541,13 @@ mod tests {
             .book(hour, Kind::Click, &Stage::Merged)
             .expect("a book");
         assert_eq!(book.records(), 3);
-        assert_eq!(book.seen.len(), 2);
-        assert_eq!(book.seen[&id_hash("c1")].places.len(), 2);
+        assert_eq!(book.len(), 2);
+        assert_eq!(
+            book.places(id_hash("c1"))
+                .map(|place| place.offset)
+                .collect::<Vec<_>>(),
+            [5, 9]
+        );
         assert_eq!(ledger.name(id_hash("c2")), "c2");
         assert_eq!(ledger.topic_name(topic), "merged.clicks");
     }

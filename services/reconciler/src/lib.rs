@@ -119,6 +119,13 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
                 topic,
                 kind: KindOf::ByValue,
             });
+            if dc.bootstrap.is_some() {
+                stage_topics.push(central(
+                    Stage::DispatchedCentral(dc.name.clone()),
+                    topics.dispatched(&dc.name),
+                    KindOf::ByValue,
+                ));
+            }
         }
     }
     for stage_topic in &stage_topics {
@@ -233,6 +240,20 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
             flow.name = format!("dispatched {dc} → profiles {dc}", dc = dc.name);
             flow.from = every_kind(vec![Stage::Dispatched(dc.name.clone())]);
             flows.push(flow);
+            if dc.bootstrap.is_some() {
+                // MirrorMaker 2's copy to the DC: a copying that stops
+                // (its worker for the DC gave up during the DC's outage)
+                // leaves the profiles consistent with the copy, not with
+                // what was dispatched.
+                flows.push(Flow {
+                    name: format!("central → {dc} (MirrorMaker 2)", dc = dc.name),
+                    from: every_kind(vec![Stage::DispatchedCentral(dc.name.clone())]),
+                    to: every_kind(vec![Stage::Dispatched(dc.name.clone())]),
+                    service: "mirrormaker".to_owned(),
+                    group: None,
+                    copies_allowed: true,
+                });
+            }
         }
     }
     let mut differences = verdict::differences(&ledger, &positions, &flows, &count_flows);

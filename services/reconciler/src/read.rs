@@ -290,14 +290,7 @@ pub async fn read_stage(
         };
         let kind = kind.unwrap_or(Kind::Impression);
         if let (Stage::Dispatched(_), Some(user)) = (&source.stage, identified.user) {
-            ledger.profile_owners.insert(
-                crate::ledger::id_hash(&id),
-                crate::ledger::ProfileOwner {
-                    user,
-                    kind,
-                    time_ms: event_ms,
-                },
-            );
+            ledger.profile_owner(&id, &user, kind, event_ms);
         }
         if source.kind == KindOf::OrphanHeader {
             let reason = header_text(message, adpipe_events::HEADER_ORPHAN_REASON)

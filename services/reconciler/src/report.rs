@@ -38,11 +38,11 @@ pub struct Row {
 /// The orphans of `book` per reason (`  orphans: <reason>`).
 fn orphans_by_reason(ledger: &Ledger, book: &Book) -> Vec<Holding> {
     let mut reasons: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
-    for (hash, seen) in &book.seen {
-        let reason = ledger.orphan_reasons.get(hash).map_or("?", String::as_str);
+    for (hash, copies) in book.events() {
+        let reason = ledger.orphan_reasons.get(&hash).map_or("?", String::as_str);
         let slot = reasons.entry(reason).or_default();
         slot.0 += 1;
-        slot.1 += i64::from(seen.copies);
+        slot.1 += i64::from(copies);
     }
     reasons
         .into_iter()
@@ -87,7 +87,7 @@ impl Reconciliation {
                     };
                     holdings.push(Holding {
                         stage: stage.to_string(),
-                        events: book.seen.len() as i64,
+                        events: book.len() as i64,
                         records: book.records() as i64,
                     });
                     if *stage == Stage::Orphaned {

@@ -223,37 +223,41 @@ pub async fn read_profiles(
 ) -> anyhow::Result<u64> {
     let prefix = settings.key_prefix(dc);
     let store_name = profiles_store(dc);
-    let stored = adpipe_loader::profiles::RedisProfiles::new(&settings.url, &prefix)
+    let mut read = 0;
+    // Per key: how many entries, and the oldest one's event time.
+    let mut fullness: HashMap<String, (usize, f64)> = HashMap::new();
+    adpipe_loader::profiles::RedisProfiles::new(&settings.url, &prefix)
         .map_err(anyhow::Error::msg)?
-        .stored()
+        .visit_stored(|profile| {
+            let Some(kind) = Kind::parse(profile.kind()) else {
+                return Err(format!("key {} names no kind", profile.key));
+            };
+            let ids = profile.event_ids()?;
+            for ((_, score), id) in profile.entries.iter().zip(ids) {
+                if let Some(bucket) = store_bucket(*score as i64, span) {
+                    ledger.record(bucket, kind, Stage::Store(store_name.clone()), &id, None);
+                    read += 1;
+                }
+            }
+            let oldest = profile
+                .entries
+                .first()
+                .map_or(f64::MAX, |(_, score)| *score);
+            fullness.insert(profile.key, (profile.entries.len(), oldest));
+            Ok(())
+        })
         .await
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("reading {dc}'s profiles"))?;
-    let mut read = 0;
-    // Per key: how many entries, and the oldest one's event time.
-    let mut fullness: HashMap<&str, (usize, f64)> = HashMap::new();
-    for profile in &stored {
-        let Some(kind) = Kind::parse(profile.kind()) else {
-            anyhow::bail!("{dc}'s profiles: key {} names no kind", profile.key);
-        };
-        let ids = profile.event_ids().map_err(anyhow::Error::msg)?;
-        for ((_, score), id) in profile.entries.iter().zip(ids) {
-            if let Some(bucket) = store_bucket(*score as i64, span) {
-                ledger.record(bucket, kind, Stage::Store(store_name.clone()), &id, None);
-                read += 1;
-            }
-        }
-        let oldest = profile
-            .entries
-            .first()
-            .map_or(f64::MAX, |(_, score)| *score);
-        fullness.insert(&profile.key, (profile.entries.len(), oldest));
-    }
     let now = adpipe_runtime::event_time::now_ms();
     let ttl_ms = i64::try_from(settings.ttl.as_millis()).unwrap_or(i64::MAX);
     let mut explained = Vec::new();
-    for (hash, owner) in &ledger.profile_owners {
-        let key = format!("{prefix}{}:{}", owner.user, owner.kind.name());
+    for (hash, owner) in ledger.profile_owners() {
+        let key = format!(
+            "{prefix}{}:{}",
+            ledger.user_name(owner.user),
+            owner.kind.name()
+        );
         let reason = match fullness.get(key.as_str()) {
             // Not newer than the oldest of a full profile: the cap's (an
             // equal time is decided by the entries' bytes; taken as the
@@ -274,7 +278,7 @@ pub async fn read_profiles(
             }
             _ => continue,
         };
-        explained.push(((store_name.clone(), *hash), reason));
+        explained.push(((store_name.clone(), hash), reason));
     }
     ledger.store_explained.extend(explained);
     Ok(read)

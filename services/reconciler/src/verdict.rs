@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::ledger::{Bucket, Kind, Ledger, Place, Stage};
+use crate::ledger::{Book, Bucket, Kind, Ledger, Place, Stage};
 
 /// Committed positions of the chain's consumer groups.
 #[derive(Debug, Clone, Default)]
@@ -160,34 +160,40 @@ fn check_flow(
     from: &[Stage],
     to: &[Stage],
 ) -> Vec<Difference> {
-    let books = |stages: &[Stage]| {
-        let mut seen: HashMap<u64, (u32, Vec<Place>)> = HashMap::new();
-        for stage in stages {
-            if let Some(book) = ledger.book(bucket, kind, stage) {
-                for (hash, entry) in &book.seen {
-                    let slot = seen.entry(*hash).or_default();
-                    slot.0 += entry.copies;
-                    slot.1.extend(entry.places.iter().copied());
+    // The stages of each side as one book: the one stage's own (most
+    // flows), or a merged copy.
+    let books = |stages: &[Stage]| -> std::borrow::Cow<'_, Book> {
+        let mut present = stages
+            .iter()
+            .filter_map(|stage| ledger.book(bucket, kind, stage));
+        match (present.next(), present.next()) {
+            (None, _) => std::borrow::Cow::Owned(Book::default()),
+            (Some(only), None) => std::borrow::Cow::Borrowed(only),
+            (Some(first), Some(second)) => {
+                let mut merged = first.clone();
+                merged.absorb(second);
+                for more in present {
+                    merged.absorb(more);
                 }
+                std::borrow::Cow::Owned(merged)
             }
         }
-        seen
     };
     let upstream = books(from);
     let downstream = books(to);
     let mut tallies: BTreeMap<(&'static str, Option<String>), Tally> = BTreeMap::new();
-    for (hash, (_, places)) in &upstream {
-        if downstream.contains_key(hash) {
+    for (hash, _) in upstream.events() {
+        if downstream.contains(hash) {
             continue;
         }
         // By its id, or (a dead letter whose value was omitted: too large
         // to keep) by the coordinates of one of its copies.
         let letter = ledger
             .dead
-            .get(hash)
+            .get(&hash)
             .and_then(|letters| letters.iter().find(|letter| letter.service == flow.service))
             .or_else(|| {
-                places.iter().find_map(|place| {
+                upstream.places(hash).find_map(|place| {
                     ledger
                         .dead_by_place
                         .get(&(
@@ -200,7 +206,7 @@ fn check_flow(
             });
         // A store that rightly lacks it (a profile's cap or expiry).
         let store_reason = to.iter().find_map(|stage| match stage {
-            Stage::Store(store) => ledger.store_explained.get(&(store.clone(), *hash)),
+            Stage::Store(store) => ledger.store_explained.get(&(store.clone(), hash)),
             _ => None,
         });
         let explanation = if let Some(letter) = letter {
@@ -210,9 +216,9 @@ fn check_flow(
             ))
         } else if let Some(reason) = store_reason {
             Some(reason.clone())
-        } else if places
-            .iter()
-            .any(|place| !positions.consumed(ledger, flow.group.as_deref(), place))
+        } else if upstream
+            .places(hash)
+            .any(|place| !positions.consumed(ledger, flow.group.as_deref(), &place))
         {
             Some(format!(
                 "in flight: {} has not committed it yet",
@@ -224,23 +230,23 @@ fn check_flow(
         tallies
             .entry(("missing", explanation))
             .or_default()
-            .add(1, || ledger.name(*hash).to_owned());
+            .add(1, || ledger.name(hash).to_owned());
     }
-    for (hash, (copies, _)) in &downstream {
-        if !upstream.contains_key(hash) {
+    for (hash, copies) in downstream.events() {
+        if !upstream.contains(hash) {
             tallies
                 .entry(("unexpected", None))
                 .or_default()
-                .add(1, || ledger.name(*hash).to_owned());
+                .add(1, || ledger.name(hash).to_owned());
         }
-        if *copies > 1 {
+        if copies > 1 {
             let explanation = flow
                 .copies_allowed
                 .then(|| "copies: bidder retries, cross-DC copies or at-least-once redelivery (removed by the deduplicator, absorbed by idempotent stores)".to_owned());
             tallies
                 .entry(("copies", explanation))
                 .or_default()
-                .add(i64::from(*copies - 1), || ledger.name(*hash).to_owned());
+                .add(i64::from(copies - 1), || ledger.name(hash).to_owned());
         }
     }
     tallies
@@ -282,25 +288,24 @@ fn check_count(
         let Some(book) = ledger.book(bucket, kind, stage) else {
             continue;
         };
-        for (hash, seen) in &book.seen {
-            let reason = ledger.orphan_reasons.get(hash).map(String::as_str);
+        for (hash, _) in book.events() {
+            let reason = ledger.orphan_reasons.get(&hash).map(String::as_str);
             let slot = expected.entry(measure(stage, reason)).or_default();
             let dead = ledger
                 .dead
-                .get(hash)
+                .get(&hash)
                 .is_some_and(|letters| letters.iter().any(|l| l.service == flow.service));
             if dead {
                 continue;
             }
-            let consumed = seen
-                .places
-                .iter()
+            let consumed = book
+                .places(hash)
                 .filter(|place| positions.consumed(ledger, flow.group.as_deref(), place))
                 .count() as i64;
             if consumed > 0 {
                 slot.0 += 1;
                 slot.2 += consumed;
-            } else if !seen.places.is_empty() {
+            } else if book.places(hash).next().is_some() {
                 slot.1 += 1;
             }
         }

@@ -841,3 +841,114 @@ async fn a_missing_and_a_stray_profile_entry_are_unexplained() {
     registry.stop().await;
     adpipe_testkit::profiles::delete(&prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatched_event_mirrormaker_2_did_not_copy_to_its_dc_is_unexplained() {
+    use adpipe_loader::profiles::{ProfileStore, RedisProfiles, entry_of};
+    let (chain, registry, mut env) = faulty_chain().await;
+    // dc1's "own cluster" is central here: its sources are the replicas
+    // (so the dc1 → central flow is whole), and MirrorMaker 2's copy of
+    // events-for-dc1 is `copy-events-for-dc1` — which lacks #1: the
+    // copying stopped (the chaos run saw its worker for a DC give up
+    // during the DC's outage).
+    let dispatched = chain.topic("events-for-dc1");
+    let copy = chain.topic("copy-events-for-dc1");
+    adpipe_testkit::create_topics(
+        &chain.bootstrap,
+        &[
+            (dispatched.as_str(), 1, &[][..]),
+            (copy.as_str(), 1, &[][..]),
+        ],
+    )
+    .await;
+    for n in 0..3 {
+        let value = chain.encode(EventKind::Impression, &impression(n)).await;
+        chain.send(&dispatched, value.clone(), &[]).await;
+        if n != 1 {
+            chain.send(&copy, value, &[]).await;
+        }
+    }
+    // The profile loader loaded the copy, all of it.
+    let prefix = format!("{}profile-dc1:", chain.prefix);
+    let store = RedisProfiles::new(&adpipe_testkit::profiles::redis_url(), &prefix).expect("a URL");
+    let entries: Vec<_> = [0, 2]
+        .into_iter()
+        .map(|n| {
+            let impression = impression(n);
+            entry_of(
+                &serde_json::to_value(&impression).expect("JSON"),
+                &adpipe_loader::record::Identity {
+                    id: impression.event_id.clone(),
+                    time_ms: impression.event_time,
+                    version: None,
+                },
+            )
+            .expect("a user")
+        })
+        .collect();
+    store
+        .upsert(
+            &entries.iter().collect::<Vec<_>>(),
+            50,
+            Duration::from_secs(86_400),
+        )
+        .await
+        .expect("written");
+    let loader = format!("{}adpipe-loader-profiles-dc1", chain.prefix);
+    chain.commit(&loader, &copy, 2);
+    env.extend(
+        [
+            (
+                "PROFILES__URL",
+                format!("{:?}", adpipe_testkit::profiles::redis_url()),
+            ),
+            (
+                "PROFILES__KEY_PREFIX",
+                format!("{:?}", format!("{}profile-{{dc}}:", chain.prefix)),
+            ),
+            (
+                "PROFILES__GROUP",
+                format!(
+                    "{:?}",
+                    format!("{}adpipe-loader-profiles-{{dc}}", chain.prefix)
+                ),
+            ),
+            (
+                "RECONCILE__DC_CLUSTERS",
+                format!("[{:?}]", format!("dc1={}", chain.bootstrap)),
+            ),
+            ("RECONCILE__SOURCE", "\"dc1.{prefix}{kind}\"".to_owned()),
+            (
+                "RECONCILE__DISPATCHED_AT_DC",
+                "\"{prefix}copy-events-for-{dc}\"".to_owned(),
+            ),
+        ]
+        .map(|(key, value)| (format!("ADPIPE__{key}"), value)),
+    );
+    let (result, printed) = reconcile_hour(env).await;
+    let unexplained_in = |flow: &str| -> Vec<(String, Vec<String>)> {
+        result
+            .differences
+            .iter()
+            .filter(|d| d.flow == flow && d.explanation.is_none())
+            .map(|d| (d.what.clone(), d.samples.clone()))
+            .collect()
+    };
+    assert_eq!(
+        unexplained_in("central → dc1 (MirrorMaker 2)"),
+        [("missing".to_owned(), vec![impression(1).event_id])],
+        "{printed}"
+    );
+    // Without the copying's own flow, nothing would say so: the profiles
+    // hold what the copy holds, and the sources what the replicas hold.
+    assert!(
+        unexplained_in("dispatched dc1 → profiles dc1").is_empty(),
+        "{printed}"
+    );
+    assert!(
+        unexplained_in("dc1 → central (MirrorMaker 2)").is_empty(),
+        "{printed}"
+    );
+    registry.stop().await;
+    adpipe_testkit::profiles::delete(&prefix).await;
+}

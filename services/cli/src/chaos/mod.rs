@@ -48,7 +48,7 @@ use clap::Parser;
 use indicatif::ProgressBar;
 
 use crate::demo::chain::{ChainPlan, ProfileStore};
-use crate::demo::checks::{self, Tally};
+use crate::demo::checks::{self, Id, ReadRecord, Tally};
 use crate::demo::names::Names;
 use fleet::{Fleet, Stopped};
 use schedule::{Described, Fault, Planned, Shape};
@@ -313,20 +313,20 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
         .map(|publication| publication.event.event_time())
         .min()
         .unwrap_or_default();
-    let uniques: HashSet<String> = publications
+    // What the checks need of the truth, as id hashes: the truth itself
+    // holds every id as text (gigabytes at 10M events).
+    let uniques: HashSet<Id> = publications
         .iter()
         .filter(|publication| !publication.duplicate)
-        .map(|publication| publication.event.event_id().to_owned())
+        .map(|publication| checks::id(publication.event.event_id()))
         .collect();
-    let kinds: HashMap<String, EventKind> = publications
+    let to_decide: HashSet<Id> = publications
         .iter()
-        .map(|publication| {
-            (
-                publication.event.event_id().to_owned(),
-                publication.event.kind(),
-            )
-        })
+        .filter(|publication| publication.event.kind() != EventKind::Impression)
+        .map(|publication| checks::id(publication.event.event_id()))
         .collect();
+    let published_in_all = truth.published;
+    drop(truth);
     let started = Instant::now();
     let publisher = {
         let published = Arc::clone(&published);
@@ -373,7 +373,7 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
                     "[{:>5.0?}] published {} of {}",
                     started.elapsed(),
                     published.load(Ordering::Relaxed),
-                    truth.published,
+                    published_in_all,
                 )?;
                 for line in std::mem::take(&mut *log.lock()) {
                     writeln!(out, "  {line}")?;
@@ -421,11 +421,11 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
     writeln!(
         out,
         "published {} records in {:.0?}; {} faults carried out",
-        truth.published,
+        published_in_all,
         started.elapsed(),
         carried_out.len()
     )?;
-    report.figure("records published", truth.published);
+    report.figure("records published", published_in_all);
     let kills = carried_out.iter().filter(|kind| **kind == "kill").count();
     let skipped = carried_out
         .iter()
@@ -472,9 +472,23 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
         }
     };
     writeln!(out, "MirrorMaker 2 copied {replicated} records to central")?;
+    let back_copies = BackCopies {
+        pairs: names
+            .dcs
+            .iter()
+            .filter_map(|dc| match names.events_at(dc) {
+                (Some(bootstrap), copy) => Some((names.events_for(dc), bootstrap.to_owned(), copy)),
+                (None, _) => None,
+            })
+            .collect(),
+        instance: (args.central_name.clone(), args.topic_prefix.clone()),
+        infra: args.infra_dir.clone(),
+        logs: fleet.logs(),
+    };
     let drained = wait_drained(
         &fleet,
         &args.central,
+        &back_copies,
         out,
         &mut report,
         Duration::from_secs(1200),
@@ -494,151 +508,22 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
     sampler_stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
 
-    // The deduplicated events against the ground truth.
-    let deduplicated_topics = EventKind::PUBLISHED.map(|kind| names.deduplicated(kind));
-    let delivered = checks::read_ids(
-        &codec,
-        &args.central,
-        &names,
-        &deduplicated_topics,
-        truth.uniques(),
-        &ProgressBar::hidden(),
+    // Every stage against the ground truth; what the checks hold is gone
+    // before the reconciliation reads every stage again.
+    check_outputs(
+        &Checked {
+            codec: &codec,
+            central: &args.central,
+            names: &names,
+            plan: &plan,
+            redis_url: &args.redis_url,
+            first_event_ms,
+        },
+        uniques,
+        to_decide,
+        &mut report,
     )
     .await?;
-    let check = truth.check(delivered.iter().map(|record| record.id.as_str()));
-    report.figure(
-        "deduplicated: unique events",
-        format!(
-            "{} expected, {} missing, {} unknown, {} extra copies (at-least-once, counted)",
-            truth.uniques(),
-            check.missing,
-            check.unknown,
-            check.extra_copies
-        ),
-    );
-    report.require(check.complete(), "deduplicated: events lost or unknown");
-
-    // Every click and conversion decided once: joined or orphaned.
-    let decided_topics = ["clicks", "conversions", "orphans"].map(|what| names.joined(what));
-    let decided = checks::read_ids(
-        &codec,
-        &args.central,
-        &names,
-        &decided_topics,
-        // Every record there (copies too): the reader stops 3 s after it
-        // has them all, not at the first pause of a loaded machine.
-        checks::count_records(&args.central, &decided_topics)?,
-        &ProgressBar::hidden(),
-    )
-    .await?;
-    let orphans_topic = names.joined("orphans");
-    let mut decisions: HashMap<&str, (u64, u64)> = HashMap::new();
-    for record in &decided {
-        let entry = decisions.entry(record.id.as_str()).or_default();
-        if record.topic == orphans_topic {
-            entry.1 += 1;
-        } else {
-            entry.0 += 1;
-        }
-    }
-    let to_decide: Vec<&String> = uniques
-        .iter()
-        .filter(|id| kinds[*id] != EventKind::Impression)
-        .collect();
-    let undecided = to_decide
-        .iter()
-        .filter(|id| !decisions.contains_key(id.as_str()))
-        .count();
-    let both = decisions
-        .values()
-        .filter(|(joined, orphaned)| *joined > 0 && *orphaned > 0)
-        .count();
-    let copies: u64 = decisions
-        .values()
-        .map(|(joined, orphaned)| (joined + orphaned).saturating_sub(1))
-        .sum();
-    report.figure(
-        "clicks and conversions decided",
-        format!(
-            "{} to decide, {} undecided, {} both joined and orphaned, {} re-emitted copies (counted)",
-            to_decide.len(),
-            undecided,
-            both,
-            copies
-        ),
-    );
-    report.require(
-        undecided == 0,
-        "clicks or conversions neither joined nor orphaned",
-    );
-    report.require(both == 0, "clicks or conversions both joined and orphaned");
-
-    // Each store: every event of its topics exactly once.
-    let mut by_topic: BTreeMap<&str, HashSet<String>> = BTreeMap::new();
-    for record in delivered.iter().chain(&decided) {
-        by_topic
-            .entry(record.topic.as_str())
-            .or_default()
-            .insert(record.id.clone());
-    }
-    let loaded_topics = [
-        names.deduplicated(EventKind::Impression),
-        names.joined("clicks"),
-        names.joined("conversions"),
-        names.joined("orphans"),
-    ];
-    let empty = HashSet::new();
-    let in_files = checks::file_ids(&plan.files_dir)?;
-    for topic in &loaded_topics {
-        let expected = by_topic.get(topic.as_str()).unwrap_or(&empty);
-        let found = in_files
-            .get(topic)
-            .into_iter()
-            .flatten()
-            .map(String::as_str);
-        report.tally(&Tally::of(&format!("files: {topic}"), expected, found));
-    }
-    let span = adpipe_reconciler::Span {
-        from: first_event_ms,
-        to: adpipe_runtime::event_time::now_ms() + 1,
-        slack_ms: 0,
-    };
-    if let Some((url, prefix)) = &plan.elasticsearch {
-        for topic in &loaded_topics {
-            let expected = by_topic.get(topic.as_str()).unwrap_or(&empty);
-            let documents =
-                adpipe_reconciler::stores::elasticsearch_documents(url, prefix, topic, span)
-                    .await?;
-            report.tally(&Tally::of(
-                &format!("elasticsearch: {topic}"),
-                expected,
-                documents.iter().map(|(id, _)| id.as_str()),
-            ));
-        }
-    }
-
-    // Each DC's profiles: every event dispatched to it, once.
-    let dispatched_topics: Vec<String> = names.dcs.iter().map(|dc| names.events_for(dc)).collect();
-    let dispatched = checks::read_ids(
-        &codec,
-        &args.central,
-        &names,
-        &dispatched_topics,
-        checks::count_records(&args.central, &dispatched_topics)?,
-        &ProgressBar::hidden(),
-    )
-    .await?;
-    for dc in &names.dcs {
-        let topic = names.events_for(dc);
-        let expected: HashSet<String> = dispatched
-            .iter()
-            .filter(|record| record.topic == topic)
-            .map(|record| record.id.clone())
-            .collect();
-        let found = checks::redis_profile_ids(&args.redis_url, &plan.profile_prefix(dc)).await?;
-        let found = found.iter().map(String::as_str);
-        report.tally(&Tally::of(&format!("{dc}'s profiles"), &expected, found));
-    }
 
     // Nothing dead-lettered: no bad input was published.
     let dead_letters = checks::count_records(
@@ -677,6 +562,14 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
             ),
         );
     }
+    // The harness's own (its checks and the reconciliation hold every id
+    // of every stage): reported, not bounded.
+    if let Some(peak) = adpipe_testkit::peak_rss_bytes(std::process::id()) {
+        report.figure(
+            "peak RSS: the harness (checks, reconciliation)",
+            format!("{} MiB", peak >> 20),
+        );
+    }
     writeln!(out)?;
     for (what, figure) in &report.figures {
         writeln!(out, "{what:<48} {figure}")?;
@@ -690,6 +583,259 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
         }
     }
     Ok(report)
+}
+
+/// What the checks of the outputs read from.
+struct Checked<'a> {
+    codec: &'a Codec,
+    central: &'a str,
+    names: &'a Names,
+    plan: &'a ChainPlan<'a>,
+    redis_url: &'a str,
+    first_event_ms: i64,
+}
+
+/// Checks every stage's output against the ground truth (`uniques`: the
+/// unique events; `to_decide`: the clicks and conversions among them):
+/// none lost, every click and conversion decided once, each store exact.
+async fn check_outputs(
+    on: &Checked<'_>,
+    uniques: HashSet<Id>,
+    to_decide: HashSet<Id>,
+    report: &mut ChaosReport,
+) -> anyhow::Result<()> {
+    let names = on.names;
+    let read = async |topics: &[String], want: u64| -> anyhow::Result<Vec<ReadRecord>> {
+        checks::read_ids(
+            on.codec,
+            on.central,
+            names,
+            topics,
+            want,
+            &ProgressBar::hidden(),
+        )
+        .await
+    };
+
+    // The deduplicated events against the ground truth.
+    let deduplicated_topics = EventKind::PUBLISHED.map(|kind| names.deduplicated(kind));
+    let delivered = read(&deduplicated_topics, uniques.len() as u64).await?;
+    let check = Tally::of(
+        "deduplicated",
+        &uniques,
+        delivered.iter().map(|record| record.id),
+    );
+    report.figure(
+        "deduplicated: unique events",
+        format!(
+            "{} expected, {} missing, {} unknown, {} extra copies (at-least-once, counted)",
+            check.expected,
+            check.missing(),
+            check.unexpected,
+            check.extra_copies
+        ),
+    );
+    report.require(
+        check.missing() == 0 && check.unexpected == 0,
+        "deduplicated: events lost or unknown",
+    );
+    drop(uniques);
+
+    // Every click and conversion decided once: joined or orphaned.
+    let decided_topics = ["clicks", "conversions", "orphans"].map(|what| names.joined(what));
+    // Every record there (copies too): the reader stops 3 s after it has
+    // them all, not at the first pause of a loaded machine.
+    let decided = read(
+        &decided_topics,
+        checks::count_records(on.central, &decided_topics)?,
+    )
+    .await?;
+    let orphans_topic = 2;
+    let mut decisions: HashMap<Id, (u64, u64)> = HashMap::new();
+    for record in &decided {
+        let entry = decisions.entry(record.id).or_default();
+        if record.topic == orphans_topic {
+            entry.1 += 1;
+        } else {
+            entry.0 += 1;
+        }
+    }
+    let undecided = to_decide
+        .iter()
+        .filter(|id| !decisions.contains_key(*id))
+        .count();
+    let both = decisions
+        .values()
+        .filter(|(joined, orphaned)| *joined > 0 && *orphaned > 0)
+        .count();
+    let copies: u64 = decisions
+        .values()
+        .map(|(joined, orphaned)| (joined + orphaned).saturating_sub(1))
+        .sum();
+    report.figure(
+        "clicks and conversions decided",
+        format!(
+            "{} to decide, {} undecided, {} both joined and orphaned, {} re-emitted copies (counted)",
+            to_decide.len(),
+            undecided,
+            both,
+            copies
+        ),
+    );
+    report.require(
+        undecided == 0,
+        "clicks or conversions neither joined nor orphaned",
+    );
+    report.require(both == 0, "clicks or conversions both joined and orphaned");
+    drop((decisions, to_decide));
+
+    // Each store: every event of its topics exactly once.
+    let loaded_topics = [
+        names.deduplicated(EventKind::Impression),
+        names.joined("clicks"),
+        names.joined("conversions"),
+        names.joined("orphans"),
+    ];
+    let mut by_topic: BTreeMap<&str, HashSet<Id>> = BTreeMap::new();
+    let read_from = |topics: &[String], record: &ReadRecord| -> Option<usize> {
+        let topic = topics[record.topic].as_str();
+        loaded_topics.iter().position(|loaded| loaded == topic)
+    };
+    for record in &delivered {
+        if let Some(loaded) = read_from(&deduplicated_topics, record) {
+            by_topic
+                .entry(loaded_topics[loaded].as_str())
+                .or_default()
+                .insert(record.id);
+        }
+    }
+    for record in &decided {
+        if let Some(loaded) = read_from(&decided_topics, record) {
+            by_topic
+                .entry(loaded_topics[loaded].as_str())
+                .or_default()
+                .insert(record.id);
+        }
+    }
+    drop((delivered, decided));
+    let empty = HashSet::new();
+    let in_files = checks::file_ids(&on.plan.files_dir)?;
+    for topic in &loaded_topics {
+        let expected = by_topic.get(topic.as_str()).unwrap_or(&empty);
+        let found = in_files.get(topic).into_iter().flatten().copied();
+        report.tally(&Tally::of(&format!("files: {topic}"), expected, found));
+    }
+    drop(in_files);
+    let span = adpipe_reconciler::Span {
+        from: on.first_event_ms,
+        to: adpipe_runtime::event_time::now_ms() + 1,
+        slack_ms: 0,
+    };
+    if let Some((url, prefix)) = &on.plan.elasticsearch {
+        for topic in &loaded_topics {
+            let expected = by_topic.get(topic.as_str()).unwrap_or(&empty);
+            let documents =
+                adpipe_reconciler::stores::elasticsearch_documents(url, prefix, topic, span)
+                    .await?;
+            report.tally(&Tally::of(
+                &format!("elasticsearch: {topic}"),
+                expected,
+                documents.iter().map(|(id, _)| checks::id(id)),
+            ));
+        }
+    }
+    drop(by_topic);
+
+    // Each DC's profiles: every event dispatched to it, once.
+    let dispatched_topics: Vec<String> = names.dcs.iter().map(|dc| names.events_for(dc)).collect();
+    let dispatched = read(
+        &dispatched_topics,
+        checks::count_records(on.central, &dispatched_topics)?,
+    )
+    .await?;
+    for (index, dc) in names.dcs.iter().enumerate() {
+        let expected: HashSet<Id> = dispatched
+            .iter()
+            .filter(|record| record.topic == index)
+            .map(|record| record.id)
+            .collect();
+        let found = checks::redis_profile_ids(on.redis_url, &on.plan.profile_prefix(dc)).await?;
+        report.tally(&Tally::of(&format!("{dc}'s profiles"), &expected, found));
+    }
+    Ok(())
+}
+
+/// Runs `<infra>/<script> ARGS` with `envs` (its output to `logs`/infra.log).
+async fn run_infra(
+    infra: &std::path::Path,
+    logs: &std::path::Path,
+    script: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join("infra.log"))?;
+    let status = tokio::process::Command::new(infra.join(script))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .status()
+        .await
+        .with_context(|| format!("running {script}"))?;
+    anyhow::ensure!(
+        status.success(),
+        "{script} {args:?}: {status} (see infra.log)"
+    );
+    Ok(())
+}
+
+/// MirrorMaker 2's copies of `events-for-<dc>` on the DCs' clusters (what
+/// each DC's profile loader reads), and how to restart the run's instance
+/// when its copying stalls: its worker for a DC's cluster gave up during
+/// that cluster's outage in a 400K run ("worker poll timeout has
+/// expired") and copied nothing more — an operator restarts it; so does
+/// the harness, saying so.
+struct BackCopies {
+    /// (central's topic, the DC's bootstrap, the DC's copy).
+    pairs: Vec<(String, String, String)>,
+    /// The `ADPIPE_MM2_CENTRAL` and `ADPIPE_MM2_TOPIC_PREFIX` of the run's instance.
+    instance: (String, String),
+    infra: PathBuf,
+    logs: PathBuf,
+}
+
+impl BackCopies {
+    /// Records behind: in central's topics and not (yet) in the copies.
+    fn behind(&self, central: &str) -> u64 {
+        tokio::task::block_in_place(|| {
+            self.pairs
+                .iter()
+                .map(|(topic, dc_bootstrap, copy)| {
+                    let at_central = checks::count_records(central, std::slice::from_ref(topic));
+                    let at_dc = checks::count_records(dc_bootstrap, std::slice::from_ref(copy));
+                    match (at_central, at_dc) {
+                        (Ok(at_central), Ok(at_dc)) => at_central.saturating_sub(at_dc),
+                        // A cluster that does not answer: behind, by one at least.
+                        _ => 1,
+                    }
+                })
+                .sum()
+        })
+    }
+
+    /// Stops and starts MirrorMaker 2 (it resumes from its committed
+    /// source offsets: copies, never gaps).
+    async fn restart_mirrormaker(&self) -> anyhow::Result<()> {
+        let envs = [
+            ("ADPIPE_MM2_CENTRAL", self.instance.0.as_str()),
+            ("ADPIPE_MM2_TOPIC_PREFIX", self.instance.1.as_str()),
+        ];
+        run_infra(&self.infra, &self.logs, "mirrormaker.sh", &["stop"], &envs).await?;
+        run_infra(&self.infra, &self.logs, "mirrormaker.sh", &["start"], &envs).await
+    }
 }
 
 /// What a fault needs to be carried out.
@@ -723,22 +869,7 @@ impl FaultContext {
 
     /// Runs `infra/<script> ARGS` (its output to the run's infra.log).
     async fn infra(&self, script: &str, args: &[&str]) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.logs.join("infra.log"))?;
-        let status = tokio::process::Command::new(self.infra.join(script))
-            .args(args)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .status()
-            .await
-            .with_context(|| format!("running {script}"))?;
-        anyhow::ensure!(
-            status.success(),
-            "{script} {args:?}: {status} (see infra.log)"
-        );
-        Ok(())
+        run_infra(&self.infra, &self.logs, script, args, &[]).await
     }
 
     /// Starts a stopped server again (`kafka.sh start`, `elasticsearch.sh
@@ -887,16 +1018,21 @@ fn restart_exited(
 async fn wait_drained(
     fleet: &Fleet,
     central: &str,
+    back_copies: &BackCopies,
     out: &mut dyn Write,
     report: &mut ChaosReport,
     timeout: Duration,
 ) -> anyhow::Result<bool> {
+    /// A copying behind that moved no record for this long has stalled.
+    const STALLED: Duration = Duration::from_secs(180);
     let deadline = Instant::now() + timeout;
     let mut last_print = Instant::now();
     let mut in_a_row = 0;
+    let mut copies_behind = (u64::MAX, Instant::now());
+    let mut restarts = 0;
     while Instant::now() < deadline {
         restart_exited(fleet, out, report)?;
-        let behind: Vec<String> = tokio::task::block_in_place(|| {
+        let mut behind: Vec<String> = tokio::task::block_in_place(|| {
             fleet
                 .specs()
                 .iter()
@@ -909,10 +1045,25 @@ async fn wait_drained(
                 .map(|spec| spec.stage.clone())
                 .collect()
         });
+        let copying = back_copies.behind(central);
+        if copying > 0 {
+            behind.push(format!("MirrorMaker 2 to the DCs ({copying} records)"));
+            if copying != copies_behind.0 {
+                copies_behind = (copying, Instant::now());
+            } else if copies_behind.1.elapsed() > STALLED {
+                writeln!(
+                    out,
+                    "MirrorMaker 2 copied nothing to the DCs for {STALLED:?} ({copying} records behind): restarting it"
+                )?;
+                back_copies.restart_mirrormaker().await?;
+                restarts += 1;
+                copies_behind = (copying, Instant::now());
+            }
+        }
         if behind.is_empty() {
             in_a_row += 1;
             if in_a_row == 2 {
-                return Ok(true);
+                break;
             }
         } else {
             in_a_row = 0;
@@ -923,5 +1074,9 @@ async fn wait_drained(
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    Ok(false)
+    report.figure(
+        "MirrorMaker 2 restarted by the harness (its copying to a DC stalled)",
+        restarts,
+    );
+    Ok(in_a_row == 2)
 }

@@ -379,7 +379,6 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         &view.bar(0, "deduplicated"),
     )
     .await?;
-    let delivered: Vec<String> = delivered.into_iter().map(|record| record.id).collect();
     let uniques: Vec<adpipe_loadtest::SimEvent> = publications
         .iter()
         .filter(|publication| !publication.duplicate)
@@ -416,17 +415,18 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
     };
 
     // What each later stage should hold: the ids of the processed events.
-    let ids =
-        |items: &mut dyn Iterator<Item = &String>| -> HashSet<String> { items.cloned().collect() };
+    let ids = |items: &mut dyn Iterator<Item = &String>| -> HashSet<checks::Id> {
+        items.map(|id| checks::id(id)).collect()
+    };
     let impression_ids = ids(&mut impressions.iter().map(|impression| &impression.event_id));
     let click_ids = ids(&mut expected.clicks.keys());
     let conversion_ids = ids(&mut expected.conversions.keys());
     let orphan_ids = ids(&mut expected.orphans.keys());
-    let processed: HashSet<String> = impression_ids
+    let processed: HashSet<checks::Id> = impression_ids
         .iter()
         .chain(&click_ids)
         .chain(&conversion_ids)
-        .cloned()
+        .copied()
         .collect();
 
     // The dispatcher: each processed event once, to the DC(s) it was not seen in.
@@ -443,17 +443,17 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
     let mut dispatched = vec![Tally::of(
         "each event, over every DC",
         &processed,
-        dispatched_records.iter().map(|record| record.id.as_str()),
+        dispatched_records.iter().map(|record| record.id),
     )];
-    let per_dc: Vec<(String, HashSet<String>)> = names
+    let per_dc: Vec<(String, HashSet<checks::Id>)> = names
         .dcs
         .iter()
-        .map(|dc| {
-            let topic = names.events_for(dc);
-            let ids: HashSet<String> = dispatched_records
+        .enumerate()
+        .map(|(index, dc)| {
+            let ids: HashSet<checks::Id> = dispatched_records
                 .iter()
-                .filter(|record| record.topic == topic)
-                .map(|record| record.id.clone())
+                .filter(|record| record.topic == index)
+                .map(|record| record.id)
                 .collect();
             (dc.clone(), ids)
         })
@@ -495,11 +495,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
     let files: Vec<Tally> = file_expectations
         .iter()
         .map(|(topic, expected)| {
-            let found = in_files
-                .get(topic)
-                .into_iter()
-                .flatten()
-                .map(String::as_str);
+            let found = in_files.get(topic).into_iter().flatten().copied();
             Tally::of(topic, expected, found)
         })
         .collect();
@@ -524,8 +520,8 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
                 Ok(
                     adpipe_reconciler::stores::elasticsearch_documents(url, prefix, topic, span)
                         .await?
-                        .into_iter()
-                        .map(|(id, _)| id)
+                        .iter()
+                        .map(|(id, _)| checks::id(id))
                         .collect(),
                 )
             },
@@ -551,8 +547,8 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
                 )
                 .await
                 .map_err(anyhow::Error::msg)?
-                .into_iter()
-                .map(|(id, _)| id)
+                .iter()
+                .map(|(id, _)| checks::id(id))
                 .collect())
             },
         )
@@ -582,11 +578,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
         )
         .await?;
         let found = read().await?;
-        profiles.push(Tally::of(
-            &format!("{dc}: entries"),
-            expected,
-            found.iter().map(String::as_str),
-        ));
+        profiles.push(Tally::of(&format!("{dc}: entries"), expected, found));
     }
     let merged = checks::count_merged(&bootstrap, &names)?;
     bad_input::find_dead_letters(&bootstrap, &names, &mut bad_input)?;
@@ -660,7 +652,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
             ),
         ));
     }
-    let check = truth.check(delivered.iter().map(String::as_str));
+    let check = truth.check_ids(delivered.iter().map(|record| record.id), checks::id);
     let report = DemoReport {
         published: truth.published,
         duplicates_injected: truth.duplicates,
