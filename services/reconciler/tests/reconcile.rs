@@ -125,6 +125,30 @@ async fn reconcile_hour(env: Vec<(String, String)>) -> (adpipe_reconciler::Recon
     (result, printed)
 }
 
+/// The reconciler's `[profiles]` for the chain's Redis keys and loader
+/// groups (as `ADPIPE__…` pairs).
+fn profiles_env(chain: &Chain) -> Vec<(String, String)> {
+    [
+        (
+            "PROFILES__URL",
+            format!("{:?}", adpipe_testkit::profiles::redis_url()),
+        ),
+        (
+            "PROFILES__KEY_PREFIX",
+            format!("{:?}", format!("{}profile-{{dc}}:", chain.prefix)),
+        ),
+        (
+            "PROFILES__GROUP",
+            format!(
+                "{:?}",
+                format!("{}adpipe-loader-profiles-{{dc}}", chain.prefix)
+            ),
+        ),
+    ]
+    .map(|(key, value)| (format!("ADPIPE__{key}"), value))
+    .to_vec()
+}
+
 /// The hand-made chain with its faults; returns it, its registry and the
 /// reconciler's settings for it (as `ADPIPE__…` pairs).
 async fn faulty_chain() -> (
@@ -762,26 +786,7 @@ async fn a_missing_and_a_stray_profile_entry_are_unexplained() {
         !without.differences.iter().any(|d| d.flow == flow),
         "no profiles configured, none read"
     );
-    env.extend(
-        [
-            (
-                "PROFILES__URL",
-                format!("{:?}", adpipe_testkit::profiles::redis_url()),
-            ),
-            (
-                "PROFILES__KEY_PREFIX",
-                format!("{:?}", format!("{}profile-{{dc}}:", chain.prefix)),
-            ),
-            (
-                "PROFILES__GROUP",
-                format!(
-                    "{:?}",
-                    format!("{}adpipe-loader-profiles-{{dc}}", chain.prefix)
-                ),
-            ),
-        ]
-        .map(|(key, value)| (format!("ADPIPE__{key}"), value)),
-    );
+    env.extend(profiles_env(&chain));
     let reconcile_keeping = async |kept: usize| {
         let mut env = env.clone();
         env.push(("ADPIPE__PROFILES__KEEP".to_owned(), kept.to_string()));
@@ -896,23 +901,9 @@ async fn a_dispatched_event_mirrormaker_2_did_not_copy_to_its_dc_is_unexplained(
         .expect("written");
     let loader = format!("{}adpipe-loader-profiles-dc1", chain.prefix);
     chain.commit(&loader, &copy, 2);
+    env.extend(profiles_env(&chain));
     env.extend(
         [
-            (
-                "PROFILES__URL",
-                format!("{:?}", adpipe_testkit::profiles::redis_url()),
-            ),
-            (
-                "PROFILES__KEY_PREFIX",
-                format!("{:?}", format!("{}profile-{{dc}}:", chain.prefix)),
-            ),
-            (
-                "PROFILES__GROUP",
-                format!(
-                    "{:?}",
-                    format!("{}adpipe-loader-profiles-{{dc}}", chain.prefix)
-                ),
-            ),
             (
                 "RECONCILE__DC_CLUSTERS",
                 format!("[{:?}]", format!("dc1={}", chain.bootstrap)),
