@@ -166,7 +166,7 @@ impl GroundTruth {
 
     /// Compares delivered event ids (with repetitions) against the truth.
     pub fn check<'a>(&self, delivered: impl IntoIterator<Item = &'a str>) -> CheckReport {
-        self.check_ids(delivered, str::to_owned)
+        self.count(delivered, |id| self.knows(id))
     }
 
     /// [`GroundTruth::check`] over ids as the caller keeps them: `key` turns
@@ -174,7 +174,7 @@ impl GroundTruth {
     /// text of millions of ids outgrows the memory).
     pub fn check_ids<K: Eq + std::hash::Hash>(
         &self,
-        delivered: impl IntoIterator<Item = impl Into<K>>,
+        delivered: impl IntoIterator<Item = K>,
         key: impl Fn(&str) -> K,
     ) -> CheckReport {
         let known: HashSet<K> = self
@@ -184,11 +184,19 @@ impl GroundTruth {
             .chain(self.conversions.keys())
             .map(|id| key(id))
             .collect();
+        self.count(delivered, |id| known.contains(id))
+    }
+
+    /// Counts `delivered` (with repetitions) by what `knows` says of each.
+    fn count<K: Eq + std::hash::Hash>(
+        &self,
+        delivered: impl IntoIterator<Item = K>,
+        knows: impl Fn(&K) -> bool,
+    ) -> CheckReport {
         let mut counts: HashMap<K, u64> = HashMap::new();
         let mut unknown = 0;
         for event_id in delivered {
-            let event_id = event_id.into();
-            if known.contains(&event_id) {
+            if knows(&event_id) {
                 *counts.entry(event_id).or_default() += 1;
             } else {
                 unknown += 1;

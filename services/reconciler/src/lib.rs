@@ -245,14 +245,11 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
                 // (its worker for the DC gave up during the DC's outage)
                 // leaves the profiles consistent with the copy, not with
                 // what was dispatched.
-                flows.push(Flow {
-                    name: format!("central → {dc} (MirrorMaker 2)", dc = dc.name),
-                    from: every_kind(vec![Stage::DispatchedCentral(dc.name.clone())]),
-                    to: every_kind(vec![Stage::Dispatched(dc.name.clone())]),
-                    service: "mirrormaker".to_owned(),
-                    group: None,
-                    copies_allowed: true,
-                });
+                flows.push(mirror_flow(
+                    format!("central → {dc} (MirrorMaker 2)", dc = dc.name),
+                    Stage::DispatchedCentral(dc.name.clone()),
+                    Stage::Dispatched(dc.name.clone()),
+                ));
             }
         }
     }
@@ -292,14 +289,11 @@ fn chain_flows(settings: &ReconcileSettings) -> Vec<Flow> {
     let groups = &settings.groups;
     let mut flows = Vec::new();
     for dc in settings.dcs.iter().filter(|dc| dc.bootstrap.is_some()) {
-        flows.push(Flow {
-            name: format!("{dc} → central (MirrorMaker 2)", dc = dc.name),
-            from: every_kind(vec![Stage::Source(dc.name.clone())]),
-            to: every_kind(vec![Stage::Replica(dc.name.clone())]),
-            service: "mirrormaker".to_owned(),
-            group: None,
-            copies_allowed: true,
-        });
+        flows.push(mirror_flow(
+            format!("{dc} → central (MirrorMaker 2)", dc = dc.name),
+            Stage::Source(dc.name.clone()),
+            Stage::Replica(dc.name.clone()),
+        ));
     }
     let replicas: Vec<Stage> = settings
         .dcs
@@ -335,6 +329,19 @@ fn chain_flows(settings: &ReconcileSettings) -> Vec<Flow> {
         copies_allowed: true,
     });
     flows
+}
+
+/// MirrorMaker 2's copying of every kind from one topic to another
+/// (copies allowed; no group of ours commits it).
+fn mirror_flow(name: String, from: Stage, to: Stage) -> Flow {
+    Flow {
+        name,
+        from: every_kind(vec![from]),
+        to: every_kind(vec![to]),
+        service: "mirrormaker".to_owned(),
+        group: None,
+        copies_allowed: true,
+    }
 }
 
 /// A loader's flow: each processed event and orphan exactly once in `store`.

@@ -315,16 +315,18 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
         .unwrap_or_default();
     // What the checks need of the truth, as id hashes: the truth itself
     // holds every id as text (gigabytes at 10M events).
-    let uniques: HashSet<Id> = publications
+    let mut uniques: HashSet<Id> = HashSet::new();
+    let mut to_decide: HashSet<Id> = HashSet::new();
+    for publication in publications
         .iter()
         .filter(|publication| !publication.duplicate)
-        .map(|publication| checks::id(publication.event.event_id()))
-        .collect();
-    let to_decide: HashSet<Id> = publications
-        .iter()
-        .filter(|publication| publication.event.kind() != EventKind::Impression)
-        .map(|publication| checks::id(publication.event.event_id()))
-        .collect();
+    {
+        let id = checks::id(publication.event.event_id());
+        uniques.insert(id);
+        if publication.event.kind() != EventKind::Impression {
+            to_decide.insert(id);
+        }
+    }
     let published_in_all = truth.published;
     drop(truth);
     let started = Instant::now();
@@ -697,24 +699,18 @@ async fn check_outputs(
         names.joined("orphans"),
     ];
     let mut by_topic: BTreeMap<&str, HashSet<Id>> = BTreeMap::new();
-    let read_from = |topics: &[String], record: &ReadRecord| -> Option<usize> {
-        let topic = topics[record.topic].as_str();
-        loaded_topics.iter().position(|loaded| loaded == topic)
-    };
-    for record in &delivered {
-        if let Some(loaded) = read_from(&deduplicated_topics, record) {
-            by_topic
-                .entry(loaded_topics[loaded].as_str())
-                .or_default()
-                .insert(record.id);
-        }
-    }
-    for record in &decided {
-        if let Some(loaded) = read_from(&decided_topics, record) {
-            by_topic
-                .entry(loaded_topics[loaded].as_str())
-                .or_default()
-                .insert(record.id);
+    for (topics, records) in [
+        (&deduplicated_topics[..], &delivered),
+        (&decided_topics[..], &decided),
+    ] {
+        for record in records {
+            let topic = topics[record.topic].as_str();
+            if let Some(loaded) = loaded_topics.iter().find(|loaded| *loaded == topic) {
+                by_topic
+                    .entry(loaded.as_str())
+                    .or_default()
+                    .insert(record.id);
+            }
         }
     }
     drop((delivered, decided));
