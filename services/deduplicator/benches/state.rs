@@ -110,7 +110,8 @@ fn restore(c: &mut Criterion) {
         b.iter(|| {
             let saved = snapshot::decode(black_box(&bytes)).expect("valid snapshot");
             let mut state = DedupState::new(FILLED as i64, 0);
-            for (id, event_time) in saved.entries {
+            state.reserve(saved.entries().len());
+            for (id, event_time) in saved.entries() {
                 state.remember(id, event_time);
             }
             black_box(state.len())

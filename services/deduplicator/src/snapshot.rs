@@ -31,6 +31,8 @@ use std::path::{Path, PathBuf};
 
 use adpipe_state::file::{Reader, store_atomically};
 
+use crate::state::DedupState;
+
 const MAGIC: &[u8; 8] = b"ADPDEDUP";
 const VERSION: u32 = 3;
 const ENTRY: usize = 24;
@@ -39,13 +41,30 @@ const ENTRY: usize = 24;
 /// (the shared state mark: `adpipe_state::Mark`).
 pub use adpipe_state::Mark as Binding;
 
-/// A loaded snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
+/// A decoded snapshot, its entries read in place from the file's bytes
+/// (a partition's ids are not copied into a list before the table).
+#[derive(Debug)]
+pub struct Snapshot<'a> {
     /// What it describes.
     pub binding: Binding,
-    /// (id hash, first event time).
-    pub entries: Vec<(u128, i64)>,
+    /// The entries' bytes, checked: `ENTRY` bytes each.
+    entries: &'a [u8],
+}
+
+impl Snapshot<'_> {
+    /// (id hash, first event time) of every entry.
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = (u128, i64)> + '_ {
+        self.entries.chunks_exact(ENTRY).map(|entry| {
+            let word = |at: usize| {
+                let mut bytes = [0; 8];
+                bytes.copy_from_slice(&entry[at..at + 8]);
+                bytes
+            };
+            let id = (u128::from(u64::from_le_bytes(word(0))) << 64)
+                | u128::from(u64::from_le_bytes(word(8)));
+            (id, i64::from_le_bytes(word(16)))
+        })
+    }
 }
 
 /// Where a changelog partition's snapshot lives.
@@ -86,7 +105,7 @@ pub enum SnapshotError {
 }
 
 /// Decodes a snapshot, checking length, magic, version and checksum.
-pub fn decode(bytes: &[u8]) -> Result<Snapshot, &'static str> {
+pub fn decode(bytes: &[u8]) -> Result<Snapshot<'_>, &'static str> {
     if bytes.len() < MAGIC.len() + 4 + 8 {
         return Err("truncated");
     }
@@ -110,25 +129,27 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, &'static str> {
     {
         return Err("entry count does not match the length");
     }
-    let mut entries = Vec::with_capacity(count);
-    for _ in 0..count {
-        let high = u64::from_le_bytes(reader.array()?);
-        let low = u64::from_le_bytes(reader.array()?);
-        let event_time = i64::from_le_bytes(reader.array()?);
-        entries.push(((u128::from(high) << 64) | u128::from(low), event_time));
-    }
+    let entries = reader.take(count.saturating_mul(ENTRY))?;
     Ok(Snapshot { binding, entries })
 }
 
-/// Reads the snapshot at `path`; `Ok(None)` when there is none.
-pub fn load(path: &Path) -> Result<Option<Snapshot>, SnapshotError> {
-    match std::fs::read(path) {
-        Ok(bytes) => decode(&bytes)
-            .map(Some)
-            .map_err(|reason| SnapshotError::Invalid(path.to_owned(), reason)),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(SnapshotError::Io(path.to_owned(), error)),
+/// Loads the snapshot at `path` into `state` (sized for it at once) and
+/// returns what it describes; `Ok(None)` when there is none. An invalid
+/// file adds nothing to `state`: it is checked whole first.
+pub fn load(path: &Path, state: &mut DedupState) -> Result<Option<Binding>, SnapshotError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(SnapshotError::Io(path.to_owned(), error)),
+    };
+    let snapshot =
+        decode(&bytes).map_err(|reason| SnapshotError::Invalid(path.to_owned(), reason))?;
+    let entries = snapshot.entries();
+    state.reserve(entries.len());
+    for (id, event_time) in entries {
+        state.remember(id, event_time);
     }
+    Ok(Some(snapshot.binding))
 }
 
 /// Writes `bytes` to `path` atomically: a crash leaves the old file or the
@@ -155,13 +176,9 @@ mod tests {
     fn round_trips_and_rejects_every_corruption() {
         let entries = vec![(u128::MAX - 7, 1_000), (42, -5), (1 << 100, i64::MAX)];
         let bytes = encode(&binding(1234), entries.clone().into_iter());
-        assert_eq!(
-            decode(&bytes),
-            Ok(Snapshot {
-                binding: binding(1234),
-                entries
-            })
-        );
+        let decoded = decode(&bytes).expect("decodes");
+        assert_eq!(decoded.binding, binding(1234));
+        assert_eq!(decoded.entries().collect::<Vec<_>>(), entries);
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "truncated at {cut}");
         }
@@ -176,14 +193,29 @@ mod tests {
     fn stores_atomically_and_loads_back() {
         let dir = std::env::temp_dir().join(format!("adpipe-snapshot-{}", std::process::id()));
         let path = snapshot_path(&dir, "log", 3);
-        assert!(load(&path).expect("no file is fine").is_none());
+        let empty = || DedupState::new(100, 0);
+        assert!(
+            load(&path, &mut empty())
+                .expect("no file is fine")
+                .is_none()
+        );
         store(&path, &encode(&binding(9), [(1, 2)].into_iter())).expect("stored");
         store(&path, &encode(&binding(10), [(1, 2), (3, 4)].into_iter())).expect("replaced");
-        let snapshot = load(&path).expect("loads").expect("exists");
-        assert_eq!(snapshot.binding.offset, 10);
-        assert_eq!(snapshot.entries.len(), 2);
+        let mut state = empty();
+        let loaded = load(&path, &mut state).expect("loads").expect("exists");
+        assert_eq!(loaded.offset, 10);
+        assert_eq!(
+            (state.first_seen(1), state.first_seen(3)),
+            (Some(2), Some(4))
+        );
+        assert_eq!(state.len(), 2);
         std::fs::write(&path, b"garbage").expect("written");
-        assert!(matches!(load(&path), Err(SnapshotError::Invalid(..))));
+        let mut state = empty();
+        assert!(matches!(
+            load(&path, &mut state),
+            Err(SnapshotError::Invalid(..))
+        ));
+        assert!(state.is_empty(), "nothing of an invalid file is loaded");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

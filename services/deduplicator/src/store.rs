@@ -54,14 +54,8 @@ impl DedupStore {
     /// the restore).
     pub fn open(path: PathBuf, window_ms: i64, lateness_ms: i64) -> Self {
         let mut state = DedupState::new(window_ms, lateness_ms);
-        let mark = match snapshot::load(&path) {
-            Ok(Some(saved)) => {
-                for (id, event_time) in saved.entries {
-                    state.remember(id, event_time);
-                }
-                Some(saved.binding)
-            }
-            Ok(None) => None,
+        let mark = match snapshot::load(&path, &mut state) {
+            Ok(mark) => mark,
             Err(error) => {
                 warn!(%error, "ignoring the snapshot; replaying the changelog");
                 None
@@ -146,7 +140,7 @@ impl StateStore for DedupStore {
         let Some(path) = &self.path else {
             return Ok(()); // never saved: nothing local to trust
         };
-        let bytes = snapshot::encode(mark, self.state.entries().into_iter());
+        let bytes = snapshot::encode(mark, self.state.entries());
         snapshot::store(path, &bytes).map_err(|error| io(path, error))?;
         self.mark = Some(mark.clone());
         Ok(())
