@@ -16,13 +16,17 @@
 //! lateness plus 1/8 of the window. Measured (12 partitions, 9.5M ids in
 //! the window): peak RSS 339 MB against the queue's 579 MB while the
 //! window fills, 733 MB against 1,090 MB once ids expire (hashbrown's
-//! tables double under removals either way), at the same speed.
+//! tables double under removals either way). The passes cost time: the
+//! criterion decision on a full 1M-id window took 505 ns against the
+//! queue's 367 (the string-set baseline: 731), while 28M decisions over
+//! 12 partitions took 13.2 s against 14.7 (fewer cache misses than the
+//! queue's) — under 3% of the service's ~5 µs a record either way.
 //!
 //! Ids are kept as 128-bit hashes (xxh3): 16 bytes a key instead of the
 //! ~60-byte id, and a collision chance around 10^-20 per day at RTB House's
 //! volumes — a 64-bit hash would drop a real event every few days. They are
 //! stored as two `u64`s: a `u128` is 16-byte aligned, which would pad every
-//! entry of both tables from 24 to 32 bytes.
+//! entry of the table from 24 to 32 bytes.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
