@@ -3,7 +3,9 @@
 //! `ADPIPE__…` settings the demo gives the in-process services, with its
 //! own metrics port and log file. The chaos harness kills them (SIGKILL),
 //! stops them (SIGTERM), restarts them and adds second instances; a sampler
-//! keeps each service's peak resident memory.
+//! keeps each service's peak resident memory, with when it happened and
+//! what the instance said it held then (state and queued records), so a
+//! peak over the bound names its cause.
 //!
 //! Contract: an instance keeps its slot's state directory across restarts
 //! (what a restarted container keeps on its volume); two instances of one
@@ -35,9 +37,63 @@ pub struct Fleet {
     specs: Vec<ServiceSpec>,
     /// (service index, slot) → its instance.
     running: Mutex<BTreeMap<(usize, u32), Instance>>,
-    /// Per service: the peak RSS seen, in bytes.
-    peak_rss: Mutex<Vec<u64>>,
+    /// Per service: the peak RSS seen.
+    peak_rss: Mutex<Vec<Peak>>,
+    /// When the fleet was made: the run's clock for the peaks.
+    born: Instant,
 }
+
+/// A service's highest RSS sample and its circumstances.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Peak {
+    /// Resident bytes.
+    pub bytes: u64,
+    /// When, on the fleet's clock (from the services' first start).
+    pub at: Duration,
+    /// How long the instance had run by then.
+    pub instance_up: Duration,
+    /// The instance's state and queued bytes (`adpipe_state_bytes`,
+    /// `adpipe_queue_bytes`) asked right after: `None` before it was asked
+    /// or when it did not answer.
+    pub held: Option<Held>,
+    /// The peak `held` was asked for (it is asked again only when the peak
+    /// has grown by `ASK_AGAIN_BYTES` since).
+    asked_at_bytes: u64,
+}
+
+/// What an instance reported holding.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    /// Bytes of its stores (the services' own estimate).
+    pub state: u64,
+    /// Bytes of records queued in front of its tasks.
+    pub queued: u64,
+}
+
+impl Peak {
+    /// "1062 MiB at 2650 s (instance up 1235 s; state 340 MiB, queued 90 MiB)".
+    pub fn describe(&self) -> String {
+        let held = match self.held {
+            Some(held) => format!(
+                "; state {} MiB, queued {} MiB",
+                held.state >> 20,
+                held.queued >> 20
+            ),
+            None => String::new(),
+        };
+        format!(
+            "{} MiB at {} s (instance up {} s{held})",
+            self.bytes >> 20,
+            self.at.as_secs(),
+            self.instance_up.as_secs()
+        )
+    }
+}
+
+/// A peak is explained again (its instance asked what it holds) only once
+/// it has grown by this much: RSS creeps up by pages, asking on every
+/// sample would be a request every 500 ms per service.
+const ASK_AGAIN_BYTES: u64 = 32 << 20;
 
 impl Fleet {
     /// A fleet of `specs` (none started yet); binaries from `bin_dir`,
@@ -62,7 +118,8 @@ impl Fleet {
             work_dir: work_dir.to_owned(),
             specs,
             running: Mutex::new(BTreeMap::new()),
-            peak_rss: Mutex::new(vec![0; count]),
+            peak_rss: Mutex::new(vec![Peak::default(); count]),
+            born: Instant::now(),
         }))
     }
 
@@ -197,19 +254,52 @@ impl Fleet {
         exited
     }
 
-    /// Records the current RSS of every instance into the peaks.
-    pub fn sample_rss(&self) {
-        let running = self.running.lock();
-        let mut peaks = self.peak_rss.lock();
-        for ((index, _), instance) in running.iter() {
-            if let Some(rss) = adpipe_testkit::rss_bytes(instance.child.id()) {
-                peaks[*index] = peaks[*index].max(rss);
+    /// Records the current RSS of every instance into the peaks; asks an
+    /// instance that set a new peak (grown by `ASK_AGAIN_BYTES` since its
+    /// service's last asked one) what it holds, through `runtime` (the
+    /// sampler is a thread of its own).
+    pub fn sample_rss(&self, runtime: &tokio::runtime::Handle) {
+        let mut to_ask = Vec::new();
+        {
+            let running = self.running.lock();
+            let mut peaks = self.peak_rss.lock();
+            for ((index, _), instance) in running.iter() {
+                let Some(rss) = adpipe_testkit::rss_bytes(instance.child.id()) else {
+                    continue;
+                };
+                let peak = &mut peaks[*index];
+                if rss > peak.bytes {
+                    peak.bytes = rss;
+                    peak.at = self.born.elapsed();
+                    peak.instance_up = instance.started.elapsed();
+                    if rss >= peak.asked_at_bytes + ASK_AGAIN_BYTES {
+                        peak.asked_at_bytes = rss;
+                        peak.held = None;
+                        to_ask.push((*index, rss, instance.metrics));
+                    }
+                }
+            }
+        }
+        for (index, rss, address) in to_ask {
+            let held = runtime.block_on(async {
+                Some(Held {
+                    state: adpipe_testkit::metric_value(address, "adpipe_state_bytes")
+                        .await
+                        .unwrap_or(0.0) as u64,
+                    queued: adpipe_testkit::metric_value(address, "adpipe_queue_bytes").await?
+                        as u64,
+                })
+            });
+            let mut peaks = self.peak_rss.lock();
+            // Unless a higher peak was set meanwhile (by another instance).
+            if peaks[index].asked_at_bytes == rss {
+                peaks[index].held = held;
             }
         }
     }
 
-    /// (stage, peak RSS bytes) per service.
-    pub fn peaks(&self) -> Vec<(String, u64)> {
+    /// (stage, peak) per service.
+    pub fn peaks(&self) -> Vec<(String, Peak)> {
         let peaks = self.peak_rss.lock();
         self.specs
             .iter()

@@ -248,10 +248,11 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
         // processes, whatever the sampler is doing.
         let fleet = Arc::downgrade(&fleet);
         let stop = Arc::clone(&sampler_stop);
+        let runtime = tokio::runtime::Handle::current();
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match fleet.upgrade() {
-                    Some(fleet) => fleet.sample_rss(),
+                    Some(fleet) => fleet.sample_rss(&runtime),
                     None => return,
                 }
                 std::thread::sleep(Duration::from_millis(500));
@@ -554,12 +555,12 @@ pub async fn run(args: &ChaosArgs, out: &mut dyn Write) -> anyhow::Result<ChaosR
     registry.stop().await;
 
     for (stage, peak) in fleet.peaks() {
-        report.figure(&format!("peak RSS: {stage}"), format!("{} MiB", peak >> 20));
+        report.figure(&format!("peak RSS: {stage}"), peak.describe());
         report.require(
-            peak <= args.rss_limit_mib << 20,
+            peak.bytes <= args.rss_limit_mib << 20,
             format!(
                 "{stage}: peak RSS {} MiB over {} MiB",
-                peak >> 20,
+                peak.bytes >> 20,
                 args.rss_limit_mib
             ),
         );
