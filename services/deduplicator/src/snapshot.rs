@@ -55,11 +55,7 @@ impl Snapshot<'_> {
     /// (id hash, first event time) of every entry.
     pub fn entries(&self) -> impl ExactSizeIterator<Item = (u128, i64)> + '_ {
         self.entries.chunks_exact(ENTRY).map(|entry| {
-            let word = |at: usize| {
-                let mut bytes = [0; 8];
-                bytes.copy_from_slice(&entry[at..at + 8]);
-                bytes
-            };
+            let word = |at: usize| entry[at..at + 8].try_into().expect("8 bytes");
             let id = (u128::from(u64::from_le_bytes(word(0))) << 64)
                 | u128::from(u64::from_le_bytes(word(8)));
             (id, i64::from_le_bytes(word(16)))

@@ -699,26 +699,26 @@ async fn check_outputs(
         names.joined("conversions"),
         names.joined("orphans"),
     ];
-    let mut by_topic: BTreeMap<&str, HashSet<Id>> = BTreeMap::new();
+    // Per loaded topic (same order), the ids it must hold.
+    let mut by_topic: Vec<HashSet<Id>> = vec![HashSet::new(); loaded_topics.len()];
     for (topics, records) in [
         (&deduplicated_topics[..], &delivered),
         (&decided_topics[..], &decided),
     ] {
+        // Each read topic's loaded topic, found once, not per record.
+        let loaded: Vec<Option<usize>> = topics
+            .iter()
+            .map(|topic| loaded_topics.iter().position(|loaded| loaded == topic))
+            .collect();
         for record in records {
-            let topic = topics[record.topic].as_str();
-            if let Some(loaded) = loaded_topics.iter().find(|loaded| *loaded == topic) {
-                by_topic
-                    .entry(loaded.as_str())
-                    .or_default()
-                    .insert(record.id);
+            if let Some(index) = loaded[record.topic] {
+                by_topic[index].insert(record.id);
             }
         }
     }
     drop((delivered, decided));
-    let empty = HashSet::new();
     let in_files = checks::file_ids(&on.plan.files_dir)?;
-    for topic in &loaded_topics {
-        let expected = by_topic.get(topic.as_str()).unwrap_or(&empty);
+    for (topic, expected) in loaded_topics.iter().zip(&by_topic) {
         let found = in_files.get(topic).into_iter().flatten().copied();
         report.tally(&Tally::of(&format!("files: {topic}"), expected, found));
     }
@@ -729,8 +729,7 @@ async fn check_outputs(
         slack_ms: 0,
     };
     if let Some((url, prefix)) = &on.plan.elasticsearch {
-        for topic in &loaded_topics {
-            let expected = by_topic.get(topic.as_str()).unwrap_or(&empty);
+        for (topic, expected) in loaded_topics.iter().zip(&by_topic) {
             let documents =
                 adpipe_reconciler::stores::elasticsearch_documents(url, prefix, topic, span)
                     .await?;
