@@ -173,6 +173,9 @@ pub struct RuntimeConfig {
     pub queue_high_bytes: usize,
     /// A paused partition resumes when its queue falls below this.
     pub queue_low_bytes: usize,
+    /// All partitions' queues together: past this many assigned partitions
+    /// at `queue-high-bytes`, each is paused at its share instead.
+    pub queue_total_bytes: usize,
     /// How often done offsets are committed.
     pub commit_interval: String,
     /// Longest one attempt at a record may take before it is cut off and
@@ -275,6 +278,8 @@ pub struct WorkerSettings {
     pub queue_high_bytes: usize,
     /// Resume below this.
     pub queue_low_bytes: usize,
+    /// Every partition's queue together (see [`WorkerSettings::queue_marks`]).
+    pub queue_total_bytes: usize,
     /// Commit period.
     pub commit_interval: Duration,
     /// Per-record processing budget.
@@ -350,6 +355,12 @@ impl WorkerSettings {
                     .to_owned(),
             );
         }
+        if runtime.queue_total_bytes < runtime.queue_high_bytes {
+            problems.push(
+                "runtime.queue-total-bytes must be at least runtime.queue-high-bytes (one partition's queue)"
+                    .to_owned(),
+            );
+        }
         if retry_initial_backoff > retry_max_backoff {
             problems
                 .push("runtime.retry-initial-backoff exceeds runtime.retry-max-backoff".to_owned());
@@ -399,6 +410,7 @@ impl WorkerSettings {
             session_timeout,
             queue_high_bytes: runtime.queue_high_bytes,
             queue_low_bytes: runtime.queue_low_bytes,
+            queue_total_bytes: runtime.queue_total_bytes,
             commit_interval: duration(
                 "runtime.commit-interval",
                 &runtime.commit_interval,
@@ -433,7 +445,47 @@ impl WorkerSettings {
     }
 }
 
+/// When a partition's queue is paused and resumed, in queued bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueMarks {
+    /// Paused above this.
+    pub high: usize,
+    /// Resumed below this.
+    pub low: usize,
+}
+
+/// The smallest share a partition's queue gets however many partitions
+/// there are: a few of the consumer's record batches (64 KiB each), so a
+/// partition is never paused before its first batch is handed over.
+pub const MIN_QUEUE_HIGH_BYTES: usize = 256 * 1024;
+
 impl WorkerSettings {
+    /// The marks of each partition's queue when `assigned` partitions are:
+    /// `queue-high-bytes` and `queue-low-bytes`, unless that many queues
+    /// at the high mark would hold more than `queue-total-bytes` — then
+    /// each partition's share of it (the low mark scaled alike), at least
+    /// [`MIN_QUEUE_HIGH_BYTES`]. Why: a backlog fills every queue to its
+    /// high mark, so per-partition marks alone let memory grow with the
+    /// partitions assigned (the 10M chaos run's deduplicator, 36 input
+    /// partitions behind after a restart, went over 1 GiB). Each partition
+    /// keeps its own share rather than drawing on one shared count, so an
+    /// aligned task is never paused on an input it waits for because the
+    /// others filled a common budget.
+    pub fn queue_marks(&self, assigned: usize) -> QueueMarks {
+        let configured = QueueMarks {
+            high: self.queue_high_bytes,
+            low: self.queue_low_bytes,
+        };
+        let share = self.queue_total_bytes / assigned.max(1);
+        if share >= configured.high {
+            return configured;
+        }
+        let high = share.max(MIN_QUEUE_HIGH_BYTES).min(configured.high);
+        // low / high as configured; u128 so the product cannot overflow.
+        let low = (configured.low as u128 * high as u128 / configured.high as u128) as usize;
+        QueueMarks { high, low }
+    }
+
     /// A client of the schema registry, with its write token; `None` when
     /// the worker passes bytes through.
     pub fn registry_client(
@@ -496,6 +548,74 @@ mod tests {
         assert_eq!(
             resolve_state_dir(Path::new("/data/dedup"), Some(root)),
             PathBuf::from("/data/dedup")
+        );
+    }
+
+    /// Settings from the runtime's defaults with `runtime` overlaid.
+    fn settings_with(runtime: &str) -> Result<WorkerSettings, Vec<String>> {
+        #[derive(Deserialize)]
+        struct Sections {
+            kafka: KafkaConfig,
+            runtime: RuntimeConfig,
+            http: HttpConfig,
+        }
+        let defaults = format!(
+            "[kafka]\nbootstrap-servers = \"a:1\"\ngroup-id = \"g\"\n[runtime]\ndead-letter-topic = \"dlq\"\n{runtime}"
+        );
+        let sections: Sections = load_raw(&defaults, None, std::iter::empty()).expect("loads");
+        let mut problems = Vec::new();
+        let settings = WorkerSettings::validate(
+            "test",
+            vec![vec!["in".to_owned()]],
+            sections.kafka,
+            sections.runtime,
+            sections.http,
+            None,
+            &mut problems,
+        );
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(problems)
+        }
+    }
+
+    #[test]
+    fn queues_share_the_total_once_the_partitions_would_exceed_it() {
+        let settings = settings_with(
+            "queue-high-bytes = 8388608\nqueue-low-bytes = 2097152\nqueue-total-bytes = 100663296",
+        )
+        .expect("valid");
+        let configured = QueueMarks {
+            high: 8 << 20,
+            low: 2 << 20,
+        };
+        assert_eq!(settings.queue_marks(0), configured);
+        assert_eq!(
+            settings.queue_marks(12),
+            configured,
+            "12 × 8 MiB fit 96 MiB"
+        );
+        let shared = settings.queue_marks(36);
+        assert_eq!(shared.high, (96 << 20) / 36);
+        assert_eq!(shared.low, shared.high / 4, "the low mark scaled alike");
+        assert!(36 * shared.high <= 96 << 20);
+        let floor = settings.queue_marks(10_000);
+        assert_eq!(floor.high, MIN_QUEUE_HIGH_BYTES);
+        assert_eq!(floor.low, MIN_QUEUE_HIGH_BYTES / 4);
+    }
+
+    #[test]
+    fn a_total_below_one_queue_is_refused() {
+        let problems = settings_with(
+            "queue-high-bytes = 8388608\nqueue-low-bytes = 2097152\nqueue-total-bytes = 4194304",
+        )
+        .expect_err("invalid");
+        assert!(
+            problems
+                .iter()
+                .any(|problem| problem.contains("queue-total-bytes")),
+            "{problems:?}"
         );
     }
 

@@ -54,6 +54,7 @@ use tracing::{error, info, warn};
 
 use crate::ack::Source;
 use crate::batch::BatchBuilder;
+use crate::config::{QueueMarks, WorkerSettings};
 use crate::offsets::OffsetTracker;
 use crate::step::{AssignedPartition, StepFactory, TaskAssignment};
 use crate::task::{Stopper, TaskEnv, TaskInput, TaskLink, TaskMessage, run_task};
@@ -135,6 +136,9 @@ struct Assignment {
     /// finds its slot without allocating.
     slots: HashMap<Box<str>, HashMap<i32, Slot>>,
     tasks: HashMap<TaskKey, TaskHandle>,
+    /// Each partition's queue marks for the partitions now assigned
+    /// (`WorkerSettings::queue_marks`), set whenever `slots` changes.
+    marks: QueueMarks,
 }
 
 impl Assignment {
@@ -144,6 +148,11 @@ impl Assignment {
 
     fn slot_count(&self) -> usize {
         self.slots.values().map(HashMap::len).sum()
+    }
+
+    /// Sets `marks` for the partitions now assigned.
+    fn share_queues(&mut self, settings: &WorkerSettings) {
+        self.marks = settings.queue_marks(self.slot_count());
     }
 }
 
@@ -169,7 +178,7 @@ pub struct WorkerContext<F: StepFactory> {
 impl<F: StepFactory> ClientContext for WorkerContext<F> {
     fn stats(&self, statistics: Statistics) {
         let mut assignment = self.assignment.lock();
-        let Assignment { slots, tasks } = &mut *assignment;
+        let Assignment { slots, tasks, .. } = &mut *assignment;
         for (topic_name, topic) in &statistics.topics {
             for (partition, stats) in &topic.partitions {
                 if *partition < 0 {
@@ -578,6 +587,7 @@ impl<F: StepFactory> WorkerContext<F> {
             let handle = self.spawn_task(group, partition, task_inputs);
             assignment.tasks.insert((group, partition), handle);
         }
+        assignment.share_queues(settings);
         metrics::gauge!(Metric::IncompleteTasks.name(), "service" => settings.service.clone())
             .set(f64::from(incomplete));
     }
@@ -664,6 +674,7 @@ impl<F: StepFactory> WorkerContext<F> {
             assignment
                 .slots
                 .retain(|_, partitions| !partitions.is_empty());
+            assignment.share_queues(&self.env.settings);
             (tasks, slots)
         };
         // Interrupt what the tasks wait on, then ask each to drain.
@@ -798,7 +809,11 @@ impl<F: StepFactory> WorkerContext<F> {
         message: rdkafka::message::BorrowedMessage<'_>,
     ) {
         let mut assignment = self.assignment.lock();
-        let Assignment { slots, tasks } = &mut *assignment;
+        let Assignment {
+            slots,
+            tasks,
+            marks,
+        } = &mut *assignment;
         let Some(slot) = slots
             .get_mut(message.topic())
             .and_then(|partitions| partitions.get_mut(&message.partition()))
@@ -828,7 +843,7 @@ impl<F: StepFactory> WorkerContext<F> {
         if builder.is_full() {
             slot.hand_over(tasks.get(&slot.task));
         }
-        if queued > self.env.settings.queue_high_bytes && !slot.paused {
+        if queued > marks.high && !slot.paused {
             let mut partition = TopicPartitionList::new();
             partition.add_partition(message.topic(), message.partition());
             match consumer.pause(&partition) {
@@ -841,7 +856,7 @@ impl<F: StepFactory> WorkerContext<F> {
     /// Hands every record taken so far to its task.
     fn hand_over_all(&self) {
         let mut assignment = self.assignment.lock();
-        let Assignment { slots, tasks } = &mut *assignment;
+        let Assignment { slots, tasks, .. } = &mut *assignment;
         for slot in slots.values_mut().flat_map(HashMap::values_mut) {
             slot.hand_over(tasks.get(&slot.task));
         }
@@ -850,12 +865,13 @@ impl<F: StepFactory> WorkerContext<F> {
     /// Resumes paused partitions whose queue fell below the low mark.
     fn resume_drained(&self, consumer: &BaseConsumer<Self>) {
         let mut assignment = self.assignment.lock();
+        let low = assignment.marks.low;
         let mut paused = 0;
         for (topic, partitions) in assignment.slots.iter_mut() {
             for (partition, slot) in partitions.iter_mut() {
                 let queued = slot.queued_bytes.load(Ordering::Acquire);
                 partition_gauge(Metric::QueueBytes, topic, *partition).set(queued as f64);
-                if slot.paused && queued < self.env.settings.queue_low_bytes {
+                if slot.paused && queued < low {
                     let mut list = TopicPartitionList::new();
                     list.add_partition(topic, *partition);
                     if consumer.resume(&list).is_ok() {

@@ -621,3 +621,101 @@ async fn heartbeats_advance_an_input_without_data_and_never_reach_the_step() {
     worker.stop().await.expect("clean stop");
     assert_eq!(topics.values("out").await, ["a10", "a20", "a30"]);
 }
+
+/// A backlog on many partitions queues at most `queue-total-bytes`
+/// together: each partition is paused at its share of it, not at
+/// `queue-high-bytes` — and every record still goes through once the
+/// tasks take them. The tasks restore (slowly) while the consumer fetches,
+/// like a deduplicator restarted behind on every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_on_many_partitions_queues_at_most_the_total() {
+    const PARTITIONS: i32 = 6;
+    const PER_PARTITION: usize = 3_000; // ~3 MiB: over queue-high-bytes
+    let topics = Topics::create("rt-queue-total", PARTITIONS).await;
+    let padding = "x".repeat(1_000);
+    let input: Vec<(i32, String, String)> = (0..PARTITIONS)
+        .flat_map(|partition| {
+            let padding = &padding;
+            (0..PER_PARTITION).map(move |index| {
+                (
+                    partition,
+                    format!("user-{index}"),
+                    format!("good-{partition}-{index}-{padding}"),
+                )
+            })
+        })
+        .collect();
+    topics.produce(&input).await;
+    // One partition alone may queue 2 MiB; all six together 3 MiB.
+    let settings = topics.settings(
+        "queue-high-bytes = 2097152\nqueue-low-bytes = 524288\nqueue-total-bytes = 3145728\n",
+    );
+    let mut factory = TestFactory::new(&topics);
+    factory.create_delay = Duration::from_secs(3600);
+    let end_restores = std::sync::Arc::clone(&factory.end_restores);
+    adpipe_runtime::telemetry::install_recorder().expect("a recorder");
+    let worker = adpipe_runtime::start(settings, factory).expect("starts");
+
+    // Queued bytes by partition, as the worker reports them.
+    let input_topic = topics.name("in");
+    let queued = || -> Vec<f64> {
+        let text = adpipe_runtime::telemetry::render().expect("rendered");
+        let mut by_partition = vec![0.0; PARTITIONS as usize];
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("adpipe_queue_bytes{") else {
+                continue;
+            };
+            if !rest.contains(&format!("topic=\"{input_topic}\"")) {
+                continue;
+            }
+            let partition: usize = rest
+                .split("partition=\"")
+                .nth(1)
+                .and_then(|tail| tail.split('"').next())
+                .and_then(|number| number.parse().ok())
+                .expect("a partition label");
+            let value: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|number| number.parse().ok())
+                .expect("a value");
+            by_partition[partition] = value;
+        }
+        by_partition
+    };
+    // Wait until every partition has queued what it may (the fetches stop).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = queued();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = queued();
+        if now == last && now.iter().all(|bytes| *bytes > 0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "queues still moving: {now:?}");
+        last = now;
+    }
+    let share = 3_145_728.0 / f64::from(PARTITIONS);
+    let one_record = 1_200.0; // the value, key and the runtime's per-record count
+    for (partition, bytes) in last.iter().enumerate() {
+        assert!(
+            *bytes <= share + one_record,
+            "partition {partition} queued {bytes} bytes, over its share {share}: {last:?}"
+        );
+        assert!(
+            *bytes >= share / 2.0,
+            "partition {partition} queued only {bytes} bytes (was it fetched?): {last:?}"
+        );
+    }
+
+    // The restores end: every record goes through, once.
+    end_restores.store(true, Ordering::Release);
+    topics.wait_committed_to_end(Duration::from_secs(120)).await;
+    worker.stop().await.expect("clean stop");
+    let mut out = topics.values("out").await;
+    out.sort();
+    let mut expected: Vec<String> = input.into_iter().map(|(_, _, value)| value).collect();
+    expected.sort();
+    assert_eq!(out.len(), expected.len(), "every record, once");
+    assert!(out == expected, "the outputs are the inputs");
+}

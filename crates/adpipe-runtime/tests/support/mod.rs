@@ -142,6 +142,9 @@ impl Topics {
             .create()
             .expect("producer");
         let topic = self.name(suffix);
+        // Sent all at once, then awaited (idempotence keeps each
+        // partition's order): one at a time, each waits out the linger.
+        let mut deliveries = Vec::with_capacity(records.len());
         for record in records {
             let mut headers = OwnedHeaders::new();
             for (key, value) in &record.headers {
@@ -160,9 +163,15 @@ impl Topics {
             if let Some(timestamp) = record.timestamp_ms {
                 future = future.timestamp(timestamp);
             }
-            producer
-                .send(future, Duration::from_secs(10))
+            match producer.send_result(future) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((error, _)) => panic!("not queued: {error}"),
+            }
+        }
+        for delivery in deliveries {
+            delivery
                 .await
+                .expect("the producer lives")
                 .expect("produced");
         }
     }
