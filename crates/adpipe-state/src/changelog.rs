@@ -177,7 +177,7 @@ fn ask_cluster_id(config: &ClientConfig) -> Result<Option<String>, StateError> {
 /// at 834 MiB six seconds after its start. Measured (`cargo bench -p
 /// adpipe-deduplicator --bench restore`: 4.3M ids, 36 partitions at once,
 /// the state's tables 225 MiB): peak RSS 1,140–1,270 MiB with the
-/// defaults and 4 MiB queues, 470–500 MiB with these (0.37–0.40×), but the
+/// defaults and 4 MiB queues, 436–502 MiB with these (0.35–0.40×), but the
 /// restore took 8.5–9.9 s instead of 2.1–4.2 s. What remains is mostly per
 /// consumer (~7 MiB each): restoring fewer partitions at once would cut it
 /// further (8 at once, by hand: 441 MiB).
