@@ -660,28 +660,12 @@ async fn a_backlog_on_many_partitions_queues_at_most_the_total() {
     let input_topic = topics.name("in");
     let queued = || -> Vec<f64> {
         let text = adpipe_runtime::telemetry::render().expect("rendered");
-        let mut by_partition = vec![0.0; PARTITIONS as usize];
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix("adpipe_queue_bytes{") else {
-                continue;
-            };
-            if !rest.contains(&format!("topic=\"{input_topic}\"")) {
-                continue;
-            }
-            let partition: usize = rest
-                .split("partition=\"")
-                .nth(1)
-                .and_then(|tail| tail.split('"').next())
-                .and_then(|number| number.parse().ok())
-                .expect("a partition label");
-            let value: f64 = line
-                .rsplit(' ')
-                .next()
-                .and_then(|number| number.parse().ok())
-                .expect("a value");
-            by_partition[partition] = value;
-        }
-        by_partition
+        (0..PARTITIONS)
+            .map(|partition| {
+                let labels = format!("topic=\"{input_topic}\",partition=\"{partition}\"");
+                adpipe_testkit::metric_sum_in(&text, "adpipe_queue_bytes", &labels).unwrap_or(0.0)
+            })
+            .collect()
     };
     // Wait until every partition has queued what it may (the fetches stop).
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -393,6 +393,13 @@ pub async fn metric_value_where(
         .text()
         .await
         .ok()?;
+    metric_sum_in(&body, metric, labels)
+}
+
+/// The sum over the series of `metric` in Prometheus text `body` whose
+/// line contains `labels`, if present (what [`metric_value_where`] reads,
+/// for a process's own rendered metrics).
+pub fn metric_sum_in(body: &str, metric: &str, labels: &str) -> Option<f64> {
     body.lines()
         .filter(|line| !line.starts_with('#'))
         .filter(|line| {
