@@ -186,10 +186,48 @@ impl Reconciliation {
                 if difference.samples.is_empty() {
                     String::new()
                 } else {
-                    format!("; e.g. {}", difference.samples.join(", "))
+                    let shown: Vec<String> = difference
+                        .samples
+                        .iter()
+                        .map(|sample| shortened(sample))
+                        .collect();
+                    format!("; e.g. {}", shown.join(", "))
                 }
             )?;
         }
         Ok(())
+    }
+}
+
+/// A sample as the table shows it: whole up to [`SHOWN_SAMPLE_CHARS`],
+/// else its start and its length (an event id of hundreds of bytes — one
+/// the loader dead-letters for Elasticsearch — would fill the screen).
+fn shortened(sample: &str) -> String {
+    if sample.chars().count() <= SHOWN_SAMPLE_CHARS {
+        return sample.to_owned();
+    }
+    let start: String = sample.chars().take(SHOWN_SAMPLE_CHARS - 16).collect();
+    format!("{start}…({} bytes)", sample.len())
+}
+
+/// The longest sample the table shows whole.
+const SHOWN_SAMPLE_CHARS: usize = 96;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_sample_is_shown_by_its_start_and_length() {
+        let short = "dc1.impressions-8@230: wrong magic byte";
+        assert_eq!(shortened(short), short);
+        let long = format!("imp-refused-{}", "é".repeat(300));
+        let shown = shortened(&long);
+        assert!(shown.starts_with("imp-refused-éé"), "{shown}");
+        assert!(
+            shown.ends_with(&format!("…({} bytes)", long.len())),
+            "{shown}"
+        );
+        assert!(shown.chars().count() <= SHOWN_SAMPLE_CHARS, "{shown}");
     }
 }

@@ -9,11 +9,18 @@
 //! trace of the DC's coordinates), be explained
 //! by the reconciliation, and leave everything else untouched (the ground
 //! truth checks see none of them: they are not in the simulation).
+//!
+//! And one a store refuses ([`add_store_refused`]): a well-formed
+//! impression whose event id is longer than Elasticsearch takes as a
+//! document's `_id`. It is part of the simulation — every stage and every
+//! other store must hold it once — and must end in the loader's
+//! dead-letter topic, found by its id.
 
 use std::time::Duration;
 
 use adpipe_codec::{Codec, value_subject};
 use adpipe_events::EventKind;
+use adpipe_loadtest::{GroundTruth, Publication, SimEvent};
 use adpipe_runtime::dead_letter;
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -32,10 +39,97 @@ pub const MERGER_MAX_RECORD_BYTES: usize = 600_000;
 pub struct BadRecord {
     /// Its class.
     pub class: &'static str,
-    /// Its bytes.
-    pub value: Vec<u8>,
+    /// How its dead letter is recognised.
+    pub trace: Trace,
+    /// The service that must dead-letter it (into `dlq.<service>`).
+    pub service: &'static str,
     /// The dead letter found for it: (service, reason).
     pub dead_letter: Option<(String, String)>,
+}
+
+impl BadRecord {
+    /// Whether the service it was meant for dead-lettered it.
+    pub fn ended_where_it_should(&self) -> bool {
+        self.dead_letter
+            .as_ref()
+            .is_some_and(|(service, _)| service == self.service)
+    }
+}
+
+/// How an injected record is recognised in a dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trace {
+    /// Its bytes as published (or their size, where the dead letter had
+    /// to omit them).
+    Bytes(Vec<u8>),
+    /// Its event id: an Avro string is its UTF-8 bytes after a length, so
+    /// the id stands verbatim in the payload of whichever stage's copy was
+    /// dead-lettered (the loader's input is the joiner's or the
+    /// deduplicator's output, not the bytes published).
+    EventId(String),
+}
+
+impl Trace {
+    fn matches(&self, payload: &[u8], omitted: Option<usize>) -> bool {
+        match (self, omitted) {
+            (Trace::Bytes(value), Some(size)) => size == value.len(),
+            (Trace::Bytes(value), None) => payload == value.as_slice(),
+            (Trace::EventId(id), _) => payload
+                .windows(id.len())
+                .any(|window| window == id.as_bytes()),
+        }
+    }
+}
+
+/// Elasticsearch takes at most this many bytes as a document's `_id`
+/// (the loader dead-letters a longer one before the write: one such item
+/// makes Elasticsearch refuse its whole `_bulk` request).
+const ELASTICSEARCH_MAX_ID_BYTES: usize = adpipe_loader::elasticsearch::MAX_ID_BYTES;
+
+/// The store-refusal class: adds to the simulation an impression whose
+/// event id only Elasticsearch refuses (dc1's, at the first event's
+/// time), and returns its record. Every stage and every other store must
+/// hold it once; Elasticsearch must not, and the loader must dead-letter
+/// it with the reason.
+pub fn add_store_refused(
+    publications: &mut Vec<Publication>,
+    truth: &mut GroundTruth,
+) -> BadRecord {
+    let first = publications
+        .iter()
+        .map(|publication| publication.event.event_time())
+        .min()
+        .unwrap_or_else(adpipe_runtime::event_time::now_ms);
+    let mut impression = adpipe_events::samples::impression(9);
+    impression.event_id = format!(
+        "imp-refused-by-elasticsearch-{}",
+        "x".repeat(ELASTICSEARCH_MAX_ID_BYTES)
+    );
+    impression.event_time = first;
+    impression.user_id = "user-bad-input".to_owned();
+    impression.dc = "dc1".to_owned();
+    truth.impressions.insert(impression.event_id.clone());
+    truth.published += 1;
+    let id = impression.event_id.clone();
+    publications.insert(
+        0,
+        Publication {
+            dc: impression.dc.clone(),
+            event: SimEvent::Impression(impression),
+            duplicate: false,
+        },
+    );
+    BadRecord {
+        class: "a store refusing a write (_id > 512 bytes)",
+        trace: Trace::EventId(id),
+        service: "loader",
+        dead_letter: None,
+    }
+}
+
+/// Whether Elasticsearch takes `event_id` as a document's `_id`.
+pub fn elasticsearch_takes(event_id: &str) -> bool {
+    event_id.len() <= ELASTICSEARCH_MAX_ID_BYTES
 }
 
 /// A record whose schema has no `event_time` (a bidder on an old schema).
@@ -125,15 +219,16 @@ pub async fn publish(
             .with_context(|| format!("publishing the {class} record"))?;
         injected.push(BadRecord {
             class,
-            value,
+            trace: Trace::Bytes(value),
+            service: "merger",
             dead_letter: None,
         });
     }
     Ok(injected)
 }
 
-/// Finds each injected record's dead letter in the merger's DLQ (waiting
-/// up to 30 s for them all).
+/// Finds each injected record's dead letter in its service's dead-letter
+/// topic (waiting up to 30 s for them all).
 pub fn find_dead_letters(
     bootstrap: &str,
     names: &Names,
@@ -146,8 +241,13 @@ pub fn find_dead_letters(
         )
         .set("enable.auto.commit", "false")
         .create()?;
+    let mut services: Vec<&str> = injected.iter().map(|record| record.service).collect();
+    services.sort_unstable();
+    services.dedup();
     let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(&names.dlq("merger"), 0, Offset::Beginning)?;
+    for service in services {
+        assignment.add_partition_offset(&names.dlq(service), 0, Offset::Beginning)?;
+    }
     consumer.assign(&assignment)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while injected.iter().any(|record| record.dead_letter.is_none())
@@ -162,11 +262,7 @@ pub fn find_dead_letters(
             header(dead_letter::HEADER_VALUE_OMITTED).and_then(|size| size.parse().ok());
         let payload = message.payload().unwrap_or_default();
         for record in injected.iter_mut() {
-            let same = match omitted {
-                Some(size) => size == record.value.len(),
-                None => payload == record.value.as_slice(),
-            };
-            if same {
+            if record.trace.matches(payload, omitted) {
                 record.dead_letter = Some((
                     header(dead_letter::HEADER_SERVICE).unwrap_or_default(),
                     header(dead_letter::HEADER_REASON).unwrap_or_default(),

@@ -144,6 +144,17 @@ pub fn print_table(
             format!("dlq.{service}")
         )?;
     }
+    if !report
+        .bad_input
+        .iter()
+        .any(|record| record.service == "loader")
+    {
+        writeln!(
+            out,
+            "{:<44} {:<36} needs Elasticsearch (--es-url): no other store refuses a well-formed event",
+            "a store refusing a write", "not run"
+        )?;
+    }
     writeln!(out, "\noutputs:")?;
     for (what, place) in &report.outputs {
         writeln!(out, "  {what:<32} {place}")?;
