@@ -69,8 +69,8 @@ cargo build --workspace --all-targets --locked
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "the Aerospike backends (feature aerospike: the state store, the profile store): clippy, and their tests, which run only where AEROSPIKE_HOSTS names a server"
-cargo clippy -p adpipe-state -p adpipe-joiner -p adpipe-loader --features adpipe-state/aerospike,adpipe-joiner/aerospike,adpipe-loader/aerospike --all-targets --locked -- -D warnings
+step "the Aerospike backends (feature aerospike: the state store, the profile store and its reconciliation): clippy, and their tests, which run only where AEROSPIKE_HOSTS names a server"
+cargo clippy -p adpipe-state -p adpipe-joiner -p adpipe-loader -p adpipe-reconciler --features adpipe-state/aerospike,adpipe-joiner/aerospike,adpipe-loader/aerospike,adpipe-reconciler/aerospike --all-targets --locked -- -D warnings
 cargo test -p adpipe-state --features aerospike --locked --test conformance aerospike -- --nocapture 2>&1 | grep -E "SKIPPED|test result"
 cargo test -p adpipe-loader --features aerospike --locked --test aerospike_profiles -- --nocapture 2>&1 | grep -E "SKIPPED|test result"
 
@@ -146,6 +146,8 @@ ADPIPE_MM2_CENTRAL=secure ADPIPE_MM2_TOPIC_PREFIX=mm2-secured- "$INFRA_DIR/mirro
 
 step "rust tests"
 cargo test --workspace --locked
+# The reconciliation of Aerospike's profiles needs central too: here.
+cargo test -p adpipe-reconciler --features aerospike --locked --test reconcile aerospike -- --nocapture 2>&1 | grep -E "SKIPPED|test result"
 
 step "the loader's Elasticsearch sink against OpenSearch (the same _bulk API)"
 (

@@ -3,6 +3,10 @@
 //! key-prefix`), one map bin per kind (`impression`, `click`,
 //! `conversion`) from entry (the deterministic JSON) to event time.
 //!
+//! Each record is written with its key (`send_key`), so a scan of the set
+//! names the users: [`AerospikeProfiles::visit_stored`] reads every profile
+//! back, the way the reconciliation reads Redis's.
+//!
 //! Per user and batch one `operate`: map puts (an entry already there is
 //! the same key and value: nothing changes), a trim to the `keep` highest
 //! ranks (newest event times; `remove_by_rank_range_from(-keep)`
@@ -22,11 +26,12 @@ use std::time::Duration;
 use adpipe_runtime::StepError;
 use aerospike::operations::maps;
 use aerospike::{
-    Client, ClientPolicy, Expiration, Key, MapPolicy, MapReturnType, MapWriteFlags, Value,
-    WritePolicy,
+    Bins, CITRUSLEAF_EPOCH_UNIX_SECS, Client, ClientPolicy, Expiration, Key, MapPolicy,
+    MapReturnType, MapWriteFlags, PartitionFilter, QueryPolicy, Statement, Value, WritePolicy,
 };
+use futures::StreamExt;
 
-use crate::profiles::{ProfileEntry, ProfileStore};
+use crate::profiles::{ProfileEntry, ProfileStore, StoredProfile};
 
 /// The kinds, as bin names.
 const KINDS: [&str; 3] = ["impression", "click", "conversion"];
@@ -46,7 +51,7 @@ impl AerospikeProfiles {
     /// Connects to `hosts` (`host:port[,…]`); profiles in `location`
     /// (`namespace/set`).
     pub async fn connect(hosts: &str, location: &str) -> Result<Self, String> {
-        let (namespace, set) = location.split_once('/').ok_or_else(|| {
+        let (namespace, set) = crate::config::aerospike_location(location).ok_or_else(|| {
             format!("profiles.key-prefix {location:?}: expected \"namespace/set\"")
         })?;
         let client = Client::new(&ClientPolicy::default(), &hosts.to_owned())
@@ -68,6 +73,83 @@ impl AerospikeProfiles {
         )
         .map_err(|error| failed(&error))
     }
+}
+
+impl AerospikeProfiles {
+    /// Hands every profile in the set to `visit` (reconciliation, checks):
+    /// one [`StoredProfile`] per user and kind, keyed
+    /// `<namespace>/<set>/<user>:<kind>` ([`crate::profiles::stored_key`]),
+    /// entries oldest first, the record's expiry. A scan of the set,
+    /// record by record: only one is held at a time. A record written
+    /// without its key (not by this store) is named as an error.
+    pub async fn visit_stored(
+        &self,
+        mut visit: impl FnMut(StoredProfile) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let failed = |error: aerospike::Error| {
+            format!(
+                "Aerospike, reading {}/{}: {error}",
+                self.namespace, self.set
+            )
+        };
+        let statement = Statement::new(self.namespace.clone(), self.set.clone(), Bins::All);
+        let records = self
+            .client
+            .query(&QueryPolicy::default(), PartitionFilter::all(), statement)
+            .await
+            .map_err(failed)?;
+        let mut records = records.into_stream();
+        let location = format!("{}/{}", self.namespace, self.set);
+        while let Some(record) = records.next().await {
+            let record = record.map_err(failed)?;
+            let Some(Value::String(user)) = record.key.as_ref().and_then(Key::user_key) else {
+                return Err(format!(
+                    "Aerospike, reading {location}: a record without its user key (not written by adpipe's loader)"
+                ));
+            };
+            // Seconds since 2010-01-01 (Aerospike's epoch); 0: never.
+            let expires_ms = match record.expiration() {
+                0 => -1,
+                at => (i64::from(at) + CITRUSLEAF_EPOCH_UNIX_SECS as i64) * 1000,
+            };
+            for kind in KINDS {
+                let Some(bin) = record.bins.get(kind) else {
+                    continue;
+                };
+                let mut entries = map_entries(bin).map_err(|error| {
+                    format!("Aerospike, {location} {user}'s {kind} bin: {error}")
+                })?;
+                entries.sort_by(|(a, a_time), (b, b_time)| a_time.total_cmp(b_time).then(a.cmp(b)));
+                visit(StoredProfile {
+                    key: crate::profiles::stored_key(
+                        crate::config::ProfileBackend::Aerospike,
+                        &location,
+                        user,
+                        kind,
+                    ),
+                    entries,
+                    expires_ms,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A kind's bin as (entry, event time) pairs.
+fn map_entries(bin: &Value) -> Result<Vec<(String, f64)>, String> {
+    let pairs: Vec<(&Value, &Value)> = match bin {
+        Value::HashMap(map) => map.iter().collect(),
+        Value::OrderedMap(map) => map.iter().collect(),
+        other => return Err(format!("not a map: {other:?}")),
+    };
+    pairs
+        .into_iter()
+        .map(|(entry, time)| match (entry, time) {
+            (Value::String(entry), Value::Int(time)) => Ok((entry.clone(), *time as f64)),
+            other => Err(format!("not an entry and its time: {other:?}")),
+        })
+        .collect()
 }
 
 /// The largest integer in an operate result (a list of times, or nil).
@@ -119,6 +201,7 @@ impl ProfileStore for AerospikeProfiles {
             }
             let write = WritePolicy {
                 expiration: Expiration::DontUpdate,
+                send_key: true,
                 ..WritePolicy::default()
             };
             let record = self

@@ -74,6 +74,14 @@ pub enum ProfileBackend {
     Aerospike,
 }
 
+/// The namespace and set of Aerospike's profiles (`profiles.key-prefix`
+/// = `namespace/set`), both named.
+pub fn aerospike_location(key_prefix: &str) -> Option<(&str, &str)> {
+    key_prefix
+        .split_once('/')
+        .filter(|(namespace, set)| !namespace.is_empty() && !set.is_empty() && !set.contains('/'))
+}
+
 /// `[profiles]`, validated.
 #[derive(Debug, Clone)]
 pub struct ProfilesSettings {
@@ -284,6 +292,15 @@ impl LoaderSettings {
         }
         let profiles = raw.profiles;
         let ttl = duration("profiles.ttl", &profiles.ttl, &mut problems);
+        if loader.sink == SinkKind::Profiles
+            && profiles.store == ProfileBackend::Aerospike
+            && aerospike_location(&profiles.key_prefix).is_none()
+        {
+            problems.push(format!(
+                "profiles.key-prefix {:?}: Aerospike's profiles are named \"namespace/set\"",
+                profiles.key_prefix
+            ));
+        }
         if profiles.keep == 0 {
             problems.push("profiles.keep must be at least 1".to_owned());
         }
@@ -389,5 +406,30 @@ mod tests {
             "{error}"
         );
         assert!(error.to_string().contains("\"y\" is not"), "{error}");
+    }
+
+    #[test]
+    fn aerospike_profiles_are_named_namespace_and_set() {
+        let profiles = |key_prefix: &str| {
+            LoaderSettings::load(
+                None,
+                env(&[
+                    ("ADPIPE__LOADER__SINK", "profiles"),
+                    (
+                        "ADPIPE__LOADER__INPUTS",
+                        "[\"events-for-dc1:impression|click|conversion\"]",
+                    ),
+                    ("ADPIPE__PROFILES__STORE", "aerospike"),
+                    ("ADPIPE__PROFILES__URL", "127.0.0.1:3000"),
+                    ("ADPIPE__PROFILES__KEY_PREFIX", key_prefix),
+                ]),
+            )
+        };
+        let settings = profiles("adpipe/profiles-dc1").expect("valid");
+        assert_eq!(settings.profiles.store, ProfileBackend::Aerospike);
+        for wrong in ["profile-dc1:", "adpipe/", "/profiles", "a/b/c"] {
+            let error = profiles(wrong).expect_err(wrong);
+            assert!(error.to_string().contains("\"namespace/set\""), "{error}");
+        }
     }
 }

@@ -83,10 +83,30 @@ pub fn start(settings: LoaderSettings) -> Result<WorkerHandle, WorkerError> {
                     .map_err(WorkerError::Setup)?;
                     start_profiles(settings, store)
                 }
-                config::ProfileBackend::Aerospike => Err(WorkerError::Setup(
-                    "profiles.store = \"aerospike\" needs a build with the aerospike feature"
-                        .to_owned(),
-                )),
+                #[cfg(feature = "aerospike")]
+                config::ProfileBackend::Aerospike => {
+                    let runtime = tokio::runtime::Handle::current();
+                    let store = tokio::task::block_in_place(|| {
+                        runtime.block_on(setup::until_ready(
+                            "aerospike",
+                            setup::SETUP_PATIENCE,
+                            || async {
+                                aerospike_profiles::AerospikeProfiles::connect(
+                                    &profiles.url,
+                                    &profiles.key_prefix,
+                                )
+                                .await
+                                .map_err(setup::SetupFailure::transient)
+                            },
+                        ))
+                    })
+                    .map_err(WorkerError::Setup)?;
+                    start_profiles(settings, store)
+                }
+                #[cfg(not(feature = "aerospike"))]
+                config::ProfileBackend::Aerospike => {
+                    Err(WorkerError::Setup(profiles::AEROSPIKE_NOT_BUILT.to_owned()))
+                }
             }
         }
     }

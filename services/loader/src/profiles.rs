@@ -25,6 +25,7 @@ use adpipe_runtime::batching::Span;
 use adpipe_runtime::{InputRecord, StepError};
 use serde_json::{Map, Value};
 
+use crate::config::ProfileBackend;
 use crate::record::Identity;
 use crate::sink::{Pending, Refusal, Sink, SinkFactory};
 
@@ -139,6 +140,44 @@ impl RedisProfiles {
             .map_err(|error| format!("Redis: {error}"))?;
         *self.connection.lock().await = Some(connection);
         Ok(())
+    }
+}
+
+/// Why `store = "aerospike"` cannot run in this build.
+pub const AEROSPIKE_NOT_BUILT: &str =
+    "profiles.store = \"aerospike\" needs a build with the aerospike feature";
+
+/// The name a stored profile of `user`'s `kind` goes by
+/// ([`StoredProfile::key`]): Redis's key `<prefix><user>:<kind>`;
+/// Aerospike's record and bin as `<namespace>/<set>/<user>:<kind>`
+/// (`prefix` = `namespace/set`, as configured).
+pub fn stored_key(store: ProfileBackend, prefix: &str, user: &str, kind: &str) -> String {
+    match store {
+        ProfileBackend::Redis => format!("{prefix}{user}:{kind}"),
+        ProfileBackend::Aerospike => format!("{prefix}/{user}:{kind}"),
+    }
+}
+
+/// Hands every profile of the store at `url` under `prefix` to `visit`
+/// (reconciliation, checks): [`RedisProfiles::visit_stored`], or
+/// Aerospike's in a build with the `aerospike` feature.
+pub async fn visit_stored(
+    store: ProfileBackend,
+    url: &str,
+    prefix: &str,
+    visit: impl FnMut(StoredProfile) -> Result<(), String>,
+) -> Result<(), String> {
+    match store {
+        ProfileBackend::Redis => RedisProfiles::new(url, prefix)?.visit_stored(visit).await,
+        #[cfg(feature = "aerospike")]
+        ProfileBackend::Aerospike => {
+            crate::aerospike_profiles::AerospikeProfiles::connect(url, prefix)
+                .await?
+                .visit_stored(visit)
+                .await
+        }
+        #[cfg(not(feature = "aerospike"))]
+        ProfileBackend::Aerospike => Err(AEROSPIKE_NOT_BUILT.to_owned()),
     }
 }
 
@@ -412,6 +451,17 @@ impl<P: ProfileStore> Sink for ProfilesSink<P> {
 mod tests {
     use super::*;
     use adpipe_events::samples;
+
+    #[cfg(not(feature = "aerospike"))]
+    #[tokio::test]
+    async fn reading_aerospike_without_the_feature_says_so() {
+        let error = visit_stored(ProfileBackend::Aerospike, "127.0.0.1:3000", "a/b", |_| {
+            Ok(())
+        })
+        .await
+        .expect_err("not built");
+        assert_eq!(error, AEROSPIKE_NOT_BUILT);
+    }
 
     fn identity(id: &str, time_ms: i64) -> Identity {
         Identity {

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use adpipe_loader::aerospike_profiles::AerospikeProfiles;
+use adpipe_loader::config::ProfileBackend;
 use adpipe_loader::profiles::{ProfileEntry, ProfileStore};
 use aerospike::{Bins, ReadPolicy, Value};
 
@@ -69,5 +70,43 @@ async fn aerospike_profiles_keep_the_newest_and_a_rewrite_changes_nothing() {
     assert!(
         drift.is_some_and(|drift| drift <= Duration::from_secs(2)),
         "expiry unchanged: {a:?} then {b:?}"
+    );
+
+    // Read back as the reconciliation reads it: a scan of the set names
+    // the user (the key was sent), the entries oldest first, the expiry
+    // an hour after the newest event.
+    let mut stored = Vec::new();
+    adpipe_loader::profiles::visit_stored(
+        ProfileBackend::Aerospike,
+        &hosts,
+        "test/adpipe_profiles",
+        |profile| {
+            stored.push(profile);
+            Ok(())
+        },
+    )
+    .await
+    .expect("scanned");
+    let key = adpipe_loader::profiles::stored_key(
+        ProfileBackend::Aerospike,
+        "test/adpipe_profiles",
+        &user,
+        "impression",
+    );
+    let profile = stored
+        .iter()
+        .find(|profile| profile.key == key)
+        .unwrap_or_else(|| panic!("{key} among {} profiles scanned", stored.len()));
+    assert_eq!(profile.kind(), "impression");
+    assert_eq!(
+        profile.event_ids().expect("ids"),
+        vec!["imp-1".to_owned(), "imp-2".to_owned()]
+    );
+    let newest = entries[2].time_ms;
+    assert!(
+        (profile.expires_ms - (newest + 3_600_000)).abs() <= 2_000,
+        "expires {} vs newest + 1 h {}",
+        profile.expires_ms,
+        newest + 3_600_000
     );
 }

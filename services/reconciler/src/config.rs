@@ -34,6 +34,7 @@ struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawProfiles {
+    store: adpipe_loader::config::ProfileBackend,
     url: String,
     key_prefix: String,
     group: String,
@@ -41,12 +42,16 @@ struct RawProfiles {
     ttl: String,
 }
 
-/// The DCs' user profiles in Redis, as their profile loaders write them.
+/// The DCs' user profiles (Redis, or Aerospike), as their profile loaders
+/// write them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfilesSettings {
-    /// The Redis (`redis://host:port[/db]`).
+    /// The store.
+    pub store: adpipe_loader::config::ProfileBackend,
+    /// The Redis (`redis://host:port[/db]`), or Aerospike's hosts
+    /// (`host:port[,host:port…]`).
     pub url: String,
-    /// A DC's key prefix (`{dc}`).
+    /// A DC's key prefix (`{dc}`): Aerospike's `namespace/set`.
     pub key_prefix: String,
     /// A DC's profile loader's consumer group (`{dc}`; empty: unknown).
     pub group: String,
@@ -385,6 +390,7 @@ impl ReconcileSettings {
             }),
             bigquery: (!raw.bigquery.url.is_empty()).then(|| raw.bigquery.trimmed()),
             profiles: non_empty(raw.profiles.url).map(|url| ProfilesSettings {
+                store: raw.profiles.store,
                 url,
                 key_prefix: raw.profiles.key_prefix,
                 group: raw.profiles.group,

@@ -1,7 +1,7 @@
 //! Reading the stores into the ledger: the stats-counter's hourly totals
 //! and stored offsets (PostgreSQL), the files loader's Avro files, the
 //! Elasticsearch loader's documents, the BigQuery loader's rows and each
-//! DC's user profiles (Redis).
+//! DC's user profiles (Redis, or Aerospike).
 //!
 //! Contract: a store's events land in the hour of their event time, by the
 //! kind of the topic they came from (the orphans' files and indices by each
@@ -226,37 +226,36 @@ pub async fn read_profiles(
     let mut read = 0;
     // Per key: how many entries, and the oldest one's event time.
     let mut fullness: HashMap<String, (usize, f64)> = HashMap::new();
-    adpipe_loader::profiles::RedisProfiles::new(&settings.url, &prefix)
-        .map_err(anyhow::Error::msg)?
-        .visit_stored(|profile| {
-            let Some(kind) = Kind::parse(profile.kind()) else {
-                return Err(format!("key {} names no kind", profile.key));
-            };
-            let ids = profile.event_ids()?;
-            for ((_, score), id) in profile.entries.iter().zip(ids) {
-                if let Some(bucket) = store_bucket(*score as i64, span) {
-                    ledger.record(bucket, kind, Stage::Store(store_name.clone()), &id, None);
-                    read += 1;
-                }
+    adpipe_loader::profiles::visit_stored(settings.store, &settings.url, &prefix, |profile| {
+        let Some(kind) = Kind::parse(profile.kind()) else {
+            return Err(format!("key {} names no kind", profile.key));
+        };
+        let ids = profile.event_ids()?;
+        for ((_, score), id) in profile.entries.iter().zip(ids) {
+            if let Some(bucket) = store_bucket(*score as i64, span) {
+                ledger.record(bucket, kind, Stage::Store(store_name.clone()), &id, None);
+                read += 1;
             }
-            let oldest = profile
-                .entries
-                .first()
-                .map_or(f64::MAX, |(_, score)| *score);
-            fullness.insert(profile.key, (profile.entries.len(), oldest));
-            Ok(())
-        })
-        .await
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("reading {dc}'s profiles"))?;
+        }
+        let oldest = profile
+            .entries
+            .first()
+            .map_or(f64::MAX, |(_, score)| *score);
+        fullness.insert(profile.key, (profile.entries.len(), oldest));
+        Ok(())
+    })
+    .await
+    .map_err(anyhow::Error::msg)
+    .with_context(|| format!("reading {dc}'s profiles"))?;
     let now = adpipe_runtime::event_time::now_ms();
     let ttl_ms = i64::try_from(settings.ttl.as_millis()).unwrap_or(i64::MAX);
     let mut explained = Vec::new();
     for (hash, owner) in ledger.profile_owners() {
-        let key = format!(
-            "{prefix}{}:{}",
+        let key = adpipe_loader::profiles::stored_key(
+            settings.store,
+            &prefix,
             ledger.user_name(owner.user),
-            owner.kind.name()
+            owner.kind.name(),
         );
         let reason = match fullness.get(key.as_str()) {
             // Not newer than the oldest of a full profile: the cap's (an

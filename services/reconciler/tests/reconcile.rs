@@ -128,15 +128,38 @@ async fn reconcile_hour(env: Vec<(String, String)>) -> (adpipe_reconciler::Recon
 /// The reconciler's `[profiles]` for the chain's Redis keys and loader
 /// groups (as `ADPIPE__…` pairs).
 fn profiles_env(chain: &Chain) -> Vec<(String, String)> {
+    profiles_env_at(chain, &ProfilesAt::redis(chain))
+}
+
+/// Where a test's profiles are: the store, its URL (Aerospike: hosts) and
+/// a DC's key prefix (`{dc}`; Aerospike: `namespace/set`).
+struct ProfilesAt {
+    store: &'static str,
+    url: String,
+    key_prefix: String,
+}
+
+impl ProfilesAt {
+    fn redis(chain: &Chain) -> ProfilesAt {
+        ProfilesAt {
+            store: "redis",
+            url: adpipe_testkit::profiles::redis_url(),
+            key_prefix: format!("{}profile-{{dc}}:", chain.prefix),
+        }
+    }
+
+    /// A DC's key prefix.
+    fn prefix(&self, dc: &str) -> String {
+        self.key_prefix.replace("{dc}", dc)
+    }
+}
+
+/// The reconciler's `[profiles]` for `at` and the chain's loader groups.
+fn profiles_env_at(chain: &Chain, at: &ProfilesAt) -> Vec<(String, String)> {
     [
-        (
-            "PROFILES__URL",
-            format!("{:?}", adpipe_testkit::profiles::redis_url()),
-        ),
-        (
-            "PROFILES__KEY_PREFIX",
-            format!("{:?}", format!("{}profile-{{dc}}:", chain.prefix)),
-        ),
+        ("PROFILES__STORE", format!("{:?}", at.store)),
+        ("PROFILES__URL", format!("{:?}", at.url)),
+        ("PROFILES__KEY_PREFIX", format!("{:?}", at.key_prefix)),
         (
             "PROFILES__GROUP",
             format!(
@@ -701,8 +724,40 @@ async fn a_missing_and_a_doubled_bigquery_row_are_unexplained() {
 /// (`infra/redis.sh start`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_and_a_stray_profile_entry_are_unexplained() {
-    use adpipe_loader::profiles::{ProfileStore, RedisProfiles, entry_of};
+    profile_differences_are_named(ProfilesAt::redis).await;
+}
+
+/// The same over Aerospike's profiles (a build with the `aerospike`
+/// feature, a server named by `AEROSPIKE_HOSTS`, namespace `test`): none
+/// can be installed here, so without the variable it prints SKIPPED.
+#[cfg(feature = "aerospike")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_and_a_stray_aerospike_profile_entry_are_unexplained() {
+    let Ok(hosts) = std::env::var("AEROSPIKE_HOSTS") else {
+        println!(
+            "SKIPPED: AEROSPIKE_HOSTS is not set (no Aerospike server here); the reconciliation of Aerospike's profiles was not tested"
+        );
+        return;
+    };
+    profile_differences_are_named(|chain: &Chain| ProfilesAt {
+        store: "aerospike",
+        url: hosts.clone(),
+        // A set per run (names up to 63 bytes).
+        key_prefix: format!(
+            "test/{}profiles-{{dc}}",
+            chain.prefix.replace(['.', ':'], "-")
+        ),
+    })
+    .await;
+}
+
+/// Writes the profiles of `store_at(chain)` as a loader would, with the
+/// faults of [`a_missing_and_a_stray_profile_entry_are_unexplained`],
+/// and checks that the reconciliation names each.
+async fn profile_differences_are_named(store_at: impl Fn(&Chain) -> ProfilesAt) {
+    use adpipe_loader::profiles::{ProfileEntry, ProfileStore, RedisProfiles, entry_of};
     let (chain, registry, mut env) = faulty_chain().await;
+    let at = store_at(&chain);
     let dispatched = chain.topic("events-for-dc1");
     adpipe_testkit::create_topics(&chain.bootstrap, &[(dispatched.as_str(), 1, &[][..])]).await;
     // Impressions #0–#2 of one user (the loader keeps 2: #0 is dropped),
@@ -731,8 +786,7 @@ async fn a_missing_and_a_stray_profile_entry_are_unexplained() {
 
     // What the loader wrote: all but #5 (LOST) and #6 (not yet: offset 7
     // is past its commit), plus #15, which nobody dispatched (a stranger).
-    let prefix = format!("{}profile-dc1:", chain.prefix);
-    let store = RedisProfiles::new(&adpipe_testkit::profiles::redis_url(), &prefix).expect("a URL");
+    let prefix = at.prefix("dc1");
     let entry = |event: serde_json::Value, id: String, time_ms: i64| {
         entry_of(
             &event,
@@ -761,14 +815,25 @@ async fn a_missing_and_a_stray_profile_entry_are_unexplained() {
         joined.click.event_time,
     ));
     let keep = 2;
-    store
-        .upsert(
-            &entries.iter().collect::<Vec<_>>(),
-            keep,
-            Duration::from_secs(86_400),
-        )
-        .await
-        .expect("written");
+    let entries: Vec<&ProfileEntry> = entries.iter().collect();
+    let ttl = Duration::from_secs(86_400);
+    match at.store {
+        "redis" => RedisProfiles::new(&at.url, &prefix)
+            .expect("a URL")
+            .upsert(&entries, keep, ttl)
+            .await
+            .expect("written"),
+        #[cfg(feature = "aerospike")]
+        "aerospike" => {
+            adpipe_loader::aerospike_profiles::AerospikeProfiles::connect(&at.url, &prefix)
+                .await
+                .expect("connected")
+                .upsert(&entries, keep, ttl)
+                .await
+                .expect("written")
+        }
+        other => panic!("no profile store {other} in this build"),
+    }
     let loader = format!("{}adpipe-loader-profiles-dc1", chain.prefix);
     chain.commit(&loader, &dispatched, 7);
 
@@ -786,7 +851,7 @@ async fn a_missing_and_a_stray_profile_entry_are_unexplained() {
         !without.differences.iter().any(|d| d.flow == flow),
         "no profiles configured, none read"
     );
-    env.extend(profiles_env(&chain));
+    env.extend(profiles_env_at(&chain, &at));
     let reconcile_keeping = async |kept: usize| {
         let mut env = env.clone();
         env.push(("ADPIPE__PROFILES__KEEP".to_owned(), kept.to_string()));
@@ -844,7 +909,9 @@ async fn a_missing_and_a_stray_profile_entry_are_unexplained() {
     assert_eq!(lost, expected, "{printed}");
     assert_eq!(unexplained, 5, "#0 joins #5's difference: {printed}");
     registry.stop().await;
-    adpipe_testkit::profiles::delete(&prefix).await;
+    if at.store == "redis" {
+        adpipe_testkit::profiles::delete(&prefix).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
