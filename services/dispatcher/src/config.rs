@@ -58,28 +58,15 @@ impl DispatcherSettings {
                 dispatcher.dcs
             ));
         }
-        let serving = match dispatcher.serving.as_str() {
-            "all" => Serving::All,
-            "user-hash" if (1..=dispatcher.dcs.len()).contains(&dispatcher.replicas) => {
-                Serving::UserHash {
-                    replicas: dispatcher.replicas,
-                }
-            }
-            "user-hash" => {
-                problems.push(format!(
-                    "dispatcher.replicas = {} must be between 1 and the {} DCs",
-                    dispatcher.replicas,
-                    dispatcher.dcs.len()
-                ));
-                Serving::All
-            }
-            other => {
-                problems.push(format!(
-                    "dispatcher.serving = {other:?}: expected \"all\" or \"user-hash\""
-                ));
-                Serving::All
-            }
-        };
+        let serving = Serving::parse(
+            &dispatcher.serving,
+            dispatcher.replicas,
+            dispatcher.dcs.len(),
+        )
+        .unwrap_or_else(|problem| {
+            problems.push(problem);
+            Serving::All
+        });
         let mut worker = WorkerSettings::validate(
             "dispatcher",
             dispatcher

@@ -29,6 +29,23 @@ pub enum Serving {
     },
 }
 
+impl Serving {
+    /// The rule `[dispatcher] serving` (`all`, `user-hash`) and `replicas`
+    /// name between `dcs` DCs; a wrong one is named in the error.
+    pub fn parse(serving: &str, replicas: usize, dcs: usize) -> Result<Serving, String> {
+        match serving {
+            "all" => Ok(Serving::All),
+            "user-hash" if (1..=dcs).contains(&replicas) => Ok(Serving::UserHash { replicas }),
+            "user-hash" => Err(format!(
+                "dispatcher.replicas = {replicas} must be between 1 and the {dcs} DCs"
+            )),
+            other => Err(format!(
+                "dispatcher.serving = {other:?}: expected \"all\" or \"user-hash\""
+            )),
+        }
+    }
+}
+
 /// The DCs, their output topics and the serving rule.
 #[derive(Debug, Clone)]
 pub struct Routes {
@@ -98,7 +115,7 @@ struct Party {
 /// What routing reads of an event: its user, DC and time (of the event
 /// itself, or of the click / conversion a joined record is about).
 #[derive(Deserialize)]
-struct RouteFields {
+pub struct RouteFields {
     #[serde(default)]
     user_id: Option<String>,
     #[serde(default)]
@@ -109,6 +126,50 @@ struct RouteFields {
     click: Option<Party>,
     #[serde(default)]
     conversion: Option<Party>,
+}
+
+/// Whom an event is routed for, and where it was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The user (the event's own, else its conversion's, else its click's).
+    pub user: String,
+    /// The DC it was seen in: the merger's origin header, else that
+    /// party's `dc`.
+    pub origin: String,
+    /// That party's event time.
+    pub event_time: Option<i64>,
+}
+
+impl RouteFields {
+    /// The event's [`Route`], given its `adpipe.origin.dc` header; an
+    /// event without a user or an origin is poison.
+    pub fn route(self, origin_header: Option<&[u8]>) -> Result<Route, StepError> {
+        let own = Party {
+            user_id: self.user_id,
+            dc: self.dc,
+            event_time: self.event_time,
+        };
+        let event = match (own.user_id.is_some(), self.conversion, self.click) {
+            (true, _, _) => own,
+            (false, Some(conversion), _) => conversion,
+            (false, None, Some(click)) => click,
+            (false, None, None) => Party::default(),
+        };
+        let user = event.user_id.ok_or_else(|| {
+            StepError::poison("no_user_id", "the event names no user_id to route by")
+        })?;
+        let origin = match origin_header.map(std::str::from_utf8) {
+            Some(Ok(origin)) => origin.to_owned(),
+            _ => event.dc.ok_or_else(|| {
+                StepError::poison("no_origin_dc", "neither an origin header nor a dc field")
+            })?,
+        };
+        Ok(Route {
+            user,
+            origin,
+            event_time: event.event_time,
+        })
+    }
 }
 
 /// The dispatching step of one input partition.
@@ -123,30 +184,11 @@ impl Step for DispatchStep {
         out: &mut Emitter,
     ) -> Result<(), StepError> {
         let fields: RouteFields = record.decode()?;
-        let own = Party {
-            user_id: fields.user_id,
-            dc: fields.dc,
-            event_time: fields.event_time,
-        };
-        let event = match (own.user_id.is_some(), fields.conversion, fields.click) {
-            (true, _, _) => own,
-            (false, Some(conversion), _) => conversion,
-            (false, None, Some(click)) => click,
-            (false, None, None) => Party::default(),
-        };
-        let user = event.user_id.ok_or_else(|| {
-            StepError::poison("no_user_id", "the event names no user_id to route by")
-        })?;
-        if let Some(time) = event.event_time {
+        let route = fields.route(record.header(HEADER_ORIGIN_DC))?;
+        if let Some(time) = route.event_time {
             out.observe_event_time(time)?;
         }
-        let origin = match record.header(HEADER_ORIGIN_DC).map(std::str::from_utf8) {
-            Some(Ok(origin)) => origin.to_owned(),
-            _ => event.dc.ok_or_else(|| {
-                StepError::poison("no_origin_dc", "neither an origin header nor a dc field")
-            })?,
-        };
-        for (dc, topic) in self.routes.targets(&user, &origin) {
+        for (dc, topic) in self.routes.targets(&route.user, &route.origin) {
             let mut output =
                 OutputRecord::sharing(topic, record.share(record.key), record.share(record.value));
             output.headers = record.headers.clone();

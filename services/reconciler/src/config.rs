@@ -29,6 +29,14 @@ struct RawConfig {
     elasticsearch: RawElasticsearch,
     bigquery: adpipe_loader::config::BigQuerySettings,
     profiles: RawProfiles,
+    dispatcher: RawDispatcher,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDispatcher {
+    serving: String,
+    replicas: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +175,8 @@ pub struct Groups {
     pub elasticsearch: String,
     /// The BigQuery loader's.
     pub bigquery: String,
+    /// The dispatcher's.
+    pub dispatcher: String,
 }
 
 /// One DC.
@@ -209,6 +219,10 @@ pub struct ReconcileSettings {
     pub bigquery: Option<adpipe_loader::config::BigQuerySettings>,
     /// The DCs' profiles, when reconciled.
     pub profiles: Option<ProfilesSettings>,
+    /// The dispatcher's routing between the DCs, when reconciled
+    /// (`[dispatcher] serving` set): which DCs each processed event must
+    /// be dispatched to.
+    pub routes: Option<adpipe_dispatcher::dispatch::Routes>,
     /// Continuous mode: how often.
     pub interval: Duration,
     /// Continuous mode: how far back.
@@ -343,6 +357,24 @@ impl ReconcileSettings {
                 reconcile.replica
             ));
         }
+        let serving = match raw.dispatcher.serving.as_str() {
+            "" => None,
+            serving => adpipe_dispatcher::dispatch::Serving::parse(
+                serving,
+                raw.dispatcher.replicas,
+                reconcile.dcs.len(),
+            )
+            .map_err(|problem| problems.push(problem))
+            .ok(),
+        };
+        if serving.is_some() && reconcile.groups.dispatcher.is_empty() {
+            problems.push(
+                "dispatcher.serving is set but reconcile.groups.dispatcher is empty: the dispatcher's commits tell what is in flight".to_owned(),
+            );
+        }
+        let routes = serving.map(|serving| {
+            adpipe_dispatcher::dispatch::Routes::new(reconcile.dcs.clone(), serving, "")
+        });
         let security = match raw.kafka.security.resolve() {
             Ok(security) => security,
             Err(security_problems) => {
@@ -397,6 +429,7 @@ impl ReconcileSettings {
                 keep: raw.profiles.keep,
                 ttl: profiles_ttl,
             }),
+            routes,
             interval,
             lookback,
             close_by: reconcile.serve.close_by,

@@ -96,6 +96,9 @@ pub enum Stage {
     Joined,
     /// `joined.orphans`.
     Orphaned,
+    /// The processed events (the dispatcher's inputs) that must reach
+    /// `<dc>` by the dispatcher's routing, at their input coordinates.
+    Routed(String),
     /// `events-for-<dc>` on central, where the dispatcher writes it (read
     /// when the DC's profile loader reads MirrorMaker 2's copy on the DC's
     /// own cluster: the copying is then a flow of its own).
@@ -116,6 +119,7 @@ impl std::fmt::Display for Stage {
             Stage::Deduplicated => write!(f, "deduplicated"),
             Stage::Joined => write!(f, "joined"),
             Stage::Orphaned => write!(f, "orphans"),
+            Stage::Routed(dc) => write!(f, "routed to {dc}"),
             Stage::DispatchedCentral(dc) => write!(f, "dispatched {dc} (central)"),
             Stage::Dispatched(dc) => write!(f, "dispatched {dc}"),
             Stage::Store(store) => write!(f, "{store}"),

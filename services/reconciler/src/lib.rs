@@ -59,6 +59,13 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
         bootstrap: settings.bootstrap.clone(),
         topic,
         kind,
+        routes: None,
+    };
+    // The dispatcher's inputs: the processed events (not the orphans).
+    let routes = settings.routes.clone().map(std::sync::Arc::new);
+    let dispatcher_input = |mut stage_topic: StageTopic| {
+        stage_topic.routes.clone_from(&routes);
+        stage_topic
     };
     let mut stage_topics = Vec::new();
     for kind in Kind::ALL {
@@ -69,6 +76,7 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
                     bootstrap: bootstrap.clone(),
                     topic: topics.source(kind),
                     kind: KindOf::Fixed(kind),
+                    routes: None,
                 });
             }
             stage_topics.push(central(
@@ -82,22 +90,27 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
             topics.merged(kind),
             KindOf::Fixed(kind),
         ));
-        stage_topics.push(central(
+        let deduplicated = central(
             Stage::Deduplicated,
             topics.deduplicated(kind),
             KindOf::Fixed(kind),
-        ));
+        );
+        stage_topics.push(if kind == Kind::Impression {
+            dispatcher_input(deduplicated)
+        } else {
+            deduplicated
+        });
     }
-    stage_topics.push(central(
+    stage_topics.push(dispatcher_input(central(
         Stage::Joined,
         topics.joined("clicks"),
         KindOf::Fixed(Kind::Click),
-    ));
-    stage_topics.push(central(
+    )));
+    stage_topics.push(dispatcher_input(central(
         Stage::Joined,
         topics.joined("conversions"),
         KindOf::Fixed(Kind::Conversion),
-    ));
+    )));
     stage_topics.push(central(
         Stage::Orphaned,
         topics.joined("orphans"),
@@ -106,26 +119,38 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
     // Each DC's dispatched events, read where its profile loader reads
     // them (its own cluster's copy when known: the loader's commits are
     // offsets of that copy).
+    // The stage of `events-for-<dc>` on central.
+    let dispatched_on_central = |dc: &config::Dc| match dc.bootstrap {
+        Some(_) => Stage::DispatchedCentral(dc.name.clone()),
+        None => Stage::Dispatched(dc.name.clone()),
+    };
     let dispatched = |dc: &config::Dc| match &dc.bootstrap {
         Some(bootstrap) => (bootstrap.clone(), topics.dispatched_at_dc(&dc.name)),
         None => (settings.bootstrap.clone(), topics.dispatched(&dc.name)),
     };
-    if settings.profiles.is_some() {
-        for dc in &settings.dcs {
+    for dc in &settings.dcs {
+        if settings.profiles.is_some() {
             let (bootstrap, topic) = dispatched(dc);
             stage_topics.push(StageTopic {
                 stage: Stage::Dispatched(dc.name.clone()),
                 bootstrap,
                 topic,
                 kind: KindOf::ByValue,
+                routes: None,
             });
-            if dc.bootstrap.is_some() {
-                stage_topics.push(central(
-                    Stage::DispatchedCentral(dc.name.clone()),
-                    topics.dispatched(&dc.name),
-                    KindOf::ByValue,
-                ));
-            }
+        }
+        // Central's copy: the routing's check reads it, and so does the
+        // check of MirrorMaker 2's copying to the DC's own cluster — unless
+        // it was read just above (a DC without a cluster of its own).
+        let needed =
+            settings.routes.is_some() || (settings.profiles.is_some() && dc.bootstrap.is_some());
+        let read_above = settings.profiles.is_some() && dc.bootstrap.is_none();
+        if needed && !read_above {
+            stage_topics.push(central(
+                dispatched_on_central(dc),
+                topics.dispatched(&dc.name),
+                KindOf::ByValue,
+            ));
         }
     }
     for stage_topic in &stage_topics {
@@ -177,8 +202,16 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
         (&groups.files, loader_topics.clone()),
         (&groups.elasticsearch, loader_topics.clone()),
         (&groups.bigquery, loader_topics.clone()),
+        (
+            &groups.dispatcher,
+            if settings.routes.is_some() {
+                dispatcher_topics(topics)
+            } else {
+                Vec::new()
+            },
+        ),
     ] {
-        if !group.is_empty() {
+        if !group.is_empty() && !inputs.is_empty() {
             note(
                 group,
                 read::committed(&settings.bootstrap, group, &inputs, properties)?,
@@ -221,6 +254,18 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
         });
     }
     let mut flows = chain_flows(settings);
+    if settings.routes.is_some() {
+        for dc in &settings.dcs {
+            flows.push(Flow {
+                name: format!("routed → dispatched {dc}", dc = dc.name),
+                from: every_kind(vec![Stage::Routed(dc.name.clone())]),
+                to: every_kind(vec![dispatched_on_central(dc)]),
+                service: "dispatcher".to_owned(),
+                group: group(&groups.dispatcher),
+                copies_allowed: true,
+            });
+        }
+    }
     if let Some(dir) = &settings.files_dir {
         stores::read_files(&mut ledger, dir, topics, span)?;
         flows.push(store_flow("files", &groups.files));
@@ -277,6 +322,15 @@ fn every_kind(stages: Vec<Stage>) -> BTreeMap<Kind, Vec<Stage>> {
         .into_iter()
         .map(|kind| (kind, stages.clone()))
         .collect()
+}
+
+/// The dispatcher's inputs: the processed events.
+fn dispatcher_topics(topics: &config::TopicNames) -> Vec<String> {
+    vec![
+        topics.deduplicated(Kind::Impression),
+        topics.joined("clicks"),
+        topics.joined("conversions"),
+    ]
 }
 
 fn group(name: &str) -> Option<String> {

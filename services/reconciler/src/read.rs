@@ -46,6 +46,10 @@ pub struct StageTopic {
     pub topic: String,
     /// Its records' kind.
     pub kind: KindOf,
+    /// The dispatcher's routing, when this is one of its inputs and the
+    /// routing is reconciled: each record is then also recorded as
+    /// [`Stage::Routed`] to every DC it must reach.
+    pub routes: Option<std::sync::Arc<adpipe_dispatcher::dispatch::Routes>>,
 }
 
 /// The hours being reconciled, and how early reading starts.
@@ -303,6 +307,22 @@ pub async fn read_stage(
             offset: message.offset(),
         };
         ledger.record(bucket, kind, source.stage.clone(), &id, Some(place));
+        if let Some(routes) = &source.routes {
+            // Decoded again, as the dispatcher decodes it: an event it
+            // cannot route (no user, no origin) it dead-letters, and is
+            // routed nowhere here.
+            let origin = header_text(message, adpipe_events::HEADER_ORIGIN_DC);
+            let route = codec
+                .decode::<adpipe_dispatcher::dispatch::RouteFields>(value)
+                .await
+                .ok()
+                .and_then(|fields| fields.route(origin.as_deref().map(str::as_bytes)).ok());
+            if let Some(route) = route {
+                for (dc, _) in routes.targets(&route.user, &route.origin) {
+                    ledger.record(bucket, kind, Stage::Routed(dc.clone()), &id, Some(place));
+                }
+            }
+        }
         Ok(())
     })
     .await

@@ -762,6 +762,17 @@ pub(crate) async fn reconcile(
             "FILES__DIR",
             format!("{:?}", plan.files_dir.display().to_string()),
         ),
+        // The dispatcher's routing: its default, every DC but the origin.
+        ("DISPATCHER__SERVING", "\"all\"".to_owned()),
+        ("RECONCILE__GROUPS__DISPATCHER", group("dispatcher")),
+        (
+            "RECONCILE__DISPATCHED",
+            format!("{:?}", names.events_for("{dc}")),
+        ),
+        (
+            "RECONCILE__DISPATCHED_AT_DC",
+            format!("{:?}", names.events_at_dc("{dc}")),
+        ),
     ];
     if let Some((url, prefix)) = &plan.elasticsearch {
         env.push(("ELASTICSEARCH__URL", format!("{url:?}")));
@@ -784,14 +795,6 @@ pub(crate) async fn reconcile(
         ));
         env.push(("PROFILES__GROUP", group("loader-profiles-{dc}")));
         env.push(("PROFILES__KEEP", chain::PROFILE_KEEP.to_string()));
-        env.push((
-            "RECONCILE__DISPATCHED",
-            format!("{:?}", names.events_for("{dc}")),
-        ));
-        env.push((
-            "RECONCILE__DISPATCHED_AT_DC",
-            format!("{:?}", names.events_at_dc("{dc}")),
-        ));
     }
     if let Some((url, schema)) = &plan.postgres {
         env.push(("STATS__POSTGRES_URL", format!("{url:?}")));
