@@ -116,14 +116,14 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
         topics.joined("orphans"),
         KindOf::OrphanHeader,
     ));
-    // Each DC's dispatched events, read where its profile loader reads
-    // them (its own cluster's copy when known: the loader's commits are
-    // offsets of that copy).
     // The stage of `events-for-<dc>` on central.
     let dispatched_on_central = |dc: &config::Dc| match dc.bootstrap {
         Some(_) => Stage::DispatchedCentral(dc.name.clone()),
         None => Stage::Dispatched(dc.name.clone()),
     };
+    // Each DC's dispatched events, read where its profile loader reads
+    // them (its own cluster's copy when known: the loader's commits are
+    // offsets of that copy).
     let dispatched = |dc: &config::Dc| match &dc.bootstrap {
         Some(bootstrap) => (bootstrap.clone(), topics.dispatched_at_dc(&dc.name)),
         None => (settings.bootstrap.clone(), topics.dispatched(&dc.name)),
