@@ -1432,7 +1432,11 @@ fn print_cpu(report: &Report) {
     let mean = |runs: &[BacklogRun], field: fn(&BacklogRun) -> f64| {
         runs.iter().map(field).sum::<f64>() / runs.len().max(1) as f64
     };
-    let steady = |runs: &[BacklogRun]| mean(runs, |run| run.steady_cpu_seconds_per_million);
+    // None for a contender `--only` left out: its ratios say "not run"
+    // rather than inf or NaN.
+    let steady = |runs: &[BacklogRun]| {
+        (!runs.is_empty()).then(|| mean(runs, |run| run.steady_cpu_seconds_per_million))
+    };
     println!(
         "{:<30} {:>10} {:>10} {:>6} {:>10} {:>10} {:>8} {:>9}  steady CPU-s/1M by round",
         "CPU (steady = 50-99%)",
@@ -1491,30 +1495,40 @@ fn print_cpu(report: &Report) {
             .map(|run| format!("{:.2}", run.steady_cpu_seconds_per_million))
             .collect();
         println!(
-            "{name:<30} {:>10.0} {:>10.2} {:>6.2} {:>10.2} {:>10.2} {rss:>8.0} {:>8.2}x  {}",
+            "{name:<30} {:>10.0} {:>10.2} {:>6.2} {:>10.2} {:>10.2} {rss:>8.0} {:>9}  {}",
             mean(runs, |run| run.steady_records_per_sec),
-            steady(runs),
+            steady(runs).unwrap_or_default(),
             mean(runs, |run| run.steady_cores_busy),
             mean(runs, |run| run.cpu_seconds_per_million),
             mean(runs, |run| run.warmup_cpu_seconds_per_million),
-            steady(runs) / bare,
+            ratio(steady(runs), bare, 2, "x"),
             rounds.join(" ")
         );
     }
-    let ratio = |peer: &[BacklogRun], ours: &[BacklogRun]| {
-        if peer.is_empty() {
-            "not run".to_owned()
-        } else {
-            format!("{:.2}x", steady(peer) / steady(ours))
-        }
-    };
+    let passthrough = steady(&report.passthrough);
     println!(
-        "records per CPU-second vs Kafka Streams (steady): pass-through {}, deduplicator {}; pass-through vs bare loop {:.0}%; deduplicator costs {:.2}x the pass-through",
-        ratio(&report.kstreams_passthrough, &report.passthrough),
-        ratio(&report.kstreams_dedup, &report.deduplicator),
-        bare / steady(&report.passthrough) * 100.0,
-        steady(&report.deduplicator) / steady(&report.passthrough)
+        "records per CPU-second vs Kafka Streams (steady): pass-through {}, deduplicator {}; pass-through vs bare loop {}; deduplicator costs {} the pass-through",
+        ratio(steady(&report.kstreams_passthrough), passthrough, 2, "x"),
+        ratio(
+            steady(&report.kstreams_dedup),
+            steady(&report.deduplicator),
+            2,
+            "x"
+        ),
+        ratio(bare.map(|bare| bare * 100.0), passthrough, 0, "%"),
+        ratio(steady(&report.deduplicator), passthrough, 2, "x")
     );
+}
+
+/// `numerator / denominator` with `precision` decimals and `unit`, or
+/// "not run" where either contender was left out (`--only`).
+fn ratio(numerator: Option<f64>, denominator: Option<f64>, precision: usize, unit: &str) -> String {
+    match (numerator, denominator) {
+        (Some(numerator), Some(denominator)) if denominator > 0.0 => {
+            format!("{:.precision$}{unit}", numerator / denominator)
+        }
+        _ => "not run".to_owned(),
+    }
 }
 
 /// One service of the backlog rounds: how it starts, its group, inputs,
@@ -1817,4 +1831,18 @@ fn print_report(report: &Report) {
         phases.state_keys_measured,
         phases.changelog_bytes_per_key_on_disk
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ratio;
+
+    #[test]
+    fn a_ratio_with_a_contender_left_out_says_so() {
+        assert_eq!(ratio(Some(3.0), Some(2.0), 2, "x"), "1.50x");
+        assert_eq!(ratio(Some(250.0), Some(3.0), 0, "%"), "83%");
+        assert_eq!(ratio(None, Some(2.0), 2, "x"), "not run");
+        assert_eq!(ratio(Some(2.0), None, 2, "x"), "not run");
+        assert_eq!(ratio(Some(2.0), Some(0.0), 2, "x"), "not run");
+    }
 }
