@@ -16,6 +16,25 @@ use rdkafka::message::Header;
 
 const NULL_VALUE: u32 = u32::MAX;
 
+/// The value of header `name` of a record as read from Kafka, as a step
+/// sees it (`InputRecord::header`: the first of that name, a null value
+/// empty); `None` when absent. For readers that must decide as a step
+/// would (the reconciler routing as the dispatcher does).
+pub fn header_bytes<'m, M: rdkafka::message::Message>(
+    message: &'m M,
+    name: &str,
+) -> Option<&'m [u8]>
+where
+    M::Headers: 'm,
+{
+    use rdkafka::message::Headers as _;
+    message
+        .headers()?
+        .iter()
+        .find(|header| header.key == name)
+        .map(|header| header.value.unwrap_or_default())
+}
+
 /// The value of header `name` of a record as read from Kafka, as text
 /// (lossy UTF-8); `None` when absent or null. For readers outside a step
 /// (checkers, the reconciler); a step has `InputRecord::header`.

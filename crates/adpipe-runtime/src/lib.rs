@@ -60,7 +60,7 @@ pub use bytes::Bytes;
 pub use config::{ConfigError, FailureAction, OutputTopic, WorkerSettings};
 pub use consumer::CONSUMER_DEFAULTS;
 pub use event_time::EventTimePolicy;
-pub use headers::{HeaderEntries, Headers, header_text};
+pub use headers::{HeaderEntries, Headers, header_bytes, header_text};
 pub use offsets::OffsetTracker;
 pub use producer::{PRODUCER_DEFAULTS, producer_config};
 pub use service_main::{ServiceArgs, init_logging, load_settings, service_main};

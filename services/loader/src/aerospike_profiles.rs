@@ -76,6 +76,15 @@ impl AerospikeProfiles {
 }
 
 impl AerospikeProfiles {
+    /// Closes the client: its cluster tender runs until closed, not until
+    /// dropped (a reconciler connecting every minute would pile them up).
+    pub async fn close(&self) -> Result<(), String> {
+        self.client
+            .close()
+            .await
+            .map_err(|error| format!("Aerospike, closing the client: {error}"))
+    }
+
     /// Hands every profile in the set to `visit` (reconciliation, checks):
     /// one [`StoredProfile`] per user and kind, keyed
     /// `<namespace>/<set>/<user>:<kind>` ([`crate::profiles::stored_key`]),
@@ -138,9 +147,13 @@ impl AerospikeProfiles {
 
 /// A kind's bin as (entry, event time) pairs.
 fn map_entries(bin: &Value) -> Result<Vec<(String, f64)>, String> {
+    // The bins are key-value-ordered maps, which the client reads back as
+    // `SortedMap`; the other map shapes are taken too.
     let pairs: Vec<(&Value, &Value)> = match bin {
+        Value::SortedMap(map) => map.iter().collect(),
         Value::HashMap(map) => map.iter().collect(),
         Value::OrderedMap(map) => map.iter().collect(),
+        Value::KeyValueList(pairs) => pairs.iter().map(|(entry, time)| (entry, time)).collect(),
         other => return Err(format!("not a map: {other:?}")),
     };
     pairs

@@ -171,10 +171,10 @@ pub async fn visit_stored(
         ProfileBackend::Redis => RedisProfiles::new(url, prefix)?.visit_stored(visit).await,
         #[cfg(feature = "aerospike")]
         ProfileBackend::Aerospike => {
-            crate::aerospike_profiles::AerospikeProfiles::connect(url, prefix)
-                .await?
-                .visit_stored(visit)
-                .await
+            let store = crate::aerospike_profiles::AerospikeProfiles::connect(url, prefix).await?;
+            let visited = store.visit_stored(visit).await;
+            let closed = store.close().await;
+            visited.and(closed)
         }
         #[cfg(not(feature = "aerospike"))]
         ProfileBackend::Aerospike => Err(AEROSPIKE_NOT_BUILT.to_owned()),
@@ -188,7 +188,8 @@ const READ_BACK_TIMEOUT: Duration = Duration::from_secs(60);
 /// its expiry (Unix ms; -1 without one).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredProfile {
-    /// The key (`<prefix><user>:<kind>`).
+    /// The name it goes by ([`stored_key`]): Redis's key
+    /// `<prefix><user>:<kind>`, or `<namespace>/<set>/<user>:<kind>`.
     pub key: String,
     /// Its entries with their scores (event times), oldest first.
     pub entries: Vec<(String, f64)>,

@@ -330,6 +330,20 @@ impl ReconcileSettings {
             &mut problems,
         );
         let profiles_ttl = duration("profiles.ttl", &raw.profiles.ttl, &mut problems);
+        if !raw.profiles.url.is_empty()
+            && raw.profiles.store == adpipe_loader::config::ProfileBackend::Aerospike
+        {
+            if !cfg!(feature = "aerospike") {
+                problems.push(adpipe_loader::profiles::AEROSPIKE_NOT_BUILT.to_owned());
+            }
+            let prefix = raw.profiles.key_prefix.replace("{dc}", "dc");
+            if adpipe_loader::config::aerospike_location(&prefix).is_none() {
+                problems.push(format!(
+                    "profiles.key-prefix {:?}: Aerospike's profiles are named \"namespace/set\" (with {{dc}})",
+                    raw.profiles.key_prefix
+                ));
+            }
+        }
         if raw.profiles.keep == 0 {
             problems.push("profiles.keep must be at least 1".to_owned());
         }
@@ -468,5 +482,47 @@ mod tests {
         };
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("dc9"), "{problems:?}");
+    }
+
+    #[test]
+    fn aerospike_profiles_and_the_routing_are_checked_at_load() {
+        let load = |pairs: &[(&str, &str)]| {
+            ReconcileSettings::load(
+                None,
+                pairs
+                    .iter()
+                    .map(|(key, value)| (format!("ADPIPE__{key}"), (*value).to_owned())),
+            )
+        };
+        let aerospike = |prefix: &'static str| {
+            load(&[
+                ("PROFILES__STORE", "\"aerospike\""),
+                ("PROFILES__URL", "\"127.0.0.1:3000\""),
+                ("PROFILES__KEY_PREFIX", prefix),
+            ])
+        };
+        let error = aerospike("\"profile-{dc}:\"").expect_err("not namespace/set");
+        assert!(error.to_string().contains("namespace/set"), "{error}");
+        let valid = aerospike("\"adpipe/profiles-{dc}\"");
+        if cfg!(feature = "aerospike") {
+            valid.expect("valid");
+        } else {
+            let error = valid.expect_err("not built");
+            assert!(error.to_string().contains("aerospike feature"), "{error}");
+        }
+        let routes = load(&[
+            ("DISPATCHER__SERVING", "\"user-hash\""),
+            ("DISPATCHER__REPLICAS", "1"),
+        ])
+        .expect("valid")
+        .routes
+        .expect("routing reconciled");
+        assert_eq!(routes.topics().count(), 2);
+        let error = load(&[("DISPATCHER__SERVING", "\"some\"")]).expect_err("unknown");
+        assert!(error.to_string().contains("dispatcher.serving"), "{error}");
+        assert!(
+            load(&[]).expect("defaults").routes.is_none(),
+            "off by default"
+        );
     }
 }

@@ -100,8 +100,9 @@ pub enum Stage {
     /// `<dc>` by the dispatcher's routing, at their input coordinates.
     Routed(String),
     /// `events-for-<dc>` on central, where the dispatcher writes it (read
-    /// when the DC's profile loader reads MirrorMaker 2's copy on the DC's
-    /// own cluster: the copying is then a flow of its own).
+    /// for the routing's check, and when the DC's profile loader reads
+    /// MirrorMaker 2's copy on the DC's own cluster: the copying is then a
+    /// flow of its own).
     DispatchedCentral(String),
     /// `events-for-<dc>`: the dispatcher's output for a DC, read where
     /// that DC's profile loader reads it.

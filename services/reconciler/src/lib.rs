@@ -116,10 +116,15 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
         topics.joined("orphans"),
         KindOf::OrphanHeader,
     ));
-    // The stage of `events-for-<dc>` on central.
-    let dispatched_on_central = |dc: &config::Dc| match dc.bootstrap {
-        Some(_) => Stage::DispatchedCentral(dc.name.clone()),
-        None => Stage::Dispatched(dc.name.clone()),
+    // The stage of `events-for-<dc>` on central: `Dispatched` itself
+    // where the DC's profile loader reads it there (a DC without a
+    // cluster of its own, profiles reconciled), else `DispatchedCentral`.
+    let dispatched_on_central = |dc: &config::Dc| {
+        if settings.profiles.is_some() && dc.bootstrap.is_none() {
+            Stage::Dispatched(dc.name.clone())
+        } else {
+            Stage::DispatchedCentral(dc.name.clone())
+        }
     };
     // Each DC's dispatched events, read where its profile loader reads
     // them (its own cluster's copy when known: the loader's commits are

@@ -311,12 +311,12 @@ pub async fn read_stage(
             // Decoded again, as the dispatcher decodes it: an event it
             // cannot route (no user, no origin) it dead-letters, and is
             // routed nowhere here.
-            let origin = header_text(message, adpipe_events::HEADER_ORIGIN_DC);
+            let origin = adpipe_runtime::header_bytes(message, adpipe_events::HEADER_ORIGIN_DC);
             let route = codec
                 .decode::<adpipe_dispatcher::dispatch::RouteFields>(value)
                 .await
                 .ok()
-                .and_then(|fields| fields.route(origin.as_deref().map(str::as_bytes)).ok());
+                .and_then(|fields| fields.route(origin).ok());
             if let Some(route) = route {
                 for (dc, _) in routes.targets(&route.user, &route.origin) {
                     ledger.record(bucket, kind, Stage::Routed(dc.clone()), &id, Some(place));

@@ -1062,6 +1062,19 @@ async fn an_event_the_dispatcher_lost_or_misrouted_is_unexplained() {
         let value = chain.encode(EventKind::JoinedClick, &joined).await;
         chain.send(&for_dc(target(n)), value, &[]).await;
     }
+    // #20: its `dc` field says dc1, the merger's origin header dc2 — the
+    // header decides, as in the dispatcher: it belongs in dc1 (had the
+    // field decided, it would be missing from dc2 and unexpected in dc1).
+    let value = chain.encode(EventKind::Impression, &impression(20)).await;
+    let origin = [(adpipe_events::HEADER_ORIGIN_DC, "dc2")];
+    for topic in [
+        format!("dc1.{}impressions", chain.prefix),
+        chain.topic("merged.impressions"),
+        chain.topic("deduplicated.impressions"),
+        for_dc("dc1"),
+    ] {
+        chain.send(&topic, value.clone(), &origin).await;
+    }
     let dispatcher = format!("{}adpipe-dispatcher", chain.prefix);
     chain.commit(&dispatcher, &chain.topic("deduplicated.impressions"), 17);
     chain.commit(&dispatcher, &chain.topic("joined.clicks"), 3);

@@ -43,6 +43,9 @@ pub struct BadRecord {
     pub trace: Trace,
     /// The service that must dead-letter it (into `dlq.<service>`).
     pub service: &'static str,
+    /// The reason it must give, where one reason is right (several
+    /// loaders share `dlq.loader`).
+    pub reason: Option<&'static str>,
     /// The dead letter found for it: (service, reason).
     pub dead_letter: Option<(String, String)>,
 }
@@ -50,9 +53,9 @@ pub struct BadRecord {
 impl BadRecord {
     /// Whether the service it was meant for dead-lettered it.
     pub fn ended_where_it_should(&self) -> bool {
-        self.dead_letter
-            .as_ref()
-            .is_some_and(|(service, _)| service == self.service)
+        self.dead_letter.as_ref().is_some_and(|(service, reason)| {
+            service == self.service && self.reason.is_none_or(|wanted| reason == wanted)
+        })
     }
 }
 
@@ -123,6 +126,7 @@ pub fn add_store_refused(
         class: "a store refusing a write (_id > 512 bytes)",
         trace: Trace::EventId(id),
         service: "loader",
+        reason: Some("elasticsearch_id_too_long"),
         dead_letter: None,
     }
 }
@@ -221,6 +225,7 @@ pub async fn publish(
             class,
             trace: Trace::Bytes(value),
             service: "merger",
+            reason: None,
             dead_letter: None,
         });
     }
