@@ -72,33 +72,21 @@ pub fn start(settings: LoaderSettings) -> Result<WorkerHandle, WorkerError> {
                 config::ProfileBackend::Redis => {
                     let store = profiles::RedisProfiles::new(&profiles.url, &profiles.key_prefix)
                         .map_err(WorkerError::Setup)?;
-                    let runtime = tokio::runtime::Handle::current();
-                    tokio::task::block_in_place(|| {
-                        runtime.block_on(setup::until_ready(
-                            "redis",
-                            setup::SETUP_PATIENCE,
-                            || async { store.ping().await.map_err(setup::SetupFailure::transient) },
-                        ))
+                    setup::block_until_ready("redis", || async {
+                        store.ping().await.map_err(setup::SetupFailure::transient)
                     })
                     .map_err(WorkerError::Setup)?;
                     start_profiles(settings, store)
                 }
                 #[cfg(feature = "aerospike")]
                 config::ProfileBackend::Aerospike => {
-                    let runtime = tokio::runtime::Handle::current();
-                    let store = tokio::task::block_in_place(|| {
-                        runtime.block_on(setup::until_ready(
-                            "aerospike",
-                            setup::SETUP_PATIENCE,
-                            || async {
-                                aerospike_profiles::AerospikeProfiles::connect(
-                                    &profiles.url,
-                                    &profiles.key_prefix,
-                                )
-                                .await
-                                .map_err(setup::SetupFailure::transient)
-                            },
-                        ))
+                    let store = setup::block_until_ready("aerospike", || async {
+                        aerospike_profiles::AerospikeProfiles::connect(
+                            &profiles.url,
+                            &profiles.key_prefix,
+                        )
+                        .await
+                        .map_err(setup::SetupFailure::transient)
                     })
                     .map_err(WorkerError::Setup)?;
                     start_profiles(settings, store)

@@ -76,6 +76,18 @@ where
     }
 }
 
+/// [`until_ready`] with [`SETUP_PATIENCE`], from the synchronous start-up
+/// on a multi-threaded runtime (`block_in_place`): a store's set-up
+/// before the worker starts.
+pub fn block_until_ready<T, F, Fut>(store: &str, attempt: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SetupFailure>>,
+{
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| runtime.block_on(until_ready(store, SETUP_PATIENCE, attempt)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
