@@ -457,7 +457,10 @@ async fn the_continuous_reconciler_exports_a_loss_and_rechecks_when_late_data_ar
         .envs(env.clone())
         .env("ADPIPE__HTTP__LISTEN", address.to_string())
         .env("ADPIPE__RECONCILE__SERVE__INTERVAL", "\"1s\"")
-        .env("ADPIPE__RECONCILE__SERVE__LOOKBACK", "\"3h\"")
+        // HOUR is two hours before the test's start: a lookback of 3h
+        // would leave no closed hour before dc1's watermark once the clock
+        // crosses the next hour mid-test (CI started it at 11:59:54).
+        .env("ADPIPE__RECONCILE__SERVE__LOOKBACK", "\"6h\"")
         .env("ADPIPE__RECONCILE__SERVE__CLOSE_AFTER", "\"0s\"")
         .spawn()
         .expect("adpipe-reconciler starts");
@@ -500,6 +503,7 @@ async fn the_continuous_reconciler_exports_a_loss_and_rechecks_when_late_data_ar
     // Runs over the (empty) hours before it, not over it.
     let runs = || adpipe_testkit::metric_value(address, "adpipe_reconcile_runs_total");
     let seen = runs().await.unwrap_or(0.0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while runs().await.unwrap_or(0.0) < seen + 2.0 {
         assert!(
             std::time::Instant::now() < deadline,
