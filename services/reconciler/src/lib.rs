@@ -158,22 +158,10 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
             ));
         }
     }
-    for stage_topic in &stage_topics {
-        read::read_stage(&mut ledger, &codec, stage_topic, span, properties)
-            .await
-            .with_context(|| format!("reading {} ({})", stage_topic.topic, stage_topic.stage))?;
-    }
-    for service in SERVICES {
-        read::read_dead_letters(
-            &mut ledger,
-            &codec,
-            &settings.bootstrap,
-            &topics.dlq(service),
-            properties,
-        )
-        .await?;
-    }
-
+    // The groups' committed offsets are read before the topics: an event
+    // committed while the topics are read then counts as in flight, never
+    // as missing (read after, it could be committed past yet absent from
+    // an output read before it arrived).
     let groups = &settings.groups;
     let mut positions = Positions::default();
     let mut note = |group: &str, committed: std::collections::HashMap<(String, i32), i64>| {
@@ -233,6 +221,27 @@ pub async fn reconcile(settings: &ReconcileSettings, span: Span) -> anyhow::Resu
                     read::committed(&bootstrap, &group, &[topic], properties)?,
                 );
             }
+        }
+    }
+    for stage_topic in &stage_topics {
+        read::read_stage(&mut ledger, &codec, stage_topic, span, properties)
+            .await
+            .with_context(|| format!("reading {} ({})", stage_topic.topic, stage_topic.stage))?;
+    }
+    for service in SERVICES {
+        read::read_dead_letters(
+            &mut ledger,
+            &codec,
+            &settings.bootstrap,
+            &topics.dlq(service),
+            properties,
+        )
+        .await?;
+    }
+
+    if settings.profiles.is_some() {
+        for dc in &settings.dcs {
+            let (bootstrap, _) = dispatched(dc);
             // A DC's profile loader dead-letters into its own cluster.
             if bootstrap != settings.bootstrap {
                 read::read_dead_letters(
