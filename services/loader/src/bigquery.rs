@@ -20,7 +20,9 @@
 //!
 //! On the real endpoint a request that fails in transit might (in theory)
 //! have been applied in part; BigQuery's own insertId deduplication covers
-//! that window. Proven here on the emulator (`infra/bigquery.sh`) after
+//! that window. BigQuery takes an insertId of at most 128 characters: a
+//! longer event id is sent as its xxh3-128 digest ([`insert_id`]), the row
+//! itself keeping the whole id — never a refused request for a legal event. Proven here on the emulator (`infra/bigquery.sh`) after
 //! kill -9 (`tests/bigquery.rs`).
 
 use std::collections::HashMap;
@@ -55,6 +57,23 @@ pub const OFFSET: &str = "_offset";
 /// Rounds of re-sending the rows BigQuery stopped because others in the
 /// request were refused.
 const STOPPED_ROUNDS: usize = 3;
+/// The longest insertId BigQuery takes (128 characters; bytes here, which
+/// is never more lenient).
+pub const MAX_INSERT_ID_BYTES: usize = 128;
+
+/// The insertId of the row of `event_id`: the id itself, or — longer than
+/// BigQuery takes — a digest of it, the same in every instance and run, so
+/// a re-sent row still deduplicates.
+pub fn insert_id(event_id: &str) -> String {
+    if event_id.len() <= MAX_INSERT_ID_BYTES {
+        event_id.to_owned()
+    } else {
+        format!(
+            "xxh3-128:{:032x}",
+            xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
+        )
+    }
+}
 
 /// No token: the emulator takes any request.
 #[derive(Clone)]
@@ -467,7 +486,7 @@ impl Sink for BigQuerySink {
         object.insert(PARTITION.to_owned(), Value::from(record.partition));
         object.insert(OFFSET.to_owned(), Value::from(record.offset));
         Ok(Row {
-            insert_id: identity.id.clone(),
+            insert_id: insert_id(&identity.id),
             json,
             offset: record.offset,
         })
@@ -548,6 +567,20 @@ impl Sink for BigQuerySink {
 mod tests {
     use super::*;
     use gcp_bigquery_client::model::field_type::FieldType;
+
+    #[test]
+    fn an_insert_id_longer_than_bigquery_takes_is_a_stable_digest() {
+        let short = "imp-0000000000000001-5f1c2a9e-7b3d-4c1e-9a55-0d6f3b2c8e41";
+        assert_eq!(insert_id(short), short);
+        let at_limit = "x".repeat(MAX_INSERT_ID_BYTES);
+        assert_eq!(insert_id(&at_limit), at_limit);
+        let long = format!("imp-refused-by-elasticsearch-{}", "x".repeat(512));
+        let digest = insert_id(&long);
+        assert!(digest.len() <= MAX_INSERT_ID_BYTES, "{digest}");
+        assert_eq!(insert_id(&long), digest, "the same in every run");
+        let other = format!("{long}y");
+        assert_ne!(insert_id(&other), digest);
+    }
 
     #[test]
     fn tables_follow_the_schemas() {
