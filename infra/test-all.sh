@@ -145,9 +145,14 @@ step "MirrorMaker 2 between the DC clusters and central"
 ADPIPE_MM2_CENTRAL=secure ADPIPE_MM2_TOPIC_PREFIX=mm2-secured- "$INFRA_DIR/mirrormaker.sh" start
 
 step "rust tests"
-cargo test --workspace --locked
+# The tests' state directories, configs and files go under this run's own
+# directory (TMPDIR), emptied before and removed once they pass — not ~600
+# entries left in /tmp by every run.
+tests_tmp="$ADPIPE_STATE_DIR/tmp"
+rm -rf "$tests_tmp" && mkdir -p "$tests_tmp"
+TMPDIR="$tests_tmp" cargo test --workspace --locked
 # The reconciliation of Aerospike's profiles needs central too: here.
-cargo test -p adpipe-reconciler --features aerospike --locked --test reconcile aerospike -- --nocapture 2>&1 | grep -E "SKIPPED|test result"
+TMPDIR="$tests_tmp" cargo test -p adpipe-reconciler --features aerospike --locked --test reconcile aerospike -- --nocapture 2>&1 | grep -E "SKIPPED|test result"
 
 step "the loader's Elasticsearch sink against OpenSearch (the same _bulk API)"
 (
@@ -155,11 +160,12 @@ step "the loader's Elasticsearch sink against OpenSearch (the same _bulk API)"
   "$INFRA_DIR/elasticsearch.sh" wipe
   "$INFRA_DIR/elasticsearch.sh" start
   status=0
-  ADPIPE_ES_URL="$("$INFRA_DIR/elasticsearch.sh" url)" cargo test -p adpipe-loader --locked --test elasticsearch \
+  TMPDIR="$tests_tmp" ADPIPE_ES_URL="$("$INFRA_DIR/elasticsearch.sh" url)" cargo test -p adpipe-loader --locked --test elasticsearch \
     || status=$?
   "$INFRA_DIR/elasticsearch.sh" stop
   exit $status
 )
+rm -rf "$tests_tmp"
 
 step "demo on the embedded default (in-process Kafka, no server), and over the real DC clusters, MirrorMaker 2, central, PostgreSQL, Elasticsearch, the BigQuery emulator and Redis; the dashboards' and rules' metrics against its /metrics"
 env -u ADPIPE_PG_URL target/debug/adpipe demo --events 5000 | tail -n 34
