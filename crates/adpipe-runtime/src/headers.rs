@@ -16,6 +16,19 @@ use rdkafka::message::Header;
 
 const NULL_VALUE: u32 = u32::MAX;
 
+/// The first header named `name` of a record as read from Kafka, its
+/// value `None` when null: what [`header_bytes`] and [`header_text`] read.
+fn first_header<'m, M: rdkafka::message::Message>(
+    message: &'m M,
+    name: &str,
+) -> Option<Header<'m, &'m [u8]>>
+where
+    M::Headers: 'm,
+{
+    use rdkafka::message::Headers as _;
+    message.headers()?.iter().find(|header| header.key == name)
+}
+
 /// The value of header `name` of a record as read from Kafka, as a step
 /// sees it (`InputRecord::header`: the first of that name, a null value
 /// empty); `None` when absent. For readers that must decide as a step
@@ -27,23 +40,14 @@ pub fn header_bytes<'m, M: rdkafka::message::Message>(
 where
     M::Headers: 'm,
 {
-    use rdkafka::message::Headers as _;
-    message
-        .headers()?
-        .iter()
-        .find(|header| header.key == name)
-        .map(|header| header.value.unwrap_or_default())
+    first_header(message, name).map(|header| header.value.unwrap_or_default())
 }
 
 /// The value of header `name` of a record as read from Kafka, as text
 /// (lossy UTF-8); `None` when absent or null. For readers outside a step
 /// (checkers, the reconciler); a step has `InputRecord::header`.
 pub fn header_text<M: rdkafka::message::Message>(message: &M, name: &str) -> Option<String> {
-    use rdkafka::message::Headers as _;
-    message
-        .headers()?
-        .iter()
-        .find(|header| header.key == name)
+    first_header(message, name)
         .and_then(|header| header.value)
         .map(|value| String::from_utf8_lossy(value).into_owned())
 }

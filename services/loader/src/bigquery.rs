@@ -22,7 +22,8 @@
 //! have been applied in part; BigQuery's own insertId deduplication covers
 //! that window. BigQuery takes an insertId of at most 128 characters: a
 //! longer event id is sent as its xxh3-128 digest ([`insert_id`]), the row
-//! itself keeping the whole id — never a refused request for a legal event. Proven here on the emulator (`infra/bigquery.sh`) after
+//! itself keeping the whole id — never a refused request for a legal
+//! event. Proven here on the emulator (`infra/bigquery.sh`) after
 //! kill -9 (`tests/bigquery.rs`).
 
 use std::collections::HashMap;
