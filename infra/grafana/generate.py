@@ -138,6 +138,8 @@ def runtime_panels(job):
         panel("Commits per second and failures",
               [(f'sum (rate(adpipe_commits_total{{{sel}}}[5m]))', "commits"),
                (f'sum (rate(adpipe_commit_failures_total{{{sel}}}[5m]))', "failures")], "ops"),
+        panel("Records the broker deleted before they were read (lost), per hour",
+              [(f'sum by (topic, partition) (increase(adpipe_records_deleted_unread_total{{{sel}}}[1h]))', "{{topic}}/{{partition}}")]),
         panel("Resident memory (RSS), by instance",
               [(f'sum by (instance) (process_resident_memory_bytes{{{sel}}})', "{{instance}}")], "bytes"),
         panel("CPU cores busy, by instance",

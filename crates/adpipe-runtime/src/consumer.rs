@@ -32,7 +32,10 @@
 //!   inputs are at their end (for `max-idle`);
 //! - a partition whose service stores its own offsets
 //!   ([`StepFactory::stored_offsets`]) starts at that offset, set in the
-//!   assignment handed to librdkafka, never at the group's commit.
+//!   assignment handed to librdkafka, never at the group's commit;
+//! - records the broker deleted before they were read are counted and
+//!   reported, and the commit moves past them even when no record follows
+//!   (`crate::offset_reset`).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -41,6 +44,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
 };
@@ -55,6 +59,7 @@ use tracing::{error, info, warn};
 use crate::ack::Source;
 use crate::batch::BatchBuilder;
 use crate::config::{QueueMarks, WorkerSettings};
+use crate::offset_reset::{OffsetReset, deleted_counter, report_deleted};
 use crate::offsets::OffsetTracker;
 use crate::step::{AssignedPartition, StepFactory, TaskAssignment};
 use crate::task::{Stopper, TaskEnv, TaskInput, TaskLink, TaskMessage, run_task};
@@ -96,6 +101,9 @@ struct Slot {
     /// One past the last offset dispatched.
     next_offset: Option<i64>,
     caught_up: bool,
+    /// The offset a fetch failed at "out of range", until the records the
+    /// broker deleted from there are counted (`crate::offset_reset`).
+    reset_at: Option<i64>,
     /// Records taken but not yet handed to the task, by sub-partition.
     pending: Vec<BatchBuilder>,
 }
@@ -173,12 +181,45 @@ pub struct WorkerContext<F: StepFactory> {
     /// Revoked partitions' sources, alive while an output of their records
     /// is still in the producer (its acknowledgement token holds it).
     settling: Mutex<HashMap<TaskKey, Vec<Weak<Source>>>>,
+    /// Out-of-range resets librdkafka logged, not yet given to their slots:
+    /// its threads log them, and must not wait for `assignment` (the poll
+    /// thread holds it while pausing, which waits for librdkafka's thread).
+    offset_resets: Mutex<Vec<OffsetReset>>,
+    /// Set after a push to `offset_resets`, so the poll thread looks only then.
+    resets_pending: AtomicBool,
 }
 
 impl<F: StepFactory> ClientContext for WorkerContext<F> {
+    /// librdkafka's log lines go to `tracing` (as rust-rdkafka's default
+    /// does); an out-of-range reset is also kept for its slot.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                error!(target: "librdkafka", "librdkafka: {facility} {message}");
+            }
+            RDKafkaLogLevel::Warning => {
+                warn!(target: "librdkafka", "librdkafka: {facility} {message}");
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(target: "librdkafka", "librdkafka: {facility} {message}");
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {facility} {message}");
+            }
+        }
+        if let Some(reset) = OffsetReset::parse(facility, message) {
+            self.offset_resets.lock().push(reset);
+            self.resets_pending.store(true, Ordering::Release);
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
         let mut assignment = self.assignment.lock();
         let Assignment { slots, tasks, .. } = &mut *assignment;
+        self.give_offset_resets(slots);
         for (topic_name, topic) in &statistics.topics {
             for (partition, stats) in &topic.partitions {
                 if *partition < 0 {
@@ -193,6 +234,33 @@ impl<F: StepFactory> ClientContext for WorkerContext<F> {
                 else {
                     continue;
                 };
+                // A reset past deleted records with nothing after them yet:
+                // everything before the failed offset was taken, and the
+                // fetch stands at the new log start. The commit moves there
+                // (one done offset standing for the range), or the deleted
+                // records would show as lag for ever.
+                if let Some(at) = slot.reset_at
+                    && stats.fetch_state == "active"
+                    && stats.lo_offset > at
+                    && stats.next_offset == stats.lo_offset
+                    && slot.next_offset.is_none_or(|next| next >= at)
+                {
+                    let start = stats.lo_offset;
+                    let mut tracker = slot.source.tracker.lock();
+                    if tracker.register(start - 1) {
+                        tracker.complete(start - 1);
+                    }
+                    drop(tracker);
+                    slot.next_offset = Some(start);
+                    slot.reset_at = None;
+                    report_deleted(
+                        &self.env.settings.service,
+                        topic_name,
+                        *partition,
+                        at,
+                        start,
+                    );
+                }
                 if stats.consumer_lag >= 0 {
                     partition_gauge(Metric::ConsumerLag, topic_name, *partition)
                         .set(stats.consumer_lag as f64);
@@ -341,6 +409,28 @@ impl<F: StepFactory> WorkerContext<F> {
             commit_lock: Mutex::new(()),
             lingering: Mutex::new(HashMap::new()),
             settling: Mutex::new(HashMap::new()),
+            offset_resets: Mutex::new(Vec::new()),
+            resets_pending: AtomicBool::new(false),
+        }
+    }
+
+    /// Gives the out-of-range resets librdkafka logged to their slots (the
+    /// earliest offset wins); a reset of a partition no longer owned is
+    /// its new owner's to see.
+    fn give_offset_resets(&self, slots: &mut HashMap<Box<str>, HashMap<i32, Slot>>) {
+        // A plain load first: this runs for every record.
+        if !self.resets_pending.load(Ordering::Acquire)
+            || !self.resets_pending.swap(false, Ordering::AcqRel)
+        {
+            return;
+        }
+        for reset in self.offset_resets.lock().drain(..) {
+            if let Some(slot) = slots
+                .get_mut(reset.topic.as_str())
+                .and_then(|partitions| partitions.get_mut(&reset.partition))
+            {
+                slot.reset_at = Some(slot.reset_at.map_or(reset.at, |at| at.min(reset.at)));
+            }
         }
     }
 
@@ -549,6 +639,7 @@ impl<F: StepFactory> WorkerContext<F> {
                 });
                 let queued_bytes = Arc::new(AtomicUsize::new(0));
                 partition_gauge(Metric::PartitionAssigned, topic, partition).set(1.0);
+                deleted_counter(&settings.service, topic, partition).increment(0);
                 assignment.slots.entry(topic.into()).or_default().insert(
                     partition,
                     Slot {
@@ -560,6 +651,7 @@ impl<F: StepFactory> WorkerContext<F> {
                         committed: None,
                         next_offset: None,
                         caught_up: false,
+                        reset_at: None,
                         pending: (0..sub_partitions)
                             .map(|_| BatchBuilder::new(Arc::clone(&source.topic), partition))
                             .collect(),
@@ -814,6 +906,9 @@ impl<F: StepFactory> WorkerContext<F> {
             tasks,
             marks,
         } = &mut *assignment;
+        // Before the record: librdkafka logs a reset before it fetches from
+        // the new start, so the first record after one finds it here.
+        self.give_offset_resets(slots);
         let Some(slot) = slots
             .get_mut(message.topic())
             .and_then(|partitions| partitions.get_mut(&message.partition()))
@@ -822,6 +917,19 @@ impl<F: StepFactory> WorkerContext<F> {
         };
         if !slot.source.tracker.lock().register(message.offset()) {
             return; // redelivered below what we already track
+        }
+        if let Some(at) = slot.reset_at
+            && message.offset() >= at
+        {
+            // The first record after a reset: the ones before it are gone.
+            slot.reset_at = None;
+            report_deleted(
+                &self.env.settings.service,
+                message.topic(),
+                message.partition(),
+                at,
+                message.offset(),
+            );
         }
         slot.next_offset = Some(message.offset() + 1);
         let bytes =
@@ -946,6 +1054,19 @@ pub fn create_consumer<F: StepFactory>(
         );
     for (key, value) in &settings.kafka.consumer {
         config.set(key, value);
+    }
+    // rust-rdkafka asks librdkafka only for the lines the global logger
+    // would show (errors alone when none is installed), but an out-of-range
+    // reset, a warning, is how the worker learns of records deleted unread
+    // (`crate::offset_reset`): warnings always reach it.
+    if matches!(
+        config.log_level,
+        RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Emerg
+    ) {
+        config.set_log_level(RDKafkaLogLevel::Warning);
     }
     config.create_with_context(context)
 }

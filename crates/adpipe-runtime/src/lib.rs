@@ -44,6 +44,7 @@ pub mod emitted;
 pub mod event_time;
 mod headers;
 pub mod heartbeat;
+mod offset_reset;
 mod offsets;
 mod producer;
 mod service_main;

@@ -63,6 +63,9 @@ pub enum Metric {
     /// Records a restarted task found already in its output and did not
     /// emit again (`service`, `topic`).
     RecordsSkippedOnResume,
+    /// Offsets the broker deleted (retention, DeleteRecords) before this
+    /// service read them (`service`, `topic`, `partition`).
+    RecordsDeletedUnread,
 }
 
 impl Metric {
@@ -91,13 +94,14 @@ impl Metric {
             Metric::StepPanics => "adpipe_step_panics_total",
             Metric::IncompleteTasks => "adpipe_incomplete_tasks",
             Metric::RecordsSkippedOnResume => "adpipe_records_skipped_on_resume_total",
+            Metric::RecordsDeletedUnread => "adpipe_records_deleted_unread_total",
         }
     }
 }
 
 impl Metric {
     /// Every runtime metric.
-    pub const ALL: [Metric; 22] = [
+    pub const ALL: [Metric; 23] = [
         Metric::RecordsConsumed,
         Metric::RecordsProduced,
         Metric::DeadLettered,
@@ -120,6 +124,7 @@ impl Metric {
         Metric::StepPanics,
         Metric::IncompleteTasks,
         Metric::RecordsSkippedOnResume,
+        Metric::RecordsDeletedUnread,
     ];
 
     /// Its `# HELP` and `# TYPE`.
@@ -170,6 +175,10 @@ impl Metric {
             Metric::RecordsSkippedOnResume => (
                 Counter,
                 "Records a restarted task found already in its output and did not emit again.",
+            ),
+            Metric::RecordsDeletedUnread => (
+                Counter,
+                "Offsets the broker deleted (retention, DeleteRecords) before this service read them: lost to it.",
             ),
         };
         Described {

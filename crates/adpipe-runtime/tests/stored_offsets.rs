@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use adpipe_runtime::{AssignedPartition, StepError, StepFactory, TaskAssignment};
 use parking_lot::Mutex;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use support::{TestFactory, TestStep, Topics, records};
 
 /// The partitions the runtime asked about, per rebalance.
@@ -46,29 +44,11 @@ impl StepFactory for StoringFactory {
     }
 }
 
-/// Commits `offset` for the test's group on `in`-0, as an earlier instance
-/// would have.
-fn commit_group_offset(topics: &Topics, offset: i64) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &topics.bootstrap)
-        .set("group.id", topics.group())
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut offsets = TopicPartitionList::new();
-    offsets
-        .add_partition_offset(&topics.name("in"), 0, Offset::Offset(offset))
-        .expect("offset");
-    consumer
-        .commit(&offsets, CommitMode::Sync)
-        .expect("committed");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_starts_at_the_offset_its_service_stored_not_at_the_groups_commit() {
     let topics = Topics::create("rt-stored", 2).await;
     topics.produce(&records(10, &[])).await; // partition 0, offsets 0..9
-    commit_group_offset(&topics, 8);
+    topics.commit_group_offset(8);
     let asked = Arc::new(Mutex::new(Vec::new()));
     let factory = StoringFactory {
         inner: TestFactory::new(&topics),

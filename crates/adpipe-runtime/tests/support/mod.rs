@@ -14,8 +14,10 @@ use adpipe_runtime::{
 };
 use parking_lot::Mutex;
 use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 
 /// A test's topics `<prefix>.<suffix>` on the central cluster: `in`, `out`,
 /// `dlq`, plus `narrow` (the broker takes at most 2 KiB per batch) and
@@ -174,6 +176,24 @@ impl Topics {
                 .expect("the producer lives")
                 .expect("produced");
         }
+    }
+
+    /// Commits `offset` for the test's group on `in`-0, as an earlier
+    /// instance would have.
+    pub fn commit_group_offset(&self, offset: i64) {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", self.group())
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&self.name("in"), 0, Offset::Offset(offset))
+            .expect("offset");
+        consumer
+            .commit(&offsets, CommitMode::Sync)
+            .expect("committed");
     }
 
     pub fn committed(&self) -> Vec<Option<i64>> {

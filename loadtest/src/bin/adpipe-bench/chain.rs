@@ -227,7 +227,7 @@ pub async fn run(bench: &ChainBench<'_>) -> Result<ChainReport, String> {
         for chain in ["adpipe", "ks"] {
             let topics = Topics::of(prefix, chain, round);
             for topic in topics.outputs() {
-                specs_owned.push((topic, &[]));
+                specs_owned.push((topic, crate::KEEP_RECORDS));
             }
             if chain == "adpipe" {
                 for kind in KINDS {
@@ -246,9 +246,9 @@ pub async fn run(bench: &ChainBench<'_>) -> Result<ChainReport, String> {
         }
     }
     for topic in Topics::of(prefix, "adpipe", 0).dc_topics() {
-        specs_owned.push((topic, &[]));
+        specs_owned.push((topic, crate::KEEP_RECORDS));
     }
-    specs_owned.push((format!("{prefix}.chain-dlq"), &[]));
+    specs_owned.push((format!("{prefix}.chain-dlq"), crate::KEEP_RECORDS));
     let specs: Vec<adpipe_testkit::TopicSpec<'_>> = specs_owned
         .iter()
         .map(|(name, config)| (name.as_str(), bench.partitions, *config))

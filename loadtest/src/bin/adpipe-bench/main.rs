@@ -23,6 +23,16 @@
 /// Backlog runs per service, alternating, so neither always runs first.
 const ROUNDS: usize = 2;
 
+/// The configs of every topic the benchmark creates that is not compacted.
+/// The simulated backlog is dated 2025 (a fixed start keeps runs alike), and
+/// its record timestamps are those event times: under the broker's default
+/// 7-day retention, a segment is deleted at the next retention check once
+/// it rolls, even while a service has not read it yet. That is how the
+/// "stalled" deduplicator of 2026-12-06 lost 30,358 records of one
+/// partition (fetch out of range, reset to the new log start): no time-based
+/// retention on the benchmark's topics.
+const KEEP_RECORDS: &[(&str, &str)] = &[("retention.ms", "-1")];
+
 mod chain;
 mod latency;
 mod loader;
@@ -547,7 +557,7 @@ async fn run(args: &Args) -> Result<Outcome, String> {
             .chain(joiner_outs.iter().flatten())
             .chain(&stats_empty)
             .chain(stats_totals.iter().flatten())
-            .map(|name| (name.as_str(), partitions, &[][..]))
+            .map(|name| (name.as_str(), partitions, KEEP_RECORDS))
             .collect();
     for changelog in changelogs
         .iter()
@@ -556,10 +566,11 @@ async fn run(args: &Args) -> Result<Outcome, String> {
     {
         specs.push((changelog, partitions, &[("cleanup.policy", "compact")]));
     }
-    specs.push((&dlq, 1, &[]));
+    specs.push((&dlq, 1, KEEP_RECORDS));
     // The poisoned backlog also holds a few records too large for any
     // output (the topic takes them; the deduplicator's producer cannot).
-    specs.push((&poisoned, partitions, &[("max.message.bytes", "4194304")]));
+    let poisoned_configs = [("max.message.bytes", "4194304"), KEEP_RECORDS[0]];
+    specs.push((&poisoned, partitions, &poisoned_configs));
     adpipe_testkit::create_topics(bootstrap, &specs).await;
     let registry = adpipe_schema_registry::start(adpipe_schema_registry::RegistrySettings::local(
         bootstrap,

@@ -1,0 +1,83 @@
+//! Records the broker deleted before the service read them, on the real
+//! central cluster: `DeleteRecords` moves the log start past the group's
+//! commit exactly as retention does when a service is behind (how the chain
+//! benchmark's deduplicator lost a segment of 2025-dated records). The
+//! runtime cannot bring them back; it counts them
+//! (`adpipe_records_deleted_unread_total`) and, when no record follows
+//! them, still moves the commit to the partition's new start.
+
+mod support;
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use support::{TestFactory, Topics, records};
+
+/// Deletes the records of `in`-0 before `before`.
+async fn delete_records_before(topics: &Topics, before: i64) {
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", &topics.bootstrap)
+        .create()
+        .expect("admin client");
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&topics.name("in"), 0, Offset::Offset(before))
+        .expect("offset");
+    let deleted = admin
+        .delete_records(&offsets, &AdminOptions::new())
+        .await
+        .expect("deleted");
+    for element in deleted.elements() {
+        assert!(element.error().is_ok(), "not deleted: {element:?}");
+    }
+}
+
+/// Offsets of `in`-0 the worker reported as deleted unread.
+fn deleted_unread(topics: &Topics) -> Option<f64> {
+    let text = adpipe_runtime::telemetry::render().expect("rendered");
+    let labels = format!("topic=\"{}\",partition=\"0\"", topics.name("in"));
+    adpipe_testkit::metric_sum_in(&text, "adpipe_records_deleted_unread_total", &labels)
+}
+
+/// An instance read 10 records and stopped; 90 more came, then the broker
+/// deleted offsets 10..60 unread. The next instance reads 60..99, counts
+/// the 50 it can never read, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_unread_are_counted_and_the_rest_goes_through() {
+    let topics = Topics::create("rt-deleted", 1).await;
+    topics.produce(&records(100, &[])).await;
+    topics.commit_group_offset(10);
+    delete_records_before(&topics, 60).await;
+    adpipe_runtime::telemetry::install_recorder().expect("a recorder");
+    topics
+        .run_to_end(topics.settings(""), TestFactory::new(&topics))
+        .await;
+    let expected: Vec<String> = (60..100).map(|index| format!("good-{index}")).collect();
+    assert_eq!(topics.values("out").await, expected);
+    assert_eq!(
+        deleted_unread(&topics),
+        Some(50.0),
+        "offsets 10..60 were deleted before the worker read them"
+    );
+}
+
+/// Every record after the commit was deleted, and none follows: the group
+/// commits the partition's new start (its lag is 0, not the deleted
+/// records for ever), and the loss is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_whose_unread_records_were_all_deleted_commits_its_new_start() {
+    let topics = Topics::create("rt-deleted-all", 1).await;
+    topics.produce(&records(30, &[])).await;
+    topics.commit_group_offset(10);
+    delete_records_before(&topics, 30).await;
+    adpipe_runtime::telemetry::install_recorder().expect("a recorder");
+    let worker = adpipe_runtime::start(topics.settings(""), TestFactory::new(&topics))
+        .expect("worker starts");
+    // Statistics come every 5 s; the reset is seen at the first after it.
+    topics.wait_committed_to_end(Duration::from_secs(60)).await;
+    worker.stop().await.expect("clean stop");
+    assert_eq!(topics.committed(), [Some(30)]);
+    assert!(topics.values("out").await.is_empty());
+    assert_eq!(deleted_unread(&topics), Some(20.0));
+}
