@@ -50,11 +50,11 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
-use rdkafka::statistics::Statistics;
+use rdkafka::statistics::{Partition, Statistics};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::ack::Source;
 use crate::batch::BatchBuilder;
@@ -109,6 +109,68 @@ struct Slot {
 }
 
 impl Slot {
+    /// Where the records deleted unread from `at` begin: not below what
+    /// this assignment already took, nor below the group's commit (a
+    /// service that stores its own offsets may start below it, and what
+    /// lies between was counted by whoever committed past it).
+    fn deleted_from(&self, at: i64) -> i64 {
+        at.max(self.next_offset.unwrap_or(at))
+            .max(self.committed.unwrap_or(at))
+    }
+
+    /// A record at or past a pending reset: the offsets before it (and
+    /// after what was taken) were deleted unread.
+    fn settle_reset_at_record(&mut self, offset: i64) -> Option<(i64, i64)> {
+        let at = self.reset_at.filter(|at| offset >= *at)?;
+        self.reset_at = None;
+        Some((self.deleted_from(at), offset))
+    }
+
+    /// A pending reset with no record after it yet, as the statistics show
+    /// it: once everything before the failed offset was taken and the fetch
+    /// stands at the new log start, the commit moves there — one done
+    /// offset standing for the deleted range — or the deleted records
+    /// would show as lag for ever. Returns the range deleted.
+    fn settle_reset_from_stats(&mut self, stats: &Partition) -> Option<(i64, i64)> {
+        let at = self.reset_at?;
+        // `active`: librdkafka's name of the fetching state
+        // (`rd_kafka_fetch_states`), reached once the reset is done.
+        if stats.fetch_state != "active" {
+            return None;
+        }
+        if stats.hi_offset >= 0 && stats.hi_offset < at {
+            // The log now ends below the failed offset (the topic was
+            // recreated or truncated): nothing was deleted unread.
+            self.reset_at = None;
+            return None;
+        }
+        let start = stats.lo_offset;
+        if start <= at || stats.next_offset != start {
+            return None; // not past a deletion, or records after it come
+        }
+        // Records fetched before the reset may still wait in librdkafka's
+        // queue (its events outrank records): committing past them would
+        // lose them. Before any record of this assignment, only a start at
+        // the failed offset or an empty queue rules them out.
+        let taken_all = match self.next_offset {
+            Some(next) => next >= at,
+            None => at == stats.committed_offset || stats.fetchq_cnt == 0,
+        };
+        if !taken_all {
+            return None;
+        }
+        self.reset_at = None;
+        let from = self.deleted_from(at).max(stats.committed_offset);
+        let mut tracker = self.source.tracker.lock();
+        if !tracker.register(start - 1) {
+            return None; // a record past it was taken, and settled it
+        }
+        tracker.complete(start - 1);
+        drop(tracker);
+        self.next_offset = Some(start);
+        Some((from, start))
+    }
+
     /// Hands the records taken so far to the task's actors.
     fn hand_over(&mut self, task: Option<&TaskHandle>) {
         for (sub_partition, builder) in self.pending.iter_mut().enumerate() {
@@ -181,17 +243,21 @@ pub struct WorkerContext<F: StepFactory> {
     /// Revoked partitions' sources, alive while an output of their records
     /// is still in the producer (its acknowledgement token holds it).
     settling: Mutex<HashMap<TaskKey, Vec<Weak<Source>>>>,
-    /// Out-of-range resets librdkafka logged, not yet given to their slots:
-    /// its threads log them, and must not wait for `assignment` (the poll
-    /// thread holds it while pausing, which waits for librdkafka's thread).
+    /// Out-of-range resets librdkafka logged, not yet given to their slots.
+    /// Log lines arrive through any poll (rust-rdkafka sets `log.queue`),
+    /// so `log` takes only this lock, never `assignment`.
     offset_resets: Mutex<Vec<OffsetReset>>,
     /// Set after a push to `offset_resets`, so the poll thread looks only then.
     resets_pending: AtomicBool,
+    /// The group's commits read at an assignment by a service that stores
+    /// its own offsets, until its slots are made (their `committed`).
+    group_commits: Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl<F: StepFactory> ClientContext for WorkerContext<F> {
-    /// librdkafka's log lines go to `tracing` (as rust-rdkafka's default
-    /// does); an out-of-range reset is also kept for its slot.
+    /// librdkafka's log lines go to `tracing`, as rust-rdkafka's default
+    /// does with its `tracing` feature; an out-of-range reset is also kept
+    /// for its slot.
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg
@@ -207,7 +273,7 @@ impl<F: StepFactory> ClientContext for WorkerContext<F> {
                 info!(target: "librdkafka", "librdkafka: {facility} {message}");
             }
             RDKafkaLogLevel::Debug => {
-                tracing::debug!(target: "librdkafka", "librdkafka: {facility} {message}");
+                debug!(target: "librdkafka", "librdkafka: {facility} {message}");
             }
         }
         if let Some(reset) = OffsetReset::parse(facility, message) {
@@ -234,32 +300,8 @@ impl<F: StepFactory> ClientContext for WorkerContext<F> {
                 else {
                     continue;
                 };
-                // A reset past deleted records with nothing after them yet:
-                // everything before the failed offset was taken, and the
-                // fetch stands at the new log start. The commit moves there
-                // (one done offset standing for the range), or the deleted
-                // records would show as lag for ever.
-                if let Some(at) = slot.reset_at
-                    && stats.fetch_state == "active"
-                    && stats.lo_offset > at
-                    && stats.next_offset == stats.lo_offset
-                    && slot.next_offset.is_none_or(|next| next >= at)
-                {
-                    let start = stats.lo_offset;
-                    let mut tracker = slot.source.tracker.lock();
-                    if tracker.register(start - 1) {
-                        tracker.complete(start - 1);
-                    }
-                    drop(tracker);
-                    slot.next_offset = Some(start);
-                    slot.reset_at = None;
-                    report_deleted(
-                        &self.env.settings.service,
-                        topic_name,
-                        *partition,
-                        at,
-                        start,
-                    );
+                if let Some((from, to)) = slot.settle_reset_from_stats(stats) {
+                    report_deleted(&self.env.settings.service, topic_name, *partition, from, to);
                 }
                 if stats.consumer_lag >= 0 {
                     partition_gauge(Metric::ConsumerLag, topic_name, *partition)
@@ -411,6 +453,7 @@ impl<F: StepFactory> WorkerContext<F> {
             settling: Mutex::new(HashMap::new()),
             offset_resets: Mutex::new(Vec::new()),
             resets_pending: AtomicBool::new(false),
+            group_commits: Mutex::new(HashMap::new()),
         }
     }
 
@@ -593,10 +636,29 @@ impl<F: StepFactory> WorkerContext<F> {
                             ahead.add_partition_offset(&topic, partition, Offset::Offset(offset));
                     }
                 }
-                if ahead.count() > 0
-                    && let Err(error) = consumer.commit(&ahead, CommitMode::Sync)
-                {
-                    warn!(%error, "cannot commit the stored offsets now; the group stays behind them until later records are processed");
+                let mut group_commits = self.group_commits.lock();
+                for partition in &assigned {
+                    if let Some(committed) = partition.committed {
+                        group_commits
+                            .insert((partition.topic.clone(), partition.partition), committed);
+                    }
+                }
+                if ahead.count() > 0 {
+                    match consumer.commit(&ahead, CommitMode::Sync) {
+                        Ok(()) => {
+                            for element in ahead.elements() {
+                                if let Offset::Offset(offset) = element.offset() {
+                                    group_commits.insert(
+                                        (element.topic().to_owned(), element.partition()),
+                                        offset,
+                                    );
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            warn!(%error, "cannot commit the stored offsets now; the group stays behind them until later records are processed")
+                        }
+                    }
                 }
             }
             Err(error) => self.stopper.stop(format!(
@@ -648,7 +710,10 @@ impl<F: StepFactory> WorkerContext<F> {
                         task: (group, partition),
                         input,
                         paused: false,
-                        committed: None,
+                        committed: self
+                            .group_commits
+                            .lock()
+                            .remove(&(topic.to_owned(), partition)),
                         next_offset: None,
                         caught_up: false,
                         reset_at: None,
@@ -906,8 +971,10 @@ impl<F: StepFactory> WorkerContext<F> {
             tasks,
             marks,
         } = &mut *assignment;
-        // Before the record: librdkafka logs a reset before it fetches from
-        // the new start, so the first record after one finds it here.
+        // Before the record: librdkafka logs a reset while it holds the
+        // partition's lock (no fetch from the new start begins before), and
+        // its log event outranks records in the queue: the first record
+        // after a reset always finds it given.
         self.give_offset_resets(slots);
         let Some(slot) = slots
             .get_mut(message.topic())
@@ -918,17 +985,13 @@ impl<F: StepFactory> WorkerContext<F> {
         if !slot.source.tracker.lock().register(message.offset()) {
             return; // redelivered below what we already track
         }
-        if let Some(at) = slot.reset_at
-            && message.offset() >= at
-        {
-            // The first record after a reset: the ones before it are gone.
-            slot.reset_at = None;
+        if let Some((from, to)) = slot.settle_reset_at_record(message.offset()) {
             report_deleted(
                 &self.env.settings.service,
                 message.topic(),
                 message.partition(),
-                at,
-                message.offset(),
+                from,
+                to,
             );
         }
         slot.next_offset = Some(message.offset() + 1);

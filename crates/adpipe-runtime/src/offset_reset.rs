@@ -12,13 +12,18 @@
 //!   starts now — the first record after the reset, or, when none follows,
 //!   the log start offset in the statistics — and [`report_deleted`] counts
 //!   it (`adpipe_records_deleted_unread_total`) and logs it as an error;
+//!   the range starts at the group's commit at the latest, so a service
+//!   that stores its own offsets, restarted below a loss already counted,
+//!   does not count it again;
 //! - when no record follows, the commit still moves to the new start, so
 //!   the group's lag stays true (before, the partition showed the deleted
 //!   records as lag for ever, which looked like a stalled consumer).
 //!
 //! A reset that moves backwards (a committed offset past the log's end:
-//! the topic was recreated or truncated) loses nothing; it reads records
-//! again, which the outputs' deduplication absorbs.
+//! the topic was recreated or truncated) is not counted: nothing was
+//! deleted unread. Note that a worker which keeps running fences offsets
+//! at or below those it already took (`OffsetTracker::register`), so a
+//! recreated topic is read again from its start only after a restart.
 
 use tracing::error;
 
@@ -89,6 +94,7 @@ pub fn report_deleted(service: &str, topic: &str, partition: i32, from: i64, to:
     }
     deleted_counter(service, topic, partition).increment(count);
     error!(
+        service,
         topic,
         partition,
         from,

@@ -8,11 +8,12 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use support::{TestFactory, Topics, records};
+use support::{StoringFactory, TestFactory, Topics, records};
 
 /// Deletes the records of `in`-0 before `before`.
 async fn delete_records_before(topics: &Topics, before: i64) {
@@ -80,4 +81,44 @@ async fn a_partition_whose_unread_records_were_all_deleted_commits_its_new_start
     assert_eq!(topics.committed(), [Some(30)]);
     assert!(topics.values("out").await.is_empty());
     assert_eq!(deleted_unread(&topics), Some(20.0));
+}
+
+/// A service that stores its own offsets (as the stats-counter does) had
+/// stored 10 when everything after it was deleted. Its first instance
+/// counts the 20 and commits the group to 30; its store still says 10, so
+/// the next instance starts there, finds them gone again — and must not
+/// count them twice: the range starts at the group's commit at the latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_restarted_below_a_counted_deletion_does_not_count_it_again() {
+    let topics = Topics::create("rt-deleted-stored", 1).await;
+    topics.produce(&records(30, &[])).await;
+    topics.commit_group_offset(10);
+    delete_records_before(&topics, 30).await;
+    adpipe_runtime::telemetry::install_recorder().expect("a recorder");
+    let storing = || StoringFactory {
+        inner: TestFactory::new(&topics),
+        stored: Ok(vec![(topics.name("in"), 0, 10)]),
+        asked: Arc::default(),
+    };
+    let first = adpipe_runtime::start(topics.settings(""), storing()).expect("starts");
+    topics.wait_committed_to_end(Duration::from_secs(60)).await;
+    first.stop().await.expect("clean stop");
+    assert_eq!(deleted_unread(&topics), Some(20.0));
+
+    // The next instance: records after the deletion reach it, and the
+    // first of them settles the reset it met at 10.
+    let second = adpipe_runtime::start(topics.settings(""), storing()).expect("starts");
+    topics.produce(&records(35, &[])[30..]).await;
+    topics
+        .wait_for_records("out", 5, Duration::from_secs(60))
+        .await;
+    topics.wait_committed_to_end(Duration::from_secs(60)).await;
+    second.stop().await.expect("clean stop");
+    let expected: Vec<String> = (30..35).map(|index| format!("good-{index}")).collect();
+    assert_eq!(topics.values("out").await, expected);
+    assert_eq!(
+        deleted_unread(&topics),
+        Some(20.0),
+        "offsets 10..30 were counted by the first instance"
+    );
 }

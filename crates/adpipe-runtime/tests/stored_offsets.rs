@@ -9,40 +9,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use adpipe_runtime::{AssignedPartition, StepError, StepFactory, TaskAssignment};
+use adpipe_runtime::AssignedPartition;
 use parking_lot::Mutex;
-use support::{TestFactory, TestStep, Topics, records};
-
-/// The partitions the runtime asked about, per rebalance.
-type Asked = Arc<Mutex<Vec<Vec<AssignedPartition>>>>;
-
-/// The test step, with offsets "stored" by the service.
-struct StoringFactory {
-    inner: TestFactory,
-    stored: Result<Vec<(String, i32, i64)>, String>,
-    /// What the runtime asked for, per rebalance.
-    asked: Asked,
-}
-
-impl StepFactory for StoringFactory {
-    type Step = TestStep;
-
-    fn create(&self, assignment: &TaskAssignment) -> Result<TestStep, StepError> {
-        self.inner.create(assignment)
-    }
-
-    const STORES_OFFSETS: bool = true;
-
-    fn stored_offsets(
-        &self,
-        partitions: &[AssignedPartition],
-    ) -> Result<Vec<(String, i32, i64)>, StepError> {
-        self.asked.lock().push(partitions.to_vec());
-        self.stored
-            .clone()
-            .map_err(|message| StepError::transient("offset_store", message))
-    }
-}
+use support::{StoringFactory, TestFactory, Topics, records};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_starts_at_the_offset_its_service_stored_not_at_the_groups_commit() {

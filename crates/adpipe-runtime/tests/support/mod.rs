@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use adpipe_runtime::config::{HttpConfig, KafkaConfig, RuntimeConfig, load_layers};
 use adpipe_runtime::{
-    Emitter, Held, InputRecord, OutputRecord, OutputTopic, Step, StepError, StepFactory,
-    TaskAssignment, Timer, TimerClock, WorkerSettings,
+    AssignedPartition, Emitter, Held, InputRecord, OutputRecord, OutputTopic, Step, StepError,
+    StepFactory, TaskAssignment, Timer, TimerClock, WorkerSettings,
 };
 use parking_lot::Mutex;
 use rdkafka::ClientConfig;
@@ -507,4 +507,35 @@ pub fn records(count: usize, special: &[(usize, &str)]) -> Vec<(i32, String, Str
             (0, format!("user-{index}"), value)
         })
         .collect()
+}
+
+/// The partitions the runtime asked about, per rebalance.
+pub type Asked = Arc<Mutex<Vec<Vec<AssignedPartition>>>>;
+
+/// The test step, with offsets "stored" by the service.
+pub struct StoringFactory {
+    pub inner: TestFactory,
+    pub stored: Result<Vec<(String, i32, i64)>, String>,
+    /// What the runtime asked for, per rebalance.
+    pub asked: Asked,
+}
+
+impl StepFactory for StoringFactory {
+    type Step = TestStep;
+
+    fn create(&self, assignment: &TaskAssignment) -> Result<TestStep, StepError> {
+        self.inner.create(assignment)
+    }
+
+    const STORES_OFFSETS: bool = true;
+
+    fn stored_offsets(
+        &self,
+        partitions: &[AssignedPartition],
+    ) -> Result<Vec<(String, i32, i64)>, StepError> {
+        self.asked.lock().push(partitions.to_vec());
+        self.stored
+            .clone()
+            .map_err(|message| StepError::transient("offset_store", message))
+    }
 }
