@@ -44,6 +44,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
@@ -54,7 +55,7 @@ use rdkafka::statistics::{Partition, Statistics};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::ack::Source;
 use crate::batch::BatchBuilder;
@@ -255,27 +256,11 @@ pub struct WorkerContext<F: StepFactory> {
 }
 
 impl<F: StepFactory> ClientContext for WorkerContext<F> {
-    /// librdkafka's log lines go to `tracing`, as rust-rdkafka's default
-    /// does with its `tracing` feature; an out-of-range reset is also kept
-    /// for its slot.
+    /// librdkafka's log lines go where rust-rdkafka's default sends them
+    /// (`tracing`, with its `tracing` feature); an out-of-range reset is
+    /// also kept for its slot.
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                error!(target: "librdkafka", "librdkafka: {facility} {message}");
-            }
-            RDKafkaLogLevel::Warning => {
-                warn!(target: "librdkafka", "librdkafka: {facility} {message}");
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                info!(target: "librdkafka", "librdkafka: {facility} {message}");
-            }
-            RDKafkaLogLevel::Debug => {
-                debug!(target: "librdkafka", "librdkafka: {facility} {message}");
-            }
-        }
+        DefaultClientContext.log(level, facility, message);
         if let Some(reset) = OffsetReset::parse(facility, message) {
             self.offset_resets.lock().push(reset);
             self.resets_pending.store(true, Ordering::Release);
@@ -636,6 +621,9 @@ impl<F: StepFactory> WorkerContext<F> {
                             ahead.add_partition_offset(&topic, partition, Offset::Offset(offset));
                     }
                 }
+                // The floor of a deleted range (`Slot::deleted_from`); a
+                // commit of the stored offsets below cannot raise it past
+                // where the partition starts.
                 let mut group_commits = self.group_commits.lock();
                 for partition in &assigned {
                     if let Some(committed) = partition.committed {
@@ -643,22 +631,11 @@ impl<F: StepFactory> WorkerContext<F> {
                             .insert((partition.topic.clone(), partition.partition), committed);
                     }
                 }
-                if ahead.count() > 0 {
-                    match consumer.commit(&ahead, CommitMode::Sync) {
-                        Ok(()) => {
-                            for element in ahead.elements() {
-                                if let Offset::Offset(offset) = element.offset() {
-                                    group_commits.insert(
-                                        (element.topic().to_owned(), element.partition()),
-                                        offset,
-                                    );
-                                }
-                            }
-                        }
-                        Err(error) => {
-                            warn!(%error, "cannot commit the stored offsets now; the group stays behind them until later records are processed")
-                        }
-                    }
+                drop(group_commits);
+                if ahead.count() > 0
+                    && let Err(error) = consumer.commit(&ahead, CommitMode::Sync)
+                {
+                    warn!(%error, "cannot commit the stored offsets now; the group stays behind them until later records are processed");
                 }
             }
             Err(error) => self.stopper.stop(format!(

@@ -11,27 +11,18 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use support::{StoringFactory, TestFactory, Topics, records};
 
-/// Deletes the records of `in`-0 before `before`.
-async fn delete_records_before(topics: &Topics, before: i64) {
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", &topics.bootstrap)
-        .create()
-        .expect("admin client");
-    let mut offsets = TopicPartitionList::new();
-    offsets
-        .add_partition_offset(&topics.name("in"), 0, Offset::Offset(before))
-        .expect("offset");
-    let deleted = admin
-        .delete_records(&offsets, &AdminOptions::new())
-        .await
-        .expect("deleted");
-    for element in deleted.elements() {
-        assert!(element.error().is_ok(), "not deleted: {element:?}");
-    }
+/// A one-partition test topic with `produced` records of which an earlier
+/// instance committed the first 10, the broker then deleting those before
+/// `deleted_before` unread.
+async fn deleted_after_a_commit_at_10(name: &str, produced: usize, deleted_before: i64) -> Topics {
+    let topics = Topics::create(name, 1).await;
+    topics.produce(&records(produced, &[])).await;
+    topics.commit_group_offset(10);
+    topics.delete_records_before(deleted_before).await;
+    adpipe_runtime::telemetry::install_recorder().expect("a recorder");
+    topics
 }
 
 /// Offsets of `in`-0 the worker reported as deleted unread.
@@ -46,11 +37,7 @@ fn deleted_unread(topics: &Topics) -> Option<f64> {
 /// the 50 it can never read, and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_deleted_unread_are_counted_and_the_rest_goes_through() {
-    let topics = Topics::create("rt-deleted", 1).await;
-    topics.produce(&records(100, &[])).await;
-    topics.commit_group_offset(10);
-    delete_records_before(&topics, 60).await;
-    adpipe_runtime::telemetry::install_recorder().expect("a recorder");
+    let topics = deleted_after_a_commit_at_10("rt-deleted", 100, 60).await;
     topics
         .run_to_end(topics.settings(""), TestFactory::new(&topics))
         .await;
@@ -68,11 +55,7 @@ async fn records_deleted_unread_are_counted_and_the_rest_goes_through() {
 /// records for ever), and the loss is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_whose_unread_records_were_all_deleted_commits_its_new_start() {
-    let topics = Topics::create("rt-deleted-all", 1).await;
-    topics.produce(&records(30, &[])).await;
-    topics.commit_group_offset(10);
-    delete_records_before(&topics, 30).await;
-    adpipe_runtime::telemetry::install_recorder().expect("a recorder");
+    let topics = deleted_after_a_commit_at_10("rt-deleted-all", 30, 30).await;
     let worker = adpipe_runtime::start(topics.settings(""), TestFactory::new(&topics))
         .expect("worker starts");
     // Statistics come every 5 s; the reset is seen at the first after it.
@@ -90,11 +73,7 @@ async fn a_partition_whose_unread_records_were_all_deleted_commits_its_new_start
 /// count them twice: the range starts at the group's commit at the latest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_restarted_below_a_counted_deletion_does_not_count_it_again() {
-    let topics = Topics::create("rt-deleted-stored", 1).await;
-    topics.produce(&records(30, &[])).await;
-    topics.commit_group_offset(10);
-    delete_records_before(&topics, 30).await;
-    adpipe_runtime::telemetry::install_recorder().expect("a recorder");
+    let topics = deleted_after_a_commit_at_10("rt-deleted-stored", 30, 30).await;
     let storing = || StoringFactory {
         inner: TestFactory::new(&topics),
         stored: Ok(vec![(topics.name("in"), 0, 10)]),

@@ -14,6 +14,7 @@ use adpipe_runtime::{
 };
 use parking_lot::Mutex;
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -194,6 +195,26 @@ impl Topics {
         consumer
             .commit(&offsets, CommitMode::Sync)
             .expect("committed");
+    }
+
+    /// Deletes the records of `in`-0 before `before` (`DeleteRecords`:
+    /// the log start moves, as retention moves it).
+    pub async fn delete_records_before(&self, before: i64) {
+        let admin: AdminClient<_> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("admin client");
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(&self.name("in"), 0, Offset::Offset(before))
+            .expect("offset");
+        let deleted = admin
+            .delete_records(&offsets, &AdminOptions::new())
+            .await
+            .expect("deleted");
+        for element in deleted.elements() {
+            assert!(element.error().is_ok(), "not deleted: {element:?}");
+        }
     }
 
     pub fn committed(&self) -> Vec<Option<i64>> {
