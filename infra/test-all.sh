@@ -4,8 +4,8 @@
 # avro-tools via mvn, Python packages (bqemulator too) in venvs, PostgreSQL
 # and Redis from Debian's packages), starts the local KRaft clusters,
 # MirrorMaker 2, PostgreSQL, Elasticsearch, Redis, the BigQuery emulator
-# and adpipe's schema registry, runs every check,
-# and stops what it started.
+# and adpipe's schema registry, runs every check (the last: the chaos run
+# over the whole chain, loadtest/chaos.sh), and stops what it started.
 #
 #   infra/test-all.sh            everything
 #   ADPIPE_KEEP_RUNNING=1 ...    leave this run's clusters running afterwards
@@ -214,5 +214,16 @@ for _ in $(seq 1 100); do port_open "$registry_port" && break; sleep 0.2; done
 port_open "$registry_port" || { cat "$ADPIPE_STATE_DIR/registry-test.log" >&2; die "schema registry did not start"; }
 ADPIPE_BOOTSTRAP="$central" ADPIPE_REGISTRY_URL="http://127.0.0.1:$registry_port" \
   ADPIPE_BIN="$REPO_DIR/target/debug/adpipe" "$venv/bin/pytest" -q tests/interop
+
+step "chaos over the whole chain: every service as its real binary on the three-broker central, MirrorMaker 2, 1M records from two DCs, kill -9 of every service, SIGTERM restarts, a second instance, a broker, dc1 and Elasticsearch down (loadtest/chaos.sh; the 10M run: README, 'Chaos over the chain')"
+# This run's MirrorMaker 2 instances go first: the central one would copy
+# the chaos run's DC topics to this run's central as well, CPU the chaos
+# run's own instance needs.
+"$INFRA_DIR/mirrormaker.sh" stop
+ADPIPE_MM2_CENTRAL=secure "$INFRA_DIR/mirrormaker.sh" stop
+# The harness's own log lines (its clients' broker errors during the
+# outages) go to a file; the schedule, progress and checks stay here.
+loadtest/chaos.sh --events 1000000 --rate 6000 --kills 12 --outage 45s 2> "$ADPIPE_STATE_DIR/chaos.err" \
+  || { tail -n 40 "$ADPIPE_STATE_DIR/chaos.err" >&2; die "the chaos run failed (logs: $ADPIPE_STATE_DIR/chaos/logs)"; }
 
 step "all checks passed"

@@ -6,8 +6,9 @@
 # given arguments, and stops the chaos cluster and its MirrorMaker 2
 # instance again (the other servers are left as they were, started or not).
 #
-#   loadtest/chaos.sh                     CI's run: the debug binaries, 1M records,
-#                                         10 kill -9 and 6 other faults
+#   loadtest/chaos.sh --events 1000000 --rate 6000 --kills 12 --outage 45s
+#                                         CI's run (infra/test-all.sh): the debug
+#                                         binaries (opt-level 1), 1M records, ~20 faults
 #   cargo build --release --workspace --bins &&
 #   ADPIPE_CHAOS_PROFILE=release loadtest/chaos.sh --events 10000000 --rate 4000 --kills 50 --outage 3m
 #                                         the full run (README, "Chaos over the chain")
