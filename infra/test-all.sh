@@ -226,9 +226,8 @@ ADPIPE_BOOTSTRAP="$central" ADPIPE_REGISTRY_URL="http://127.0.0.1:$registry_port
   ADPIPE_BIN="$REPO_DIR/target/debug/adpipe" "$venv/bin/pytest" -q tests/interop
 
 step "chaos over the whole chain: every service as its real binary on the three-broker central, MirrorMaker 2, 1M records from two DCs, kill -9 of every service, SIGTERM restarts, a second instance, a broker, dc1 and Elasticsearch down (loadtest/chaos.sh; the 10M run: README, 'Chaos over the chain')"
-# What the chaos run does not use goes first, for the CPU (with it all
-# running, the run's bidders published at half their rate): this run's
-# MirrorMaker 2 instances (the central one would also copy the chaos run's
+# What the chaos run does not use goes first, for the CPU it takes: this
+# run's MirrorMaker 2 instances (the central one would also copy the chaos run's
 # DC topics to this run's central), central and the SASL_SSL cluster (the
 # chaos run has its own three-broker central), the BigQuery emulator and
 # the interop tests' schema registry.
