@@ -56,7 +56,9 @@ start() {
 
 stop() {
   if ! running; then rm -f "$DATA/redis.pid"; log "redis: not running"; return 0; fi
-  redis-cli -p "$PORT" shutdown nosave >/dev/null 2>&1 || true
+  # SIGTERM is Redis's own clean shutdown (nothing to save here). A
+  # `redis-cli shutdown` first made stop_pid find the pid file gone and
+  # log "not running" for a server it had just stopped.
   stop_pid redis "$DATA/redis.pid" 10
 }
 
