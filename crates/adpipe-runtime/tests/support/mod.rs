@@ -188,13 +188,18 @@ impl Topics {
             .set("enable.auto.commit", "false")
             .create()
             .expect("consumer");
+        consumer
+            .commit(&self.in_0_at(offset), CommitMode::Sync)
+            .expect("committed");
+    }
+
+    /// `in`-0 at `offset`, as the admin and consumer calls take it.
+    fn in_0_at(&self, offset: i64) -> TopicPartitionList {
         let mut offsets = TopicPartitionList::new();
         offsets
             .add_partition_offset(&self.name("in"), 0, Offset::Offset(offset))
             .expect("offset");
-        consumer
-            .commit(&offsets, CommitMode::Sync)
-            .expect("committed");
+        offsets
     }
 
     /// Deletes the records of `in`-0 before `before` (`DeleteRecords`:
@@ -204,12 +209,8 @@ impl Topics {
             .set("bootstrap.servers", &self.bootstrap)
             .create()
             .expect("admin client");
-        let mut offsets = TopicPartitionList::new();
-        offsets
-            .add_partition_offset(&self.name("in"), 0, Offset::Offset(before))
-            .expect("offset");
         let deleted = admin
-            .delete_records(&offsets, &AdminOptions::new())
+            .delete_records(&self.in_0_at(before), &AdminOptions::new())
             .await
             .expect("deleted");
         for element in deleted.elements() {
