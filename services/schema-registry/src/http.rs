@@ -155,17 +155,18 @@ async fn mode() -> Reply {
 }
 
 async fn schema_by_id(registry: Data<Registry>, id: Path<u32>) -> Reply {
-    ok(json!({"schema": registry.schema_by_id(*id)?}))
+    ok(json!({"schema": registry.read(|r| r.schema_by_id(*id)).await?}))
 }
 
 async fn raw_schema_by_id(registry: Data<Registry>, id: Path<u32>) -> Reply {
-    let text = registry.schema_by_id(*id)?;
+    let text = registry.read(|r| r.schema_by_id(*id)).await?;
     Ok(HttpResponse::Ok().content_type(CONTENT_TYPE).body(text))
 }
 
 async fn schema_usages(registry: Data<Registry>, id: Path<u32>) -> Reply {
     let usages: Vec<_> = registry
-        .usages(*id)?
+        .read(|r| r.usages(*id))
+        .await?
         .into_iter()
         .map(|(subject, version)| json!({"subject": subject, "version": version}))
         .collect();
@@ -181,7 +182,11 @@ async fn list_versions(
     subject: Path<String>,
     flag: Query<DeletedFlag>,
 ) -> Reply {
-    ok(json!(registry.versions(&subject, flag.deleted)?))
+    ok(json!(
+        registry
+            .read(|r| r.versions(&subject, flag.deleted))
+            .await?
+    ))
 }
 
 async fn register(
@@ -202,7 +207,9 @@ async fn lookup(
     Body(body): Body,
 ) -> Reply {
     let request = SchemaRequest::parse(&body)?;
-    let view = registry.lookup(&subject, &request.schema, flag.deleted)?;
+    let view = registry
+        .read(|r| r.lookup(&subject, &request.schema, flag.deleted))
+        .await?;
     ok(json!(view))
 }
 
@@ -212,7 +219,10 @@ async fn get_version(
     flag: Query<DeletedFlag>,
 ) -> Reply {
     let (subject, version) = path.into_inner();
-    let view = registry.version(&subject, VersionSelector::parse(&version)?, flag.deleted)?;
+    let selector = VersionSelector::parse(&version)?;
+    let view = registry
+        .read(|r| r.version(&subject, selector, flag.deleted))
+        .await?;
     ok(json!(view))
 }
 
@@ -222,7 +232,10 @@ async fn get_raw_version(
     flag: Query<DeletedFlag>,
 ) -> Reply {
     let (subject, version) = path.into_inner();
-    let view = registry.version(&subject, VersionSelector::parse(&version)?, flag.deleted)?;
+    let selector = VersionSelector::parse(&version)?;
+    let view = registry
+        .read(|r| r.version(&subject, selector, flag.deleted))
+        .await?;
     Ok(HttpResponse::Ok()
         .content_type(CONTENT_TYPE)
         .body(view.schema))

@@ -63,6 +63,24 @@ impl Registry {
         }
     }
 
+    /// Runs a read; if it finds nothing (404), runs it again once this
+    /// instance has read the log to its end. So an instance never answers
+    /// "not found" for a schema another instance has already acknowledged
+    /// (a producer registering through one instance, a consumer looking the
+    /// id up through another a moment later), and a hit costs nothing more.
+    pub async fn read<T>(
+        &self,
+        read: impl Fn(&Self) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        match read(self) {
+            Err(error) if error.status == 404 => {
+                self.store.catch_up().await?;
+                read(self)
+            }
+            answer => answer,
+        }
+    }
+
     /// `GET /schemas/ids/{id}`.
     pub fn schema_by_id(&self, id: u32) -> Result<String, ApiError> {
         let state = self.store.state().read();

@@ -3,7 +3,8 @@
 //! Contract: [`LogStore::append`] returns only after the record is
 //! acknowledged by Kafka (acks=all) *and* this instance's tailer has applied
 //! it, so a caller reads its own write from [`LogStore::state`] and sees the
-//! same outcome every other instance sees. A tailer thread (a `BaseConsumer`
+//! same outcome every other instance sees; [`LogStore::catch_up`] lets a
+//! reader wait for every write acknowledged so far. A tailer thread (a `BaseConsumer`
 //! polled on its own thread, see crates.md) applies records in log order.
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -137,6 +138,19 @@ impl LogStore {
             .await
             .map_err(|(error, _)| ApiError::store(error))?;
         self.wait_applied(delivery.offset + 1, WRITE_TIMEOUT).await
+    }
+
+    /// Waits until this instance has applied the log up to its current end:
+    /// every write any instance had acknowledged when this was called.
+    pub async fn catch_up(&self) -> Result<(), ApiError> {
+        let (producer, topic) = (self.producer.clone(), self.topic.clone());
+        let (_, high) = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_watermarks(&topic, 0, WRITE_TIMEOUT)
+        })
+        .await
+        .map_err(ApiError::store)?
+        .map_err(ApiError::store)?;
+        self.wait_applied(high, WRITE_TIMEOUT).await
     }
 
     /// Waits until every record before `next_offset` has been applied.

@@ -488,6 +488,41 @@ fn the_binary_refuses_to_serve_open_writes_beyond_loopback() {
     );
 }
 
+/// A consumer may look an id up through another instance than the one its
+/// producer registered it with, a moment later: that instance must not
+/// answer "not found" while its tailer is still behind the log (an event
+/// would be dead-lettered as of an unknown schema). Fails without
+/// `Registry::read`'s catch-up on a miss: the reads race the tailer.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_one_instance_acknowledged_another_finds_at_once() {
+    let topic = adpipe_testkit::unique("_schemas");
+    let (writer, reader) = (start(&topic).await, start(&topic).await);
+    let through_writer = RegistryClient::new(&writer.url()).expect("client");
+    let through_reader = RegistryClient::new(&reader.url()).expect("client");
+    for n in 0..40 {
+        let subject = format!("at-once-{n}-value");
+        let schema =
+            format!(r#"{{"type":"record","name":"A{n}","fields":[{{"name":"f","type":"long"}}]}}"#);
+        let id = through_writer
+            .register(&subject, &schema)
+            .await
+            .expect("registers");
+        let text = through_reader.schema_by_id(id).await;
+        assert!(
+            text.is_ok(),
+            "schema {n} (id {id}) through the other instance: {text:?}"
+        );
+        let found = through_reader.lookup(&subject, &schema).await;
+        assert_eq!(
+            found.map(|found| found.id).ok(),
+            Some(id),
+            "subject {subject}"
+        );
+    }
+    writer.stop().await;
+    reader.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_keeps_every_id_and_instances_agree() {
     let topic = adpipe_testkit::unique("_schemas");
