@@ -156,7 +156,11 @@ step "rust tests"
 # entries left in /tmp by every run.
 tests_tmp="$ADPIPE_STATE_DIR/tmp"
 rm -rf "$tests_tmp" && mkdir -p "$tests_tmp"
-TMPDIR="$tests_tmp" cargo test --workspace --locked
+# Several test binaries at a time (infra/run-tests.py): the slow ones
+# mostly wait on servers and restarted processes; run one after another
+# they took 20 of this run's minutes. The few that stop a shared server
+# run alone, after the others.
+TMPDIR="$tests_tmp" "$INFRA_DIR/run-tests.py" -- --locked
 # The reconciliation of Aerospike's profiles needs central too: here.
 if [ -n "${AEROSPIKE_HOSTS:-}" ]; then
   TMPDIR="$tests_tmp" cargo test -p adpipe-reconciler --features aerospike --locked --test reconcile aerospike

@@ -56,6 +56,11 @@ impl Rig {
             adpipe_schema_registry::start(RegistrySettings::local(&bootstrap, &topic("_schemas")))
                 .await
                 .expect("registry");
+        // max-idle: the joiner's default (5 s). With 1 s, a machine running
+        // other tests beside this one (infra/run-tests.py) stalled the
+        // publisher's clicks past it: a conversion went ahead of its click
+        // and was attributed to an older one — the test's expectations
+        // assume the alignment that heartbeats or a patient max-idle give.
         let config = format!(
             r#"
 [kafka]
@@ -68,7 +73,7 @@ url = "{url}"
 commit-interval = "200ms"
 revoke-deadline = "3s"
 dead-letter-topic = "{prefix}.dlq"
-max-idle = "1s"
+max-idle = "5s"
 [http]
 listen = "127.0.0.1:0"
 [joiner]
