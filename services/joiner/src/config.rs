@@ -42,6 +42,8 @@ struct RawJoiner {
     state_dir: PathBuf,
     impressions_cap_mib: u64,
     clicks_cap_mib: u64,
+    store_cache_mib: u64,
+    store_memtable_mib: u64,
     aerospike_hosts: String,
     aerospike_namespace: String,
     checkpoint_interval: String,
@@ -59,6 +61,15 @@ pub enum StoreKind {
     Aerospike,
 }
 
+/// The memory one disk store may hold (fjall's block cache and memtable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreMemory {
+    /// Block cache, bytes.
+    pub cache_bytes: u64,
+    /// Memtable per time bucket, bytes: flushed to disk when full.
+    pub memtable_bytes: u64,
+}
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct JoinerSettings {
@@ -74,6 +85,9 @@ pub struct JoinerSettings {
     pub state_dir: PathBuf,
     /// Size caps per partition in bytes: impressions, clicks.
     pub caps: (u64, u64),
+    /// Memory of each disk store (one per partition and kind), in bytes:
+    /// its block cache and its memtable (per time bucket).
+    pub store_memory: StoreMemory,
     /// Aerospike seeds (`host:port,…`) and namespace, for `store = "aerospike"`.
     pub aerospike: (String, String),
     /// Between two checkpoints of a partition's stores while it works.
@@ -137,6 +151,10 @@ impl JoinerSettings {
                 StoreKind::Disk
             }
         };
+        if joiner.store_memtable_mib == 0 {
+            // fjall would flush a table to disk for every write.
+            problems.push("joiner.store-memtable-mib = 0: expected at least 1".to_owned());
+        }
         // runtime.sub-partitions = 1 is checked by the runtime: a task
         // with several time-aligned inputs owns whole partitions.
         let inputs = vec![
@@ -194,6 +212,10 @@ impl JoinerSettings {
                 joiner.impressions_cap_mib << 20,
                 joiner.clicks_cap_mib << 20,
             ),
+            store_memory: StoreMemory {
+                cache_bytes: joiner.store_cache_mib << 20,
+                memtable_bytes: joiner.store_memtable_mib << 20,
+            },
             aerospike: (joiner.aerospike_hosts, joiner.aerospike_namespace),
             checkpoint_interval,
             resume_scan: joiner.resume_scan,
@@ -217,11 +239,35 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_stores_memory_is_set_in_mib() {
+        let env = [
+            ("ADPIPE__JOINER__STORE_CACHE_MIB", "4"),
+            ("ADPIPE__JOINER__STORE_MEMTABLE_MIB", "2"),
+        ]
+        .map(|(key, value)| (key.to_owned(), value.to_owned()));
+        let settings = JoinerSettings::load(None, env.into_iter()).expect("valid");
+        assert_eq!(
+            settings.store_memory,
+            StoreMemory {
+                cache_bytes: 4 << 20,
+                memtable_bytes: 2 << 20
+            }
+        );
+        let defaults = JoinerSettings::load(None, std::iter::empty()).expect("valid");
+        assert_eq!(
+            defaults.store_memory.cache_bytes,
+            32 << 20,
+            "fjall's own default"
+        );
+    }
+
+    #[test]
     fn lists_every_problem() {
         let env = [
             ("ADPIPE__JOINER__WAIT", "a while"),
             ("ADPIPE__JOINER__WAIT_CLOCK", "sundial"),
             ("ADPIPE__JOINER__STORE", "tape"),
+            ("ADPIPE__JOINER__STORE_MEMTABLE_MIB", "0"),
             ("ADPIPE__RUNTIME__SUB_PARTITIONS", "2"),
         ]
         .map(|(key, value)| (key.to_owned(), value.to_owned()));
@@ -230,6 +276,6 @@ mod tests {
         else {
             panic!("expected validation problems")
         };
-        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert_eq!(problems.len(), 5, "{problems:#?}");
     }
 }

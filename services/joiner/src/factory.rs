@@ -158,13 +158,15 @@ impl JoinFactory {
     ) -> Result<Box<dyn StateStore>, StepError> {
         let dir: PathBuf = self.settings.state_dir.join(name);
         let mut store: Box<dyn StateStore> = match self.settings.store {
-            StoreKind::Disk => Box::new(
-                DiskStore::open(
-                    &dir.join(partition.to_string()),
-                    DiskOptions::new(ttl_ms, cap, Recovery::LocalAhead),
+            StoreKind::Disk => {
+                let mut options = DiskOptions::new(ttl_ms, cap, Recovery::LocalAhead);
+                options.cache_bytes = self.settings.store_memory.cache_bytes;
+                options.memtable_bytes = self.settings.store_memory.memtable_bytes;
+                Box::new(
+                    DiskStore::open(&dir.join(partition.to_string()), options)
+                        .map_err(|error| StepError::transient("state_store", error.to_string()))?,
                 )
-                .map_err(|error| StepError::transient("state_store", error.to_string()))?,
-            ),
+            }
             StoreKind::Memory => Box::new(MemoryStore::open(
                 dir.join(format!("{partition}.state")),
                 Buckets::for_ttl(ttl_ms),
