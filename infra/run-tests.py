@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs the workspace's Rust test binaries, several at a time.
 
-    infra/run-tests.py [--jobs N] [-- extra cargo args]
+    infra/run-tests.py [--jobs N] [--list] [-- extra cargo args]
 
 Why: `cargo test` runs one test binary after another. Most of adpipe's
 slow binaries (the kill -9 tests, the BigQuery and Elasticsearch ones)
@@ -23,7 +23,9 @@ any failed.
 
 The binaries that stop or restart a server all the others use
 (EXCLUSIVE) run afterwards, alone, one at a time: a test that stops the
-Kafka cluster would fail every test running beside it.
+Kafka cluster would fail every test running beside it. A new test that
+stops a shared server belongs in that list; a name there that matches no
+binary stops the run before anything starts.
 """
 
 import argparse
@@ -112,10 +114,24 @@ def run(binary):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("ADPIPE_TEST_JOBS", "3")))
+    parser.add_argument("--list", action="store_true",
+                        help="build and list the test binaries, run nothing")
     parser.add_argument("cargo_args", nargs="*")
     args = parser.parse_args()
 
     binaries = test_binaries(args.cargo_args)
+    # A renamed exclusive test would otherwise run beside the others and
+    # take their server away from under them.
+    missing = EXCLUSIVE - {(b[0], b[1]) for b in binaries}
+    if missing:
+        log("EXCLUSIVE names test binaries that do not exist (renamed? update the list): "
+            + ", ".join(f"{package}/{target}" for package, target in sorted(missing)))
+        sys.exit(2)
+    if args.list:
+        for package, target, executable, _ in binaries:
+            alone = " (alone)" if (package, target) in EXCLUSIVE else ""
+            print(f"{package}/{target}{alone}: {os.path.relpath(executable)}")
+        return
     shared = [b for b in binaries if (b[0], b[1]) not in EXCLUSIVE]
     alone = [b for b in binaries if (b[0], b[1]) in EXCLUSIVE]
     shared.sort(key=lambda b: -SLOW_FIRST.get((b[0], b[1]), 0))
