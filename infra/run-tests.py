@@ -29,12 +29,14 @@ binary stops the run before anything starts.
 """
 
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 
 # (package, test target) of the binaries that take a shared server away.
@@ -76,23 +78,17 @@ def test_binaries(cargo_args):
             continue
         if not message["profile"]["test"]:
             continue
-        package = package_name(message["package_id"], message["manifest_path"])
+        package = package_name(message["manifest_path"])
         binaries.append((package, message["target"]["name"], message["executable"],
                          os.path.dirname(message["manifest_path"])))
     return binaries
 
 
-def package_name(package_id, manifest_path):
-    # The package id's form changed across cargo versions; the manifest is plain.
-    with open(manifest_path, encoding="utf-8") as manifest:
-        in_package = False
-        for line in manifest:
-            stripped = line.strip()
-            if stripped.startswith("["):
-                in_package = stripped == "[package]"
-            elif in_package and stripped.startswith("name"):
-                return stripped.split("=", 1)[1].strip().strip('"')
-    return package_id
+@functools.cache
+def package_name(manifest_path):
+    # The package id's form changed across cargo versions; the manifest says it plainly.
+    with open(manifest_path, "rb") as manifest:
+        return tomllib.load(manifest)["package"]["name"]
 
 
 def run(binary):
