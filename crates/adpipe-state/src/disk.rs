@@ -50,8 +50,8 @@ pub struct DiskOptions {
 }
 
 impl DiskOptions {
-    /// Options for a TTL: [`Buckets::for_ttl`], a 64 MiB journal, 16 MiB
-    /// memtables and a 32 MiB cache.
+    /// Options for a TTL: [`Buckets::for_ttl`], a 64 MiB journal, 8 MiB
+    /// memtables and a 32 MiB cache (the joiner's defaults).
     pub fn new(ttl_ms: i64, max_bytes: u64, recovery: Recovery) -> Self {
         DiskOptions {
             buckets: Buckets::for_ttl(ttl_ms),
@@ -59,7 +59,7 @@ impl DiskOptions {
             recovery,
             cache_bytes: 32 << 20,
             max_journal_bytes: 64 << 20,
-            memtable_bytes: 16 << 20,
+            memtable_bytes: 8 << 20,
         }
     }
 }
