@@ -101,6 +101,30 @@ pub async fn create_topics(bootstrap: &str, topics: &[TopicSpec<'_>]) {
             panic!("topic {topic} not created: {code}");
         }
     }
+    // The broker answers once its controller has the topics; its own
+    // metadata may follow later on a loaded machine (a worker started at
+    // once was told that an input "does not exist"): wait until every topic
+    // shows its partitions.
+    let bootstrap = bootstrap.to_owned();
+    let expected: Vec<(String, i32)> = topics
+        .iter()
+        .map(|(name, partitions, _)| ((*name).to_owned(), *partitions))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("kafka client");
+        for (topic, partitions) in &expected {
+            wait_for(
+                &format!("topic {topic} in the broker's metadata"),
+                Duration::from_secs(60),
+                || try_partition_count(&consumer, topic).is_ok_and(|count| count == *partitions),
+            );
+        }
+    })
+    .await
+    .expect("waits for the topics' metadata");
 }
 
 /// Deletes `topic` and creates it again with `partitions` (and `configs`),
