@@ -101,15 +101,19 @@ pub async fn create_topics(bootstrap: &str, topics: &[TopicSpec<'_>]) {
             panic!("topic {topic} not created: {code}");
         }
     }
-    // The broker answers once its controller has the topics; its own
-    // metadata may follow later on a loaded machine (a worker started at
-    // once was told that an input "does not exist"): wait until every topic
-    // shows its partitions.
-    let bootstrap = bootstrap.to_owned();
-    let expected: Vec<(String, i32)> = topics
+    let expected = topics
         .iter()
         .map(|(name, partitions, _)| ((*name).to_owned(), *partitions))
         .collect();
+    wait_in_metadata(bootstrap, expected).await;
+}
+
+/// Waits until the broker's metadata shows each topic with its partitions.
+/// A broker answers a creation once its controller has the topic; its own
+/// metadata may follow later on a loaded machine (a worker started at once
+/// was told that an input "does not exist").
+async fn wait_in_metadata(bootstrap: &str, expected: Vec<(String, i32)>) {
+    let bootstrap = bootstrap.to_owned();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
@@ -162,7 +166,9 @@ pub async fn recreate_topic(
             .await
             .expect("create topics");
         match results.into_iter().next() {
-            Some(Ok(_)) => return,
+            Some(Ok(_)) => {
+                return wait_in_metadata(bootstrap, vec![(topic.to_owned(), partitions)]).await;
+            }
             Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists)))
                 if std::time::Instant::now() < deadline =>
             {
