@@ -15,12 +15,12 @@ mod support;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
 use adpipe_loadtest::pace::FaultRounds;
-use adpipe_testkit::{ChildGuard, kill_9, rss_bytes, terminate, wait_for};
+use adpipe_testkit::{ChildGuard, kill_9, rss_bytes, terminate};
 use rand::Rng;
 use support::{Es, PARTITIONS, Rig, assert_files_hold_once, click_id, impression_id, load_truth};
 
@@ -31,30 +31,64 @@ struct Loader {
     listen: SocketAddr,
     process: ChildGuard,
     peak_rss: u64,
+    /// Its warnings and errors, over all its restarts (shown when a round
+    /// stalls: the test's own output would bury them).
+    log: PathBuf,
 }
 
 impl Loader {
     fn new(name: &'static str, config: PathBuf) -> Loader {
+        let log = config.with_extension("log");
+        let _ = std::fs::remove_file(&log);
         Loader {
             name,
             config,
             listen: adpipe_testkit::free_loopback_address(),
             process: ChildGuard::default(),
             peak_rss: 0,
+            log,
         }
     }
 
     fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("loader log");
         let child: Child = Command::new(env!("CARGO_BIN_EXE_adpipe-loader"))
             .arg("--config")
             .arg(&self.config)
             .env("ADPIPE__HTTP__LISTEN", self.listen.to_string())
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stdout(log.try_clone().expect("loader log"))
+            .stderr(log)
             .spawn()
             .expect("loader starts");
         self.process = ChildGuard::new(child);
+    }
+
+    /// The last lines the loader logged, and its write metrics now.
+    async fn diagnosis(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        let metrics = reqwest::get(format!("http://{}/metrics", self.listen))
+            .await
+            .and_then(|response| response.error_for_status());
+        let metrics = match metrics {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(error) => format!("metrics unreadable: {error}"),
+        };
+        let metrics: Vec<&str> = metrics
+            .lines()
+            .filter(|line| line.starts_with("adpipe_loader_") && !line.contains("_bucket"))
+            .collect();
+        format!(
+            "{} log lines, the last:\n{tail}\nmetrics:\n{}",
+            lines.len(),
+            metrics.join("\n")
+        )
     }
 
     fn sample_rss(&mut self) {
@@ -184,15 +218,24 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         )
         .await;
         let before = rig.committed_records(loader.name);
-        tokio::task::block_in_place(|| {
-            wait_for(
-                &format!("progress of {} in round {round}", loader.name),
-                // A liveness guard only: a cold Elasticsearch on a loaded
-                // machine once took longer than 120 s to its first commit.
-                Duration::from_secs(300),
-                || rig.committed_records(loader.name) > before,
-            )
+        // A liveness guard only: a cold Elasticsearch on a loaded machine
+        // once took longer than 120 s to its first commit.
+        let progressed = tokio::task::block_in_place(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            while std::time::Instant::now() < deadline {
+                if rig.committed_records(loader.name) > before {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            false
         });
+        assert!(
+            progressed,
+            "no progress of {} in round {round} in 300 s; {}",
+            loader.name,
+            loader.diagnosis().await
+        );
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..2_000))).await;
         for loader in &mut loaders {
             loader.sample_rss();
@@ -256,6 +299,9 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
     es.delete_indices(&format!("t-{}-*", rig.prefix)).await;
     adpipe_testkit::profiles::delete(&profile_prefix).await;
     remove(&dir);
+    for loader in &loaders {
+        let _ = std::fs::remove_file(&loader.log);
+    }
 }
 
 /// Every event of `truth` exactly once among the profile entries of `kind`
