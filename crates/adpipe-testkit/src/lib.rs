@@ -7,6 +7,9 @@
 #![warn(missing_docs)]
 
 pub mod profiles;
+pub mod slow_proxy;
+
+pub use slow_proxy::SlowProxy;
 
 use std::time::Duration;
 

@@ -47,7 +47,7 @@ use serde_json::Value;
 
 use crate::config::{BigQuerySettings, Input};
 use crate::record::{Identity, schema_fields};
-use crate::sink::{Pending, Refusal, Sink, SinkFactory};
+use crate::sink::{Pending, Refusal, Sink, SinkFactory, Turns, take_turn};
 
 /// The partitioning column: the event time as a TIMESTAMP.
 pub const EVENT_TS: &str = "_event_ts";
@@ -497,7 +497,9 @@ impl Sink for BigQuerySink {
         &mut self,
         batch: &[Pending<Row>],
         spans: &[Span],
+        turns: &Turns,
     ) -> Result<Vec<Refusal>, StepError> {
+        let _turn = take_turn(turns).await?;
         if self.uncertain {
             let stored = self
                 .target

@@ -17,6 +17,10 @@
 //!   document too large) goes to the dead-letter topic with the store's
 //!   reason. A failed request (connection refused, timeout, 5xx) fails the
 //!   batch, transiently: the partition pauses until the store is back;
+//! - a `_bulk` request cut off by the write timeout is not abandoned: it
+//!   goes on (keeping its turn) until Elasticsearch answers, and the
+//!   batch's next attempt takes that answer instead of sending the
+//!   documents again ([`InFlight`]);
 //! - an event id longer than Elasticsearch's `_id` limit (512 bytes) goes
 //!   to the dead-letter topic before the write: Elasticsearch refuses the
 //!   whole `_bulk` request for it (400), which would stall the partition.
@@ -33,12 +37,18 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{ElasticsearchSettings, Input};
 use crate::record::{Identity, civil, schema_fields};
-use crate::sink::{Pending, Refusal, Sink, SinkFactory};
+use crate::sink::{Pending, Refusal, Sink, SinkFactory, Turn, Turns, take_turn};
 
 /// Attempts at the items Elasticsearch answered 429 or 5xx, within one write.
 const ITEM_ATTEMPTS: u32 = 5;
 /// Backoff before the first retry of such items (doubles).
 const ITEM_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a request setting the store up may take (then it is tried
+/// again, up to the setup's patience).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a `_bulk` request may wait for Elasticsearch's answer, beyond
+/// the write timeout that cuts off the write that sent it ([`InFlight`]).
+const BULK_PATIENCE: Duration = Duration::from_secs(120);
 /// Elasticsearch's longest `_id`, bytes.
 pub const MAX_ID_BYTES: usize = 512;
 
@@ -158,10 +168,9 @@ impl ElasticsearchFactory {
     pub fn new(
         settings: &ElasticsearchSettings,
         inputs: &[Input],
-        write_timeout: Duration,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Self, String> {
-        let client = http_client(write_timeout)?;
+        let client = http_client(SETUP_TIMEOUT)?;
         runtime.block_on(crate::setup::until_ready(
             "elasticsearch",
             crate::setup::SETUP_PATIENCE,
@@ -224,6 +233,7 @@ impl SinkFactory for ElasticsearchFactory {
             client: self.client.clone(),
             bulk_url: format!("{}/_bulk", self.settings.url),
             index_base: index_base(&self.settings.index_prefix, topic),
+            in_flight: None,
         })
     }
 }
@@ -233,7 +243,28 @@ pub struct ElasticsearchSink {
     client: reqwest::Client,
     bulk_url: String,
     index_base: String,
+    /// The request the last write was cut off waiting for.
+    in_flight: Option<InFlight>,
 }
+
+/// A `_bulk` request sent on a task of its own, which holds its turn until
+/// Elasticsearch answered. Why: Elasticsearch goes on indexing a request
+/// whose client gave up. When every attempt was abandoned at the write
+/// timeout and sent again, a slow Elasticsearch got ever more of the
+/// loader's requests at once (its indexing-pressure limit answered 429 to
+/// the new ones) and finished none in time — no progress for 300 s in CI.
+/// Now the next attempt of the batch waits for the same request, so a
+/// store slower than the write timeout still makes progress, and never has
+/// more than `writes-in-flight` of the process's requests.
+struct InFlight {
+    /// The documents it carries: the batch's first offset and length, and
+    /// which of its items.
+    carries: (i64, usize, Vec<usize>),
+    answer: Answer,
+}
+
+/// Elasticsearch's answer to a `_bulk` request: status and body.
+type Answer = tokio::task::JoinHandle<Result<(reqwest::StatusCode, bytes::Bytes), String>>;
 
 /// One `_bulk` item: the action line and the document, ready to send.
 #[derive(Debug)]
@@ -299,13 +330,9 @@ fn outcome(item: &BulkItem) -> Outcome {
 }
 
 impl ElasticsearchSink {
-    /// Sends the items `indices` of `batch` in one `_bulk` request and
-    /// sorts them into done, again and refused.
-    async fn bulk(
-        &self,
-        batch: &[Pending<Document>],
-        indices: &[usize],
-    ) -> Result<Vec<(usize, Outcome)>, StepError> {
+    /// Sends `indices` of `batch` as one `_bulk` request on a task of its
+    /// own, which keeps `turn` until Elasticsearch answered.
+    fn send(&self, batch: &[Pending<Document>], indices: &[usize], turn: Turn) -> Answer {
         let size: usize = indices
             .iter()
             .map(|&index| batch[index].item.action.len() + batch[index].item.source.len() + 2)
@@ -318,20 +345,53 @@ impl ElasticsearchSink {
             body.extend_from_slice(&document.source);
             body.push(b'\n');
         }
-        let response = self
+        let request = self
             .client
             .post(&self.bulk_url)
             .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await
-            .map_err(|error| {
-                StepError::transient("elasticsearch_unreachable", error.to_string())
-            })?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|error| {
-            StepError::transient("elasticsearch_unreachable", error.to_string())
-        })?;
+            .timeout(BULK_PATIENCE)
+            .body(body);
+        tokio::spawn(async move {
+            let _turn = turn;
+            let response = request.send().await.map_err(|error| error.to_string())?;
+            let status = response.status();
+            let bytes = response.bytes().await.map_err(|error| error.to_string())?;
+            Ok((status, bytes))
+        })
+    }
+
+    /// Sends the items `indices` of `batch` in one `_bulk` request and
+    /// sorts them into done, again and refused.
+    /// Sends `indices` of `batch` in one `_bulk` request (or joins the one
+    /// already carrying them) and reads each item's outcome.
+    async fn bulk(
+        &mut self,
+        batch: &[Pending<Document>],
+        indices: &[usize],
+        turns: &Turns,
+    ) -> Result<Vec<(usize, Outcome)>, StepError> {
+        let carries = (
+            batch.first().map_or(-1, |pending| pending.source.offset),
+            batch.len(),
+            indices.to_vec(),
+        );
+        let in_flight = match self.in_flight.take() {
+            Some(in_flight) if in_flight.carries == carries => in_flight,
+            // Another batch's request (its partition was revoked and
+            // read again) goes on alone, holding its turn until answered.
+            _ => InFlight {
+                answer: self.send(batch, indices, take_turn(turns).await?),
+                carries,
+            },
+        };
+        // Kept where the next attempt finds it if the write timeout cuts
+        // this wait off.
+        let answer = &mut self.in_flight.insert(in_flight).answer;
+        let answered = answer.await;
+        self.in_flight = None;
+        let (status, bytes) = answered
+            .map_err(|error| StepError::transient("elasticsearch_unreachable", error.to_string()))?
+            .map_err(|error| StepError::transient("elasticsearch_unreachable", error))?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into_owned();
             return Err(StepError::transient(
@@ -402,13 +462,14 @@ impl Sink for ElasticsearchSink {
         &mut self,
         batch: &[Pending<Document>],
         _spans: &[Span],
+        turns: &Turns,
     ) -> Result<Vec<Refusal>, StepError> {
         let mut pending: Vec<usize> = (0..batch.len()).collect();
         let mut refusals = Vec::new();
         let mut backoff = ITEM_BACKOFF;
         for attempt in 1..=ITEM_ATTEMPTS {
             let mut again = Vec::new();
-            for (index, outcome) in self.bulk(batch, &pending).await? {
+            for (index, outcome) in self.bulk(batch, &pending, turns).await? {
                 match outcome {
                     Outcome::Done => {}
                     Outcome::Again => again.push(index),

@@ -15,7 +15,7 @@ use crate::step::{LoaderStep, StepTarget};
 pub struct LoaderFactory<F: SinkFactory> {
     sinks: F,
     settings: Arc<LoaderSettings>,
-    turns: Arc<tokio::sync::Semaphore>,
+    turns: crate::sink::Turns,
 }
 
 impl<F: SinkFactory> LoaderFactory<F> {

@@ -50,7 +50,7 @@ use crate::avro_file::ContainerFile;
 use crate::config::{FileCodec, FileFormat, FilesSettings};
 use crate::parquet_file::{ParquetFile, ParquetLayout};
 use crate::record::{Identity, civil};
-use crate::sink::{Pending, Refusal, Sink, SinkFactory};
+use crate::sink::{Pending, Refusal, Sink, SinkFactory, Turns, take_turn};
 
 /// A partition's marker: where it resumes, and the batch being put in place.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -497,7 +497,9 @@ impl Sink for FilesSink {
         &mut self,
         batch: &[Pending<Datum>],
         spans: &[Span],
+        turns: &Turns,
     ) -> Result<Vec<Refusal>, StepError> {
+        let _turn = take_turn(turns).await?;
         // One input partition per task: one span.
         let Some(span) = spans.first() else {
             return Ok(Vec::new());

@@ -47,7 +47,6 @@ pub fn start(settings: LoaderSettings) -> Result<WorkerHandle, WorkerError> {
                 elasticsearch::ElasticsearchFactory::new(
                     &settings.elasticsearch,
                     &settings.inputs,
-                    settings.write_timeout,
                     &runtime,
                 )
             })

@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 
 use crate::config::ProfileBackend;
 use crate::record::Identity;
-use crate::sink::{Pending, Refusal, Sink, SinkFactory};
+use crate::sink::{Pending, Refusal, Sink, SinkFactory, Turns, take_turn};
 
 /// What a profile keeps of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,7 +436,9 @@ impl<P: ProfileStore> Sink for ProfilesSink<P> {
         &mut self,
         batch: &[Pending<Option<ProfileEntry>>],
         _spans: &[Span],
+        turns: &Turns,
     ) -> Result<Vec<Refusal>, StepError> {
+        let _turn = take_turn(turns).await?;
         let entries: Vec<&ProfileEntry> = batch
             .iter()
             .filter_map(|pending| pending.item.as_ref())

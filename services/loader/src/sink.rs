@@ -14,14 +14,36 @@
 //! - a sink whose writes are idempotent only given where a partition
 //!   resumes (files named by offset range) keeps that position itself,
 //!   written with the data, and says where each partition resumes
-//!   ([`SinkFactory::stored_offsets`]), as the stats-counter does.
+//!   ([`SinkFactory::stored_offsets`]), as the stats-counter does;
+//! - every request a sink sends the store holds one of the process's
+//!   [`Turns`] until the store answered it — also when the write that sent
+//!   it was cut off by the write timeout, if the request goes on (see the
+//!   Elasticsearch sink): so the store never has more than
+//!   `writes-in-flight` of the process's requests at once, however slow it
+//!   gets.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use adpipe_runtime::batching::Span;
 use adpipe_runtime::{AssignedPartition, InputRecord, StepError};
 
 use crate::record::{Identity, Source};
+
+/// The process's turns at sending the store a request, shared by every
+/// partition's sink (`loader.batch.writes-in-flight` of them).
+pub type Turns = Arc<tokio::sync::Semaphore>;
+
+/// One turn, held while a request is at the store.
+pub type Turn = tokio::sync::OwnedSemaphorePermit;
+
+/// Waits for a turn of `turns`.
+pub async fn take_turn(turns: &Turns) -> Result<Turn, StepError> {
+    Arc::clone(turns)
+        .acquire_owned()
+        .await
+        .map_err(|_| StepError::fatal("loader_stopped", "the write turns were closed"))
+}
 
 /// One record of a batch: as read, its identity, and the store's form.
 #[derive(Debug)]
@@ -57,13 +79,15 @@ pub trait Sink: Send + 'static {
         identity: &Identity,
     ) -> Result<Self::Item, StepError>;
 
-    /// Writes `batch` (records spanning `spans`) idempotently; returns the
-    /// refused ones. Must return within the loader's write timeout or be
-    /// cancel-safe when cut off by it.
+    /// Writes `batch` (records spanning `spans`) idempotently, each request
+    /// to the store holding a turn of `turns`; returns the refused ones.
+    /// Must return within the loader's write timeout or be cancel-safe when
+    /// cut off by it.
     fn write(
         &mut self,
         batch: &[Pending<Self::Item>],
         spans: &[Span],
+        turns: &Turns,
     ) -> impl Future<Output = Result<Vec<Refusal>, StepError>> + Send;
 }
 

@@ -18,7 +18,7 @@ use adpipe_runtime::{InputRecord, OutputRecord, StepError};
 use tracing::warn;
 
 use crate::record::{Identity, Source};
-use crate::sink::{Pending, Sink};
+use crate::sink::{Pending, Sink, Turns};
 
 /// Every loader's metrics (some only its sink records), declared when a
 /// step is made so /metrics names them before the first fault.
@@ -76,7 +76,7 @@ pub struct StepTarget {
     /// a time instead of one per partition at once (Elasticsearch answered
     /// a backlog of 48 partitions' batches with 429s, and kept indexing the
     /// batches the loader had given up on: the 10M chaos run).
-    pub turns: Arc<tokio::sync::Semaphore>,
+    pub turns: Turns,
 }
 
 /// The loading step of one input partition.
@@ -131,13 +131,7 @@ impl<S: Sink> BatchStep for LoaderStep<S> {
         // The wait for a turn is inside the bound: the whole write must end
         // below the runtime's processing timeout, and an abandoned wait
         // costs the store nothing.
-        let write = async {
-            let _turn =
-                self.target.turns.acquire().await.map_err(|_| {
-                    StepError::fatal("loader_stopped", "the write turns were closed")
-                })?;
-            self.sink.write(batch, spans).await
-        };
+        let write = self.sink.write(batch, spans, &self.target.turns);
         let refusals = match tokio::time::timeout(self.target.write_timeout, write).await {
             Ok(Ok(refusals)) => refusals,
             Ok(Err(error)) => {
@@ -225,7 +219,9 @@ mod tests {
             &mut self,
             _: &[Pending<()>],
             _: &[Span],
+            turns: &Turns,
         ) -> Result<Vec<crate::sink::Refusal>, StepError> {
+            let _turn = crate::sink::take_turn(turns).await?;
             /// Ends the write's count also when the timeout cuts it off.
             struct Writing(Arc<AtomicUsize>);
             impl Drop for Writing {

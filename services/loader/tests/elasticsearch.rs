@@ -2,7 +2,8 @@
 //! the real central cluster: one document per event, across a full replay
 //! by a second group; a document Elasticsearch refuses (a mapping conflict)
 //! and a record that is not Avro go to the dead-letter topic with the
-//! reason, and nothing else is lost.
+//! reason, and nothing else is lost. An Elasticsearch slower than the
+//! loader's write timeout still gets every event, once.
 
 mod support;
 
@@ -137,4 +138,75 @@ async fn every_event_is_one_document_across_a_replay_and_refusals_are_dead_lette
     assert_eq!(document["_version"], 2);
     assert_eq!(document["_source"]["campaign_id"], first.campaign_id);
     es.delete_indices(&format!("t-{}-*", rig.prefix)).await;
+}
+
+/// Elasticsearch behind a proxy that holds every answer 2.5 s, the
+/// loader's write timeout 1 s: every attempt is cut off before its answer.
+/// The loader still writes every event, once, because a cut-off `_bulk`
+/// request goes on and the batch's next attempt takes its answer; and the
+/// store never holds more than `writes-in-flight` of its requests at once.
+/// (Abandoned and sent again, as before, no batch was ever written and the
+/// abandoned requests piled up at the store.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_slower_than_the_write_timeout_gets_every_event_once() {
+    let rig = Rig::new("loader-es-slow").await;
+    let es = Es::new();
+    let upstream = es_url_address();
+    let proxy = adpipe_testkit::SlowProxy::start(upstream, Duration::from_millis(2500)).await;
+    let (truth, click_truth) = rig.publish(0, 600).await;
+    let section = format!(
+        "[elasticsearch]\nurl = \"http://{}\"\nindex-prefix = \"t-\"\nrefresh-interval = \"200ms\"\n",
+        proxy.address
+    );
+    let config = rig.config("elasticsearch", "slow", &section);
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replace(
+        "write-timeout = \"5s\"",
+        "write-timeout = \"1s\"\nwrites-in-flight = 2",
+    );
+    std::fs::write(&config, text).expect("config");
+    let loader = adpipe_loader::start(rig.settings(&config)).expect("starts");
+    rig.wait_committed_to_end("slow", Duration::from_secs(180))
+        .await;
+    let timeouts = adpipe_testkit::metric_value_where(
+        loader.http_address,
+        "adpipe_loader_write_failures_total",
+        r#"kind="timeout""#,
+    )
+    .await;
+    loader.stop().await.expect("clean stop");
+    assert!(
+        timeouts.is_some_and(|timeouts| timeouts > 0.0),
+        "the writes were cut off by the write timeout: {timeouts:?}"
+    );
+    assert!(
+        proxy.most_held_at_once() <= 2,
+        "at most writes-in-flight requests at the store at once, held {}",
+        proxy.most_held_at_once()
+    );
+    es.assert_exactly_once(&format!("t-{}-imp-*", rig.prefix), "event_id", &truth)
+        .await;
+    es.assert_exactly_once(
+        &format!("t-{}-jclk-*", rig.prefix),
+        "click.event_id",
+        &click_truth,
+    )
+    .await;
+    assert!(rig.dead_lettered().is_empty(), "nothing dead-lettered");
+    es.delete_indices(&format!("t-{}-*", rig.prefix)).await;
+}
+
+/// Elasticsearch's host:port.
+fn es_url_address() -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let url = support::es_url();
+    let authority = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    authority
+        .to_socket_addrs()
+        .expect("Elasticsearch's address")
+        .next()
+        .expect("an address")
 }
