@@ -360,10 +360,9 @@ impl ElasticsearchSink {
         })
     }
 
-    /// Sends the items `indices` of `batch` in one `_bulk` request and
-    /// sorts them into done, again and refused.
-    /// Sends `indices` of `batch` in one `_bulk` request (or joins the one
-    /// already carrying them) and reads each item's outcome.
+    /// Sends the items `indices` of `batch` in one `_bulk` request (or
+    /// joins the one already carrying them) and sorts them into done,
+    /// again and refused.
     async fn bulk(
         &mut self,
         batch: &[Pending<Document>],

@@ -16,11 +16,11 @@
 //!   written with the data, and says where each partition resumes
 //!   ([`SinkFactory::stored_offsets`]), as the stats-counter does;
 //! - every request a sink sends the store holds one of the process's
-//!   [`Turns`] until the store answered it — also when the write that sent
-//!   it was cut off by the write timeout, if the request goes on (see the
-//!   Elasticsearch sink): so the store never has more than
-//!   `writes-in-flight` of the process's requests at once, however slow it
-//!   gets.
+//!   [`Turns`] while it is out. A sink whose request goes on after the
+//!   write timeout cut its write off (Elasticsearch's `_bulk`) keeps the
+//!   turn until the store answered, so however slow the store gets it
+//!   never has more than `writes-in-flight` of the process's requests at
+//!   once; the other sinks' requests end with their write.
 
 use std::future::Future;
 use std::sync::Arc;
