@@ -334,7 +334,9 @@ pub fn assert_matches(expected: &ExpectedJoins, produced: &Produced) {
     ] {
         for id in ids {
             if !known.contains(id) || (what == "orphan") != expected.orphans.contains_key(id) {
-                problems.push(format!("{what} {id}: unexpected"));
+                // An orphan's reason says which partner it did not find.
+                let reasons = produced.orphans.get(id).filter(|_| what == "orphan");
+                problems.push(format!("{what} {id}: unexpected {reasons:?}"));
             }
         }
     }
