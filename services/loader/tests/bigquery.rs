@@ -98,6 +98,10 @@ async fn assert_one_row_each(
     );
 }
 
+/// How long the rewound-commit test waits for the loader to commit to the
+/// end of its input.
+const COMMIT_PATIENCE: Duration = Duration::from_secs(600);
+
 fn tables(rig: &Rig) -> (String, String) {
     let clean = |suffix: &str| format!("{}.{suffix}", rig.prefix).replace(['.', '-'], "_");
     (clean("imp"), clean("jclk"))
@@ -111,8 +115,10 @@ async fn one_row_per_event_across_a_rewound_commit() {
     let (mut truth, mut click_truth) = rig.publish(0, 600).await;
     let config = rig.config("bigquery", "bq", &section(&dataset));
     let loader = adpipe_loader::start(rig.settings(&config)).expect("starts");
-    rig.wait_committed_to_end("bq", Duration::from_secs(120))
-        .await;
+    // Liveness guards only (seconds on a quiet machine): in a cold CI run
+    // the emulator, busy with the kill -9 test beside this one, had not
+    // taken these 600 events after 120 s.
+    rig.wait_committed_to_end("bq", COMMIT_PATIENCE).await;
     loader.stop().await.expect("clean stop");
     assert_one_row_each(&dataset, &imp_table, "event_id", &truth).await;
     assert_one_row_each(&dataset, &clk_table, "click.event_id", &click_truth).await;
@@ -130,8 +136,7 @@ async fn one_row_per_event_across_a_rewound_commit() {
     truth.extend(more);
     click_truth.extend(more_clicks);
     let loader = adpipe_loader::start(rig.settings(&config)).expect("starts again");
-    rig.wait_committed_to_end("bq", Duration::from_secs(120))
-        .await;
+    rig.wait_committed_to_end("bq", COMMIT_PATIENCE).await;
     loader.stop().await.expect("clean stop");
     assert_one_row_each(&dataset, &imp_table, "event_id", &truth).await;
     assert_one_row_each(&dataset, &clk_table, "click.event_id", &click_truth).await;
