@@ -183,13 +183,7 @@ async fn a_store_down_pauses_the_loader_in_bounded_memory_and_loses_nothing() {
         .await;
     terminate(loader.take());
     let (truth, click_truth) = load_truth(down);
-    es.assert_exactly_once(&format!("t-{}-imp-*", rig.prefix), "event_id", &truth)
+    es.assert_loaded_once(&rig.prefix, &truth, &click_truth)
         .await;
-    es.assert_exactly_once(
-        &format!("t-{}-jclk-*", rig.prefix),
-        "click.event_id",
-        &click_truth,
-    )
-    .await;
     es.delete_indices(&format!("t-{}-*", rig.prefix)).await;
 }

@@ -284,6 +284,21 @@ impl Es {
         );
     }
 
+    /// Asserts the impression and joined-click indices the tests' loaders
+    /// write (index prefix `t-`, then `prefix`) hold each event of `truth`
+    /// and `click_truth` exactly once.
+    pub async fn assert_loaded_once(
+        &self,
+        prefix: &str,
+        truth: &BTreeSet<String>,
+        click_truth: &BTreeSet<String>,
+    ) {
+        self.assert_exactly_once(&format!("t-{prefix}-imp-*"), "event_id", truth)
+            .await;
+        self.assert_exactly_once(&format!("t-{prefix}-jclk-*"), "click.event_id", click_truth)
+            .await;
+    }
+
     pub async fn delete_indices(&self, pattern: &str) {
         let _ = self
             .client
