@@ -420,13 +420,16 @@ pub async fn metric_value_where(
     metric: &str,
     labels: &str,
 ) -> Option<f64> {
-    let body = reqwest::get(format!("http://{address}/metrics"))
-        .await
-        .ok()?
+    metric_sum_in(&metrics_text(address).await.ok()?, metric, labels)
+}
+
+/// The Prometheus text a process serves at `address`'s `/metrics`.
+pub async fn metrics_text(address: std::net::SocketAddr) -> Result<String, reqwest::Error> {
+    reqwest::get(format!("http://{address}/metrics"))
+        .await?
+        .error_for_status()?
         .text()
         .await
-        .ok()?;
-    metric_sum_in(&body, metric, labels)
 }
 
 /// The sum over the series of `metric` in Prometheus text `body` whose
@@ -591,15 +594,22 @@ impl Drop for ChildGuard {
 
 /// Polls `done` every 200 ms (blocking) until it holds; panics naming
 /// `what` after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    assert!(poll_until(timeout, done), "timed out waiting for {what}");
+}
+
+/// Polls `done` every 200 ms (blocking) until it holds (true) or `timeout`
+/// passed (false): for a caller that says more than [`wait_for`] when it
+/// gives up.
+pub fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;
     while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
+    true
 }
 
 /// Resident memory of process `pid` (VmRSS), if it runs.

@@ -73,13 +73,9 @@ impl Loader {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-        let metrics = reqwest::get(format!("http://{}/metrics", self.listen))
+        let metrics = adpipe_testkit::metrics_text(self.listen)
             .await
-            .and_then(|response| response.error_for_status());
-        let metrics = match metrics {
-            Ok(response) => response.text().await.unwrap_or_default(),
-            Err(error) => format!("metrics unreadable: {error}"),
-        };
+            .unwrap_or_else(|error| format!("metrics unreadable: {error}"));
         let metrics: Vec<&str> = metrics
             .lines()
             .filter(|line| line.starts_with("adpipe_loader_") && !line.contains("_bucket"))
@@ -221,14 +217,9 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         // A liveness guard only: a cold Elasticsearch on a loaded machine
         // once took longer than 120 s to its first commit.
         let progressed = tokio::task::block_in_place(|| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(300);
-            while std::time::Instant::now() < deadline {
-                if rig.committed_records(loader.name) > before {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            false
+            adpipe_testkit::poll_until(Duration::from_secs(300), || {
+                rig.committed_records(loader.name) > before
+            })
         });
         assert!(
             progressed,
