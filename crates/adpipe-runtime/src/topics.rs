@@ -9,6 +9,10 @@
 //! record (or crash-looping) later. A cluster that does not answer (down,
 //! or its leaders moving: a worker restarted during an outage) is asked
 //! again with backoff for up to [`CLUSTER_PATIENCE`], each failure logged.
+//! A topic missing from the answer is looked for again for up to
+//! [`MISSING_TOPIC_PATIENCE`] before the worker refuses: the broker that
+//! answered may not yet know a topic its controller just created (a chaos
+//! run's merger was refused so, on a cluster of three).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -70,6 +74,10 @@ pub fn problems(settings: &WorkerSettings, partitions: &HashMap<String, usize>) 
 /// How long a worker starting waits for its cluster to answer.
 pub const CLUSTER_PATIENCE: Duration = Duration::from_secs(300);
 
+/// How long a worker starting looks again for a topic the cluster's answer
+/// lacks (a broker's metadata lags its controller's by moments).
+pub const MISSING_TOPIC_PATIENCE: Duration = Duration::from_secs(15);
+
 /// Reads the cluster's topics and returns [`problems`].
 pub fn check(settings: &WorkerSettings) -> Result<Vec<String>, rdkafka::error::KafkaError> {
     // The watch: a refused password shows only in the error callback.
@@ -77,6 +85,39 @@ pub fn check(settings: &WorkerSettings) -> Result<Vec<String>, rdkafka::error::K
         .kafka
         .client_config()
         .create_with_context(adpipe_kafka_client::RefusalWatch::default())?;
+    let named = named_topics(settings);
+    let give_up = std::time::Instant::now() + MISSING_TOPIC_PATIENCE;
+    loop {
+        let partitions = partition_counts(settings, &client)?;
+        let missing: Vec<&String> = named
+            .iter()
+            .filter(|topic| !partitions.contains_key(*topic))
+            .collect();
+        if missing.is_empty() || std::time::Instant::now() >= give_up {
+            return Ok(problems(settings, &partitions));
+        }
+        tracing::warn!(
+            ?missing,
+            "topics not in the cluster's answer; looking again"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Every topic the worker reads or writes, the dead-letter topic included.
+fn named_topics(settings: &WorkerSettings) -> Vec<String> {
+    let mut topics = settings.input_topics();
+    topics.extend(settings.outputs.iter().map(|output| output.topic.clone()));
+    topics.push(settings.dead_letter_topic.clone());
+    topics
+}
+
+/// Topic → partition count of every topic in one metadata answer, asking
+/// again while the cluster does not answer (up to [`CLUSTER_PATIENCE`]).
+fn partition_counts(
+    settings: &WorkerSettings,
+    client: &BaseConsumer<adpipe_kafka_client::RefusalWatch>,
+) -> Result<HashMap<String, usize>, rdkafka::error::KafkaError> {
     let deadline = std::time::Instant::now() + CLUSTER_PATIENCE;
     let mut backoff = Duration::from_millis(500);
     let metadata = loop {
@@ -84,7 +125,7 @@ pub fn check(settings: &WorkerSettings) -> Result<Vec<String>, rdkafka::error::K
         match client.fetch_metadata(None, Duration::from_secs(10)) {
             Ok(metadata) => break metadata,
             Err(error) => {
-                if let Some(refusal) = adpipe_kafka_client::refusal_after(&client) {
+                if let Some(refusal) = adpipe_kafka_client::refusal_after(client) {
                     return Err(refusal);
                 }
                 if adpipe_kafka_client::refused(&error)
@@ -98,11 +139,10 @@ pub fn check(settings: &WorkerSettings) -> Result<Vec<String>, rdkafka::error::K
             }
         }
     };
-    let partitions: HashMap<String, usize> = metadata
+    Ok(metadata
         .topics()
         .iter()
         .filter(|topic| topic.error().is_none())
         .map(|topic| (topic.name().to_owned(), topic.partitions().len()))
-        .collect();
-    Ok(problems(settings, &partitions))
+        .collect())
 }

@@ -503,6 +503,31 @@ async fn a_worker_refuses_to_start_when_its_topics_do_not_fit() {
     }
 }
 
+/// A topic the cluster's first answer lacks (a broker behind its
+/// controller) is looked for again before the worker refuses: here the
+/// second input is created 3 s after the worker began its check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waits_a_moment_for_a_topic_the_cluster_does_not_yet_show() {
+    let topics = Topics::create("rt-late-topic", 1).await;
+    let late = topics.name("late");
+    let bootstrap = topics.bootstrap.clone();
+    let creator = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        adpipe_testkit::create_topics(&bootstrap, &[(&late, 1, &[])]).await;
+    });
+    let settings = topics.settings_for(&[&["in", "late"]], "max-idle = \"1s\"\n");
+    let worker = adpipe_runtime::start(settings, TestFactory::new(&topics))
+        .expect("starts once the late topic shows");
+    creator.await.expect("topic created");
+    let t = adpipe_runtime::event_time::now_ms() - 60_000;
+    topics.produce_to("late", &[timed("from-late", t)]).await;
+    topics
+        .wait_for_records("out", 1, Duration::from_secs(60))
+        .await;
+    worker.stop().await.expect("clean stop");
+    assert_eq!(topics.values("out").await, ["from-late"]);
+}
+
 fn timed(value: &str, timestamp_ms: i64) -> Produced {
     Produced {
         partition: 0,
