@@ -2,8 +2,10 @@
 # pyarrow, the independent reader the tests check Parquet files with.
 #
 #   infra/pyarrow.sh python         install if missing (venv), print its python
-#   infra/pyarrow.sh tojson FILES   each row of each file as a JSON line
-#                                   (timestamps as ms since the epoch)
+#   infra/pyarrow.sh tojson [--columns=A,B] FILES
+#                                   each row of each file as a JSON line
+#                                   (timestamps as ms since the epoch), only
+#                                   columns A and B when given
 #
 # Pinned to pyarrow 26.0.1 from PyPI, in a venv under $ADPIPE_CACHE_DIR.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -31,11 +33,15 @@ def plain(value):
         return {key: plain(item) for key, item in value.items()}
     return value
 
+# --columns=a,b reads only those top-level columns.
+paths, columns = sys.argv[1:], None
+if paths and paths[0].startswith("--columns="):
+    columns = paths.pop(0).split("=", 1)[1].split(",")
 out = sys.stdout
-for path in sys.argv[1:]:
-    for row in pq.read_table(path).to_pylist():
+for path in paths:
+    for row in pq.read_table(path, columns=columns).to_pylist():
         out.write(json.dumps(plain(row)) + "\n")
 PY
     ;;
-  *) die "usage: $0 python | tojson FILES..." ;;
+  *) die "usage: $0 python | tojson [--columns=A,B] FILES..." ;;
 esac

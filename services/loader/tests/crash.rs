@@ -22,7 +22,7 @@ use std::time::Duration;
 use adpipe_loadtest::pace::FaultRounds;
 use adpipe_testkit::{ChildGuard, kill_9, rss_bytes, terminate};
 use rand::Rng;
-use support::{Es, PARTITIONS, Rig, assert_files_hold_once, click_id, impression_id, load_truth};
+use support::{CLICK_IDS, Es, IMPRESSION_IDS, PARTITIONS, Rig, assert_files_hold_once, load_truth};
 
 /// One loader process: its config, group and metrics address.
 struct Loader {
@@ -199,6 +199,7 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         },
         move || load.flush(),
     );
+    let started = std::time::Instant::now();
     for loader in &mut loaders {
         loader.spawn();
     }
@@ -244,12 +245,14 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         loader.spawn();
     }
     tokio::task::block_in_place(|| publishing.join()).expect("publisher");
+    println!("faults done after {:.1} s", started.elapsed().as_secs_f64());
     for loader in &mut loaders {
         rig.wait_committed_to_end(loader.name, Duration::from_secs(900))
             .await;
         loader.sample_rss();
         terminate(loader.process.take());
     }
+    println!("drained after {:.1} s", started.elapsed().as_secs_f64());
     let rss: Vec<String> = loaders
         .iter()
         .map(|loader| format!("{} {} MiB", loader.name, loader.peak_rss >> 20))
@@ -261,17 +264,32 @@ async fn every_event_once_in_each_store_across_kill_9_and_sigterm() {
         rss.join(", ")
     );
 
+    // Each check's time is printed: they bound this test's time in CI.
+    let timed = |what: &str, since: std::time::Instant| {
+        println!("{what} checked in {:.1} s", since.elapsed().as_secs_f64());
+    };
     let (truth, click_truth) = load_truth(events);
+    let since = std::time::Instant::now();
     es.assert_loaded_once(&rig.prefix, &truth, &click_truth)
         .await;
+    timed("Elasticsearch", since);
     tokio::task::block_in_place(|| {
         for dir in [&avro_dir, &parquet_dir] {
-            assert_files_hold_once(dir, &format!("{}.imp", rig.prefix), &truth, impression_id);
-            assert_files_hold_once(dir, &format!("{}.jclk", rig.prefix), &click_truth, click_id);
+            let since = std::time::Instant::now();
+            assert_files_hold_once(dir, &format!("{}.imp", rig.prefix), &truth, &IMPRESSION_IDS);
+            assert_files_hold_once(
+                dir,
+                &format!("{}.jclk", rig.prefix),
+                &click_truth,
+                &CLICK_IDS,
+            );
+            timed(&dir.display().to_string(), since);
         }
     });
+    let since = std::time::Instant::now();
     assert_profiles_hold_once(&profile_prefix, "impression", &truth).await;
     assert_profiles_hold_once(&profile_prefix, "click", &click_truth).await;
+    timed("profiles", since);
     assert!(rig.dead_lettered().is_empty(), "nothing dead-lettered");
     for loader in &loaders {
         assert!(

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use adpipe_loader::files::{Marker, PartitionPaths};
-use support::{Rig, assert_files_hold_once, click_id, event_files, impression_id, read_files};
+use support::{CLICK_IDS, IMPRESSION_IDS, Rig, assert_files_hold_once, event_files, read_files};
 
 fn files_section(dir: &Path, format: &str, codec: &str) -> String {
     format!(
@@ -55,8 +55,8 @@ async fn files_hold_each_event_once(format: &str, codec: &str) {
     assert_eq!(first_run, 750.0, "600 impressions and 150 clicks written");
     let imp_topic = format!("{}.imp", rig.prefix);
     let clk_topic = format!("{}.jclk", rig.prefix);
-    assert_files_hold_once(&dir, &imp_topic, &truth, impression_id);
-    assert_files_hold_once(&dir, &clk_topic, &click_truth, click_id);
+    assert_files_hold_once(&dir, &imp_topic, &truth, &IMPRESSION_IDS);
+    assert_files_hold_once(&dir, &clk_topic, &click_truth, &CLICK_IDS);
 
     // Stopped: the Kafka group's commits are rewound to 0 — only the
     // markers may decide where each partition resumes.
@@ -131,8 +131,8 @@ async fn files_hold_each_event_once(format: &str, codec: &str) {
         None,
         "the pending batch finished"
     );
-    assert_files_hold_once(&dir, &imp_topic, &truth, impression_id);
-    assert_files_hold_once(&dir, &clk_topic, &click_truth, click_id);
+    assert_files_hold_once(&dir, &imp_topic, &truth, &IMPRESSION_IDS);
+    assert_files_hold_once(&dir, &clk_topic, &click_truth, &CLICK_IDS);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -149,16 +149,12 @@ async fn parquet_rows_as_pyarrow_reads_them_equal_the_avro_records_as_avro_tools
             .await;
         loader.stop().await.expect("clean stop");
         let mut topics = Vec::new();
-        for (suffix, id, truth) in [
-            (
-                "imp",
-                impression_id as fn(&serde_json::Value) -> (String, i64),
-                &truth,
-            ),
-            ("jclk", click_id, &click_truth),
+        for (suffix, ids, truth) in [
+            ("imp", &IMPRESSION_IDS, &truth),
+            ("jclk", &CLICK_IDS, &click_truth),
         ] {
             let topic = format!("{}.{suffix}", rig.prefix);
-            assert_files_hold_once(&dir, &topic, truth, id);
+            assert_files_hold_once(&dir, &topic, truth, ids);
             let mut records: Vec<String> = read_files(&event_files(&dir.join(&topic)))
                 .iter()
                 .map(|record| serde_json::to_string(record).expect("JSON"))
@@ -253,11 +249,16 @@ async fn a_full_disk_stops_the_loader_with_nothing_committed_past_its_files() {
     rig.wait_committed_to_end("full", Duration::from_secs(120))
         .await;
     loader.stop().await.expect("clean stop");
-    assert_files_hold_once(&dir, &format!("{}.imp", rig.prefix), &truth, impression_id);
+    assert_files_hold_once(
+        &dir,
+        &format!("{}.imp", rig.prefix),
+        &truth,
+        &IMPRESSION_IDS,
+    );
     assert_files_hold_once(
         &dir,
         &format!("{}.jclk", rig.prefix),
         &click_truth,
-        click_id,
+        &CLICK_IDS,
     );
 }

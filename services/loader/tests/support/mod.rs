@@ -219,31 +219,33 @@ impl Es {
             .expect("a count")
     }
 
-    /// Every value of keyword `field` in `pattern`, one per document (paged
-    /// with search_after on the field itself).
+    /// Every value of keyword `field` in `pattern`, one per document: one
+    /// scroll in index order (search_after on the field itself sorted the
+    /// million documents again for each page).
     pub async fn values(&self, pattern: &str, field: &str) -> Vec<String> {
         let mut values = Vec::new();
-        let mut after: Option<Value> = None;
+        let mut page = self
+            .request(
+                reqwest::Method::POST,
+                &format!("{pattern}/_search?scroll=2m"),
+                Some(json!({
+                    "size": 10000,
+                    "_source": false,
+                    "docvalue_fields": [field],
+                    "sort": ["_doc"],
+                })),
+            )
+            .await;
         loop {
-            let mut body = json!({
-                "size": 10000,
-                "_source": false,
-                "docvalue_fields": [field],
-                "sort": [{field: "asc"}],
-                "track_total_hits": false,
-            });
-            if let Some(after) = &after {
-                body["search_after"] = after.clone();
-            }
-            let page = self
-                .request(
-                    reqwest::Method::POST,
-                    &format!("{pattern}/_search"),
-                    Some(body),
+            let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            let scroll_id = page["_scroll_id"].clone();
+            if hits.is_empty() {
+                self.request(
+                    reqwest::Method::DELETE,
+                    "_search/scroll",
+                    Some(json!({ "scroll_id": scroll_id })),
                 )
                 .await;
-            let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
-            if hits.is_empty() {
                 return values;
             }
             for hit in &hits {
@@ -254,7 +256,13 @@ impl Es {
                         .to_owned(),
                 );
             }
-            after = hits.last().map(|hit| hit["sort"].clone());
+            page = self
+                .request(
+                    reqwest::Method::POST,
+                    "_search/scroll",
+                    Some(json!({ "scroll": "2m", "scroll_id": scroll_id })),
+                )
+                .await;
         }
     }
 
@@ -465,25 +473,67 @@ pub fn event_files(dir: &Path) -> Vec<PathBuf> {
 /// The records of `files`, each read by a reader nobody here wrote:
 /// Avro files by Apache avro-tools, Parquet files by pyarrow.
 pub fn read_files(files: &[PathBuf]) -> Vec<serde_json::Value> {
+    read_files_as(files, None)
+}
+
+/// Like [`read_files`], each record only as far as `projection` names it.
+fn read_files_as(files: &[PathBuf], projection: Option<&EventIds>) -> Vec<serde_json::Value> {
     let (parquet, avro): (Vec<PathBuf>, Vec<PathBuf>) = files
         .iter()
         .cloned()
         .partition(|file| file.extension().is_some_and(|ext| ext == "parquet"));
-    let mut records = read_with_avro_tools(&avro);
-    records.extend(read_with_pyarrow(&parquet));
+    let mut records = read_with_avro_tools(&avro, projection.map(|ids| ids.avro_reader_schema));
+    records.extend(read_with_pyarrow(
+        &parquet,
+        projection.map(|ids| ids.parquet_columns),
+    ));
     records
 }
 
-/// The rows of Parquet `files` as pyarrow reads them (`infra/pyarrow.sh`).
-pub fn read_with_pyarrow(files: &[PathBuf]) -> Vec<serde_json::Value> {
+/// Where an event's id and time are in its record, and how the readers
+/// read only them: a million records read whole, as JSON, took most of the
+/// loader's kill -9 test's checks.
+pub struct EventIds {
+    /// avro-tools' reader schema: the writer's record with those fields
+    /// only (Avro's schema resolution skips the others).
+    avro_reader_schema: &'static str,
+    /// pyarrow's columns (comma-separated, top level).
+    parquet_columns: &'static str,
+    /// The id and event time of a record as read.
+    pub pick: fn(&serde_json::Value) -> (String, i64),
+}
+
+/// An impression's `event_id` and `event_time`.
+pub const IMPRESSION_IDS: EventIds = EventIds {
+    avro_reader_schema: r#"{"type": "record", "name": "Impression", "namespace": "io.adpipe.events", "fields": [
+        {"name": "event_id", "type": "string"},
+        {"name": "event_time", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}"#,
+    parquet_columns: "event_id,event_time",
+    pick: impression_id,
+};
+
+/// A joined click's `click.event_id` and `click.event_time`.
+pub const CLICK_IDS: EventIds = EventIds {
+    avro_reader_schema: r#"{"type": "record", "name": "JoinedClick", "namespace": "io.adpipe.events", "fields": [
+        {"name": "click", "type": {"type": "record", "name": "Click", "fields": [
+            {"name": "event_id", "type": "string"},
+            {"name": "event_time", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}}]}"#,
+    parquet_columns: "click",
+    pick: click_id,
+};
+
+/// The rows of Parquet `files` as pyarrow reads them (`infra/pyarrow.sh`),
+/// only `columns` when given.
+pub fn read_with_pyarrow(files: &[PathBuf], columns: Option<&str>) -> Vec<serde_json::Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../infra/pyarrow.sh");
     let mut records = Vec::new();
     for chunk in files.chunks(500) {
-        let output = Command::new(&script)
-            .arg("tojson")
-            .args(chunk)
-            .output()
-            .expect("pyarrow runs");
+        let mut command = Command::new(&script);
+        command.arg("tojson");
+        if let Some(columns) = columns {
+            command.arg(format!("--columns={columns}"));
+        }
+        let output = command.args(chunk).output().expect("pyarrow runs");
         assert!(
             output.status.success(),
             "pyarrow read every file: {}",
@@ -496,12 +546,16 @@ pub fn read_with_pyarrow(files: &[PathBuf]) -> Vec<serde_json::Value> {
     records
 }
 
-/// The records of `files` as avro-tools reads them (JSON, one per line).
-pub fn read_with_avro_tools(files: &[PathBuf]) -> Vec<serde_json::Value> {
+/// The records of `files` as avro-tools reads them (JSON, one per line),
+/// through `reader_schema` when given.
+pub fn read_with_avro_tools(
+    files: &[PathBuf],
+    reader_schema: Option<&str>,
+) -> Vec<serde_json::Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../infra/avro-tools.sh");
     let mut records = Vec::new();
-    // avro-tools starts a JVM per command: a few hundred files at a time.
-    for chunk in files.chunks(200) {
+    // avro-tools starts a JVM per command: many files at a time.
+    for chunk in files.chunks(1000) {
         // Tests of one binary run concurrently: a name of this call's own.
         let joined = std::env::temp_dir().join(format!(
             "loader-files-{}-{}.avro",
@@ -516,11 +570,12 @@ pub fn read_with_avro_tools(files: &[PathBuf]) -> Vec<serde_json::Value> {
             .status()
             .expect("avro-tools runs");
         assert!(status.success(), "avro-tools cat read every file");
-        let output = Command::new(&script)
-            .arg("tojson")
-            .arg(&joined)
-            .output()
-            .expect("avro-tools runs");
+        let mut command = Command::new(&script);
+        command.arg("tojson");
+        if let Some(schema) = reader_schema {
+            command.arg(format!("--reader-schema={schema}"));
+        }
+        let output = command.arg(&joined).output().expect("avro-tools runs");
         assert!(output.status.success(), "avro-tools tojson");
         for line in String::from_utf8(output.stdout).expect("UTF-8").lines() {
             records.push(serde_json::from_str(line).expect("JSON"));
@@ -533,12 +588,7 @@ pub fn read_with_avro_tools(files: &[PathBuf]) -> Vec<serde_json::Value> {
 /// Asserts the files of `topic` under `dir` hold each id of `truth` once
 /// (`id` picks it from a record) and nothing else; each file is in the
 /// directory of its records' date and hour.
-pub fn assert_files_hold_once(
-    dir: &Path,
-    topic: &str,
-    truth: &BTreeSet<String>,
-    id: impl Fn(&serde_json::Value) -> (String, i64),
-) {
+pub fn assert_files_hold_once(dir: &Path, topic: &str, truth: &BTreeSet<String>, ids: &EventIds) {
     let files = event_files(&dir.join(topic));
     assert!(!files.is_empty(), "{topic}: no files");
     let mut by_hour = BTreeMap::<PathBuf, Vec<PathBuf>>::new();
@@ -555,8 +605,8 @@ pub fn assert_files_hold_once(
     }
     let mut seen = BTreeMap::<String, usize>::new();
     for (hour_dir, files) in &by_hour {
-        for record in read_files(files) {
-            let (event_id, time) = id(&record);
+        for record in read_files_as(files, Some(ids)) {
+            let (event_id, time) = (ids.pick)(&record);
             let (year, month, day, hour) = adpipe_loader::record::civil(time);
             assert!(
                 hour_dir.ends_with(format!("date={year:04}-{month:02}-{day:02}/hour={hour:02}")),
@@ -582,13 +632,13 @@ pub fn assert_files_hold_once(
     );
 }
 
-pub fn impression_id(record: &serde_json::Value) -> (String, i64) {
+fn impression_id(record: &serde_json::Value) -> (String, i64) {
     (
         record["event_id"].as_str().expect("event_id").to_owned(),
         record["event_time"].as_i64().expect("event_time"),
     )
 }
 
-pub fn click_id(record: &serde_json::Value) -> (String, i64) {
+fn click_id(record: &serde_json::Value) -> (String, i64) {
     impression_id(&record["click"])
 }
