@@ -14,9 +14,14 @@
 //!   its rows or none (rows BigQuery refuses are reported per row, the
 //!   others marked `stopped`: the refused ones go to the dead-letter topic
 //!   with BigQuery's reason and the rest are sent again);
-//! - after a failed or cut-off request the sink does not know whether it
-//!   landed: before the next attempt it reads `MAX(_offset)` again and
-//!   sends only the rows after it.
+//! - after a failed request the sink does not know whether it landed:
+//!   before the next attempt it reads `MAX(_offset)` again and sends only
+//!   the rows after it;
+//! - an insert the write timeout cut off goes on (keeping its turn) until
+//!   BigQuery answers ([`InFlight`], [`PATIENCE`]): the batch's next
+//!   attempt takes that answer, and the table is never asked what landed
+//!   while one of the sink's inserts may still land (asked before it, the
+//!   table would miss its rows and they would be sent twice).
 //!
 //! On the real endpoint a request that fails in transit might (in theory)
 //! have been applied in part; BigQuery's own insertId deduplication covers
@@ -27,7 +32,9 @@
 //! kill -9 (`tests/bigquery.rs`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use adpipe_events::EventKind;
 use adpipe_runtime::batching::Span;
@@ -46,8 +53,9 @@ use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
 use serde_json::Value;
 
 use crate::config::{BigQuerySettings, Input};
+use crate::in_flight::{Carries, InFlight};
 use crate::record::{Identity, schema_fields};
-use crate::sink::{Pending, Refusal, Sink, SinkFactory, Turns, take_turn};
+use crate::sink::{Pending, Refusal, Sink, SinkFactory, Turn, Turns};
 
 /// The partitioning column: the event time as a TIMESTAMP.
 pub const EVENT_TS: &str = "_event_ts";
@@ -381,6 +389,8 @@ impl SinkFactory for BigQueryFactory {
             partition,
             next: None,
             uncertain: true,
+            in_flight: InFlight::default(),
+            question: InFlight::default(),
         })
     }
 
@@ -415,7 +425,20 @@ pub struct BigQuerySink {
     /// Whether the table must be asked first (at the start, or after a
     /// request that may or may not have landed).
     uncertain: bool,
+    /// The insert the last write was cut off waiting for.
+    in_flight: InFlight<InsertAnswer>,
+    /// The question where the partition's rows end, if a write was cut
+    /// off waiting for its answer.
+    question: InFlight<Result<HashMap<i32, i64>, StepError>>,
 }
+
+/// How long an insert or a query may wait for BigQuery's answer, beyond
+/// the write timeout that cuts off the write that sent it ([`InFlight`]).
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// BigQuery's answer to an insert: the rows it refused, with its reasons
+/// (by index in the request).
+type InsertAnswer = Result<Vec<(usize, String)>, StepError>;
 
 /// A row, ready to insert.
 #[derive(Debug)]
@@ -425,50 +448,95 @@ pub struct Row {
     offset: i64,
 }
 
-impl BigQuerySink {
-    async fn insert(
-        &self,
-        rows: Vec<TableDataInsertAllRequestRows>,
-    ) -> Result<Vec<(usize, String)>, StepError> {
-        let mut request = TableDataInsertAllRequest::new();
-        request
-            .add_rows(rows)
-            .map_err(|error| failed("bigquery_insert", &error))?;
-        let response = self
-            .target
-            .client
-            .tabledata()
-            .insert_all(
-                &self.target.project,
-                &self.target.dataset,
-                &self.table,
-                request,
-            )
+/// Runs `request` on a task of its own, which keeps `turn` until BigQuery
+/// answered or [`PATIENCE`] ran out (then a transient `kind`).
+fn spawn_request<T: Send + 'static>(
+    turn: Turn,
+    kind: &'static str,
+    request: impl Future<Output = Result<T, StepError>> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<T, StepError>> {
+    tokio::spawn(async move {
+        let _turn = turn;
+        tokio::time::timeout(PATIENCE, request)
             .await
-            .map_err(|error| failed("bigquery_insert", &error))?;
-        let mut errors = Vec::new();
-        for error in response.insert_errors.into_iter().flatten() {
-            let index = error.index.and_then(|index| usize::try_from(index).ok());
-            let reasons = error.errors.unwrap_or_default();
-            let stopped = reasons
+            .unwrap_or_else(|_| {
+                Err(StepError::transient(
+                    kind,
+                    format!("no answer from BigQuery in {PATIENCE:?}"),
+                ))
+            })
+    })
+}
+
+/// One insert of `rows` into `table`: the rows BigQuery refused.
+async fn insert(
+    target: &Target,
+    table: &str,
+    rows: Vec<TableDataInsertAllRequestRows>,
+) -> InsertAnswer {
+    let mut request = TableDataInsertAllRequest::new();
+    request
+        .add_rows(rows)
+        .map_err(|error| failed("bigquery_insert", &error))?;
+    let response = target
+        .client
+        .tabledata()
+        .insert_all(&target.project, &target.dataset, table, request)
+        .await
+        .map_err(|error| failed("bigquery_insert", &error))?;
+    let mut errors = Vec::new();
+    for error in response.insert_errors.into_iter().flatten() {
+        let index = error.index.and_then(|index| usize::try_from(index).ok());
+        let reasons = error.errors.unwrap_or_default();
+        let stopped = reasons
+            .iter()
+            .all(|reason| reason.reason.as_deref() == Some("stopped"));
+        if let (Some(index), false) = (index, stopped) {
+            let text = reasons
                 .iter()
-                .all(|reason| reason.reason.as_deref() == Some("stopped"));
-            if let (Some(index), false) = (index, stopped) {
-                let text = reasons
-                    .iter()
-                    .map(|reason| {
-                        format!(
-                            "{}: {}",
-                            reason.reason.as_deref().unwrap_or("invalid"),
-                            reason.message.as_deref().unwrap_or("")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                errors.push((index, text));
-            }
+                .map(|reason| {
+                    format!(
+                        "{}: {}",
+                        reason.reason.as_deref().unwrap_or("invalid"),
+                        reason.message.as_deref().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            errors.push((index, text));
         }
-        Ok(errors)
+    }
+    Ok(errors)
+}
+
+impl BigQuerySink {
+    /// The records of `batch` not yet in the table, as far as it knows.
+    fn unwritten(&self, batch: &[Pending<Row>]) -> Vec<usize> {
+        (0..batch.len())
+            .filter(|&index| {
+                self.next
+                    .is_none_or(|next| batch[index].item.offset >= next)
+            })
+            .collect()
+    }
+
+    /// Reads where the partition's rows end in the table (on a task of its
+    /// own, like an insert: a store slower than the write timeout still
+    /// answers the next attempt).
+    async fn ask_table(&mut self, turns: &Turns) -> Result<(), StepError> {
+        let (target, table, partition) = (&self.target, &self.table, self.partition);
+        let stored = self
+            .question
+            .answer(Carries::nothing(), turns, |turn| {
+                let (target, table) = (target.clone(), table.clone());
+                spawn_request(turn, "bigquery_query", async move {
+                    target.stored(&table, Some(partition)).await
+                })
+            })
+            .await??;
+        self.next = stored.get(&self.partition).map(|offset| offset + 1);
+        self.uncertain = false;
+        Ok(())
     }
 }
 
@@ -499,37 +567,41 @@ impl Sink for BigQuerySink {
         spans: &[Span],
         turns: &Turns,
     ) -> Result<Vec<Refusal>, StepError> {
-        let _turn = take_turn(turns).await?;
-        if self.uncertain {
-            let stored = self
-                .target
-                .stored(&self.table, Some(self.partition))
-                .await?;
-            self.next = stored.get(&self.partition).map(|offset| offset + 1);
-            self.uncertain = false;
+        match self.in_flight.carrying() {
+            // Joined below: its answer says whether it landed.
+            Some(carried) if *carried == Carries::new(batch, &self.unwritten(batch)) => {}
+            Some(_) => {
+                self.in_flight.settle().await;
+                self.ask_table(turns).await?;
+            }
+            None if self.uncertain => self.ask_table(turns).await?,
+            None => {}
         }
-        // Rows already in the table (a request that landed before it failed).
-        let mut pending: Vec<usize> = (0..batch.len())
-            .filter(|&index| {
-                self.next
-                    .is_none_or(|next| batch[index].item.offset >= next)
-            })
-            .collect();
+        let mut pending = self.unwritten(batch);
         let mut refusals = Vec::new();
         for _ in 0..STOPPED_ROUNDS {
             if pending.is_empty() {
                 break;
             }
-            let rows = pending
-                .iter()
-                .map(|&index| TableDataInsertAllRequestRows {
-                    insert_id: Some(batch[index].item.insert_id.clone()),
-                    json: batch[index].item.json.clone(),
-                })
-                .collect();
             // From here until the answer, the sink cannot know what landed.
             self.uncertain = true;
-            let errors = self.insert(rows).await?;
+            let (target, table) = (&self.target, &self.table);
+            let errors = self
+                .in_flight
+                .answer(Carries::new(batch, &pending), turns, |turn| {
+                    let rows = pending
+                        .iter()
+                        .map(|&index| TableDataInsertAllRequestRows {
+                            insert_id: Some(batch[index].item.insert_id.clone()),
+                            json: batch[index].item.json.clone(),
+                        })
+                        .collect();
+                    let (target, table) = (target.clone(), table.clone());
+                    spawn_request(turn, "bigquery_insert", async move {
+                        insert(&target, &table, rows).await
+                    })
+                })
+                .await??;
             self.uncertain = false;
             if errors.is_empty() {
                 pending.clear();

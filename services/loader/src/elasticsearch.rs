@@ -20,7 +20,7 @@
 //! - a `_bulk` request cut off by the write timeout is not abandoned: it
 //!   goes on (keeping its turn) until Elasticsearch answers, and the
 //!   batch's next attempt takes that answer instead of sending the
-//!   documents again ([`InFlight`]);
+//!   documents again ([`InFlight`], [`BULK_PATIENCE`]);
 //! - an event id longer than Elasticsearch's `_id` limit (512 bytes) goes
 //!   to the dead-letter topic before the write: Elasticsearch refuses the
 //!   whole `_bulk` request for it (400), which would stall the partition.
@@ -36,8 +36,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::config::{ElasticsearchSettings, Input};
+use crate::in_flight::{Carries, InFlight};
 use crate::record::{Identity, civil, schema_fields};
-use crate::sink::{Pending, Refusal, Sink, SinkFactory, Turn, Turns, take_turn};
+use crate::sink::{Pending, Refusal, Sink, SinkFactory, Turn, Turns};
 
 /// Attempts at the items Elasticsearch answered 429 or 5xx, within one write.
 const ITEM_ATTEMPTS: u32 = 5;
@@ -233,7 +234,7 @@ impl SinkFactory for ElasticsearchFactory {
             client: self.client.clone(),
             bulk_url: format!("{}/_bulk", self.settings.url),
             index_base: index_base(&self.settings.index_prefix, topic),
-            in_flight: None,
+            in_flight: InFlight::default(),
         })
     }
 }
@@ -243,28 +244,14 @@ pub struct ElasticsearchSink {
     client: reqwest::Client,
     bulk_url: String,
     index_base: String,
-    /// The request the last write was cut off waiting for.
-    in_flight: Option<InFlight>,
-}
-
-/// A `_bulk` request sent on a task of its own, which holds its turn until
-/// Elasticsearch answered. Why: Elasticsearch goes on indexing a request
-/// whose client gave up. When every attempt was abandoned at the write
-/// timeout and sent again, a slow Elasticsearch got ever more of the
-/// loader's requests at once (its indexing-pressure limit answered 429 to
-/// the new ones) and finished none in time — no progress for 300 s in CI.
-/// Now the next attempt of the batch waits for the same request, so a
-/// store slower than the write timeout still makes progress, and never has
-/// more than `writes-in-flight` of the process's requests.
-struct InFlight {
-    /// The documents it carries: the batch's first offset and length, and
-    /// which of its items.
-    carries: (i64, usize, Vec<usize>),
-    answer: Answer,
+    /// The `_bulk` request the last write was cut off waiting for (a
+    /// slow Elasticsearch once got every abandoned request sent again: no
+    /// progress for 300 s in CI).
+    in_flight: InFlight<BulkAnswer>,
 }
 
 /// Elasticsearch's answer to a `_bulk` request: status and body.
-type Answer = tokio::task::JoinHandle<Result<(reqwest::StatusCode, bytes::Bytes), String>>;
+type BulkAnswer = Result<(reqwest::StatusCode, bytes::Bytes), String>;
 
 /// One `_bulk` item: the action line and the document, ready to send.
 #[derive(Debug)]
@@ -329,37 +316,42 @@ fn outcome(item: &BulkItem) -> Outcome {
     }
 }
 
-impl ElasticsearchSink {
-    /// Sends `indices` of `batch` as one `_bulk` request on a task of its
-    /// own, which keeps `turn` until Elasticsearch answered.
-    fn send(&self, batch: &[Pending<Document>], indices: &[usize], turn: Turn) -> Answer {
-        let size: usize = indices
-            .iter()
-            .map(|&index| batch[index].item.action.len() + batch[index].item.source.len() + 2)
-            .sum();
-        let mut body = Vec::with_capacity(size);
-        for &index in indices {
-            let document = &batch[index].item;
-            body.extend_from_slice(document.action.as_bytes());
-            body.push(b'\n');
-            body.extend_from_slice(&document.source);
-            body.push(b'\n');
-        }
-        let request = self
-            .client
-            .post(&self.bulk_url)
-            .header("content-type", "application/x-ndjson")
-            .timeout(BULK_PATIENCE)
-            .body(body);
-        tokio::spawn(async move {
-            let _turn = turn;
-            let response = request.send().await.map_err(|error| error.to_string())?;
-            let status = response.status();
-            let bytes = response.bytes().await.map_err(|error| error.to_string())?;
-            Ok((status, bytes))
-        })
+/// Sends `indices` of `batch` as one `_bulk` request on a task of its
+/// own, which keeps `turn` until Elasticsearch answered.
+fn send(
+    client: &reqwest::Client,
+    bulk_url: &str,
+    batch: &[Pending<Document>],
+    indices: &[usize],
+    turn: Turn,
+) -> tokio::task::JoinHandle<BulkAnswer> {
+    let size: usize = indices
+        .iter()
+        .map(|&index| batch[index].item.action.len() + batch[index].item.source.len() + 2)
+        .sum();
+    let mut body = Vec::with_capacity(size);
+    for &index in indices {
+        let document = &batch[index].item;
+        body.extend_from_slice(document.action.as_bytes());
+        body.push(b'\n');
+        body.extend_from_slice(&document.source);
+        body.push(b'\n');
     }
+    let request = client
+        .post(bulk_url)
+        .header("content-type", "application/x-ndjson")
+        .timeout(BULK_PATIENCE)
+        .body(body);
+    tokio::spawn(async move {
+        let _turn = turn;
+        let response = request.send().await.map_err(|error| error.to_string())?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|error| error.to_string())?;
+        Ok((status, bytes))
+    })
+}
 
+impl ElasticsearchSink {
     /// Sends the items `indices` of `batch` in one `_bulk` request (or
     /// joins the one already carrying them) and sorts them into done,
     /// again and refused.
@@ -369,27 +361,13 @@ impl ElasticsearchSink {
         indices: &[usize],
         turns: &Turns,
     ) -> Result<Vec<(usize, Outcome)>, StepError> {
-        let carries = (
-            batch.first().map_or(-1, |pending| pending.source.offset),
-            batch.len(),
-            indices.to_vec(),
-        );
-        let in_flight = match self.in_flight.take() {
-            Some(in_flight) if in_flight.carries == carries => in_flight,
-            // Another batch's request (its partition was revoked and
-            // read again) goes on alone, holding its turn until answered.
-            _ => InFlight {
-                answer: self.send(batch, indices, take_turn(turns).await?),
-                carries,
-            },
-        };
-        // Kept where the next attempt finds it if the write timeout cuts
-        // this wait off.
-        let answer = &mut self.in_flight.insert(in_flight).answer;
-        let answered = answer.await;
-        self.in_flight = None;
-        let (status, bytes) = answered
-            .map_err(|error| StepError::transient("elasticsearch_unreachable", error.to_string()))?
+        let (client, bulk_url) = (&self.client, &self.bulk_url);
+        let (status, bytes) = self
+            .in_flight
+            .answer(Carries::new(batch, indices), turns, |turn| {
+                send(client, bulk_url, batch, indices, turn)
+            })
+            .await?
             .map_err(|error| StepError::transient("elasticsearch_unreachable", error))?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into_owned();

@@ -22,6 +22,7 @@ pub mod config;
 pub mod elasticsearch;
 pub mod factory;
 pub mod files;
+pub mod in_flight;
 pub mod memory_profiles;
 pub mod parquet_file;
 pub mod profiles;

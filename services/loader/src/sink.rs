@@ -17,10 +17,11 @@
 //!   ([`SinkFactory::stored_offsets`]), as the stats-counter does;
 //! - every request a sink sends the store holds one of the process's
 //!   [`Turns`] while it is out. A sink whose request goes on after the
-//!   write timeout cut its write off (Elasticsearch's `_bulk`) keeps the
-//!   turn until the store answered, so however slow the store gets it
-//!   never has more than `writes-in-flight` of the process's requests at
-//!   once; the other sinks' requests end with their write.
+//!   write timeout cut its write off (Elasticsearch's `_bulk`, BigQuery's
+//!   inserts and queries: [`crate::in_flight`]) keeps the turn until the
+//!   store answered, so however slow the store gets it never has more than
+//!   `writes-in-flight` of the process's requests at once; the other
+//!   sinks' requests end with their write.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -142,6 +142,47 @@ async fn one_row_per_event_across_a_rewound_commit() {
     assert_one_row_each(&dataset, &clk_table, "click.event_id", &click_truth).await;
 }
 
+/// Every insert takes longer than the write timeout (a proxy holds
+/// BigQuery's answers 2.5 s; the write timeout is 1 s): each cut-off
+/// insert is joined by its batch's next attempt, never sent again, and the
+/// emulator never has more than `writes-in-flight` of them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_slower_than_the_write_timeout_gets_one_row_per_event() {
+    let rig = Rig::new("loader-bq-slow").await;
+    let dataset = rig.prefix.replace('-', "_");
+    let (imp_table, clk_table) = tables(&rig);
+    let proxy = adpipe_testkit::SlowProxy::start(
+        support::address_of(&bq_url()),
+        Duration::from_millis(2500),
+    )
+    .await;
+    let (truth, click_truth) = rig.publish(0, 600).await;
+    let section =
+        section(&dataset).replace(&bq_url(), &format!("http://{}/bigquery/v2", proxy.address));
+    let config = rig.impatient_config("bigquery", "slow", &section);
+    let loader = adpipe_loader::start(rig.settings(&config)).expect("starts");
+    rig.wait_committed_to_end("slow", COMMIT_PATIENCE).await;
+    let timeouts = adpipe_testkit::metric_value_where(
+        loader.http_address,
+        "adpipe_loader_write_failures_total",
+        r#"kind="timeout""#,
+    )
+    .await;
+    loader.stop().await.expect("clean stop");
+    assert!(
+        timeouts.is_some_and(|timeouts| timeouts > 0.0),
+        "the writes were cut off by the write timeout: {timeouts:?}"
+    );
+    assert!(
+        proxy.most_held_at_once() <= 2,
+        "at most writes-in-flight requests at the store at once, held {}",
+        proxy.most_held_at_once()
+    );
+    assert_one_row_each(&dataset, &imp_table, "event_id", &truth).await;
+    assert_one_row_each(&dataset, &clk_table, "click.event_id", &click_truth).await;
+    assert!(rig.dead_lettered().is_empty(), "nothing dead-lettered");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_row_per_event_across_kill_9_and_sigterm() {
     let events: u64 = std::env::var("ADPIPE_BQ_CRASH_EVENTS")

@@ -151,20 +151,14 @@ async fn every_event_is_one_document_across_a_replay_and_refusals_are_dead_lette
 async fn a_store_slower_than_the_write_timeout_gets_every_event_once() {
     let rig = Rig::new("loader-es-slow").await;
     let es = Es::new();
-    let upstream = es_url_address();
+    let upstream = support::address_of(&support::es_url());
     let proxy = adpipe_testkit::SlowProxy::start(upstream, Duration::from_millis(2500)).await;
     let (truth, click_truth) = rig.publish(0, 600).await;
     let section = format!(
         "[elasticsearch]\nurl = \"http://{}\"\nindex-prefix = \"t-\"\nrefresh-interval = \"200ms\"\n",
         proxy.address
     );
-    let config = rig.config("elasticsearch", "slow", &section);
-    let text = std::fs::read_to_string(&config).expect("config");
-    let text = text.replace(
-        "write-timeout = \"5s\"",
-        "write-timeout = \"1s\"\nwrites-in-flight = 2",
-    );
-    std::fs::write(&config, text).expect("config");
+    let config = rig.impatient_config("elasticsearch", "slow", &section);
     let loader = adpipe_loader::start(rig.settings(&config)).expect("starts");
     rig.wait_committed_to_end("slow", Duration::from_secs(180))
         .await;
@@ -188,19 +182,4 @@ async fn a_store_slower_than_the_write_timeout_gets_every_event_once() {
         .await;
     assert!(rig.dead_lettered().is_empty(), "nothing dead-lettered");
     es.delete_indices(&format!("t-{}-*", rig.prefix)).await;
-}
-
-/// Elasticsearch's host:port.
-fn es_url_address() -> std::net::SocketAddr {
-    use std::net::ToSocketAddrs;
-    let url = support::es_url();
-    let authority = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    authority
-        .to_socket_addrs()
-        .expect("Elasticsearch's address")
-        .next()
-        .expect("an address")
 }

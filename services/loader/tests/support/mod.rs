@@ -355,6 +355,18 @@ impl Rig {
             .expect("encoder")
     }
 
+    /// A config (as [`Rig::config`]) whose writes are cut off after 1 s,
+    /// two requests at the store at once: for a store slower than that.
+    pub fn impatient_config(&self, sink: &str, group: &str, section: &str) -> PathBuf {
+        let config = self.config(sink, group, section);
+        let text = std::fs::read_to_string(&config).expect("config").replace(
+            "write-timeout = \"5s\"",
+            "write-timeout = \"1s\"\nwrites-in-flight = 2",
+        );
+        std::fs::write(&config, text).expect("config");
+        config
+    }
+
     /// Rewinds `group`'s commits on both inputs to 0 (only a sink's own
     /// offsets may then decide where it resumes).
     pub fn rewind_group(&self, group: &str) {
@@ -641,4 +653,19 @@ fn impression_id(record: &serde_json::Value) -> (String, i64) {
 
 fn click_id(record: &serde_json::Value) -> (String, i64) {
     impression_id(&record["click"])
+}
+
+/// The host:port of an `http://host:port/…` URL (for a proxy in front).
+pub fn address_of(url: &str) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let authority = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("an authority");
+    authority
+        .to_socket_addrs()
+        .expect("an address")
+        .next()
+        .expect("an address")
 }

@@ -1,0 +1,169 @@
+//! A sink's request to its store that outlives the write that sent it.
+//!
+//! Contract: [`InFlight::answer`] sends a request on a task of its own,
+//! which holds its turn (`writes-in-flight`) until the store answered or
+//! the request's own patience ran out. When the write timeout cuts the
+//! write off, the request stays here: the batch's next attempt, carrying
+//! the same records ([`Carries`]), takes that answer instead of sending
+//! them again. Why: a store goes on with a request whose client gave up.
+//! Abandoned and resent at every timeout, a slow Elasticsearch held ever
+//! more of the loader's requests (its indexing-pressure limit then
+//! refused the new ones) and finished none in time; BigQuery could apply
+//! an abandoned insert after the sink had asked the table what landed,
+//! and get its rows twice (and a question cut off is asked once: its
+//! answer waited for). A request carrying other records (its batch
+//! was read again after a revoke) is not joined: Elasticsearch's writes
+//! are idempotent, so it goes on alone; BigQuery [`settle`](InFlight::settle)s
+//! it before asking the table.
+
+use adpipe_runtime::StepError;
+use tokio::task::JoinHandle;
+
+use crate::sink::{Pending, Turn, Turns, take_turn};
+
+/// The records a request carries: its batch's first offset and length,
+/// and which of the batch's records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carries(i64, usize, Vec<usize>);
+
+impl Carries {
+    /// What a question to the store (no write) carries.
+    pub fn nothing() -> Carries {
+        Carries(-1, 0, Vec::new())
+    }
+
+    /// `indices` of `batch`.
+    pub fn new<I>(batch: &[Pending<I>], indices: &[usize]) -> Carries {
+        Carries(
+            batch.first().map_or(-1, |pending| pending.source.offset),
+            batch.len(),
+            indices.to_vec(),
+        )
+    }
+}
+
+/// A sink's one request in flight, if any; `A` is the store's answer.
+pub struct InFlight<A> {
+    request: Option<(Carries, JoinHandle<A>)>,
+}
+
+impl<A> Default for InFlight<A> {
+    fn default() -> Self {
+        InFlight { request: None }
+    }
+}
+
+impl<A: Send + 'static> InFlight<A> {
+    /// The answer to the request carrying `carries`: the one in flight if
+    /// it carries them, else one `send` makes with a turn of `turns` (a
+    /// request carrying other records goes on alone, keeping its turn).
+    /// Cancel-safe: cut off, the request stays for the next call.
+    pub async fn answer(
+        &mut self,
+        carries: Carries,
+        turns: &Turns,
+        send: impl FnOnce(Turn) -> JoinHandle<A>,
+    ) -> Result<A, StepError> {
+        let request = match self.request.take() {
+            Some(request) if request.0 == carries => request,
+            _ => (carries, send(take_turn(turns).await?)),
+        };
+        let answered = (&mut self.request.insert(request).1).await;
+        self.request = None;
+        answered.map_err(|error| StepError::transient("store_request_lost", error.to_string()))
+    }
+
+    /// What the request in flight carries, if one is.
+    pub fn carrying(&self) -> Option<&Carries> {
+        self.request.as_ref().map(|(carries, _)| carries)
+    }
+
+    /// Waits for the request in flight, if any, and forgets its answer.
+    /// Cancel-safe: cut off, the request stays.
+    pub async fn settle(&mut self) {
+        if let Some((_, answer)) = &mut self.request {
+            let _ = answer.await;
+            self.request = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn turns(count: usize) -> Turns {
+        Arc::new(tokio::sync::Semaphore::new(count))
+    }
+
+    #[tokio::test]
+    async fn a_cut_off_request_is_joined_by_the_attempt_carrying_the_same_records() {
+        let turns = turns(1);
+        let mut in_flight = InFlight::<u32>::default();
+        let carries = Carries(10, 5, vec![0, 1, 2, 3, 4]);
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let send = |answer: u32| {
+            let sent = Arc::clone(&sent);
+            move |turn: Turn| {
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let _turn = turn;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    answer
+                })
+            }
+        };
+        let cut_off = tokio::time::timeout(
+            Duration::from_millis(50),
+            in_flight.answer(carries.clone(), &turns, send(1)),
+        )
+        .await;
+        assert!(cut_off.is_err(), "cut off before the answer");
+        assert_eq!(turns.available_permits(), 0, "the request keeps its turn");
+        let answer = in_flight
+            .answer(carries, &turns, send(2))
+            .await
+            .expect("answered");
+        assert_eq!(answer, 1, "the first request's answer");
+        assert_eq!(
+            sent.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "sent once"
+        );
+        assert_eq!(turns.available_permits(), 1, "its turn back");
+    }
+
+    #[tokio::test]
+    async fn a_request_carrying_other_records_is_settled_or_left_to_go_on() {
+        let turns = turns(2);
+        let mut in_flight = InFlight::<u32>::default();
+        let slow = |answer: u32| {
+            move |turn: Turn| {
+                tokio::spawn(async move {
+                    let _turn = turn;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    answer
+                })
+            }
+        };
+        let first = Carries(10, 5, vec![0, 1]);
+        let other = Carries(10, 5, vec![1]);
+        let _ = tokio::time::timeout(
+            Duration::from_millis(20),
+            in_flight.answer(first.clone(), &turns, slow(1)),
+        )
+        .await;
+        assert_eq!(in_flight.carrying(), Some(&first));
+        in_flight.settle().await;
+        assert_eq!(in_flight.carrying(), None, "settled");
+        assert_eq!(turns.available_permits(), 2);
+        let answer = in_flight
+            .answer(other, &turns, slow(3))
+            .await
+            .expect("answered");
+        assert_eq!(answer, 3, "a new request for other records");
+    }
+}
