@@ -159,28 +159,10 @@ async fn a_store_slower_than_the_write_timeout_gets_one_row_per_event() {
     let (truth, click_truth) = rig.publish(0, 600).await;
     let section =
         section(&dataset).replace(&bq_url(), &format!("http://{}/bigquery/v2", proxy.address));
-    let config = rig.impatient_config("bigquery", "slow", &section);
-    let loader = adpipe_loader::start(rig.settings(&config)).expect("starts");
-    rig.wait_committed_to_end("slow", COMMIT_PATIENCE).await;
-    let timeouts = adpipe_testkit::metric_value_where(
-        loader.http_address,
-        "adpipe_loader_write_failures_total",
-        r#"kind="timeout""#,
-    )
-    .await;
-    loader.stop().await.expect("clean stop");
-    assert!(
-        timeouts.is_some_and(|timeouts| timeouts > 0.0),
-        "the writes were cut off by the write timeout: {timeouts:?}"
-    );
-    assert!(
-        proxy.most_held_at_once() <= 2,
-        "at most writes-in-flight requests at the store at once, held {}",
-        proxy.most_held_at_once()
-    );
+    rig.load_through_slow_store("bigquery", &section, &proxy, COMMIT_PATIENCE)
+        .await;
     assert_one_row_each(&dataset, &imp_table, "event_id", &truth).await;
     assert_one_row_each(&dataset, &clk_table, "click.event_id", &click_truth).await;
-    assert!(rig.dead_lettered().is_empty(), "nothing dead-lettered");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -280,5 +262,4 @@ async fn one_row_per_event_across_kill_9_and_sigterm() {
     let (truth, click_truth) = load_truth(events);
     assert_one_row_each(&dataset, &imp_table, "event_id", &truth).await;
     assert_one_row_each(&dataset, &clk_table, "click.event_id", &click_truth).await;
-    assert!(rig.dead_lettered().is_empty(), "nothing dead-lettered");
 }

@@ -158,28 +158,9 @@ async fn a_store_slower_than_the_write_timeout_gets_every_event_once() {
         "[elasticsearch]\nurl = \"http://{}\"\nindex-prefix = \"t-\"\nrefresh-interval = \"200ms\"\n",
         proxy.address
     );
-    let config = rig.impatient_config("elasticsearch", "slow", &section);
-    let loader = adpipe_loader::start(rig.settings(&config)).expect("starts");
-    rig.wait_committed_to_end("slow", Duration::from_secs(180))
+    rig.load_through_slow_store("elasticsearch", &section, &proxy, Duration::from_secs(180))
         .await;
-    let timeouts = adpipe_testkit::metric_value_where(
-        loader.http_address,
-        "adpipe_loader_write_failures_total",
-        r#"kind="timeout""#,
-    )
-    .await;
-    loader.stop().await.expect("clean stop");
-    assert!(
-        timeouts.is_some_and(|timeouts| timeouts > 0.0),
-        "the writes were cut off by the write timeout: {timeouts:?}"
-    );
-    assert!(
-        proxy.most_held_at_once() <= 2,
-        "at most writes-in-flight requests at the store at once, held {}",
-        proxy.most_held_at_once()
-    );
     es.assert_loaded_once(&rig.prefix, &truth, &click_truth)
         .await;
-    assert!(rig.dead_lettered().is_empty(), "nothing dead-lettered");
     es.delete_indices(&format!("t-{}-*", rig.prefix)).await;
 }

@@ -355,16 +355,43 @@ impl Rig {
             .expect("encoder")
     }
 
-    /// A config (as [`Rig::config`]) whose writes are cut off after 1 s,
-    /// two requests at the store at once: for a store slower than that.
-    pub fn impatient_config(&self, sink: &str, group: &str, section: &str) -> PathBuf {
-        let config = self.config(sink, group, section);
+    /// Runs a `sink` loader (group `slow`, config `section`) to the end of
+    /// its input with writes cut off after 1 s and two requests at the
+    /// store at once, the store behind `proxy` (slower than that); asserts
+    /// writes were cut off, the store never held more than two requests,
+    /// and nothing was dead-lettered.
+    pub async fn load_through_slow_store(
+        &self,
+        sink: &str,
+        section: &str,
+        proxy: &adpipe_testkit::SlowProxy,
+        patience: Duration,
+    ) {
+        let config = self.config(sink, "slow", section);
         let text = std::fs::read_to_string(&config).expect("config").replace(
             "write-timeout = \"5s\"",
             "write-timeout = \"1s\"\nwrites-in-flight = 2",
         );
         std::fs::write(&config, text).expect("config");
-        config
+        let loader = adpipe_loader::start(self.settings(&config)).expect("starts");
+        self.wait_committed_to_end("slow", patience).await;
+        let timeouts = adpipe_testkit::metric_value_where(
+            loader.http_address,
+            "adpipe_loader_write_failures_total",
+            r#"kind="timeout""#,
+        )
+        .await;
+        loader.stop().await.expect("clean stop");
+        assert!(
+            timeouts.is_some_and(|timeouts| timeouts > 0.0),
+            "the writes were cut off by the write timeout: {timeouts:?}"
+        );
+        assert!(
+            proxy.most_held_at_once() <= 2,
+            "at most writes-in-flight requests at the store at once, held {}",
+            proxy.most_held_at_once()
+        );
+        assert!(self.dead_lettered().is_empty(), "nothing dead-lettered");
     }
 
     /// Rewinds `group`'s commits on both inputs to 0 (only a sink's own
