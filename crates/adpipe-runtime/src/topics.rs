@@ -1,7 +1,7 @@
 //! Start-up check of every topic a worker reads or writes.
 //!
-//! Contract: before it joins its group, a worker checks, with one metadata
-//! request, that every input, output and the dead-letter topic exist, that
+//! Contract: before it joins its group, a worker checks, from the cluster's
+//! metadata, that every input, output and the dead-letter topic exist, that
 //! the topics of each input group have the same partition count (a task
 //! owns partition i of each), and that every output that follows an input's
 //! partitioning has as many partitions as that input. It refuses to start

@@ -19,13 +19,19 @@
 //!   the rows after it;
 //! - an insert the write timeout cut off goes on (keeping its turn) until
 //!   BigQuery answers ([`InFlight`], [`PATIENCE`]): the batch's next
-//!   attempt takes that answer, and the table is never asked what landed
-//!   while one of the sink's inserts may still land (asked before it, the
-//!   table would miss its rows and they would be sent twice).
+//!   attempt takes that answer, and the sink never asks the table what
+//!   landed while one of its inserts is still out (asked before it, the
+//!   table would miss its rows and they would be sent twice); nor does
+//!   the partition's next owner, as far as the runtime waits for the
+//!   revoked task (its sink waits for its insert in `on_revoke`);
+//! - a query BigQuery has not finished within its request (`jobComplete`
+//!   false: no rows yet) is waited for ([`query_pages`]), never read as
+//!   "no rows", which would send a partition's rows again.
 //!
-//! On the real endpoint a request that fails in transit might (in theory)
-//! have been applied in part; BigQuery's own insertId deduplication covers
-//! that window. BigQuery takes an insertId of at most 128 characters: a
+//! Left to BigQuery's own insertId de-duplication (best effort, about a
+//! minute): a request that failed in transit but was applied, an insert
+//! unanswered in [`PATIENCE`] that lands after the table was asked, and a
+//! revoked task that outlived the revoke deadline with its insert out. BigQuery takes an insertId of at most 128 characters: a
 //! longer event id is sent as its xxh3-128 digest ([`insert_id`]), the row
 //! itself keeping the whole id — never a refused request for a legal
 //! event. Proven here on the emulator (`infra/bigquery.sh`) after
@@ -210,26 +216,77 @@ impl Target {
             "SELECT {PARTITION}, MAX({OFFSET}) FROM `{}.{}.{table}`{filter} GROUP BY {PARTITION}",
             self.project, self.dataset
         );
-        let response = self
-            .client
-            .job()
-            .query(&self.project, QueryRequest::new(sql))
-            .await
-            .map_err(|error| failed("bigquery_query", &error))?;
-        let mut rows = ResultSet::new_from_query_response(response);
         let mut stored = HashMap::new();
-        while rows.next_row() {
-            let partition = rows
-                .get_i64(0)
-                .map_err(|error| failed("bigquery_query", &error))?;
-            let offset = rows
-                .get_i64(1)
-                .map_err(|error| failed("bigquery_query", &error))?;
-            if let (Some(partition), Some(offset)) = (partition, offset) {
-                stored.insert(i32::try_from(partition).unwrap_or(-1), offset);
-            }
-        }
+        query_pages(
+            &self.client,
+            &self.project,
+            QueryRequest::new(sql),
+            |rows| {
+                while rows.next_row() {
+                    if let (Some(partition), Some(offset)) = (rows.get_i64(0)?, rows.get_i64(1)?) {
+                        stored.insert(i32::try_from(partition).unwrap_or(-1), offset);
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await
+        .map_err(|error| StepError::transient("bigquery_query", error))?;
         Ok(stored)
+    }
+}
+
+/// Runs `request` and hands each page of its rows to `page`, the first to
+/// the last. BigQuery answers a query it has not finished within the
+/// request (10 s by default) with `jobComplete` false and no rows: read as
+/// an answer, "no rows" would make a sink send a partition's rows again.
+/// Such a query's results are asked for again (each ask waiting up to
+/// 10 s at BigQuery) until it finished, for up to [`PATIENCE`].
+pub async fn query_pages(
+    client: &Client,
+    project: &str,
+    request: QueryRequest,
+    mut page: impl FnMut(&mut ResultSet) -> Result<(), BQError>,
+) -> Result<(), String> {
+    let max_results = request.max_results;
+    let asked = tokio::time::Instant::now();
+    let mut response = client
+        .job()
+        .query(project, request)
+        .await
+        .map_err(|error| error.to_string())?;
+    loop {
+        let complete = response.job_complete == Some(true);
+        let job = response.job_reference.clone().unwrap_or_default();
+        let page_token = response.page_token.clone();
+        if complete {
+            page(&mut ResultSet::new_from_query_response(response))
+                .map_err(|error| error.to_string())?;
+            if page_token.is_none() {
+                return Ok(());
+            }
+        } else if asked.elapsed() > PATIENCE {
+            return Err(format!(
+                "BigQuery had not finished the query in {PATIENCE:?}"
+            ));
+        }
+        let Some(job_id) = job.job_id else {
+            return Err("BigQuery answered a query it had not finished without its job".to_owned());
+        };
+        let parameters =
+            gcp_bigquery_client::model::get_query_results_parameters::GetQueryResultsParameters {
+                page_token: page_token.filter(|_| complete),
+                max_results,
+                location: job.location,
+                timeout_ms: Some(10_000),
+                ..Default::default()
+            };
+        response = client
+            .job()
+            .get_query_results(project, &job_id, parameters)
+            .await
+            .map_err(|error| error.to_string())?
+            .into();
     }
 }
 
@@ -273,44 +330,18 @@ pub async fn row_identities(
     );
     let mut request = QueryRequest::new(sql.clone());
     request.max_results = Some(100_000);
-    let query_failed = |error: BQError| format!("{sql}: {error}");
-    let mut response = client
-        .job()
-        .query(&settings.project, request)
-        .await
-        .map_err(query_failed)?;
     let mut identities = Vec::new();
-    loop {
-        let page_token = response.page_token.clone();
-        let job_id = response
-            .job_reference
-            .as_ref()
-            .and_then(|job| job.job_id.clone());
-        let mut rows = ResultSet::new_from_query_response(response);
+    query_pages(client, &settings.project, request, |rows| {
         while rows.next_row() {
-            if let (Some(id), Some(time)) = (
-                rows.get_string(0).map_err(query_failed)?,
-                rows.get_i64(1).map_err(query_failed)?,
-            ) {
+            if let (Some(id), Some(time)) = (rows.get_string(0)?, rows.get_i64(1)?) {
                 identities.push((id, time));
             }
         }
-        let (Some(page_token), Some(job_id)) = (page_token, job_id) else {
-            return Ok(identities);
-        };
-        let parameters =
-            gcp_bigquery_client::model::get_query_results_parameters::GetQueryResultsParameters {
-                page_token: Some(page_token),
-                max_results: Some(100_000),
-                ..Default::default()
-            };
-        response = client
-            .job()
-            .get_query_results(&settings.project, &job_id, parameters)
-            .await
-            .map_err(query_failed)?
-            .into();
-    }
+        Ok(())
+    })
+    .await
+    .map_err(|error| format!("{sql}: {error}"))?;
+    Ok(identities)
 }
 
 /// Sets BigQuery up (client, dataset, tables) and makes each task's sink.
@@ -391,6 +422,7 @@ impl SinkFactory for BigQueryFactory {
             uncertain: true,
             in_flight: InFlight::default(),
             question: InFlight::default(),
+            refused: None,
         })
     }
 
@@ -430,11 +462,19 @@ pub struct BigQuerySink {
     /// The question where the partition's rows end, if a write was cut
     /// off waiting for its answer.
     question: InFlight<Result<HashMap<i32, i64>, StepError>>,
+    /// What BigQuery refused of the batch being written (its first offset
+    /// and length), kept for its next attempt: a write cut off while the
+    /// rest was re-sent must not forget them — once the rest landed, the
+    /// table no longer says that they did not.
+    refused: Option<((i64, usize), Vec<Refusal>)>,
 }
 
 /// How long an insert or a query may wait for BigQuery's answer, beyond
 /// the write timeout that cuts off the write that sent it ([`InFlight`]).
-const PATIENCE: Duration = Duration::from_secs(120);
+/// Below the runtime's wait for a revoked task before it hands the
+/// partition back to this instance (60 s): a revoked sink waits for its
+/// request ([`Sink::on_revoke`]), and that wait ends within it.
+const PATIENCE: Duration = Duration::from_secs(50);
 
 /// BigQuery's answer to an insert: the rows it refused, with its reasons
 /// (by index in the request).
@@ -510,12 +550,18 @@ async fn insert(
 }
 
 impl BigQuerySink {
-    /// The records of `batch` not yet in the table, as far as it knows.
+    /// The records of `batch` not yet in the table, as far as it knows,
+    /// and not refused by BigQuery.
     fn unwritten(&self, batch: &[Pending<Row>]) -> Vec<usize> {
+        let refused = self
+            .refused
+            .as_ref()
+            .map_or(&[][..], |(_, refused)| refused);
         (0..batch.len())
             .filter(|&index| {
                 self.next
                     .is_none_or(|next| batch[index].item.offset >= next)
+                    && !refused.iter().any(|refusal| refusal.index == index)
             })
             .collect()
     }
@@ -567,6 +613,17 @@ impl Sink for BigQuerySink {
         spans: &[Span],
         turns: &Turns,
     ) -> Result<Vec<Refusal>, StepError> {
+        let this_batch = (
+            batch.first().map_or(-1, |pending| pending.source.offset),
+            batch.len(),
+        );
+        if self
+            .refused
+            .as_ref()
+            .is_none_or(|(of, _)| *of != this_batch)
+        {
+            self.refused = Some((this_batch, Vec::new()));
+        }
         match self.in_flight.carrying() {
             // Joined below: its answer says whether it landed.
             Some(carried) if *carried == Carries::new(batch, &self.unwritten(batch)) => {}
@@ -578,7 +635,6 @@ impl Sink for BigQuerySink {
             None => {}
         }
         let mut pending = self.unwritten(batch);
-        let mut refusals = Vec::new();
         for _ in 0..STOPPED_ROUNDS {
             if pending.is_empty() {
                 break;
@@ -608,14 +664,17 @@ impl Sink for BigQuerySink {
                 break;
             }
             // Nothing was inserted: the refused rows go to the dead-letter
-            // topic, the stopped ones again.
+            // topic (kept until the batch is written), the stopped ones
+            // again.
             let refused: Vec<usize> = errors.iter().map(|(index, _)| pending[*index]).collect();
-            for ((_, reason), index) in errors.into_iter().zip(&refused) {
-                refusals.push(Refusal {
-                    index: *index,
-                    kind: "row_rejected",
-                    reason,
-                });
+            if let Some((_, refusals)) = &mut self.refused {
+                for ((_, reason), index) in errors.into_iter().zip(&refused) {
+                    refusals.push(Refusal {
+                        index: *index,
+                        kind: "row_rejected",
+                        reason,
+                    });
+                }
             }
             pending.retain(|index| !refused.contains(index));
         }
@@ -634,7 +693,16 @@ impl Sink for BigQuerySink {
                     .map_or(span.last + 1, |next| next.max(span.last + 1)),
             );
         }
-        Ok(refusals)
+        Ok(self
+            .refused
+            .take()
+            .map(|(_, refusals)| refusals)
+            .unwrap_or_default())
+    }
+
+    fn on_revoke(&mut self) {
+        self.in_flight.settle_blocking();
+        self.question.settle_blocking();
     }
 }
 
@@ -642,6 +710,205 @@ impl Sink for BigQuerySink {
 mod tests {
     use super::*;
     use gcp_bigquery_client::model::field_type::FieldType;
+
+    /// Answers BigQuery's REST calls on a loopback port with `answers`,
+    /// one per request in order (each on its own connection, after its
+    /// delay), and keeps the request lines it was sent. Only for what the
+    /// emulator never does: leave a query unfinished within the request,
+    /// refuse a row of a valid record.
+    fn canned_bigquery(
+        answers: Vec<(Duration, String)>,
+    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+        let url = format!(
+            "http://{}/bigquery/v2",
+            listener.local_addr().expect("address")
+        );
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sent = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for (delay, answer) in answers {
+                let (stream, _) = listener.accept().expect("accepts");
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("request line");
+                sent.lock()
+                    .expect("requests")
+                    .push(line.trim_end().to_owned());
+                let mut length = 0;
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).expect("header");
+                    if header.trim_end().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = header.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().expect("length");
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).expect("body");
+                std::thread::sleep(delay);
+                let mut stream = stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        (url, requests)
+    }
+
+    async fn canned_target(url: String) -> Target {
+        let settings = BigQuerySettings {
+            url,
+            project: "p".to_owned(),
+            dataset: "d".to_owned(),
+            table_prefix: String::new(),
+            credentials: "none".to_owned(),
+        };
+        Target {
+            client: Arc::new(client(&settings).await.expect("client")),
+            project: "p".to_owned(),
+            dataset: "d".to_owned(),
+        }
+    }
+
+    /// The answer to `SELECT _partition, MAX(_offset)`: `rows` of
+    /// (partition, offset).
+    fn finished_query(job: &str, rows: &[(i32, i64)]) -> String {
+        let rows: Vec<String> = rows
+            .iter()
+            .map(|(partition, offset)| {
+                format!(r#"{{"f": [{{"v": "{partition}"}}, {{"v": "{offset}"}}]}}"#)
+            })
+            .collect();
+        format!(
+            r#"{{"kind": "bigquery#queryResponse", "jobComplete": true, {job},
+                "schema": {{"fields": [{{"name": "_partition", "type": "INTEGER"}}, {{"name": "f1_", "type": "INTEGER"}}]}},
+                "rows": [{}], "totalRows": "{}"}}"#,
+            rows.join(", "),
+            rows.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn a_query_bigquery_has_not_finished_is_waited_for_not_read_as_no_rows() {
+        let job = r#""jobReference": {"projectId": "p", "jobId": "job-1", "location": "EU"}"#;
+        let unfinished =
+            format!(r#"{{"kind": "bigquery#queryResponse", "jobComplete": false, {job}}}"#);
+        let (url, requests) = canned_bigquery(vec![
+            (Duration::ZERO, unfinished.clone()),
+            (Duration::ZERO, unfinished),
+            (Duration::ZERO, finished_query(job, &[(3, 41)])),
+        ]);
+        let stored = canned_target(url)
+            .await
+            .stored("t", Some(3))
+            .await
+            .expect("answered");
+        assert_eq!(
+            stored,
+            HashMap::from([(3, 41)]),
+            "where the partition's rows end, once BigQuery finished the query"
+        );
+        let requests = requests.lock().expect("requests").clone();
+        assert_eq!(requests.len(), 3, "{requests:?}");
+        assert!(
+            requests[0].starts_with("POST /bigquery/v2/projects/p/queries"),
+            "{requests:?}"
+        );
+        for poll in &requests[1..] {
+            assert!(
+                poll.starts_with("GET /bigquery/v2/projects/p/queries/job-1")
+                    && poll.contains("location=EU"),
+                "the job's results asked for where it runs: {requests:?}"
+            );
+        }
+    }
+
+    fn row(offset: i64) -> Pending<Row> {
+        let id = format!("imp-{offset}");
+        let item = Row {
+            insert_id: id.clone(),
+            json: serde_json::json!({ "event_id": id }),
+            offset,
+        };
+        Pending::for_test("t", 0, offset, (id, 1_796_241_137_042), item)
+    }
+
+    #[tokio::test]
+    async fn a_refused_row_is_not_forgotten_when_the_rest_outlives_the_write() {
+        let job = r#""jobReference": {"projectId": "p", "jobId": "job-1"}"#;
+        let stopped = r#"{"reason": "stopped", "message": ""}"#;
+        let (url, requests) = canned_bigquery(vec![
+            // Where the partition's rows end: none yet.
+            (Duration::ZERO, finished_query(job, &[])),
+            // The first insert: the middle row refused, the others stopped.
+            (
+                Duration::ZERO,
+                format!(
+                    r#"{{"kind": "bigquery#tableDataInsertAllResponse", "insertErrors": [
+                        {{"index": 0, "errors": [{stopped}]}},
+                        {{"index": 1, "errors": [{{"reason": "invalid", "message": "no such field: x"}}]}},
+                        {{"index": 2, "errors": [{stopped}]}}]}}"#
+                ),
+            ),
+            // The others again: landed, answered after the write timeout.
+            (
+                Duration::from_millis(700),
+                r#"{"kind": "bigquery#tableDataInsertAllResponse"}"#.to_owned(),
+            ),
+            // Asked again, the table has every row up to the batch's end.
+            (Duration::ZERO, finished_query(job, &[(0, 102)])),
+        ]);
+        let mut sink = BigQuerySink {
+            target: canned_target(url).await,
+            table: "t".to_owned(),
+            partition: 0,
+            next: None,
+            uncertain: true,
+            in_flight: InFlight::default(),
+            question: InFlight::default(),
+            refused: None,
+        };
+        let turns: Turns = Arc::new(tokio::sync::Semaphore::new(2));
+        let batch = [row(100), row(101), row(102)];
+        let spans = [Span {
+            topic: "t".to_owned(),
+            partition: 0,
+            first: 100,
+            last: 102,
+        }];
+        let cut_off = tokio::time::timeout(
+            Duration::from_millis(250),
+            sink.write(&batch, &spans, &turns),
+        )
+        .await;
+        assert!(
+            cut_off.is_err(),
+            "the write timeout cut the second insert off"
+        );
+        let refusals = sink.write(&batch, &spans, &turns).await.expect("written");
+        assert_eq!(
+            refusals
+                .iter()
+                .map(|refusal| (refusal.index, refusal.kind))
+                .collect::<Vec<_>>(),
+            [(1, "row_rejected")],
+            "the refused row goes to the dead-letter topic: {:?}",
+            requests.lock().expect("requests")
+        );
+        assert_eq!(
+            requests.lock().expect("requests").len(),
+            3,
+            "the second attempt joined the insert in flight"
+        );
+    }
 
     #[test]
     fn an_insert_id_longer_than_bigquery_takes_is_a_stable_digest() {

@@ -539,26 +539,17 @@ mod tests {
                 let mut datum = Vec::new();
                 put_bytes(&mut datum, format!("e{offset}").as_bytes());
                 put_long(&mut datum, time);
-                Pending {
-                    source: crate::record::Source {
-                        topic: Arc::from(topic),
-                        partition: 0,
-                        offset,
-                        key: None,
-                        value: None,
-                        headers: adpipe_runtime::Headers::default(),
-                    },
-                    identity: Identity {
-                        id: format!("e{offset}"),
-                        time_ms: time,
-                        version: None,
-                    },
-                    item: Datum {
+                Pending::for_test(
+                    topic,
+                    0,
+                    offset,
+                    (format!("e{offset}"), time),
+                    Datum {
                         schema: Arc::clone(&schema),
                         layout: None,
                         datum: Bytes::from(datum),
                     },
-                }
+                )
             })
             .collect();
         let span = Span {

@@ -11,10 +11,14 @@
 //! refused the new ones) and finished none in time; BigQuery could apply
 //! an abandoned insert after the sink had asked the table what landed,
 //! and get its rows twice (and a question cut off is asked once: its
-//! answer waited for). A request carrying other records (its batch
-//! was read again after a revoke) is not joined: Elasticsearch's writes
-//! are idempotent, so it goes on alone; BigQuery [`settle`](InFlight::settle)s
-//! it before asking the table.
+//! answer waited for). A request carrying other records (Elasticsearch's
+//! retry of the items it answered 429, BigQuery's re-send of the rows it
+//! stopped) is not joined: Elasticsearch's writes are idempotent, so it
+//! goes on alone; BigQuery [`settle`](InFlight::settle)s it before asking
+//! the table. A request whose task panicked panics the write (the
+//! runtime stops the worker); a revoked sink waits for its request
+//! ([`settle_blocking`](InFlight::settle_blocking)) before its partition
+//! is handed on.
 
 use adpipe_runtime::StepError;
 use tokio::task::JoinHandle;
@@ -70,7 +74,17 @@ impl<A: Send + 'static> InFlight<A> {
         };
         let answered = (&mut self.request.insert(request).1).await;
         self.request = None;
-        answered.map_err(|error| StepError::transient("store_request_lost", error.to_string()))
+        match answered {
+            Ok(answer) => Ok(answer),
+            // A request that panicked is the write's own panic: the task
+            // catches it and stops the worker, as a panic in the write
+            // itself would (retried, it would panic again, forever).
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => Err(StepError::transient(
+                "store_request_lost",
+                error.to_string(),
+            )),
+        }
     }
 
     /// What the request in flight carries, if one is.
@@ -84,6 +98,16 @@ impl<A: Send + 'static> InFlight<A> {
         if let Some((_, answer)) = &mut self.request {
             let _ = answer.await;
             self.request = None;
+        }
+    }
+
+    /// [`settle`](Self::settle), blocking: for a revoked task's sink
+    /// (`on_revoke` runs inside `block_in_place` on the runtime), so the
+    /// partition is not handed on — to another instance, or back to this
+    /// one — while a request of its sink may still land.
+    pub fn settle_blocking(&mut self) {
+        if self.request.is_some() {
+            tokio::runtime::Handle::current().block_on(self.settle());
         }
     }
 }
@@ -133,6 +157,58 @@ mod tests {
             1,
             "sent once"
         );
+        assert_eq!(turns.available_permits(), 1, "its turn back");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_panicked_panics_the_write_instead_of_being_tried_again() {
+        let turns = turns(1);
+        let write = tokio::spawn(async move {
+            let mut in_flight = InFlight::<u32>::default();
+            in_flight
+                .answer(Carries::nothing(), &turns, |turn| {
+                    tokio::spawn(async move {
+                        let _turn = turn;
+                        panic!("the store's answer made no sense")
+                    })
+                })
+                .await
+        });
+        let ended = write.await;
+        assert!(
+            ended.as_ref().is_err_and(|error| error.is_panic()),
+            "the write panics (the runtime then stops the worker), not a transient error to retry: {ended:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revoked_sink_waits_for_its_request_in_flight() {
+        let turns = turns(1);
+        let mut in_flight = InFlight::<u32>::default();
+        let landed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let send = {
+            let landed = Arc::clone(&landed);
+            move |turn: Turn| {
+                tokio::spawn(async move {
+                    let _turn = turn;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    landed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    7
+                })
+            }
+        };
+        let cut_off = tokio::time::timeout(
+            Duration::from_millis(20),
+            in_flight.answer(Carries::nothing(), &turns, send),
+        )
+        .await;
+        assert!(cut_off.is_err(), "cut off before the answer");
+        tokio::task::block_in_place(|| in_flight.settle_blocking());
+        assert!(
+            landed.load(std::sync::atomic::Ordering::SeqCst),
+            "the request landed before the revoke went on"
+        );
+        assert_eq!(in_flight.carrying(), None);
         assert_eq!(turns.available_permits(), 1, "its turn back");
     }
 

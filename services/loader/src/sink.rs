@@ -21,7 +21,12 @@
 //!   inserts and queries: [`crate::in_flight`]) keeps the turn until the
 //!   store answered, so however slow the store gets it never has more than
 //!   `writes-in-flight` of the process's requests at once; the other
-//!   sinks' requests end with their write.
+//!   sinks' requests end with their write;
+//! - a sink whose store says where partitions resume (BigQuery) waits for
+//!   such a request when its partition is revoked ([`Sink::on_revoke`]):
+//!   the runtime hands the partition on only after the task ended (up to
+//!   the revoke deadline to another instance, up to its linger wait back
+//!   to this one), and the next owner's question then sees its rows.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -57,6 +62,36 @@ pub struct Pending<I> {
     pub item: I,
 }
 
+#[cfg(test)]
+impl<I> Pending<I> {
+    /// Unit tests' record: `offset` of `topic`'s `partition`, without key,
+    /// value or headers, its id `id` at `time_ms`, the store's form `item`.
+    pub fn for_test(
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        (id, time_ms): (String, i64),
+        item: I,
+    ) -> Pending<I> {
+        Pending {
+            source: Source {
+                topic: std::sync::Arc::from(topic),
+                partition,
+                offset,
+                key: None,
+                value: None,
+                headers: adpipe_runtime::Headers::default(),
+            },
+            identity: Identity {
+                id,
+                time_ms,
+                version: None,
+            },
+            item,
+        }
+    }
+}
+
 /// A record the store refused for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -90,6 +125,13 @@ pub trait Sink: Send + 'static {
         spans: &[Span],
         turns: &Turns,
     ) -> impl Future<Output = Result<Vec<Refusal>, StepError>> + Send;
+
+    /// Called when the task's partition is revoked or the worker stops
+    /// (blocking allowed: it runs inside `block_in_place`). A sink whose
+    /// requests outlive its writes and whose store is asked where the
+    /// partition resumes waits for them here, so the partition's next
+    /// owner never asks before they landed.
+    fn on_revoke(&mut self) {}
 }
 
 /// Makes the sink of each task, and sets the store up first.

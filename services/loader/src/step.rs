@@ -193,6 +193,11 @@ impl<S: Sink> BatchStep for LoaderStep<S> {
         }
         Ok(outputs)
     }
+
+    fn on_revoke(&mut self, drained: bool) {
+        let _ = drained;
+        self.sink.on_revoke();
+    }
 }
 
 #[cfg(test)]
@@ -238,22 +243,13 @@ mod tests {
     }
 
     fn pending(partition: i32) -> Vec<Pending<()>> {
-        vec![Pending {
-            source: Source {
-                topic: Arc::from("t"),
-                partition,
-                offset: 0,
-                key: None,
-                value: None,
-                headers: adpipe_runtime::Headers::default(),
-            },
-            identity: Identity {
-                id: format!("e{partition}"),
-                time_ms: 0,
-                version: None,
-            },
-            item: (),
-        }]
+        vec![Pending::for_test(
+            "t",
+            partition,
+            0,
+            (format!("e{partition}"), 0),
+            (),
+        )]
     }
 
     /// Eight partitions' steps write at once over `turns` turns with a
