@@ -22,16 +22,21 @@
 //!   attempt takes that answer, and the sink never asks the table what
 //!   landed while one of its inserts is still out (asked before it, the
 //!   table would miss its rows and they would be sent twice); nor does
-//!   the partition's next owner, as far as the runtime waits for the
-//!   revoked task (its sink waits for its insert in `on_revoke`);
+//!   the partition's next owner, as far as the revoked sink waits for its
+//!   insert ([`REVOKE_WAIT`], in `on_revoke`);
 //! - a query BigQuery has not finished within its request (`jobComplete`
-//!   false: no rows yet) is waited for ([`query_pages`]), never read as
-//!   "no rows", which would send a partition's rows again.
+//!   false: no rows yet) is waited for ([`query_pages`]), and a query that
+//!   failed is an error: neither is read as "no rows", which would send a
+//!   partition's rows again.
 //!
 //! Left to BigQuery's own insertId de-duplication (best effort, about a
-//! minute): a request that failed in transit but was applied, an insert
-//! unanswered in [`PATIENCE`] that lands after the table was asked, and a
-//! revoked task that outlived the revoke deadline with its insert out. BigQuery takes an insertId of at most 128 characters: a
+//! minute; the emulator has none): a request that failed in transit but
+//! was applied, an insert unanswered in [`PATIENCE`] that lands after the
+//! table was asked, an insert of a revoked sink still out after
+//! [`REVOKE_WAIT`]. Not covered: a refused row whose batch's other rows
+//! landed, when the task ends (kill -9, revoke, stop) before its dead
+//! letter was acknowledged — the table, where the partition resumes, does
+//! not say that it was refused. BigQuery takes an insertId of at most 128 characters: a
 //! longer event id is sent as its xxh3-128 digest ([`insert_id`]), the row
 //! itself keeping the whole id — never a refused request for a legal
 //! event. Proven here on the emulator (`infra/bigquery.sh`) after
@@ -259,6 +264,11 @@ pub async fn query_pages(
         let complete = response.job_complete == Some(true);
         let job = response.job_reference.clone().unwrap_or_default();
         let page_token = response.page_token.clone();
+        if complete && response.schema.is_none() && response.errors.is_some() {
+            // A query that failed (the emulator answers so, with 200): no
+            // rows, and not "no rows".
+            return Err(format!("the query failed: {:?}", response.errors));
+        }
         if complete {
             page(&mut ResultSet::new_from_query_response(response))
                 .map_err(|error| error.to_string())?;
@@ -269,6 +279,9 @@ pub async fn query_pages(
             return Err(format!(
                 "BigQuery had not finished the query in {PATIENCE:?}"
             ));
+        } else {
+            // BigQuery may answer before its `timeoutMs`: not a busy loop.
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let Some(job_id) = job.job_id else {
             return Err("BigQuery answered a query it had not finished without its job".to_owned());
@@ -462,19 +475,23 @@ pub struct BigQuerySink {
     /// The question where the partition's rows end, if a write was cut
     /// off waiting for its answer.
     question: InFlight<Result<HashMap<i32, i64>, StepError>>,
-    /// What BigQuery refused of the batch being written (its first offset
-    /// and length), kept for its next attempt: a write cut off while the
+    /// What BigQuery refused of the batch being written (its first and
+    /// last offsets and length), kept for its next attempt: a write cut off while the
     /// rest was re-sent must not forget them — once the rest landed, the
     /// table no longer says that they did not.
-    refused: Option<((i64, usize), Vec<Refusal>)>,
+    refused: Option<((i64, i64, usize), Vec<Refusal>)>,
 }
 
 /// How long an insert or a query may wait for BigQuery's answer, beyond
 /// the write timeout that cuts off the write that sent it ([`InFlight`]).
-/// Below the runtime's wait for a revoked task before it hands the
-/// partition back to this instance (60 s): a revoked sink waits for its
-/// request ([`Sink::on_revoke`]), and that wait ends within it.
-const PATIENCE: Duration = Duration::from_secs(50);
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// How long a revoked sink waits for its insert still out
+/// ([`Sink::on_revoke`]): within the runtime's default revoke deadline
+/// (15 s, the outputs' acknowledgements first) and a stopping worker's
+/// limit (25 s), so a slow insert delays a rebalance or a SIGTERM but
+/// never fails them.
+const REVOKE_WAIT: Duration = Duration::from_secs(10);
 
 /// BigQuery's answer to an insert: the rows it refused, with its reasons
 /// (by index in the request).
@@ -615,6 +632,7 @@ impl Sink for BigQuerySink {
     ) -> Result<Vec<Refusal>, StepError> {
         let this_batch = (
             batch.first().map_or(-1, |pending| pending.source.offset),
+            batch.last().map_or(-1, |pending| pending.source.offset),
             batch.len(),
         );
         if self
@@ -666,7 +684,19 @@ impl Sink for BigQuerySink {
             // Nothing was inserted: the refused rows go to the dead-letter
             // topic (kept until the batch is written), the stopped ones
             // again.
-            let refused: Vec<usize> = errors.iter().map(|(index, _)| pending[*index]).collect();
+            let refused = errors
+                .iter()
+                .map(|(index, _)| pending.get(*index).copied())
+                .collect::<Option<Vec<usize>>>()
+                .ok_or_else(|| {
+                    StepError::transient(
+                        "bigquery_insert",
+                        format!(
+                            "BigQuery named a row beyond the {} it was sent",
+                            pending.len()
+                        ),
+                    )
+                })?;
             if let Some((_, refusals)) = &mut self.refused {
                 for ((_, reason), index) in errors.into_iter().zip(&refused) {
                     refusals.push(Refusal {
@@ -701,8 +731,8 @@ impl Sink for BigQuerySink {
     }
 
     fn on_revoke(&mut self) {
-        self.in_flight.settle_blocking();
-        self.question.settle_blocking();
+        // Only the insert: a question that lands late changes nothing.
+        self.in_flight.settle_blocking(REVOKE_WAIT);
     }
 }
 
@@ -831,6 +861,21 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_query_that_failed_is_an_error_not_no_rows() {
+        let failed = r#"{"kind": "bigquery#queryResponse", "jobComplete": true,
+            "jobReference": {"projectId": "p", "jobId": "job-1"},
+            "errors": [{"reason": "invalidQuery", "message": "Table not found: t"}]}"#;
+        let (url, _) = canned_bigquery(vec![(Duration::ZERO, failed.to_owned())]);
+        let stored = canned_target(url).await.stored("t", Some(3)).await;
+        let error = stored.expect_err("a failed query is not an empty table");
+        assert!(matches!(
+            error.disposition,
+            adpipe_codec::Disposition::Transient
+        ));
+        assert!(error.message.contains("Table not found"), "{error}");
+    }
+
     fn row(offset: i64) -> Pending<Row> {
         let id = format!("imp-{offset}");
         let item = Row {
@@ -860,7 +905,7 @@ mod tests {
             ),
             // The others again: landed, answered after the write timeout.
             (
-                Duration::from_millis(700),
+                Duration::from_secs(3),
                 r#"{"kind": "bigquery#tableDataInsertAllResponse"}"#.to_owned(),
             ),
             // Asked again, the table has every row up to the batch's end.
@@ -884,14 +929,13 @@ mod tests {
             first: 100,
             last: 102,
         }];
-        let cut_off = tokio::time::timeout(
-            Duration::from_millis(250),
-            sink.write(&batch, &spans, &turns),
-        )
-        .await;
-        assert!(
-            cut_off.is_err(),
-            "the write timeout cut the second insert off"
+        let cut_off =
+            tokio::time::timeout(Duration::from_secs(1), sink.write(&batch, &spans, &turns)).await;
+        assert!(cut_off.is_err(), "the write timeout cut the write off");
+        assert_eq!(
+            requests.lock().expect("requests").len(),
+            3,
+            "cut off while the second insert was out (else this run proves nothing)"
         );
         let refusals = sink.write(&batch, &spans, &turns).await.expect("written");
         assert_eq!(

@@ -101,13 +101,17 @@ impl<A: Send + 'static> InFlight<A> {
         }
     }
 
-    /// [`settle`](Self::settle), blocking: for a revoked task's sink
-    /// (`on_revoke` runs inside `block_in_place` on the runtime), so the
-    /// partition is not handed on — to another instance, or back to this
-    /// one — while a request of its sink may still land.
-    pub fn settle_blocking(&mut self) {
+    /// [`settle`](Self::settle), blocking, for at most `wait`: for a
+    /// revoked task's sink (`on_revoke` runs inside `block_in_place` on the
+    /// runtime), so the partition is not handed on — to another instance,
+    /// or back to this one — while a request of its sink may still land.
+    /// Bounded: the runtime waits for a revoked task only so long (the
+    /// revoke deadline; a stopping worker, its stop limit).
+    pub fn settle_blocking(&mut self, wait: std::time::Duration) {
         if self.request.is_some() {
-            tokio::runtime::Handle::current().block_on(self.settle());
+            tokio::runtime::Handle::current().block_on(async {
+                let _ = tokio::time::timeout(wait, self.settle()).await;
+            });
         }
     }
 }
@@ -203,7 +207,7 @@ mod tests {
         )
         .await;
         assert!(cut_off.is_err(), "cut off before the answer");
-        tokio::task::block_in_place(|| in_flight.settle_blocking());
+        tokio::task::block_in_place(|| in_flight.settle_blocking(Duration::from_secs(10)));
         assert!(
             landed.load(std::sync::atomic::Ordering::SeqCst),
             "the request landed before the revoke went on"
