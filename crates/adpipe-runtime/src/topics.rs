@@ -9,10 +9,11 @@
 //! record (or crash-looping) later. A cluster that does not answer (down,
 //! or its leaders moving: a worker restarted during an outage) is asked
 //! again with backoff for up to [`CLUSTER_PATIENCE`], each failure logged.
-//! A topic missing from the answer is looked for again for up to
-//! [`MISSING_TOPIC_PATIENCE`] before the worker refuses: the broker that
-//! answered may not yet know a topic its controller just created (a chaos
-//! run's merger was refused so, on a cluster of three).
+//! An answer with problems is asked for again for up to
+//! [`PROBLEM_PATIENCE`] before the worker refuses: the broker that
+//! answered may not yet know a topic (or the partitions) its controller
+//! just created (a chaos run's merger was refused so, on a cluster of
+//! three).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -74,9 +75,9 @@ pub fn problems(settings: &WorkerSettings, partitions: &HashMap<String, usize>) 
 /// How long a worker starting waits for its cluster to answer.
 pub const CLUSTER_PATIENCE: Duration = Duration::from_secs(300);
 
-/// How long a worker starting looks again for a topic the cluster's answer
-/// lacks (a broker's metadata lags its controller's by moments).
-pub const MISSING_TOPIC_PATIENCE: Duration = Duration::from_secs(15);
+/// How long a worker starting asks again while the cluster's answer has
+/// problems (a broker's metadata lags its controller's by moments).
+pub const PROBLEM_PATIENCE: Duration = Duration::from_secs(15);
 
 /// Reads the cluster's topics and returns [`problems`].
 pub fn check(settings: &WorkerSettings) -> Result<Vec<String>, rdkafka::error::KafkaError> {
@@ -85,31 +86,18 @@ pub fn check(settings: &WorkerSettings) -> Result<Vec<String>, rdkafka::error::K
         .kafka
         .client_config()
         .create_with_context(adpipe_kafka_client::RefusalWatch::default())?;
-    let named = named_topics(settings);
-    let give_up = std::time::Instant::now() + MISSING_TOPIC_PATIENCE;
+    let give_up = std::time::Instant::now() + PROBLEM_PATIENCE;
     loop {
-        let partitions = partition_counts(settings, &client)?;
-        let missing: Vec<&String> = named
-            .iter()
-            .filter(|topic| !partitions.contains_key(*topic))
-            .collect();
-        if missing.is_empty() || std::time::Instant::now() >= give_up {
-            return Ok(problems(settings, &partitions));
+        let problems = problems(settings, &partition_counts(settings, &client)?);
+        if problems.is_empty() || std::time::Instant::now() >= give_up {
+            return Ok(problems);
         }
         tracing::warn!(
-            ?missing,
-            "topics not in the cluster's answer; looking again"
+            ?problems,
+            "the cluster's answer has problems; looking again"
         );
         std::thread::sleep(Duration::from_secs(1));
     }
-}
-
-/// Every topic the worker reads or writes, the dead-letter topic included.
-fn named_topics(settings: &WorkerSettings) -> Vec<String> {
-    let mut topics = settings.input_topics();
-    topics.extend(settings.outputs.iter().map(|output| output.topic.clone()));
-    topics.push(settings.dead_letter_topic.clone());
-    topics
 }
 
 /// Topic → partition count of every topic in one metadata answer, asking

@@ -64,7 +64,7 @@ use gcp_bigquery_client::model::time_partitioning::TimePartitioning;
 use serde_json::Value;
 
 use crate::config::{BigQuerySettings, Input};
-use crate::in_flight::{Carries, InFlight};
+use crate::in_flight::{BatchId, Carries, InFlight};
 use crate::record::{Identity, schema_fields};
 use crate::sink::{Pending, Refusal, Sink, SinkFactory, Turn, Turns};
 
@@ -475,11 +475,10 @@ pub struct BigQuerySink {
     /// The question where the partition's rows end, if a write was cut
     /// off waiting for its answer.
     question: InFlight<Result<HashMap<i32, i64>, StepError>>,
-    /// What BigQuery refused of the batch being written (its first and
-    /// last offsets and length), kept for its next attempt: a write cut off while the
+    /// What BigQuery refused of the batch being written, kept for its next attempt: a write cut off while the
     /// rest was re-sent must not forget them — once the rest landed, the
     /// table no longer says that they did not.
-    refused: Option<((i64, i64, usize), Vec<Refusal>)>,
+    refused: Option<(BatchId, Vec<Refusal>)>,
 }
 
 /// How long an insert or a query may wait for BigQuery's answer, beyond
@@ -630,11 +629,7 @@ impl Sink for BigQuerySink {
         spans: &[Span],
         turns: &Turns,
     ) -> Result<Vec<Refusal>, StepError> {
-        let this_batch = (
-            batch.first().map_or(-1, |pending| pending.source.offset),
-            batch.last().map_or(-1, |pending| pending.source.offset),
-            batch.len(),
-        );
+        let this_batch = BatchId::of(batch);
         if self
             .refused
             .as_ref()

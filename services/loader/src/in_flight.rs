@@ -25,24 +25,36 @@ use tokio::task::JoinHandle;
 
 use crate::sink::{Pending, Turn, Turns, take_turn};
 
-/// The records a request carries: its batch's first offset and length,
-/// and which of the batch's records.
+/// Which batch: its first and last offsets and its length (a retried
+/// batch is the same records: the runtime seals a batch whose write failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchId(i64, i64, usize);
+
+impl BatchId {
+    /// The id of `batch`.
+    pub fn of<I>(batch: &[Pending<I>]) -> BatchId {
+        let offset = |pending: &Pending<I>| pending.source.offset;
+        BatchId(
+            batch.first().map_or(-1, offset),
+            batch.last().map_or(-1, offset),
+            batch.len(),
+        )
+    }
+}
+
+/// The records a request carries: which batch, and which of its records.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Carries(i64, usize, Vec<usize>);
+pub struct Carries(BatchId, Vec<usize>);
 
 impl Carries {
     /// What a question to the store (no write) carries.
     pub fn nothing() -> Carries {
-        Carries(-1, 0, Vec::new())
+        Carries(BatchId(-1, -1, 0), Vec::new())
     }
 
     /// `indices` of `batch`.
     pub fn new<I>(batch: &[Pending<I>], indices: &[usize]) -> Carries {
-        Carries(
-            batch.first().map_or(-1, |pending| pending.source.offset),
-            batch.len(),
-            indices.to_vec(),
-        )
+        Carries(BatchId::of(batch), indices.to_vec())
     }
 }
 
@@ -131,7 +143,7 @@ mod tests {
     async fn a_cut_off_request_is_joined_by_the_attempt_carrying_the_same_records() {
         let turns = turns(1);
         let mut in_flight = InFlight::<u32>::default();
-        let carries = Carries(10, 5, vec![0, 1, 2, 3, 4]);
+        let carries = Carries(BatchId(10, 14, 5), vec![0, 1, 2, 3, 4]);
         let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let send = |answer: u32| {
             let sent = Arc::clone(&sent);
@@ -229,8 +241,8 @@ mod tests {
                 })
             }
         };
-        let first = Carries(10, 5, vec![0, 1]);
-        let other = Carries(10, 5, vec![1]);
+        let first = Carries(BatchId(10, 14, 5), vec![0, 1]);
+        let other = Carries(BatchId(10, 14, 5), vec![1]);
         let _ = tokio::time::timeout(
             Duration::from_millis(20),
             in_flight.answer(first.clone(), &turns, slow(1)),
