@@ -405,6 +405,16 @@ pub trait StepFactory: Send + Sync + 'static {
     /// the others start from the group's committed offset (or
     /// `auto.offset.reset`).
     ///
+    /// A service should not start past the group's commit where it cannot
+    /// tell that the records in between left nothing undone: a record
+    /// dead-lettered while the batch after it was stored has its dead
+    /// letter acknowledged only after that batch, so a kill -9 between the
+    /// two leaves the store past the record and the commit before it.
+    /// The stats-counter and the files loader start at the commit when it
+    /// is behind, reading those records again without storing them twice
+    /// (a bad one is dead-lettered again); BigQuery starts after its last
+    /// row unless a row is missing since the commit.
+    ///
     /// Called on the consumer's thread during the rebalance, only when
     /// [`STORES_OFFSETS`](StepFactory::STORES_OFFSETS): blocking is
     /// allowed, briefly. An error stops the worker — resuming from a guess

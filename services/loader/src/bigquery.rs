@@ -33,16 +33,13 @@
 //! minute; the emulator has none): a request that failed in transit but
 //! was applied, an insert unanswered in [`PATIENCE`] that lands after the
 //! table was asked, an insert of a revoked sink still out after
-//! [`REVOKE_WAIT`]. Not covered: a refused row whose batch's other rows
-//! landed, when the task ends (kill -9, revoke, stop) before its dead
-//! letter was acknowledged — the table, where the partition resumes, does
-//! not say that it was refused. BigQuery takes an insertId of at most 128 characters: a
-//! longer event id is sent as its xxh3-128 digest ([`insert_id`]), the row
+//! [`REVOKE_WAIT`]. BigQuery takes an insertId of at most 128
+//! characters: a longer event id is sent as its xxh3-128 digest ([`insert_id`]), the row
 //! itself keeping the whole id — never a refused request for a legal
 //! event. Proven here on the emulator (`infra/bigquery.sh`) after
 //! kill -9 (`tests/bigquery.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,22 +219,121 @@ impl Target {
             self.project, self.dataset
         );
         let mut stored = HashMap::new();
-        query_pages(
-            &self.client,
-            &self.project,
-            QueryRequest::new(sql),
-            |rows| {
-                while rows.next_row() {
-                    if let (Some(partition), Some(offset)) = (rows.get_i64(0)?, rows.get_i64(1)?) {
-                        stored.insert(i32::try_from(partition).unwrap_or(-1), offset);
+        self.each_row(sql, |row| {
+            if let (Some(partition), Some(offset)) = (row.first(), row.get(1)) {
+                stored.insert(i32::try_from(*partition).unwrap_or(-1), *offset);
+            }
+        })
+        .await?;
+        Ok(stored)
+    }
+
+    /// Where each of these partitions of `table` resumes, given the
+    /// group's committed offset of each: after its last row when every
+    /// offset from the commit to that row has its row. Else a row missing
+    /// there was refused or its record dead-lettered, and the dead letter
+    /// may not have been acknowledged (a kill -9 after the rest of its
+    /// batch landed): no offset — the partition resumes at the commit, its
+    /// records are read again, the rows the table holds not sent again
+    /// ([`BigQuerySink::present`]) and the missing ones dead-lettered
+    /// again. A partition without a commit resumes after its last row.
+    async fn resume_points(
+        &self,
+        table: &str,
+        partitions: &[(i32, Option<i64>)],
+    ) -> Result<HashMap<i32, i64>, StepError> {
+        if partitions.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let bounds: Vec<String> = partitions
+            .iter()
+            .map(|(partition, committed)| {
+                format!(
+                    "({PARTITION} = {partition} AND {OFFSET} >= {})",
+                    committed.unwrap_or(0)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT {PARTITION}, MAX({OFFSET}), COUNT(DISTINCT {OFFSET}) FROM `{}.{}.{table}` \
+             WHERE {} GROUP BY {PARTITION}",
+            self.project,
+            self.dataset,
+            bounds.join(" OR ")
+        );
+        let mut resume = HashMap::new();
+        self.each_row(sql, |row| {
+            let &[partition, last, count] = row else {
+                return;
+            };
+            let Ok(partition) = i32::try_from(partition) else {
+                return;
+            };
+            let committed = partitions
+                .iter()
+                .find(|(p, _)| *p == partition)
+                .and_then(|(_, committed)| *committed);
+            match committed {
+                Some(committed) if count != last - committed + 1 => tracing::info!(
+                    table,
+                    partition,
+                    committed,
+                    last,
+                    rows = count,
+                    "rows missing between the commit and the table's last row (refused or \
+                     dead-lettered records): resuming at the commit, to dead-letter them again"
+                ),
+                _ => {
+                    resume.insert(partition, last + 1);
+                }
+            }
+        })
+        .await?;
+        Ok(resume)
+    }
+
+    /// The offsets in `first..=last` of `partition`'s rows in `table`.
+    async fn present(
+        &self,
+        table: &str,
+        partition: i32,
+        (first, last): (i64, i64),
+    ) -> Result<HashSet<i64>, StepError> {
+        let sql = format!(
+            "SELECT DISTINCT {OFFSET} FROM `{}.{}.{table}` \
+             WHERE {PARTITION} = {partition} AND {OFFSET} >= {first} AND {OFFSET} <= {last}",
+            self.project, self.dataset
+        );
+        let mut present = HashSet::new();
+        self.each_row(sql, |row| {
+            present.extend(row.first().copied());
+        })
+        .await?;
+        Ok(present)
+    }
+
+    /// Runs `sql` and hands `row` each row's integer columns (as far as
+    /// the first that is not one).
+    async fn each_row(&self, sql: String, mut row: impl FnMut(&[i64])) -> Result<(), StepError> {
+        let mut request = QueryRequest::new(sql);
+        request.max_results = Some(100_000);
+        let mut values = Vec::new();
+        query_pages(&self.client, &self.project, request, |rows| {
+            let columns = rows.column_names().len();
+            while rows.next_row() {
+                values.clear();
+                for column in 0..columns {
+                    match rows.get_i64(column)? {
+                        Some(value) => values.push(value),
+                        None => break,
                     }
                 }
-                Ok(())
-            },
-        )
+                row(&values);
+            }
+            Ok(())
+        })
         .await
-        .map_err(|error| StepError::transient("bigquery_query", error))?;
-        Ok(stored)
+        .map_err(|error| StepError::transient("bigquery_query", error))
     }
 }
 
@@ -427,16 +523,11 @@ impl SinkFactory for BigQueryFactory {
     const STORES_OFFSETS: bool = true;
 
     fn sink(&self, topic: &str, partition: i32) -> Result<BigQuerySink, StepError> {
-        Ok(BigQuerySink {
-            target: self.target.clone(),
-            table: table_id(&self.prefix, topic),
+        Ok(BigQuerySink::new(
+            self.target.clone(),
+            table_id(&self.prefix, topic),
             partition,
-            next: None,
-            uncertain: true,
-            in_flight: InFlight::default(),
-            question: InFlight::default(),
-            refused: None,
-        })
+        ))
     }
 
     fn stored_offsets(
@@ -449,10 +540,17 @@ impl SinkFactory for BigQueryFactory {
         let mut starts = Vec::new();
         for topic in topics {
             let table = table_id(&self.prefix, topic);
-            let stored = self.runtime.block_on(self.target.stored(&table, None))?;
-            for assigned in partitions.iter().filter(|p| &p.topic == topic) {
-                if let Some(offset) = stored.get(&assigned.partition) {
-                    starts.push((topic.clone(), assigned.partition, offset + 1));
+            let assigned: Vec<(i32, Option<i64>)> = partitions
+                .iter()
+                .filter(|p| &p.topic == topic)
+                .map(|p| (p.partition, p.committed))
+                .collect();
+            let resume = self
+                .runtime
+                .block_on(self.target.resume_points(&table, &assigned))?;
+            for (partition, _) in assigned {
+                if let Some(offset) = resume.get(&partition) {
+                    starts.push((topic.clone(), partition, *offset));
                 }
             }
         }
@@ -465,8 +563,15 @@ pub struct BigQuerySink {
     target: Target,
     table: String,
     partition: i32,
-    /// The offset after the last row known to be in the table.
-    next: Option<i64>,
+    /// The partition's last offset in the table, as far as the sink knows:
+    /// rows after it are not there. Below it a row may be missing (refused,
+    /// or its record dead-lettered before the store: see
+    /// [`Target::resume_points`]), so a batch reaching down there is
+    /// written by [`Self::present`], not by this.
+    table_end: Option<i64>,
+    /// The offsets of a batch's rows the table holds (asked when the batch
+    /// reaches down to `table_end`).
+    present: Option<(BatchId, HashSet<i64>)>,
     /// Whether the table must be asked first (at the start, or after a
     /// request that may or may not have landed).
     uncertain: bool,
@@ -474,7 +579,7 @@ pub struct BigQuerySink {
     in_flight: InFlight<InsertAnswer>,
     /// The question where the partition's rows end, if a write was cut
     /// off waiting for its answer.
-    question: InFlight<Result<HashMap<i32, i64>, StepError>>,
+    question: InFlight<Result<TableAnswer, StepError>>,
     /// What BigQuery refused of the batch being written, kept for its next attempt: a write cut off while the
     /// rest was re-sent must not forget them — once the rest landed, the
     /// table no longer says that they did not.
@@ -491,6 +596,10 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// limit (25 s), so a slow insert delays a rebalance or a SIGTERM but
 /// never fails them.
 const REVOKE_WAIT: Duration = Duration::from_secs(10);
+
+/// What the table says before a batch is written: the partition's last
+/// offset in it, and which of the batch's offsets up to that it holds.
+type TableAnswer = (Option<i64>, HashSet<i64>);
 
 /// BigQuery's answer to an insert: the rows it refused, with its reasons
 /// (by index in the request).
@@ -566,6 +675,21 @@ async fn insert(
 }
 
 impl BigQuerySink {
+    /// A new sink of `partition` into `table`: it asks the table first.
+    fn new(target: Target, table: String, partition: i32) -> Self {
+        BigQuerySink {
+            target,
+            table,
+            partition,
+            table_end: None,
+            present: None,
+            uncertain: true,
+            in_flight: InFlight::default(),
+            question: InFlight::default(),
+            refused: None,
+        }
+    }
+
     /// The records of `batch` not yet in the table, as far as it knows,
     /// and not refused by BigQuery.
     fn unwritten(&self, batch: &[Pending<Row>]) -> Vec<usize> {
@@ -573,30 +697,72 @@ impl BigQuerySink {
             .refused
             .as_ref()
             .map_or(&[][..], |(_, refused)| refused);
+        let this_batch = BatchId::of(batch);
+        let present = self
+            .present
+            .as_ref()
+            .filter(|(of, _)| *of == this_batch)
+            .map(|(_, present)| present);
         (0..batch.len())
             .filter(|&index| {
-                self.next
-                    .is_none_or(|next| batch[index].item.offset >= next)
-                    && !refused.iter().any(|refusal| refusal.index == index)
+                let offset = batch[index].item.offset;
+                let in_table = self.table_end.is_some_and(|end| offset <= end)
+                    && present.is_none_or(|present| present.contains(&offset));
+                !in_table && !refused.iter().any(|refusal| refusal.index == index)
             })
             .collect()
     }
 
-    /// Reads where the partition's rows end in the table (on a task of its
-    /// own, like an insert: a store slower than the write timeout still
-    /// answers the next attempt).
-    async fn ask_table(&mut self, turns: &Turns) -> Result<(), StepError> {
+    /// Whether the table must be asked before `batch` is written: after a
+    /// request that may have landed, or when the batch reaches down to
+    /// rows the table held before (which of them it holds).
+    fn must_ask(&self, batch: &[Pending<Row>]) -> bool {
+        let reaches_down = batch
+            .first()
+            .zip(self.table_end)
+            .is_some_and(|(first, end)| first.item.offset <= end);
+        self.uncertain
+            || (reaches_down
+                && self
+                    .present
+                    .as_ref()
+                    .is_none_or(|(of, _)| *of != BatchId::of(batch)))
+    }
+
+    /// Reads where the partition's rows end in the table and, when `batch`
+    /// reaches down there, which of its rows the table holds (on a task of
+    /// its own, like an insert: a store slower than the write timeout
+    /// still answers the next attempt).
+    async fn ask_table(&mut self, batch: &[Pending<Row>], turns: &Turns) -> Result<(), StepError> {
         let (target, table, partition) = (&self.target, &self.table, self.partition);
-        let stored = self
+        let span = batch
+            .first()
+            .zip(batch.last())
+            .map(|(first, last)| (first.item.offset, last.item.offset));
+        let (end, present) = self
             .question
-            .answer(Carries::nothing(), turns, |turn| {
+            .answer(Carries::new(batch, &[]), turns, |turn| {
                 let (target, table) = (target.clone(), table.clone());
                 spawn_request(turn, "bigquery_query", async move {
-                    target.stored(&table, Some(partition)).await
+                    let end = target
+                        .stored(&table, Some(partition))
+                        .await?
+                        .get(&partition)
+                        .copied();
+                    let present = match (end, span) {
+                        (Some(end), Some((first, last))) if first <= end => {
+                            target
+                                .present(&table, partition, (first, last.min(end)))
+                                .await?
+                        }
+                        _ => HashSet::new(),
+                    };
+                    Ok((end, present))
                 })
             })
             .await??;
-        self.next = stored.get(&self.partition).map(|offset| offset + 1);
+        self.table_end = end;
+        self.present = Some((BatchId::of(batch), present));
         self.uncertain = false;
         Ok(())
     }
@@ -642,9 +808,9 @@ impl Sink for BigQuerySink {
             Some(carried) if *carried == Carries::new(batch, &self.unwritten(batch)) => {}
             Some(_) => {
                 self.in_flight.settle().await;
-                self.ask_table(turns).await?;
+                self.ask_table(batch, turns).await?;
             }
-            None if self.uncertain => self.ask_table(turns).await?,
+            None if self.must_ask(batch) => self.ask_table(batch, turns).await?,
             None => {}
         }
         let mut pending = self.unwritten(batch);
@@ -713,10 +879,7 @@ impl Sink for BigQuerySink {
             ));
         }
         if let Some(span) = spans.first() {
-            self.next = Some(
-                self.next
-                    .map_or(span.last + 1, |next| next.max(span.last + 1)),
-            );
+            self.table_end = Some(self.table_end.map_or(span.last, |end| end.max(span.last)));
         }
         Ok(self
             .refused
@@ -738,7 +901,7 @@ mod tests {
 
     /// Answers BigQuery's REST calls on a loopback port with `answers`,
     /// one per request in order (each on its own connection, after its
-    /// delay), and keeps the request lines it was sent. Only for what the
+    /// delay), and keeps the requests it was sent (line, newline, body). Only for what the
     /// emulator never does: leave a query unfinished within the request,
     /// refuse a row of a valid record.
     fn canned_bigquery(
@@ -758,24 +921,35 @@ mod tests {
                 let mut reader = BufReader::new(stream.try_clone().expect("clone"));
                 let mut line = String::new();
                 reader.read_line(&mut line).expect("request line");
-                sent.lock()
-                    .expect("requests")
-                    .push(line.trim_end().to_owned());
-                let mut length = 0;
+                let (mut length, mut gzip) = (0, false);
                 loop {
                     let mut header = String::new();
                     reader.read_line(&mut header).expect("header");
                     if header.trim_end().is_empty() {
                         break;
                     }
-                    if let Some((name, value)) = header.split_once(':')
-                        && name.eq_ignore_ascii_case("content-length")
-                    {
-                        length = value.trim().parse().expect("length");
+                    if let Some((name, value)) = header.split_once(':') {
+                        if name.eq_ignore_ascii_case("content-length") {
+                            length = value.trim().parse().expect("length");
+                        }
+                        gzip |=
+                            name.eq_ignore_ascii_case("content-encoding") && value.trim() == "gzip";
                     }
                 }
                 let mut body = vec![0; length];
                 reader.read_exact(&mut body).expect("body");
+                if gzip {
+                    let mut plain = Vec::new();
+                    flate2::read::GzDecoder::new(&body[..])
+                        .read_to_end(&mut plain)
+                        .expect("gzip");
+                    body = plain;
+                }
+                sent.lock().expect("requests").push(format!(
+                    "{}\n{}",
+                    line.trim_end(),
+                    String::from_utf8_lossy(&body)
+                ));
                 std::thread::sleep(delay);
                 let mut stream = stream;
                 let _ = write!(
@@ -803,19 +977,26 @@ mod tests {
         }
     }
 
-    /// The answer to `SELECT _partition, MAX(_offset)`: `rows` of
-    /// (partition, offset).
-    fn finished_query(job: &str, rows: &[(i32, i64)]) -> String {
+    /// The answer to a query of integer columns: `rows` of their values.
+    fn finished_query(job: &str, rows: &[&[i64]]) -> String {
+        let columns = rows.first().map_or(2, |row| row.len());
+        let fields: Vec<String> = (0..columns)
+            .map(|column| format!(r#"{{"name": "f{column}_", "type": "INTEGER"}}"#))
+            .collect();
         let rows: Vec<String> = rows
             .iter()
-            .map(|(partition, offset)| {
-                format!(r#"{{"f": [{{"v": "{partition}"}}, {{"v": "{offset}"}}]}}"#)
+            .map(|row| {
+                let cells: Vec<String> = row
+                    .iter()
+                    .map(|value| format!(r#"{{"v": "{value}"}}"#))
+                    .collect();
+                format!(r#"{{"f": [{}]}}"#, cells.join(", "))
             })
             .collect();
         format!(
             r#"{{"kind": "bigquery#queryResponse", "jobComplete": true, {job},
-                "schema": {{"fields": [{{"name": "_partition", "type": "INTEGER"}}, {{"name": "f1_", "type": "INTEGER"}}]}},
-                "rows": [{}], "totalRows": "{}"}}"#,
+                "schema": {{"fields": [{}]}}, "rows": [{}], "totalRows": "{}"}}"#,
+            fields.join(", "),
             rows.join(", "),
             rows.len()
         )
@@ -829,7 +1010,7 @@ mod tests {
         let (url, requests) = canned_bigquery(vec![
             (Duration::ZERO, unfinished.clone()),
             (Duration::ZERO, unfinished),
-            (Duration::ZERO, finished_query(job, &[(3, 41)])),
+            (Duration::ZERO, finished_query(job, &[&[3, 41]])),
         ]);
         let stored = canned_target(url)
             .await
@@ -881,6 +1062,106 @@ mod tests {
         Pending::for_test("t", 0, offset, (id, 1_796_241_137_042), item)
     }
 
+    /// A new sink of partition 0 of table `t` at the canned BigQuery `url`.
+    async fn canned_sink(url: String) -> BigQuerySink {
+        BigQuerySink::new(canned_target(url).await, "t".to_owned(), 0)
+    }
+
+    fn spans(first: i64, last: i64) -> [Span; 1] {
+        [Span {
+            topic: "t".to_owned(),
+            partition: 0,
+            first,
+            last,
+        }]
+    }
+
+    #[tokio::test]
+    async fn a_partition_with_a_row_missing_after_its_commit_resumes_at_the_commit() {
+        let job = r#""jobReference": {"projectId": "p", "jobId": "job-1"}"#;
+        let (url, requests) = canned_bigquery(vec![(
+            Duration::ZERO,
+            // (partition, last offset, rows) from each partition's commit.
+            finished_query(job, &[&[0, 102, 2], &[1, 60, 11], &[2, 9, 7]]),
+        )]);
+        let resume = canned_target(url)
+            .await
+            .resume_points(
+                "t",
+                &[(0, Some(100)), (1, Some(50)), (2, None), (3, Some(7))],
+            )
+            .await
+            .expect("answered");
+        assert_eq!(
+            resume,
+            // 0: a row of 100..=102 missing (refused, or its record
+            // dead-lettered): at the commit, to dead-letter it again.
+            // 1: every row of 50..=60 there: after them. 2: no commit:
+            // after the last row. 3: no row since its commit: at it.
+            HashMap::from([(1, 61), (2, 10)]),
+        );
+        let requests = requests.lock().expect("requests").clone();
+        assert!(
+            requests[0].contains("_partition = 0 AND _offset >= 100")
+                && requests[0].contains("_partition = 2 AND _offset >= 0"),
+            "{requests:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_row_missing_below_the_tables_end_is_sent_again_and_its_refusal_returned() {
+        // A kill -9 after the batch's other rows landed, before the dead
+        // letter of the row BigQuery refused was acknowledged: the table
+        // holds 100 and 102, the partition resumed at its commit (100).
+        let job = r#""jobReference": {"projectId": "p", "jobId": "job-1"}"#;
+        let (url, requests) = canned_bigquery(vec![
+            (Duration::ZERO, finished_query(job, &[&[0, 102]])),
+            (Duration::ZERO, finished_query(job, &[&[100], &[102]])),
+            // 101 refused, 103 stopped for it; then 103 alone, inserted.
+            (
+                Duration::ZERO,
+                r#"{"kind": "bigquery#tableDataInsertAllResponse", "insertErrors": [
+                    {"index": 0, "errors": [{"reason": "invalid", "message": "no such field: x"}]},
+                    {"index": 1, "errors": [{"reason": "stopped", "message": ""}]}]}"#
+                    .to_owned(),
+            ),
+            (
+                Duration::ZERO,
+                r#"{"kind": "bigquery#tableDataInsertAllResponse"}"#.to_owned(),
+            ),
+        ]);
+        let mut sink = canned_sink(url).await;
+        let turns: Turns = Arc::new(tokio::sync::Semaphore::new(2));
+        let batch = [row(100), row(101), row(102), row(103)];
+        let refusals = sink
+            .write(&batch, &spans(100, 103), &turns)
+            .await
+            .expect("written");
+        let requests = requests.lock().expect("requests").clone();
+        assert_eq!(
+            refusals
+                .iter()
+                .map(|refusal| (refusal.index, refusal.kind))
+                .collect::<Vec<_>>(),
+            [(1, "row_rejected")],
+            "the missing row refused again, for the dead-letter topic: {requests:?}"
+        );
+        assert_eq!(requests.len(), 4, "{requests:?}");
+        assert!(
+            requests[1].contains("_offset >= 100 AND _offset <= 102"),
+            "which of the batch's rows the table holds: {requests:?}"
+        );
+        let insert = &requests[2];
+        assert!(
+            insert.contains("imp-101") && insert.contains("imp-103"),
+            "the missing row sent again, with the one after the table's end: {insert}"
+        );
+        assert!(
+            !insert.contains("imp-100") && !insert.contains("imp-102"),
+            "the rows the table holds not sent again: {insert}"
+        );
+    }
+
     #[tokio::test]
     async fn a_refused_row_is_not_forgotten_when_the_rest_outlives_the_write() {
         let job = r#""jobReference": {"projectId": "p", "jobId": "job-1"}"#;
@@ -904,26 +1185,12 @@ mod tests {
                 r#"{"kind": "bigquery#tableDataInsertAllResponse"}"#.to_owned(),
             ),
             // Asked again, the table has every row up to the batch's end.
-            (Duration::ZERO, finished_query(job, &[(0, 102)])),
+            (Duration::ZERO, finished_query(job, &[&[0, 102]])),
         ]);
-        let mut sink = BigQuerySink {
-            target: canned_target(url).await,
-            table: "t".to_owned(),
-            partition: 0,
-            next: None,
-            uncertain: true,
-            in_flight: InFlight::default(),
-            question: InFlight::default(),
-            refused: None,
-        };
+        let mut sink = canned_sink(url).await;
         let turns: Turns = Arc::new(tokio::sync::Semaphore::new(2));
         let batch = [row(100), row(101), row(102)];
-        let spans = [Span {
-            topic: "t".to_owned(),
-            partition: 0,
-            first: 100,
-            last: 102,
-        }];
+        let spans = spans(100, 102);
         let cut_off =
             tokio::time::timeout(Duration::from_secs(1), sink.write(&batch, &spans, &turns)).await;
         assert!(cut_off.is_err(), "the write timeout cut the write off");

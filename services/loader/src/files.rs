@@ -18,7 +18,13 @@
 //!   restart — after kill -9 anywhere in the sequence — first finishes a
 //!   pending batch (renames what is still staged), then starts at the
 //!   marker's offset, so no record is written twice even when the Kafka
-//!   commit was behind, and none skipped;
+//!   commit was behind, and none skipped. When the commit is behind the
+//!   marker, it starts at the commit instead: a bad record there was
+//!   dead-lettered while the batch after it was written, and a kill -9
+//!   may have cut its dead letter off; read again, it is dead-lettered
+//!   again, while the records below the marker are not written again
+//!   (`Sink::holds`). A batch's files are named from its first record
+//!   written;
 //! - a full disk stops the worker with the file named (nothing committed
 //!   past the batch); other IO errors are retried.
 //!
@@ -303,7 +309,14 @@ impl SinkFactory for FilesFactory {
             let paths =
                 PartitionPaths::new(&self.settings.dir, &assigned.topic, assigned.partition);
             if let Some(next) = paths.recover()? {
-                starts.push((assigned.topic.clone(), assigned.partition, next));
+                // Behind the marker, the commit marks records whose dead
+                // letters may be missing: start there (`Sink::holds`
+                // keeps the others out of the files).
+                let start = assigned
+                    .committed
+                    .filter(|committed| *committed < next)
+                    .unwrap_or(next);
+                starts.push((assigned.topic.clone(), assigned.partition, start));
             }
         }
         Ok(starts)
@@ -393,6 +406,14 @@ impl FilesSink {
             // (it may be past this batch).
             return Ok(());
         }
+        // Named from the first record written: the ones before it are in
+        // earlier files.
+        let first = files
+            .values()
+            .filter_map(|indices| indices.first())
+            .map(|&index| batch[index].source.offset)
+            .min()
+            .unwrap_or(span.first);
         let staging = self.paths.staging();
         create_dir(&staging)?;
         let mut placed = Vec::new();
@@ -404,9 +425,7 @@ impl FilesSink {
                 String::new()
             };
             let extension = FileBuilder::extension(self.format);
-            let target = self
-                .paths
-                .file(hour, span.first, span.last, &suffix, extension);
+            let target = self.paths.file(hour, first, span.last, &suffix, extension);
             // A batch across an hour's end has a file of the same name in
             // each hour's directory: staged apart, or the second would
             // overwrite the first (found by the chaos run: one hour's
@@ -491,6 +510,10 @@ impl Sink for FilesSink {
             layout,
             datum,
         })
+    }
+
+    fn holds(&self, offset: i64) -> bool {
+        self.next.is_some_and(|next| offset < next)
     }
 
     async fn write(

@@ -126,6 +126,17 @@ pub trait Sink: Send + 'static {
         turns: &Turns,
     ) -> impl Future<Output = Result<Vec<Refusal>, StepError>> + Send;
 
+    /// Whether the store holds the record at `offset` already, as far as
+    /// the sink knows without IO (files: below the partition's marker). A
+    /// partition resumes at the group's commit when that is behind what
+    /// the store holds ([`SinkFactory::stored_offsets`]): such records are
+    /// read again only so that a bad one among them is dead-lettered again
+    /// — its dead letter may have been cut off — and are not written.
+    fn holds(&self, offset: i64) -> bool {
+        let _ = offset;
+        false
+    }
+
     /// Called when the task's partition is revoked or the worker stops
     /// (blocking allowed: it runs inside `block_in_place`). A sink whose
     /// requests outlive its writes and whose store is asked where the
@@ -149,7 +160,15 @@ pub trait SinkFactory: Send + Sync + 'static {
 
     /// Where these newly assigned partitions resume, for a sink that keeps
     /// it (see `adpipe_runtime::StepFactory::stored_offsets`); blocking
-    /// allowed, briefly.
+    /// allowed, briefly. Not past the group's commit where the store may
+    /// lack a record the commit is behind: a record dead-lettered (bad, or
+    /// refused by the store) while its batch's other records were written
+    /// has its dead letter acknowledged only after them — a kill -9 in
+    /// between leaves the store past it and the commit before it, and a
+    /// partition resuming after the store's last record would never send
+    /// that dead letter. Such a partition resumes at the commit: the
+    /// records the store holds are not written again ([`Sink::holds`], or
+    /// asked of the store), the bad ones dead-lettered again.
     fn stored_offsets(
         &self,
         partitions: &[AssignedPartition],

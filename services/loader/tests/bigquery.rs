@@ -142,6 +142,49 @@ async fn one_row_per_event_across_a_rewound_commit() {
     assert_one_row_each(&dataset, &clk_table, "click.event_id", &click_truth).await;
 }
 
+/// A record dead-lettered before the store (not Avro) whose dead letter
+/// was not acknowledged when the loader died, though the rows after it had
+/// landed: the group's commit is behind the record, the table's rows past
+/// it — the state a kill -9 leaves between the batch's insert and the dead
+/// letter's acknowledgement, made here by rewinding the commit. The table
+/// misses the record's offset, so its partition resumes at the commit (not
+/// after the table's last row) and the record is dead-lettered again; the
+/// rows stay one per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_a_crash_cut_off_is_sent_again_not_skipped() {
+    use adpipe_runtime::dead_letter::HEADER_OFFSET;
+    let rig = Rig::new("loader-bq-dlq").await;
+    let dataset = rig.prefix.replace('-', "_");
+    let (imp_table, clk_table) = tables(&rig);
+    let (mut truth, mut click_truth) = rig.publish(0, 300).await;
+    rig.send("imp", 1, b"not avro").await;
+    let (more, more_clicks) = rig.publish(300, 600).await;
+    truth.extend(more);
+    click_truth.extend(more_clicks);
+    let config = rig.config("bigquery", "bq", &section(&dataset));
+    let dead_letters = || {
+        rig.dead_lettered()
+            .iter()
+            .map(|dead| adpipe_testkit::header_text(dead, HEADER_OFFSET).expect("offset header"))
+            .collect::<Vec<String>>()
+    };
+    for (run, dead_lettered) in [(1, 1), (2, 2)] {
+        let loader = adpipe_loader::start(rig.settings(&config)).expect("starts");
+        rig.wait_committed_to_end("bq", COMMIT_PATIENCE).await;
+        loader.stop().await.expect("clean stop");
+        assert_one_row_each(&dataset, &imp_table, "event_id", &truth).await;
+        assert_one_row_each(&dataset, &clk_table, "click.event_id", &click_truth).await;
+        assert_eq!(
+            dead_letters(),
+            vec!["100".to_owned(); dead_lettered],
+            "run {run}: the record at offset 100 of partition 1, dead-lettered once per run"
+        );
+        // The commit behind the dead letter, as a crash before its
+        // acknowledgement leaves it.
+        rig.rewind_group("bq");
+    }
+}
+
 /// Every insert takes longer than the write timeout (a proxy holds
 /// BigQuery's answers 2.5 s; the write timeout is 1 s): each cut-off
 /// insert is joined by its batch's next attempt, never sent again, and the

@@ -3,8 +3,9 @@
 //! for Avro, pyarrow (`infra/pyarrow.sh`) for Parquet: every event once,
 //! in its topic/date/hour directory, in files named from partition and
 //! offset range — across a restart whose Kafka commit was rewound behind
-//! what the files hold, and after a crash between putting a batch's files
-//! in place and recording it; Parquet rows equal to the Avro records.
+//! what the files hold (a bad record there dead-lettered again, not
+//! skipped), and after a crash between putting a batch's files in place
+//! and recording it; Parquet rows equal to the Avro records.
 
 mod support;
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use adpipe_loader::files::{Marker, PartitionPaths};
+use adpipe_runtime::dead_letter::HEADER_OFFSET;
 use support::{CLICK_IDS, IMPRESSION_IDS, Rig, assert_files_hold_once, event_files, read_files};
 
 fn files_section(dir: &Path, format: &str, codec: &str) -> String {
@@ -34,7 +36,12 @@ async fn every_event_is_in_the_parquet_files_once_across_a_rewound_commit_and_a_
 async fn files_hold_each_event_once(format: &str, codec: &str) {
     let rig = Rig::new(&format!("loader-{format}")).await;
     let dir = std::env::temp_dir().join(&rig.prefix);
-    let (mut truth, mut click_truth) = rig.publish(0, 600).await;
+    let (mut truth, mut click_truth) = rig.publish(0, 300).await;
+    // A bad record with files written past it: dead-lettered.
+    rig.send("imp", 1, b"not avro").await;
+    let (more, more_clicks) = rig.publish(300, 600).await;
+    truth.extend(more);
+    click_truth.extend(more_clicks);
     let config = rig.config("files", "files", &files_section(&dir, format, codec));
     let loader = adpipe_loader::start(rig.settings(&config)).expect("starts");
     rig.wait_committed_to_end("files", Duration::from_secs(120))
@@ -112,7 +119,19 @@ async fn files_hold_each_event_once(format: &str, codec: &str) {
     assert_eq!(
         written(loader.http_address).await,
         first_run,
-        "nothing read again"
+        "nothing written again"
+    );
+    // The commit at 0 is also what a kill -9 leaves between a batch's
+    // files and the dead letter of a bad record before them: read again
+    // from the commit, the bad record is dead-lettered again, not skipped.
+    let dead_letters: Vec<Option<String>> = rig
+        .dead_lettered()
+        .iter()
+        .map(|dead| adpipe_testkit::header_text(dead, HEADER_OFFSET))
+        .collect();
+    assert_eq!(
+        dead_letters,
+        [Some("100".to_owned()), Some("100".to_owned())]
     );
     let (more, more_clicks) = rig.publish(600, 900).await;
     truth.extend(more);

@@ -12,9 +12,15 @@
 //! again. A write refused because the stored offset moved (`Fenced`: a
 //! zombie) stops the worker: the restart resumes from PostgreSQL. A
 //! retried batch finding the stored offset at exactly its own end knows
-//! its earlier attempt committed (its answer lost) and counts as written. Bad records (undecodable, absurd event
-//! time, negative money, no ISO currency, an orphan without its reason
-//! header) go to the dead-letter topic with the reason and add nothing.
+//! its earlier attempt committed (its answer lost) and counts as written.
+//! Bad records (undecodable, absurd event time, negative money, no ISO
+//! currency, an orphan without its reason header) go to the dead-letter
+//! topic with the reason and add nothing. Records before the stored offset
+//! that the group's commit is behind are read again (their totals sent
+//! again, never counted again), and a bad one among them dead-lettered
+//! again: its dead letter may have been cut off by a kill -9 after the
+//! batch after it was stored. Not again: one refused for its event time,
+//! a decision made against the clock when it was first read.
 
 use std::time::Duration;
 
@@ -312,11 +318,13 @@ impl BatchStep for StatsStep {
 
     fn add(&mut self, batch: &mut StatsBatch, record: &InputRecord<'_>) -> Result<(), StepError> {
         if self.stored.is_some_and(|stored| record.offset < stored) {
-            // Counted before: a bad one was dead-lettered then, not again.
+            // Counted before; read again because the group's commit is
+            // behind it. A bad one is dead-lettered again: its first dead
+            // letter may have been cut off by a crash after the batch
+            // holding the records after it was stored.
             let mut rows = Increments::default();
-            if self.fold(&mut rows, record, false).is_ok() {
-                batch.resend.merge(rows);
-            }
+            self.fold(&mut rows, record, false)?;
+            batch.resend.merge(rows);
             Ok(())
         } else {
             self.fold(&mut batch.counted, record, true)

@@ -342,6 +342,12 @@ impl Rig {
     /// The distinct source coordinates (topic, partition, offset) of the
     /// dead letters (the dead-letter topic is at-least-once).
     pub fn dead_lettered(&self) -> HashSet<(String, String, String)> {
+        self.dead_letters().into_iter().collect()
+    }
+
+    /// The source coordinates (topic, partition, offset) of every dead
+    /// letter, copies included.
+    pub fn dead_letters(&self) -> Vec<(String, String, String)> {
         adpipe_testkit::read_all(&self.bootstrap, &format!("{}.dlq", self.prefix))
             .iter()
             .map(|record| {
