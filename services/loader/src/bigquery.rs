@@ -9,14 +9,27 @@
 //! - every row holds `_partition` and `_offset`; at assignment a partition
 //!   resumes after `MAX(_offset)` of its rows (`STORES_OFFSETS`), whatever
 //!   the Kafka commit says — a batch inserted just before a kill -9 is
-//!   never inserted again;
-//! - a batch is one insertAll request with `skipInvalidRows = false`: all
-//!   its rows or none (rows BigQuery refuses are reported per row, the
-//!   others marked `stopped`: the refused ones go to the dead-letter topic
-//!   with BigQuery's reason and the rest are sent again);
+//!   never inserted again — unless a row is missing between the group's
+//!   commit and that maximum ([`Target::resume_points`]): a record
+//!   dead-lettered (bad, or refused by BigQuery) while the rows after it
+//!   landed, whose dead letter a kill -9 may have cut off. Then it resumes
+//!   at the commit, and a batch reaching down to the table's last row is
+//!   sent only its rows the table lacks (asked by offset, [`Known`], once
+//!   per [`PRESENCE_SPAN`] offsets): the bad record and the refused row
+//!   are dead-lettered again, no row written twice;
+//! - a batch goes in insertAll requests of its first unwritten rows (at
+//!   most `rows-per-request`, 500 by default, and about
+//!   [`MAX_REQUEST_BYTES`]: BigQuery refuses a request over 10 MB, which
+//!   would stall the partition), one after another in offset order, each
+//!   with `skipInvalidRows = false`: all its rows or none (rows BigQuery
+//!   refuses are reported per row, the others marked `stopped`: the
+//!   refused ones go to the dead-letter topic with BigQuery's reason and
+//!   the rest are sent again) — so what landed of a batch is a prefix but
+//!   for refused rows;
 //! - after a failed request the sink does not know whether it landed:
-//!   before the next attempt it reads `MAX(_offset)` again and sends only
-//!   the rows after it;
+//!   before the next attempt it reads `MAX(_offset)` again (and, for a
+//!   batch reaching down to it, which offsets the table holds) and sends
+//!   only the rows the table lacks;
 //! - an insert the write timeout cut off goes on (keeping its turn) until
 //!   BigQuery answers ([`InFlight`], [`PATIENCE`]): the batch's next
 //!   attempt takes that answer, and the sink never asks the table what
@@ -71,9 +84,10 @@ pub const EVENT_TS: &str = "_event_ts";
 pub const PARTITION: &str = "_partition";
 /// The source offset of a row.
 pub const OFFSET: &str = "_offset";
-/// Rounds of re-sending the rows BigQuery stopped because others in the
-/// request were refused.
-const STOPPED_ROUNDS: usize = 3;
+/// About the most JSON (rows and their insertIds) one `insertAll` request
+/// carries: BigQuery refuses a request over 10 MB, and a refused request
+/// would be tried again for ever.
+pub const MAX_REQUEST_BYTES: usize = 8_000_000;
 /// The longest insertId BigQuery takes (128 characters; bytes here, which
 /// is never more lenient).
 pub const MAX_INSERT_ID_BYTES: usize = 128;
@@ -202,6 +216,8 @@ struct Target {
     client: Arc<Client>,
     project: String,
     dataset: String,
+    /// Rows per insert at most.
+    rows_per_request: usize,
 }
 
 impl Target {
@@ -235,7 +251,7 @@ impl Target {
     /// may not have been acknowledged (a kill -9 after the rest of its
     /// batch landed): no offset — the partition resumes at the commit, its
     /// records are read again, the rows the table holds not sent again
-    /// ([`BigQuerySink::present`]) and the missing ones dead-lettered
+    /// ([`Known`]) and the missing ones dead-lettered
     /// again. A partition without a commit resumes after its last row.
     async fn resume_points(
         &self,
@@ -477,6 +493,7 @@ impl BigQueryFactory {
                 client: Arc::new(client),
                 project: settings.project.clone(),
                 dataset: settings.dataset.clone(),
+                rows_per_request: settings.rows_per_request.max(1),
             };
             match target
                 .client
@@ -567,11 +584,11 @@ pub struct BigQuerySink {
     /// rows after it are not there. Below it a row may be missing (refused,
     /// or its record dead-lettered before the store: see
     /// [`Target::resume_points`]), so a batch reaching down there is
-    /// written by [`Self::present`], not by this.
+    /// written by [`Self::known`], not by this.
     table_end: Option<i64>,
-    /// The offsets of a batch's rows the table holds (asked when the batch
-    /// reaches down to `table_end`).
-    present: Option<(BatchId, HashSet<i64>)>,
+    /// Which offsets the table holds, over a range (asked when a batch
+    /// reaches down to `table_end`, then kept up by the sink's inserts).
+    known: Option<Known>,
     /// Whether the table must be asked first (at the start, or after a
     /// request that may or may not have landed).
     uncertain: bool,
@@ -598,8 +615,37 @@ const PATIENCE: Duration = Duration::from_secs(120);
 const REVOKE_WAIT: Duration = Duration::from_secs(10);
 
 /// What the table says before a batch is written: the partition's last
-/// offset in it, and which of the batch's offsets up to that it holds.
-type TableAnswer = (Option<i64>, HashSet<i64>);
+/// offset in it, and — when the batch reaches down there — which offsets
+/// from the batch's first on it holds.
+type TableAnswer = (Option<i64>, Option<Known>);
+
+/// Offsets one question about which rows the table holds covers at least:
+/// a partition resumed far behind its table's end asks once per this many,
+/// not once per batch (each question reads the table's `_partition` and
+/// `_offset` columns whole).
+const PRESENCE_SPAN: i64 = 100_000;
+
+/// Which offsets in `from..=to` of the partition the table holds.
+#[derive(Debug)]
+pub struct Known {
+    from: i64,
+    to: i64,
+    present: HashSet<i64>,
+}
+
+impl Known {
+    /// Whether it says anything of each offset in `first..=last`.
+    fn covers(&self, first: i64, last: i64) -> bool {
+        self.from <= first && last <= self.to
+    }
+
+    /// Whether the table holds `offset`, if it knows.
+    fn holds(&self, offset: i64) -> Option<bool> {
+        (self.from..=self.to)
+            .contains(&offset)
+            .then(|| self.present.contains(&offset))
+    }
+}
 
 /// BigQuery's answer to an insert: the rows it refused, with its reasons
 /// (by index in the request).
@@ -611,6 +657,27 @@ pub struct Row {
     insert_id: String,
     json: Value,
     offset: i64,
+    /// Its size in a request (JSON and insertId), about.
+    bytes: usize,
+}
+
+/// How many bytes `json` takes as JSON text.
+fn json_bytes(json: &Value) -> usize {
+    /// Counts what is written to it.
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing a `Value` to an infallible writer cannot fail.
+    let _ = serde_json::to_writer(&mut counter, json);
+    counter.0
 }
 
 /// Runs `request` on a task of its own, which keeps `turn` until BigQuery
@@ -650,26 +717,41 @@ async fn insert(
         .await
         .map_err(|error| failed("bigquery_insert", &error))?;
     let mut errors = Vec::new();
+    let mut stopped_rows = 0;
     for error in response.insert_errors.into_iter().flatten() {
-        let index = error.index.and_then(|index| usize::try_from(index).ok());
         let reasons = error.errors.unwrap_or_default();
-        let stopped = reasons
+        if reasons
             .iter()
-            .all(|reason| reason.reason.as_deref() == Some("stopped"));
-        if let (Some(index), false) = (index, stopped) {
-            let text = reasons
-                .iter()
-                .map(|reason| {
-                    format!(
-                        "{}: {}",
-                        reason.reason.as_deref().unwrap_or("invalid"),
-                        reason.message.as_deref().unwrap_or("")
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            errors.push((index, text));
+            .all(|reason| reason.reason.as_deref() == Some("stopped"))
+        {
+            stopped_rows += 1;
+            continue;
         }
+        let text = reasons
+            .iter()
+            .map(|reason| {
+                format!(
+                    "{}: {}",
+                    reason.reason.as_deref().unwrap_or("invalid"),
+                    reason.message.as_deref().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let index = error.index.and_then(|index| usize::try_from(index).ok());
+        let Some(index) = index else {
+            // Not a row's own refusal: nothing of the request is known
+            // inserted or refused.
+            return Err(StepError::transient("bigquery_insert", text));
+        };
+        errors.push((index, text));
+    }
+    if errors.is_empty() && stopped_rows > 0 {
+        // Rows stopped for no refused row: not inserted, so not written.
+        return Err(StepError::transient(
+            "bigquery_insert",
+            format!("BigQuery stopped {stopped_rows} rows and refused none"),
+        ));
     }
     Ok(errors)
 }
@@ -682,7 +764,7 @@ impl BigQuerySink {
             table,
             partition,
             table_end: None,
-            present: None,
+            known: None,
             uncertain: true,
             in_flight: InFlight::default(),
             question: InFlight::default(),
@@ -697,72 +779,124 @@ impl BigQuerySink {
             .refused
             .as_ref()
             .map_or(&[][..], |(_, refused)| refused);
-        let this_batch = BatchId::of(batch);
-        let present = self
-            .present
-            .as_ref()
-            .filter(|(of, _)| *of == this_batch)
-            .map(|(_, present)| present);
         (0..batch.len())
             .filter(|&index| {
                 let offset = batch[index].item.offset;
+                // Up to the table's end, where it knows; `must_ask` made
+                // sure it knows down there.
                 let in_table = self.table_end.is_some_and(|end| offset <= end)
-                    && present.is_none_or(|present| present.contains(&offset));
+                    && self
+                        .known
+                        .as_ref()
+                        .and_then(|known| known.holds(offset))
+                        .unwrap_or(true);
                 !in_table && !refused.iter().any(|refusal| refusal.index == index)
             })
             .collect()
+    }
+
+    /// The next insert of `batch`: its first unwritten rows, at most
+    /// `rows_per_request` of them and about [`MAX_REQUEST_BYTES`] (one row
+    /// at least); none when the batch is written.
+    fn first_request(&self, batch: &[Pending<Row>]) -> Vec<usize> {
+        let mut bytes = 0;
+        self.unwritten(batch)
+            .into_iter()
+            .enumerate()
+            .take_while(|&(count, index)| {
+                bytes += batch[index].item.bytes;
+                count == 0 || (count < self.target.rows_per_request && bytes <= MAX_REQUEST_BYTES)
+            })
+            .map(|(_, index)| index)
+            .collect()
+    }
+
+    /// Notes that the rows `landed` of `batch` are in the table. Every
+    /// other offset of the batch up to the last of them is not: refused,
+    /// its record dead-lettered, or — known before — already there (the
+    /// inserts go in offset order, and `must_ask` asked down there).
+    fn landed(&mut self, batch: &[Pending<Row>], landed: &[usize]) {
+        let offsets = landed.iter().map(|&index| batch[index].item.offset);
+        let (Some(first), Some(last)) = (offsets.clone().min(), offsets.clone().max()) else {
+            return;
+        };
+        match &mut self.known {
+            Some(known) if known.from <= first => {
+                known.present.extend(offsets);
+                known.to = known.to.max(last);
+            }
+            _ => {
+                self.known = Some(Known {
+                    from: first,
+                    to: last,
+                    present: offsets.collect(),
+                });
+            }
+        }
+        self.table_end = Some(self.table_end.map_or(last, |end| end.max(last)));
     }
 
     /// Whether the table must be asked before `batch` is written: after a
     /// request that may have landed, or when the batch reaches down to
     /// rows the table held before (which of them it holds).
     fn must_ask(&self, batch: &[Pending<Row>]) -> bool {
-        let reaches_down = batch
-            .first()
-            .zip(self.table_end)
-            .is_some_and(|(first, end)| first.item.offset <= end);
-        self.uncertain
-            || (reaches_down
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return self.uncertain;
+        };
+        let (first, last) = (first.item.offset, last.item.offset);
+        let unknown_below_end = self.table_end.is_some_and(|end| {
+            first <= end
                 && self
-                    .present
+                    .known
                     .as_ref()
-                    .is_none_or(|(of, _)| *of != BatchId::of(batch)))
+                    .is_none_or(|known| !known.covers(first, last.min(end)))
+        });
+        self.uncertain || unknown_below_end
     }
 
-    /// Reads where the partition's rows end in the table and, when `batch`
-    /// reaches down there, which of its rows the table holds (on a task of
-    /// its own, like an insert: a store slower than the write timeout
-    /// still answers the next attempt).
+    /// Reads where the partition's rows end in the table (when uncertain)
+    /// and, when `batch` reaches down there, which offsets the table holds
+    /// from the batch's first on, over [`PRESENCE_SPAN`] offsets at least
+    /// (on a task of its own, like an insert: a store slower than the
+    /// write timeout still answers the next attempt).
     async fn ask_table(&mut self, batch: &[Pending<Row>], turns: &Turns) -> Result<(), StepError> {
         let (target, table, partition) = (&self.target, &self.table, self.partition);
         let span = batch
             .first()
             .zip(batch.last())
             .map(|(first, last)| (first.item.offset, last.item.offset));
-        let (end, present) = self
+        let known_end = (!self.uncertain).then_some(self.table_end);
+        let (end, known) = self
             .question
             .answer(Carries::new(batch, &[]), turns, |turn| {
                 let (target, table) = (target.clone(), table.clone());
                 spawn_request(turn, "bigquery_query", async move {
-                    let end = target
-                        .stored(&table, Some(partition))
-                        .await?
-                        .get(&partition)
-                        .copied();
-                    let present = match (end, span) {
-                        (Some(end), Some((first, last))) if first <= end => {
-                            target
-                                .present(&table, partition, (first, last.min(end)))
-                                .await?
-                        }
-                        _ => HashSet::new(),
+                    let end = match known_end {
+                        Some(end) => end,
+                        None => target
+                            .stored(&table, Some(partition))
+                            .await?
+                            .get(&partition)
+                            .copied(),
                     };
-                    Ok((end, present))
+                    let known = match (end, span) {
+                        (Some(end), Some((first, last))) if first <= end => {
+                            let to = end.min(first + PRESENCE_SPAN.max(last - first + 1) - 1);
+                            let present = target.present(&table, partition, (first, to)).await?;
+                            Some(Known {
+                                from: first,
+                                to,
+                                present,
+                            })
+                        }
+                        _ => None,
+                    };
+                    Ok((end, known))
                 })
             })
             .await??;
         self.table_end = end;
-        self.present = Some((BatchId::of(batch), present));
+        self.known = known;
         self.uncertain = false;
         Ok(())
     }
@@ -782,8 +916,10 @@ impl Sink for BigQuerySink {
         );
         object.insert(PARTITION.to_owned(), Value::from(record.partition));
         object.insert(OFFSET.to_owned(), Value::from(record.offset));
+        let insert_id = insert_id(&identity.id);
         Ok(Row {
-            insert_id: insert_id(&identity.id),
+            bytes: json_bytes(&json) + insert_id.len() + 32,
+            insert_id,
             json,
             offset: record.offset,
         })
@@ -805,7 +941,7 @@ impl Sink for BigQuerySink {
         }
         match self.in_flight.carrying() {
             // Joined below: its answer says whether it landed.
-            Some(carried) if *carried == Carries::new(batch, &self.unwritten(batch)) => {}
+            Some(carried) if *carried == Carries::new(batch, &self.first_request(batch)) => {}
             Some(_) => {
                 self.in_flight.settle().await;
                 self.ask_table(batch, turns).await?;
@@ -813,9 +949,13 @@ impl Sink for BigQuerySink {
             None if self.must_ask(batch) => self.ask_table(batch, turns).await?,
             None => {}
         }
-        let mut pending = self.unwritten(batch);
-        for _ in 0..STOPPED_ROUNDS {
-            if pending.is_empty() {
+        // One insert at a time, of the first unwritten rows (up to the
+        // request's bounds), each all or none: what landed is a prefix of
+        // the batch but for refused rows, and a write cut off mid-batch
+        // leaves its next attempt the same first request to join.
+        loop {
+            let sending = self.first_request(batch);
+            if sending.is_empty() {
                 break;
             }
             // From here until the answer, the sink cannot know what landed.
@@ -823,8 +963,8 @@ impl Sink for BigQuerySink {
             let (target, table) = (&self.target, &self.table);
             let errors = self
                 .in_flight
-                .answer(Carries::new(batch, &pending), turns, |turn| {
-                    let rows = pending
+                .answer(Carries::new(batch, &sending), turns, |turn| {
+                    let rows = sending
                         .iter()
                         .map(|&index| TableDataInsertAllRequestRows {
                             insert_id: Some(batch[index].item.insert_id.clone()),
@@ -839,44 +979,36 @@ impl Sink for BigQuerySink {
                 .await??;
             self.uncertain = false;
             if errors.is_empty() {
-                pending.clear();
-                break;
+                self.landed(batch, &sending);
+                continue;
             }
             // Nothing was inserted: the refused rows go to the dead-letter
-            // topic (kept until the batch is written), the stopped ones
-            // again.
+            // topic (kept until the batch is written), the stopped ones in
+            // the next request.
             let refused = errors
                 .iter()
-                .map(|(index, _)| pending.get(*index).copied())
+                .map(|(index, _)| sending.get(*index).copied())
                 .collect::<Option<Vec<usize>>>()
                 .ok_or_else(|| {
                     StepError::transient(
                         "bigquery_insert",
                         format!(
                             "BigQuery named a row beyond the {} it was sent",
-                            pending.len()
+                            sending.len()
                         ),
                     )
                 })?;
             if let Some((_, refusals)) = &mut self.refused {
-                for ((_, reason), index) in errors.into_iter().zip(&refused) {
-                    refusals.push(Refusal {
-                        index: *index,
-                        kind: "row_rejected",
-                        reason,
-                    });
+                for ((_, reason), index) in errors.into_iter().zip(refused) {
+                    if refusals.iter().all(|refusal| refusal.index != index) {
+                        refusals.push(Refusal {
+                            index,
+                            kind: "row_rejected",
+                            reason,
+                        });
+                    }
                 }
             }
-            pending.retain(|index| !refused.contains(index));
-        }
-        if !pending.is_empty() {
-            return Err(StepError::transient(
-                "bigquery_insert",
-                format!(
-                    "{} rows still stopped after {STOPPED_ROUNDS} requests",
-                    pending.len()
-                ),
-            ));
         }
         if let Some(span) = spans.first() {
             self.table_end = Some(self.table_end.map_or(span.last, |end| end.max(span.last)));
@@ -969,12 +1101,35 @@ mod tests {
             dataset: "d".to_owned(),
             table_prefix: String::new(),
             credentials: "none".to_owned(),
+            rows_per_request: 500,
         };
         Target {
             client: Arc::new(client(&settings).await.expect("client")),
             project: "p".to_owned(),
             dataset: "d".to_owned(),
+            rows_per_request: 500,
         }
+    }
+
+    /// The job of the canned queries.
+    const JOB: &str = r#""jobReference": {"projectId": "p", "jobId": "job-1"}"#;
+
+    /// The answer to an insert that took every row.
+    fn inserted() -> String {
+        r#"{"kind": "bigquery#tableDataInsertAllResponse"}"#.to_owned()
+    }
+
+    /// Which of `offsets` (rows `imp-<offset>`) each of `requests` carried.
+    fn inserted_offsets(requests: &[String], offsets: std::ops::Range<i64>) -> Vec<Vec<i64>> {
+        requests
+            .iter()
+            .map(|request| {
+                offsets
+                    .clone()
+                    .filter(|offset| request.contains(&format!("imp-{offset}\"")))
+                    .collect()
+            })
+            .collect()
     }
 
     /// The answer to a query of integer columns: `rows` of their values.
@@ -1058,6 +1213,7 @@ mod tests {
             insert_id: id.clone(),
             json: serde_json::json!({ "event_id": id }),
             offset,
+            bytes: 40,
         };
         Pending::for_test("t", 0, offset, (id, 1_796_241_137_042), item)
     }
@@ -1078,7 +1234,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_partition_with_a_row_missing_after_its_commit_resumes_at_the_commit() {
-        let job = r#""jobReference": {"projectId": "p", "jobId": "job-1"}"#;
+        let job = JOB;
         let (url, requests) = canned_bigquery(vec![(
             Duration::ZERO,
             // (partition, last offset, rows) from each partition's commit.
@@ -1112,11 +1268,16 @@ mod tests {
     async fn a_row_missing_below_the_tables_end_is_sent_again_and_its_refusal_returned() {
         // A kill -9 after the batch's other rows landed, before the dead
         // letter of the row BigQuery refused was acknowledged: the table
-        // holds 100 and 102, the partition resumed at its commit (100).
-        let job = r#""jobReference": {"projectId": "p", "jobId": "job-1"}"#;
+        // holds 100, 102 and (a later batch's) 105; the partition resumed
+        // at its commit (100).
+        let job = JOB;
+        let inserted = inserted();
         let (url, requests) = canned_bigquery(vec![
-            (Duration::ZERO, finished_query(job, &[&[0, 102]])),
-            (Duration::ZERO, finished_query(job, &[&[100], &[102]])),
+            (Duration::ZERO, finished_query(job, &[&[0, 105]])),
+            (
+                Duration::ZERO,
+                finished_query(job, &[&[100], &[102], &[105]]),
+            ),
             // 101 refused, 103 stopped for it; then 103 alone, inserted.
             (
                 Duration::ZERO,
@@ -1125,16 +1286,20 @@ mod tests {
                     {"index": 1, "errors": [{"reason": "stopped", "message": ""}]}]}"#
                     .to_owned(),
             ),
-            (
-                Duration::ZERO,
-                r#"{"kind": "bigquery#tableDataInsertAllResponse"}"#.to_owned(),
-            ),
+            (Duration::ZERO, inserted.clone()),
+            // The next batch: 104 and 106, without asking again.
+            (Duration::ZERO, inserted),
         ]);
         let mut sink = canned_sink(url).await;
         let turns: Turns = Arc::new(tokio::sync::Semaphore::new(2));
         let batch = [row(100), row(101), row(102), row(103)];
         let refusals = sink
             .write(&batch, &spans(100, 103), &turns)
+            .await
+            .expect("written");
+        let next_batch = [row(104), row(105), row(106)];
+        let next_refusals = sink
+            .write(&next_batch, &spans(104, 106), &turns)
             .await
             .expect("written");
         let requests = requests.lock().expect("requests").clone();
@@ -1146,25 +1311,81 @@ mod tests {
             [(1, "row_rejected")],
             "the missing row refused again, for the dead-letter topic: {requests:?}"
         );
-        assert_eq!(requests.len(), 4, "{requests:?}");
+        assert!(next_refusals.is_empty());
+        assert_eq!(requests.len(), 5, "{requests:?}");
         assert!(
-            requests[1].contains("_offset >= 100 AND _offset <= 102"),
-            "which of the batch's rows the table holds: {requests:?}"
+            requests[1].contains("_offset >= 100 AND _offset <= 105"),
+            "which rows the table holds, from the batch's first to the table's end, asked once: {requests:?}"
         );
-        let insert = &requests[2];
-        assert!(
-            insert.contains("imp-101") && insert.contains("imp-103"),
-            "the missing row sent again, with the one after the table's end: {insert}"
-        );
-        assert!(
-            !insert.contains("imp-100") && !insert.contains("imp-102"),
-            "the rows the table holds not sent again: {insert}"
+        assert_eq!(
+            inserted_offsets(&requests[2..], 100..107),
+            [vec![101, 103], vec![103], vec![104, 106]],
+            "the missing rows sent again, the ones the table holds not: {requests:?}"
         );
     }
 
     #[tokio::test]
+    async fn a_batch_goes_in_bounded_requests_and_a_cut_off_one_is_joined_not_sent_again() {
+        let job = JOB;
+        let inserted = inserted();
+        let (url, requests) = canned_bigquery(vec![
+            (Duration::ZERO, finished_query(job, &[])),
+            (Duration::ZERO, inserted.clone()),
+            // The second request is answered after the write timeout.
+            (Duration::from_secs(3), inserted.clone()),
+            (Duration::ZERO, inserted),
+        ]);
+        let mut sink = canned_sink(url).await;
+        sink.target.rows_per_request = 2;
+        let turns: Turns = Arc::new(tokio::sync::Semaphore::new(2));
+        let batch: Vec<Pending<Row>> = (100..105).map(row).collect();
+        let cut_off = tokio::time::timeout(
+            Duration::from_secs(1),
+            sink.write(&batch, &spans(100, 104), &turns),
+        )
+        .await;
+        assert!(cut_off.is_err(), "the write timeout cut the write off");
+        let refusals = sink
+            .write(&batch, &spans(100, 104), &turns)
+            .await
+            .expect("written");
+        assert!(refusals.is_empty());
+        let requests = requests.lock().expect("requests").clone();
+        assert_eq!(
+            inserted_offsets(&requests[1..], 100..105),
+            [vec![100, 101], vec![102, 103], vec![104]],
+            "two rows a request, in offset order; the cut-off one joined, not sent again: {requests:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_is_bounded_by_its_bytes_too() {
+        let mut sink = canned_sink("http://127.0.0.1:9/bigquery/v2".to_owned()).await;
+        let big = |offset| {
+            let mut pending = row(offset);
+            pending.item.bytes = 3_000_000;
+            pending
+        };
+        let batch = [big(0), big(1), big(2), big(3), big(4)];
+        sink.table_end = None;
+        sink.uncertain = false;
+        // 6 MB fit under the 8 MB bound, 9 MB do not.
+        assert_eq!(sink.first_request(&batch), [0, 1]);
+        sink.landed(&batch, &[0, 1]);
+        assert_eq!(sink.first_request(&batch), [2, 3]);
+        sink.landed(&batch, &[2, 3]);
+        assert_eq!(sink.first_request(&batch), [4]);
+        sink.landed(&batch, &[4]);
+        assert!(sink.first_request(&batch).is_empty());
+        // A row bigger than the bound still goes, alone.
+        let mut huge = row(5);
+        huge.item.bytes = 20_000_000;
+        assert_eq!(sink.first_request(&[huge, row(6)]), [0]);
+    }
+
+    #[tokio::test]
     async fn a_refused_row_is_not_forgotten_when_the_rest_outlives_the_write() {
-        let job = r#""jobReference": {"projectId": "p", "jobId": "job-1"}"#;
+        let job = JOB;
         let stopped = r#"{"reason": "stopped", "message": ""}"#;
         let (url, requests) = canned_bigquery(vec![
             // Where the partition's rows end: none yet.
@@ -1180,10 +1401,7 @@ mod tests {
                 ),
             ),
             // The others again: landed, answered after the write timeout.
-            (
-                Duration::from_secs(3),
-                r#"{"kind": "bigquery#tableDataInsertAllResponse"}"#.to_owned(),
-            ),
+            (Duration::from_secs(3), inserted()),
             // Asked again, the table has every row up to the batch's end.
             (Duration::ZERO, finished_query(job, &[&[0, 102]])),
         ]);

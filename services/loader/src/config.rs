@@ -44,6 +44,15 @@ pub struct BigQuerySettings {
     /// `none` (an emulator), `application-default`, or the path of a
     /// service-account key file.
     pub credentials: String,
+    /// Rows per `insertAll` request at most (BigQuery takes 50,000 and
+    /// recommends 500); a batch is sent in requests of this many rows and
+    /// at most [`MAX_REQUEST_BYTES`](crate::bigquery::MAX_REQUEST_BYTES).
+    #[serde(default = "default_rows_per_request")]
+    pub rows_per_request: usize,
+}
+
+fn default_rows_per_request() -> usize {
+    500
 }
 
 impl BigQuerySettings {

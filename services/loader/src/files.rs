@@ -2,7 +2,7 @@
 //! partitioned `<dir>/<topic>/date=YYYY-MM-DD/hour=HH/` by event time
 //! (UTC), one file per batch and hour, named
 //! `<topic>-p<partition>-<first>-<last>.avro|.parquet` from the batch's
-//! partition and offset range. A record that does not decode with its
+//! partition and offset range (from its first record written). A record that does not decode with its
 //! writer schema (Parquet needs its fields) goes to the dead-letter topic;
 //! a writer schema Parquet cannot lay out (arrays, maps) stops the worker
 //! with the field named.
@@ -14,7 +14,7 @@
 //!   offset; then they are renamed into place and the marker records
 //!   just the next offset. Readers never see half a file (a rename is
 //!   atomic), and pyarrow/Spark skip the `_adpipe` directory;
-//! - the marker is where the partition resumes (`STORES_OFFSETS`): a
+//! - the marker is what the partition's files hold (`STORES_OFFSETS`): a
 //!   restart — after kill -9 anywhere in the sequence — first finishes a
 //!   pending batch (renames what is still staged), then starts at the
 //!   marker's offset, so no record is written twice even when the Kafka

@@ -110,9 +110,9 @@ async fn files_hold_each_event_once(format: &str, codec: &str) {
     .expect("marker rolled back");
     assert!(first_of_last > 0);
 
-    // Restarted with nothing new to read: the files hold every record, so
-    // the group's commit moves from 0 to the markers' offsets by itself
-    // (else it would show a lag that no record will ever clear).
+    // Restarted with nothing new: the files hold every record, read again
+    // from the commit (0, behind the markers) but not written again; the
+    // group's commit moves to the end by itself.
     let loader = adpipe_loader::start(rig.settings(&config)).expect("starts again");
     rig.wait_committed_to_end("files", Duration::from_secs(60))
         .await;

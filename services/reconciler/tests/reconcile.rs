@@ -589,6 +589,7 @@ async fn a_missing_and_a_doubled_bigquery_row_are_unexplained() {
         dataset: dataset.clone(),
         table_prefix: String::new(),
         credentials: "none".to_owned(),
+        rows_per_request: 500,
     };
     let inputs: Vec<adpipe_loader::config::Input> = [
         ("deduplicated.impressions", vec![EventKind::Impression]),

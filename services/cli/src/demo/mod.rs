@@ -309,6 +309,7 @@ pub async fn run(args: &DemoArgs, out: &mut dyn Write) -> anyhow::Result<DemoRep
             dataset: stats_schema.clone(),
             table_prefix: String::new(),
             credentials: args.bq_credentials.clone(),
+            rows_per_request: 500,
         }),
         profiles: match &args.redis_url {
             Some(url) => chain::ProfileStore::Redis(url.clone()),
