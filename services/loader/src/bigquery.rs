@@ -836,6 +836,17 @@ impl BigQuerySink {
         self.table_end = Some(self.table_end.map_or(last, |end| end.max(last)));
     }
 
+    /// Forgets what it knows of offsets wholly below `batch`: batches only
+    /// move on, so that is never asked again — kept, `known` would grow by
+    /// every row the sink ever inserted.
+    fn forget_below(&mut self, batch: &[Pending<Row>]) {
+        if let (Some(first), Some(known)) = (batch.first(), &self.known)
+            && known.to < first.item.offset
+        {
+            self.known = None;
+        }
+    }
+
     /// Whether the table must be asked before `batch` is written: after a
     /// request that may have landed, or when the batch reaches down to
     /// rows the table held before (which of them it holds).
@@ -939,6 +950,7 @@ impl Sink for BigQuerySink {
         {
             self.refused = Some((this_batch, Vec::new()));
         }
+        self.forget_below(batch);
         match self.in_flight.carrying() {
             // Joined below: its answer says whether it landed.
             Some(carried) if *carried == Carries::new(batch, &self.first_request(batch)) => {}
@@ -1333,6 +1345,9 @@ mod tests {
             (Duration::ZERO, inserted.clone()),
             // The second request is answered after the write timeout.
             (Duration::from_secs(3), inserted.clone()),
+            (Duration::ZERO, inserted.clone()),
+            // The next batch, without asking the table.
+            (Duration::ZERO, inserted.clone()),
             (Duration::ZERO, inserted),
         ]);
         let mut sink = canned_sink(url).await;
@@ -1350,12 +1365,45 @@ mod tests {
             .await
             .expect("written");
         assert!(refusals.is_empty());
+        let next_batch: Vec<Pending<Row>> = (105..108).map(row).collect();
+        sink.write(&next_batch, &spans(105, 107), &turns)
+            .await
+            .expect("written");
+        assert_eq!(
+            sink.known.as_ref().map(|known| known.present.len()),
+            Some(3),
+            "only the last batch's offsets kept in memory, not every row ever inserted"
+        );
         let requests = requests.lock().expect("requests").clone();
         assert_eq!(
-            inserted_offsets(&requests[1..], 100..105),
+            inserted_offsets(&requests[1..4], 100..105),
             [vec![100, 101], vec![102, 103], vec![104]],
             "two rows a request, in offset order; the cut-off one joined, not sent again: {requests:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_rows_stopped_and_none_refused_is_a_failure_not_rows_written() {
+        let (url, _) = canned_bigquery(vec![
+            (Duration::ZERO, finished_query(JOB, &[])),
+            (
+                Duration::ZERO,
+                r#"{"kind": "bigquery#tableDataInsertAllResponse", "insertErrors": [
+                    {"index": 0, "errors": [{"reason": "stopped", "message": ""}]}]}"#
+                    .to_owned(),
+            ),
+        ]);
+        let mut sink = canned_sink(url).await;
+        let turns: Turns = Arc::new(tokio::sync::Semaphore::new(2));
+        let error = sink
+            .write(&[row(100)], &spans(100, 100), &turns)
+            .await
+            .expect_err("a row stopped is not a row inserted");
+        assert!(
+            matches!(error.disposition, adpipe_codec::Disposition::Transient),
+            "{error}"
+        );
+        assert!(sink.uncertain, "the table is asked before the next attempt");
     }
 
     #[tokio::test]
@@ -1402,8 +1450,6 @@ mod tests {
             ),
             // The others again: landed, answered after the write timeout.
             (Duration::from_secs(3), inserted()),
-            // Asked again, the table has every row up to the batch's end.
-            (Duration::ZERO, finished_query(job, &[&[0, 102]])),
         ]);
         let mut sink = canned_sink(url).await;
         let turns: Turns = Arc::new(tokio::sync::Semaphore::new(2));
