@@ -19,8 +19,9 @@
 //! that the group's commit is behind are read again (their totals sent
 //! again, never counted again), and a bad one among them dead-lettered
 //! again: its dead letter may have been cut off by a kill -9 after the
-//! batch after it was stored. Not again: one refused for its event time,
-//! a decision made against the clock when it was first read.
+//! batch after it was stored. Not again: one refused for an event time
+//! ahead of the clock, a decision made against the clock when it was first
+//! read (one before the policy's floor is refused again).
 
 use std::time::Duration;
 
@@ -133,7 +134,8 @@ impl StatsStep {
 
     /// Refuses an absurd event time and notes the buckets the event
     /// corrects — for a record counted now (`count`); one only re-read for
-    /// its rows was checked when it was counted.
+    /// its rows is refused again only for what does not depend on the
+    /// clock.
     fn event_time(
         &mut self,
         batch: &mut Increments,
@@ -141,7 +143,11 @@ impl StatsStep {
         count: bool,
     ) -> Result<(), StepError> {
         if !count {
-            return Ok(());
+            // Read again: only the part of the policy that does not depend
+            // on the clock (a time before its floor) is decided again — a
+            // time ahead of the clock was judged against the clock of the
+            // first reading. (`now` at its largest: no time is ahead of it.)
+            return self.policy.check(event_time, i64::MAX);
         }
         self.policy
             .check(event_time, adpipe_runtime::event_time::now_ms())?;
