@@ -221,17 +221,10 @@ struct Target {
 }
 
 impl Target {
-    /// `MAX(_offset)` per partition of `table`'s rows.
-    async fn stored(
-        &self,
-        table: &str,
-        partition: Option<i32>,
-    ) -> Result<HashMap<i32, i64>, StepError> {
-        let filter = partition
-            .map(|p| format!(" WHERE {PARTITION} = {p}"))
-            .unwrap_or_default();
+    /// `MAX(_offset)` of `partition`'s rows in `table` (by partition).
+    async fn stored(&self, table: &str, partition: i32) -> Result<HashMap<i32, i64>, StepError> {
         let sql = format!(
-            "SELECT {PARTITION}, MAX({OFFSET}) FROM `{}.{}.{table}`{filter} GROUP BY {PARTITION}",
+            "SELECT {PARTITION}, MAX({OFFSET}) FROM `{}.{}.{table}` WHERE {PARTITION} = {partition} GROUP BY {PARTITION}",
             self.project, self.dataset
         );
         let mut stored = HashMap::new();
@@ -885,7 +878,7 @@ impl BigQuerySink {
                     let end = match known_end {
                         Some(end) => end,
                         None => target
-                            .stored(&table, Some(partition))
+                            .stored(&table, partition)
                             .await?
                             .get(&partition)
                             .copied(),
@@ -1181,7 +1174,7 @@ mod tests {
         ]);
         let stored = canned_target(url)
             .await
-            .stored("t", Some(3))
+            .stored("t", 3)
             .await
             .expect("answered");
         assert_eq!(
@@ -1210,7 +1203,7 @@ mod tests {
             "jobReference": {"projectId": "p", "jobId": "job-1"},
             "errors": [{"reason": "invalidQuery", "message": "Table not found: t"}]}"#;
         let (url, _) = canned_bigquery(vec![(Duration::ZERO, failed.to_owned())]);
-        let stored = canned_target(url).await.stored("t", Some(3)).await;
+        let stored = canned_target(url).await.stored("t", 3).await;
         let error = stored.expect_err("a failed query is not an empty table");
         assert!(matches!(
             error.disposition,
@@ -1246,11 +1239,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_partition_with_a_row_missing_after_its_commit_resumes_at_the_commit() {
-        let job = JOB;
         let (url, requests) = canned_bigquery(vec![(
             Duration::ZERO,
             // (partition, last offset, rows) from each partition's commit.
-            finished_query(job, &[&[0, 102, 2], &[1, 60, 11], &[2, 9, 7]]),
+            finished_query(JOB, &[&[0, 102, 2], &[1, 60, 11], &[2, 9, 7]]),
         )]);
         let resume = canned_target(url)
             .await
@@ -1282,13 +1274,12 @@ mod tests {
         // letter of the row BigQuery refused was acknowledged: the table
         // holds 100, 102 and (a later batch's) 105; the partition resumed
         // at its commit (100).
-        let job = JOB;
         let inserted = inserted();
         let (url, requests) = canned_bigquery(vec![
-            (Duration::ZERO, finished_query(job, &[&[0, 105]])),
+            (Duration::ZERO, finished_query(JOB, &[&[0, 105]])),
             (
                 Duration::ZERO,
-                finished_query(job, &[&[100], &[102], &[105]]),
+                finished_query(JOB, &[&[100], &[102], &[105]]),
             ),
             // 101 refused, 103 stopped for it; then 103 alone, inserted.
             (
@@ -1338,10 +1329,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_goes_in_bounded_requests_and_a_cut_off_one_is_joined_not_sent_again() {
-        let job = JOB;
         let inserted = inserted();
         let (url, requests) = canned_bigquery(vec![
-            (Duration::ZERO, finished_query(job, &[])),
+            (Duration::ZERO, finished_query(JOB, &[])),
             (Duration::ZERO, inserted.clone()),
             // The second request is answered after the write timeout.
             (Duration::from_secs(3), inserted.clone()),
@@ -1433,11 +1423,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_row_is_not_forgotten_when_the_rest_outlives_the_write() {
-        let job = JOB;
         let stopped = r#"{"reason": "stopped", "message": ""}"#;
         let (url, requests) = canned_bigquery(vec![
             // Where the partition's rows end: none yet.
-            (Duration::ZERO, finished_query(job, &[])),
+            (Duration::ZERO, finished_query(JOB, &[])),
             // The first insert: the middle row refused, the others stopped.
             (
                 Duration::ZERO,
