@@ -21,11 +21,13 @@ What differs: a failing binary does not stop the others. Every binary
 runs, the failures are listed at the end, and the exit status is 1 if
 any failed.
 
-The binaries that stop or restart a server all the others use
-(EXCLUSIVE) run afterwards, alone, one at a time: a test that stops the
-Kafka cluster would fail every test running beside it. A new test that
-stops a shared server belongs in that list; a name there that matches no
-binary stops the run before anything starts.
+The binaries that stop or restart a server the others use (EXCLUSIVE)
+run afterwards, apart from them: a test that stops the Kafka cluster
+would fail every test running beside it. Among themselves they run side
+by side where none stops a server another one needs (NEEDS); the one
+that stops central, which every test needs, runs alone. A new test that
+stops a shared server belongs in those lists; a name there that matches
+no binary stops the run before anything starts.
 """
 
 import argparse
@@ -39,12 +41,21 @@ import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 
-# (package, test target) of the binaries that take a shared server away.
+# (package, test target) of the binaries that take a shared server away,
+# and the server each stops.
 EXCLUSIVE = {
-    ("adpipe-deduplicator", "broker_restart"),  # stops the main Kafka cluster
-    ("adpipe-merger", "dc_outage"),  # stops the dc2 cluster
-    ("adpipe-loader", "elasticsearch_down"),  # stops Elasticsearch
-    ("adpipe-stats-counter", "postgres_restart"),  # stops PostgreSQL
+    ("adpipe-deduplicator", "broker_restart"): "central",
+    ("adpipe-merger", "dc_outage"): "dc2",
+    ("adpipe-loader", "elasticsearch_down"): "elasticsearch",
+    ("adpipe-stats-counter", "postgres_restart"): "postgresql",
+}
+# The servers each of them needs besides the one it stops: every test
+# needs central (the main Kafka cluster).
+NEEDS = {
+    ("adpipe-deduplicator", "broker_restart"): {"central"},
+    ("adpipe-merger", "dc_outage"): {"central", "dc1"},
+    ("adpipe-loader", "elasticsearch_down"): {"central"},
+    ("adpipe-stats-counter", "postgres_restart"): {"central"},
 }
 
 # Started first, so the longest do not start last and leave the pool idle
@@ -107,6 +118,27 @@ def run(binary):
     return binary, status, seconds
 
 
+def waves(alone):
+    """Splits the exclusive binaries into waves run one after another, each
+    wave's binaries side by side: none in a wave stops a server another
+    one in it needs or stops."""
+    result = []
+    for binary in alone:
+        key = (binary[0], binary[1])
+        stops, needs = EXCLUSIVE[key], NEEDS[key] | {EXCLUSIVE[key]}
+
+        def fits(wave):
+            return all(EXCLUSIVE[(other[0], other[1])] not in needs
+                       and stops not in NEEDS[(other[0], other[1])] | {EXCLUSIVE[(other[0], other[1])]}
+                       for other in wave)
+        wave = next((wave for wave in result if fits(wave)), None)
+        if wave is None:
+            result.append([binary])
+        else:
+            wave.append(binary)
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("ADPIPE_TEST_JOBS", "3")))
@@ -118,7 +150,7 @@ def main():
     binaries = test_binaries(args.cargo_args)
     # A renamed exclusive test would otherwise run beside the others and
     # take their server away from under them.
-    missing = EXCLUSIVE - {(b[0], b[1]) for b in binaries}
+    missing = (set(EXCLUSIVE) | set(NEEDS)) - {(b[0], b[1]) for b in binaries}
     if missing:
         log("EXCLUSIVE names test binaries that do not exist (renamed? update the list): "
             + ", ".join(f"{package}/{target}" for package, target in sorted(missing)))
@@ -131,14 +163,17 @@ def main():
     shared = [b for b in binaries if (b[0], b[1]) not in EXCLUSIVE]
     alone = [b for b in binaries if (b[0], b[1]) in EXCLUSIVE]
     shared.sort(key=lambda b: -SLOW_FIRST.get((b[0], b[1]), 0))
-    log(f"{len(shared)} test binaries, {args.jobs} at a time; then {len(alone)} alone: "
-        + ", ".join(f"{b[0]}/{b[1]}" for b in alone))
+    alone_waves = waves(alone)
+    log(f"{len(shared)} test binaries, {args.jobs} at a time; then {len(alone)} apart, in waves: "
+        + "; ".join(", ".join(f"{b[0]}/{b[1]}" for b in wave) for wave in alone_waves))
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(run, shared))
     log(f"the shared binaries took {time.monotonic() - started:.0f} s")
-    results += [run(binary) for binary in alone]
+    for wave in alone_waves:
+        with ThreadPoolExecutor(max_workers=len(wave)) as pool:
+            results += list(pool.map(run, wave))
 
     doc = subprocess.run(["cargo", "test", "--workspace", "--doc"] + args.cargo_args)
     failed = [f"{b[0]}/{b[1]} (status {status})" for b, status, _ in results if status != 0]

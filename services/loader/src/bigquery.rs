@@ -20,7 +20,9 @@
 //! - a batch goes in insertAll requests of its first unwritten rows (at
 //!   most `rows-per-request`, 500 by default, and about
 //!   [`MAX_REQUEST_BYTES`]: BigQuery refuses a request over 10 MB, which
-//!   would stall the partition), one after another in offset order, each
+//!   would stall the partition; a row too big to go even alone,
+//!   [`MAX_ROW_BYTES`], is dead-lettered as `row_too_large`), one after
+//!   another in offset order, each
 //!   with `skipInvalidRows = false`: all its rows or none (rows BigQuery
 //!   refuses are reported per row, the others marked `stopped`: the
 //!   refused ones go to the dead-letter topic with BigQuery's reason and
@@ -88,6 +90,10 @@ pub const OFFSET: &str = "_offset";
 /// carries: BigQuery refuses a request over 10 MB, and a refused request
 /// would be tried again for ever.
 pub const MAX_REQUEST_BYTES: usize = 8_000_000;
+/// The biggest row sent at all (JSON and insertId, with room for the
+/// request around it under BigQuery's 10 MB): a bigger one would be refused
+/// with its whole request every time, so it goes to the dead-letter topic.
+pub const MAX_ROW_BYTES: usize = 9_500_000;
 /// The longest insertId BigQuery takes (128 characters; bytes here, which
 /// is never more lenient).
 pub const MAX_INSERT_ID_BYTES: usize = 128;
@@ -654,6 +660,22 @@ pub struct Row {
     bytes: usize,
 }
 
+/// `row`, or — over [`MAX_ROW_BYTES`], a row BigQuery would never take —
+/// a poison error: the record goes to the dead-letter topic with the
+/// reason, instead of its request being refused for ever.
+fn sendable(row: Row) -> Result<Row, StepError> {
+    if row.bytes > MAX_ROW_BYTES {
+        return Err(StepError::poison(
+            "row_too_large",
+            format!(
+                "its BigQuery row takes {} bytes of JSON, over the {MAX_ROW_BYTES} one insertAll request can carry (BigQuery refuses a request over 10 MB)",
+                row.bytes
+            ),
+        ));
+    }
+    Ok(row)
+}
+
 /// How many bytes `json` takes as JSON text.
 fn json_bytes(json: &Value) -> usize {
     /// Counts what is written to it.
@@ -921,7 +943,7 @@ impl Sink for BigQuerySink {
         object.insert(PARTITION.to_owned(), Value::from(record.partition));
         object.insert(OFFSET.to_owned(), Value::from(record.offset));
         let insert_id = insert_id(&identity.id);
-        Ok(Row {
+        sendable(Row {
             bytes: json_bytes(&json) + insert_id.len() + 32,
             insert_id,
             json,
@@ -1417,8 +1439,22 @@ mod tests {
         assert!(sink.first_request(&batch).is_empty());
         // A row bigger than the bound still goes, alone.
         let mut huge = row(5);
-        huge.item.bytes = 20_000_000;
+        huge.item.bytes = MAX_ROW_BYTES;
         assert_eq!(sink.first_request(&[huge, row(6)]), [0]);
+    }
+
+    #[test]
+    fn a_row_too_big_for_any_request_is_refused_as_poison_not_sent() {
+        let sized = |bytes| {
+            let mut row = row(0).item;
+            row.bytes = bytes;
+            sendable(row).map(|row| row.bytes)
+        };
+        assert_eq!(sized(MAX_ROW_BYTES).ok(), Some(MAX_ROW_BYTES));
+        let error = sized(MAX_ROW_BYTES + 1).expect_err("over the bound");
+        assert_eq!(error.kind, "row_too_large");
+        assert_eq!(error.disposition, adpipe_codec::Disposition::Poison);
+        assert!(error.message.contains("10 MB"), "{}", error.message);
     }
 
     #[tokio::test]
