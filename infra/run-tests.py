@@ -53,7 +53,7 @@ EXCLUSIVE = {
 # needs central (the main Kafka cluster).
 NEEDS = {
     ("adpipe-deduplicator", "broker_restart"): {"central"},
-    ("adpipe-merger", "dc_outage"): {"central", "dc1"},
+    ("adpipe-merger", "dc_outage"): {"central", "dc1", "mirrormaker"},
     ("adpipe-loader", "elasticsearch_down"): {"central"},
     ("adpipe-stats-counter", "postgres_restart"): {"central"},
 }
@@ -123,6 +123,9 @@ def waves(alone):
     wave's binaries side by side: none in a wave stops a server another
     one in it needs or stops."""
     result = []
+    # The one that stops central first, then by name: the same waves in
+    # the same order every run, whatever order cargo built them in.
+    alone = sorted(alone, key=lambda b: (EXCLUSIVE[(b[0], b[1])] != "central", b[0], b[1]))
     for binary in alone:
         key = (binary[0], binary[1])
         stops, needs = EXCLUSIVE[key], NEEDS[key] | {EXCLUSIVE[key]}
@@ -150,14 +153,18 @@ def main():
     binaries = test_binaries(args.cargo_args)
     # A renamed exclusive test would otherwise run beside the others and
     # take their server away from under them.
-    missing = (set(EXCLUSIVE) | set(NEEDS)) - {(b[0], b[1]) for b in binaries}
+    if set(EXCLUSIVE) != set(NEEDS):
+        log("EXCLUSIVE and NEEDS must name the same binaries: "
+            + ", ".join(f"{package}/{target}" for package, target in sorted(set(EXCLUSIVE) ^ set(NEEDS))))
+        sys.exit(2)
+    missing = set(EXCLUSIVE) - {(b[0], b[1]) for b in binaries}
     if missing:
-        log("EXCLUSIVE names test binaries that do not exist (renamed? update the list): "
+        log("EXCLUSIVE and NEEDS name test binaries that do not exist (renamed? update them): "
             + ", ".join(f"{package}/{target}" for package, target in sorted(missing)))
         sys.exit(2)
     if args.list:
         for package, target, executable, _ in binaries:
-            alone = " (alone)" if (package, target) in EXCLUSIVE else ""
+            alone = " (apart, after the others)" if (package, target) in EXCLUSIVE else ""
             print(f"{package}/{target}{alone}: {os.path.relpath(executable)}")
         return
     shared = [b for b in binaries if (b[0], b[1]) not in EXCLUSIVE]

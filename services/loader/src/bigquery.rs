@@ -93,7 +93,7 @@ pub const MAX_REQUEST_BYTES: usize = 8_000_000;
 /// The biggest row sent at all (JSON and insertId, with room for the
 /// request around it under BigQuery's 10 MB): a bigger one would be refused
 /// with its whole request every time, so it goes to the dead-letter topic.
-pub const MAX_ROW_BYTES: usize = 9_500_000;
+pub const MAX_ROW_BYTES: usize = 9_000_000;
 /// The longest insertId BigQuery takes (128 characters; bytes here, which
 /// is never more lenient).
 pub const MAX_INSERT_ID_BYTES: usize = 128;
@@ -660,20 +660,42 @@ pub struct Row {
     bytes: usize,
 }
 
-/// `row`, or — over [`MAX_ROW_BYTES`], a row BigQuery would never take —
-/// a poison error: the record goes to the dead-letter topic with the
-/// reason, instead of its request being refused for ever.
-fn sendable(row: Row) -> Result<Row, StepError> {
-    if row.bytes > MAX_ROW_BYTES {
+/// The row of a record decoded as `json`, from `partition` at `offset`:
+/// its columns plus the event time and source coordinates. A poison error
+/// for a value that is not a record, or a row over [`MAX_ROW_BYTES`] —
+/// one BigQuery would never take: the record goes to the dead-letter topic
+/// with the reason, instead of its request being refused for ever.
+fn row_of(
+    mut json: Value,
+    partition: i32,
+    offset: i64,
+    identity: &Identity,
+) -> Result<Row, StepError> {
+    let object = json
+        .as_object_mut()
+        .ok_or_else(|| StepError::poison("not_a_record", "the value is not an Avro record"))?;
+    object.insert(
+        EVENT_TS.to_owned(),
+        Value::from(timestamp_text(identity.time_ms)),
+    );
+    object.insert(PARTITION.to_owned(), Value::from(partition));
+    object.insert(OFFSET.to_owned(), Value::from(offset));
+    let insert_id = insert_id(&identity.id);
+    let bytes = json_bytes(&json) + insert_id.len() + 32;
+    if bytes > MAX_ROW_BYTES {
         return Err(StepError::poison(
             "row_too_large",
             format!(
-                "its BigQuery row takes {} bytes of JSON, over the {MAX_ROW_BYTES} one insertAll request can carry (BigQuery refuses a request over 10 MB)",
-                row.bytes
+                "its BigQuery row takes {bytes} bytes of JSON, over the {MAX_ROW_BYTES} one insertAll request can carry (BigQuery refuses a request over 10 MB)"
             ),
         ));
     }
-    Ok(row)
+    Ok(Row {
+        bytes,
+        insert_id,
+        json,
+        offset,
+    })
 }
 
 /// How many bytes `json` takes as JSON text.
@@ -932,23 +954,7 @@ impl Sink for BigQuerySink {
     type Item = Row;
 
     fn prepare(&mut self, record: &InputRecord<'_>, identity: &Identity) -> Result<Row, StepError> {
-        let mut json: Value = record.decode()?;
-        let object = json
-            .as_object_mut()
-            .ok_or_else(|| StepError::poison("not_a_record", "the value is not an Avro record"))?;
-        object.insert(
-            EVENT_TS.to_owned(),
-            Value::from(timestamp_text(identity.time_ms)),
-        );
-        object.insert(PARTITION.to_owned(), Value::from(record.partition));
-        object.insert(OFFSET.to_owned(), Value::from(record.offset));
-        let insert_id = insert_id(&identity.id);
-        sendable(Row {
-            bytes: json_bytes(&json) + insert_id.len() + 32,
-            insert_id,
-            json,
-            offset: record.offset,
-        })
+        row_of(record.decode()?, record.partition, record.offset, identity)
     }
 
     async fn write(
@@ -1057,6 +1063,7 @@ impl Sink for BigQuerySink {
 mod tests {
     use super::*;
     use gcp_bigquery_client::model::field_type::FieldType;
+    use serde_json::json;
 
     /// Answers BigQuery's REST calls on a loopback port with `answers`,
     /// one per request in order (each on its own connection, after its
@@ -1238,7 +1245,7 @@ mod tests {
         let id = format!("imp-{offset}");
         let item = Row {
             insert_id: id.clone(),
-            json: serde_json::json!({ "event_id": id }),
+            json: json!({ "event_id": id }),
             offset,
             bytes: 40,
         };
@@ -1445,13 +1452,28 @@ mod tests {
 
     #[test]
     fn a_row_too_big_for_any_request_is_refused_as_poison_not_sent() {
-        let sized = |bytes| {
-            let mut row = row(0).item;
-            row.bytes = bytes;
-            sendable(row).map(|row| row.bytes)
+        let identity = Identity {
+            id: "imp-1".to_owned(),
+            time_ms: 1_796_241_137_042,
+            version: None,
         };
-        assert_eq!(sized(MAX_ROW_BYTES).ok(), Some(MAX_ROW_BYTES));
-        let error = sized(MAX_ROW_BYTES + 1).expect_err("over the bound");
+        // The row's JSON with a `note` of `length` characters.
+        let with_note = |length| row_of(json!({ "note": "x".repeat(length) }), 3, 41, &identity);
+        let small = with_note(10).expect("a small row");
+        assert_eq!(small.json[PARTITION], 3);
+        assert_eq!(small.json[OFFSET], 41);
+        assert_eq!(
+            small.bytes,
+            serde_json::to_string(&small.json).expect("JSON").len() + 5 + 32
+        );
+        // The largest note that still fits, then one character more.
+        let fitting = MAX_ROW_BYTES - (small.bytes - 10);
+        let at_bound = with_note(fitting).map(|row| row.bytes).ok();
+        assert_eq!(at_bound, Some(MAX_ROW_BYTES));
+        // Its size, not the row, on failure: no 9 MB of output.
+        let error = with_note(fitting + 1)
+            .map(|row| row.bytes)
+            .expect_err("over the bound: refused");
         assert_eq!(error.kind, "row_too_large");
         assert_eq!(error.disposition, adpipe_codec::Disposition::Poison);
         assert!(error.message.contains("10 MB"), "{}", error.message);

@@ -5,8 +5,9 @@
 //! piling up in Kafka — and once it is back every event arrives, exactly
 //! one document each. A SIGTERM while it is down, and one while a loader
 //! started meanwhile waits in its set-up, each end the loader cleanly; a
-//! loader left waiting gets going once the store is back. Stops and starts the shared Elasticsearch: its own
-//! test binary, so no other test runs meanwhile.
+//! loader left waiting gets going once the store is back. Stops and starts
+//! the shared Elasticsearch: its own test binary, run apart from the tests
+//! that use Elasticsearch (`infra/run-tests.py`, EXCLUSIVE).
 
 mod support;
 
