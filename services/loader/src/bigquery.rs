@@ -1357,6 +1357,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn which_rows_the_table_holds_is_asked_once_per_presence_span_not_per_batch() {
+        // Resumed at its commit (100) far behind the table's end (250,000):
+        // the table holds 100 and 102, then 100,100. One question covers
+        // PRESENCE_SPAN offsets from the first batch's first; a batch past
+        // them asks again, for the next span.
+        let inserted = inserted();
+        let (url, requests) = canned_bigquery(vec![
+            (Duration::ZERO, finished_query(JOB, &[&[0, 250_000]])),
+            (Duration::ZERO, finished_query(JOB, &[&[100], &[102]])),
+            (Duration::ZERO, inserted.clone()),
+            // 104 and 105: known absent, sent without asking.
+            (Duration::ZERO, inserted.clone()),
+            (Duration::ZERO, finished_query(JOB, &[&[100_100]])),
+            (Duration::ZERO, inserted),
+        ]);
+        let mut sink = canned_sink(url).await;
+        let turns: Turns = Arc::new(tokio::sync::Semaphore::new(2));
+        let batches: [&[i64]; 3] = [&[100, 101, 102, 103], &[104, 105], &[100_100, 100_101]];
+        for offsets in batches {
+            let batch: Vec<Pending<Row>> = offsets.iter().copied().map(row).collect();
+            let (first, last) = (offsets[0], offsets[offsets.len() - 1]);
+            let refusals = sink
+                .write(&batch, &spans(first, last), &turns)
+                .await
+                .expect("written");
+            assert!(refusals.is_empty());
+        }
+        let requests = requests.lock().expect("requests").clone();
+        assert_eq!(requests.len(), 6, "{requests:?}");
+        let span_end = 100 + PRESENCE_SPAN - 1;
+        assert!(
+            requests[1].contains(&format!("_offset >= 100 AND _offset <= {span_end}")),
+            "the first question covers PRESENCE_SPAN offsets: {requests:?}"
+        );
+        assert!(
+            requests[4].contains(&format!(
+                "_offset >= 100100 AND _offset <= {}",
+                100_100 + PRESENCE_SPAN - 1
+            )),
+            "a batch past it asks for the next span: {requests:?}"
+        );
+        let sent = [&requests[2], &requests[3], &requests[5]].map(|request| {
+            [101, 103, 104, 105, 100_101]
+                .into_iter()
+                .filter(|offset| request.contains(&format!("imp-{offset}\"")))
+                .collect::<Vec<i64>>()
+        });
+        assert_eq!(
+            sent,
+            [vec![101, 103], vec![104, 105], vec![100_101]],
+            "only the rows the table lacks: {requests:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_batch_goes_in_bounded_requests_and_a_cut_off_one_is_joined_not_sent_again() {
         let inserted = inserted();
         let (url, requests) = canned_bigquery(vec![
