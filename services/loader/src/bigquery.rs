@@ -1456,28 +1456,48 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn an_answer_of_rows_stopped_and_none_refused_is_a_failure_not_rows_written() {
+    /// Writes one row against an insert answered `insert_errors`: the
+    /// answer must be a transient failure (nothing known inserted or
+    /// refused), after which the table is asked again.
+    async fn assert_insert_answer_is_a_failure(insert_errors: &str) {
         let (url, _) = canned_bigquery(vec![
             (Duration::ZERO, finished_query(JOB, &[])),
             (
                 Duration::ZERO,
-                r#"{"kind": "bigquery#tableDataInsertAllResponse", "insertErrors": [
-                    {"index": 0, "errors": [{"reason": "stopped", "message": ""}]}]}"#
-                    .to_owned(),
+                format!(
+                    r#"{{"kind": "bigquery#tableDataInsertAllResponse", "insertErrors": {insert_errors}}}"#
+                ),
             ),
         ]);
         let mut sink = canned_sink(url).await;
         let turns: Turns = Arc::new(tokio::sync::Semaphore::new(2));
-        let error = sink
-            .write(&[row(100)], &spans(100, 100), &turns)
-            .await
-            .expect_err("a row stopped is not a row inserted");
+        let result = sink.write(&[row(100)], &spans(100, 100), &turns).await;
+        let error = result
+            .map(|refusals| refusals.len())
+            .expect_err("not a row inserted, nor one refused");
         assert!(
             matches!(error.disposition, adpipe_codec::Disposition::Transient),
             "{error}"
         );
         assert!(sink.uncertain, "the table is asked before the next attempt");
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_rows_stopped_and_none_refused_is_a_failure_not_rows_written() {
+        assert_insert_answer_is_a_failure(
+            r#"[{"index": 0, "errors": [{"reason": "stopped", "message": ""}]}]"#,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_error_of_no_row_is_a_failure_not_a_row_refused() {
+        // An error the answer ties to no row: not this row's refusal (its
+        // record would be dead-lettered), nothing known of the request.
+        assert_insert_answer_is_a_failure(
+            r#"[{"errors": [{"reason": "backendError", "message": "try again"}]}]"#,
+        )
+        .await;
     }
 
     #[tokio::test]
