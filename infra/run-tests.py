@@ -122,19 +122,20 @@ def waves(alone):
     """Splits the exclusive binaries into waves run one after another, each
     wave's binaries side by side: none in a wave stops a server another
     one in it needs or stops."""
+    def stops(binary):
+        return EXCLUSIVE[(binary[0], binary[1])]
+
+    def uses(binary):
+        return NEEDS[(binary[0], binary[1])] | {stops(binary)}
+
+    def apart(one, other):
+        return stops(one) not in uses(other) and stops(other) not in uses(one)
+
     result = []
     # The one that stops central first, then by name: the same waves in
     # the same order every run, whatever order cargo built them in.
-    alone = sorted(alone, key=lambda b: (EXCLUSIVE[(b[0], b[1])] != "central", b[0], b[1]))
-    for binary in alone:
-        key = (binary[0], binary[1])
-        stops, needs = EXCLUSIVE[key], NEEDS[key] | {EXCLUSIVE[key]}
-
-        def fits(wave):
-            return all(EXCLUSIVE[(other[0], other[1])] not in needs
-                       and stops not in NEEDS[(other[0], other[1])] | {EXCLUSIVE[(other[0], other[1])]}
-                       for other in wave)
-        wave = next((wave for wave in result if fits(wave)), None)
+    for binary in sorted(alone, key=lambda b: (stops(b) != "central", b[0], b[1])):
+        wave = next((wave for wave in result if all(apart(binary, other) for other in wave)), None)
         if wave is None:
             result.append([binary])
         else:
