@@ -70,10 +70,18 @@ def text(value):
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-for cluster in config["cluster"]:
-    if cluster.get("on_demand", False) and not every:
-        continue
-    print(" ".join(text(cluster.get(field, "-")) for field in fields))
+lines = [" ".join(text(cluster.get(field, "-")) for field in fields)
+         for cluster in config["cluster"]
+         if every or not cluster.get("on_demand", False)]
+try:
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+except BrokenPipeError:
+    # A reader that stopped early (grep -q, awk exit) has what it wanted;
+    # under pipefail a traceback here would fail the caller's pipeline.
+    # (Python's documented way: point stdout at devnull so exit's flush passes.)
+    import os
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 PY
 }
 

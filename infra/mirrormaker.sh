@@ -43,10 +43,12 @@ password_variable() { echo "ADPIPE_MM2_PASSWORD_$(tr 'a-z-' 'A-Z_' <<< "$1")"; }
 # central_cluster: the cluster this instance copies into.
 central_cluster() {
   if [ -n "$CENTRAL_OVERRIDE" ]; then
-    clusters --all name | grep -qx "$CENTRAL_OVERRIDE" || die "no cluster $CENTRAL_OVERRIDE in $CLUSTERS_FILE"
+    # grep reads to the end (no -q): under pipefail a reader that stops at
+    # the first match would fail the writer with a broken pipe.
+    clusters --all name | grep -x "$CENTRAL_OVERRIDE" >/dev/null || die "no cluster $CENTRAL_OVERRIDE in $CLUSTERS_FILE"
     echo "$CENTRAL_OVERRIDE"
   else
-    clusters name role | awk '$2 == "central" {print $1; exit}'
+    clusters name role | awk '$2 == "central" && !found {print $1; found = 1}'
   fi
 }
 
