@@ -952,12 +952,28 @@ impl<S: Step> Task<S> {
         let drained = in_flight == 0 && failed.is_empty() && !self.outputs_given_up;
         if let Some(step) = self.step.as_mut() {
             let saved = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                tokio::task::block_in_place(|| step.on_revoke(drained));
+                blocking_allowed(|| step.on_revoke(drained));
             }));
             if let Err(panic) = saved {
                 error!(panic = %panic_message(panic.as_ref()), "the step panicked on revoke");
             }
         }
+    }
+}
+
+/// Runs `blocking` where it may block: inside `block_in_place` on a
+/// multi-thread runtime (the services'), so the runtime's other tasks move
+/// to another thread meanwhile; in place on a current-thread runtime (an
+/// application embedding the runtime in its own), where `block_in_place`
+/// panics — and a panic here would skip the step's revoke altogether.
+fn blocking_allowed(blocking: impl FnOnce()) {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let current_thread = Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::CurrentThread);
+    if current_thread {
+        blocking();
+    } else {
+        tokio::task::block_in_place(blocking);
     }
 }
 

@@ -268,6 +268,26 @@ async fn outputs_that_can_never_be_written_are_dead_lettered_with_their_inputs_c
     }
 }
 
+/// A worker on a current-thread runtime (an application's own
+/// `#[tokio::main(flavor = "current_thread")]`) still tells its step of the
+/// stop: `block_in_place`, which lets a step block on the services'
+/// multi-thread runtime, panics on this one, and the step never learnt that
+/// it was drained (nor could it save its state).
+#[tokio::test]
+async fn a_step_on_a_current_thread_runtime_is_told_of_its_stop() {
+    let topics = Topics::create("rt-current-thread", 1).await;
+    topics.produce(&records(10, &[])).await;
+    let factory = TestFactory::new(&topics);
+    let revokes = std::sync::Arc::clone(&factory.revokes);
+    topics.run_to_end(topics.settings(""), factory).await;
+    assert_eq!(topics.values("out").await.len(), 10, "every record passed");
+    assert_eq!(
+        *revokes.lock(),
+        [true],
+        "the step learnt of its stop, drained"
+    );
+}
+
 /// An output that is lost (writing its topic is denied by a real ACL, an
 /// error librdkafka does not retry) is never "drained": the stop — the only
 /// commit in this test — commits exactly the records before it, and the
