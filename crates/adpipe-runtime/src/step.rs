@@ -357,8 +357,10 @@ pub trait Step: Send + 'static {
     /// after every output was acknowledged and none was lost (`drained`),
     /// or with `!drained` when the revoke deadline passed with outputs in
     /// flight or an output failed. A step may save local state only when
-    /// drained. It runs on the task, inside `tokio::task::block_in_place`
-    /// (in place on a current-thread runtime), so blocking IO is allowed.
+    /// drained. It runs on the task, inside `tokio::task::block_in_place`,
+    /// so blocking IO is allowed; on a current-thread runtime it runs in
+    /// place, and blocking there stalls that runtime's one thread (the
+    /// other partitions' drains and deliveries wait meanwhile).
     fn on_revoke(&mut self, drained: bool) {
         let _ = drained;
     }
