@@ -72,8 +72,10 @@ start() {
   "${RUN_AS[@]}" "$bin/pg_ctl" -D "$DATA" -l "$LOG" -w -s -t 60 start \
     -o "-c listen_addresses=127.0.0.1 -p $PORT -k $DATA_ROOT -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
     || { tail -n 30 "$LOG" >&2; die "postgres did not start (log: $LOG)"; }
-  if ! psql "postgresql://postgres@127.0.0.1:$PORT/postgres" -Atqc \
-    "select 1 from pg_database where datname = 'adpipe'" | grep -q 1; then
+  # Compared whole, not piped to `grep -q`: under pipefail a reader that
+  # stops early can fail its writer (see clusters() in lib.sh).
+  if [ "$(psql "postgresql://postgres@127.0.0.1:$PORT/postgres" -Atqc \
+    "select 1 from pg_database where datname = 'adpipe'")" != 1 ]; then
     psql "postgresql://postgres@127.0.0.1:$PORT/postgres" -qc "create database adpipe" >/dev/null
   fi
   log "postgres: running on 127.0.0.1:$PORT ($URL; log $LOG)"

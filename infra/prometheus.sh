@@ -22,7 +22,8 @@ promtool_path() {
   command -v apt-get >/dev/null || die "apt-get not found: install promtool (Debian's prometheus package) yourself"
   mkdir -p "$dir/download"
   (cd "$dir/download" && apt-get download prometheus >&2) || die "apt-get download prometheus failed"
-  deb="$(ls "$dir"/download/prometheus_*.deb | head -n 1)"
+  local debs=("$dir"/download/prometheus_*.deb)
+  deb="${debs[0]}"
   dpkg-deb -x "$deb" "$dir" || die "cannot unpack $deb"
   [ -x "$dir/usr/bin/promtool" ] || die "no promtool in $deb"
   echo "$dir/usr/bin/promtool"

@@ -48,7 +48,7 @@ start() {
     || die "redis did not start (log: $DATA/redis.log)"
   local i
   for ((i = 0; i < 100; i++)); do
-    redis-cli -p "$PORT" ping 2>/dev/null | grep -q PONG && { log "redis: running on $URL (log $DATA/redis.log)"; return 0; }
+    [ "$(redis-cli -p "$PORT" ping 2>/dev/null)" = PONG ] && { log "redis: running on $URL (log $DATA/redis.log)"; return 0; }
     sleep 0.1
   done
   die "redis did not answer on $URL (log: $DATA/redis.log)"
