@@ -58,7 +58,7 @@ stop_pid() {
 # only when named) are left out unless --all.
 clusters() {
   python3 - "$CLUSTERS_FILE" "$@" <<'PY'
-import sys, tomllib
+import os, sys, tomllib
 with open(sys.argv[1], "rb") as f:
     config = tomllib.load(f)
 args = sys.argv[2:]
@@ -80,7 +80,6 @@ except BrokenPipeError:
     # A reader that stopped early (grep -q, awk exit) has what it wanted;
     # under pipefail a traceback here would fail the caller's pipeline.
     # (Python's documented way: point stdout at devnull so exit's flush passes.)
-    import os
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 PY
 }

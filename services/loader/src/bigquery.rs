@@ -235,9 +235,8 @@ impl Target {
         );
         let mut stored = None;
         self.each_row(sql, |row| {
-            if let (Some(&row_partition), Some(&offset)) = (row.first(), row.get(1))
-                && row_partition == i64::from(partition)
-            {
+            // The query's WHERE keeps only this partition's row.
+            if let Some(&offset) = row.get(1) {
                 stored = Some(offset);
             }
         })
